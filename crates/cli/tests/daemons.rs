@@ -1,0 +1,276 @@
+//! The daemons as a user runs them: the `quorum` binary in a child process, on loopback,
+//! killed with SIGKILL or stopped with SIGTERM, and restarted on the same data directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nostr_sdk::prelude::*;
+use sha2::{Digest, Sha256};
+
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// A `quorum` child process whose stdout lines arrive on a channel; killed when dropped.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn spawn(args: &[&str]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quorum"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start the quorum binary");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    /// Waits for the stdout line `PREFIX: VALUE` and returns VALUE.
+    fn value_of(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(value) = line.strip_prefix(&format!("{prefix}: ")) {
+                        return value.to_string();
+                    }
+                }
+                Err(_) => panic!("the daemon did not print `{prefix}: …` within {STARTUP:?}"),
+            }
+        }
+    }
+
+    fn kill_hard(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaping the child");
+    }
+
+    fn terminate(mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "daemon ignored SIGTERM for 15 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_quorum(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_quorum"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot start the quorum binary")
+}
+
+async fn connect(url: &str) -> Client {
+    let client = Client::new(Keys::generate());
+    client.add_relay(url).await.expect("relay URL");
+    client.connect().await;
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_keeps_acknowledged_events_across_sigkill() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap();
+    let relay = Daemon::spawn(&["relay", "--listen", "127.0.0.1:0", "--data", data_arg]);
+    let url = relay.value_of("relay");
+
+    let keys = Keys::generate();
+    let client = connect(&url).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let event = EventBuilder::text_note(format!("survives kill -9 #{i}"))
+            .sign_with_keys(&keys)
+            .unwrap();
+        let output = client.send_event(&event).await.expect("publish");
+        assert!(
+            output.failed.is_empty(),
+            "relay refused: {:?}",
+            output.failed
+        );
+        ids.push(event.id);
+    }
+    client.shutdown().await;
+    // No graceful shutdown: whatever was acknowledged must already be on disk.
+    relay.kill_hard();
+
+    let relay = Daemon::spawn(&["relay", "--listen", "127.0.0.1:0", "--data", data_arg]);
+    let url = relay.value_of("relay");
+    let client = connect(&url).await;
+    let stored = client
+        .fetch_events(Filter::new().ids(ids.clone()), Duration::from_secs(10))
+        .await
+        .expect("query after restart");
+    assert_eq!(stored.len(), ids.len(), "events lost across kill -9");
+    client.shutdown().await;
+    assert!(relay.terminate().success(), "relay exits 0 on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blossom_keeps_uploaded_blobs_across_sigkill() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap();
+    let args = [
+        "blossom",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data_arg,
+        "--anonymous-uploads",
+    ];
+    let server = Daemon::spawn(&args);
+    let base = server.value_of("blossom");
+
+    let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sha = hex::encode(Sha256::digest(&blob));
+    let http = reqwest::Client::new();
+    let response = http
+        .put(format!("{}/upload", base.trim_end_matches('/')))
+        .header("X-SHA-256", &sha)
+        .header("Content-Type", "application/octet-stream")
+        .body(blob.clone())
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status().as_u16(), 201, "upload status");
+    server.kill_hard();
+
+    let server = Daemon::spawn(&args);
+    let base = server.value_of("blossom");
+    let fetched = http
+        .get(format!("{}/{sha}", base.trim_end_matches('/')))
+        .send()
+        .await
+        .expect("download")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(hex::encode(Sha256::digest(&fetched)), sha, "blob changed");
+    // Nothing half-written may be left behind by the killed process.
+    assert_no_temp_files(data.path());
+    assert!(server.terminate().success(), "blossom exits 0 on SIGTERM");
+}
+
+fn assert_no_temp_files(dir: &Path) {
+    let tmp = dir.join("tmp");
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        let left: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "temporary files left behind: {left:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_writes_endpoints_and_stops_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap();
+    let up = Daemon::spawn(&[
+        "up",
+        "--data",
+        data_arg,
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--blossom-listen",
+        "127.0.0.1:0",
+    ]);
+    let endpoints_path = up.value_of("endpoints");
+    let endpoints: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&endpoints_path).expect("endpoints.json")).unwrap();
+    let relay = endpoints["relay"].as_str().expect("relay URL");
+    let blossom = endpoints["blossom"].as_str().expect("blossom URL");
+    assert!(relay.starts_with("ws://127.0.0.1:"), "{relay}");
+    assert!(blossom.starts_with("http://127.0.0.1:"), "{blossom}");
+
+    // Both servers answer: the relay's NIP-11 document and a Blossom 404 for an absent blob.
+    let http = reqwest::Client::new();
+    let info: serde_json::Value = http
+        .get(relay.replace("ws://", "http://"))
+        .header("Accept", "application/nostr+json")
+        .send()
+        .await
+        .expect("NIP-11")
+        .json()
+        .await
+        .expect("NIP-11 JSON");
+    assert!(info["supported_nips"].as_array().is_some(), "{info}");
+    let absent = http
+        .head(format!("{blossom}/{}", "0".repeat(64)))
+        .send()
+        .await
+        .expect("HEAD blob");
+    assert_eq!(absent.status().as_u16(), 404);
+
+    assert!(up.terminate().success(), "quorum up exits 0 on SIGTERM");
+    assert!(
+        !Path::new(&endpoints_path).exists(),
+        "endpoints.json must not outlive the servers it names"
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for command in [&["--help"][..], &["relay", "--help"], &["blossom", "--help"], &["up", "--help"]] {
+        let out = run_quorum(command);
+        assert!(out.status.success(), "{command:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("Usage: quorum"), "{command:?}: {text}");
+    }
+}
+
+#[test]
+fn bad_arguments_name_the_problem() {
+    let data = tempfile::tempdir().unwrap();
+    let out = run_quorum(&[
+        "blossom",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-uploader",
+        "not-a-key",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not-a-key"), "{stderr}");
+
+    // A data directory that cannot be created: a file stands where the directory should be.
+    let file = data.path().join("occupied");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run_quorum(&[
+        "relay",
+        "--data",
+        file.join("sub").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot open the relay store"), "{stderr}");
+}

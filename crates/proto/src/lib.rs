@@ -1,0 +1,10 @@
+//! The Quorum CI wire model: every event kind, tag and content schema that crosses the network.
+//!
+//! This crate does no I/O and knows nothing of tokio. It is the only crate that spells tag
+//! strings; the rest of the workspace reaches `nostr` types through the [`nostr`] re-export, so
+//! that upstream churn (the 0.45 line dropped NIP-90, for example) stays in one place.
+//! `docs/protocol.md` is the human-readable description of what is defined here.
+
+pub mod blossom;
+
+pub use nostr;

@@ -1,0 +1,7 @@
+//! Test-only helpers shared by the integration tests of every Quorum CI crate.
+//!
+//! This crate is a dev-dependency only. It owns the bridge to implementations that nobody on
+//! the project wrote (the npm packages under `interop/`), so that tests can ask them for a
+//! second opinion on what our servers serve.
+
+pub mod node;
