@@ -6,5 +6,8 @@
 //! `docs/protocol.md` is the human-readable description of what is defined here.
 
 pub mod blossom;
+pub mod kinds;
+pub mod nip89;
+pub mod nip90;
 
 pub use nostr;

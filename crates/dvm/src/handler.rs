@@ -1,0 +1,111 @@
+//! The seam between the runtime and a DVM role: what a job handler receives and returns.
+//!
+//! Every role (runner, watcher, router, quorum member, publisher, deployer) implements
+//! [`JobHandler`]; the runtime does intake, validation, journaling, feedback and publishing.
+
+use std::future::Future;
+use std::time::Duration;
+
+use nostr_sdk::prelude::{Event, Kind};
+use quorum_proto::nip89::Offer;
+use quorum_proto::nip90::JobRequest;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A validated job: the raw request event and its parsed (and, if it was encrypted, decrypted)
+/// form.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub event: Event,
+    pub request: JobRequest,
+}
+
+/// What a successful job returns: the result content (the runtime encrypts it if the request
+/// was encrypted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutput {
+    pub content: String,
+}
+
+/// Why a job failed, as told to the customer in `error` feedback. It is public: it must name
+/// the problem and never carry a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct JobFailure {
+    pub message: String,
+    /// Optional content for the feedback (e.g. the tail of a failed build's log).
+    pub content: String,
+}
+
+impl JobFailure {
+    pub fn new(message: impl Into<String>) -> Self {
+        JobFailure {
+            message: message.into(),
+            content: String::new(),
+        }
+    }
+
+    pub fn with_content(mut self, content: impl Into<String>) -> Self {
+        self.content = content.into();
+        self
+    }
+}
+
+/// Progress a handler reports while it works.
+#[derive(Debug, Clone)]
+pub(crate) enum Progress {
+    /// A `partial` feedback with this content (a log tail).
+    Partial(String),
+}
+
+/// Given to a handler for the duration of one job.
+#[derive(Clone)]
+pub struct JobContext {
+    pub(crate) cancel: CancellationToken,
+    pub(crate) progress: mpsc::Sender<Progress>,
+}
+
+impl JobContext {
+    /// Reports partial output (a log tail). The runtime rate-limits and caps what it
+    /// publishes, so calling this often is fine.
+    pub fn partial(&self, content: impl Into<String>) {
+        // A full channel means feedback is already queued; dropping one tail loses nothing
+        // the next one will not carry.
+        let _ = self.progress.try_send(Progress::Partial(content.into()));
+    }
+
+    /// Resolves when the customer cancelled the job (NIP-09) or the DVM shuts down.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// A token to hand to lower layers (e.g. a sandbox) that must stop on cancellation.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+/// A DVM role.
+pub trait JobHandler: Send + Sync + 'static {
+    /// The request kinds this handler serves (5000–5999).
+    fn kinds(&self) -> Vec<Kind>;
+
+    /// What it offers, for the NIP-89 announcement.
+    fn offer(&self) -> Offer;
+
+    /// The longest a job may take before the runtime gives up on it.
+    fn max_duration(&self) -> Duration {
+        Duration::from_secs(self.offer().limits.max_timeout_secs.max(1) + 60)
+    }
+
+    /// Runs one job.
+    fn run(
+        &self,
+        job: Job,
+        ctx: JobContext,
+    ) -> impl Future<Output = Result<JobOutput, JobFailure>> + Send;
+}
