@@ -9,5 +9,6 @@ pub mod blossom;
 pub mod kinds;
 pub mod nip89;
 pub mod nip90;
+pub mod step;
 
 pub use nostr;

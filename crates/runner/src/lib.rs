@@ -1,0 +1,337 @@
+//! The runner DVM: serves run-step jobs (kind 5702).
+//!
+//! For each job it fetches exactly the requested commit (outside the sandbox), runs the step in
+//! the configured [`Sandbox`] with `SOURCE_DATE_EPOCH` set to the commit time, streams the log
+//! tail as `partial` feedback, packs the declared artifacts deterministically, uploads the full
+//! log and every artifact to each configured Blossom server, and answers with a
+//! [`StepReport`]. A step that ran and failed is still a result (its exit code says so); a job
+//! that could not run (bad request, unreachable repository, no Blossom server took the
+//! artifacts) is `error` feedback.
+
+pub mod git;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nostr_sdk::prelude::Kind;
+use quorum_blossom::client::{BlossomClient, ServerOutcome};
+use quorum_dvm::{Job, JobContext, JobFailure, JobHandler, JobOutput};
+use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
+use quorum_proto::nip90::JobRequest;
+use quorum_proto::step::{ArtifactRef, BlobRef, SandboxRef, StepJob, StepReport};
+use quorum_sandbox::{LogLine, LogSink, ResourceLimits, Sandbox, SecretString, StepSpec};
+use url::Url;
+
+pub use git::GitPolicy;
+
+/// How a runner is set up by its operator.
+#[derive(Clone)]
+pub struct RunnerConfig {
+    /// Where job work dirs live (one per job, removed afterwards).
+    pub work_root: PathBuf,
+    /// Blossom servers that receive logs and artifacts.
+    pub blossom: Vec<Url>,
+    pub git: GitPolicy,
+    /// Longest timeout a job may ask for; also the default.
+    pub max_timeout: Duration,
+    /// Limits for every step; a job may ask for less memory or fewer processes, never more.
+    pub limits: ResourceLimits,
+    /// Whether steps may ask for network access.
+    pub allow_network: bool,
+    /// Jobs at once (announced; the runtime enforces it).
+    pub concurrency: u32,
+    pub max_request_bytes: u64,
+    /// Toolchains to announce (what is inside the sandbox).
+    pub toolchains: Vec<String>,
+    pub price_msats: u64,
+}
+
+impl RunnerConfig {
+    pub fn new(work_root: PathBuf, blossom: Vec<Url>) -> Self {
+        RunnerConfig {
+            work_root,
+            blossom,
+            git: GitPolicy::default(),
+            max_timeout: Duration::from_secs(3600),
+            limits: ResourceLimits::default(),
+            allow_network: true,
+            concurrency: 2,
+            max_request_bytes: 64 * 1024,
+            toolchains: vec!["sh".into(), "git".into()],
+            price_msats: 0,
+        }
+    }
+}
+
+/// The runner role.
+pub struct Runner {
+    config: RunnerConfig,
+    sandbox: Arc<dyn Sandbox>,
+    blossom: BlossomClient,
+}
+
+impl Runner {
+    pub fn new(config: RunnerConfig, sandbox: Arc<dyn Sandbox>, blossom: BlossomClient) -> Self {
+        Runner {
+            config,
+            sandbox,
+            blossom,
+        }
+    }
+
+    async fn run_step(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        dir: &Path,
+    ) -> Result<StepReport, JobFailure> {
+        let step = StepJob::from_request(&job.request, JobRequest::is_encrypted(&job.event))
+            .map_err(|e| JobFailure::new(format!("invalid run-step request: {e}")))?;
+        if step.network && !self.config.allow_network {
+            return Err(JobFailure::new(
+                "this runner does not give steps network access",
+            ));
+        }
+        let timeout = step
+            .timeout
+            .unwrap_or(self.config.max_timeout)
+            .min(self.config.max_timeout);
+
+        let src = dir.join("src");
+        let source_date_epoch = git::fetch_commit(&step.repo, &step.commit, &src, &self.config.git)
+            .await
+            .map_err(|e| JobFailure::new(e.to_string()))?;
+
+        let mut spec = StepSpec::new(step.script.clone(), src.clone());
+        spec.env = step.env.clone();
+        spec.secrets = step
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), SecretString::new(v.clone())))
+            .collect();
+        spec.network = step.network;
+        spec.timeout = timeout;
+        spec.source_date_epoch = source_date_epoch;
+        spec.limits = self.config.limits.clone();
+        if let Some(memory) = step.memory_bytes {
+            spec.limits.max_memory_bytes = spec.limits.max_memory_bytes.min(memory);
+        }
+        if let Some(processes) = step.max_processes {
+            spec.limits.max_processes = spec.limits.max_processes.min(processes);
+        }
+
+        let log_path = dir.join("step.log");
+        let mut sink = LogFile::create(&log_path, ctx.clone())
+            .map_err(|e| JobFailure::new(format!("cannot write the step log: {e}")))?;
+        let outcome = tokio::select! {
+            outcome = self.sandbox.run(&spec, &mut sink) => outcome,
+            // Dropping the run future kills the step.
+            () = ctx.cancelled() => return Err(JobFailure::new("cancelled")),
+        };
+        let outcome = outcome.map_err(|e| JobFailure::new(format!("sandbox failed: {e}")))?;
+        let tail = sink.finish();
+
+        let artifacts = if outcome.success() {
+            let out_dir = dir.join("out");
+            std::fs::create_dir_all(&out_dir)
+                .map_err(|e| JobFailure::new(format!("cannot create the output dir: {e}")))?;
+            let packed = quorum_sandbox::pack::collect_artifacts(
+                &src,
+                &step.artifacts,
+                source_date_epoch,
+                &out_dir,
+            )
+            .map_err(|e| JobFailure::new(format!("artifacts: {e}")).with_content(tail.clone()))?;
+            let mut refs = Vec::with_capacity(packed.len());
+            for artifact in packed {
+                let blob = self.upload(&artifact.path).await?;
+                if blob.sha256 != artifact.sha256 {
+                    return Err(JobFailure::new(format!(
+                        "artifact {} changed while uploading",
+                        artifact.name
+                    )));
+                }
+                refs.push(ArtifactRef {
+                    name: artifact.name,
+                    blob,
+                });
+            }
+            refs
+        } else {
+            Vec::new()
+        };
+        let log = self.upload(&log_path).await?;
+        let info = self.sandbox.describe();
+        Ok(StepReport {
+            commit: step.commit,
+            exit_code: outcome.exit_code,
+            timed_out: outcome.timed_out,
+            duration_ms: outcome.duration.as_millis() as u64,
+            source_date_epoch,
+            artifacts,
+            log,
+            sandbox: SandboxRef {
+                name: info.name,
+                isolated: info.isolated,
+            },
+        })
+    }
+
+    /// Uploads one file to every configured server; succeeds if at least one stored it.
+    async fn upload(&self, path: &Path) -> Result<BlobRef, JobFailure> {
+        let outcomes = self
+            .blossom
+            .upload_to_many(&self.config.blossom, path)
+            .await
+            .map_err(|e| JobFailure::new(format!("cannot read {}: {e}", path.display())))?;
+        let mut urls = Vec::new();
+        let mut stored = None;
+        let mut refusals = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                ServerOutcome::Stored { uploaded, .. } => {
+                    urls.push(uploaded.descriptor.url.clone());
+                    stored = Some(uploaded.descriptor);
+                }
+                other => {
+                    let reason = describe_failure(&other);
+                    tracing::warn!("upload to {} failed: {reason}", other.server());
+                    refusals.push(format!("{}: {reason}", other.server()));
+                }
+            }
+        }
+        let descriptor = stored.ok_or_else(|| {
+            JobFailure::new(format!(
+                "no Blossom server stored the upload: {}",
+                refusals.join("; ")
+            ))
+        })?;
+        Ok(BlobRef {
+            sha256: descriptor.sha256.to_string(),
+            size: descriptor.size,
+            urls,
+        })
+    }
+}
+
+fn describe_failure(outcome: &ServerOutcome) -> String {
+    match outcome {
+        ServerOutcome::Stored { .. } => "stored".into(),
+        ServerOutcome::Refused { status, reason, .. } => match reason {
+            Some(reason) => format!("HTTP {status}: {reason}"),
+            None => format!("HTTP {status}"),
+        },
+        ServerOutcome::Unreachable { detail, .. } => format!("unreachable: {detail}"),
+        ServerOutcome::DescriptorMismatch { error, .. } => error.to_string(),
+        ServerOutcome::Failed { error, .. } => error.to_string(),
+    }
+}
+
+impl JobHandler for Runner {
+    fn kinds(&self) -> Vec<Kind> {
+        vec![StepJob::kind()]
+    }
+
+    fn offer(&self) -> Offer {
+        let info = self.sandbox.describe();
+        Offer {
+            capabilities: Capabilities {
+                arch: std::env::consts::ARCH.into(),
+                os: std::env::consts::OS.into(),
+                sandbox: if info.isolated {
+                    info.name
+                } else {
+                    "none".into()
+                },
+                toolchains: self.config.toolchains.clone(),
+                network: self.config.allow_network,
+            },
+            price: Price {
+                msats_per_job: self.config.price_msats,
+            },
+            limits: JobLimits {
+                concurrency: self.config.concurrency,
+                max_timeout_secs: self.config.max_timeout.as_secs(),
+                max_request_bytes: self.config.max_request_bytes,
+            },
+        }
+    }
+
+    fn max_duration(&self) -> Duration {
+        // The sandbox enforces the step timeout; this covers fetching and uploading too.
+        self.config.max_timeout + Duration::from_secs(600)
+    }
+
+    async fn run(&self, job: Job, ctx: JobContext) -> Result<JobOutput, JobFailure> {
+        let dir = self.config.work_root.join(job.event.id.to_hex());
+        // A resumed job starts from scratch: whatever an interrupted run left is not trusted.
+        let _ = std::fs::remove_dir_all(&dir);
+        let report = self.run_step(&job, &ctx, &dir).await;
+        if let Err(err) = std::fs::remove_dir_all(&dir) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove job dir {}: {err}", dir.display());
+            }
+        }
+        let report = report?;
+        let content = serde_json::to_string(&report)
+            .map_err(|e| JobFailure::new(format!("cannot encode the report: {e}")))?;
+        Ok(JobOutput { content })
+    }
+}
+
+/// The step's log: every (already redacted) line to a file for upload, and the recent tail to
+/// the job's `partial` feedback.
+struct LogFile {
+    file: std::io::BufWriter<std::fs::File>,
+    tail: Arc<Mutex<String>>,
+    ctx: JobContext,
+    last_partial: Instant,
+}
+
+const TAIL_BYTES: usize = 4096;
+const PARTIAL_EVERY: Duration = Duration::from_millis(250);
+
+impl LogFile {
+    fn create(path: &Path, ctx: JobContext) -> std::io::Result<Self> {
+        Ok(LogFile {
+            file: std::io::BufWriter::new(std::fs::File::create(path)?),
+            tail: Arc::new(Mutex::new(String::new())),
+            ctx,
+            last_partial: Instant::now(),
+        })
+    }
+
+    /// Flushes the file and returns the final tail.
+    fn finish(&mut self) -> String {
+        use std::io::Write;
+        if let Err(err) = self.file.flush() {
+            tracing::warn!("cannot flush the step log: {err}");
+        }
+        self.tail.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
+impl LogSink for LogFile {
+    fn line(&mut self, line: LogLine) {
+        use std::io::Write;
+        // A log that cannot be written loses lines, not the job.
+        let _ = writeln!(self.file, "{}", line.text);
+        let Ok(mut tail) = self.tail.lock() else {
+            return;
+        };
+        tail.push_str(&line.text);
+        tail.push('\n');
+        if tail.len() > 2 * TAIL_BYTES {
+            let mut cut = tail.len() - TAIL_BYTES;
+            while !tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            tail.drain(..cut);
+        }
+        if self.last_partial.elapsed() >= PARTIAL_EVERY {
+            self.ctx.partial(tail.clone());
+            self.last_partial = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The runner DVM end to end on loopback: a real relay, a real Blossom server, real git, and
+//! bubblewrap. A customer publishes run-step requests and checks what comes back, downloading
+//! and re-hashing every artifact.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::url::Url;
+use nostr_sdk::prelude::*;
+use quorum_blossom::{BlossomConfig, BlossomServer};
+use quorum_dvm::{Dvm, DvmConfig};
+use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobResult};
+use quorum_proto::step::{StepJob, StepReport};
+use quorum_runner::{GitPolicy, Runner, RunnerConfig};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A relay and a Blossom server on loopback, stopped when dropped.
+struct Network {
+    relay: RelayUrl,
+    blossom: Url,
+    _stops: Vec<oneshot::Sender<()>>,
+}
+
+async fn start_network(dir: &Path) -> Network {
+    let relay = quorum_relay::Relay::open(quorum_relay::RelayConfig::default(), &dir.join("relay"))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_url = RelayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
+    let (relay_stop, relay_stopped) = oneshot::channel::<()>();
+    tokio::spawn(relay.serve(listener, async move {
+        let _ = relay_stopped.await;
+    }));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let blossom_url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+    let config = BlossomConfig {
+        public_url: Some(blossom_url.clone()),
+        ..BlossomConfig::default()
+    };
+    let server = BlossomServer::open(config, &dir.join("blossom"))
+        .await
+        .unwrap();
+    let (blossom_stop, blossom_stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(listener, async move {
+        let _ = blossom_stopped.await;
+    }));
+    Network {
+        relay: relay_url,
+        blossom: blossom_url,
+        _stops: vec![relay_stop, blossom_stop],
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_DATE", "2026-01-02T03:04:05Z")
+        .env("GIT_COMMITTER_DATE", "2026-01-02T03:04:05Z")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A small project whose build writes a file and a directory of outputs.
+fn sample_repo(dir: &Path) -> (PathBuf, String) {
+    let repo = dir.join("sample");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+    git(&repo, &["config", "user.name", "Maintainer"]);
+    git(&repo, &["config", "user.email", "m@example.invalid"]);
+    std::fs::write(
+        repo.join("build.sh"),
+        "set -eu\nmkdir -p out/dist/docs\nprintf 'hello from %s\\n' \"$(cat message.txt)\" > out/hello.txt\n\
+         date -u -d \"@$SOURCE_DATE_EPOCH\" +%Y-%m-%dT%H:%M:%SZ > out/dist/built-at\n\
+         echo manual > out/dist/docs/README\nchmod +x out/dist/docs/README\necho build finished\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("message.txt"), "quorum").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "sample"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    (repo, commit)
+}
+
+async fn start_runner(network: &Network, data: &Path) -> (Dvm, Keys) {
+    let keys = Keys::generate();
+    let mut config = RunnerConfig::new(data.join("work"), vec![network.blossom.clone()]);
+    config.git = GitPolicy {
+        allow_local: true,
+        timeout: Some(Duration::from_secs(30)),
+    };
+    config.max_timeout = Duration::from_secs(20);
+    let sandbox = quorum_sandbox::Bubblewrap::detect()
+        .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
+    let blossom = quorum_blossom::client::BlossomClient::new(keys.clone());
+    let runner = Runner::new(config, Arc::new(sandbox), blossom);
+    let dvm_config = DvmConfig::new(vec![network.relay.clone()], data.join("dvm"), "runner");
+    let dvm = Dvm::start(dvm_config, keys.clone(), runner).await.unwrap();
+    (dvm, keys)
+}
+
+struct Customer {
+    keys: Keys,
+    client: Client,
+    notifications: tokio::sync::broadcast::Receiver<RelayPoolNotification>,
+}
+
+impl Customer {
+    async fn connect(network: &Network) -> Customer {
+        let keys = Keys::generate();
+        let client = Client::new(keys.clone());
+        client.add_relay(network.relay.clone()).await.unwrap();
+        client.connect().await;
+        client.wait_for_connection(Duration::from_secs(5)).await;
+        let notifications = client.notifications();
+        client
+            .subscribe(Filter::new().pubkey(keys.public_key()), None)
+            .await
+            .unwrap();
+        Customer {
+            keys,
+            client,
+            notifications,
+        }
+    }
+
+    async fn submit(&self, step: &StepJob, provider: PublicKey, encrypt: bool) -> Event {
+        let request = step.to_request().provider(provider);
+        let builder = if encrypt {
+            request
+                .to_encrypted_event_builder(self.keys.secret_key())
+                .unwrap()
+        } else {
+            request.to_event_builder()
+        };
+        let event = builder.sign_with_keys(&self.keys).unwrap();
+        self.client.send_event(&event).await.unwrap();
+        event
+    }
+
+    /// Waits for the result or `error` feedback of `request`.
+    async fn outcome(
+        &mut self,
+        request: &Event,
+        provider: &Keys,
+    ) -> Result<StepReport, JobFeedback> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notification = tokio::time::timeout_at(deadline, self.notifications.recv())
+                .await
+                .expect("timed out waiting for the runner")
+                .unwrap();
+            let RelayPoolNotification::Event { event, .. } = notification else {
+                continue;
+            };
+            if !event.tags.event_ids().any(|id| *id == request.id) {
+                continue;
+            }
+            if event.kind.as_u16() == 6702 {
+                let result = JobResult::from_event(&event).unwrap();
+                let content = result
+                    .decrypt(self.keys.secret_key(), &provider.public_key())
+                    .unwrap();
+                return Ok(serde_json::from_str(&content).unwrap());
+            }
+            if let Ok(feedback) = JobFeedback::from_event(&event)
+                && feedback.status == FeedbackStatus::Error
+            {
+                return Err(feedback);
+            }
+        }
+    }
+}
+
+async fn download(url: &str) -> Vec<u8> {
+    reqwest::get(url)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn build_step(repo: &Path, commit: &str) -> StepJob {
+    let mut step = StepJob::new(format!("file://{}", repo.display()), commit, "sh build.sh");
+    step.artifacts = vec!["out/hello.txt".into(), "out/dist".into()];
+    step
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_runs_in_the_sandbox_and_its_artifacts_land_in_blossom() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = start_network(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let (dvm, keys) = start_runner(&network, &dir.path().join("runner")).await;
+    let mut customer = Customer::connect(&network).await;
+
+    let request = customer
+        .submit(&build_step(&repo, &commit), keys.public_key(), false)
+        .await;
+    let report = customer.outcome(&request, &keys).await.expect("a result");
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(report.commit, commit);
+    assert_eq!(report.source_date_epoch, 1_767_323_045);
+    assert!(report.sandbox.isolated);
+    let names: Vec<&str> = report.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["out/dist.tar", "out/hello.txt"]);
+    for artifact in &report.artifacts {
+        let bytes = download(&artifact.blob.urls[0]).await;
+        assert_eq!(
+            sha256_hex(&bytes),
+            artifact.blob.sha256,
+            "{}",
+            artifact.name
+        );
+        assert_eq!(bytes.len() as u64, artifact.blob.size);
+    }
+    let hello = download(&report.artifacts[1].blob.urls[0]).await;
+    assert_eq!(hello, b"hello from quorum\n");
+    let log = download(&report.log.urls[0]).await;
+    assert_eq!(sha256_hex(&log), report.log.sha256);
+    assert!(String::from_utf8_lossy(&log).contains("build finished"));
+    dvm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_build_byte_identical_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = start_network(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let (dvm_a, keys_a) = start_runner(&network, &dir.path().join("a")).await;
+    let (dvm_b, keys_b) = start_runner(&network, &dir.path().join("b")).await;
+    let mut customer = Customer::connect(&network).await;
+    let step = build_step(&repo, &commit);
+    let request_a = customer.submit(&step, keys_a.public_key(), false).await;
+    let report_a = customer.outcome(&request_a, &keys_a).await.unwrap();
+    // A second later, so that wall-clock time would show if anything leaked into the output.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let request_b = customer.submit(&step, keys_b.public_key(), false).await;
+    let report_b = customer.outcome(&request_b, &keys_b).await.unwrap();
+    let sums = |r: &StepReport| {
+        r.artifacts
+            .iter()
+            .map(|a| (a.name.clone(), a.blob.sha256.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sums(&report_a), sums(&report_b));
+    assert!(!report_a.artifacts.is_empty());
+    dvm_a.shutdown().await;
+    dvm_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_and_failing_steps_are_contained_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = start_network(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let runner_dir = dir.path().join("runner");
+    let (dvm, keys) = start_runner(&network, &runner_dir).await;
+    // The operator's key file sits in the DVM's data dir; a step must not be able to read it.
+    let key_file = runner_dir.join("dvm.nsec");
+    std::fs::write(&key_file, keys.secret_key().to_secret_hex()).unwrap();
+    let mut customer = Customer::connect(&network).await;
+
+    let mut steal = StepJob::new(
+        format!("file://{}", repo.display()),
+        &commit,
+        format!("cat {} || echo NO-KEY-ACCESS; exit 3", key_file.display()),
+    );
+    steal.artifacts = vec![];
+    let request = customer.submit(&steal, keys.public_key(), false).await;
+    let report = customer.outcome(&request, &keys).await.unwrap();
+    assert_eq!(report.exit_code, Some(3));
+    let log = String::from_utf8(download(&report.log.urls[0]).await).unwrap();
+    assert!(log.contains("NO-KEY-ACCESS"), "{log}");
+    assert!(!log.contains(&keys.secret_key().to_secret_hex()));
+
+    // A commit the repository does not have is an error, named as such.
+    let missing = StepJob::new(format!("file://{}", repo.display()), "0".repeat(40), "true");
+    let request = customer.submit(&missing, keys.public_key(), false).await;
+    let error = customer.outcome(&request, &keys).await.unwrap_err();
+    assert!(
+        error
+            .extra
+            .as_deref()
+            .unwrap()
+            .contains("does not serve commit"),
+        "{error:?}"
+    );
+
+    // A step past its timeout is killed and says so; the DVM keeps serving.
+    let mut slow = StepJob::new(format!("file://{}", repo.display()), &commit, "sleep 60");
+    slow.timeout = Some(Duration::from_secs(1));
+    let request = customer.submit(&slow, keys.public_key(), false).await;
+    let report = customer.outcome(&request, &keys).await.unwrap();
+    assert!(report.timed_out, "{report:?}");
+
+    let request = customer
+        .submit(&build_step(&repo, &commit), keys.public_key(), false)
+        .await;
+    assert!(customer.outcome(&request, &keys).await.unwrap().succeeded());
+    dvm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_arrive_encrypted_and_never_appear_in_logs_or_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = start_network(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let (dvm, keys) = start_runner(&network, &dir.path().join("runner")).await;
+    let mut customer = Customer::connect(&network).await;
+
+    let mut step = StepJob::new(
+        format!("file://{}", repo.display()),
+        &commit,
+        "echo \"token is $DEPLOY_TOKEN\"; test \"$DEPLOY_TOKEN\" = s3cr3t-v4lue",
+    );
+    step.secrets
+        .insert("DEPLOY_TOKEN".into(), "s3cr3t-v4lue".into());
+    // In the clear, the runner refuses it.
+    let request = customer.submit(&step, keys.public_key(), false).await;
+    let error = customer.outcome(&request, &keys).await.unwrap_err();
+    assert!(
+        error.extra.as_deref().unwrap().contains("encrypted"),
+        "{error:?}"
+    );
+    // Encrypted, it runs, and the secret is redacted from the log.
+    let request = customer.submit(&step, keys.public_key(), true).await;
+    assert!(!request.as_json().contains("s3cr3t"));
+    let report = customer.outcome(&request, &keys).await.unwrap();
+    assert!(report.succeeded(), "{report:?}");
+    let log = String::from_utf8(download(&report.log.urls[0]).await).unwrap();
+    assert!(log.contains("token is ***"), "{log}");
+    assert!(!log.contains("s3cr3t-v4lue"));
+    dvm.shutdown().await;
+}
