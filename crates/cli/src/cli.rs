@@ -49,6 +49,158 @@ pub enum Command {
     /// Run the embedded default network on loopback: a relay and a Blossom server, data in one
     /// directory; writes DIR/endpoints.json once everything is ready.
     Up(UpArgs),
+    /// Run a Data Vending Machine that sells compute on the open market.
+    #[command(subcommand)]
+    Dvm(DvmCommand),
+    /// Submit a job to DVMs and follow it live.
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DvmCommand {
+    /// Serve run-step jobs (kind 5702): fetch the commit, run the step in bubblewrap, upload
+    /// log and artifacts to Blossom.
+    Runner(RunnerArgs),
+}
+
+/// Options of `quorum dvm runner`.
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
+    /// Relay to serve on (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// Blossom server for logs and artifacts (repeat for several).
+    #[arg(long = "blossom", value_name = "URL", required = true)]
+    pub blossom: Vec<url::Url>,
+
+    /// The DVM's secret key: a file holding an nsec or 64 hex characters, mode 0600.
+    /// Created with a fresh key if it does not exist.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+
+    /// Data directory: job journal and per-job work dirs.
+    #[arg(long)]
+    pub data: PathBuf,
+
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+
+    /// Longest step timeout accepted, in seconds (also the default).
+    #[arg(long, default_value_t = 3600)]
+    pub max_timeout: u64,
+
+    /// Refuse steps that ask for network access.
+    #[arg(long)]
+    pub no_network: bool,
+
+    /// Allow file:// and local-path repositories (the embedded network and tests only).
+    #[arg(long)]
+    pub allow_local_repos: bool,
+
+    /// DEVELOPMENT ONLY: run steps as plain processes that can read this machine's keys.
+    #[arg(long)]
+    pub unsandboxed: bool,
+
+    /// Price per job in millisats, announced via NIP-89.
+    #[arg(long, default_value_t = 0)]
+    pub price_msats: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Build or test a commit on a runner DVM (kind 5702).
+    Build(BuildArgs),
+    /// Submit a request of any NIP-90 kind.
+    Submit(SubmitArgs),
+}
+
+/// Where and how a job is sent.
+#[derive(Debug, Args)]
+pub struct JobTarget {
+    /// Relay to publish on (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// The DVM to ask (npub or hex); without it, any DVM may answer.
+    #[arg(long, value_name = "PUBKEY")]
+    pub provider: Option<String>,
+
+    /// Your key file (nsec or hex, mode 0600); default: a fresh key for this job.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// How long to wait for the outcome, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub wait: u64,
+
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `quorum job build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub target: JobTarget,
+
+    /// Git URL of the repository.
+    #[arg(long, value_name = "GIT_URL")]
+    pub repo: String,
+
+    /// The exact commit id to build.
+    #[arg(long, value_name = "SHA")]
+    pub commit: String,
+
+    /// Shell command to run (repeat to run several in order).
+    #[arg(long = "run", value_name = "CMD", required = true)]
+    pub run: Vec<String>,
+
+    /// Path to upload after the step (repeat; directories are packed as PATH.tar).
+    #[arg(long = "artifact", value_name = "PATH")]
+    pub artifacts: Vec<String>,
+
+    /// Environment variable for the step (repeat).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Secret environment variable (repeat): sent NIP-44 encrypted, needs --provider.
+    #[arg(long = "secret", value_name = "KEY=VALUE")]
+    pub secrets: Vec<String>,
+
+    /// Let the step use the network.
+    #[arg(long)]
+    pub network: bool,
+
+    /// Step timeout in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+/// Options of `quorum job submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub target: JobTarget,
+
+    /// Job request kind (5000-5999).
+    #[arg(long)]
+    pub kind: u16,
+
+    /// Input as TYPE:VALUE, TYPE one of text, url, event, job (repeat).
+    #[arg(long = "input", value_name = "TYPE:VALUE")]
+    pub inputs: Vec<String>,
+
+    /// Parameter as KEY=VALUE (repeat).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+
+    /// Encrypt inputs and params with NIP-44 (needs --provider).
+    #[arg(long)]
+    pub encrypt: bool,
 }
 
 /// Options of `quorum relay`.

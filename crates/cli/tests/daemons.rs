@@ -1,92 +1,22 @@
 //! The daemons as a user runs them: the `quorum` binary in a child process, on loopback,
 //! killed with SIGKILL or stopped with SIGTERM, and restarted on the same data directory.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nostr_sdk::prelude::*;
+use quorum_testkit::daemon::Daemon;
 use sha2::{Digest, Sha256};
 
-const STARTUP: Duration = Duration::from_secs(30);
+const QUORUM: &str = env!("CARGO_BIN_EXE_quorum");
 
-/// A `quorum` child process whose stdout lines arrive on a channel; killed when dropped.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn spawn(args: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quorum"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start the quorum binary");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    /// Waits for the stdout line `PREFIX: VALUE` and returns VALUE.
-    fn value_of(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(value) = line.strip_prefix(&format!("{prefix}: ")) {
-                        return value.to_string();
-                    }
-                }
-                Err(_) => panic!("the daemon did not print `{prefix}: …` within {STARTUP:?}"),
-            }
-        }
-    }
-
-    fn kill_hard(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaping the child");
-    }
-
-    fn terminate(mut self) -> ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "daemon ignored SIGTERM for 15 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `quorum ARGS…` as a child process.
+fn quorum(args: &[&str]) -> Daemon {
+    Daemon::spawn(QUORUM, args)
 }
 
 fn run_quorum(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_quorum"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot start the quorum binary")
+    quorum_testkit::daemon::run(QUORUM, args, Duration::from_secs(60))
 }
 
 async fn connect(url: &str) -> Client {
@@ -100,7 +30,7 @@ async fn connect(url: &str) -> Client {
 async fn relay_keeps_acknowledged_events_across_sigkill() {
     let data = tempfile::tempdir().unwrap();
     let data_arg = data.path().to_str().unwrap();
-    let relay = Daemon::spawn(&["relay", "--listen", "127.0.0.1:0", "--data", data_arg]);
+    let relay = quorum(&["relay", "--listen", "127.0.0.1:0", "--data", data_arg]);
     let url = relay.value_of("relay");
 
     let keys = Keys::generate();
@@ -122,7 +52,7 @@ async fn relay_keeps_acknowledged_events_across_sigkill() {
     // No graceful shutdown: whatever was acknowledged must already be on disk.
     relay.kill_hard();
 
-    let relay = Daemon::spawn(&["relay", "--listen", "127.0.0.1:0", "--data", data_arg]);
+    let relay = quorum(&["relay", "--listen", "127.0.0.1:0", "--data", data_arg]);
     let url = relay.value_of("relay");
     let client = connect(&url).await;
     let stored = client
@@ -146,7 +76,7 @@ async fn blossom_keeps_uploaded_blobs_across_sigkill() {
         data_arg,
         "--anonymous-uploads",
     ];
-    let server = Daemon::spawn(&args);
+    let server = quorum(&args);
     let base = server.value_of("blossom");
 
     let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -163,7 +93,7 @@ async fn blossom_keeps_uploaded_blobs_across_sigkill() {
     assert_eq!(response.status().as_u16(), 201, "upload status");
     server.kill_hard();
 
-    let server = Daemon::spawn(&args);
+    let server = quorum(&args);
     let base = server.value_of("blossom");
     let fetched = http
         .get(format!("{}/{sha}", base.trim_end_matches('/')))
@@ -191,7 +121,7 @@ fn assert_no_temp_files(dir: &Path) {
 async fn up_writes_endpoints_and_stops_cleanly() {
     let data = tempfile::tempdir().unwrap();
     let data_arg = data.path().to_str().unwrap();
-    let up = Daemon::spawn(&[
+    let up = quorum(&[
         "up",
         "--data",
         data_arg,
@@ -236,7 +166,12 @@ async fn up_writes_endpoints_and_stops_cleanly() {
 
 #[test]
 fn every_command_has_help() {
-    for command in [&["--help"][..], &["relay", "--help"], &["blossom", "--help"], &["up", "--help"]] {
+    for command in [
+        &["--help"][..],
+        &["relay", "--help"],
+        &["blossom", "--help"],
+        &["up", "--help"],
+    ] {
         let out = run_quorum(command);
         assert!(out.status.success(), "{command:?}");
         let text = String::from_utf8(out.stdout).unwrap();

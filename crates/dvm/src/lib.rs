@@ -5,6 +5,7 @@
 //! [`journal`]), the bounded queue and concurrency limit, `processing`/`partial`/`error`
 //! feedback, results, cancellation (NIP-09), and publishing with per-relay tracking.
 
+pub mod client;
 pub mod handler;
 pub mod journal;
 pub mod keyfile;

@@ -2,8 +2,7 @@
 //! bubblewrap. A customer publishes run-step requests and checks what comes back, downloading
 //! and re-hashing every artifact.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use quorum_dvm::{Dvm, DvmConfig};
 use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobResult};
 use quorum_proto::step::{StepJob, StepReport};
 use quorum_runner::{GitPolicy, Runner, RunnerConfig};
+use quorum_testkit::git::{SAMPLE_COMMIT_TIME, sample_repo};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
@@ -55,43 +55,6 @@ async fn start_network(dir: &Path) -> Network {
         blossom: blossom_url,
         _stops: vec![relay_stop, blossom_stop],
     }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_AUTHOR_DATE", "2026-01-02T03:04:05Z")
-        .env("GIT_COMMITTER_DATE", "2026-01-02T03:04:05Z")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// A small project whose build writes a file and a directory of outputs.
-fn sample_repo(dir: &Path) -> (PathBuf, String) {
-    let repo = dir.join("sample");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "--quiet", "--initial-branch=main"]);
-    git(&repo, &["config", "user.name", "Maintainer"]);
-    git(&repo, &["config", "user.email", "m@example.invalid"]);
-    std::fs::write(
-        repo.join("build.sh"),
-        "set -eu\nmkdir -p out/dist/docs\nprintf 'hello from %s\\n' \"$(cat message.txt)\" > out/hello.txt\n\
-         date -u -d \"@$SOURCE_DATE_EPOCH\" +%Y-%m-%dT%H:%M:%SZ > out/dist/built-at\n\
-         echo manual > out/dist/docs/README\nchmod +x out/dist/docs/README\necho build finished\n",
-    )
-    .unwrap();
-    std::fs::write(repo.join("message.txt"), "quorum").unwrap();
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "--quiet", "-m", "sample"]);
-    let commit = git(&repo, &["rev-parse", "HEAD"]);
-    (repo, commit)
 }
 
 async fn start_runner(network: &Network, data: &Path) -> (Dvm, Keys) {
@@ -218,7 +181,7 @@ async fn a_build_runs_in_the_sandbox_and_its_artifacts_land_in_blossom() {
     let report = customer.outcome(&request, &keys).await.expect("a result");
     assert!(report.succeeded(), "{report:?}");
     assert_eq!(report.commit, commit);
-    assert_eq!(report.source_date_epoch, 1_767_323_045);
+    assert_eq!(report.source_date_epoch, SAMPLE_COMMIT_TIME);
     assert!(report.sandbox.isolated);
     let names: Vec<&str> = report.artifacts.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["out/dist.tar", "out/hello.txt"]);

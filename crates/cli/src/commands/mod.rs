@@ -1,6 +1,8 @@
 //! One module per command; each turns parsed flags into library calls and prints the outcome.
 
 mod blossom;
+mod dvm;
+mod job;
 mod relay;
 mod up;
 
@@ -13,6 +15,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Relay(args) => relay::run(args).await,
         Command::Blossom(args) => blossom::run(args).await,
         Command::Up(args) => up::run(args).await,
+        Command::Dvm(command) => dvm::run(command).await,
+        Command::Job(command) => job::run(command).await,
     }
 }
 
@@ -24,4 +28,29 @@ pub(crate) fn announce(line: &str) {
     // A closed stdout must not stop a server that is otherwise healthy.
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Text that came from the network, made safe for a terminal: control characters (escape
+/// sequences included) become U+FFFD, newlines and tabs stay.
+pub(crate) fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Parses relay URLs given on the command line, naming the bad one.
+pub(crate) fn relay_urls(urls: &[String]) -> anyhow::Result<Vec<quorum_proto::nostr::RelayUrl>> {
+    use anyhow::Context;
+    urls.iter()
+        .map(|url| {
+            quorum_proto::nostr::RelayUrl::parse(url)
+                .with_context(|| format!("--relay {url:?} is not a ws:// or wss:// URL"))
+        })
+        .collect()
 }

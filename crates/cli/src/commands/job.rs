@@ -1,0 +1,314 @@
+//! `quorum job …`: submitting jobs to DVMs, following them live, printing the outcome.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use quorum_dvm::client::{JobClient, JobOutcome, JobReporter};
+use quorum_proto::nip90::{InputType, JobFeedback, JobInput, JobParam, JobRequest};
+use quorum_proto::nostr::{Keys, Kind, PublicKey};
+use quorum_proto::step::{StepJob, StepReport};
+use serde_json::{Value, json};
+
+use crate::cli::{BuildArgs, JobCommand, JobTarget, SubmitArgs};
+
+pub async fn run(command: JobCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        JobCommand::Build(args) => build(args).await,
+        JobCommand::Submit(args) => submit(args).await,
+    }
+}
+
+async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let mut step = StepJob::new(args.repo, args.commit, args.run.join("\n"));
+    step.artifacts = args.artifacts;
+    step.network = args.network;
+    step.timeout = args.timeout.map(Duration::from_secs);
+    for pair in &args.env {
+        let (key, value) = key_value(pair, "--env")?;
+        step.env.insert(key, value);
+    }
+    for pair in &args.secrets {
+        let (key, value) = key_value(pair, "--secret")?;
+        step.secrets.insert(key, value);
+    }
+    let encrypt = !step.secrets.is_empty();
+    // Check the step locally first: the same rules the runner applies, with the same words.
+    StepJob::from_request(&step.to_request(), encrypt).context("invalid step")?;
+    let mut request = step.to_request();
+    let outcome = send(&args.target, &mut request, encrypt).await?;
+
+    let (code, value) = match &outcome {
+        JobOutcome::Result {
+            request,
+            event,
+            provider,
+            content,
+        } => {
+            let report: StepReport = serde_json::from_str(content).with_context(|| {
+                format!(
+                    "the runner's result is not a step report: {}",
+                    super::sanitize(content)
+                )
+            })?;
+            let ok = report.succeeded();
+            let value = json!({
+                "status": if ok { "success" } else { "error" },
+                "request": request.id.to_hex(),
+                "result": event.id.to_hex(),
+                "provider": provider.to_hex(),
+                "exit_code": report.exit_code,
+                "timed_out": report.timed_out,
+                "duration_ms": report.duration_ms,
+                "commit": report.commit,
+                "artifacts": report.artifacts.iter().map(|a| json!({
+                    "name": a.name, "size": a.blob.size, "sha256": a.blob.sha256, "urls": a.blob.urls,
+                })).collect::<Vec<_>>(),
+                "log": {"sha256": report.log.sha256, "size": report.log.size, "urls": report.log.urls},
+                "sandbox": {"name": report.sandbox.name, "isolated": report.sandbox.isolated},
+            });
+            if !args.target.json {
+                print_step_report(&report, provider);
+            }
+            (exit(ok), value)
+        }
+        JobOutcome::Error {
+            request,
+            provider,
+            feedback,
+        } => (
+            exit(false),
+            error_json(request.id.to_hex(), provider, feedback),
+        ),
+    };
+    finish(&args.target, &outcome, value);
+    Ok(code)
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let mut request = JobRequest::new(Kind::from_u16(args.kind))
+        .with_context(|| format!("--kind {} is not a job request kind (5000-5999)", args.kind))?;
+    for input in &args.inputs {
+        let (kind, value) = input
+            .split_once(':')
+            .with_context(|| format!("--input {input:?} is not TYPE:VALUE"))?;
+        let input_type: InputType = kind.parse().with_context(|| format!("--input {input:?}"))?;
+        request.inputs.push(JobInput {
+            data: value.to_string(),
+            input_type,
+            relay: None,
+            marker: None,
+        });
+    }
+    for param in &args.params {
+        let (key, value) = param
+            .split_once('=')
+            .with_context(|| format!("--param {param:?} is not KEY=VALUE"))?;
+        request.params.push(JobParam::new(key, value));
+    }
+    let outcome = send(&args.target, &mut request, args.encrypt).await?;
+    let (code, value) = match &outcome {
+        JobOutcome::Result {
+            request,
+            event,
+            provider,
+            content,
+        } => {
+            if !args.target.json {
+                println!("{}", super::sanitize(content));
+            }
+            let value = json!({
+                "status": "success",
+                "request": request.id.to_hex(),
+                "result": event.id.to_hex(),
+                "provider": provider.to_hex(),
+                "content": content,
+            });
+            (exit(true), value)
+        }
+        JobOutcome::Error {
+            request,
+            provider,
+            feedback,
+        } => (
+            exit(false),
+            error_json(request.id.to_hex(), provider, feedback),
+        ),
+    };
+    finish(&args.target, &outcome, value);
+    Ok(code)
+}
+
+/// Publishes the request on the target's relays and follows it to its outcome.
+async fn send(
+    target: &JobTarget,
+    request: &mut JobRequest,
+    encrypt: bool,
+) -> anyhow::Result<JobOutcome> {
+    let relays = super::relay_urls(&target.relays)?;
+    if let Some(provider) = &target.provider {
+        let provider = PublicKey::parse(provider).with_context(|| {
+            format!("--provider {provider:?} is neither an npub nor 64 hex characters")
+        })?;
+        request.providers.push(provider);
+    } else if encrypt {
+        bail!(
+            "encrypted jobs (secrets, --encrypt) need --provider: they are readable by one DVM only"
+        );
+    }
+    request.relays = relays.clone();
+    let keys = match &target.key {
+        Some(path) => quorum_dvm::keyfile::load(path)?,
+        None => Keys::generate(),
+    };
+    let client = JobClient::connect(&relays, keys).await?;
+    let mut reporter = Live {
+        quiet: target.json,
+        last_tail: String::new(),
+    };
+    let outcome = client
+        .run(
+            request,
+            encrypt,
+            Duration::from_secs(target.wait),
+            &mut reporter,
+        )
+        .await;
+    client.shutdown().await;
+    Ok(outcome?)
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn error_json(request: String, provider: &PublicKey, feedback: &JobFeedback) -> Value {
+    json!({
+        "status": "error",
+        "request": request,
+        "result": null,
+        "provider": provider.to_hex(),
+        "message": feedback.extra,
+        "log_tail": feedback.content,
+    })
+}
+
+fn finish(target: &JobTarget, outcome: &JobOutcome, value: Value) {
+    if target.json {
+        println!("{value}");
+        return;
+    }
+    if let JobOutcome::Error {
+        provider, feedback, ..
+    } = outcome
+    {
+        if !feedback.content.is_empty() {
+            eprintln!("{}", super::sanitize(&feedback.content));
+        }
+        eprintln!(
+            "error from {}: {}",
+            short(provider),
+            super::sanitize(feedback.extra.as_deref().unwrap_or("(no reason given)"))
+        );
+    }
+}
+
+fn print_step_report(report: &StepReport, provider: &PublicKey) {
+    let status = if report.succeeded() {
+        "succeeded".to_string()
+    } else if report.timed_out {
+        "timed out".to_string()
+    } else {
+        match report.exit_code {
+            Some(code) => format!("failed with exit code {code}"),
+            None => "was killed".to_string(),
+        }
+    };
+    println!(
+        "step {status} in {:.1}s on {} ({})",
+        report.duration_ms as f64 / 1000.0,
+        short(provider),
+        report.sandbox.name
+    );
+    for artifact in &report.artifacts {
+        println!(
+            "  {}  {}  {} bytes",
+            artifact.blob.sha256,
+            super::sanitize(&artifact.name),
+            artifact.blob.size
+        );
+    }
+    if let Some(url) = report.log.urls.first() {
+        println!("  log: {}", super::sanitize(url));
+    }
+}
+
+fn short(key: &PublicKey) -> String {
+    key.to_hex()[..12].to_string()
+}
+
+fn key_value(pair: &str, flag: &str) -> anyhow::Result<(String, String)> {
+    let (key, value) = pair
+        .split_once('=')
+        .with_context(|| format!("{flag} takes KEY=VALUE"))?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// Prints feedback as it arrives: status changes, and the new lines of each log tail.
+struct Live {
+    quiet: bool,
+    last_tail: String,
+}
+
+impl JobReporter for Live {
+    fn feedback(&mut self, provider: &PublicKey, feedback: &JobFeedback, content: &str) {
+        if self.quiet {
+            return;
+        }
+        match feedback.status {
+            quorum_proto::nip90::FeedbackStatus::Partial => {
+                for line in new_lines(&self.last_tail, content) {
+                    eprintln!("  | {}", super::sanitize(line));
+                }
+                self.last_tail = content.to_string();
+            }
+            status => eprintln!(
+                "[{status}] {}{}",
+                short(provider),
+                feedback
+                    .extra
+                    .as_deref()
+                    .map(|e| format!(": {}", super::sanitize(e)))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// The lines of `next` that come after what `prev` already showed (tails overlap).
+fn new_lines<'a>(prev: &str, next: &'a str) -> Vec<&'a str> {
+    let next_lines: Vec<&str> = next.lines().collect();
+    let Some(last_seen) = prev.lines().last() else {
+        return next_lines;
+    };
+    match next_lines.iter().rposition(|line| *line == last_seen) {
+        Some(i) => next_lines[i + 1..].to_vec(),
+        None => next_lines,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_lines;
+
+    #[test]
+    fn only_new_tail_lines_are_printed() {
+        assert_eq!(new_lines("", "a\nb"), ["a", "b"]);
+        assert_eq!(new_lines("a\nb", "a\nb\nc"), ["c"]);
+        assert_eq!(new_lines("x\ny", "b\nc"), ["b", "c"]);
+    }
+}

@@ -1,0 +1,242 @@
+//! `quorum dvm runner` and `quorum job` as a user runs them: three processes (the embedded
+//! network, a runner, the customer) talking over loopback, with the interface scripts rely on
+//! (`--json`, exit codes) checked.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use quorum_testkit::daemon::{Daemon, run};
+use quorum_testkit::git::sample_repo;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const QUORUM: &str = env!("CARGO_BIN_EXE_quorum");
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Fleet {
+    _up: Daemon,
+    _runner: Daemon,
+    relay: String,
+    runner: String,
+}
+
+fn start_fleet(dir: &Path) -> Fleet {
+    let data = dir.join("net");
+    let up = Daemon::spawn(
+        QUORUM,
+        &[
+            "up",
+            "--data",
+            data.to_str().unwrap(),
+            "--relay-listen",
+            "127.0.0.1:0",
+            "--blossom-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let relay = up.value_of("relay");
+    let blossom = up.value_of("blossom");
+    let runner_data = dir.join("runner");
+    let key = runner_data.join("runner.nsec");
+    let runner = Daemon::spawn(
+        QUORUM,
+        &[
+            "dvm",
+            "runner",
+            "--relay",
+            &relay,
+            "--blossom",
+            &blossom,
+            "--key",
+            key.to_str().unwrap(),
+            "--data",
+            runner_data.to_str().unwrap(),
+            "--allow-local-repos",
+        ],
+    );
+    let pubkey = runner.value_of("runner");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a created key file is private");
+    Fleet {
+        _up: up,
+        _runner: runner,
+        relay,
+        runner: pubkey,
+    }
+}
+
+fn job(args: &[&str]) -> (i32, Value) {
+    let out = run(QUORUM, args, JOB_TIMEOUT);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let value: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "--json must print one JSON object ({e}):\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_build_runs_on_a_runner_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start_fleet(dir.path());
+    let (repo, commit) = sample_repo(dir.path());
+    let repo_url = format!("file://{}", repo.display());
+
+    let (code, report) = job(&[
+        "job",
+        "build",
+        "--relay",
+        &fleet.relay,
+        "--repo",
+        &repo_url,
+        "--commit",
+        &commit,
+        "--run",
+        "sh build.sh",
+        "--artifact",
+        "out/hello.txt",
+        "--artifact",
+        "out/dist",
+        "--provider",
+        &fleet.runner,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["status"], "success");
+    assert_eq!(report["provider"], fleet.runner.as_str());
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["request"].as_str().unwrap().len(), 64);
+    assert_eq!(report["result"].as_str().unwrap().len(), 64);
+    let artifacts = report["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 2, "{report}");
+    let http = reqwest::Client::new();
+    for artifact in artifacts {
+        let url = artifact["urls"][0].as_str().unwrap();
+        let bytes = http.get(url).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            artifact["sha256"].as_str().unwrap(),
+            "{artifact}"
+        );
+        assert_eq!(bytes.len() as u64, artifact["size"].as_u64().unwrap());
+    }
+    assert!(report["log"]["urls"][0].as_str().is_some(), "{report}");
+
+    // A failing step: exit code 1 from `quorum`, the step's own code in the JSON.
+    let (code, report) = job(&[
+        "job",
+        "build",
+        "--relay",
+        &fleet.relay,
+        "--repo",
+        &repo_url,
+        "--commit",
+        &commit,
+        "--run",
+        "echo tests failed >&2; exit 7",
+        "--provider",
+        &fleet.runner,
+        "--json",
+    ]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["status"], "error");
+    assert_eq!(report["exit_code"], 7);
+
+    // A request the runner cannot parse: error feedback, named.
+    let (code, report) = job(&[
+        "job",
+        "submit",
+        "--relay",
+        &fleet.relay,
+        "--kind",
+        "5702",
+        "--input",
+        &format!("url:{repo_url}"),
+        "--param",
+        "run=true",
+        "--provider",
+        &fleet.runner,
+        "--json",
+    ]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["status"], "error");
+    assert!(
+        report["message"].as_str().unwrap().contains("repository"),
+        "{report}"
+    );
+}
+
+#[test]
+fn bad_job_arguments_fail_before_anything_is_published() {
+    let out = run(
+        QUORUM,
+        &[
+            "job",
+            "build",
+            "--relay",
+            "ws://127.0.0.1:9",
+            "--repo",
+            "https://git.example/r.git",
+            "--commit",
+            "main",
+            "--run",
+            "true",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a full 40- or 64-hex"), "{stderr}");
+
+    let out = run(
+        QUORUM,
+        &[
+            "job",
+            "build",
+            "--relay",
+            "ws://127.0.0.1:9",
+            "--repo",
+            "https://git.example/r.git",
+            "--commit",
+            &"a".repeat(40),
+            "--run",
+            "true",
+            "--secret",
+            "TOKEN=x",
+        ],
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("need --provider"), "{stderr}");
+}
+
+#[test]
+fn a_runner_refuses_a_key_file_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("open.nsec");
+    std::fs::write(&key, "a".repeat(64)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(
+        QUORUM,
+        &[
+            "dvm",
+            "runner",
+            "--relay",
+            "ws://127.0.0.1:9",
+            "--blossom",
+            "http://127.0.0.1:9",
+            "--key",
+            key.to_str().unwrap(),
+            "--data",
+            dir.path().to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(!stderr.contains(&"a".repeat(64)));
+}

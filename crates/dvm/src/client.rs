@@ -1,0 +1,193 @@
+//! The customer side of a job: publish a request, follow its feedback live, return its outcome.
+//!
+//! Several providers may answer one open request; the first terminal answer (a result, or
+//! `error` feedback) decides. Address a provider (`p` tag) to hear only from it.
+
+use std::time::Duration;
+
+use nostr_sdk::prelude::*;
+use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobRequest, JobResult, Nip90Error};
+
+use crate::publish::{self, PublishError, RetryPolicy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no relay given")]
+    NoRelays,
+    #[error("cannot add relay {url}: {reason}")]
+    Relay { url: String, reason: String },
+    #[error("cannot build the request: {0}")]
+    Request(#[from] Nip90Error),
+    #[error("cannot sign: {0}")]
+    Sign(String),
+    #[error("cannot subscribe for answers: {0}")]
+    Subscribe(String),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub enum JobOutcome {
+    /// A provider published a result; `content` is decrypted if the request was encrypted.
+    Result {
+        request: Event,
+        event: Event,
+        provider: PublicKey,
+        content: String,
+    },
+    /// A provider answered with `error` feedback.
+    Error {
+        request: Event,
+        provider: PublicKey,
+        feedback: JobFeedback,
+    },
+}
+
+/// Progress reports while a job runs (the CLI prints them).
+pub trait JobReporter: Send {
+    /// Any feedback that is not terminal (processing, partial, payment-required); `content` is
+    /// decrypted.
+    fn feedback(&mut self, provider: &PublicKey, feedback: &JobFeedback, content: &str);
+}
+
+/// Ignores progress.
+pub struct Quiet;
+
+impl JobReporter for Quiet {
+    fn feedback(&mut self, _: &PublicKey, _: &JobFeedback, _: &str) {}
+}
+
+/// A customer connected to some relays.
+pub struct JobClient {
+    client: Client,
+    keys: Keys,
+}
+
+impl JobClient {
+    pub async fn connect(relays: &[RelayUrl], keys: Keys) -> Result<JobClient, ClientError> {
+        if relays.is_empty() {
+            return Err(ClientError::NoRelays);
+        }
+        let client = Client::builder().signer(keys.clone()).build();
+        for url in relays {
+            client
+                .add_relay(url.clone())
+                .await
+                .map_err(|e| ClientError::Relay {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
+        client.connect().await;
+        client.wait_for_connection(Duration::from_secs(5)).await;
+        Ok(JobClient { client, keys })
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.keys.public_key()
+    }
+
+    /// Publishes `request` (NIP-44 encrypted to its one provider if `encrypt`), follows it,
+    /// and returns the first terminal answer.
+    pub async fn run(
+        &self,
+        request: &JobRequest,
+        encrypt: bool,
+        timeout: Duration,
+        reporter: &mut dyn JobReporter,
+    ) -> Result<JobOutcome, ClientError> {
+        let builder = if encrypt {
+            request.to_encrypted_event_builder(self.keys.secret_key())?
+        } else {
+            request.to_event_builder()
+        };
+        let event = builder
+            .sign_with_keys(&self.keys)
+            .map_err(|e| ClientError::Sign(e.to_string()))?;
+        // Subscribe before publishing, so that no answer can slip past.
+        let mut notifications = self.client.notifications();
+        let mut kinds = vec![quorum_proto::kinds::JOB_FEEDBACK];
+        kinds.extend(quorum_proto::kinds::result_kind_for(event.kind));
+        self.client
+            .subscribe(Filter::new().kinds(kinds).event(event.id), None)
+            .await
+            .map_err(|e| ClientError::Subscribe(e.to_string()))?;
+        publish::publish(&self.client, &event, RetryPolicy::default()).await?;
+        let wanted: Vec<PublicKey> = request.providers.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notification = match tokio::time::timeout_at(deadline, notifications.recv()).await {
+                Err(_) => return Err(ClientError::Timeout(timeout)),
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                    return Err(ClientError::Timeout(timeout));
+                }
+                Ok(Ok(notification)) => notification,
+            };
+            let RelayPoolNotification::Event { event: answer, .. } = notification else {
+                continue;
+            };
+            if !answer.tags.event_ids().any(|id| *id == event.id)
+                || (!wanted.is_empty() && !wanted.contains(&answer.pubkey))
+                || answer.verify().is_err()
+            {
+                continue;
+            }
+            if let Some(outcome) = self.interpret(&event, &answer, reporter) {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    fn interpret(
+        &self,
+        request: &Event,
+        answer: &Event,
+        reporter: &mut dyn JobReporter,
+    ) -> Option<JobOutcome> {
+        let provider = answer.pubkey;
+        if answer.kind == quorum_proto::kinds::JOB_FEEDBACK {
+            let feedback = JobFeedback::from_event(answer).ok()?;
+            if feedback.status == FeedbackStatus::Error {
+                return Some(JobOutcome::Error {
+                    request: request.clone(),
+                    provider,
+                    feedback,
+                });
+            }
+            let content = feedback
+                .decrypt(self.keys.secret_key(), &provider)
+                .unwrap_or_default();
+            reporter.feedback(&provider, &feedback, &content);
+            return None;
+        }
+        let result = match JobResult::from_event(answer) {
+            Ok(result) if result.request.id == request.id => result,
+            Ok(_) => return None,
+            Err(err) => {
+                tracing::warn!(provider = %provider, "ignoring an invalid result: {err}");
+                return None;
+            }
+        };
+        let content = match result.decrypt(self.keys.secret_key(), &provider) {
+            Ok(content) => content,
+            Err(err) => {
+                tracing::warn!(provider = %provider, "cannot decrypt a result: {err}");
+                return None;
+            }
+        };
+        Some(JobOutcome::Result {
+            request: request.clone(),
+            event: answer.clone(),
+            provider,
+            content,
+        })
+    }
+
+    pub async fn shutdown(self) {
+        self.client.shutdown().await;
+    }
+}
