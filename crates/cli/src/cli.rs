@@ -46,8 +46,8 @@ pub enum Command {
     Relay(RelayArgs),
     /// Run a Blossom server (BUD-01/02/04/06/11/12) with a content-addressed store on disk.
     Blossom(BlossomArgs),
-    /// Run the embedded default network on loopback: a relay and a Blossom server, data in one
-    /// directory; writes DIR/endpoints.json once everything is ready.
+    /// Run the embedded default network on loopback: a relay, a Blossom server and runner DVMs,
+    /// data in one directory; writes DIR/endpoints.json once everything is ready.
     Up(UpArgs),
     /// Run a Data Vending Machine that sells compute on the open market.
     #[command(subcommand)]
@@ -327,6 +327,14 @@ pub struct UpArgs {
     /// Blossom server address (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub blossom_listen: SocketAddr,
+
+    /// Runner DVMs to start, each with its own key (DATA/runners/N/runner.nsec).
+    #[arg(long, default_value_t = 2)]
+    pub runners: usize,
+
+    /// DEVELOPMENT ONLY: start the runners without a sandbox if bubblewrap is missing.
+    #[arg(long)]
+    pub unsandboxed_runners: bool,
 
     #[command(flatten)]
     pub relay: RelayOptions,

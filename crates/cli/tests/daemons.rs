@@ -137,6 +137,10 @@ async fn up_writes_endpoints_and_stops_cleanly() {
     let blossom = endpoints["blossom"].as_str().expect("blossom URL");
     assert!(relay.starts_with("ws://127.0.0.1:"), "{relay}");
     assert!(blossom.starts_with("http://127.0.0.1:"), "{blossom}");
+    // The embedded fleet: two runners with distinct keys, announced on the relay.
+    let runners = endpoints["runners"].as_array().expect("runners");
+    assert_eq!(runners.len(), 2, "{endpoints}");
+    assert_ne!(runners[0], runners[1]);
 
     // Both servers answer: the relay's NIP-11 document and a Blossom 404 for an absent blob.
     let http = reqwest::Client::new();

@@ -33,6 +33,8 @@ fn start_fleet(dir: &Path) -> Fleet {
             "127.0.0.1:0",
             "--blossom-listen",
             "127.0.0.1:0",
+            "--runners",
+            "0",
         ],
     );
     let relay = up.value_of("relay");

@@ -199,8 +199,14 @@ async fn run<H: JobHandler>(
     queue_rx: mpsc::Receiver<Event>,
 ) {
     let workers = tokio::spawn(work(shared.clone(), queue_rx));
-    shared.announce().await;
-    shared.resume().await;
+    // Start-up publishing must not hold up a shutdown that comes early.
+    tokio::select! {
+        () = shared.shutdown.cancelled() => {}
+        () = async {
+            shared.announce().await;
+            shared.resume().await;
+        } => {}
+    }
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => break,

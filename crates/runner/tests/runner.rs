@@ -255,6 +255,50 @@ async fn hostile_and_failing_steps_are_contained_and_reported() {
     assert!(log.contains("NO-KEY-ACCESS"), "{log}");
     assert!(!log.contains(&keys.secret_key().to_secret_hex()));
 
+    // No network unless asked: the relay listens on the host's loopback, which a step in its
+    // own network namespace cannot reach.
+    let port = network
+        .relay
+        .as_str()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let probe = format!(
+        "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2)\" \
+         && echo NETWORK-REACHED || echo NO-NETWORK"
+    );
+    let request = customer
+        .submit(
+            &StepJob::new(format!("file://{}", repo.display()), &commit, probe.clone()),
+            keys.public_key(),
+            false,
+        )
+        .await;
+    let report = customer.outcome(&request, &keys).await.unwrap();
+    let log = String::from_utf8(download(&report.log.urls[0]).await).unwrap();
+    assert!(log.contains("NO-NETWORK"), "{log}");
+    // The same probe with network granted does connect, so the probe itself works.
+    let mut allowed = StepJob::new(format!("file://{}", repo.display()), &commit, probe);
+    allowed.network = true;
+    let request = customer.submit(&allowed, keys.public_key(), false).await;
+    let report = customer.outcome(&request, &keys).await.unwrap();
+    let log = String::from_utf8(download(&report.log.urls[0]).await).unwrap();
+    assert!(log.contains("NETWORK-REACHED"), "{log}");
+
+    // A fork bomb is contained by the process limit or the timeout, and reported.
+    let mut bomb = StepJob::new(
+        format!("file://{}", repo.display()),
+        &commit,
+        "bomb() { bomb | bomb & }; bomb; sleep 30",
+    );
+    bomb.timeout = Some(Duration::from_secs(3));
+    bomb.max_processes = Some(64);
+    let request = customer.submit(&bomb, keys.public_key(), false).await;
+    let report = customer.outcome(&request, &keys).await.unwrap();
+    assert!(!report.succeeded(), "{report:?}");
+
     // A commit the repository does not have is an error, named as such.
     let missing = StepJob::new(format!("file://{}", repo.display()), "0".repeat(40), "true");
     let request = customer.submit(&missing, keys.public_key(), false).await;
@@ -312,5 +356,32 @@ async fn secrets_arrive_encrypted_and_never_appear_in_logs_or_results() {
     let log = String::from_utf8(download(&report.log.urls[0]).await).unwrap();
     assert!(log.contains("token is ***"), "{log}");
     assert!(!log.contains("s3cr3t-v4lue"));
+    dvm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_job_works_over_nostr_rs_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut network = start_network(dir.path()).await;
+    // Swap our relay for nostr-rs-relay: nothing may assume it talks to its own relay.
+    let third_party = quorum_testkit::third_party::start_nostr_rs_relay(&dir.path().join("nrr"));
+    network.relay = RelayUrl::parse(&third_party.url).unwrap();
+    let (repo, commit) = sample_repo(dir.path());
+    let (dvm, keys) = start_runner(&network, &dir.path().join("runner")).await;
+    let mut customer = Customer::connect(&network).await;
+    let request = customer
+        .submit(&build_step(&repo, &commit), keys.public_key(), false)
+        .await;
+    let report = customer.outcome(&request, &keys).await.expect("a result");
+    assert!(report.succeeded(), "{report:?}");
+    for artifact in &report.artifacts {
+        let bytes = download(&artifact.blob.urls[0]).await;
+        assert_eq!(
+            sha256_hex(&bytes),
+            artifact.blob.sha256,
+            "{}",
+            artifact.name
+        );
+    }
     dvm.shutdown().await;
 }

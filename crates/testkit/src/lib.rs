@@ -8,3 +8,4 @@
 pub mod daemon;
 pub mod git;
 pub mod node;
+pub mod third_party;

@@ -1,0 +1,83 @@
+//! Third-party servers for interop tests: nostr-rs-relay, a relay nobody on this project wrote.
+//!
+//! `scripts/test` installs it (`cargo install nostr-rs-relay`) when it is missing; a test that
+//! needs it and cannot find it fails with that instruction rather than skipping.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running nostr-rs-relay on loopback; killed when dropped.
+pub struct NostrRsRelay {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for NostrRsRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+fn binary() -> std::path::PathBuf {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .map(|home| home.join("bin/nostr-rs-relay"));
+    match cargo_bin {
+        Some(path) if path.exists() => path,
+        _ => "nostr-rs-relay".into(),
+    }
+}
+
+/// Starts nostr-rs-relay with an SQLite database under `dir` and waits until it accepts
+/// connections.
+pub fn start_nostr_rs_relay(dir: &Path) -> NostrRsRelay {
+    std::fs::create_dir_all(dir).expect("creating the relay dir");
+    let port = free_port();
+    let config = format!(
+        "[info]\nrelay_url = \"ws://127.0.0.1:{port}/\"\nname = \"interop\"\n\n\
+         [database]\nengine = \"sqlite\"\ndata_directory = \"{}\"\n\n\
+         [network]\naddress = \"127.0.0.1\"\nport = {port}\n\n\
+         [limits]\nmessages_per_sec = 10000\nmax_event_bytes = 262144\nmax_ws_message_bytes = 1048576\n",
+        dir.display()
+    );
+    let config_path = dir.join("config.toml");
+    std::fs::write(&config_path, config).expect("writing the relay config");
+    let child = Command::new(binary())
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--db")
+        .arg(dir)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start nostr-rs-relay ({e}); install it with scripts/test or \
+                 `apt-get install protobuf-compiler && cargo install nostr-rs-relay`"
+            )
+        });
+    let relay = NostrRsRelay {
+        child,
+        url: format!("ws://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nostr-rs-relay did not listen on {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    relay
+}
