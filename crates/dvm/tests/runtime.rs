@@ -85,10 +85,14 @@ impl Drop for TestRelay {
 }
 
 async fn start_relay(dir: &Path) -> TestRelay {
+    start_relay_at(dir, "127.0.0.1:0").await
+}
+
+async fn start_relay_at(dir: &Path, addr: &str) -> TestRelay {
     let relay = quorum_relay::Relay::open(quorum_relay::RelayConfig::default(), dir)
         .await
         .expect("relay opens");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = RelayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(relay.serve(listener, async move {
@@ -520,5 +524,34 @@ async fn a_full_queue_answers_busy() {
     );
     let (_, first) = customer.result(requests[0].id).await;
     assert_eq!(first.content, "0");
+    dvm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dvm_reconnects_when_its_relay_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(&dir.path().join("relay-1")).await;
+    let addr = relay.url.as_str().trim_start_matches("ws://").trim_end_matches('/').to_string();
+    let dvm = Dvm::start(config(&relay, &dir.path().join("dvm")), Keys::generate(), Echo::default())
+        .await
+        .unwrap();
+    drop(relay);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The same address, a new relay process (and store): the DVM must find its way back.
+    let relay = start_relay_at(&dir.path().join("relay-2"), &addr).await;
+    let mut customer = Customer::connect(&relay).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let request = customer.send(echo_request("again").to_event_builder()).await;
+        let answered = tokio::time::timeout(Duration::from_secs(5), customer.result(request.id)).await;
+        if let Ok((_, result)) = answered {
+            assert_eq!(result.content, "AGAIN");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the DVM did not come back within 60 s"
+        );
+    }
     dvm.shutdown().await;
 }
