@@ -531,10 +531,19 @@ async fn a_full_queue_answers_busy() {
 async fn the_dvm_reconnects_when_its_relay_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(&dir.path().join("relay-1")).await;
-    let addr = relay.url.as_str().trim_start_matches("ws://").trim_end_matches('/').to_string();
-    let dvm = Dvm::start(config(&relay, &dir.path().join("dvm")), Keys::generate(), Echo::default())
-        .await
-        .unwrap();
+    let addr = relay
+        .url
+        .as_str()
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_string();
+    let dvm = Dvm::start(
+        config(&relay, &dir.path().join("dvm")),
+        Keys::generate(),
+        Echo::default(),
+    )
+    .await
+    .unwrap();
     drop(relay);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The same address, a new relay process (and store): the DVM must find its way back.
@@ -542,8 +551,11 @@ async fn the_dvm_reconnects_when_its_relay_comes_back() {
     let mut customer = Customer::connect(&relay).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let request = customer.send(echo_request("again").to_event_builder()).await;
-        let answered = tokio::time::timeout(Duration::from_secs(5), customer.result(request.id)).await;
+        let request = customer
+            .send(echo_request("again").to_event_builder())
+            .await;
+        let answered =
+            tokio::time::timeout(Duration::from_secs(5), customer.result(request.id)).await;
         if let Ok((_, result)) = answered {
             assert_eq!(result.content, "AGAIN");
             break;

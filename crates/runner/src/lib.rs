@@ -268,10 +268,10 @@ impl JobHandler for Runner {
         // A resumed job starts from scratch: whatever an interrupted run left is not trusted.
         let _ = std::fs::remove_dir_all(&dir);
         let report = self.run_step(&job, &ctx, &dir).await;
-        if let Err(err) = std::fs::remove_dir_all(&dir) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("cannot remove job dir {}: {err}", dir.display());
-            }
+        if let Err(err) = std::fs::remove_dir_all(&dir)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove job dir {}: {err}", dir.display());
         }
         let report = report?;
         let content = serde_json::to_string(&report)
