@@ -1,7 +1,7 @@
 //! The event kinds Quorum CI defines, and the NIP-90 ranges it relies on.
 //!
 //! Our job kinds take one contiguous block that no registry, NIP or known DVM claims:
-//! requests 5700–5719, results 6700–6719 (result = request + 1000). `docs/protocol.md` §3
+//! requests 5700–5719, results 6700–6719 (result = request + 1000). `docs/protocol.md` §5
 //! lists each kind with an example.
 
 use nostr::Kind;

@@ -2,7 +2,7 @@
 //!
 //! NIP-89 fixes the `d` and `k` tags and leaves `content` as free-form, kind-0-style JSON. We put
 //! the usual `name`/`about` there plus one `quorum` object with the capabilities, price and limits
-//! that selection needs (docs/protocol.md §4). Parsing validates that object strictly, because
+//! that selection needs (docs/protocol.md §6). Parsing validates that object strictly, because
 //! announcements come from anyone and selection trusts nothing it cannot parse.
 
 use nostr::{Event, EventBuilder, Kind, Tag, TagKind};

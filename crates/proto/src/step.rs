@@ -4,7 +4,7 @@
 //! step: its script, environment, secrets, artifact paths, network access, timeout and resource
 //! limits, all as NIP-90 `param` tags. Secrets are only accepted in NIP-44 encrypted requests:
 //! a clear request that carries one is refused, so that a careless client cannot publish them.
-//! The result content is the JSON [`StepReport`]. `docs/protocol.md` §5 has examples.
+//! The result content is the JSON [`StepReport`]. `docs/protocol.md` §8 has examples.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
