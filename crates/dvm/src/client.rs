@@ -64,6 +64,11 @@ impl JobReporter for Quiet {
 pub struct JobClient {
     client: Client,
     keys: Keys,
+    /// `created_at` of the last request. Two identical requests signed by one key in the same
+    /// second are the same event (same id): the second would be a relay duplicate whose
+    /// answers this client has already seen. Each request is therefore stamped at least one
+    /// second after the previous one.
+    last_created: std::sync::Mutex<Timestamp>,
 }
 
 impl JobClient {
@@ -83,7 +88,11 @@ impl JobClient {
         }
         client.connect().await;
         client.wait_for_connection(Duration::from_secs(5)).await;
-        Ok(JobClient { client, keys })
+        Ok(JobClient {
+            client,
+            keys,
+            last_created: std::sync::Mutex::new(Timestamp::from(0)),
+        })
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -104,7 +113,14 @@ impl JobClient {
         } else {
             request.to_event_builder()
         };
+        let created_at = {
+            let mut last = self.last_created.lock().expect("timestamp lock");
+            let next = Timestamp::now().max(*last + 1);
+            *last = next;
+            next
+        };
         let event = builder
+            .custom_created_at(created_at)
             .sign_with_keys(&self.keys)
             .map_err(|e| ClientError::Sign(e.to_string()))?;
         // Subscribe before publishing, so that no answer can slip past.

@@ -567,3 +567,35 @@ async fn the_dvm_reconnects_when_its_relay_comes_back() {
     }
     dvm.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_client_can_send_the_same_request_twice_in_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(&dir.path().join("relay")).await;
+    let handler = Echo::default();
+    let dvm = Dvm::start(
+        config(&relay, &dir.path().join("dvm")),
+        Keys::generate(),
+        handler.clone(),
+    )
+    .await
+    .unwrap();
+    let client =
+        quorum_dvm::client::JobClient::connect(std::slice::from_ref(&relay.url), Keys::generate())
+            .await
+            .unwrap();
+    let request = echo_request("twice").provider(dvm.public_key());
+    for _ in 0..2 {
+        let outcome = client
+            .run(&request, false, WAIT, &mut quorum_dvm::client::Quiet)
+            .await
+            .expect("an answer");
+        match outcome {
+            quorum_dvm::client::JobOutcome::Result { content, .. } => assert_eq!(content, "TWICE"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 2, "both requests ran");
+    client.shutdown().await;
+    dvm.shutdown().await;
+}

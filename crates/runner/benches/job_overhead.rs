@@ -127,6 +127,11 @@ fn bench_dir() -> PathBuf {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // Quiet unless RUST_LOG asks: logging would be part of what is measured.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let dir = tempfile::tempdir().unwrap();
     let relay = quorum_relay::Relay::open(
         quorum_relay::RelayConfig::default(),
