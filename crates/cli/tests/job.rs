@@ -39,9 +39,10 @@ fn start_fleet(dir: &Path) -> Fleet {
     );
     let relay = up.value_of("relay");
     let blossom = up.value_of("blossom");
-    let runner_data = dir.join("runner");
-    let key = runner_data.join("runner.nsec");
-    let runner = Daemon::spawn(
+    // Relative paths, as a person types them: the runner must not hand the sandbox a
+    // relative work dir (it did, once).
+    let runner = Daemon::spawn_in(
+        Some(dir),
         QUORUM,
         &[
             "dvm",
@@ -51,12 +52,13 @@ fn start_fleet(dir: &Path) -> Fleet {
             "--blossom",
             &blossom,
             "--key",
-            key.to_str().unwrap(),
+            "runner/runner.nsec",
             "--data",
-            runner_data.to_str().unwrap(),
+            "runner",
             "--allow-local-repos",
         ],
     );
+    let key = dir.join("runner/runner.nsec");
     let pubkey = runner.value_of("runner");
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "a created key file is private");

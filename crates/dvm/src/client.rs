@@ -48,7 +48,8 @@ pub enum JobOutcome {
 
 /// Progress reports while a job runs (the CLI prints them).
 pub trait JobReporter: Send {
-    /// Any feedback that is not terminal (processing, partial, payment-required); `content` is
+    /// Feedback that does not end the job: processing, partial, payment-required, and the
+    /// `error` of one provider while others still work on an open request; `content` is
     /// decrypted.
     fn feedback(&mut self, provider: &PublicKey, feedback: &JobFeedback, content: &str);
 }
@@ -133,6 +134,7 @@ impl JobClient {
             .map_err(|e| ClientError::Subscribe(e.to_string()))?;
         publish::publish(&self.client, &event, RetryPolicy::default()).await?;
         let wanted: Vec<PublicKey> = request.providers.clone();
+        let mut working: std::collections::HashSet<PublicKey> = Default::default();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notification = match tokio::time::timeout_at(deadline, notifications.recv()).await {
@@ -152,8 +154,18 @@ impl JobClient {
             {
                 continue;
             }
-            if let Some(outcome) = self.interpret(&event, &answer, reporter) {
-                return Ok(outcome);
+            match self.interpret(&event, &answer, reporter) {
+                Some(JobOutcome::Error {
+                    provider, feedback, ..
+                }) if working.iter().any(|other| *other != provider) => {
+                    // Another provider is still at it: this one's failure is not the verdict.
+                    working.remove(&provider);
+                    reporter.feedback(&provider, &feedback, &feedback.content);
+                }
+                Some(outcome) => return Ok(outcome),
+                None => {
+                    working.insert(answer.pubkey);
+                }
             }
         }
     }

@@ -72,7 +72,16 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(config: RunnerConfig, sandbox: Arc<dyn Sandbox>, blossom: BlossomClient) -> Self {
+    /// A runner; a relative `work_root` is taken relative to the current directory now, because
+    /// the sandbox binds work dirs by absolute path.
+    pub fn new(
+        mut config: RunnerConfig,
+        sandbox: Arc<dyn Sandbox>,
+        blossom: BlossomClient,
+    ) -> Self {
+        if let Ok(absolute) = std::path::absolute(&config.work_root) {
+            config.work_root = absolute;
+        }
         Runner {
             config,
             sandbox,

@@ -20,7 +20,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `program args…` with stdout piped and stderr inherited (visible on failure).
     pub fn spawn(program: &str, args: &[&str]) -> Daemon {
-        let mut child = Command::new(program)
+        Self::spawn_in(None, program, args)
+    }
+
+    /// Like [`Daemon::spawn`], in the working directory `dir` when given.
+    pub fn spawn_in(dir: Option<&std::path::Path>, program: &str, args: &[&str]) -> Daemon {
+        let mut command = Command::new(program);
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        let mut child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
