@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use nostr_sdk::prelude::*;
+use quorum_proto::nip89::Announcement;
 use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobRequest, JobResult, Nip90Error};
 
 use crate::publish::{self, PublishError, RetryPolicy};
@@ -98,6 +99,46 @@ impl JobClient {
 
     pub fn public_key(&self) -> PublicKey {
         self.keys.public_key()
+    }
+
+    /// The DVMs that announce (NIP-89) that they serve `kind`, newest announcement per DVM,
+    /// skipping announcements that are not Quorum CI offers.
+    pub async fn discover(
+        &self,
+        kind: Kind,
+        timeout: Duration,
+    ) -> Result<Vec<(PublicKey, Announcement)>, ClientError> {
+        let filter = Filter::new()
+            .kind(quorum_proto::nip89::HANDLER_INFORMATION)
+            .custom_tag(
+                SingleLetterTag::lowercase(Alphabet::K),
+                kind.as_u16().to_string(),
+            );
+        let events = self
+            .client
+            .fetch_events(filter, timeout)
+            .await
+            .map_err(|e| ClientError::Subscribe(e.to_string()))?;
+        let mut newest: std::collections::BTreeMap<PublicKey, (Timestamp, Announcement)> =
+            Default::default();
+        for event in events {
+            if event.verify().is_err() {
+                continue;
+            }
+            let Ok(announcement) = Announcement::from_event(&event) else {
+                continue;
+            };
+            let keep = newest
+                .get(&event.pubkey)
+                .is_none_or(|(at, _)| *at < event.created_at);
+            if keep {
+                newest.insert(event.pubkey, (event.created_at, announcement));
+            }
+        }
+        Ok(newest
+            .into_iter()
+            .map(|(key, (_, announcement))| (key, announcement))
+            .collect())
     }
 
     /// Publishes `request` (NIP-44 encrypted to its one provider if `encrypt`), follows it,

@@ -1,0 +1,556 @@
+//! The pipeline engine: runs the jobs of a [`Plan`] on DVMs in dependency order.
+//!
+//! Jobs whose needs are met run concurrently. A script job goes to a runner DVM as a run-step
+//! request (kind 5702), a `uses: dvm` job to whatever DVM serves its kind, with expressions
+//! (`${{ jobs.build.artifacts['out/app'].url }}`) filled in from the jobs it needs. A runner
+//! that errors or does not answer is replaced by the next one (fail-over); a step that ran and
+//! failed is not retried, because it would fail again. When a job fails, its dependants are
+//! skipped and the run fails.
+//!
+//! This is the engine a router DVM wraps and that `quorum run` drives directly. Modes other
+//! than router (naive chains, quorums) and approval gates are refused with a clear reason
+//! until their issues land.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use quorum_dvm::client::{JobClient, JobOutcome, JobReporter};
+use quorum_pipeline::expr::{self, ArtifactField, Reference};
+use quorum_pipeline::{JobSpec, Mode, Plan, PlannedJob};
+use quorum_proto::nip90::{JobFeedback, JobInput, JobParam, JobRequest};
+use quorum_proto::nostr::{EventId, Kind, PublicKey};
+use quorum_proto::step::{StepJob, StepReport};
+use serde::Serialize;
+
+/// What the run is about.
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    /// Git URL the runners fetch from.
+    pub repo: String,
+    /// The commit every job builds.
+    pub commit: String,
+    /// Values of manual trigger inputs (`${{ inputs.NAME }}`).
+    pub inputs: BTreeMap<String, String>,
+    /// Secret values by name; a job gets only those it lists.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// How the engine dispatches.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Runner DVMs to use, in order of preference.
+    pub runners: Vec<PublicKey>,
+    /// How many runners to try for one job before giving up.
+    pub attempts: usize,
+    /// How long to wait for a runner beyond the step's own timeout (fetch, upload, queue).
+    pub grace: Duration,
+    /// Step timeout when the pipeline gives none.
+    pub default_timeout: Duration,
+    /// How long to wait for a generic DVM's result when the pipeline gives no timeout.
+    pub dvm_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            runners: Vec::new(),
+            attempts: 3,
+            grace: Duration::from_secs(300),
+            default_timeout: Duration::from_secs(3600),
+            dvm_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum JobState {
+    Succeeded,
+    Failed { reason: String },
+    Skipped { reason: String },
+}
+
+/// Everything known about one job of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub state: JobState,
+    /// The DVM whose answer counted.
+    pub provider: Option<String>,
+    pub request: Option<String>,
+    pub result: Option<String>,
+    /// For script jobs: the runner's report.
+    pub report: Option<StepReport>,
+    /// For DVM jobs: the result content.
+    pub content: Option<String>,
+    /// Providers tried, in order.
+    pub tried: Vec<String>,
+}
+
+impl JobRecord {
+    fn new(job: &PlannedJob) -> Self {
+        JobRecord {
+            id: job.id.clone(),
+            name: job.name.clone(),
+            state: JobState::Skipped {
+                reason: "not started".into(),
+            },
+            provider: None,
+            request: None,
+            result: None,
+            report: None,
+            content: None,
+            tried: Vec::new(),
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.state == JobState::Succeeded
+    }
+}
+
+/// The end of a run: one record per job, in plan order.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub succeeded: bool,
+    pub jobs: Vec<JobRecord>,
+}
+
+/// Progress of a run, for a terminal or a log.
+pub trait RunReporter: Send {
+    fn job_started(&mut self, job: &PlannedJob);
+    /// A line of feedback about a job (status changes, new log lines).
+    fn job_progress(&mut self, job: &str, provider: &PublicKey, line: &str);
+    fn job_finished(&mut self, record: &JobRecord);
+}
+
+/// Runs every job of `plan` that can run, and reports how each ended.
+pub async fn execute(
+    client: &JobClient,
+    plan: &Plan,
+    context: &RunContext,
+    config: &EngineConfig,
+    reporter: &mut dyn RunReporter,
+) -> RunOutcome {
+    let reporter = Mutex::new(reporter);
+    let mut records: HashMap<String, JobRecord> = HashMap::new();
+    let mut finished: HashSet<String> = HashSet::new();
+    let mut started: HashSet<String> = HashSet::new();
+    let mut running = FuturesUnordered::new();
+    loop {
+        // Skip what can no longer run; start what is ready.
+        for job in &plan.jobs {
+            if started.contains(&job.id) {
+                continue;
+            }
+            let failed_need = job.needs.iter().find(|need| {
+                finished.contains(*need) && !records.get(*need).is_some_and(JobRecord::succeeded)
+            });
+            if let Some(need) = failed_need {
+                let mut record = JobRecord::new(job);
+                record.state = JobState::Skipped {
+                    reason: format!("needs {need}, which did not succeed"),
+                };
+                lock(&reporter).job_finished(&record);
+                started.insert(job.id.clone());
+                finished.insert(job.id.clone());
+                records.insert(job.id.clone(), record);
+                continue;
+            }
+            if job.needs.iter().all(|need| finished.contains(need)) {
+                started.insert(job.id.clone());
+                lock(&reporter).job_started(job);
+                let done: Vec<&JobRecord> =
+                    job.needs.iter().filter_map(|n| records.get(n)).collect();
+                let upstream = Upstream::new(&done, context);
+                let reporter = &reporter;
+                running.push(async move {
+                    run_job(client, job, context, config, upstream, reporter).await
+                });
+            }
+        }
+        match running.next().await {
+            Some(record) => {
+                lock(&reporter).job_finished(&record);
+                finished.insert(record.id.clone());
+                records.insert(record.id.clone(), record);
+            }
+            None => break,
+        }
+    }
+    let jobs: Vec<JobRecord> = plan
+        .jobs
+        .iter()
+        .map(|job| {
+            records
+                .remove(&job.id)
+                .unwrap_or_else(|| JobRecord::new(job))
+        })
+        .collect();
+    RunOutcome {
+        succeeded: jobs.iter().all(JobRecord::succeeded),
+        jobs,
+    }
+}
+
+fn lock<'a, 'b>(
+    reporter: &'a Mutex<&'b mut dyn RunReporter>,
+) -> std::sync::MutexGuard<'a, &'b mut dyn RunReporter> {
+    // A reporter that panicked has printed all it will; keep going with the run.
+    reporter
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the jobs a job needs produced, for filling in expressions.
+struct Upstream {
+    values: HashMap<Reference, String>,
+}
+
+impl Upstream {
+    fn new(done: &[&JobRecord], context: &RunContext) -> Self {
+        let mut values = HashMap::new();
+        for record in done {
+            if let Some(result) = &record.result {
+                values.insert(
+                    Reference::JobResult {
+                        job: record.id.clone(),
+                    },
+                    result.clone(),
+                );
+            }
+            for artifact in record.report.iter().flat_map(|r| &r.artifacts) {
+                // A directory artifact `dist` is uploaded as `dist.tar`; both names resolve.
+                let paths = [
+                    artifact.name.clone(),
+                    artifact.name.trim_end_matches(".tar").to_string(),
+                ];
+                for path in paths {
+                    if let Some(url) = artifact.blob.urls.first() {
+                        values.insert(
+                            Reference::Artifact {
+                                job: record.id.clone(),
+                                path: path.clone(),
+                                field: ArtifactField::Url,
+                            },
+                            url.clone(),
+                        );
+                    }
+                    values.insert(
+                        Reference::Artifact {
+                            job: record.id.clone(),
+                            path,
+                            field: ArtifactField::Sha256,
+                        },
+                        artifact.blob.sha256.clone(),
+                    );
+                }
+            }
+        }
+        for (name, value) in &context.inputs {
+            values.insert(Reference::Input { name: name.clone() }, value.clone());
+        }
+        Upstream { values }
+    }
+
+    fn render(&self, text: &str) -> Result<String, String> {
+        expr::render(text, |reference| self.values.get(reference).cloned())
+            .map_err(|e| e.to_string())
+    }
+}
+
+async fn run_job(
+    client: &JobClient,
+    job: &PlannedJob,
+    context: &RunContext,
+    config: &EngineConfig,
+    upstream: Upstream,
+    reporter: &Mutex<&mut dyn RunReporter>,
+) -> JobRecord {
+    let mut record = JobRecord::new(job);
+    if let Err(reason) = supported(job) {
+        record.state = JobState::Failed { reason };
+        return record;
+    }
+    let prepared = match prepare(job, context, config, &upstream) {
+        Ok(prepared) => prepared,
+        Err(reason) => {
+            record.state = JobState::Failed { reason };
+            return record;
+        }
+    };
+    let mut forward = Forward {
+        job: &job.id,
+        reporter,
+        last_tail: String::new(),
+    };
+    let candidates: Vec<Option<PublicKey>> = match prepared.provider {
+        Some(provider) => vec![Some(provider)],
+        None if prepared.runner_job && !config.runners.is_empty() => {
+            config.runners.iter().copied().map(Some).collect()
+        }
+        // No known provider: an open request that any DVM of the kind may take.
+        None => vec![None],
+    };
+    let mut last_failure = String::from("no DVM to ask");
+    for provider in candidates.into_iter().cycle().take(config.attempts.max(1)) {
+        let mut request = prepared.request.clone();
+        request.providers = provider.into_iter().collect();
+        let encrypt = prepared.encrypt && provider.is_some();
+        if prepared.encrypt && provider.is_none() {
+            record.state = JobState::Failed {
+                reason: "the job has secrets, which need a known runner to be encrypted to".into(),
+            };
+            return record;
+        }
+        record
+            .tried
+            .push(provider.map(|p| p.to_hex()).unwrap_or_else(|| "any".into()));
+        match client
+            .run(&request, encrypt, prepared.timeout, &mut forward)
+            .await
+        {
+            Ok(JobOutcome::Result {
+                request,
+                event,
+                provider,
+                content,
+            }) => {
+                record.request = Some(request.id.to_hex());
+                record.result = Some(event.id.to_hex());
+                record.provider = Some(provider.to_hex());
+                return finish_with_result(record, prepared.runner_job, content);
+            }
+            Ok(JobOutcome::Error {
+                request,
+                provider,
+                feedback,
+            }) => {
+                record.request = Some(request.id.to_hex());
+                last_failure = format!(
+                    "{} answered error: {}",
+                    short(&provider),
+                    feedback.extra.as_deref().unwrap_or("no reason given")
+                );
+                tracing::info!(job = %job.id, "{last_failure}; trying another DVM");
+            }
+            Err(err) => {
+                last_failure = format!("no answer: {err}");
+                tracing::info!(job = %job.id, "{last_failure}; trying another DVM");
+            }
+        }
+    }
+    record.state = JobState::Failed {
+        reason: last_failure,
+    };
+    record
+}
+
+fn finish_with_result(mut record: JobRecord, runner_job: bool, content: String) -> JobRecord {
+    if !runner_job {
+        record.content = Some(content);
+        record.state = JobState::Succeeded;
+        return record;
+    }
+    match serde_json::from_str::<StepReport>(&content) {
+        Ok(report) => {
+            record.state = if report.succeeded() {
+                JobState::Succeeded
+            } else if report.timed_out {
+                JobState::Failed {
+                    reason: "the step timed out".into(),
+                }
+            } else {
+                JobState::Failed {
+                    reason: match report.exit_code {
+                        Some(code) => format!("the step exited with code {code}"),
+                        None => "the step was killed".into(),
+                    },
+                }
+            };
+            record.report = Some(report);
+        }
+        Err(err) => {
+            record.state = JobState::Failed {
+                reason: format!("the runner's result is not a step report: {err}"),
+            };
+        }
+    }
+    record
+}
+
+/// What this engine can run today.
+fn supported(job: &PlannedJob) -> Result<(), String> {
+    match (&job.mode, &job.spec) {
+        (_, JobSpec::Approval { .. }) => {
+            Err("approval gates are not supported by this engine yet".into())
+        }
+        (Mode::Quorum { .. }, _) => Err("quorum mode is not supported by this engine yet".into()),
+        (Mode::Naive, _) => Err("naive chain mode is not supported by this engine yet".into()),
+        (Mode::Router, _) => Ok(()),
+    }
+}
+
+/// A job turned into a request.
+struct Prepared {
+    request: JobRequest,
+    provider: Option<PublicKey>,
+    encrypt: bool,
+    runner_job: bool,
+    timeout: Duration,
+}
+
+fn prepare(
+    job: &PlannedJob,
+    context: &RunContext,
+    config: &EngineConfig,
+    upstream: &Upstream,
+) -> Result<Prepared, String> {
+    match &job.spec {
+        JobSpec::Run {
+            script,
+            env,
+            secrets,
+            artifacts,
+            network,
+            timeout_secs,
+        } => {
+            let mut step =
+                StepJob::new(context.repo.clone(), context.commit.clone(), script.clone());
+            step.name = Some(job.name.clone());
+            for (key, value) in env {
+                step.env.insert(key.clone(), upstream.render(value)?);
+            }
+            for name in secrets {
+                let value = context
+                    .secrets
+                    .get(name)
+                    .ok_or_else(|| format!("secret {name} was not provided to the run"))?;
+                step.secrets.insert(name.clone(), value.clone());
+            }
+            step.artifacts = artifacts.clone();
+            step.network = *network;
+            let timeout = timeout_secs
+                .map(Duration::from_secs)
+                .unwrap_or(config.default_timeout);
+            step.timeout = Some(timeout);
+            Ok(Prepared {
+                encrypt: !step.secrets.is_empty(),
+                request: step.to_request(),
+                provider: None,
+                runner_job: true,
+                timeout: timeout + config.grace,
+            })
+        }
+        JobSpec::Dvm {
+            kind,
+            inputs,
+            params,
+            provider,
+            timeout_secs,
+        } => {
+            let mut request = JobRequest::new(Kind::from_u16(*kind)).map_err(|e| e.to_string())?;
+            for input in inputs {
+                let data = upstream.render(&input.value)?;
+                let input_type = input
+                    .input_type
+                    .as_str()
+                    .parse()
+                    .map_err(|e: quorum_proto::nip90::Nip90Error| e.to_string())?;
+                request.inputs.push(JobInput {
+                    data,
+                    input_type,
+                    relay: None,
+                    marker: input.marker.clone(),
+                });
+            }
+            for (key, value) in params {
+                request
+                    .params
+                    .push(JobParam::new(key.clone(), upstream.render(value)?));
+            }
+            let provider = provider
+                .as_deref()
+                .map(PublicKey::parse)
+                .transpose()
+                .map_err(|e| format!("provider: {e}"))?;
+            Ok(Prepared {
+                request,
+                provider,
+                encrypt: false,
+                runner_job: false,
+                timeout: timeout_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(config.dvm_timeout),
+            })
+        }
+        JobSpec::Approval { .. } => Err("approval gates are not supported yet".into()),
+    }
+}
+
+fn short(key: &PublicKey) -> String {
+    key.to_hex()[..12].to_string()
+}
+
+/// Passes one job's DVM feedback on to the run's reporter as lines.
+struct Forward<'a, 'b> {
+    job: &'a str,
+    reporter: &'a Mutex<&'b mut dyn RunReporter>,
+    last_tail: String,
+}
+
+impl JobReporter for Forward<'_, '_> {
+    fn feedback(&mut self, provider: &PublicKey, feedback: &JobFeedback, content: &str) {
+        use quorum_proto::nip90::FeedbackStatus;
+        let mut reporter = lock(self.reporter);
+        match feedback.status {
+            FeedbackStatus::Partial => {
+                for line in new_lines(&self.last_tail, content) {
+                    reporter.job_progress(self.job, provider, line);
+                }
+                self.last_tail = content.to_string();
+            }
+            status => {
+                let extra = feedback.extra.as_deref().unwrap_or_default();
+                reporter.job_progress(self.job, provider, &format!("[{status}] {extra}"));
+            }
+        }
+    }
+}
+
+/// The lines of `next` that come after what `prev` already showed (log tails overlap).
+pub fn new_lines<'a>(prev: &str, next: &'a str) -> Vec<&'a str> {
+    let next_lines: Vec<&str> = next.lines().collect();
+    let Some(last_seen) = prev.lines().last() else {
+        return next_lines;
+    };
+    match next_lines.iter().rposition(|line| *line == last_seen) {
+        Some(i) => next_lines[i + 1..].to_vec(),
+        None => next_lines,
+    }
+}
+
+/// The request id a record's job ran under, if any.
+pub fn request_id(record: &JobRecord) -> Option<EventId> {
+    record
+        .request
+        .as_deref()
+        .and_then(|id| EventId::from_hex(id).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_lines;
+
+    #[test]
+    fn only_new_tail_lines() {
+        assert_eq!(new_lines("", "a\nb"), ["a", "b"]);
+        assert_eq!(new_lines("a\nb", "a\nb\nc"), ["c"]);
+        assert_eq!(new_lines("x\ny", "b\nc"), ["b", "c"]);
+    }
+}

@@ -1,0 +1,244 @@
+//! The engine runs pipelines end to end on loopback: a real relay and Blossom server, runner
+//! DVMs with bubblewrap, a generic NIP-90 DVM, and a git repository made by the test.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nostr_sdk::prelude::*;
+use quorum_blossom::{BlossomConfig, BlossomServer};
+use quorum_dvm::client::JobClient;
+use quorum_dvm::{Dvm, DvmConfig, Job, JobContext, JobFailure, JobHandler, JobOutput};
+use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
+use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, execute};
+use quorum_runner::{GitPolicy, Runner, RunnerConfig};
+use quorum_testkit::git::{git, sample_repo};
+use tokio::sync::oneshot;
+
+struct Network {
+    relay: RelayUrl,
+    blossom: ::url::Url,
+    _stops: Vec<oneshot::Sender<()>>,
+}
+
+async fn start_network(dir: &Path) -> Network {
+    let relay = quorum_relay::Relay::open(quorum_relay::RelayConfig::default(), &dir.join("relay"))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_url = RelayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
+    let (relay_stop, relay_stopped) = oneshot::channel::<()>();
+    tokio::spawn(relay.serve(listener, async move {
+        let _ = relay_stopped.await;
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let blossom_url =
+        ::url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+    let server = BlossomServer::open(
+        BlossomConfig {
+            public_url: Some(blossom_url.clone()),
+            ..BlossomConfig::default()
+        },
+        &dir.join("blossom"),
+    )
+    .await
+    .unwrap();
+    let (blossom_stop, blossom_stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(listener, async move {
+        let _ = blossom_stopped.await;
+    }));
+    Network {
+        relay: relay_url,
+        blossom: blossom_url,
+        _stops: vec![relay_stop, blossom_stop],
+    }
+}
+
+async fn start_runner(network: &Network, data: &Path, allow_local: bool) -> Dvm {
+    let keys = Keys::generate();
+    let mut config = RunnerConfig::new(data.join("work"), vec![network.blossom.clone()]);
+    config.git = GitPolicy {
+        allow_local,
+        timeout: Some(Duration::from_secs(30)),
+    };
+    let sandbox = quorum_sandbox::Bubblewrap::detect()
+        .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
+    let runner = Runner::new(
+        config,
+        Arc::new(sandbox),
+        quorum_blossom::client::BlossomClient::new(keys.clone()),
+    );
+    let dvm_config = DvmConfig::new(vec![network.relay.clone()], data.join("dvm"), "runner");
+    Dvm::start(dvm_config, keys, runner).await.unwrap()
+}
+
+/// A malware scanner as any NIP-90 DVM would be (kind 5500): it reads a `url` input, fetches
+/// nothing of Quorum CI, and answers `CLEAN` with what it was given.
+struct Scanner;
+
+impl JobHandler for Scanner {
+    fn kinds(&self) -> Vec<Kind> {
+        vec![Kind::from_u16(5500)]
+    }
+
+    fn offer(&self) -> Offer {
+        Offer {
+            capabilities: Capabilities {
+                arch: "any".into(),
+                os: "any".into(),
+                sandbox: "none".into(),
+                toolchains: vec![],
+                network: true,
+            },
+            price: Price::default(),
+            limits: JobLimits {
+                concurrency: 1,
+                max_timeout_secs: 60,
+                max_request_bytes: 65536,
+            },
+        }
+    }
+
+    async fn run(&self, job: Job, _ctx: JobContext) -> Result<JobOutput, JobFailure> {
+        let url = job
+            .request
+            .inputs
+            .iter()
+            .find(|i| i.input_type == quorum_proto::nip90::InputType::Url)
+            .ok_or_else(|| JobFailure::new("no url input"))?;
+        Ok(JobOutput {
+            content: format!("CLEAN {}", url.data),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    started: Vec<String>,
+    finished: Vec<String>,
+    lines: usize,
+}
+
+impl RunReporter for Recorder {
+    fn job_started(&mut self, job: &quorum_pipeline::PlannedJob) {
+        self.started.push(job.id.clone());
+    }
+    fn job_progress(&mut self, _job: &str, _provider: &PublicKey, _line: &str) {
+        self.lines += 1;
+    }
+    fn job_finished(&mut self, record: &JobRecord) {
+        self.finished.push(record.id.clone());
+    }
+}
+
+const PIPELINE: &str = r#"
+name: ci
+on: [push]
+jobs:
+  test:
+    run: test "$(cat message.txt)" = quorum && echo tests passed
+  build:
+    needs: test
+    run: sh build.sh
+    artifacts: [out/hello.txt, out/dist]
+  scan:
+    needs: build
+    uses: dvm
+    kind: 5500
+    inputs:
+      - { type: url, value: "${{ jobs.build.artifacts['out/hello.txt'].url }}" }
+  lint:
+    run: exit 3
+  docs:
+    needs: lint
+    run: echo never
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_runs_in_order_fails_over_and_skips_dependants_of_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = start_network(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    // The first runner refuses local repositories, so every job must fail over to the second.
+    let refuses = start_runner(&network, &dir.path().join("r1"), false).await;
+    let works = start_runner(&network, &dir.path().join("r2"), true).await;
+    let scanner = Dvm::start(
+        DvmConfig::new(
+            vec![network.relay.clone()],
+            dir.path().join("scan"),
+            "scanner",
+        ),
+        Keys::generate(),
+        Scanner,
+    )
+    .await
+    .unwrap();
+
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).expect("valid pipeline");
+    let client = JobClient::connect(std::slice::from_ref(&network.relay), Keys::generate())
+        .await
+        .unwrap();
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit: commit.clone(),
+        ..RunContext::default()
+    };
+    let config = EngineConfig {
+        runners: vec![refuses.public_key(), works.public_key()],
+        ..EngineConfig::default()
+    };
+    let mut recorder = Recorder::default();
+    let outcome = execute(&client, &plan, &context, &config, &mut recorder).await;
+
+    let by_id = |id: &str| outcome.jobs.iter().find(|j| j.id == id).unwrap().clone();
+    assert!(!outcome.succeeded, "lint fails, so the run fails");
+    for id in ["test", "build", "scan"] {
+        assert_eq!(by_id(id).state, JobState::Succeeded, "{:?}", by_id(id));
+    }
+    let build = by_id("build");
+    assert_eq!(build.tried.len(), 2, "failed over from the refusing runner");
+    assert_eq!(build.provider, Some(works.public_key().to_hex()));
+    let report = build.report.unwrap();
+    let hello = report
+        .artifacts
+        .iter()
+        .find(|a| a.name == "out/hello.txt")
+        .unwrap();
+    // The generic DVM got the artifact URL through the expression.
+    assert_eq!(
+        by_id("scan").content.as_deref(),
+        Some(format!("CLEAN {}", hello.blob.urls[0]).as_str())
+    );
+    assert_eq!(
+        by_id("lint").state,
+        JobState::Failed {
+            reason: "the step exited with code 3".into()
+        }
+    );
+    assert!(matches!(by_id("docs").state, JobState::Skipped { .. }));
+    // Dependencies ran first.
+    let position = |id: &str| recorder.finished.iter().position(|f| f == id).unwrap();
+    assert!(position("test") < position("build") && position("build") < position("scan"));
+    assert!(!recorder.started.contains(&"docs".to_string()));
+    assert!(recorder.lines > 0, "feedback reached the reporter");
+
+    // Another commit of the same repository runs through the same engine.
+    std::fs::write(repo.join("message.txt"), "changed").unwrap();
+    git(&repo, &["commit", "--quiet", "-am", "change"]);
+    let changed = RunContext {
+        commit: git(&repo, &["rev-parse", "HEAD"]),
+        ..context
+    };
+    let plan = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        "on: [push]\njobs:\n  test:\n    run: test \"$(cat message.txt)\" = quorum\n",
+    )
+    .unwrap();
+    let outcome = execute(&client, &plan, &changed, &config, &mut Recorder::default()).await;
+    assert!(!outcome.succeeded, "the test sees the new commit");
+
+    client.shutdown().await;
+    for dvm in [refuses, works, scanner] {
+        dvm.shutdown().await;
+    }
+}
