@@ -49,6 +49,9 @@ pub enum Command {
     /// Run the embedded default network on loopback: a relay, a Blossom server and runner DVMs,
     /// data in one directory; writes DIR/endpoints.json once everything is ready.
     Up(UpArgs),
+    /// Run the pipeline of a repository (.quorum/pipeline.yml at HEAD) on DVMs: the embedded
+    /// network by default, or the DVMs on --relay.
+    Run(RunArgs),
     /// Run a Data Vending Machine that sells compute on the open market.
     #[command(subcommand)]
     Dvm(DvmCommand),
@@ -167,8 +170,10 @@ pub struct BuildArgs {
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
 
-    /// Secret environment variable (repeat): sent NIP-44 encrypted, needs --provider.
-    #[arg(long = "secret", value_name = "KEY=VALUE")]
+    /// Secret environment variable (repeat): NAME takes the value of the environment variable
+    /// NAME (NAME=VALUE also works, but shows the value to other users of this machine). Sent
+    /// NIP-44 encrypted; needs --provider.
+    #[arg(long = "secret", value_name = "NAME")]
     pub secrets: Vec<String>,
 
     /// Let the step use the network.
@@ -218,8 +223,49 @@ pub struct RelayArgs {
     pub options: RelayOptions,
 }
 
-/// Relay settings shared by `quorum relay` and `quorum up`.
+/// Options of `quorum run`.
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The repository whose HEAD commit and pipeline to run.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+
+    /// Use the DVMs on this relay (repeat) instead of starting the embedded network.
+    #[arg(long = "relay", value_name = "URL")]
+    pub relays: Vec<String>,
+
+    /// Git URL the DVMs fetch from (default: file://DIR, readable only by DVMs on this machine).
+    #[arg(long, value_name = "GIT_URL")]
+    pub repo: Option<String>,
+
+    /// Data directory of the embedded network (default: a temporary directory).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+
+    /// A secret the pipeline uses: NAME takes the value of the environment variable NAME
+    /// (NAME=VALUE also works, but shows the value to other users of this machine). Repeat.
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
+
+    /// A manual input of the pipeline, NAME=VALUE (repeat).
+    #[arg(long = "input", value_name = "NAME=VALUE")]
+    pub inputs: Vec<String>,
+
+    /// Runner DVMs of the embedded network.
+    #[arg(long, default_value_t = 2)]
+    pub runners: usize,
+
+    /// DEVELOPMENT ONLY: start the embedded runners without a sandbox if bubblewrap is missing.
+    #[arg(long)]
+    pub unsandboxed_runners: bool,
+
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Relay settings shared by `quorum relay` and `quorum up`.
+#[derive(Debug, Args, Default)]
 pub struct RelayOptions {
     /// Largest accepted event (serialised JSON).
     #[arg(long, value_name = "SIZE")]
@@ -262,9 +308,10 @@ pub struct RelayOptions {
     pub contact: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum AuthArg {
     /// No AUTH challenge.
+    #[default]
     Off,
     /// Send an AUTH challenge; require nothing.
     Available,
@@ -313,6 +360,18 @@ pub struct BlossomOptions {
     pub allow_private_mirror: bool,
 }
 
+impl Default for BlossomOptions {
+    /// The same values the flags default to.
+    fn default() -> Self {
+        BlossomOptions {
+            max_blob_size: bytesize::ByteSize::gib(2),
+            allowed_uploaders: Vec::new(),
+            anonymous_uploads: false,
+            allow_private_mirror: false,
+        }
+    }
+}
+
 /// Options of `quorum up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -351,5 +410,22 @@ mod tests {
     #[test]
     fn grammar_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn option_defaults_match_the_flags() {
+        #[derive(Parser)]
+        struct Both {
+            #[command(flatten)]
+            relay: RelayOptions,
+            #[command(flatten)]
+            blossom: BlossomOptions,
+        }
+        let parsed = Both::parse_from(["x"]);
+        assert_eq!(
+            parsed.blossom.max_blob_size,
+            BlossomOptions::default().max_blob_size
+        );
+        assert_eq!(parsed.relay.auth, RelayOptions::default().auth);
     }
 }

@@ -293,6 +293,10 @@ pub struct StepReport {
     pub source_date_epoch: i64,
     pub artifacts: Vec<ArtifactRef>,
     pub log: BlobRef,
+    /// The last lines of the log (at most 4 KiB), so that a failure can be shown without
+    /// fetching the whole log.
+    #[serde(default)]
+    pub log_tail: String,
     pub sandbox: SandboxRef,
 }
 
@@ -403,6 +407,7 @@ mod tests {
                 size: 5,
                 urls: vec![],
             },
+            log_tail: "done\n".into(),
             sandbox: SandboxRef {
                 name: "bubblewrap".into(),
                 isolated: true,

@@ -535,6 +535,18 @@ pub fn new_lines<'a>(prev: &str, next: &'a str) -> Vec<&'a str> {
     }
 }
 
+/// The id of a run: the sha256 of the repository URL, the commit and the plan hash, so that
+/// the same pipeline on the same commit is recognisably the same run (deduplication).
+pub fn run_id(repo: &str, commit: &str, plan: &Plan) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in [repo, commit, &plan.plan_hash()] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
 /// The request id a record's job ran under, if any.
 pub fn request_id(record: &JobRecord) -> Option<EventId> {
     record

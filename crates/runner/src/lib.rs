@@ -180,6 +180,7 @@ impl Runner {
             source_date_epoch,
             artifacts,
             log,
+            log_tail: tail,
             sandbox: SandboxRef {
                 name: info.name,
                 isolated: info.isolated,
@@ -311,13 +312,18 @@ impl LogFile {
         })
     }
 
-    /// Flushes the file and returns the final tail.
+    /// Flushes the file and returns the final tail (at most [`TAIL_BYTES`]).
     fn finish(&mut self) -> String {
         use std::io::Write;
         if let Err(err) = self.file.flush() {
             tracing::warn!("cannot flush the step log: {err}");
         }
-        self.tail.lock().map(|t| t.clone()).unwrap_or_default()
+        let tail = self.tail.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut cut = tail.len().saturating_sub(TAIL_BYTES);
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail[cut..].to_string()
     }
 }
 

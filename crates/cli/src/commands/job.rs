@@ -28,8 +28,8 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         let (key, value) = key_value(pair, "--env")?;
         step.env.insert(key, value);
     }
-    for pair in &args.secrets {
-        let (key, value) = key_value(pair, "--secret")?;
+    for spec in &args.secrets {
+        let (key, value) = super::secret(spec)?;
         step.secrets.insert(key, value);
     }
     let encrypt = !step.secrets.is_empty();

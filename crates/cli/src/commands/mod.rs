@@ -2,8 +2,10 @@
 
 mod blossom;
 mod dvm;
+mod embedded;
 mod job;
 mod relay;
+mod run;
 mod up;
 
 use std::process::ExitCode;
@@ -15,6 +17,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Relay(args) => relay::run(args).await,
         Command::Blossom(args) => blossom::run(args).await,
         Command::Up(args) => up::run(args).await,
+        Command::Run(args) => run::run(args).await,
         Command::Dvm(command) => dvm::run(command).await,
         Command::Job(command) => job::run(command).await,
     }
@@ -53,4 +56,19 @@ pub(crate) fn relay_urls(urls: &[String]) -> anyhow::Result<Vec<quorum_proto::no
                 .with_context(|| format!("--relay {url:?} is not a ws:// or wss:// URL"))
         })
         .collect()
+}
+
+/// A `--secret` argument: `NAME` takes the value of the environment variable NAME (nothing on
+/// the command line for `ps` to show); `NAME=VALUE` is accepted too.
+pub(crate) fn secret(spec: &str) -> anyhow::Result<(String, String)> {
+    use anyhow::Context;
+    match spec.split_once('=') {
+        Some((name, value)) => Ok((name.to_string(), value.to_string())),
+        None => {
+            let value = std::env::var(spec).with_context(|| {
+                format!("--secret {spec}: the environment variable {spec} is not set")
+            })?;
+            Ok((spec.to_string(), value))
+        }
+    }
 }

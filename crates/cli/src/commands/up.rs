@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde::Serialize;
 
+use super::embedded::{Embedded, EmbeddedSpec};
 use crate::cli::UpArgs;
 use crate::shutdown::Shutdown;
 
@@ -31,29 +32,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let (relay, relay_listener, relay_url) =
-        super::relay::start(&args.relay, &args.data.join("relay"), args.relay_listen).await?;
-    let (blossom, blossom_listener, blossom_url) = super::blossom::start(
-        &args.blossom,
-        &args.data.join("blossom"),
-        args.blossom_listen,
-        None,
-    )
+    let network = Embedded::start(EmbeddedSpec {
+        data: args.data.clone(),
+        relay_listen: args.relay_listen,
+        blossom_listen: args.blossom_listen,
+        relay: &args.relay,
+        blossom: &args.blossom,
+        runners: args.runners,
+        unsandboxed_runners: args.unsandboxed_runners,
+    })
     .await?;
-
-    // The servers stop after the DVMs, so that nothing a DVM still says is lost.
-    let (stop_servers, servers_stopped) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let relay_task = tokio::spawn(relay.serve(relay_listener, stopped(servers_stopped.clone())));
-    let blossom_task = tokio::spawn(blossom.serve(blossom_listener, stopped(servers_stopped)));
-
-    let runners = start_runners(&args, &relay_url, &blossom_url).await?;
     let endpoints = Endpoints {
-        relay: &relay_url,
-        blossom: blossom_url.as_str().trim_end_matches('/'),
-        runners: runners
+        relay: &network.relay_url,
+        blossom: network.blossom_url.as_str().trim_end_matches('/'),
+        runners: network
+            .runners
             .iter()
             .map(|dvm| dvm.public_key().to_hex())
             .collect(),
@@ -67,61 +60,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     super::announce(&format!("endpoints: {}", endpoints_file.display()));
 
     shutdown.wait().await;
-    for runner in runners {
-        runner.shutdown().await;
-    }
-    let _ = stop_servers.send(true);
-    let (relay_result, blossom_result) = tokio::join!(relay_task, blossom_task);
+    let stopped = network.shutdown().await;
     let _ = std::fs::remove_file(&endpoints_file);
-    relay_result
-        .context("relay task panicked")?
-        .context("relay stopped with an error")?;
-    blossom_result
-        .context("Blossom task panicked")?
-        .context("Blossom server stopped with an error")?;
+    stopped?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Starts the runner DVMs of the embedded fleet, each with its own key and data dir. Without
-/// bubblewrap they are not started (unless asked to run unsandboxed), and the operator is told.
-async fn start_runners(
-    args: &UpArgs,
-    relay_url: &str,
-    blossom_url: &url::Url,
-) -> anyhow::Result<Vec<quorum_dvm::Dvm>> {
-    if args.runners == 0 {
-        return Ok(Vec::new());
-    }
-    let sandbox = match super::dvm::sandbox(false) {
-        Ok(sandbox) => sandbox,
-        Err(_) if args.unsandboxed_runners => super::dvm::sandbox(true)?,
-        Err(err) => {
-            tracing::warn!(
-                "no runner DVMs started: {err:#}. Install bubblewrap, or pass \
-                 --unsandboxed-runners for development"
-            );
-            return Ok(Vec::new());
-        }
-    };
-    let relays = super::relay_urls(&[relay_url.to_string()])?;
-    let mut dvms = Vec::with_capacity(args.runners);
-    for n in 1..=args.runners {
-        let data = args.data.join("runners").join(n.to_string());
-        let keys = quorum_dvm::keyfile::load_or_create(&data.join("runner.nsec"))?;
-        let setup = super::dvm::RunnerSetup {
-            relays: relays.clone(),
-            blossom: vec![blossom_url.clone()],
-            data,
-            concurrency: 2,
-            max_timeout: std::time::Duration::from_secs(3600),
-            allow_network: true,
-            // The embedded network is one person's machine: local repositories are theirs.
-            allow_local_repos: true,
-            price_msats: 0,
-        };
-        dvms.push(super::dvm::start_runner(setup, keys, sandbox.clone()).await?);
-    }
-    Ok(dvms)
 }
 
 /// Readers poll for the file: they must never see it half written.

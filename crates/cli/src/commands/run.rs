@@ -1,0 +1,270 @@
+//! `quorum run`: the pipeline of a repository's HEAD, on the embedded network or on the DVMs of
+//! the given relays, with live progress and an outcome a script can read.
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use quorum_dvm::client::JobClient;
+use quorum_pipeline::{PlannedJob, TriggerEvent};
+use quorum_proto::nostr::{Keys, PublicKey};
+use quorum_proto::step::StepJob;
+use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter};
+use serde_json::json;
+
+use super::embedded::{Embedded, EmbeddedSpec};
+use crate::cli::{BlossomOptions, RelayOptions, RunArgs};
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let dir = std::path::absolute(&args.dir)
+        .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+    let commit = git(&dir, &["rev-parse", "HEAD"])
+        .with_context(|| format!("{} is not a git repository with a commit", dir.display()))?;
+    let text = git(
+        &dir,
+        &["show", &format!("HEAD:{}", quorum_pipeline::PIPELINE_PATH)],
+    )
+    .with_context(|| {
+        format!(
+            "no {} in the HEAD commit of {}",
+            quorum_pipeline::PIPELINE_PATH,
+            dir.display()
+        )
+    })?;
+    let plan = match quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, &text) {
+        Ok(plan) => plan,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            bail!(
+                "the pipeline has {} error(s)",
+                diagnostics.diagnostics.len()
+            );
+        }
+    };
+    let branch = git(&dir, &["symbolic-ref", "--quiet", "HEAD"]).ok();
+    let triggered = plan.triggered_by(&TriggerEvent::Manual)
+        || branch.as_ref().is_some_and(|ref_name| {
+            plan.triggered_by(&TriggerEvent::Push {
+                ref_name: ref_name.clone(),
+            })
+        });
+    if !triggered {
+        bail!(
+            "the pipeline runs neither by hand (on: manual) nor on pushes to {}",
+            branch.as_deref().unwrap_or("a detached HEAD")
+        );
+    }
+    let mut context = RunContext {
+        repo: args
+            .repo
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", dir.display())),
+        commit,
+        ..RunContext::default()
+    };
+    for spec in &args.secrets {
+        let (name, value) = super::secret(spec)?;
+        context.secrets.insert(name, value);
+    }
+    for pair in &args.inputs {
+        let (name, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--input {pair:?} is not NAME=VALUE"))?;
+        context.inputs.insert(name.to_string(), value.to_string());
+    }
+
+    // The network: the given relays and whatever runners they announce, or our own.
+    let (embedded, _temp, relays, runners) = if args.relays.is_empty() {
+        let (data, temp) = match &args.data {
+            Some(data) => (data.clone(), None),
+            None => {
+                let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let relay_options = RelayOptions::default();
+        let blossom_options = BlossomOptions::default();
+        let network = Embedded::start(EmbeddedSpec {
+            data,
+            relay_listen: "127.0.0.1:0".parse().expect("constant address"),
+            blossom_listen: "127.0.0.1:0".parse().expect("constant address"),
+            relay: &relay_options,
+            blossom: &blossom_options,
+            runners: args.runners,
+            unsandboxed_runners: args.unsandboxed_runners,
+        })
+        .await?;
+        let relays = super::relay_urls(std::slice::from_ref(&network.relay_url))?;
+        let runners: Vec<PublicKey> = network.runners.iter().map(|d| d.public_key()).collect();
+        (Some(network), temp, relays, runners)
+    } else {
+        (None, None, super::relay_urls(&args.relays)?, Vec::new())
+    };
+    let client = JobClient::connect(&relays, Keys::generate()).await?;
+    let runners = if embedded.is_some() {
+        runners
+    } else {
+        let found = client
+            .discover(StepJob::kind(), Duration::from_secs(5))
+            .await?;
+        if found.is_empty() {
+            bail!(
+                "no runner DVM announces itself (NIP-89, kind 5702) on {}",
+                args.relays.join(", ")
+            );
+        }
+        found.into_iter().map(|(key, _)| key).collect()
+    };
+    if runners.is_empty() {
+        bail!("no runner DVM to run on (see the warning above)");
+    }
+
+    let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
+    let config = EngineConfig {
+        runners,
+        ..EngineConfig::default()
+    };
+    let mut reporter = Progress { quiet: args.json };
+    if !args.json {
+        eprintln!(
+            "run {} of {} at {}",
+            &run_id[..12],
+            plan.name.as_deref().unwrap_or("pipeline"),
+            &context.commit[..12]
+        );
+    }
+    let outcome = quorum_router::execute(&client, &plan, &context, &config, &mut reporter).await;
+    client.shutdown().await;
+    if let Some(network) = embedded {
+        network.shutdown().await?;
+    }
+
+    if args.json {
+        let artifacts: Vec<_> = outcome
+            .jobs
+            .iter()
+            .filter(|job| job.succeeded())
+            .flat_map(|job| {
+                job.report
+                    .iter()
+                    .flat_map(|r| &r.artifacts)
+                    .map(move |a| (job, a))
+            })
+            .map(|(job, a)| {
+                json!({
+                    "job": job.id, "name": a.name, "size": a.blob.size,
+                    "sha256": a.blob.sha256, "urls": a.blob.urls,
+                })
+            })
+            .collect();
+        let value = json!({
+            "status": if outcome.succeeded { "success" } else { "failure" },
+            "run": run_id,
+            "repo": context.repo,
+            "commit": context.commit,
+            "jobs": outcome.jobs.iter().map(job_json).collect::<Vec<_>>(),
+            "artifacts": artifacts,
+            // Releases are published by the release step of the pipelines issue.
+            "release": null,
+        });
+        println!("{value}");
+    } else {
+        print_summary(&outcome.jobs);
+    }
+    Ok(if outcome.succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn job_json(job: &JobRecord) -> serde_json::Value {
+    let (status, reason) = match &job.state {
+        JobState::Succeeded => ("success", None),
+        JobState::Failed { reason } => ("failure", Some(reason.clone())),
+        JobState::Skipped { reason } => ("skipped", Some(reason.clone())),
+    };
+    json!({
+        "id": job.id, "name": job.name, "status": status, "reason": reason,
+        "provider": job.provider, "request": job.request, "result": job.result,
+        "log": job.report.as_ref().map(|r| json!({"sha256": r.log.sha256, "urls": r.log.urls})),
+    })
+}
+
+fn print_summary(jobs: &[JobRecord]) {
+    for job in jobs {
+        for artifact in job.report.iter().flat_map(|r| &r.artifacts) {
+            println!(
+                "{}  {}  {} bytes  ({})",
+                artifact.blob.sha256,
+                super::sanitize(&artifact.name),
+                artifact.blob.size,
+                job.id
+            );
+        }
+    }
+}
+
+/// Live progress on stderr.
+struct Progress {
+    quiet: bool,
+}
+
+impl RunReporter for Progress {
+    fn job_started(&mut self, job: &PlannedJob) {
+        if !self.quiet {
+            eprintln!("▶ {}", job.id);
+        }
+    }
+
+    fn job_progress(&mut self, job: &str, _provider: &PublicKey, line: &str) {
+        if !self.quiet {
+            eprintln!("  {job} | {}", super::sanitize(line));
+        }
+    }
+
+    fn job_finished(&mut self, record: &JobRecord) {
+        if self.quiet {
+            return;
+        }
+        let on = record
+            .provider
+            .as_deref()
+            .map(|p| format!(" on {}", &p[..12]))
+            .unwrap_or_default();
+        match &record.state {
+            JobState::Succeeded => eprintln!("✔ {}{on}", record.id),
+            JobState::Failed { reason } => {
+                eprintln!("✘ {}{on}: {}", record.id, super::sanitize(reason));
+                if let Some(report) = &record.report {
+                    for line in report.log_tail.lines() {
+                        eprintln!("  {} | {}", record.id, super::sanitize(line));
+                    }
+                    if let Some(url) = report.log.urls.first() {
+                        eprintln!("  full log: {}", super::sanitize(url));
+                    }
+                }
+            }
+            JobState::Skipped { reason } => eprintln!("– {} skipped: {reason}", record.id),
+        }
+    }
+}
+
+/// Runs git in `dir` and returns its trimmed stdout.
+fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .context("cannot run git")?;
+    if !out.status.success() {
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

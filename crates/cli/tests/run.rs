@@ -1,0 +1,110 @@
+//! `quorum run DIR` as a user runs it: the pipeline of the repository's HEAD on the embedded
+//! network, with the JSON that scripts rely on and exit code 0 only on success.
+
+use std::path::Path;
+use std::time::Duration;
+
+use quorum_testkit::daemon::run;
+use quorum_testkit::git::{git, sample_repo};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const QUORUM: &str = env!("CARGO_BIN_EXE_quorum");
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn commit_pipeline(repo: &Path, pipeline: &str) -> String {
+    std::fs::create_dir_all(repo.join(".quorum")).unwrap();
+    std::fs::write(repo.join(".quorum/pipeline.yml"), pipeline).unwrap();
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "--quiet", "-m", "pipeline"]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+fn quorum_run(repo: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["run", repo.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = run(QUORUM, &args, RUN_TIMEOUT);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_executes_the_pipeline_of_head_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = sample_repo(dir.path());
+    let commit = commit_pipeline(
+        &repo,
+        "name: ci\non: [push]\njobs:\n  test:\n    run: test -f build.sh\n  build:\n    needs: test\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n",
+    );
+    let (code, stdout, stderr) = quorum_run(&repo, &["--json"]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["status"], "success");
+    assert_eq!(report["commit"], commit.as_str());
+    assert_eq!(report["run"].as_str().unwrap().len(), 64);
+    let jobs = report["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(
+        jobs.iter()
+            .all(|j| j["status"] == "success" && j["provider"].is_string())
+    );
+    let artifact = &report["artifacts"][0];
+    assert_eq!(artifact["name"], "out/hello.txt");
+    // The embedded network is gone once the run ends: check the reported hash against the
+    // bytes the sample build is known to write.
+    let expected = Sha256::digest(b"hello from quorum\n");
+    assert_eq!(artifact["sha256"], hex::encode(expected));
+}
+
+#[test]
+fn a_failing_job_fails_the_run_and_skips_its_dependants() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = sample_repo(dir.path());
+    commit_pipeline(
+        &repo,
+        "on: [push]\njobs:\n  test:\n    run: echo 2 tests failed; exit 1\n  build:\n    needs: test\n    run: sh build.sh\n",
+    );
+    let (code, stdout, stderr) = quorum_run(&repo, &["--json"]);
+    assert_eq!(code, 1, "stderr:\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["status"], "failure");
+    assert_eq!(report["jobs"][0]["status"], "failure");
+    assert_eq!(report["jobs"][0]["reason"], "the step exited with code 1");
+    assert_eq!(report["jobs"][1]["status"], "skipped");
+
+    // Text mode shows progress and the failure on stderr.
+    let (code, _, stderr) = quorum_run(&repo, &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("✘ test"), "{stderr}");
+    assert!(
+        stderr.contains("2 tests failed"),
+        "the log tail is shown live: {stderr}"
+    );
+}
+
+#[test]
+fn a_broken_pipeline_is_reported_with_positions_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = sample_repo(dir.path());
+    commit_pipeline(
+        &repo,
+        "on: [push]\njobs:\n  test:\n    run: make test\n  build:\n    needs: tset\n    run: make\n",
+    );
+    let (code, _, stderr) = quorum_run(&repo, &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains(".quorum/pipeline.yml:6:"), "{stderr}");
+    assert!(stderr.contains("needs unknown job \"tset\""), "{stderr}");
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    git(&empty, &["init", "--quiet"]);
+    let (code, _, stderr) = quorum_run(&empty, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("not a git repository with a commit"),
+        "{stderr}"
+    );
+}
