@@ -101,6 +101,43 @@ impl JobClient {
         self.keys.public_key()
     }
 
+    /// Events matching `filter` on the client's relays (stored ones, up to `timeout`).
+    pub async fn fetch(
+        &self,
+        filter: Filter,
+        timeout: Duration,
+    ) -> Result<Vec<Event>, ClientError> {
+        self.client
+            .fetch_events(filter, timeout)
+            .await
+            .map(|events| events.into_iter().filter(|e| e.verify().is_ok()).collect())
+            .map_err(|e| ClientError::Subscribe(e.to_string()))
+    }
+
+    /// The clear content of a result for one of this client's requests, if `event` is a valid
+    /// result that answers a request this client signed.
+    pub fn open_result(&self, event: &Event) -> Option<(JobResult, String)> {
+        let result = JobResult::from_event(event).ok()?;
+        if result.request.pubkey != self.keys.public_key() {
+            return None;
+        }
+        let content = result.decrypt(self.keys.secret_key(), &event.pubkey).ok()?;
+        Some((result, content))
+    }
+
+    /// A request this client signed, parsed (and decrypted with our key if it was encrypted to
+    /// its provider: NIP-44's conversation key is the same from both sides).
+    pub fn open_request(&self, request: &Event) -> Option<JobRequest> {
+        if request.pubkey != self.keys.public_key() {
+            return None;
+        }
+        if !JobRequest::is_encrypted(request) {
+            return JobRequest::from_event(request).ok();
+        }
+        let parsed = JobRequest::from_event_for_author(request, self.keys.secret_key()).ok()?;
+        Some(parsed)
+    }
+
     /// The DVMs that announce (NIP-89) that they serve `kind`, newest announcement per DVM,
     /// skipping announcements that are not Quorum CI offers.
     pub async fn discover(

@@ -9,6 +9,7 @@ pub mod blossom;
 pub mod kinds;
 pub mod nip89;
 pub mod nip90;
+pub mod run;
 pub mod step;
 
 pub use nostr;

@@ -335,6 +335,9 @@ pub struct JobRequest {
     pub providers: Vec<PublicKey>,
     /// NIP-40: providers must not start the job after this time.
     pub expiration: Option<Timestamp>,
+    /// Our extension: the request this one is a step of (`["e", ID]`), so that the requester
+    /// can find every sub-request of a run on the relays after a restart.
+    pub parent: Option<EventId>,
     /// Free-form content of a clear request.
     pub content: String,
 }
@@ -357,6 +360,7 @@ impl JobRequest {
             relays: Vec::new(),
             providers: Vec::new(),
             expiration: None,
+            parent: None,
             content: String::new(),
         })
     }
@@ -420,6 +424,9 @@ impl JobRequest {
         if let Some(expiration) = self.expiration {
             tags.push(Tag::expiration(expiration));
         }
+        if let Some(parent) = self.parent {
+            tags.push(Tag::event(parent));
+        }
         tags
     }
 
@@ -476,8 +483,30 @@ impl JobRequest {
         if !Self::is_encrypted(event) {
             return Self::from_event(event);
         }
-        let mut request = Self::parse_public(event)?;
-        let plaintext = nip44::decrypt(provider, &event.pubkey, &event.content)
+        let request = Self::parse_public(event)?;
+        Self::decrypt_into(request, event, provider, &event.pubkey)
+    }
+
+    /// Parses an encrypted request with its *author's* key (to read back what one sent).
+    pub fn from_event_for_author(event: &Event, author: &SecretKey) -> Result<Self> {
+        if !Self::is_encrypted(event) {
+            return Self::from_event(event);
+        }
+        let request = Self::parse_public(event)?;
+        let [provider] = request.providers.as_slice() else {
+            return Err(Nip90Error::EncryptedNeedsOneProvider);
+        };
+        let provider = *provider;
+        Self::decrypt_into(request, event, author, &provider)
+    }
+
+    fn decrypt_into(
+        mut request: JobRequest,
+        event: &Event,
+        secret: &SecretKey,
+        other: &PublicKey,
+    ) -> Result<Self> {
+        let plaintext = nip44::decrypt(secret, other, &event.content)
             .map_err(|e| Nip90Error::Decrypt(e.to_string()))?;
         let tags: Vec<Vec<String>> = serde_json::from_str(&plaintext)
             .map_err(|e| Nip90Error::EncryptedPayload(e.to_string()))?;
@@ -538,6 +567,12 @@ impl JobRequest {
                         .push(PublicKey::from_hex(hex).map_err(|_| {
                             malformed("p", format!("{hex:?} is not a 64-hex public key"))
                         })?);
+                }
+                "e" => {
+                    let hex = rest.first().ok_or_else(|| malformed("e", "no event id"))?;
+                    request.parent = Some(EventId::from_hex(hex).map_err(|_| {
+                        malformed("e", format!("{hex:?} is not a 64-hex event id"))
+                    })?);
                 }
                 "expiration" => {
                     let at = rest
@@ -924,6 +959,7 @@ mod tests {
         request.bid_msats = Some(21_000);
         request.relays = vec![relay()];
         request.expiration = Some(Timestamp::from(1_900_000_000));
+        request.parent = Some(EventId::from_hex(&"ab".repeat(32)).unwrap());
         request
     }
 
@@ -964,6 +1000,9 @@ mod tests {
         let parsed = JobRequest::from_event_for(&event, provider.secret_key()).unwrap();
         assert_eq!(parsed.inputs, request.inputs);
         assert_eq!(parsed.params, request.params);
+        // Its author can read it back too (a router recovering its own steps).
+        let own = JobRequest::from_event_for_author(&event, customer.secret_key()).unwrap();
+        assert_eq!(own.params, request.params);
         // Somebody else cannot read it.
         let other = Keys::generate();
         assert!(matches!(

@@ -7,9 +7,12 @@
 //! failed is not retried, because it would fail again. When a job fails, its dependants are
 //! skipped and the run fails.
 //!
-//! This is the engine a router DVM wraps and that `quorum run` drives directly. Modes other
+//! This is the engine the router DVM ([`dvm::Router`], kind 5700) wraps and that `quorum run`
+//! drives directly. Modes other
 //! than router (naive chains, quorums) and approval gates are refused with a clear reason
 //! until their issues land.
+
+pub mod dvm;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -50,6 +53,9 @@ pub struct EngineConfig {
     pub default_timeout: Duration,
     /// How long to wait for a generic DVM's result when the pipeline gives no timeout.
     pub dvm_timeout: Duration,
+    /// The request this run serves (a router's run-pipeline job): every sub-request carries it
+    /// as an `e` tag, with the job id as a `job` param, so [`recover`] can find them again.
+    pub parent: Option<EventId>,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +66,7 @@ impl Default for EngineConfig {
             grace: Duration::from_secs(300),
             default_timeout: Duration::from_secs(3600),
             dvm_timeout: Duration::from_secs(600),
+            parent: None,
         }
     }
 }
@@ -129,18 +136,28 @@ pub trait RunReporter: Send {
     fn job_finished(&mut self, record: &JobRecord);
 }
 
-/// Runs every job of `plan` that can run, and reports how each ended.
+/// Runs every job of `plan` that can run, and reports how each ended. Jobs in `prior` that
+/// succeeded (found by [`recover`] after a restart) are taken as done, not run again.
 pub async fn execute(
     client: &JobClient,
     plan: &Plan,
     context: &RunContext,
     config: &EngineConfig,
+    prior: Vec<JobRecord>,
     reporter: &mut dyn RunReporter,
 ) -> RunOutcome {
     let reporter = Mutex::new(reporter);
     let mut records: HashMap<String, JobRecord> = HashMap::new();
     let mut finished: HashSet<String> = HashSet::new();
     let mut started: HashSet<String> = HashSet::new();
+    for record in prior.into_iter().filter(JobRecord::succeeded) {
+        if plan.job(&record.id).is_some() {
+            lock(&reporter).job_finished(&record);
+            started.insert(record.id.clone());
+            finished.insert(record.id.clone());
+            records.insert(record.id.clone(), record);
+        }
+    }
     let mut running = FuturesUnordered::new();
     loop {
         // Skip what can no longer run; start what is ready.
@@ -301,6 +318,10 @@ async fn run_job(
     for provider in candidates.into_iter().cycle().take(config.attempts.max(1)) {
         let mut request = prepared.request.clone();
         request.providers = provider.into_iter().collect();
+        request.parent = config.parent;
+        request
+            .params
+            .push(JobParam::new(PARAM_JOB, job.id.clone()));
         let encrypt = prepared.encrypt && provider.is_some();
         if prepared.encrypt && provider.is_none() {
             record.state = JobState::Failed {
@@ -349,6 +370,69 @@ async fn run_job(
         reason: last_failure,
     };
     record
+}
+
+/// The param naming the job of the plan a sub-request runs.
+const PARAM_JOB: &str = "job";
+
+/// Finds the jobs of the run under `parent` that already succeeded: the sub-requests this
+/// client signed with `parent` as their `e` tag, and the results answering them. This is how a
+/// router restarted mid-run rebuilds its state from the relays instead of repeating work.
+pub async fn recover(
+    client: &JobClient,
+    plan: &Plan,
+    parent: EventId,
+    timeout: Duration,
+) -> Vec<JobRecord> {
+    use quorum_proto::nostr::Filter;
+    let requests = match client
+        .fetch(
+            Filter::new().author(client.public_key()).event(parent),
+            timeout,
+        )
+        .await
+    {
+        Ok(requests) => requests,
+        Err(err) => {
+            tracing::warn!("cannot look up earlier steps of the run: {err}");
+            return Vec::new();
+        }
+    };
+    let request_ids: Vec<EventId> = requests.iter().map(|r| r.id).collect();
+    if request_ids.is_empty() {
+        return Vec::new();
+    }
+    let answers = client
+        .fetch(Filter::new().events(request_ids), timeout)
+        .await
+        .unwrap_or_default();
+    let mut records: HashMap<String, JobRecord> = HashMap::new();
+    for answer in &answers {
+        let Some((result, content)) = client.open_result(answer) else {
+            continue;
+        };
+        // The job id travels in the (possibly encrypted) request: read it from the result's
+        // embedded copy, decrypting with our own key when needed.
+        let Some(job_id) = client
+            .open_request(&result.request)
+            .and_then(|r| r.param_value(PARAM_JOB).map(str::to_string))
+        else {
+            continue;
+        };
+        let Some(job) = plan.job(&job_id) else {
+            continue;
+        };
+        let mut record = JobRecord::new(job);
+        record.request = Some(result.request.id.to_hex());
+        record.result = Some(answer.id.to_hex());
+        record.provider = Some(answer.pubkey.to_hex());
+        record.tried.push(answer.pubkey.to_hex());
+        let record = finish_with_result(record, matches!(job.spec, JobSpec::Run { .. }), content);
+        if record.succeeded() {
+            records.insert(job_id, record);
+        }
+    }
+    records.into_values().collect()
 }
 
 fn finish_with_result(mut record: JobRecord, runner_job: bool, content: String) -> JobRecord {

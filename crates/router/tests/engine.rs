@@ -188,7 +188,7 @@ async fn a_pipeline_runs_in_order_fails_over_and_skips_dependants_of_failures() 
         ..EngineConfig::default()
     };
     let mut recorder = Recorder::default();
-    let outcome = execute(&client, &plan, &context, &config, &mut recorder).await;
+    let outcome = execute(&client, &plan, &context, &config, Vec::new(), &mut recorder).await;
 
     let by_id = |id: &str| outcome.jobs.iter().find(|j| j.id == id).unwrap().clone();
     assert!(!outcome.succeeded, "lint fails, so the run fails");
@@ -234,11 +234,146 @@ async fn a_pipeline_runs_in_order_fails_over_and_skips_dependants_of_failures() 
         "on: [push]\njobs:\n  test:\n    run: test \"$(cat message.txt)\" = quorum\n",
     )
     .unwrap();
-    let outcome = execute(&client, &plan, &changed, &config, &mut Recorder::default()).await;
+    let outcome = execute(
+        &client,
+        &plan,
+        &changed,
+        &config,
+        Vec::new(),
+        &mut Recorder::default(),
+    )
+    .await;
     assert!(!outcome.succeeded, "the test sees the new commit");
 
     client.shutdown().await;
     for dvm in [refuses, works, scanner] {
         dvm.shutdown().await;
     }
+}
+
+async fn start_router(network: &Network, data: &Path, keys: &Keys) -> Dvm {
+    let client = JobClient::connect(std::slice::from_ref(&network.relay), keys.clone())
+        .await
+        .unwrap();
+    let router = quorum_router::dvm::Router::new(
+        quorum_router::dvm::RouterConfig {
+            work_root: data.join("work"),
+            git: GitPolicy {
+                allow_local: true,
+                timeout: Some(Duration::from_secs(30)),
+            },
+            runners: Vec::new(),
+            max_run: Duration::from_secs(600),
+        },
+        Arc::new(client),
+    );
+    let config = DvmConfig::new(vec![network.relay.clone()], data.join("dvm"), "router");
+    Dvm::start(config, keys.clone(), router).await.unwrap()
+}
+
+/// Waits for the router's `partial` feedback on `request` to contain `needle`.
+async fn wait_for_progress(
+    notifications: &mut tokio::sync::broadcast::Receiver<RelayPoolNotification>,
+    request: EventId,
+    needle: &str,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let notification = tokio::time::timeout_at(deadline, notifications.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no progress {needle:?} within 60 s"))
+            .unwrap();
+        if let RelayPoolNotification::Event { event, .. } = notification
+            && event.tags.event_ids().any(|id| *id == request)
+            && event.content.contains(needle)
+        {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_dvm_runs_a_pipeline_and_resumes_after_a_restart_without_repeating_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = start_network(dir.path()).await;
+    let (repo, _) = sample_repo(dir.path());
+    std::fs::create_dir_all(repo.join(".quorum")).unwrap();
+    std::fs::write(
+        repo.join(".quorum/pipeline.yml"),
+        "on: [push]\njobs:\n  first:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n  second:\n    needs: first\n    run: sleep 3; echo second done\n",
+    )
+    .unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "pipeline"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let runner = start_runner(&network, &dir.path().join("runner"), true).await;
+    let router_keys = Keys::generate();
+    let router_data = dir.path().join("router");
+    let router = start_router(&network, &router_data, &router_keys).await;
+
+    let customer = Keys::generate();
+    let client = Client::new(customer.clone());
+    client.add_relay(network.relay.clone()).await.unwrap();
+    client.connect().await;
+    client.wait_for_connection(Duration::from_secs(5)).await;
+    let mut notifications = client.notifications();
+    client
+        .subscribe(Filter::new().pubkey(customer.public_key()), None)
+        .await
+        .unwrap();
+    let request = quorum_proto::run::RunRequest::new(format!("file://{}", repo.display()), &commit)
+        .to_request()
+        .provider(router_keys.public_key())
+        .to_event_builder()
+        .sign_with_keys(&customer)
+        .unwrap();
+    client.send_event(&request).await.unwrap();
+
+    // Kill the router while `second` runs; a new router process with the same key and data
+    // resumes the run from its journal and the relays.
+    wait_for_progress(&mut notifications, request.id, "▶ second").await;
+    router.shutdown().await;
+    let router = start_router(&network, &router_data, &router_keys).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let report = loop {
+        let notification = tokio::time::timeout_at(deadline, notifications.recv())
+            .await
+            .expect("no run result within 120 s")
+            .unwrap();
+        if let RelayPoolNotification::Event { event, .. } = notification
+            && event.kind.as_u16() == 6700
+            && event.tags.event_ids().any(|id| *id == request.id)
+        {
+            let result = quorum_proto::nip90::JobResult::from_event(&event).unwrap();
+            break serde_json::from_str::<quorum_proto::run::RunReport>(&result.content).unwrap();
+        }
+    };
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(report.commit, commit);
+    assert_eq!(report.jobs[0].artifacts[0].name, "out/hello.txt");
+
+    // `first` was dispatched once in all: the restarted router found its result.
+    let steps = client
+        .fetch_events(
+            Filter::new()
+                .author(router_keys.public_key())
+                .event(request.id),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let dispatched_first = steps
+        .iter()
+        .filter_map(|e| quorum_proto::nip90::JobRequest::from_event(e).ok())
+        .filter(|r| r.param_value("job") == Some("first"))
+        .count();
+    assert_eq!(
+        dispatched_first, 1,
+        "a finished step ran again after the restart"
+    );
+
+    client.shutdown().await;
+    router.shutdown().await;
+    runner.shutdown().await;
 }

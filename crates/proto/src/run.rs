@@ -1,0 +1,255 @@
+//! The run-pipeline job (kind 5700): what a router DVM is asked to run, and what it reports.
+//!
+//! A request names a repository and a commit; the router reads `.quorum/pipeline.yml` from that
+//! commit itself (the file the maintainer committed, not one a requester could substitute),
+//! optionally checking it against a pinned plan hash, and runs every job on DVMs. Each
+//! sub-request it signs carries the run request as its `e` tag and the job id as a `job` param,
+//! so that a router restarted mid-run finds its finished steps on the relays. The result
+//! content is the JSON [`RunReport`]. `docs/protocol.md` §9 has examples.
+
+use std::collections::BTreeMap;
+
+use nostr::PublicKey;
+use serde::{Deserialize, Serialize};
+
+use crate::kinds::JobKind;
+use crate::nip90::{InputType, JobInput, JobParam, JobRequest};
+use crate::step::ArtifactRef;
+
+const MARKER_REPO: &str = "repo";
+const PARAM_COMMIT: &str = "commit";
+const PARAM_PLAN: &str = "plan";
+const PARAM_RUNNER: &str = "runner";
+const PARAM_INPUT: &str = "input";
+const PARAM_SECRET: &str = "secret";
+
+/// Why a request is not a valid run-pipeline job.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RunError {
+    #[error("kind {0} is not a run-pipeline request (5700)")]
+    WrongKind(u16),
+    #[error("no repository: add an `i` tag of type url with marker `repo`")]
+    NoRepository,
+    #[error("no `commit` param")]
+    NoCommit,
+    #[error("commit {0:?} is not a full 40- or 64-hex git object id")]
+    BadCommit(String),
+    #[error("`plan` param {0:?} is not a 64-hex plan hash")]
+    BadPlanHash(String),
+    #[error("`runner` param {0:?} is not a 64-hex public key")]
+    BadRunner(String),
+    #[error("`{0}` param: expected a name and a value")]
+    BadPair(&'static str),
+    #[error("the request carries secrets in the clear; send it NIP-44 encrypted")]
+    ClearSecrets,
+}
+
+fn is_hex(text: &str, lengths: &[usize]) -> bool {
+    lengths.contains(&text.len()) && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A pipeline run to perform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    pub repo: String,
+    pub commit: String,
+    /// If set, the plan hash the router must find at `commit`, or refuse.
+    pub plan_hash: Option<String>,
+    /// Runners to use, in order of preference; empty: the router's own choice.
+    pub runners: Vec<PublicKey>,
+    /// Values of manual trigger inputs.
+    pub inputs: BTreeMap<String, String>,
+    /// Secrets for the pipeline's jobs (encrypted requests only).
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl RunRequest {
+    pub fn new(repo: impl Into<String>, commit: impl Into<String>) -> Self {
+        RunRequest {
+            repo: repo.into(),
+            commit: commit.into(),
+            plan_hash: None,
+            runners: Vec::new(),
+            inputs: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    pub fn to_request(&self) -> JobRequest {
+        let mut request = JobRequest::new(JobKind::RunPipeline.request_kind())
+            .expect("run-pipeline is a job kind")
+            .input(JobInput::url(self.repo.clone()).with_marker(MARKER_REPO))
+            .param(PARAM_COMMIT, self.commit.clone());
+        if let Some(hash) = &self.plan_hash {
+            request = request.param(PARAM_PLAN, hash.clone());
+        }
+        for runner in &self.runners {
+            request = request.param(PARAM_RUNNER, runner.to_hex());
+        }
+        for (name, values) in [(PARAM_INPUT, &self.inputs), (PARAM_SECRET, &self.secrets)] {
+            for (key, value) in values {
+                request.params.push(JobParam {
+                    key: name.into(),
+                    values: vec![key.clone(), value.clone()],
+                });
+            }
+        }
+        request
+    }
+
+    /// Parses a run-pipeline request; secrets are refused unless it arrived encrypted.
+    pub fn from_request(request: &JobRequest, was_encrypted: bool) -> Result<Self, RunError> {
+        if request.kind != JobKind::RunPipeline.request_kind() {
+            return Err(RunError::WrongKind(request.kind.as_u16()));
+        }
+        let repo = request
+            .inputs
+            .iter()
+            .find(|i| i.input_type == InputType::Url && i.marker.as_deref() == Some(MARKER_REPO))
+            .ok_or(RunError::NoRepository)?
+            .data
+            .clone();
+        let commit = request
+            .param_value(PARAM_COMMIT)
+            .ok_or(RunError::NoCommit)?;
+        if !is_hex(commit, &[40, 64]) {
+            return Err(RunError::BadCommit(commit.to_string()));
+        }
+        let mut run = RunRequest::new(repo, commit);
+        for param in &request.params {
+            match param.key.as_str() {
+                PARAM_PLAN => {
+                    let hash = param.value();
+                    if !is_hex(hash, &[64]) {
+                        return Err(RunError::BadPlanHash(hash.to_string()));
+                    }
+                    run.plan_hash = Some(hash.to_string());
+                }
+                PARAM_RUNNER => {
+                    let key = PublicKey::from_hex(param.value())
+                        .map_err(|_| RunError::BadRunner(param.value().to_string()))?;
+                    run.runners.push(key);
+                }
+                PARAM_INPUT => {
+                    let (key, value) = pair(param, PARAM_INPUT)?;
+                    run.inputs.insert(key, value);
+                }
+                PARAM_SECRET => {
+                    if !was_encrypted {
+                        return Err(RunError::ClearSecrets);
+                    }
+                    let (key, value) = pair(param, PARAM_SECRET)?;
+                    run.secrets.insert(key, value);
+                }
+                _ => {}
+            }
+        }
+        Ok(run)
+    }
+}
+
+fn pair(param: &JobParam, name: &'static str) -> Result<(String, String), RunError> {
+    match param.values.as_slice() {
+        [key, value] => Ok((key.clone(), value.clone())),
+        _ => Err(RunError::BadPair(name)),
+    }
+}
+
+/// How one job of a run ended, in a [`RunReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub id: String,
+    pub name: String,
+    /// `success`, `failure` or `skipped`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The DVM whose answer counted (hex).
+    pub provider: Option<String>,
+    /// The sub-request and result event ids.
+    pub request: Option<String>,
+    pub result: Option<String>,
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactRef>,
+}
+
+/// The content of a run-pipeline result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// sha256 of repository URL, commit and plan hash (NUL-separated): the run's identity.
+    pub run: String,
+    pub repo: String,
+    pub commit: String,
+    pub plan_hash: String,
+    /// `success` or `failure`.
+    pub status: String,
+    pub jobs: Vec<JobSummary>,
+}
+
+impl RunReport {
+    pub fn succeeded(&self) -> bool {
+        self.status == "success"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nostr::Keys;
+
+    use super::*;
+
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn round_trips_and_keeps_secrets_encrypted_only() {
+        let mut run = RunRequest::new("https://git.example/app.git", COMMIT);
+        run.plan_hash = Some("ab".repeat(32));
+        run.runners = vec![Keys::generate().public_key()];
+        run.inputs.insert("reason".into(), "release".into());
+        assert_eq!(
+            RunRequest::from_request(&run.to_request(), false).unwrap(),
+            run
+        );
+        run.secrets.insert("TOKEN".into(), "x".into());
+        assert_eq!(
+            RunRequest::from_request(&run.to_request(), false),
+            Err(RunError::ClearSecrets)
+        );
+        assert_eq!(
+            RunRequest::from_request(&run.to_request(), true).unwrap(),
+            run
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem() {
+        let base = RunRequest::new("https://git.example/app.git", COMMIT).to_request();
+        let with = |key: &str, values: &[&str]| {
+            let mut request = base.clone();
+            request.params.retain(|p| p.key != key);
+            request.params.push(JobParam {
+                key: key.into(),
+                values: values.iter().map(|v| v.to_string()).collect(),
+            });
+            request
+        };
+        let cases = [
+            (with("commit", &["HEAD"]), "not a full"),
+            (with("plan", &["abc"]), "plan hash"),
+            (with("runner", &["bob"]), "public key"),
+            (with("input", &["only-a-name"]), "a name and a value"),
+        ];
+        for (request, needle) in cases {
+            let err = RunRequest::from_request(&request, false)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let mut no_repo = base.clone();
+        no_repo.inputs.clear();
+        assert_eq!(
+            RunRequest::from_request(&no_repo, false),
+            Err(RunError::NoRepository)
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! The router DVM: serves run-pipeline jobs (kind 5700) with the engine.
+//!
+//! It fetches the requested commit, reads the pipeline the maintainer committed there, and runs
+//! it on runner DVMs, signing every sub-request with its own key. Because each sub-request
+//! names the run request (`e`) and its job (`job` param), a router restarted mid-run (the DVM
+//! runtime resumes the run job from its journal) recovers the finished steps from the relays
+//! and only runs what is left.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quorum_dvm::client::JobClient;
+use quorum_dvm::{Job, JobContext, JobFailure, JobHandler, JobOutput};
+use quorum_pipeline::PlannedJob;
+use quorum_proto::kinds::JobKind;
+use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
+use quorum_proto::nip90::JobRequest;
+use quorum_proto::nostr::{Kind, PublicKey};
+use quorum_proto::run::{JobSummary, RunReport, RunRequest};
+use quorum_proto::step::StepJob;
+use quorum_runner::GitPolicy;
+
+use crate::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, execute, recover, run_id};
+
+/// How a router is set up by its operator.
+#[derive(Clone)]
+pub struct RouterConfig {
+    /// Where checkouts of requested commits go (one per run, removed afterwards).
+    pub work_root: PathBuf,
+    pub git: GitPolicy,
+    /// Runners to use when a request names none; empty: whoever announces kind 5702.
+    pub runners: Vec<PublicKey>,
+    /// Longest a whole run may take.
+    pub max_run: Duration,
+}
+
+/// The router role. Its job client must sign with the router DVM's own key, so that the
+/// sub-requests it finds on restart are its own.
+pub struct Router {
+    config: RouterConfig,
+    client: Arc<JobClient>,
+}
+
+impl Router {
+    pub fn new(mut config: RouterConfig, client: Arc<JobClient>) -> Self {
+        if let Ok(absolute) = std::path::absolute(&config.work_root) {
+            config.work_root = absolute;
+        }
+        Router { config, client }
+    }
+
+    async fn run_pipeline(&self, job: &Job, ctx: &JobContext) -> Result<RunReport, JobFailure> {
+        let run = RunRequest::from_request(&job.request, JobRequest::is_encrypted(&job.event))
+            .map_err(|e| JobFailure::new(format!("invalid run-pipeline request: {e}")))?;
+        let checkout = self.config.work_root.join(job.event.id.to_hex());
+        let _ = std::fs::remove_dir_all(&checkout);
+        let fetched =
+            quorum_runner::git::fetch_commit(&run.repo, &run.commit, &checkout, &self.config.git)
+                .await;
+        let text = fetched
+            .map_err(|e| JobFailure::new(e.to_string()))
+            .and_then(|_| {
+                std::fs::read_to_string(checkout.join(quorum_pipeline::PIPELINE_PATH)).map_err(
+                    |_| {
+                        JobFailure::new(format!(
+                            "commit {} has no {}",
+                            run.commit,
+                            quorum_pipeline::PIPELINE_PATH
+                        ))
+                    },
+                )
+            });
+        let _ = std::fs::remove_dir_all(&checkout);
+        let plan = quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, &text?).map_err(|d| {
+            JobFailure::new("the pipeline does not lint").with_content(d.to_string())
+        })?;
+        let plan_hash = plan.plan_hash();
+        if let Some(pinned) = &run.plan_hash
+            && *pinned != plan_hash
+        {
+            return Err(JobFailure::new(format!(
+                "the pipeline at {} has plan hash {plan_hash}, not the requested {pinned}",
+                run.commit
+            )));
+        }
+        let runners = if !run.runners.is_empty() {
+            run.runners.clone()
+        } else if !self.config.runners.is_empty() {
+            self.config.runners.clone()
+        } else {
+            self.client
+                .discover(StepJob::kind(), Duration::from_secs(5))
+                .await
+                .map_err(|e| JobFailure::new(format!("cannot find runners: {e}")))?
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect()
+        };
+        if runners.is_empty() {
+            return Err(JobFailure::new("no runner DVM is known or announced"));
+        }
+        let context = RunContext {
+            repo: run.repo.clone(),
+            commit: run.commit.clone(),
+            inputs: run.inputs.clone(),
+            secrets: run.secrets.clone(),
+        };
+        let config = EngineConfig {
+            runners,
+            parent: Some(job.event.id),
+            ..EngineConfig::default()
+        };
+        let prior = recover(&self.client, &plan, job.event.id, Duration::from_secs(5)).await;
+        if !prior.is_empty() {
+            tracing::info!(run = %job.event.id, done = prior.len(), "resuming a run");
+        }
+        let mut reporter = Partial {
+            ctx: ctx.clone(),
+            lines: Arc::new(Mutex::new(Vec::new())),
+        };
+        let outcome = tokio::select! {
+            outcome = execute(&self.client, &plan, &context, &config, prior, &mut reporter) => outcome,
+            () = ctx.cancelled() => return Err(JobFailure::new("cancelled")),
+        };
+        Ok(RunReport {
+            run: run_id(&run.repo, &run.commit, &plan),
+            repo: run.repo,
+            commit: run.commit,
+            plan_hash,
+            status: if outcome.succeeded {
+                "success"
+            } else {
+                "failure"
+            }
+            .into(),
+            jobs: outcome.jobs.iter().map(summary).collect(),
+        })
+    }
+}
+
+fn summary(record: &JobRecord) -> JobSummary {
+    let (status, reason) = match &record.state {
+        JobState::Succeeded => ("success", None),
+        JobState::Failed { reason } => ("failure", Some(reason.clone())),
+        JobState::Skipped { reason } => ("skipped", Some(reason.clone())),
+    };
+    JobSummary {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        status: status.into(),
+        reason,
+        provider: record.provider.clone(),
+        request: record.request.clone(),
+        result: record.result.clone(),
+        artifacts: record
+            .report
+            .as_ref()
+            .map(|r| r.artifacts.clone())
+            .unwrap_or_default(),
+    }
+}
+
+impl JobHandler for Router {
+    fn kinds(&self) -> Vec<Kind> {
+        vec![JobKind::RunPipeline.request_kind()]
+    }
+
+    fn offer(&self) -> Offer {
+        Offer {
+            capabilities: Capabilities {
+                arch: std::env::consts::ARCH.into(),
+                os: std::env::consts::OS.into(),
+                // A router runs nothing itself: steps go to runners and their sandboxes.
+                sandbox: "none".into(),
+                toolchains: vec!["git".into()],
+                network: true,
+            },
+            price: Price::default(),
+            limits: JobLimits {
+                concurrency: 4,
+                max_timeout_secs: self.config.max_run.as_secs(),
+                max_request_bytes: 64 * 1024,
+            },
+        }
+    }
+
+    fn max_duration(&self) -> Duration {
+        self.config.max_run
+    }
+
+    async fn run(&self, job: Job, ctx: JobContext) -> Result<JobOutput, JobFailure> {
+        let report = self.run_pipeline(&job, &ctx).await?;
+        let content = serde_json::to_string(&report)
+            .map_err(|e| JobFailure::new(format!("cannot encode the report: {e}")))?;
+        Ok(JobOutput { content })
+    }
+}
+
+/// Reports run progress as `partial` feedback: one line per job event, the latest lines.
+struct Partial {
+    ctx: JobContext,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Partial {
+    fn push(&self, line: String) {
+        let Ok(mut lines) = self.lines.lock() else {
+            return;
+        };
+        lines.push(line);
+        let keep = lines.len().saturating_sub(40);
+        lines.drain(..keep);
+        self.ctx.partial(lines.join("\n"));
+    }
+}
+
+impl RunReporter for Partial {
+    fn job_started(&mut self, job: &PlannedJob) {
+        self.push(format!("▶ {}", job.id));
+    }
+
+    fn job_progress(&mut self, _job: &str, _provider: &PublicKey, _line: &str) {
+        // Step logs stay with the runners' own feedback; the run reports job transitions.
+    }
+
+    fn job_finished(&mut self, record: &JobRecord) {
+        let line = match &record.state {
+            JobState::Succeeded => format!("✔ {}", record.id),
+            JobState::Failed { reason } => format!("✘ {}: {reason}", record.id),
+            JobState::Skipped { reason } => format!("– {} skipped: {reason}", record.id),
+        };
+        self.push(line);
+    }
+}
