@@ -134,7 +134,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             &context.commit[..12]
         );
     }
-    let outcome = quorum_router::execute(&client, &plan, &context, &config, &mut reporter).await;
+    let outcome =
+        quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut reporter).await;
     client.shutdown().await;
     if let Some(network) = embedded {
         network.shutdown().await?;
