@@ -65,6 +65,38 @@ pub enum DvmCommand {
     /// Serve run-step jobs (kind 5702): fetch the commit, run the step in bubblewrap, upload
     /// log and artifacts to Blossom.
     Runner(RunnerArgs),
+    /// Serve run-pipeline jobs (kind 5700): run the pipeline committed at the requested commit
+    /// on runner DVMs, resuming from the relays after a restart.
+    Router(RouterArgs),
+}
+
+/// Options of `quorum dvm router`.
+#[derive(Debug, Args)]
+pub struct RouterArgs {
+    /// Relay to serve on (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// The DVM's secret key file (nsec or hex, mode 0600); created if missing.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+
+    /// Data directory: job journal and checkouts.
+    #[arg(long)]
+    pub data: PathBuf,
+
+    /// Runner to use when a request names none (repeat); default: runners that announce
+    /// themselves (NIP-89).
+    #[arg(long = "runner", value_name = "PUBKEY")]
+    pub runners: Vec<String>,
+
+    /// Longest a whole run may take, in seconds.
+    #[arg(long, default_value_t = 6 * 3600)]
+    pub max_run: u64,
+
+    /// Allow file:// and local-path repositories (the embedded network and tests only).
+    #[arg(long)]
+    pub allow_local_repos: bool,
 }
 
 /// Options of `quorum dvm runner`.
@@ -195,8 +227,9 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub kind: u16,
 
-    /// Input as TYPE:VALUE, TYPE one of text, url, event, job (repeat).
-    #[arg(long = "input", value_name = "TYPE:VALUE")]
+    /// Input as TYPE[#MARKER]:VALUE, TYPE one of text, url, event, job (repeat); e.g.
+    /// `url#repo:https://git.example/app.git`.
+    #[arg(long = "input", value_name = "TYPE[#MARKER]:VALUE")]
     pub inputs: Vec<String>,
 
     /// Parameter as KEY=VALUE (repeat).

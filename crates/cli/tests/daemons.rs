@@ -141,6 +141,46 @@ async fn up_writes_endpoints_and_stops_cleanly() {
     let runners = endpoints["runners"].as_array().expect("runners");
     assert_eq!(runners.len(), 2, "{endpoints}");
     assert_ne!(runners[0], runners[1]);
+    let router = endpoints["router"].as_str().expect("a router DVM");
+
+    // The embedded router runs a repository's committed pipeline on the embedded runners.
+    let (repo, commit) = quorum_testkit::git::sample_repo(data.path());
+    std::fs::create_dir_all(repo.join(".quorum")).unwrap();
+    std::fs::write(
+        repo.join(".quorum/pipeline.yml"),
+        "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n",
+    )
+    .unwrap();
+    quorum_testkit::git::git(&repo, &["add", "."]);
+    quorum_testkit::git::git(&repo, &["commit", "--quiet", "-m", "pipeline"]);
+    let commit_with_pipeline = quorum_testkit::git::git(&repo, &["rev-parse", "HEAD"]);
+    assert_ne!(commit, commit_with_pipeline);
+    let out = run_quorum(&[
+        "job",
+        "submit",
+        "--relay",
+        relay,
+        "--kind",
+        "5700",
+        "--input",
+        &format!("url#repo:file://{}", repo.display()),
+        "--param",
+        &format!("commit={commit_with_pipeline}"),
+        "--provider",
+        router,
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(answer["content"].as_str().unwrap()).unwrap();
+    assert_eq!(report["status"], "success", "{report}");
+    assert_eq!(report["jobs"][0]["artifacts"][0]["name"], "out/hello.txt");
 
     // Both servers answer: the relay's NIP-11 document and a Blossom 404 for an absent blob.
     let http = reqwest::Client::new();

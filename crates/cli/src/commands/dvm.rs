@@ -9,13 +9,75 @@ use quorum_dvm::{Dvm, DvmConfig};
 use quorum_runner::{GitPolicy, Runner, RunnerConfig};
 use quorum_sandbox::Sandbox;
 
-use crate::cli::{DvmCommand, RunnerArgs};
+use crate::cli::{DvmCommand, RouterArgs, RunnerArgs};
 use crate::shutdown::Shutdown;
 
 pub async fn run(command: DvmCommand) -> anyhow::Result<ExitCode> {
     match command {
         DvmCommand::Runner(args) => runner(args).await,
+        DvmCommand::Router(args) => router(args).await,
     }
+}
+
+async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+    let relays = super::relay_urls(&args.relays)?;
+    let keys = quorum_dvm::keyfile::load_or_create(&args.key)?;
+    let runners = args
+        .runners
+        .iter()
+        .map(|text| {
+            quorum_proto::nostr::PublicKey::parse(text).with_context(|| {
+                format!("--runner {text:?} is neither an npub nor 64 hex characters")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let setup = RouterSetup {
+        relays,
+        data: args.data.clone(),
+        runners,
+        max_run: Duration::from_secs(args.max_run),
+        allow_local_repos: args.allow_local_repos,
+    };
+    let dvm = start_router(setup, keys.clone()).await?;
+    super::announce(&format!("router: {}", keys.public_key().to_hex()));
+    shutdown.wait().await;
+    dvm.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a router DVM needs besides its keys.
+pub struct RouterSetup {
+    pub relays: Vec<quorum_proto::nostr::RelayUrl>,
+    pub data: std::path::PathBuf,
+    pub runners: Vec<quorum_proto::nostr::PublicKey>,
+    pub max_run: Duration,
+    pub allow_local_repos: bool,
+}
+
+/// Starts a router DVM; its job client signs with the same key, so that it recognises its own
+/// sub-requests after a restart. Shared with the embedded network.
+pub async fn start_router(
+    setup: RouterSetup,
+    keys: quorum_proto::nostr::Keys,
+) -> anyhow::Result<Dvm> {
+    let client = quorum_dvm::client::JobClient::connect(&setup.relays, keys.clone()).await?;
+    let router = quorum_router::dvm::Router::new(
+        quorum_router::dvm::RouterConfig {
+            work_root: setup.data.join("work"),
+            git: GitPolicy {
+                allow_local: setup.allow_local_repos,
+                timeout: Some(Duration::from_secs(600)),
+            },
+            runners: setup.runners,
+            max_run: setup.max_run,
+        },
+        Arc::new(client),
+    );
+    let mut config = DvmConfig::new(setup.relays, setup.data.join("dvm"), "quorum-router");
+    config.about = "Quorum CI router: runs pipelines on runner DVMs".into();
+    config.concurrency = 4;
+    Ok(Dvm::start(config, keys, router).await?)
 }
 
 async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {

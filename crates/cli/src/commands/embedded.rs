@@ -28,6 +28,8 @@ pub struct Embedded {
     pub relay_url: String,
     pub blossom_url: url::Url,
     pub runners: Vec<Dvm>,
+    /// The router DVM (kind 5700), using the runners above.
+    pub router: Option<Dvm>,
     stop_servers: watch::Sender<bool>,
     relay_task: JoinHandle<Result<(), quorum_relay::RelayError>>,
     blossom_task: JoinHandle<Result<(), quorum_blossom::BlossomError>>,
@@ -62,10 +64,25 @@ impl Embedded {
             &blossom_url,
         )
         .await?;
+        let router = if runners.is_empty() {
+            None
+        } else {
+            let data = spec.data.join("router");
+            let keys = quorum_dvm::keyfile::load_or_create(&data.join("router.nsec"))?;
+            let setup = super::dvm::RouterSetup {
+                relays: super::relay_urls(std::slice::from_ref(&relay_url))?,
+                data,
+                runners: runners.iter().map(Dvm::public_key).collect(),
+                max_run: std::time::Duration::from_secs(6 * 3600),
+                allow_local_repos: true,
+            };
+            Some(super::dvm::start_router(setup, keys).await?)
+        };
         Ok(Embedded {
             relay_url,
             blossom_url,
             runners,
+            router,
             stop_servers,
             relay_task,
             blossom_task,
@@ -74,6 +91,9 @@ impl Embedded {
 
     /// Stops the DVMs, then the servers, and reports a server that failed.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        if let Some(router) = self.router {
+            router.shutdown().await;
+        }
         for runner in self.runners {
             runner.shutdown().await;
         }

@@ -89,15 +89,19 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let mut request = JobRequest::new(Kind::from_u16(args.kind))
         .with_context(|| format!("--kind {} is not a job request kind (5000-5999)", args.kind))?;
     for input in &args.inputs {
-        let (kind, value) = input
+        let (head, value) = input
             .split_once(':')
-            .with_context(|| format!("--input {input:?} is not TYPE:VALUE"))?;
+            .with_context(|| format!("--input {input:?} is not TYPE[#MARKER]:VALUE"))?;
+        let (kind, marker) = match head.split_once('#') {
+            Some((kind, marker)) => (kind, Some(marker.to_string())),
+            None => (head, None),
+        };
         let input_type: InputType = kind.parse().with_context(|| format!("--input {input:?}"))?;
         request.inputs.push(JobInput {
             data: value.to_string(),
             input_type,
             relay: None,
-            marker: None,
+            marker,
         });
     }
     for param in &args.params {

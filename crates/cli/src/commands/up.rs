@@ -16,6 +16,8 @@ struct Endpoints<'a> {
     blossom: &'a str,
     /// Public keys (hex) of the runner DVMs.
     runners: Vec<String>,
+    /// Public key (hex) of the router DVM, if runners were started.
+    router: Option<String>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -50,12 +52,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|dvm| dvm.public_key().to_hex())
             .collect(),
+        router: network.router.as_ref().map(|dvm| dvm.public_key().to_hex()),
     };
     write_atomically(&endpoints_file, &serde_json::to_vec_pretty(&endpoints)?)?;
     super::announce(&format!("relay: {}", endpoints.relay));
     super::announce(&format!("blossom: {}", endpoints.blossom));
     for runner in &endpoints.runners {
         super::announce(&format!("runner: {runner}"));
+    }
+    if let Some(router) = &endpoints.router {
+        super::announce(&format!("router: {router}"));
     }
     super::announce(&format!("endpoints: {}", endpoints_file.display()));
 
