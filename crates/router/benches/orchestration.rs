@@ -1,0 +1,246 @@
+//! Orchestration overhead of the pipeline engine on loopback, next to the relay round trip
+//! measured in the same run.
+//!
+//! - a 10-step chain of no-op steps (each `needs` the one before): wall time minus the steps'
+//!   own sandbox time, divided by 10 = the cost of dispatching one step (fetch, feedback, log
+//!   upload, result, next request);
+//! - 100 one-step pipelines started at once on one fleet (2 runners): all must finish; wall
+//!   time and the process's peak RSS.
+//!
+//! `cargo bench -p quorum-router --bench orchestration` writes `target/bench/orchestration.json`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nostr_sdk::prelude::*;
+use quorum_blossom::{BlossomConfig, BlossomServer};
+use quorum_dvm::client::JobClient;
+use quorum_dvm::{Dvm, DvmConfig};
+use quorum_router::{EngineConfig, JobRecord, RunContext, RunReporter, execute};
+use quorum_runner::{GitPolicy, Runner, RunnerConfig};
+use serde_json::json;
+
+struct Silent;
+
+impl RunReporter for Silent {
+    fn job_started(&mut self, _: &quorum_pipeline::PlannedJob) {}
+    fn job_progress(&mut self, _: &str, _: &PublicKey, _: &str) {}
+    fn job_finished(&mut self, _: &JobRecord) {}
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn relay_rtt(url: &RelayUrl) -> f64 {
+    let publisher = Client::new(Keys::generate());
+    let subscriber = Client::new(Keys::generate());
+    for client in [&publisher, &subscriber] {
+        client.add_relay(url.clone()).await.unwrap();
+        client.connect().await;
+        client.wait_for_connection(Duration::from_secs(5)).await;
+    }
+    let keys = Keys::generate();
+    let mut notifications = subscriber.notifications();
+    subscriber
+        .subscribe(Filter::new().author(keys.public_key()), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut samples = Vec::new();
+    for i in 0..30 {
+        let event = EventBuilder::text_note(format!("{i}"))
+            .sign_with_keys(&keys)
+            .unwrap();
+        let start = Instant::now();
+        publisher.send_event(&event).await.unwrap();
+        loop {
+            if let RelayPoolNotification::Event { event: got, .. } =
+                notifications.recv().await.unwrap()
+                && got.id == event.id
+            {
+                break;
+            }
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
+}
+
+fn commit_pipeline(repo: &Path, pipeline: &str) -> String {
+    use quorum_testkit::git::git;
+    std::fs::create_dir_all(repo.join(".quorum")).unwrap();
+    std::fs::write(repo.join(".quorum/pipeline.yml"), pipeline).unwrap();
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "--quiet", "-m", "pipeline"]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+fn bench_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .join("bench")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = quorum_relay::Relay::open(
+        quorum_relay::RelayConfig::default(),
+        &dir.path().join("relay"),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_url = RelayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(relay.serve(listener, std::future::pending()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let blossom_url =
+        url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+    let blossom = BlossomServer::open(
+        BlossomConfig {
+            public_url: Some(blossom_url.clone()),
+            ..BlossomConfig::default()
+        },
+        &dir.path().join("blossom"),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(blossom.serve(listener, std::future::pending()));
+
+    let sandbox: Arc<dyn quorum_sandbox::Sandbox> =
+        Arc::new(quorum_sandbox::Bubblewrap::detect().expect("bubblewrap"));
+    let mut runners = Vec::new();
+    for n in 0..2 {
+        let keys = Keys::generate();
+        let mut config = RunnerConfig::new(
+            dir.path().join(format!("runner{n}/work")),
+            vec![blossom_url.clone()],
+        );
+        config.git = GitPolicy {
+            allow_local: true,
+            timeout: None,
+        };
+        let runner = Runner::new(
+            config,
+            sandbox.clone(),
+            quorum_blossom::client::BlossomClient::new(keys.clone()),
+        );
+        let mut dvm_config = DvmConfig::new(
+            vec![relay_url.clone()],
+            dir.path().join(format!("runner{n}/dvm")),
+            "runner",
+        );
+        dvm_config.queue_capacity = 128;
+        runners.push(Dvm::start(dvm_config, keys, runner).await.unwrap());
+    }
+    let (repo, _) = quorum_testkit::git::sample_repo(dir.path());
+    let mut chain = String::from("on: [push]\njobs:\n");
+    for i in 0..10 {
+        chain.push_str(&format!("  s{i}:\n    run: \"true\"\n"));
+        if i > 0 {
+            chain.push_str(&format!("    needs: s{}\n", i - 1));
+        }
+    }
+    let commit = commit_pipeline(&repo, &chain);
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", &chain).unwrap();
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        ..RunContext::default()
+    };
+    let config = EngineConfig {
+        runners: runners.iter().map(Dvm::public_key).collect(),
+        ..EngineConfig::default()
+    };
+    let client = JobClient::connect(std::slice::from_ref(&relay_url), Keys::generate())
+        .await
+        .unwrap();
+    let rtt = relay_rtt(&relay_url).await;
+
+    // Warm up once (first sandbox, first connections), then measure three chains.
+    execute(&client, &plan, &context, &config, Vec::new(), &mut Silent).await;
+    let mut per_step = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let outcome = execute(&client, &plan, &context, &config, Vec::new(), &mut Silent).await;
+        let wall = start.elapsed().as_secs_f64() * 1000.0;
+        assert!(outcome.succeeded);
+        let steps: f64 = outcome
+            .jobs
+            .iter()
+            .map(|j| j.report.as_ref().unwrap().duration_ms as f64)
+            .sum();
+        per_step.push((wall - steps) / 10.0);
+    }
+    per_step.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let overhead = per_step[1];
+    println!("relay round trip (p50)                  {rtt:>8.2} ms");
+    println!(
+        "orchestration overhead per step (median) {overhead:>8.2} ms  (= {:.1} × relay RTT)",
+        overhead / rtt
+    );
+
+    // 100 one-step pipelines at once.
+    let single = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        "on: [push]\njobs:\n  only:\n    run: \"true\"\n",
+    )
+    .unwrap();
+    let start = Instant::now();
+    let runs = (0..100).map(|_| {
+        let relay_url = relay_url.clone();
+        let single = &single;
+        let context = &context;
+        let config = &config;
+        async move {
+            let client = JobClient::connect(&[relay_url], Keys::generate())
+                .await
+                .unwrap();
+            let outcome = execute(&client, single, context, config, Vec::new(), &mut Silent).await;
+            client.shutdown().await;
+            outcome.succeeded
+        }
+    });
+    let results = futures_util::future::join_all(runs).await;
+    let finished = results.iter().filter(|ok| **ok).count();
+    let elapsed = start.elapsed().as_secs_f64();
+    let rss = peak_rss_kib();
+    println!(
+        "100 concurrent pipelines: {finished}/100 succeeded in {elapsed:.2} s; peak RSS {:.1} MiB (whole process: relay, Blossom, 2 runners, 100 clients)",
+        rss as f64 / 1024.0
+    );
+
+    let figures = json!({
+        "relay_round_trip_p50_ms": rtt,
+        "per_step_overhead_ms": overhead,
+        "per_step_overhead_samples_ms": per_step,
+        "concurrent_pipelines": {"started": 100, "succeeded": finished, "seconds": elapsed, "peak_rss_kib": rss},
+    });
+    let out = bench_dir();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("orchestration.json"),
+        serde_json::to_vec_pretty(&figures).unwrap(),
+    )
+    .unwrap();
+    println!(
+        "figures written to {}",
+        out.join("orchestration.json").display()
+    );
+    client.shutdown().await;
+    for runner in runners {
+        runner.shutdown().await;
+    }
+}
