@@ -411,7 +411,9 @@ impl<H: JobHandler> Shared<H> {
             .map_err(|err| Refusal::Answer(format!("invalid request: {err}")))
     }
 
-    /// Answers a request with `error` feedback and remembers it, so it is answered once.
+    /// Answers a request with `error` feedback and remembers it, so it is answered once. The
+    /// feedback is published in the background: a slow or failing relay must not hold up the
+    /// intake of the requests behind this one.
     async fn refuse(&self, event: &Event, why: String) {
         tracing::info!(request = %event.id, "refused: {why}");
         {
@@ -420,9 +422,17 @@ impl<H: JobHandler> Shared<H> {
                 let _ = journal.accept(event);
             }
         }
-        self.send_feedback(JobFeedback::new(FeedbackStatus::Error, event).with_extra(why))
-            .await;
         self.record(event.id, Outcome::Error);
+        let feedback = JobFeedback::new(FeedbackStatus::Error, event).with_extra(why);
+        if let Some(signed) = self.sign_feedback(&feedback) {
+            let client = self.client.clone();
+            let retry = self.config.retry;
+            tokio::spawn(async move {
+                if let Err(err) = publish::publish(&client, &signed, retry).await {
+                    tracing::warn!("refusal of {} not published: {err}", feedback.request_id);
+                }
+            });
+        }
     }
 
     async fn enqueue(&self, event: Event) {
@@ -632,18 +642,30 @@ impl<H: JobHandler> Shared<H> {
         }
     }
 
-    async fn send_feedback(&self, feedback: JobFeedback) {
+    fn sign_feedback(&self, feedback: &JobFeedback) -> Option<Event> {
         let request = feedback.request_id;
-        let event = match feedback
+        match feedback
             .to_event_builder(self.keys.secret_key())
             .map(|b| b.sign_with_keys(&self.keys))
         {
-            Ok(Ok(event)) => event,
-            Ok(Err(err)) => return tracing::error!("cannot sign feedback for {request}: {err}"),
-            Err(err) => return tracing::error!("cannot build feedback for {request}: {err}"),
+            Ok(Ok(event)) => Some(event),
+            Ok(Err(err)) => {
+                tracing::error!("cannot sign feedback for {request}: {err}");
+                None
+            }
+            Err(err) => {
+                tracing::error!("cannot build feedback for {request}: {err}");
+                None
+            }
+        }
+    }
+
+    async fn send_feedback(&self, feedback: JobFeedback) {
+        let Some(event) = self.sign_feedback(&feedback) else {
+            return;
         };
         if let Err(err) = publish::publish(&self.client, &event, self.config.retry).await {
-            tracing::warn!("feedback for {request} not published: {err}");
+            tracing::warn!("feedback for {} not published: {err}", feedback.request_id);
         }
     }
 }

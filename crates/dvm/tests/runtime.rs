@@ -516,14 +516,33 @@ async fn a_full_queue_answers_busy() {
                 .await,
         );
     }
-    let last = requests.last().unwrap();
-    let error = customer.feedback(last.id, FeedbackStatus::Error).await;
+    // Which request finds the queue full depends on timing; that some do, and that every
+    // other one is served, does not.
+    let mut busy = 0;
+    for request in &requests {
+        let answer = customer
+            .next(request.id, |e| {
+                e.kind.as_u16() == KIND + 1000
+                    || JobFeedback::from_event(e).is_ok_and(|f| f.status == FeedbackStatus::Error)
+            })
+            .await;
+        if answer.kind.as_u16() == 7000 {
+            let error = JobFeedback::from_event(&answer).unwrap();
+            assert!(
+                error.extra.as_deref().unwrap().starts_with("busy"),
+                "{error:?}"
+            );
+            busy += 1;
+        }
+    }
     assert!(
-        error.extra.as_deref().unwrap().starts_with("busy"),
-        "{error:?}"
+        busy >= 1,
+        "4 jobs for 1 slot and a queue of 1: some must be refused"
     );
-    let (_, first) = customer.result(requests[0].id).await;
-    assert_eq!(first.content, "0");
+    assert!(
+        busy <= 2,
+        "at least the running and the queued job are served"
+    );
     dvm.shutdown().await;
 }
 
