@@ -377,3 +377,65 @@ async fn a_router_dvm_runs_a_pipeline_and_resumes_after_a_restart_without_repeat
     router.shutdown().await;
     runner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_can_be_any_nip90_dvm_written_with_another_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = start_network(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let runner = start_runner(&network, &dir.path().join("runner"), true).await;
+    // nostr-tools in Node: a scanner that has never heard of Quorum CI.
+    let interop = quorum_testkit::node::ensure_installed();
+    let scanner = quorum_testkit::daemon::Daemon::spawn(
+        "node",
+        &[
+            interop.join("dvm-scanner.mjs").to_str().unwrap(),
+            network.relay.as_str(),
+        ],
+    );
+    let scanner_key = scanner.value_of("dvm");
+
+    let pipeline = format!(
+        "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n  scan:\n    needs: build\n    uses: dvm\n    kind: 5500\n    provider: {scanner_key}\n    inputs:\n      - {{ type: url, value: \"${{{{ jobs.build.artifacts['out/hello.txt'].url }}}}\" }}\n"
+    );
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", &pipeline).expect("valid pipeline");
+    let client = JobClient::connect(std::slice::from_ref(&network.relay), Keys::generate())
+        .await
+        .unwrap();
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        ..RunContext::default()
+    };
+    let config = EngineConfig {
+        runners: vec![runner.public_key()],
+        ..EngineConfig::default()
+    };
+    let outcome = execute(
+        &client,
+        &plan,
+        &context,
+        &config,
+        Vec::new(),
+        &mut Recorder::default(),
+    )
+    .await;
+    assert!(outcome.succeeded, "{:?}", outcome.jobs);
+    let build = &outcome.jobs[0];
+    let hello = &build.report.as_ref().unwrap().artifacts[0];
+    let scan = &outcome.jobs[1];
+    assert_eq!(scan.provider.as_deref(), Some(scanner_key.as_str()));
+    assert_eq!(
+        scan.content.as_deref(),
+        Some(
+            format!(
+                "CLEAN sha256={} bytes={}",
+                hello.blob.sha256, hello.blob.size
+            )
+            .as_str()
+        ),
+        "the scanner fetched exactly the artifact the runner built"
+    );
+    client.shutdown().await;
+    runner.shutdown().await;
+}
