@@ -68,6 +68,41 @@ pub enum DvmCommand {
     /// Serve run-pipeline jobs (kind 5700): run the pipeline committed at the requested commit
     /// on runner DVMs, resuming from the relays after a restart.
     Router(RouterArgs),
+    /// Watch a git repository and ask a router to run its pipeline for every new commit on a
+    /// ref its pipeline triggers on (one run per commit and pipeline).
+    Watcher(WatcherArgs),
+}
+
+/// Options of `quorum dvm watcher`.
+#[derive(Debug, Args)]
+pub struct WatcherArgs {
+    /// Relay to publish run requests on (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// The repository to watch (the URL runners fetch from).
+    #[arg(long, value_name = "GIT_URL")]
+    pub repo: String,
+
+    /// The router DVM that runs the pipelines (npub or hex).
+    #[arg(long, value_name = "PUBKEY")]
+    pub router: String,
+
+    /// The watcher's secret key file (nsec or hex, mode 0600); created if missing.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+
+    /// Data directory: what the watcher has seen and started.
+    #[arg(long)]
+    pub data: PathBuf,
+
+    /// Seconds between two looks at the repository.
+    #[arg(long, default_value_t = 30)]
+    pub interval: u64,
+
+    /// Allow file:// and local-path repositories (the embedded network and tests only).
+    #[arg(long)]
+    pub allow_local_repos: bool,
 }
 
 /// Options of `quorum dvm router`.

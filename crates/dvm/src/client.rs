@@ -178,15 +178,9 @@ impl JobClient {
             .collect())
     }
 
-    /// Publishes `request` (NIP-44 encrypted to its one provider if `encrypt`), follows it,
-    /// and returns the first terminal answer.
-    pub async fn run(
-        &self,
-        request: &JobRequest,
-        encrypt: bool,
-        timeout: Duration,
-        reporter: &mut dyn JobReporter,
-    ) -> Result<JobOutcome, ClientError> {
+    /// Signs `request` (NIP-44 encrypted to its one provider if `encrypt`), stamped at least a
+    /// second after this client's previous request.
+    fn sign(&self, request: &JobRequest, encrypt: bool) -> Result<Event, ClientError> {
         let builder = if encrypt {
             request.to_encrypted_event_builder(self.keys.secret_key())?
         } else {
@@ -198,10 +192,30 @@ impl JobClient {
             *last = next;
             next
         };
-        let event = builder
+        builder
             .custom_created_at(created_at)
             .sign_with_keys(&self.keys)
-            .map_err(|e| ClientError::Sign(e.to_string()))?;
+            .map_err(|e| ClientError::Sign(e.to_string()))
+    }
+
+    /// Publishes `request` without following it (for requests whose answers someone else
+    /// reads); returns the published event.
+    pub async fn submit(&self, request: &JobRequest, encrypt: bool) -> Result<Event, ClientError> {
+        let event = self.sign(request, encrypt)?;
+        publish::publish(&self.client, &event, RetryPolicy::default()).await?;
+        Ok(event)
+    }
+
+    /// Publishes `request` (NIP-44 encrypted to its one provider if `encrypt`), follows it,
+    /// and returns the first terminal answer.
+    pub async fn run(
+        &self,
+        request: &JobRequest,
+        encrypt: bool,
+        timeout: Duration,
+        reporter: &mut dyn JobReporter,
+    ) -> Result<JobOutcome, ClientError> {
+        let event = self.sign(request, encrypt)?;
         // Subscribe before publishing, so that no answer can slip past.
         let mut notifications = self.client.notifications();
         let mut kinds = vec![quorum_proto::kinds::JOB_FEEDBACK];

@@ -1,76 +1,15 @@
 //! The engine runs pipelines end to end on loopback: a real relay and Blossom server, runner
 //! DVMs with bubblewrap, a generic NIP-90 DVM, and a git repository made by the test.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use nostr_sdk::prelude::*;
-use quorum_blossom::{BlossomConfig, BlossomServer};
 use quorum_dvm::client::JobClient;
 use quorum_dvm::{Dvm, DvmConfig, Job, JobContext, JobFailure, JobHandler, JobOutput};
 use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
 use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, execute};
-use quorum_runner::{GitPolicy, Runner, RunnerConfig};
 use quorum_testkit::git::{git, sample_repo};
-use tokio::sync::oneshot;
-
-struct Network {
-    relay: RelayUrl,
-    blossom: ::url::Url,
-    _stops: Vec<oneshot::Sender<()>>,
-}
-
-async fn start_network(dir: &Path) -> Network {
-    let relay = quorum_relay::Relay::open(quorum_relay::RelayConfig::default(), &dir.join("relay"))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay_url = RelayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
-    let (relay_stop, relay_stopped) = oneshot::channel::<()>();
-    tokio::spawn(relay.serve(listener, async move {
-        let _ = relay_stopped.await;
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let blossom_url =
-        ::url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-    let server = BlossomServer::open(
-        BlossomConfig {
-            public_url: Some(blossom_url.clone()),
-            ..BlossomConfig::default()
-        },
-        &dir.join("blossom"),
-    )
-    .await
-    .unwrap();
-    let (blossom_stop, blossom_stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(listener, async move {
-        let _ = blossom_stopped.await;
-    }));
-    Network {
-        relay: relay_url,
-        blossom: blossom_url,
-        _stops: vec![relay_stop, blossom_stop],
-    }
-}
-
-async fn start_runner(network: &Network, data: &Path, allow_local: bool) -> Dvm {
-    let keys = Keys::generate();
-    let mut config = RunnerConfig::new(data.join("work"), vec![network.blossom.clone()]);
-    config.git = GitPolicy {
-        allow_local,
-        timeout: Some(Duration::from_secs(30)),
-    };
-    let sandbox = quorum_sandbox::Bubblewrap::detect()
-        .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
-    let runner = Runner::new(
-        config,
-        Arc::new(sandbox),
-        quorum_blossom::client::BlossomClient::new(keys.clone()),
-    );
-    let dvm_config = DvmConfig::new(vec![network.relay.clone()], data.join("dvm"), "runner");
-    Dvm::start(dvm_config, keys, runner).await.unwrap()
-}
+use quorum_testnet::Network;
 
 /// A malware scanner as any NIP-90 DVM would be (kind 5500): it reads a `url` input, fetches
 /// nothing of Quorum CI, and answers `CLEAN` with what it was given.
@@ -157,11 +96,11 @@ jobs:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_runs_in_order_fails_over_and_skips_dependants_of_failures() {
     let dir = tempfile::tempdir().unwrap();
-    let network = start_network(dir.path()).await;
+    let network = Network::start(dir.path()).await;
     let (repo, commit) = sample_repo(dir.path());
     // The first runner refuses local repositories, so every job must fail over to the second.
-    let refuses = start_runner(&network, &dir.path().join("r1"), false).await;
-    let works = start_runner(&network, &dir.path().join("r2"), true).await;
+    let refuses = network.runner(&dir.path().join("r1"), false).await;
+    let works = network.runner(&dir.path().join("r2"), true).await;
     let scanner = Dvm::start(
         DvmConfig::new(
             vec![network.relay.clone()],
@@ -251,26 +190,6 @@ async fn a_pipeline_runs_in_order_fails_over_and_skips_dependants_of_failures() 
     }
 }
 
-async fn start_router(network: &Network, data: &Path, keys: &Keys) -> Dvm {
-    let client = JobClient::connect(std::slice::from_ref(&network.relay), keys.clone())
-        .await
-        .unwrap();
-    let router = quorum_router::dvm::Router::new(
-        quorum_router::dvm::RouterConfig {
-            work_root: data.join("work"),
-            git: GitPolicy {
-                allow_local: true,
-                timeout: Some(Duration::from_secs(30)),
-            },
-            runners: Vec::new(),
-            max_run: Duration::from_secs(600),
-        },
-        Arc::new(client),
-    );
-    let config = DvmConfig::new(vec![network.relay.clone()], data.join("dvm"), "router");
-    Dvm::start(config, keys.clone(), router).await.unwrap()
-}
-
 /// Waits for the router's `partial` feedback on `request` to contain `needle`.
 async fn wait_for_progress(
     notifications: &mut tokio::sync::broadcast::Receiver<RelayPoolNotification>,
@@ -295,7 +214,7 @@ async fn wait_for_progress(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_dvm_runs_a_pipeline_and_resumes_after_a_restart_without_repeating_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let network = start_network(dir.path()).await;
+    let network = Network::start(dir.path()).await;
     let (repo, _) = sample_repo(dir.path());
     std::fs::create_dir_all(repo.join(".quorum")).unwrap();
     std::fs::write(
@@ -306,10 +225,10 @@ async fn a_router_dvm_runs_a_pipeline_and_resumes_after_a_restart_without_repeat
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "--quiet", "-m", "pipeline"]);
     let commit = git(&repo, &["rev-parse", "HEAD"]);
-    let runner = start_runner(&network, &dir.path().join("runner"), true).await;
+    let runner = network.runner(&dir.path().join("runner"), true).await;
     let router_keys = Keys::generate();
     let router_data = dir.path().join("router");
-    let router = start_router(&network, &router_data, &router_keys).await;
+    let router = network.router(&router_data, &router_keys).await;
 
     let customer = Keys::generate();
     let client = Client::new(customer.clone());
@@ -333,7 +252,7 @@ async fn a_router_dvm_runs_a_pipeline_and_resumes_after_a_restart_without_repeat
     // resumes the run from its journal and the relays.
     wait_for_progress(&mut notifications, request.id, "▶ second").await;
     router.shutdown().await;
-    let router = start_router(&network, &router_data, &router_keys).await;
+    let router = network.router(&router_data, &router_keys).await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let report = loop {
@@ -381,9 +300,9 @@ async fn a_router_dvm_runs_a_pipeline_and_resumes_after_a_restart_without_repeat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_can_be_any_nip90_dvm_written_with_another_library() {
     let dir = tempfile::tempdir().unwrap();
-    let network = start_network(dir.path()).await;
+    let network = Network::start(dir.path()).await;
     let (repo, commit) = sample_repo(dir.path());
-    let runner = start_runner(&network, &dir.path().join("runner"), true).await;
+    let runner = network.runner(&dir.path().join("runner"), true).await;
     // nostr-tools in Node: a scanner that has never heard of Quorum CI.
     let interop = quorum_testkit::node::ensure_installed();
     let scanner = quorum_testkit::daemon::Daemon::spawn(

@@ -186,6 +186,50 @@ pub async fn fetch_commit(
     })
 }
 
+/// The branches and tags `url` serves, as `refs/heads/…`/`refs/tags/…` → commit id (annotated
+/// tags resolved to the commit they point at).
+pub async fn ls_remote(
+    url: &str,
+    policy: &GitPolicy,
+) -> Result<std::collections::BTreeMap<String, String>, GitError> {
+    check_url(url, policy)?;
+    let shown = redact_url(url);
+    let timeout = policy.timeout.unwrap_or(Duration::from_secs(600));
+    let scratch = std::env::temp_dir();
+    let mut allow = vec![
+        "-c",
+        "protocol.allow=never",
+        "-c",
+        "protocol.https.allow=always",
+        "-c",
+        "protocol.http.allow=always",
+        "-c",
+        "protocol.git.allow=always",
+    ];
+    if policy.allow_local {
+        allow.extend(["-c", "protocol.file.allow=always"]);
+    }
+    allow.extend(["ls-remote", "--heads", "--tags", url]);
+    let listing = git(&scratch, &allow, "ls-remote", &shown, timeout).await?;
+    let mut refs = std::collections::BTreeMap::new();
+    for line in listing.lines() {
+        let Some((commit, name)) = line.split_once('\t') else {
+            continue;
+        };
+        match name.strip_suffix("^{}") {
+            // The peeled line of an annotated tag: the commit it points at wins.
+            Some(tag) => {
+                refs.insert(tag.to_string(), commit.to_string());
+            }
+            None => {
+                refs.entry(name.to_string())
+                    .or_insert_with(|| commit.to_string());
+            }
+        }
+    }
+    Ok(refs)
+}
+
 async fn git(
     dir: &Path,
     args: &[&str],

@@ -9,14 +9,43 @@ use quorum_dvm::{Dvm, DvmConfig};
 use quorum_runner::{GitPolicy, Runner, RunnerConfig};
 use quorum_sandbox::Sandbox;
 
-use crate::cli::{DvmCommand, RouterArgs, RunnerArgs};
+use crate::cli::{DvmCommand, RouterArgs, RunnerArgs, WatcherArgs};
 use crate::shutdown::Shutdown;
 
 pub async fn run(command: DvmCommand) -> anyhow::Result<ExitCode> {
     match command {
         DvmCommand::Runner(args) => runner(args).await,
         DvmCommand::Router(args) => router(args).await,
+        DvmCommand::Watcher(args) => watcher(args).await,
     }
+}
+
+async fn watcher(args: WatcherArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+    let relays = super::relay_urls(&args.relays)?;
+    let keys = quorum_dvm::keyfile::load_or_create(&args.key)?;
+    let router = quorum_proto::nostr::PublicKey::parse(&args.router).with_context(|| {
+        format!(
+            "--router {:?} is neither an npub nor 64 hex characters",
+            args.router
+        )
+    })?;
+    let client = quorum_dvm::client::JobClient::connect(&relays, keys.clone()).await?;
+    let config = quorum_watcher::WatchConfig {
+        repo: args.repo.clone(),
+        router,
+        data: args.data.clone(),
+        git: GitPolicy {
+            allow_local: args.allow_local_repos,
+            timeout: Some(Duration::from_secs(600)),
+        },
+    };
+    let watcher = quorum_watcher::Watcher::new(config, client)?;
+    super::announce(&format!("watcher: {}", keys.public_key().to_hex()));
+    watcher
+        .run(Duration::from_secs(args.interval.max(1)), shutdown.wait())
+        .await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,115 @@
+//! Test-only: a Quorum CI network on loopback for integration tests and benchmarks of the
+//! crates that sit above the runner (router, watcher, CLI-level flows).
+//!
+//! Everything is real: our relay over WebSocket, our Blossom server over HTTP, runner DVMs
+//! with bubblewrap, router DVMs. Servers stop when the [`Network`] is dropped.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorum_blossom::{BlossomConfig, BlossomServer};
+use quorum_dvm::client::JobClient;
+use quorum_dvm::{Dvm, DvmConfig};
+use quorum_proto::nostr::{Keys, RelayUrl};
+use quorum_runner::{GitPolicy, Runner, RunnerConfig};
+use tokio::sync::oneshot;
+
+/// A relay and a Blossom server on 127.0.0.1, stopped when dropped.
+pub struct Network {
+    pub relay: RelayUrl,
+    pub blossom: url::Url,
+    _stops: Vec<oneshot::Sender<()>>,
+}
+
+impl Network {
+    pub async fn start(dir: &Path) -> Network {
+        let relay =
+            quorum_relay::Relay::open(quorum_relay::RelayConfig::default(), &dir.join("relay"))
+                .await
+                .expect("the relay opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let relay_url = RelayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap()))
+            .expect("a relay URL");
+        let (relay_stop, relay_stopped) = oneshot::channel::<()>();
+        tokio::spawn(relay.serve(listener, async move {
+            let _ = relay_stopped.await;
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let blossom_url = url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap()))
+            .expect("a Blossom URL");
+        let server = BlossomServer::open(
+            BlossomConfig {
+                public_url: Some(blossom_url.clone()),
+                ..BlossomConfig::default()
+            },
+            &dir.join("blossom"),
+        )
+        .await
+        .expect("the Blossom server opens");
+        let (blossom_stop, blossom_stopped) = oneshot::channel::<()>();
+        tokio::spawn(server.serve(listener, async move {
+            let _ = blossom_stopped.await;
+        }));
+        Network {
+            relay: relay_url,
+            blossom: blossom_url,
+            _stops: vec![relay_stop, blossom_stop],
+        }
+    }
+
+    /// A runner DVM with bubblewrap; `allow_local` lets it fetch file:// repositories.
+    pub async fn runner(&self, data: &Path, allow_local: bool) -> Dvm {
+        let keys = Keys::generate();
+        let mut config = RunnerConfig::new(data.join("work"), vec![self.blossom.clone()]);
+        config.git = GitPolicy {
+            allow_local,
+            timeout: Some(Duration::from_secs(30)),
+        };
+        let sandbox = quorum_sandbox::Bubblewrap::detect()
+            .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
+        let runner = Runner::new(
+            config,
+            Arc::new(sandbox),
+            quorum_blossom::client::BlossomClient::new(keys.clone()),
+        );
+        let dvm_config = DvmConfig::new(vec![self.relay.clone()], data.join("dvm"), "runner");
+        Dvm::start(dvm_config, keys, runner)
+            .await
+            .expect("the runner starts")
+    }
+
+    /// A router DVM signing with `keys` (pass the same keys to restart "the same" router).
+    pub async fn router(&self, data: &Path, keys: &Keys) -> Dvm {
+        let client = JobClient::connect(std::slice::from_ref(&self.relay), keys.clone())
+            .await
+            .expect("the router's client connects");
+        let router = quorum_router::dvm::Router::new(
+            quorum_router::dvm::RouterConfig {
+                work_root: data.join("work"),
+                git: GitPolicy {
+                    allow_local: true,
+                    timeout: Some(Duration::from_secs(30)),
+                },
+                runners: Vec::new(),
+                max_run: Duration::from_secs(600),
+            },
+            Arc::new(client),
+        );
+        let config = DvmConfig::new(vec![self.relay.clone()], data.join("dvm"), "router");
+        Dvm::start(config, keys.clone(), router)
+            .await
+            .expect("the router starts")
+    }
+
+    /// A job client with fresh keys.
+    pub async fn client(&self) -> JobClient {
+        JobClient::connect(std::slice::from_ref(&self.relay), Keys::generate())
+            .await
+            .expect("the client connects")
+    }
+}

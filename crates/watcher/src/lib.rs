@@ -1,0 +1,240 @@
+//! The git watcher: sees new commits on a repository's refs and starts one pipeline run each.
+//!
+//! It polls the git server (`git ls-remote`), and for every ref that moved, fetches the new
+//! commit (which proves the server really serves it), reads the pipeline committed there, and,
+//! if a push to that ref triggers it, asks a router DVM to run it (kind 5700, the plan hash
+//! pinned). A run is started at most once per repository, commit and plan hash: the watcher
+//! remembers what it started, and before starting one it looks on the relays for a request of
+//! its own for the same commit and plan, so a crash between publishing and remembering does not
+//! start a run twice. The first poll only records where the refs are: history is not replayed.
+//!
+//! Following signed NIP-34 repository state events (30618) instead of polling is the next step.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quorum_dvm::client::JobClient;
+use quorum_pipeline::TriggerEvent;
+use quorum_proto::kinds::JobKind;
+use quorum_proto::nip90::JobRequest;
+use quorum_proto::nostr::{Filter, PublicKey};
+use quorum_proto::run::RunRequest;
+use quorum_runner::GitPolicy;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Git(#[from] quorum_runner::git::GitError),
+    #[error("cannot read or write the watcher state {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot publish the run request: {0}")]
+    Publish(#[from] quorum_dvm::client::ClientError),
+}
+
+/// What to watch and whom to ask.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// The repository, as the runners will fetch it.
+    pub repo: String,
+    /// The router DVM that runs the pipelines.
+    pub router: PublicKey,
+    /// Where the watcher keeps its state and scratch checkouts.
+    pub data: PathBuf,
+    pub git: GitPolicy,
+}
+
+/// A run the watcher started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedRun {
+    pub ref_name: String,
+    pub commit: String,
+    pub plan_hash: String,
+    /// The run-pipeline request's event id (hex).
+    pub request: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// Where each ref was at the last poll; `None` before the first poll.
+    refs: Option<BTreeMap<String, String>>,
+    /// `commit:plan_hash` of every run started.
+    started: BTreeSet<String>,
+}
+
+/// A watcher of one repository.
+pub struct Watcher {
+    config: WatchConfig,
+    client: JobClient,
+    state: State,
+}
+
+impl Watcher {
+    pub fn new(config: WatchConfig, client: JobClient) -> Result<Self, WatchError> {
+        let state = load_state(&state_path(&config.data))?;
+        Ok(Watcher {
+            config,
+            client,
+            state,
+        })
+    }
+
+    /// One look at the repository; returns the runs it started.
+    pub async fn poll(&mut self) -> Result<Vec<StartedRun>, WatchError> {
+        let refs = quorum_runner::git::ls_remote(&self.config.repo, &self.config.git).await?;
+        let Some(previous) = self.state.refs.replace(refs.clone()) else {
+            tracing::info!(
+                refs = refs.len(),
+                "first look at {}: nothing is replayed",
+                self.config.repo
+            );
+            self.save()?;
+            return Ok(Vec::new());
+        };
+        let mut started = Vec::new();
+        for (ref_name, commit) in &refs {
+            if previous.get(ref_name) == Some(commit) {
+                continue;
+            }
+            match self.consider(ref_name, commit).await {
+                Ok(Some(run)) => started.push(run),
+                Ok(None) => {}
+                // One bad commit must not stop the others; it is retried only if it moves again.
+                Err(err) => tracing::warn!(ref_name, commit, "not started: {err}"),
+            }
+        }
+        self.save()?;
+        Ok(started)
+    }
+
+    /// Polls every `interval` until `stop` resolves.
+    pub async fn run(mut self, interval: Duration, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            if let Err(err) = self.poll().await {
+                tracing::warn!("polling {} failed: {err}", self.config.repo);
+            }
+            tokio::select! {
+                () = &mut stop => break,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+        self.client.shutdown().await;
+    }
+
+    async fn consider(
+        &mut self,
+        ref_name: &str,
+        commit: &str,
+    ) -> Result<Option<StartedRun>, WatchError> {
+        let checkout = self.config.data.join("checkout");
+        let _ = std::fs::remove_dir_all(&checkout);
+        // Fetching proves the server really serves the commit the listing named.
+        let fetched = quorum_runner::git::fetch_commit(
+            &self.config.repo,
+            commit,
+            &checkout,
+            &self.config.git,
+        )
+        .await;
+        let text = std::fs::read_to_string(checkout.join(quorum_pipeline::PIPELINE_PATH));
+        let _ = std::fs::remove_dir_all(&checkout);
+        fetched?;
+        let Ok(text) = text else {
+            tracing::debug!(ref_name, commit, "no pipeline in this commit");
+            return Ok(None);
+        };
+        let plan = match quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, &text) {
+            Ok(plan) => plan,
+            Err(diagnostics) => {
+                tracing::warn!(
+                    ref_name,
+                    commit,
+                    "the pipeline does not lint:\n{diagnostics}"
+                );
+                return Ok(None);
+            }
+        };
+        let push = TriggerEvent::Push {
+            ref_name: ref_name.to_string(),
+        };
+        if !plan.triggered_by(&push) {
+            return Ok(None);
+        }
+        let plan_hash = plan.plan_hash();
+        let key = format!("{commit}:{plan_hash}");
+        if self.state.started.contains(&key) || self.already_requested(commit, &plan_hash).await {
+            self.state.started.insert(key);
+            return Ok(None);
+        }
+        let mut run = RunRequest::new(self.config.repo.clone(), commit);
+        run.plan_hash = Some(plan_hash.clone());
+        let request = run.to_request().provider(self.config.router);
+        let event = self.client.submit(&request, false).await?;
+        self.state.started.insert(key);
+        self.save()?;
+        tracing::info!(ref_name, commit, request = %event.id, "run started");
+        Ok(Some(StartedRun {
+            ref_name: ref_name.to_string(),
+            commit: commit.to_string(),
+            plan_hash,
+            request: event.id.to_hex(),
+        }))
+    }
+
+    /// Whether the relays already hold a run request of ours for this commit and plan.
+    async fn already_requested(&self, commit: &str, plan_hash: &str) -> bool {
+        let filter = Filter::new()
+            .author(self.client.public_key())
+            .kind(JobKind::RunPipeline.request_kind());
+        let Ok(events) = self.client.fetch(filter, Duration::from_secs(5)).await else {
+            return false;
+        };
+        events.iter().any(|event| {
+            JobRequest::from_event(event)
+                .ok()
+                .and_then(|r| RunRequest::from_request(&r, false).ok())
+                .is_some_and(|r| {
+                    r.repo == self.config.repo
+                        && r.commit == commit
+                        && r.plan_hash.as_deref() == Some(plan_hash)
+                })
+        })
+    }
+
+    fn save(&self) -> Result<(), WatchError> {
+        let path = state_path(&self.config.data);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.config.data)?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&self.state)?)?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| WatchError::State {
+            path: path.clone(),
+            source,
+        })
+    }
+}
+
+fn state_path(data: &Path) -> PathBuf {
+    data.join("watch-state.json")
+}
+
+fn load_state(path: &Path) -> Result<State, WatchError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| WatchError::State {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(source) => Err(WatchError::State {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
