@@ -210,12 +210,21 @@ async fn up_writes_endpoints_and_stops_cleanly() {
 
 #[test]
 fn every_command_has_help() {
-    for command in [
-        &["--help"][..],
+    let commands: [&[&str]; 12] = [
+        &["--help"],
         &["relay", "--help"],
         &["blossom", "--help"],
         &["up", "--help"],
-    ] {
+        &["run", "--help"],
+        &["dvm", "--help"],
+        &["dvm", "runner", "--help"],
+        &["dvm", "router", "--help"],
+        &["dvm", "watcher", "--help"],
+        &["job", "--help"],
+        &["job", "build", "--help"],
+        &["job", "submit", "--help"],
+    ];
+    for command in commands {
         let out = run_quorum(command);
         assert!(out.status.success(), "{command:?}");
         let text = String::from_utf8(out.stdout).unwrap();
