@@ -311,3 +311,28 @@ impl JobClient {
         self.client.shutdown().await;
     }
 }
+
+/// The lines of `next` that come after what `prev` already showed: `partial` feedback carries
+/// overlapping log tails, and a viewer wants each line once.
+pub fn new_lines<'a>(prev: &str, next: &'a str) -> Vec<&'a str> {
+    let next_lines: Vec<&str> = next.lines().collect();
+    let Some(last_seen) = prev.lines().last() else {
+        return next_lines;
+    };
+    match next_lines.iter().rposition(|line| *line == last_seen) {
+        Some(i) => next_lines[i + 1..].to_vec(),
+        None => next_lines,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_lines;
+
+    #[test]
+    fn only_new_tail_lines() {
+        assert_eq!(new_lines("", "a\nb"), ["a", "b"]);
+        assert_eq!(new_lines("a\nb", "a\nb\nc"), ["c"]);
+        assert_eq!(new_lines("x\ny", "b\nc"), ["b", "c"]);
+    }
+}

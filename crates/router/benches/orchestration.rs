@@ -10,15 +10,12 @@
 //! `cargo bench -p quorum-router --bench orchestration` writes `target/bench/orchestration.json`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nostr_sdk::prelude::*;
-use quorum_blossom::{BlossomConfig, BlossomServer};
+use quorum_dvm::Dvm;
 use quorum_dvm::client::JobClient;
-use quorum_dvm::{Dvm, DvmConfig};
 use quorum_router::{EngineConfig, JobRecord, RunContext, RunReporter, execute};
-use quorum_runner::{GitPolicy, Runner, RunnerConfig};
 use serde_json::json;
 
 struct Silent;
@@ -96,54 +93,15 @@ fn bench_dir() -> PathBuf {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = quorum_relay::Relay::open(
-        quorum_relay::RelayConfig::default(),
-        &dir.path().join("relay"),
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay_url = RelayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
-    tokio::spawn(relay.serve(listener, std::future::pending()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let blossom_url =
-        url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-    let blossom = BlossomServer::open(
-        BlossomConfig {
-            public_url: Some(blossom_url.clone()),
-            ..BlossomConfig::default()
-        },
-        &dir.path().join("blossom"),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(blossom.serve(listener, std::future::pending()));
-
-    let sandbox: Arc<dyn quorum_sandbox::Sandbox> =
-        Arc::new(quorum_sandbox::Bubblewrap::detect().expect("bubblewrap"));
+    let network = quorum_testnet::Network::start(dir.path()).await;
+    let relay_url = network.relay.clone();
     let mut runners = Vec::new();
     for n in 0..2 {
-        let keys = Keys::generate();
-        let mut config = RunnerConfig::new(
-            dir.path().join(format!("runner{n}/work")),
-            vec![blossom_url.clone()],
+        runners.push(
+            network
+                .runner(&dir.path().join(format!("runner{n}")), true)
+                .await,
         );
-        config.git = GitPolicy {
-            allow_local: true,
-            timeout: None,
-        };
-        let runner = Runner::new(
-            config,
-            sandbox.clone(),
-            quorum_blossom::client::BlossomClient::new(keys.clone()),
-        );
-        let mut dvm_config = DvmConfig::new(
-            vec![relay_url.clone()],
-            dir.path().join(format!("runner{n}/dvm")),
-            "runner",
-        );
-        dvm_config.queue_capacity = 128;
-        runners.push(Dvm::start(dvm_config, keys, runner).await.unwrap());
     }
     let (repo, _) = quorum_testkit::git::sample_repo(dir.path());
     let mut chain = String::from("on: [push]\njobs:\n");

@@ -594,7 +594,7 @@ impl JobReporter for Forward<'_, '_> {
         let mut reporter = lock(self.reporter);
         match feedback.status {
             FeedbackStatus::Partial => {
-                for line in new_lines(&self.last_tail, content) {
+                for line in quorum_dvm::client::new_lines(&self.last_tail, content) {
                     reporter.job_progress(self.job, provider, line);
                 }
                 self.last_tail = content.to_string();
@@ -604,18 +604,6 @@ impl JobReporter for Forward<'_, '_> {
                 reporter.job_progress(self.job, provider, &format!("[{status}] {extra}"));
             }
         }
-    }
-}
-
-/// The lines of `next` that come after what `prev` already showed (log tails overlap).
-pub fn new_lines<'a>(prev: &str, next: &'a str) -> Vec<&'a str> {
-    let next_lines: Vec<&str> = next.lines().collect();
-    let Some(last_seen) = prev.lines().last() else {
-        return next_lines;
-    };
-    match next_lines.iter().rposition(|line| *line == last_seen) {
-        Some(i) => next_lines[i + 1..].to_vec(),
-        None => next_lines,
     }
 }
 
@@ -629,24 +617,4 @@ pub fn run_id(repo: &str, commit: &str, plan: &Plan) -> String {
         hasher.update([0]);
     }
     hex::encode(hasher.finalize())
-}
-
-/// The request id a record's job ran under, if any.
-pub fn request_id(record: &JobRecord) -> Option<EventId> {
-    record
-        .request
-        .as_deref()
-        .and_then(|id| EventId::from_hex(id).ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::new_lines;
-
-    #[test]
-    fn only_new_tail_lines() {
-        assert_eq!(new_lines("", "a\nb"), ["a", "b"]);
-        assert_eq!(new_lines("a\nb", "a\nb\nc"), ["c"]);
-        assert_eq!(new_lines("x\ny", "b\nc"), ["b", "c"]);
-    }
 }

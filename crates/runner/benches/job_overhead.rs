@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nostr_sdk::prelude::*;
-use quorum_blossom::{BlossomConfig, BlossomServer};
+use quorum_dvm::DvmConfig;
 use quorum_dvm::client::{JobClient, JobOutcome, Quiet};
-use quorum_dvm::{Dvm, DvmConfig};
 use quorum_proto::step::StepJob;
-use quorum_runner::{GitPolicy, Runner, RunnerConfig};
+use quorum_runner::GitPolicy;
 use quorum_sandbox::Sandbox;
 use serde_json::json;
 
@@ -133,50 +132,14 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let dir = tempfile::tempdir().unwrap();
-    let relay = quorum_relay::Relay::open(
-        quorum_relay::RelayConfig::default(),
-        &dir.path().join("relay"),
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay_url = RelayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
-    tokio::spawn(relay.serve(listener, std::future::pending()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let blossom_url =
-        url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-    let blossom = BlossomServer::open(
-        BlossomConfig {
-            public_url: Some(blossom_url.clone()),
-            ..BlossomConfig::default()
-        },
-        &dir.path().join("blossom"),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(blossom.serve(listener, std::future::pending()));
+    let network = quorum_testnet::Network::start(dir.path()).await;
+    let relay_url = network.relay.clone();
     let (repo, commit) = quorum_testkit::git::sample_repo(dir.path());
-
     let sandbox: Arc<dyn Sandbox> =
         Arc::new(quorum_sandbox::Bubblewrap::detect().expect("bubblewrap"));
-    let keys = Keys::generate();
-    let mut config = RunnerConfig::new(dir.path().join("work"), vec![blossom_url]);
-    config.git = GitPolicy {
-        allow_local: true,
-        timeout: None,
-    };
-    let runner = Runner::new(
-        config,
-        sandbox.clone(),
-        quorum_blossom::client::BlossomClient::new(keys.clone()),
-    );
-    let dvm_config = DvmConfig::new(
-        vec![relay_url.clone()],
-        dir.path().join("dvm"),
-        "bench-runner",
-    );
-    let concurrency = dvm_config.concurrency;
-    let dvm = Dvm::start(dvm_config, keys.clone(), runner).await.unwrap();
+    let dvm = network.runner(&dir.path().join("runner"), true).await;
+    let provider = dvm.public_key();
+    let concurrency = DvmConfig::new(Vec::new(), PathBuf::new(), "default").concurrency;
 
     println!("runner job overhead on loopback (debug logging off, release build)");
     let relay_rtt = relay_round_trips(&relay_url).await;
@@ -191,7 +154,7 @@ async fn main() {
     let step = StepJob::new(format!("file://{}", repo.display()), &commit, "true");
     let mut jobs = Vec::new();
     for _ in 0..SAMPLES {
-        let request = step.to_request().provider(keys.public_key());
+        let request = step.to_request().provider(provider);
         let start = Instant::now();
         let outcome = client
             .run(&request, false, Duration::from_secs(60), &mut Quiet)
@@ -207,7 +170,7 @@ async fn main() {
     let mut tasks = Vec::new();
     for _ in 0..burst {
         let relay_url = relay_url.clone();
-        let request = step.to_request().provider(keys.public_key());
+        let request = step.to_request().provider(provider);
         tasks.push(tokio::spawn(async move {
             let client = JobClient::connect(&[relay_url], Keys::generate())
                 .await

@@ -3,74 +3,21 @@
 //! and re-hashing every artifact.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ::url::Url;
 use nostr_sdk::prelude::*;
-use quorum_blossom::{BlossomConfig, BlossomServer};
-use quorum_dvm::{Dvm, DvmConfig};
+use quorum_dvm::Dvm;
 use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobResult};
 use quorum_proto::step::{StepJob, StepReport};
-use quorum_runner::{GitPolicy, Runner, RunnerConfig};
 use quorum_testkit::git::{SAMPLE_COMMIT_TIME, sample_repo};
+use quorum_testnet::Network;
 use sha2::{Digest, Sha256};
-use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A relay and a Blossom server on loopback, stopped when dropped.
-struct Network {
-    relay: RelayUrl,
-    blossom: Url,
-    _stops: Vec<oneshot::Sender<()>>,
-}
-
-async fn start_network(dir: &Path) -> Network {
-    let relay = quorum_relay::Relay::open(quorum_relay::RelayConfig::default(), &dir.join("relay"))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay_url = RelayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
-    let (relay_stop, relay_stopped) = oneshot::channel::<()>();
-    tokio::spawn(relay.serve(listener, async move {
-        let _ = relay_stopped.await;
-    }));
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let blossom_url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-    let config = BlossomConfig {
-        public_url: Some(blossom_url.clone()),
-        ..BlossomConfig::default()
-    };
-    let server = BlossomServer::open(config, &dir.join("blossom"))
-        .await
-        .unwrap();
-    let (blossom_stop, blossom_stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(listener, async move {
-        let _ = blossom_stopped.await;
-    }));
-    Network {
-        relay: relay_url,
-        blossom: blossom_url,
-        _stops: vec![relay_stop, blossom_stop],
-    }
-}
-
 async fn start_runner(network: &Network, data: &Path) -> (Dvm, Keys) {
     let keys = Keys::generate();
-    let mut config = RunnerConfig::new(data.join("work"), vec![network.blossom.clone()]);
-    config.git = GitPolicy {
-        allow_local: true,
-        timeout: Some(Duration::from_secs(30)),
-    };
-    config.max_timeout = Duration::from_secs(20);
-    let sandbox = quorum_sandbox::Bubblewrap::detect()
-        .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
-    let blossom = quorum_blossom::client::BlossomClient::new(keys.clone());
-    let runner = Runner::new(config, Arc::new(sandbox), blossom);
-    let dvm_config = DvmConfig::new(vec![network.relay.clone()], data.join("dvm"), "runner");
-    let dvm = Dvm::start(dvm_config, keys.clone(), runner).await.unwrap();
+    let dvm = network.runner_with_keys(data, keys.clone(), true).await;
     (dvm, keys)
 }
 
@@ -170,7 +117,7 @@ fn build_step(repo: &Path, commit: &str) -> StepJob {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_runs_in_the_sandbox_and_its_artifacts_land_in_blossom() {
     let dir = tempfile::tempdir().unwrap();
-    let network = start_network(dir.path()).await;
+    let network = Network::start(dir.path()).await;
     let (repo, commit) = sample_repo(dir.path());
     let (dvm, keys) = start_runner(&network, &dir.path().join("runner")).await;
     let mut customer = Customer::connect(&network).await;
@@ -206,7 +153,7 @@ async fn a_build_runs_in_the_sandbox_and_its_artifacts_land_in_blossom() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runners_build_byte_identical_artifacts() {
     let dir = tempfile::tempdir().unwrap();
-    let network = start_network(dir.path()).await;
+    let network = Network::start(dir.path()).await;
     let (repo, commit) = sample_repo(dir.path());
     let (dvm_a, keys_a) = start_runner(&network, &dir.path().join("a")).await;
     let (dvm_b, keys_b) = start_runner(&network, &dir.path().join("b")).await;
@@ -233,7 +180,7 @@ async fn two_runners_build_byte_identical_artifacts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_and_failing_steps_are_contained_and_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let network = start_network(dir.path()).await;
+    let network = Network::start(dir.path()).await;
     let (repo, commit) = sample_repo(dir.path());
     let runner_dir = dir.path().join("runner");
     let (dvm, keys) = start_runner(&network, &runner_dir).await;
@@ -329,7 +276,7 @@ async fn hostile_and_failing_steps_are_contained_and_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_arrive_encrypted_and_never_appear_in_logs_or_results() {
     let dir = tempfile::tempdir().unwrap();
-    let network = start_network(dir.path()).await;
+    let network = Network::start(dir.path()).await;
     let (repo, commit) = sample_repo(dir.path());
     let (dvm, keys) = start_runner(&network, &dir.path().join("runner")).await;
     let mut customer = Customer::connect(&network).await;
@@ -362,7 +309,7 @@ async fn secrets_arrive_encrypted_and_never_appear_in_logs_or_results() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_job_works_over_nostr_rs_relay() {
     let dir = tempfile::tempdir().unwrap();
-    let mut network = start_network(dir.path()).await;
+    let mut network = Network::start(dir.path()).await;
     // Swap our relay for nostr-rs-relay: nothing may assume it talks to its own relay.
     let third_party = quorum_testkit::third_party::start_nostr_rs_relay(&dir.path().join("nrr"));
     network.relay = RelayUrl::parse(&third_party.url).unwrap();

@@ -64,7 +64,12 @@ impl Network {
 
     /// A runner DVM with bubblewrap; `allow_local` lets it fetch file:// repositories.
     pub async fn runner(&self, data: &Path, allow_local: bool) -> Dvm {
-        let keys = Keys::generate();
+        self.runner_with_keys(data, Keys::generate(), allow_local)
+            .await
+    }
+
+    /// [`Network::runner`] with the given keys (to know its secret key, or restart it).
+    pub async fn runner_with_keys(&self, data: &Path, keys: Keys, allow_local: bool) -> Dvm {
         let mut config = RunnerConfig::new(data.join("work"), vec![self.blossom.clone()]);
         config.git = GitPolicy {
             allow_local,

@@ -275,7 +275,7 @@ impl JobReporter for Live {
         }
         match feedback.status {
             quorum_proto::nip90::FeedbackStatus::Partial => {
-                for line in new_lines(&self.last_tail, content) {
+                for line in quorum_dvm::client::new_lines(&self.last_tail, content) {
                     eprintln!("  | {}", super::sanitize(line));
                 }
                 self.last_tail = content.to_string();
@@ -290,29 +290,5 @@ impl JobReporter for Live {
                     .unwrap_or_default()
             ),
         }
-    }
-}
-
-/// The lines of `next` that come after what `prev` already showed (tails overlap).
-fn new_lines<'a>(prev: &str, next: &'a str) -> Vec<&'a str> {
-    let next_lines: Vec<&str> = next.lines().collect();
-    let Some(last_seen) = prev.lines().last() else {
-        return next_lines;
-    };
-    match next_lines.iter().rposition(|line| *line == last_seen) {
-        Some(i) => next_lines[i + 1..].to_vec(),
-        None => next_lines,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::new_lines;
-
-    #[test]
-    fn only_new_tail_lines_are_printed() {
-        assert_eq!(new_lines("", "a\nb"), ["a", "b"]);
-        assert_eq!(new_lines("a\nb", "a\nb\nc"), ["c"]);
-        assert_eq!(new_lines("x\ny", "b\nc"), ["b", "c"]);
     }
 }
