@@ -144,7 +144,7 @@ impl BlossomServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), BlossomError> {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "blossom server listening");
+            tracing::debug!(%addr, "blossom server listening");
         }
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)

@@ -309,7 +309,14 @@ async fn run_job(
     let candidates: Vec<Option<PublicKey>> = match prepared.provider {
         Some(provider) => vec![Some(provider)],
         None if prepared.runner_job && !config.runners.is_empty() => {
-            config.runners.iter().copied().map(Some).collect()
+            // Each job starts at the next runner, so that parallel jobs spread over the fleet;
+            // the others follow in order for fail-over.
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut runners = config.runners.clone();
+            let len = runners.len();
+            runners.rotate_left(start % len);
+            runners.into_iter().map(Some).collect()
         }
         // No known provider: an open request that any DVM of the kind may take.
         None => vec![None],

@@ -13,11 +13,12 @@ use std::process::ExitCode;
 use crate::cli::{Cli, Command};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let color = crate::logging::use_color(cli.global.color);
     match cli.command {
         Command::Relay(args) => relay::run(args).await,
         Command::Blossom(args) => blossom::run(args).await,
         Command::Up(args) => up::run(args).await,
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(args, color).await,
         Command::Dvm(command) => dvm::run(command).await,
         Command::Job(command) => job::run(command).await,
     }

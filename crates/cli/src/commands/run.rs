@@ -16,7 +16,7 @@ use serde_json::json;
 use super::embedded::{Embedded, EmbeddedSpec};
 use crate::cli::{BlossomOptions, RelayOptions, RunArgs};
 
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     let dir = std::path::absolute(&args.dir)
         .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
     let commit = git(&dir, &["rev-parse", "HEAD"])
@@ -125,7 +125,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         runners,
         ..EngineConfig::default()
     };
-    let mut reporter = Progress { quiet: args.json };
+    let mut reporter = Progress::new(args.json, color);
     if !args.json {
         eprintln!(
             "run {} of {} at {}",
@@ -207,21 +207,70 @@ fn print_summary(jobs: &[JobRecord]) {
     }
 }
 
-/// Live progress on stderr.
+/// Live progress on stderr: on a terminal, a spinner per running job with its latest log line
+/// (indicatif); otherwise, one line per event.
 struct Progress {
     quiet: bool,
+    bars: Option<indicatif::MultiProgress>,
+    running: std::collections::HashMap<String, indicatif::ProgressBar>,
+    /// Bold job names only when colours are on (`--color`, NO_COLOR).
+    template: &'static str,
+}
+
+impl Progress {
+    fn new(quiet: bool, color: bool) -> Self {
+        use std::io::IsTerminal;
+        let bars = (!quiet && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
+        Progress {
+            quiet,
+            bars,
+            running: Default::default(),
+            template: if color {
+                "{spinner} {prefix:.bold} {wide_msg}"
+            } else {
+                "{spinner} {prefix} {wide_msg}"
+            },
+        }
+    }
+
+    /// A finished-job line: above the spinners on a terminal, plain otherwise.
+    fn line(&self, text: &str) {
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
 }
 
 impl RunReporter for Progress {
     fn job_started(&mut self, job: &PlannedJob) {
-        if !self.quiet {
-            eprintln!("▶ {}", job.id);
+        if self.quiet {
+            return;
+        }
+        match &self.bars {
+            Some(bars) => {
+                let bar = bars.add(indicatif::ProgressBar::new_spinner());
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(self.template)
+                        .expect("constant template"),
+                );
+                bar.set_prefix(job.id.clone());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                self.running.insert(job.id.clone(), bar);
+            }
+            None => eprintln!("▶ {}", job.id),
         }
     }
 
     fn job_progress(&mut self, job: &str, _provider: &PublicKey, line: &str) {
-        if !self.quiet {
-            eprintln!("  {job} | {}", super::sanitize(line));
+        if self.quiet {
+            return;
+        }
+        match self.running.get(job) {
+            Some(bar) => bar.set_message(super::sanitize(line)),
+            None => eprintln!("  {job} | {}", super::sanitize(line)),
         }
     }
 
@@ -229,25 +278,30 @@ impl RunReporter for Progress {
         if self.quiet {
             return;
         }
+        if let Some(bar) = self.running.remove(&record.id) {
+            bar.finish_and_clear();
+        }
         let on = record
             .provider
             .as_deref()
             .map(|p| format!(" on {}", &p[..12]))
             .unwrap_or_default();
         match &record.state {
-            JobState::Succeeded => eprintln!("✔ {}{on}", record.id),
+            JobState::Succeeded => self.line(&format!("✔ {}{on}", record.id)),
             JobState::Failed { reason } => {
-                eprintln!("✘ {}{on}: {}", record.id, super::sanitize(reason));
+                self.line(&format!("✘ {}{on}: {}", record.id, super::sanitize(reason)));
                 if let Some(report) = &record.report {
                     for line in report.log_tail.lines() {
-                        eprintln!("  {} | {}", record.id, super::sanitize(line));
+                        self.line(&format!("  {} | {}", record.id, super::sanitize(line)));
                     }
                     if let Some(url) = report.log.urls.first() {
-                        eprintln!("  full log: {}", super::sanitize(url));
+                        self.line(&format!("  full log: {}", super::sanitize(url)));
                     }
                 }
             }
-            JobState::Skipped { reason } => eprintln!("– {} skipped: {reason}", record.id),
+            JobState::Skipped { reason } => {
+                self.line(&format!("– {} skipped: {reason}", record.id))
+            }
         }
     }
 }
