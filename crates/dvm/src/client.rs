@@ -27,6 +27,10 @@ pub enum ClientError {
     Publish(#[from] PublishError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("no DVM took the job within {0:?}")]
+    NotTaken(Duration),
+    #[error("the DVM working on it fell silent for {0:?} (it may have died)")]
+    Silent(Duration),
 }
 
 /// How a job ended.
@@ -62,10 +66,30 @@ impl JobReporter for Quiet {
     fn feedback(&mut self, _: &PublicKey, _: &JobFeedback, _: &str) {}
 }
 
+/// How long to wait for signs of life from the DVMs of a job.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    /// No feedback at all this long after publishing: nobody took the job.
+    pub until_taken: Duration,
+    /// No feedback this long from a DVM that said `processing`: it is gone. DVMs of this
+    /// runtime repeat `processing` every 30 s while they work (see `DvmConfig::heartbeat`).
+    pub silence: Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Patience {
+            until_taken: Duration::from_secs(60),
+            silence: Duration::from_secs(150),
+        }
+    }
+}
+
 /// A customer connected to some relays.
 pub struct JobClient {
     client: Client,
     keys: Keys,
+    patience: Patience,
     /// `created_at` of the last request. Two identical requests signed by one key in the same
     /// second are the same event (same id): the second would be a relay duplicate whose
     /// answers this client has already seen. Each request is therefore stamped at least one
@@ -93,12 +117,19 @@ impl JobClient {
         Ok(JobClient {
             client,
             keys,
+            patience: Patience::default(),
             last_created: std::sync::Mutex::new(Timestamp::from(0)),
         })
     }
 
     pub fn public_key(&self) -> PublicKey {
         self.keys.public_key()
+    }
+
+    /// Sets how long [`JobClient::run`] waits for signs of life before giving up on a job.
+    pub fn with_patience(mut self, patience: Patience) -> Self {
+        self.patience = patience;
+        self
     }
 
     /// Events matching `filter` on the client's relays (stored ones, up to `timeout`).
@@ -228,9 +259,15 @@ impl JobClient {
         let wanted: Vec<PublicKey> = request.providers.clone();
         let mut working: std::collections::HashSet<PublicKey> = Default::default();
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut alive_until = tokio::time::Instant::now() + self.patience.until_taken;
         loop {
-            let notification = match tokio::time::timeout_at(deadline, notifications.recv()).await {
-                Err(_) => return Err(ClientError::Timeout(timeout)),
+            let wake = deadline.min(alive_until);
+            let notification = match tokio::time::timeout_at(wake, notifications.recv()).await {
+                Err(_) if wake == deadline => return Err(ClientError::Timeout(timeout)),
+                Err(_) if working.is_empty() => {
+                    return Err(ClientError::NotTaken(self.patience.until_taken));
+                }
+                Err(_) => return Err(ClientError::Silent(self.patience.silence)),
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
                     return Err(ClientError::Timeout(timeout));
@@ -257,6 +294,7 @@ impl JobClient {
                 Some(outcome) => return Ok(outcome),
                 None => {
                     working.insert(answer.pubkey);
+                    alive_until = tokio::time::Instant::now() + self.patience.silence;
                 }
             }
         }

@@ -47,6 +47,9 @@ pub struct DvmConfig {
     pub partial_interval: Duration,
     /// Most bytes of a `partial` feedback's content (the tail is kept).
     pub partial_max_bytes: usize,
+    /// While a job runs, `processing` feedback is repeated this often when nothing else was
+    /// said, so that customers can tell a busy DVM from a dead one.
+    pub heartbeat: Duration,
     pub retry: RetryPolicy,
 }
 
@@ -65,6 +68,7 @@ impl DvmConfig {
             max_request_age: Duration::from_secs(3600),
             partial_interval: Duration::from_millis(500),
             partial_max_bytes: 4096,
+            heartbeat: Duration::from_secs(30),
             retry: RetryPolicy::default(),
         }
     }
@@ -423,13 +427,17 @@ impl<H: JobHandler> Shared<H> {
             }
         }
         self.record(event.id, Outcome::Error);
-        let feedback = JobFeedback::new(FeedbackStatus::Error, event).with_extra(why);
+        self.send_feedback_detached(JobFeedback::new(FeedbackStatus::Error, event).with_extra(why));
+    }
+
+    /// Publishes feedback in the background, for the intake path that must not wait on relays.
+    fn send_feedback_detached(&self, feedback: JobFeedback) {
         if let Some(signed) = self.sign_feedback(&feedback) {
             let client = self.client.clone();
             let retry = self.config.retry;
             tokio::spawn(async move {
                 if let Err(err) = publish::publish(&client, &signed, retry).await {
-                    tracing::warn!("refusal of {} not published: {err}", feedback.request_id);
+                    tracing::warn!("feedback for {} not published: {err}", feedback.request_id);
                 }
             });
         }
@@ -441,6 +449,7 @@ impl<H: JobHandler> Shared<H> {
             .lock()
             .expect("running lock")
             .insert(event.id, token);
+        let queued = JobFeedback::new(FeedbackStatus::Processing, &event).with_extra("queued");
         if let Err(err) = self.queue.try_send(event) {
             let event = err.into_inner();
             self.running.lock().expect("running lock").remove(&event.id);
@@ -450,7 +459,10 @@ impl<H: JobHandler> Shared<H> {
                 format!("busy: {waiting} jobs are already waiting; try another DVM"),
             )
             .await;
+            return;
         }
+        // Taken: say so at once, so that the customer does not give up on a queued job.
+        self.send_feedback_detached(queued);
     }
 
     async fn cancellation(&self, deletion: &Event) {
@@ -550,22 +562,29 @@ impl<H: JobHandler> Shared<H> {
         }
     }
 
-    /// Publishes the latest reported log tail at most once per `partial_interval`, until the
-    /// job is done.
+    /// Publishes the latest reported log tail at most once per `partial_interval`, and a
+    /// `processing` heartbeat after `heartbeat` of silence, until the job is done.
     async fn forward_progress(
         &self,
         request: &Event,
         mut progress: mpsc::Receiver<Progress>,
         job_done: CancellationToken,
     ) {
-        let mut last_sent: Option<tokio::time::Instant> = None;
+        let mut last_sent = tokio::time::Instant::now();
+        let mut sent_partial = false;
         let mut pending: Option<String> = None;
         loop {
-            let wait = match (&pending, last_sent) {
-                (Some(_), Some(at)) => (at + self.config.partial_interval)
-                    .saturating_duration_since(tokio::time::Instant::now()),
-                (Some(_), None) => Duration::ZERO,
-                (None, _) => Duration::from_secs(3600),
+            let now = tokio::time::Instant::now();
+            let (wait, heartbeat) = match &pending {
+                Some(_) if !sent_partial => (Duration::ZERO, false),
+                Some(_) => (
+                    (last_sent + self.config.partial_interval).saturating_duration_since(now),
+                    false,
+                ),
+                None => (
+                    (last_sent + self.config.heartbeat).saturating_duration_since(now),
+                    true,
+                ),
             };
             tokio::select! {
                 () = job_done.cancelled() => break,
@@ -573,14 +592,17 @@ impl<H: JobHandler> Shared<H> {
                     Some(Progress::Partial(text)) => pending = Some(text),
                     None => break,
                 },
-                () = tokio::time::sleep(wait), if pending.is_some() => {
-                    let text = pending.take().expect("pending checked");
-                    let content = tail(&text, self.config.partial_max_bytes);
-                    self.send_feedback(
-                        JobFeedback::new(FeedbackStatus::Partial, request).with_content(content),
-                    )
-                    .await;
-                    last_sent = Some(tokio::time::Instant::now());
+                () = tokio::time::sleep(wait) => {
+                    let feedback = if heartbeat {
+                        JobFeedback::new(FeedbackStatus::Processing, request)
+                    } else {
+                        let text = pending.take().expect("pending when not a heartbeat");
+                        sent_partial = true;
+                        JobFeedback::new(FeedbackStatus::Partial, request)
+                            .with_content(tail(&text, self.config.partial_max_bytes))
+                    };
+                    self.send_feedback(feedback).await;
+                    last_sent = tokio::time::Instant::now();
                 }
             }
         }

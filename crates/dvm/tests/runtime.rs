@@ -168,11 +168,14 @@ impl Customer {
         }
     }
 
+    /// The next feedback of `status`; for `processing`, the one that says the job *started*
+    /// (not the `queued` acknowledgement).
     async fn feedback(&mut self, request: EventId, status: FeedbackStatus) -> JobFeedback {
         let event = self
             .next(request, |e| {
                 e.kind.as_u16() == 7000
-                    && JobFeedback::from_event(e).is_ok_and(|f| f.status == status)
+                    && JobFeedback::from_event(e)
+                        .is_ok_and(|f| f.status == status && f.extra.as_deref() != Some("queued"))
             })
             .await;
         JobFeedback::from_event(&event).unwrap()

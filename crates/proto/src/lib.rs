@@ -5,8 +5,10 @@
 //! that upstream churn (the 0.45 line dropped NIP-90, for example) stays in one place.
 //! `docs/protocol.md` is the human-readable description of what is defined here.
 
+pub mod approval;
 pub mod blossom;
 pub mod kinds;
+pub mod nip34;
 pub mod nip89;
 pub mod nip90;
 pub mod run;

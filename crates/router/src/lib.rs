@@ -309,13 +309,9 @@ async fn run_job(
     let candidates: Vec<Option<PublicKey>> = match prepared.provider {
         Some(provider) => vec![Some(provider)],
         None if prepared.runner_job && !config.runners.is_empty() => {
-            // Each job starts at the next runner, so that parallel jobs spread over the fleet;
-            // the others follow in order for fail-over.
-            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut runners = config.runners.clone();
             let len = runners.len();
-            runners.rotate_left(start % len);
+            runners.rotate_left(first_runner(&job.id, len));
             runners.into_iter().map(Some).collect()
         }
         // No known provider: an open request that any DVM of the kind may take.
@@ -377,6 +373,16 @@ async fn run_job(
         reason: last_failure,
     };
     record
+}
+
+/// Where in the runner list a job starts: spread by job id, so that parallel jobs go to
+/// different runners, and stable, so that a run (and a test) is repeatable. The others follow
+/// in order for fail-over.
+pub fn first_runner(job_id: &str, runners: usize) -> usize {
+    let spread = job_id.bytes().fold(0usize, |acc, b| {
+        acc.wrapping_mul(31).wrapping_add(b as usize)
+    });
+    spread % runners.max(1)
 }
 
 /// The param naming the job of the plan a sub-request runs.

@@ -371,3 +371,78 @@ async fn a_step_can_be_any_nip90_dvm_written_with_another_library() {
     client.shutdown().await;
     runner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_dies_mid_job_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let doomed = network.runner(&dir.path().join("doomed"), true).await;
+    let survivor = network.runner(&dir.path().join("survivor"), true).await;
+    let plan = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        "on: [push]\njobs:\n  slow:\n    run: sleep 5; echo finished\n",
+    )
+    .unwrap();
+    // The step is silent for 5 s, longer than the 3 s patience below: only the runners'
+    // heartbeats keep the survivor from being taken for dead too. The job starts on the
+    // doomed runner.
+    let mut runners = vec![doomed.public_key(), survivor.public_key()];
+    let start = quorum_router::first_runner("slow", 2);
+    runners.rotate_right(start);
+    assert_eq!(runners[start], doomed.public_key());
+
+    let watcher = Client::new(Keys::generate());
+    watcher.add_relay(network.relay.clone()).await.unwrap();
+    watcher.connect().await;
+    watcher.wait_for_connection(Duration::from_secs(5)).await;
+    let mut notifications = watcher.notifications();
+    watcher
+        .subscribe(
+            Filter::new()
+                .kind(Kind::from_u16(7000))
+                .author(doomed.public_key()),
+            None,
+        )
+        .await
+        .unwrap();
+
+    let client = network
+        .client()
+        .await
+        .with_patience(quorum_dvm::client::Patience {
+            until_taken: Duration::from_secs(10),
+            silence: Duration::from_secs(3),
+        });
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        ..RunContext::default()
+    };
+    let config = EngineConfig {
+        runners,
+        ..EngineConfig::default()
+    };
+    let mut recorder = Recorder::default();
+    let run = execute(&client, &plan, &context, &config, Vec::new(), &mut recorder);
+    let kill = async {
+        // Once the doomed runner has started the step, it dies.
+        loop {
+            if let Ok(RelayPoolNotification::Event { event, .. }) = notifications.recv().await
+                && quorum_proto::nip90::JobFeedback::from_event(&event)
+                    .is_ok_and(|f| f.extra.as_deref() != Some("queued"))
+            {
+                break;
+            }
+        }
+        doomed.shutdown().await;
+    };
+    let (outcome, ()) = tokio::join!(run, kill);
+    let slow = &outcome.jobs[0];
+    assert_eq!(slow.state, JobState::Succeeded, "{slow:?}");
+    assert_eq!(slow.provider, Some(survivor.public_key().to_hex()));
+    assert_eq!(slow.tried.len(), 2, "{slow:?}");
+    client.shutdown().await;
+    watcher.shutdown().await;
+    survivor.shutdown().await;
+}

@@ -82,7 +82,9 @@ impl Network {
             Arc::new(sandbox),
             quorum_blossom::client::BlossomClient::new(keys.clone()),
         );
-        let dvm_config = DvmConfig::new(vec![self.relay.clone()], data.join("dvm"), "runner");
+        let mut dvm_config = DvmConfig::new(vec![self.relay.clone()], data.join("dvm"), "runner");
+        // Frequent signs of life, so that tests can use a short patience.
+        dvm_config.heartbeat = Duration::from_millis(500);
         Dvm::start(dvm_config, keys, runner)
             .await
             .expect("the runner starts")
