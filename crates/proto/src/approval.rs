@@ -97,7 +97,7 @@ impl ArtifactDigest {
         custom_tag(TAG_ARTIFACT, [self.sha256.to_hex(), self.name.clone()])
     }
 
-    /// Parses the values after the tag name; `tag` is the name to blame in errors.
+    /// Parses the values after the tag name; the error is the reason, for a `x` tag error.
     pub(crate) fn parse(values: &[String]) -> std::result::Result<Self, String> {
         let hash = values.first().ok_or("no sha256")?;
         let sha256 = Sha256Hex::parse(hash)
@@ -230,11 +230,17 @@ impl ApprovalRequest {
         if !is_object_id(&self.commit) {
             return Err(malformed(
                 "c",
-                format!("{:?} is not a full 40- or 64-hex lowercase commit id", self.commit),
+                format!(
+                    "{:?} is not a full 40- or 64-hex lowercase commit id",
+                    self.commit
+                ),
             ));
         }
         if !is_hex64(&self.run) {
-            return Err(malformed("run", format!("{:?} is not a 64-hex run id", self.run)));
+            return Err(malformed(
+                "run",
+                format!("{:?} is not a 64-hex run id", self.run),
+            ));
         }
         if self.artifacts.is_empty() {
             return Err(ApprovalError::MissingTag("x"));
@@ -251,7 +257,8 @@ impl ApprovalRequest {
             custom_tag(TAG_RUN, [self.run.clone()]),
             custom_tag(TAG_COMMIT, [self.commit.clone()]),
         ];
-        let artifacts = canonical_artifacts(self.artifacts.clone()).map_err(|e| malformed("x", e))?;
+        let artifacts =
+            canonical_artifacts(self.artifacts.clone()).map_err(|e| malformed("x", e))?;
         tags.extend(artifacts.iter().map(ArtifactDigest::to_tag));
         tags.extend(
             self.builders
@@ -377,7 +384,8 @@ impl Verdict {
     }
 
     pub fn to_event_builder(&self) -> Result<EventBuilder> {
-        let artifacts = canonical_artifacts(self.artifacts.clone()).map_err(|e| malformed("x", e))?;
+        let artifacts =
+            canonical_artifacts(self.artifacts.clone()).map_err(|e| malformed("x", e))?;
         if artifacts.is_empty() {
             return Err(ApprovalError::MissingTag("x"));
         }
@@ -389,9 +397,11 @@ impl Verdict {
         ];
         tags.extend(artifacts.iter().map(ArtifactDigest::to_tag));
         tags.push(Tag::expiration(self.expiration));
-        Ok(EventBuilder::new(self.decision.kind(), self.content.clone())
-            .tags(tags)
-            .allow_self_tagging())
+        Ok(
+            EventBuilder::new(self.decision.kind(), self.content.clone())
+                .tags(tags)
+                .allow_self_tagging(),
+        )
     }
 
     pub fn from_event(event: &Event) -> Result<Self> {
@@ -491,8 +501,7 @@ impl TallyOutcome {
     pub fn status(&self) -> GateStatus {
         if self.approved_by.len() >= self.required as usize {
             GateStatus::Approved
-        } else if self.electorate.saturating_sub(self.rejected_by.len()) < self.required as usize
-        {
+        } else if self.electorate.saturating_sub(self.rejected_by.len()) < self.required as usize {
             GateStatus::Rejected
         } else if self.request_expired {
             GateStatus::Expired
@@ -537,7 +546,10 @@ impl ApprovalTally {
         let mut valid: BTreeMap<PublicKey, Vec<(&Event, Decision)>> = BTreeMap::new();
         for event in verdicts {
             match Self::check(event, request, &parsed, &electorate, now) {
-                Ok(decision) => valid.entry(event.pubkey).or_default().push((event, decision)),
+                Ok(decision) => valid
+                    .entry(event.pubkey)
+                    .or_default()
+                    .push((event, decision)),
                 Err(reason) => refused.push((event.id, reason)),
             }
         }
@@ -614,8 +626,14 @@ fn artifact_difference(approved: &[ArtifactDigest], requested: &[ArtifactDigest]
     let approved: BTreeSet<_> = approved.iter().collect();
     let requested: BTreeSet<_> = requested.iter().collect();
     let describe = |a: &ArtifactDigest| format!("{} {}", a.name, a.sha256);
-    let extra: Vec<String> = approved.difference(&requested).map(|a| describe(a)).collect();
-    let missing: Vec<String> = requested.difference(&approved).map(|a| describe(a)).collect();
+    let extra: Vec<String> = approved
+        .difference(&requested)
+        .map(|a| describe(a))
+        .collect();
+    let missing: Vec<String> = requested
+        .difference(&approved)
+        .map(|a| describe(a))
+        .collect();
     let mut parts = Vec::new();
     if !extra.is_empty() {
         parts.push(format!("not requested: {}", extra.join(", ")));
@@ -760,7 +778,13 @@ mod tests {
         assert!(err.to_string().contains("`required`"), "{err}");
         let mut twice = f.request.clone();
         twice.artifacts.push(ArtifactDigest::new("out/app", sha(9)));
-        assert!(twice.to_event_builder().unwrap_err().to_string().contains("twice"));
+        assert!(
+            twice
+                .to_event_builder()
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
         let mut none = f.request.clone();
         none.artifacts.clear();
         assert_eq!(
@@ -814,7 +838,10 @@ mod tests {
             (replace("required", vec!["required", "two"]), "`required`"),
             (replace("required", vec!["required", "2"]), "`required`"),
             (drop("expiration"), "missing `expiration`"),
-            (replace("expiration", vec!["expiration", "soon"]), "`expiration`"),
+            (
+                replace("expiration", vec!["expiration", "soon"]),
+                "`expiration`",
+            ),
         ];
         for (tags, needle) in cases {
             let event = EventBuilder::new(APPROVAL_REQUEST, "")
@@ -849,7 +876,7 @@ mod tests {
         let approve = f.verdict(Decision::Approve);
         let a = f.sign(&approve, &f.maintainers[0], NOW - 10);
         let b = f.sign(&approve, &f.maintainers[1], NOW - 5);
-        let outcome = f.tally(&[a.clone()]);
+        let outcome = f.tally(std::slice::from_ref(&a));
         assert_eq!(outcome.status(), GateStatus::Pending);
         let outcome = f.tally(&[a, b]);
         assert_eq!(outcome.status(), GateStatus::Approved);
@@ -887,7 +914,8 @@ mod tests {
         let late = f.sign(&approve, &m[0], NOW + 3600);
         let good = f.sign(&approve, &m[1], NOW - 20);
         let duplicate = f.sign(&approve, &m[1], NOW - 10);
-        let mut forged: serde_json::Value = serde_json::to_value(f.sign(&approve, &m[2], NOW)).unwrap();
+        let mut forged: serde_json::Value =
+            serde_json::to_value(f.sign(&approve, &m[2], NOW)).unwrap();
         forged["content"] = "tampered".into();
         let forged: Event = serde_json::from_value(forged).unwrap();
         let wrong_kind = EventBuilder::text_note("lgtm")
@@ -926,14 +954,27 @@ mod tests {
             reason(other_request.id),
             Refusal::OtherRequest(EventId::all_zeros())
         );
-        assert_eq!(reason(other_commit.id), Refusal::OtherCommit(OTHER_COMMIT.into()));
+        assert_eq!(
+            reason(other_commit.id),
+            Refusal::OtherCommit(OTHER_COMMIT.into())
+        );
         assert!(matches!(reason(other_run.id), Refusal::OtherRun(_)));
         let why = reason(other_bytes.id).to_string();
-        assert!(why.contains("not requested") && why.contains("not covered"), "{why}");
-        assert!(reason(fewer.id).to_string().contains("not covered: out/app.sig"));
+        assert!(
+            why.contains("not requested") && why.contains("not covered"),
+            "{why}"
+        );
+        assert!(
+            reason(fewer.id)
+                .to_string()
+                .contains("not covered: out/app.sig")
+        );
         assert_eq!(reason(expired.id), Refusal::Expired(Timestamp::from(NOW)));
         assert_eq!(reason(late.id), Refusal::AfterRequestExpired);
-        assert_eq!(reason(duplicate.id), Refusal::Duplicate { counted: good.id });
+        assert_eq!(
+            reason(duplicate.id),
+            Refusal::Duplicate { counted: good.id }
+        );
         assert_eq!(reason(forged.id), Refusal::InvalidSignature);
         assert!(matches!(reason(wrong_kind.id), Refusal::Malformed(_)));
         assert_eq!(outcome.refused.len(), 11);
@@ -943,7 +984,9 @@ mod tests {
     fn rejections_take_precedence_and_can_make_the_gate_fail() {
         let f = fixture();
         let approve = f.verdict(Decision::Approve);
-        let reject = f.verdict(Decision::Reject).with_content("unexpected binary size");
+        let reject = f
+            .verdict(Decision::Reject)
+            .with_content("unexpected binary size");
         let m = &f.maintainers;
         let a0 = f.sign(&approve, &m[0], NOW - 30);
         let r0 = f.sign(&reject, &m[0], NOW - 20);
@@ -951,7 +994,10 @@ mod tests {
         let a2 = f.sign(&approve, &m[2], NOW - 10);
         let outcome = f.tally(&[a0.clone(), r0.clone(), a2]);
         assert_eq!(outcome.rejected_by, vec![m[0].public_key()]);
-        assert_eq!(outcome.refused, vec![(a0.id, Refusal::Duplicate { counted: r0.id })]);
+        assert_eq!(
+            outcome.refused,
+            vec![(a0.id, Refusal::Duplicate { counted: r0.id })]
+        );
         // 3 maintainers, 2 required: one rejection still leaves a path.
         assert_eq!(outcome.status(), GateStatus::Pending);
         let outcome = f.tally(&[r0, r1]);

@@ -11,6 +11,8 @@ pub mod kinds;
 pub mod nip34;
 pub mod nip89;
 pub mod nip90;
+pub mod nipc1;
+pub mod release;
 pub mod run;
 pub mod step;
 

@@ -114,7 +114,11 @@ impl FromStr for RepoCoordinate {
             return Err(bad("the kind is not 30617"));
         }
         let owner = parts.next().ok_or_else(|| bad("no owner public key"))?;
-        if owner.len() != 64 || !owner.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if owner.len() != 64
+            || !owner
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(bad("the owner is not a 64-hex public key"));
         }
         let owner =
@@ -426,18 +430,15 @@ impl RepositoryState {
             let values = tag.as_slice();
             let name = values[0].as_str();
             if name == TAG_HEAD {
-                let value = values
-                    .get(1)
-                    .ok_or_else(|| malformed("HEAD", "no value"))?;
+                let value = values.get(1).ok_or_else(|| malformed("HEAD", "no value"))?;
                 let target = value.strip_prefix(HEAD_PREFIX).ok_or_else(|| {
                     malformed(
                         "HEAD",
                         format!("{value:?} is not of the form \"ref: refs/heads/<branch>\""),
                     )
                 })?;
-                check_ref_name(target).map_err(|_| {
-                    malformed("HEAD", format!("{target:?} is not a full ref name"))
-                })?;
+                check_ref_name(target)
+                    .map_err(|_| malformed("HEAD", format!("{target:?} is not a full ref name")))?;
                 state.head = Some(target.to_string());
             } else if name.starts_with(REFS_PREFIX) {
                 let commit = values.get(1).ok_or_else(|| Nip34Error::BadRef {
@@ -445,7 +446,11 @@ impl RepositoryState {
                     reason: "no commit id".into(),
                 })?;
                 check_ref(name, commit)?;
-                if state.refs.insert(name.to_string(), commit.clone()).is_some() {
+                if state
+                    .refs
+                    .insert(name.to_string(), commit.clone())
+                    .is_some()
+                {
                     return Err(Nip34Error::BadRef {
                         name: name.to_string(),
                         reason: "given twice".into(),
@@ -510,8 +515,14 @@ mod tests {
         let mut a = RepositoryAnnouncement::new("quorum-ci");
         a.name = Some("Quorum CI".into());
         a.description = Some("CI over Nostr".into());
-        a.web = vec!["https://git.example/quorum".into(), "https://mirror.example".into()];
-        a.clone = vec!["https://git.example/quorum.git".into(), "git://x/q.git".into()];
+        a.web = vec![
+            "https://git.example/quorum".into(),
+            "https://mirror.example".into(),
+        ];
+        a.clone = vec![
+            "https://git.example/quorum.git".into(),
+            "git://x/q.git".into(),
+        ];
         a.relays = vec![
             RelayUrl::parse("wss://relay.example").unwrap(),
             RelayUrl::parse("ws://127.0.0.1:7777").unwrap(),
@@ -570,8 +581,14 @@ mod tests {
         let cases: Vec<(Vec<Vec<&str>>, &str)> = vec![
             (vec![vec!["name", "x"]], "missing `d`"),
             (vec![vec!["d", ""]], "`d`"),
-            (vec![vec!["d", "x"], vec!["maintainers", "bob"]], "`maintainers`"),
-            (vec![vec!["d", "x"], vec!["relays", "not a url"]], "`relays`"),
+            (
+                vec![vec!["d", "x"], vec!["maintainers", "bob"]],
+                "`maintainers`",
+            ),
+            (
+                vec![vec!["d", "x"], vec!["relays", "not a url"]],
+                "`relays`",
+            ),
             (vec![vec!["d", "x"], vec!["r", "abc", "euc"]], "`r`"),
             (vec![vec!["d", "x"], vec!["u", ""]], "`u`"),
         ];
@@ -691,10 +708,7 @@ mod tests {
         let previous = RepositoryState::new("repo")
             .with_ref("refs/heads/main", C1)
             .unwrap();
-        assert_eq!(
-            state.moved_since(&previous),
-            vec![("refs/tags/v1.0.0", C2)]
-        );
+        assert_eq!(state.moved_since(&previous), vec![("refs/tags/v1.0.0", C2)]);
     }
 
     #[test]
