@@ -13,7 +13,7 @@
 //!   signature cannot be replayed onto another request or other bytes; they expire too.
 //!
 //! [`ApprovalTally::evaluate`] counts verdicts and gives every refused one a reason.
-//! `docs/protocol.md` §13 has examples.
+//! `docs/protocol.md` §12 has examples.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

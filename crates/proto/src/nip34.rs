@@ -5,7 +5,7 @@
 //! whose value is not a full lowercase hex object id is an error that names the ref, rather than
 //! a ref silently skipped. Multi-valued tags (`web`, `clone`, `relays`, `maintainers`) are one
 //! tag with many values, as NIP-34 says, not repeated tags. Tags this module does not know are
-//! ignored. `docs/protocol.md` §11 has examples.
+//! ignored. `docs/protocol.md` §10 has examples.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -13,7 +13,7 @@
 //! - 9841's `logs` is required (gitworkshop's own `log_url` spelling is accepted on parse).
 //! - Unknown `conclusion` values are an error here; gitworkshop maps them to `startup_failure`.
 //!
-//! `docs/protocol.md` §14 has examples.
+//! `docs/protocol.md` §13 has examples.
 
 use std::fmt;
 use std::str::FromStr;

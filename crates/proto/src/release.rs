@@ -7,7 +7,7 @@
 //! the FROST quorum key, so every field is derived from agreed data: artifacts are written sorted
 //! by name, attestations sorted by result id, `created_at` is passed in by the caller, and
 //! nothing random or clock-dependent is added. Two members building it from the same data get
-//! the same event id ([`ReleaseBinding::unsigned`]). `docs/protocol.md` §12 has examples.
+//! the same event id ([`ReleaseBinding::unsigned`]). `docs/protocol.md` §11 has examples.
 //!
 //! NIP-82 is not upstream; the shapes follow zapstore's publisher (`zsp`, 2026-07) as far as
 //! our digest has them. Unknown tags are ignored everywhere.
