@@ -17,3 +17,14 @@ pub mod run;
 pub mod step;
 
 pub use nostr;
+
+/// Secret values as `Debug` shows them: the names, never the values.
+pub struct RedactedSecrets<'a>(pub &'a std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for RedactedSecrets<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|name| (name, "***")))
+            .finish()
+    }
+}

@@ -249,10 +249,30 @@ impl JobInput {
 }
 
 /// A job parameter: `["param", key, value, more values…]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct JobParam {
     pub key: String,
     pub values: Vec<String>,
+}
+
+/// Params named `secret` (our run-step and run-pipeline secrets, which only travel encrypted)
+/// show their name but not their value, so `{:?}` of a request never leaks one.
+impl fmt::Debug for JobParam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("JobParam");
+        debug.field("key", &self.key);
+        if self.key == "secret" {
+            // `["param", "secret", NAME, VALUE]`: the name may show, nothing after it may.
+            let shown: Vec<&str> = match self.values.as_slice() {
+                [name, _, ..] => vec![name.as_str(), "***"],
+                _ => vec!["***"],
+            };
+            debug.field("values", &shown)
+        } else {
+            debug.field("values", &self.values)
+        }
+        .finish()
+    }
 }
 
 impl JobParam {
@@ -996,6 +1016,7 @@ mod tests {
         );
         assert!(!event.as_json().contains("hunter2"));
         assert!(!event.as_json().contains("cargo build"));
+        assert!(!format!("{request:?}").contains("hunter2"));
         assert_eq!(JobRequest::from_event(&event), Err(Nip90Error::Encrypted));
         let parsed = JobRequest::from_event_for(&event, provider.secret_key()).unwrap();
         assert_eq!(parsed.inputs, request.inputs);

@@ -49,7 +49,7 @@ fn is_hex(text: &str, lengths: &[usize]) -> bool {
 }
 
 /// A pipeline run to perform.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RunRequest {
     pub repo: String,
     pub commit: String,
@@ -145,6 +145,20 @@ impl RunRequest {
             }
         }
         Ok(run)
+    }
+}
+
+impl std::fmt::Debug for RunRequest {
+    /// Secret values never reach a log through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunRequest")
+            .field("repo", &self.repo)
+            .field("commit", &self.commit)
+            .field("plan_hash", &self.plan_hash)
+            .field("runners", &self.runners)
+            .field("inputs", &self.inputs)
+            .field("secrets", &crate::RedactedSecrets(&self.secrets))
+            .finish()
     }
 }
 

@@ -58,7 +58,7 @@ fn bad(param: &'static str, reason: impl Into<String>) -> StepError {
 }
 
 /// A step to run: everything a runner needs, parsed from a run-step request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StepJob {
     /// Human-readable step name (for logs and reports).
     pub name: Option<String>,
@@ -222,6 +222,25 @@ impl StepJob {
     }
 }
 
+impl std::fmt::Debug for StepJob {
+    /// Secret values never reach a log through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepJob")
+            .field("name", &self.name)
+            .field("repo", &self.repo)
+            .field("commit", &self.commit)
+            .field("script", &self.script)
+            .field("env", &self.env)
+            .field("secrets", &crate::RedactedSecrets(&self.secrets))
+            .field("artifacts", &self.artifacts)
+            .field("network", &self.network)
+            .field("timeout", &self.timeout)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("max_processes", &self.max_processes)
+            .finish()
+    }
+}
+
 fn key_value(param: &JobParam, name: &'static str) -> Result<(String, String), StepError> {
     let [key, value] = param.values.as_slice() else {
         return Err(bad(name, "expected a name and a value"));
@@ -344,6 +363,11 @@ mod tests {
             Err(StepError::ClearSecrets)
         );
         assert_eq!(StepJob::from_request(&request, true).unwrap(), step);
+        let shown = format!("{step:?}");
+        assert!(
+            shown.contains("TOKEN") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use quorum_proto::step::{StepJob, StepReport};
 use serde::Serialize;
 
 /// What the run is about.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunContext {
     /// Git URL the runners fetch from.
     pub repo: String,
@@ -38,6 +38,18 @@ pub struct RunContext {
     pub inputs: BTreeMap<String, String>,
     /// Secret values by name; a job gets only those it lists.
     pub secrets: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for RunContext {
+    /// Secret values never reach a log through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunContext")
+            .field("repo", &self.repo)
+            .field("commit", &self.commit)
+            .field("inputs", &self.inputs)
+            .field("secrets", &quorum_proto::RedactedSecrets(&self.secrets))
+            .finish()
+    }
 }
 
 /// How the engine dispatches.
