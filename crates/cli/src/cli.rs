@@ -88,6 +88,15 @@ pub struct WatcherArgs {
     #[arg(long, value_name = "PUBKEY")]
     pub router: String,
 
+    /// Follow the signed NIP-34 state of the repository announced (kind 30617) by this key,
+    /// instead of polling the git server (needs --identifier).
+    #[arg(long, value_name = "PUBKEY", requires = "identifier")]
+    pub owner: Option<String>,
+
+    /// The repository's NIP-34 identifier (the `d` tag of its announcement).
+    #[arg(long, value_name = "D", requires = "owner")]
+    pub identifier: Option<String>,
+
     /// The watcher's secret key file (nsec or hex, mode 0600); created if missing.
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,

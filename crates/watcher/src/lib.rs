@@ -1,14 +1,15 @@
 //! The git watcher: sees new commits on a repository's refs and starts one pipeline run each.
 //!
-//! It polls the git server (`git ls-remote`), and for every ref that moved, fetches the new
-//! commit (which proves the server really serves it), reads the pipeline committed there, and,
+//! It learns where the refs are either from the maintainers' signed NIP-34 repository state
+//! (kind 30618, from the maintainer set of the owner's 30617 announcement; anyone else's state
+//! is ignored) or, for repositories without NIP-34, by polling the git server (`git
+//! ls-remote`). For every ref that moved, it fetches the new commit (which proves the server
+//! really serves it), reads the pipeline committed there, and,
 //! if a push to that ref triggers it, asks a router DVM to run it (kind 5700, the plan hash
 //! pinned). A run is started at most once per repository, commit and plan hash: the watcher
 //! remembers what it started, and before starting one it looks on the relays for a request of
 //! its own for the same commit and plan, so a crash between publishing and remembering does not
 //! start a run twice. The first poll only records where the refs are: history is not replayed.
-//!
-//! Following signed NIP-34 repository state events (30618) instead of polling is the next step.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -36,11 +37,24 @@ pub enum WatchError {
     Publish(#[from] quorum_dvm::client::ClientError),
 }
 
+/// Where the watcher learns the refs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `git ls-remote` of the repository URL.
+    Poll,
+    /// The newest 30618 state signed by a maintainer of the owner's 30617 announcement `d`.
+    Nip34 {
+        owner: PublicKey,
+        identifier: String,
+    },
+}
+
 /// What to watch and whom to ask.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
     /// The repository, as the runners will fetch it.
     pub repo: String,
+    pub source: Source,
     /// The router DVM that runs the pipelines.
     pub router: PublicKey,
     /// Where the watcher keeps its state and scratch checkouts.
@@ -85,7 +99,12 @@ impl Watcher {
 
     /// One look at the repository; returns the runs it started.
     pub async fn poll(&mut self) -> Result<Vec<StartedRun>, WatchError> {
-        let refs = quorum_runner::git::ls_remote(&self.config.repo, &self.config.git).await?;
+        let refs = match &self.config.source {
+            Source::Poll => {
+                quorum_runner::git::ls_remote(&self.config.repo, &self.config.git).await?
+            }
+            Source::Nip34 { owner, identifier } => self.signed_refs(owner, identifier).await?,
+        };
         let Some(previous) = self.state.refs.replace(refs.clone()) else {
             tracing::info!(
                 refs = refs.len(),
@@ -184,6 +203,48 @@ impl Watcher {
             plan_hash,
             request: event.id.to_hex(),
         }))
+    }
+
+    /// The refs of the newest repository state signed by one of the repository's maintainers.
+    async fn signed_refs(
+        &self,
+        owner: &PublicKey,
+        identifier: &str,
+    ) -> Result<BTreeMap<String, String>, WatchError> {
+        use quorum_proto::nip34::{REPO_ANNOUNCEMENT, REPO_STATE, RepositoryState, maintainer_set};
+        let timeout = Duration::from_secs(5);
+        let announcements = self
+            .client
+            .fetch(
+                Filter::new()
+                    .kind(REPO_ANNOUNCEMENT)
+                    .author(*owner)
+                    .identifier(identifier),
+                timeout,
+            )
+            .await?;
+        let maintainers = maintainer_set(owner, identifier, &announcements);
+        let states = self
+            .client
+            .fetch(
+                Filter::new()
+                    .kind(REPO_STATE)
+                    .authors(maintainers.iter().copied())
+                    .identifier(identifier),
+                timeout,
+            )
+            .await?;
+        // Anyone may publish a 30618 with this `d`: only the maintainers' count, newest first.
+        let newest = states
+            .iter()
+            .filter(|event| maintainers.contains(&event.pubkey))
+            .filter_map(|event| {
+                RepositoryState::from_event(event)
+                    .ok()
+                    .map(|state| (event.created_at, state))
+            })
+            .max_by_key(|(at, _)| *at);
+        Ok(newest.map(|(_, state)| state.refs).unwrap_or_default())
     }
 
     /// Whether the relays already hold a run request of ours for this commit and plan.

@@ -8,7 +8,7 @@ use quorum_proto::run::RunReport;
 use quorum_runner::GitPolicy;
 use quorum_testkit::git::{git, sample_repo};
 use quorum_testnet::Network;
-use quorum_watcher::{WatchConfig, Watcher};
+use quorum_watcher::{Source, WatchConfig, Watcher};
 
 const PIPELINE: &str = "on:\n  push:\n    branches: [main]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n";
 
@@ -29,6 +29,7 @@ async fn a_new_commit_on_a_triggered_branch_starts_exactly_one_run() {
 
     let config = WatchConfig {
         repo: format!("file://{}", repo.display()),
+        source: Source::Poll,
         router: router_keys.public_key(),
         data: dir.path().join("watcher"),
         git: GitPolicy {
@@ -105,6 +106,93 @@ async fn a_new_commit_on_a_triggered_branch_starts_exactly_one_run() {
     assert!(report.succeeded(), "{report:?}");
     assert_eq!(report.commit, head);
     client.shutdown().await;
+    router.shutdown().await;
+    runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_state_signed_by_a_maintainer_starts_a_run() {
+    use quorum_proto::nip34::{RepositoryAnnouncement, RepositoryState};
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, _) = sample_repo(dir.path());
+    std::fs::create_dir_all(repo.join(".quorum")).unwrap();
+    std::fs::write(repo.join(".quorum/pipeline.yml"), PIPELINE).unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "pipeline"]);
+    let first = git(&repo, &["rev-parse", "HEAD"]);
+
+    let owner = Keys::generate();
+    let co_maintainer = Keys::generate();
+    let stranger = Keys::generate();
+    let publisher = Client::new(owner.clone());
+    publisher.add_relay(network.relay.clone()).await.unwrap();
+    publisher.connect().await;
+    publisher.wait_for_connection(Duration::from_secs(5)).await;
+    let publish = |builder: EventBuilder, keys: &Keys| {
+        let event = builder.sign_with_keys(keys).unwrap();
+        let publisher = publisher.clone();
+        async move {
+            let output = publisher.send_event(&event).await.unwrap();
+            assert!(output.failed.is_empty(), "{:?}", output.failed);
+        }
+    };
+    let mut announcement = RepositoryAnnouncement::new("sample");
+    announcement.maintainers = vec![co_maintainer.public_key()];
+    publish(announcement.to_event_builder(), &owner).await;
+    let state = |commit: &str| {
+        RepositoryState::new("sample")
+            .with_ref("refs/heads/main", commit)
+            .unwrap()
+            .to_event_builder()
+    };
+    publish(state(&first), &owner).await;
+
+    let router_keys = Keys::generate();
+    let runner = network.runner(&dir.path().join("runner"), true).await;
+    let router = network
+        .router(&dir.path().join("router"), &router_keys)
+        .await;
+    let config = WatchConfig {
+        repo: format!("file://{}", repo.display()),
+        source: Source::Nip34 {
+            owner: owner.public_key(),
+            identifier: "sample".into(),
+        },
+        router: router_keys.public_key(),
+        data: dir.path().join("watcher"),
+        git: GitPolicy {
+            allow_local: true,
+            timeout: Some(Duration::from_secs(30)),
+        },
+    };
+    let mut watcher = Watcher::new(config, network.client().await).unwrap();
+    assert!(
+        watcher.poll().await.unwrap().is_empty(),
+        "the first look replays nothing"
+    );
+
+    // A stranger's state naming a new commit is ignored, even a newer one.
+    std::fs::write(repo.join("message.txt"), "pushed").unwrap();
+    git(&repo, &["commit", "--quiet", "-am", "push"]);
+    let second = git(&repo, &["rev-parse", "HEAD"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    publish(state(&second), &stranger).await;
+    assert!(watcher.poll().await.unwrap().is_empty());
+
+    // The co-maintainer's signed state starts the run.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    publish(state(&second), &co_maintainer).await;
+    let started = watcher.poll().await.unwrap();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0].commit, second);
+
+    // A maintainer naming a commit the git server does not serve starts nothing.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    publish(state(&"e".repeat(40)), &owner).await;
+    assert!(watcher.poll().await.unwrap().is_empty());
+
+    publisher.shutdown().await;
     router.shutdown().await;
     runner.shutdown().await;
 }

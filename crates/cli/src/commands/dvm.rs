@@ -30,9 +30,19 @@ async fn watcher(args: WatcherArgs) -> anyhow::Result<ExitCode> {
             args.router
         )
     })?;
+    let source = match (&args.owner, &args.identifier) {
+        (Some(owner), Some(identifier)) => quorum_watcher::Source::Nip34 {
+            owner: quorum_proto::nostr::PublicKey::parse(owner).with_context(|| {
+                format!("--owner {owner:?} is neither an npub nor 64 hex characters")
+            })?,
+            identifier: identifier.clone(),
+        },
+        _ => quorum_watcher::Source::Poll,
+    };
     let client = quorum_dvm::client::JobClient::connect(&relays, keys.clone()).await?;
     let config = quorum_watcher::WatchConfig {
         repo: args.repo.clone(),
+        source,
         router,
         data: args.data.clone(),
         git: GitPolicy {
