@@ -19,10 +19,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
-use nostr::{Event, EventBuilder, EventId, Kind, PublicKey, Tag, TagKind, Timestamp};
+use nostr::{Event, EventBuilder, EventId, Kind, PublicKey, Tag, Timestamp};
 
 use crate::blossom::Sha256Hex;
 use crate::nip34::{RepoCoordinate, is_object_id};
+use crate::tags::custom_tag;
 
 /// An approval request (regular).
 pub const APPROVAL_REQUEST: Kind = Kind::Custom(8701);
@@ -63,14 +64,6 @@ fn malformed(tag: &'static str, reason: impl Into<String>) -> ApprovalError {
         tag,
         reason: reason.into(),
     }
-}
-
-fn custom_tag<I, S>(name: &str, values: I) -> Tag
-where
-    I: IntoIterator<Item = S>,
-    S: Into<String>,
-{
-    Tag::custom(TagKind::custom(name), values)
 }
 
 fn is_hex64(text: &str) -> bool {

@@ -15,6 +15,7 @@ pub mod nipc1;
 pub mod release;
 pub mod run;
 pub mod step;
+mod tags;
 
 pub use nostr;
 

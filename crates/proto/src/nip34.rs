@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
-use nostr::{Event, EventBuilder, Kind, PublicKey, RelayUrl, Tag, TagKind};
+use crate::tags::custom_tag;
+use nostr::{Event, EventBuilder, Kind, PublicKey, RelayUrl, Tag};
 
 /// NIP-34 repository announcement (addressable, `d` = repository id).
 pub const REPO_ANNOUNCEMENT: Kind = Kind::Custom(30617);
@@ -56,14 +57,6 @@ fn malformed(tag: &'static str, reason: impl Into<String>) -> Nip34Error {
         tag,
         reason: reason.into(),
     }
-}
-
-fn custom_tag<I, S>(name: &str, values: I) -> Tag
-where
-    I: IntoIterator<Item = S>,
-    S: Into<String>,
-{
-    Tag::custom(TagKind::custom(name), values)
 }
 
 /// Whether `text` is a full git object id: 40 (SHA-1) or 64 (SHA-256) lowercase hex.

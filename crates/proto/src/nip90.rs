@@ -18,6 +18,7 @@ use nostr::{
 };
 
 use crate::kinds::{self, JOB_FEEDBACK};
+use crate::tags::{custom_tag, first_tag};
 
 const TAG_INPUT: &str = "i";
 const TAG_PARAM: &str = "param";
@@ -77,14 +78,6 @@ fn malformed(tag: &'static str, reason: impl Into<String>) -> Nip90Error {
         tag,
         reason: reason.into(),
     }
-}
-
-fn custom_tag<I, S>(name: &str, values: I) -> Tag
-where
-    I: IntoIterator<Item = S>,
-    S: Into<String>,
-{
-    Tag::custom(TagKind::custom(name), values)
 }
 
 /// The type of a job input (`i` tag, element 2).
@@ -694,7 +687,7 @@ impl JobResult {
                 found: event.kind.as_u16(),
             });
         }
-        let request_json = find_tag(event, TAG_REQUEST)
+        let request_json = first_tag(event, TAG_REQUEST)
             .ok_or(Nip90Error::MissingTag("request"))?
             .get(1)
             .ok_or_else(|| malformed("request", "no event JSON"))?;
@@ -737,10 +730,10 @@ impl JobResult {
             request,
             request_relay,
             content: event.content.clone(),
-            amount: find_tag(event, TAG_AMOUNT)
+            amount: first_tag(event, TAG_AMOUNT)
                 .map(|t| Amount::parse(&t[1..]))
                 .transpose()?,
-            encrypted: find_tag(event, TAG_ENCRYPTED).is_some(),
+            encrypted: first_tag(event, TAG_ENCRYPTED).is_some(),
         })
     }
 
@@ -884,7 +877,7 @@ impl JobFeedback {
                 found: event.kind.as_u16(),
             });
         }
-        let status_tag = find_tag(event, TAG_STATUS).ok_or(Nip90Error::MissingTag("status"))?;
+        let status_tag = first_tag(event, TAG_STATUS).ok_or(Nip90Error::MissingTag("status"))?;
         let status: FeedbackStatus = status_tag
             .get(1)
             .ok_or_else(|| malformed("status", "no status"))?
@@ -897,10 +890,10 @@ impl JobFeedback {
             request_relay,
             customer: parse_p_tag(event)?,
             content: event.content.clone(),
-            amount: find_tag(event, TAG_AMOUNT)
+            amount: first_tag(event, TAG_AMOUNT)
                 .map(|t| Amount::parse(&t[1..]))
                 .transpose()?,
-            encrypted: find_tag(event, TAG_ENCRYPTED).is_some(),
+            encrypted: first_tag(event, TAG_ENCRYPTED).is_some(),
         })
     }
 }
@@ -923,16 +916,8 @@ pub fn is_cancellation_of(deletion: &Event, request: &Event) -> bool {
         && deletion.tags.event_ids().any(|id| *id == request.id)
 }
 
-fn find_tag<'a>(event: &'a Event, name: &str) -> Option<&'a [String]> {
-    event
-        .tags
-        .iter()
-        .map(Tag::as_slice)
-        .find(|values| values[0] == name)
-}
-
 fn parse_e_tag(event: &Event) -> Result<(EventId, Option<RelayUrl>)> {
-    let tag = find_tag(event, "e").ok_or(Nip90Error::MissingTag("e"))?;
+    let tag = first_tag(event, "e").ok_or(Nip90Error::MissingTag("e"))?;
     let hex = tag.get(1).ok_or_else(|| malformed("e", "no event id"))?;
     let id = EventId::from_hex(hex)
         .map_err(|_| malformed("e", format!("{hex:?} is not a 64-hex event id")))?;
@@ -946,7 +931,7 @@ fn parse_e_tag(event: &Event) -> Result<(EventId, Option<RelayUrl>)> {
 }
 
 fn parse_p_tag(event: &Event) -> Result<PublicKey> {
-    let tag = find_tag(event, "p").ok_or(Nip90Error::MissingTag("p"))?;
+    let tag = first_tag(event, "p").ok_or(Nip90Error::MissingTag("p"))?;
     let hex = tag.get(1).ok_or_else(|| malformed("p", "no public key"))?;
     PublicKey::from_hex(hex)
         .map_err(|_| malformed("p", format!("{hex:?} is not a 64-hex public key")))

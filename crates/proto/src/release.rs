@@ -14,11 +14,12 @@
 
 use std::str::FromStr;
 
-use nostr::{Event, EventBuilder, EventId, Kind, PublicKey, RelayUrl, Tag, TagKind, Timestamp};
+use nostr::{Event, EventBuilder, EventId, Kind, PublicKey, RelayUrl, Tag, Timestamp};
 
 use crate::approval::ArtifactDigest;
 use crate::blossom::Sha256Hex;
 use crate::nip34::{RepoCoordinate, is_object_id};
+use crate::tags::{custom_tag, tags_named};
 
 /// NIP-94 file metadata (regular).
 pub const FILE_METADATA: Kind = Kind::Custom(1063);
@@ -85,36 +86,12 @@ fn malformed(tag: &'static str, reason: impl Into<String>) -> ReleaseError {
     }
 }
 
-fn custom_tag<I, S>(name: &str, values: I) -> Tag
-where
-    I: IntoIterator<Item = S>,
-    S: Into<String>,
-{
-    Tag::custom(TagKind::custom(name), values)
-}
-
-fn tags_named<'a>(event: &'a Event, name: &'a str) -> impl Iterator<Item = &'a [String]> + 'a {
-    event
-        .tags
-        .iter()
-        .map(Tag::as_slice)
-        .filter(move |values| values[0] == name)
-}
-
 /// The value of the only `name` tag, if any; twice is an error, an empty value too.
 fn optional_value(event: &Event, name: &'static str) -> Result<Option<String>> {
-    let mut found = tags_named(event, name);
-    let Some(tag) = found.next() else {
-        return Ok(None);
-    };
-    if found.next().is_some() {
-        return Err(ReleaseError::Duplicate(name));
-    }
-    tag.get(1)
-        .filter(|v| !v.is_empty())
-        .cloned()
-        .map(Some)
-        .ok_or_else(|| malformed(name, "no value"))
+    crate::tags::single_value(event, name).map_err(|e| match e {
+        crate::tags::SingleValueError::Duplicate(name) => ReleaseError::Duplicate(name),
+        crate::tags::SingleValueError::Empty(name) => malformed(name, "no value"),
+    })
 }
 
 fn required_value(event: &Event, name: &'static str) -> Result<String> {
