@@ -52,6 +52,11 @@ pub enum Command {
     /// Run the pipeline of a repository (.quorum/pipeline.yml at HEAD) on DVMs: the embedded
     /// network by default, or the DVMs on --relay.
     Run(RunArgs),
+    /// Approve what an approval gate shows (kind 8701), after seeing it: the commit, every
+    /// artifact's sha256 and who built it.
+    Approve(VerdictArgs),
+    /// Reject what an approval gate shows; the run fails when approval can no longer be reached.
+    Reject(VerdictArgs),
     /// Run a Data Vending Machine that sells compute on the open market.
     #[command(subcommand)]
     Dvm(DvmCommand),
@@ -300,6 +305,30 @@ pub struct RelayArgs {
     pub options: RelayOptions,
 }
 
+/// Options of `quorum approve` and `quorum reject`.
+#[derive(Debug, Args)]
+pub struct VerdictArgs {
+    /// The approval request's event id (printed by the waiting run).
+    #[arg(value_name = "REQUEST")]
+    pub request: String,
+
+    /// Relay to read the request from and publish the verdict to (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// Your maintainer key file (nsec or hex, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+
+    /// Sign without asking for confirmation (for scripts).
+    #[arg(long)]
+    pub yes: bool,
+
+    /// A comment (for a rejection: why).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub comment: String,
+}
+
 /// Options of `quorum run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -327,6 +356,18 @@ pub struct RunArgs {
     /// A manual input of the pipeline, NAME=VALUE (repeat).
     #[arg(long = "input", value_name = "NAME=VALUE")]
     pub inputs: Vec<String>,
+
+    /// The repository's NIP-34 owner (npub or hex), which approval requests name.
+    #[arg(long, value_name = "PUBKEY", requires = "identifier")]
+    pub owner: Option<String>,
+
+    /// The repository's NIP-34 identifier (`d`).
+    #[arg(long, value_name = "D", requires = "owner")]
+    pub identifier: Option<String>,
+
+    /// A maintainer approval gates ask when their `from` is empty (repeat).
+    #[arg(long = "maintainer", value_name = "PUBKEY")]
+    pub maintainers: Vec<String>,
 
     /// Runner DVMs of the embedded network.
     #[arg(long, default_value_t = 2)]

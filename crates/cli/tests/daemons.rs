@@ -210,7 +210,9 @@ async fn up_writes_endpoints_and_stops_cleanly() {
 
 #[test]
 fn every_command_has_help() {
-    let commands: [&[&str]; 12] = [
+    let commands: [&[&str]; 14] = [
+        &["approve", "--help"],
+        &["reject", "--help"],
         &["--help"],
         &["relay", "--help"],
         &["blossom", "--help"],

@@ -229,6 +229,16 @@ impl JobClient {
             .map_err(|e| ClientError::Sign(e.to_string()))
     }
 
+    /// Signs `builder` with this client's key and publishes it (for non-job events the client
+    /// owns, such as approval requests).
+    pub async fn publish_event(&self, builder: EventBuilder) -> Result<Event, ClientError> {
+        let event = builder
+            .sign_with_keys(&self.keys)
+            .map_err(|e| ClientError::Sign(e.to_string()))?;
+        publish::publish(&self.client, &event, RetryPolicy::default()).await?;
+        Ok(event)
+    }
+
     /// Publishes `request` without following it (for requests whose answers someone else
     /// reads); returns the published event.
     pub async fn submit(&self, request: &JobRequest, encrypt: bool) -> Result<Event, ClientError> {

@@ -105,6 +105,9 @@ impl Router {
             commit: run.commit.clone(),
             inputs: run.inputs.clone(),
             secrets: run.secrets.clone(),
+            // Approval gates in routed runs need the repository's NIP-34 identity, which the
+            // run-pipeline request does not carry yet: such gates fail with that reason.
+            ..RunContext::default()
         };
         let config = EngineConfig {
             runners,

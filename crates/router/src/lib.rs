@@ -12,7 +12,10 @@
 //! than router (naive chains, quorums) and approval gates are refused with a clear reason
 //! until their issues land.
 
+mod approval;
 pub mod dvm;
+
+use approval::Gate;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -38,6 +41,10 @@ pub struct RunContext {
     pub inputs: BTreeMap<String, String>,
     /// Secret values by name; a job gets only those it lists.
     pub secrets: BTreeMap<String, String>,
+    /// The repository's NIP-34 identity, which approval requests name.
+    pub repo_id: Option<quorum_proto::nip34::RepoCoordinate>,
+    /// The maintainers asked by approval gates that list nobody in `from`.
+    pub maintainers: Vec<PublicKey>,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -48,6 +55,8 @@ impl std::fmt::Debug for RunContext {
             .field("commit", &self.commit)
             .field("inputs", &self.inputs)
             .field("secrets", &quorum_proto::RedactedSecrets(&self.secrets))
+            .field("repo_id", &self.repo_id)
+            .field("maintainers", &self.maintainers)
             .finish()
     }
 }
@@ -65,6 +74,8 @@ pub struct EngineConfig {
     pub default_timeout: Duration,
     /// How long to wait for a generic DVM's result when the pipeline gives no timeout.
     pub dvm_timeout: Duration,
+    /// How long an approval gate waits for its maintainers.
+    pub approval_wait: Duration,
     /// The request this run serves (a router's run-pipeline job): every sub-request carries it
     /// as an `e` tag, with the job id as a `job` param, so [`recover`] can find them again.
     pub parent: Option<EventId>,
@@ -78,6 +89,7 @@ impl Default for EngineConfig {
             grace: Duration::from_secs(300),
             default_timeout: Duration::from_secs(3600),
             dvm_timeout: Duration::from_secs(600),
+            approval_wait: Duration::from_secs(24 * 3600),
             parent: None,
         }
     }
@@ -159,6 +171,7 @@ pub async fn execute(
     reporter: &mut dyn RunReporter,
 ) -> RunOutcome {
     let reporter = Mutex::new(reporter);
+    let run = run_id(&context.repo, &context.commit, plan);
     let mut records: HashMap<String, JobRecord> = HashMap::new();
     let mut finished: HashSet<String> = HashSet::new();
     let mut started: HashSet<String> = HashSet::new();
@@ -197,9 +210,39 @@ pub async fn execute(
                 let done: Vec<&JobRecord> =
                     job.needs.iter().filter_map(|n| records.get(n)).collect();
                 let upstream = Upstream::new(&done, context);
+                // A gate shows what the jobs before it produced.
+                let finished_records: Vec<JobRecord> = match job.spec {
+                    JobSpec::Approval { .. } => records.values().cloned().collect(),
+                    _ => Vec::new(),
+                };
                 let reporter = &reporter;
+                let run = &run;
                 running.push(async move {
-                    run_job(client, job, context, config, upstream, reporter).await
+                    match &job.spec {
+                        JobSpec::Approval {
+                            required,
+                            from,
+                            show,
+                        } => {
+                            let gate = Gate {
+                                required: *required,
+                                from,
+                                show,
+                            };
+                            approval::run_gate(
+                                client,
+                                job,
+                                gate,
+                                context,
+                                config,
+                                run,
+                                &finished_records,
+                                reporter,
+                            )
+                            .await
+                        }
+                        _ => run_job(client, job, context, config, upstream, reporter).await,
+                    }
                 });
             }
         }
@@ -496,9 +539,7 @@ fn finish_with_result(mut record: JobRecord, runner_job: bool, content: String) 
 /// What this engine can run today.
 fn supported(job: &PlannedJob) -> Result<(), String> {
     match (&job.mode, &job.spec) {
-        (_, JobSpec::Approval { .. }) => {
-            Err("approval gates are not supported by this engine yet".into())
-        }
+        (_, JobSpec::Approval { .. }) => Ok(()),
         (Mode::Quorum { .. }, _) => Err("quorum mode is not supported by this engine yet".into()),
         (Mode::Naive, _) => Err("naive chain mode is not supported by this engine yet".into()),
         (Mode::Router, _) => Ok(()),

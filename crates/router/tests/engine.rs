@@ -446,3 +446,116 @@ async fn a_runner_that_dies_mid_job_is_replaced() {
     watcher.shutdown().await;
     survivor.shutdown().await;
 }
+
+/// Signs a verdict on the first approval request that appears for `run`, as `maintainer`.
+async fn decide(
+    relay: &RelayUrl,
+    keys: &Keys,
+    decision: quorum_proto::approval::Decision,
+) -> Event {
+    use quorum_proto::approval::{APPROVAL_REQUEST, ApprovalRequest, Verdict};
+    let client = Client::new(keys.clone());
+    client.add_relay(relay.clone()).await.unwrap();
+    client.connect().await;
+    client.wait_for_connection(Duration::from_secs(5)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let request = loop {
+        let found = client
+            .fetch_events(Filter::new().kind(APPROVAL_REQUEST), Duration::from_secs(2))
+            .await
+            .unwrap();
+        if let Some(event) = found.first() {
+            break event.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no approval request"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let parsed = ApprovalRequest::from_event(&request).unwrap();
+    let verdict = Verdict::on(decision, &request, &parsed, Timestamp::now() + 600)
+        .to_event_builder()
+        .unwrap()
+        .sign_with_keys(keys)
+        .unwrap();
+    client.send_event(&verdict).await.unwrap();
+    client.shutdown().await;
+    request
+}
+
+const GATED: &str = "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n  approve:\n    needs: build\n    approval:\n      required: 1\n      from: [MAINTAINER]\n  publish:\n    needs: approve\n    run: echo publishing\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_gate_waits_for_a_maintainer_and_refuses_others() {
+    use quorum_proto::approval::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let runner = network.runner(&dir.path().join("runner"), true).await;
+    let maintainer = Keys::generate();
+    let stranger = Keys::generate();
+    let plan = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        &GATED.replace("MAINTAINER", &maintainer.public_key().to_hex()),
+    )
+    .unwrap();
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        repo_id: Some(quorum_proto::nip34::RepoCoordinate::new(
+            maintainer.public_key(),
+            "sample",
+        )),
+        ..RunContext::default()
+    };
+    let config = EngineConfig {
+        runners: vec![runner.public_key()],
+        ..EngineConfig::default()
+    };
+
+    // A stranger's approval does not open the gate; the maintainer's does.
+    let client = network.client().await;
+    let mut recorder = Recorder::default();
+    let run = execute(&client, &plan, &context, &config, Vec::new(), &mut recorder);
+    let approvals = async {
+        decide(&network.relay, &stranger, Decision::Approve).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        decide(&network.relay, &maintainer, Decision::Approve).await
+    };
+    let (outcome, request) = tokio::join!(run, approvals);
+    assert!(outcome.succeeded, "{:?}", outcome.jobs);
+    let gate = &outcome.jobs[1];
+    assert_eq!(gate.request, Some(request.id.to_hex()));
+    let expected = format!("approved by {}", &maintainer.public_key().to_hex()[..12]);
+    assert_eq!(gate.content.as_deref(), Some(expected.as_str()));
+    // What was shown: the build's artifact, by hash, and who built it.
+    let shown = quorum_proto::approval::ApprovalRequest::from_event(&request).unwrap();
+    let build = &outcome.jobs[0].report.as_ref().unwrap().artifacts[0];
+    assert_eq!(shown.artifacts[0].name, "build/out/hello.txt");
+    assert_eq!(shown.artifacts[0].sha256.to_hex(), build.blob.sha256);
+    assert_eq!(shown.builders, vec![runner.public_key()]);
+    client.shutdown().await;
+
+    // A rejection fails the gate and skips what needs it.
+    let network2 = Network::start(&dir.path().join("second")).await;
+    let runner2 = network2.runner(&dir.path().join("runner2"), true).await;
+    let client = network2.client().await;
+    let config = EngineConfig {
+        runners: vec![runner2.public_key()],
+        ..EngineConfig::default()
+    };
+    let mut recorder = Recorder::default();
+    let run = execute(&client, &plan, &context, &config, Vec::new(), &mut recorder);
+    let (outcome, _) = tokio::join!(run, decide(&network2.relay, &maintainer, Decision::Reject));
+    assert!(!outcome.succeeded);
+    assert!(
+        matches!(&outcome.jobs[1].state, JobState::Failed { reason } if reason.starts_with("rejected by")),
+        "{:?}",
+        outcome.jobs[1]
+    );
+    assert!(matches!(outcome.jobs[2].state, JobState::Skipped { .. }));
+    client.shutdown().await;
+    runner.shutdown().await;
+    runner2.shutdown().await;
+}

@@ -1,5 +1,6 @@
 //! One module per command; each turns parsed flags into library calls and prints the outcome.
 
+mod approve;
 mod blossom;
 mod dvm;
 mod embedded;
@@ -19,6 +20,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Blossom(args) => blossom::run(args).await,
         Command::Up(args) => up::run(args).await,
         Command::Run(args) => run::run(args, color).await,
+        Command::Approve(args) => {
+            approve::run(args, quorum_proto::approval::Decision::Approve).await
+        }
+        Command::Reject(args) => approve::run(args, quorum_proto::approval::Decision::Reject).await,
         Command::Dvm(command) => dvm::run(command).await,
         Command::Job(command) => job::run(command).await,
     }

@@ -67,6 +67,21 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
         let (name, value) = super::secret(spec)?;
         context.secrets.insert(name, value);
     }
+    let parse_key = |flag: &str, text: &str| {
+        PublicKey::parse(text)
+            .with_context(|| format!("{flag} {text:?} is neither an npub nor 64 hex characters"))
+    };
+    if let (Some(owner), Some(identifier)) = (&args.owner, &args.identifier) {
+        context.repo_id = Some(quorum_proto::nip34::RepoCoordinate::new(
+            parse_key("--owner", owner)?,
+            identifier.clone(),
+        ));
+    }
+    for maintainer in &args.maintainers {
+        context
+            .maintainers
+            .push(parse_key("--maintainer", maintainer)?);
+    }
     for pair in &args.inputs {
         let (name, value) = pair
             .split_once('=')

@@ -1,0 +1,173 @@
+//! Approval gates: the run pauses, asks the maintainers (kind 8701), and goes on only when
+//! enough of them approved exactly these artifacts (8702), or fails when they reject (8703) or
+//! the request expires.
+//!
+//! What is shown for approval is what the jobs named in `show` produced: every artifact with
+//! its sha256 and the DVMs that built it. The tally (`quorum_proto::approval`) refuses verdicts
+//! from anyone outside the maintainer set, expired or replayed ones, and ones that name other
+//! bytes.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use quorum_dvm::client::JobClient;
+use quorum_pipeline::PlannedJob;
+use quorum_proto::approval::{
+    APPROVAL, ApprovalRequest, ApprovalTally, ArtifactDigest, GateStatus, REJECTION,
+};
+use quorum_proto::blossom::Sha256Hex;
+use quorum_proto::nostr::{Filter, PublicKey, Timestamp};
+
+use crate::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, lock};
+
+/// An approval job's settings, from the plan.
+pub(crate) struct Gate<'a> {
+    pub required: u32,
+    pub from: &'a [String],
+    pub show: &'a [String],
+}
+
+/// How often the gate looks for new verdicts.
+const POLL: Duration = Duration::from_millis(500);
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_gate(
+    client: &JobClient,
+    job: &PlannedJob,
+    gate: Gate<'_>,
+    context: &RunContext,
+    config: &EngineConfig,
+    run: &str,
+    finished: &[JobRecord],
+    reporter: &Mutex<&mut dyn RunReporter>,
+) -> JobRecord {
+    let mut record = JobRecord::new(job);
+    match ask(client, job, &gate, context, config, run, finished, reporter).await {
+        Ok((request, verdict)) => {
+            record.request = Some(request);
+            match verdict {
+                Ok(summary) => {
+                    record.content = Some(summary);
+                    record.state = JobState::Succeeded;
+                }
+                Err(reason) => record.state = JobState::Failed { reason },
+            }
+        }
+        Err(reason) => record.state = JobState::Failed { reason },
+    }
+    record
+}
+
+/// Publishes the request and waits for the tally; the outer error is for a gate that could
+/// not even ask, the inner one for a gate the maintainers did not open.
+#[allow(clippy::too_many_arguments)]
+async fn ask(
+    client: &JobClient,
+    job: &PlannedJob,
+    gate: &Gate<'_>,
+    context: &RunContext,
+    config: &EngineConfig,
+    run: &str,
+    finished: &[JobRecord],
+    reporter: &Mutex<&mut dyn RunReporter>,
+) -> Result<(String, Result<String, String>), String> {
+    let maintainers: Vec<PublicKey> = if gate.from.is_empty() {
+        context.maintainers.clone()
+    } else {
+        gate.from
+            .iter()
+            .map(|key| PublicKey::parse(key).map_err(|e| format!("approver {key:?}: {e}")))
+            .collect::<Result<_, _>>()?
+    };
+    if maintainers.is_empty() {
+        return Err(format!(
+            "approval gate {} has nobody to ask: list maintainers in `from`, or give the run \
+             its maintainers",
+            job.id
+        ));
+    }
+    let repo = context.repo_id.clone().ok_or_else(|| {
+        "approval gates name the repository by its NIP-34 identity; give the run its owner \
+         and identifier"
+            .to_string()
+    })?;
+    let mut artifacts = Vec::new();
+    let mut builders = Vec::new();
+    for shown in gate.show {
+        let Some(record) = finished.iter().find(|r| &r.id == shown) else {
+            continue;
+        };
+        if let Some(provider) = record
+            .provider
+            .as_deref()
+            .and_then(|p| PublicKey::parse(p).ok())
+            && !builders.contains(&provider)
+        {
+            builders.push(provider);
+        }
+        for artifact in record.report.iter().flat_map(|r| &r.artifacts) {
+            let sha = Sha256Hex::parse(&artifact.blob.sha256)
+                .map_err(|e| format!("artifact {}: {e}", artifact.name))?;
+            artifacts.push(ArtifactDigest::new(
+                format!("{shown}/{}", artifact.name),
+                sha,
+            ));
+        }
+    }
+    if artifacts.is_empty() {
+        return Err(format!(
+            "approval gate {} has nothing to show: the jobs in `show` produced no artifacts",
+            job.id
+        ));
+    }
+    let request = ApprovalRequest {
+        repo,
+        run: run.to_string(),
+        commit: context.commit.clone(),
+        artifacts,
+        builders,
+        maintainers: maintainers.clone(),
+        required: gate.required,
+        expiration: Timestamp::now() + config.approval_wait.as_secs(),
+        content: format!("Approve {} of commit {}?", job.name, context.commit),
+    };
+    let builder = request.to_event_builder().map_err(|e| e.to_string())?;
+    let event = client
+        .publish_event(builder)
+        .await
+        .map_err(|e| format!("cannot ask the maintainers: {e}"))?;
+    lock(reporter).job_progress(
+        &job.id,
+        &client.public_key(),
+        &format!(
+            "waiting for {} approval(s): quorum approve {}",
+            gate.required,
+            event.id.to_hex()
+        ),
+    );
+    let filter = Filter::new().kinds([APPROVAL, REJECTION]).event(event.id);
+    loop {
+        let verdicts = client
+            .fetch(filter.clone(), Duration::from_secs(2))
+            .await
+            .unwrap_or_default();
+        let tally = ApprovalTally::evaluate(&event, &verdicts, &maintainers, Timestamp::now())
+            .map_err(|e| e.to_string())?;
+        let names = |keys: &[PublicKey]| {
+            keys.iter()
+                .map(|k| k.to_hex()[..12].to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let verdict = match tally.status() {
+            GateStatus::Pending => {
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            GateStatus::Approved => Ok(format!("approved by {}", names(&tally.approved_by))),
+            GateStatus::Rejected => Err(format!("rejected by {}", names(&tally.rejected_by))),
+            GateStatus::Expired => Err("no decision before the approval request expired".into()),
+        };
+        return Ok((event.id.to_hex(), verdict));
+    }
+}
