@@ -52,6 +52,9 @@ pub enum Command {
     /// Run the pipeline of a repository (.quorum/pipeline.yml at HEAD) on DVMs: the embedded
     /// network by default, or the DVMs on --relay.
     Run(RunArgs),
+    /// Check a file: the release that lists its sha256, who signed it, and which builders'
+    /// signed results name exactly these bytes. Exit code 0 only if every check holds.
+    Verify(VerifyArgs),
     /// Approve what an approval gate shows (kind 8701), after seeing it: the commit, every
     /// artifact's sha256 and who built it.
     Approve(VerdictArgs),
@@ -303,6 +306,21 @@ pub struct RelayArgs {
 
     #[command(flatten)]
     pub options: RelayOptions,
+}
+
+/// Options of `quorum verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The file to check.
+    pub file: PathBuf,
+
+    /// Relay to read release events from (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `quorum approve` and `quorum reject`.

@@ -14,6 +14,8 @@
 
 mod approval;
 pub mod dvm;
+pub mod release;
+pub mod verify;
 
 use approval::Gate;
 

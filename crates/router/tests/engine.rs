@@ -559,3 +559,77 @@ async fn an_approval_gate_waits_for_a_maintainer_and_refuses_others() {
     runner.shutdown().await;
     runner2.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_artifact_verifies_and_a_tampered_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let runner = network.runner(&dir.path().join("runner"), true).await;
+    let plan = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    release: true\n",
+    )
+    .unwrap();
+    let owner = Keys::generate();
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit: commit.clone(),
+        repo_id: Some(quorum_proto::nip34::RepoCoordinate::new(
+            owner.public_key(),
+            "sample",
+        )),
+        ..RunContext::default()
+    };
+    let config = EngineConfig {
+        runners: vec![runner.public_key()],
+        ..EngineConfig::default()
+    };
+    let client = network.client().await;
+    let outcome = execute(
+        &client,
+        &plan,
+        &context,
+        &config,
+        Vec::new(),
+        &mut Recorder::default(),
+    )
+    .await;
+    assert!(outcome.succeeded);
+    let release = quorum_router::release::publish_release(&client, &plan, &context, &outcome)
+        .await
+        .unwrap()
+        .expect("a release job makes a release");
+    assert_eq!(release.files.len(), 1);
+
+    // Download the artifact as a user would, and verify it.
+    let url = &outcome.jobs[0].report.as_ref().unwrap().artifacts[0]
+        .blob
+        .urls[0];
+    let bytes = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    let file = dir.path().join("hello.txt");
+    std::fs::write(&file, &bytes).unwrap();
+    let verifier = network.client().await;
+    let verified = quorum_router::verify::verify_file(&verifier, &file)
+        .await
+        .unwrap();
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.release, Some(release.binding.to_hex()));
+    assert_eq!(verified.commit.as_deref(), Some(commit.as_str()));
+    assert_eq!(verified.attested_by, vec![runner.public_key().to_hex()]);
+    assert_eq!(verified.urls, vec![url.clone()]);
+    assert_eq!(verified.name.as_deref(), Some("build/out/hello.txt"));
+
+    // One byte changed: no release lists it.
+    let mut tampered = bytes.to_vec();
+    tampered[0] ^= 1;
+    std::fs::write(&file, &tampered).unwrap();
+    let refused = quorum_router::verify::verify_file(&verifier, &file)
+        .await
+        .unwrap();
+    assert!(!refused.ok);
+    assert!(refused.release.is_none());
+    client.shutdown().await;
+    verifier.shutdown().await;
+    runner.shutdown().await;
+}

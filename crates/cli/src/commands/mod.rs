@@ -8,6 +8,7 @@ mod job;
 mod relay;
 mod run;
 mod up;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Blossom(args) => blossom::run(args).await,
         Command::Up(args) => up::run(args).await,
         Command::Run(args) => run::run(args, color).await,
+        Command::Verify(args) => verify::run(args).await,
         Command::Approve(args) => {
             approve::run(args, quorum_proto::approval::Decision::Approve).await
         }

@@ -151,6 +151,27 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     }
     let outcome =
         quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut reporter).await;
+    let mut succeeded = outcome.succeeded;
+    let release =
+        match quorum_router::release::publish_release(&client, &plan, &context, &outcome).await {
+            Ok(release) => release,
+            // Without the repository's identity nothing can name the release: say so, and fail
+            // the run only if the identity was given and publishing still failed.
+            Err(reason) if context.repo_id.is_none() => {
+                eprintln!("no release published: {reason}");
+                None
+            }
+            Err(reason) => {
+                eprintln!("✘ release: {reason}");
+                succeeded = false;
+                None
+            }
+        };
+    if let Some(release) = &release
+        && !args.json
+    {
+        eprintln!("✔ release {}", release.binding.to_hex());
+    }
     client.shutdown().await;
     if let Some(network) = embedded {
         network.shutdown().await?;
@@ -175,20 +196,19 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             })
             .collect();
         let value = json!({
-            "status": if outcome.succeeded { "success" } else { "failure" },
+            "status": if succeeded { "success" } else { "failure" },
             "run": run_id,
             "repo": context.repo,
             "commit": context.commit,
             "jobs": outcome.jobs.iter().map(job_json).collect::<Vec<_>>(),
             "artifacts": artifacts,
-            // Releases are published by the release step of the pipelines issue.
-            "release": null,
+            "release": release.as_ref().map(|r| r.binding.to_hex()),
         });
         println!("{value}");
     } else {
         print_summary(&outcome.jobs);
     }
-    Ok(if outcome.succeeded {
+    Ok(if succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
