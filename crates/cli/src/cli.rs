@@ -52,6 +52,10 @@ pub enum Command {
     /// Run the pipeline of a repository (.quorum/pipeline.yml at HEAD) on DVMs: the embedded
     /// network by default, or the DVMs on --relay.
     Run(RunArgs),
+    /// A complete tour on this machine: a sample project in a temporary git repository, its
+    /// maintainer's signed NIP-34 state, a pipeline (test, build on the runners, approval by
+    /// the demo maintainer, release), and the verification of what was released.
+    Demo(DemoArgs),
     /// Check a file: the release that lists its sha256, who signed it, and which builders'
     /// signed results name exactly these bytes. Exit code 0 only if every check holds.
     Verify(VerifyArgs),
@@ -306,6 +310,19 @@ pub struct RelayArgs {
 
     #[command(flatten)]
     pub options: RelayOptions,
+}
+
+/// Options of `quorum demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its network data, repository and released file (default: a new
+    /// directory under the system's temporary directory, kept afterwards).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `quorum verify`.

@@ -210,7 +210,8 @@ async fn up_writes_endpoints_and_stops_cleanly() {
 
 #[test]
 fn every_command_has_help() {
-    let commands: [&[&str]; 15] = [
+    let commands: [&[&str]; 16] = [
+        &["demo", "--help"],
         &["verify", "--help"],
         &["approve", "--help"],
         &["reject", "--help"],

@@ -668,8 +668,11 @@ impl JobReporter for Forward<'_, '_> {
                 self.last_tail = content.to_string();
             }
             status => {
-                let extra = feedback.extra.as_deref().unwrap_or_default();
-                reporter.job_progress(self.job, provider, &format!("[{status}] {extra}"));
+                let line = match feedback.extra.as_deref() {
+                    Some(extra) if !extra.is_empty() => format!("[{status}] {extra}"),
+                    _ => format!("[{status}]"),
+                };
+                reporter.job_progress(self.job, provider, &line);
             }
         }
     }

@@ -2,6 +2,7 @@
 
 mod approve;
 mod blossom;
+mod demo;
 mod dvm;
 mod embedded;
 mod job;
@@ -22,6 +23,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(args).await,
         Command::Run(args) => run::run(args, color).await,
         Command::Verify(args) => verify::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Approve(args) => {
             approve::run(args, quorum_proto::approval::Decision::Approve).await
         }

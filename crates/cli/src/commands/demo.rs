@@ -1,0 +1,375 @@
+//! `quorum demo`: the whole flow on this machine, honestly labelled.
+//!
+//! It makes a sample project in a new git repository, publishes its NIP-34 announcement and
+//! state signed by a demo maintainer key, runs its pipeline on the embedded network (test,
+//! build on the runner DVMs, an approval gate, a release), approves as the demo maintainer
+//! (and says so: in real use a maintainer runs `quorum approve` with their own key or bunker),
+//! downloads the released file from Blossom and verifies it, and prints how to do that again.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use quorum_dvm::client::JobClient;
+use quorum_pipeline::PlannedJob;
+use quorum_proto::approval::{APPROVAL_REQUEST, ApprovalRequest, Decision, Verdict};
+use quorum_proto::nip34::{RepoCoordinate, RepositoryAnnouncement, RepositoryState};
+use quorum_proto::nostr::{Filter, Keys, PublicKey, Timestamp};
+use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter};
+use serde_json::json;
+
+use super::embedded::{Embedded, EmbeddedSpec};
+use crate::cli::{BlossomOptions, DemoArgs, RelayOptions};
+
+const IDENTIFIER: &str = "hello-quorum";
+
+const PIPELINE: &str = "\
+name: release
+on: [push]
+jobs:
+  test:
+    run: sh test.sh
+  build:
+    needs: test
+    run: sh build.sh
+    artifacts: [dist/hello.txt]
+    release: true
+  approve:
+    needs: build
+    approval:
+      required: 1
+      show: [build]
+";
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let data = match &args.data {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("quorum-demo-")
+                .tempdir()
+                .context("cannot create a temporary directory")?;
+            // Kept: the printed commands point into it.
+            dir.keep()
+        }
+    };
+    let say = |text: &str| {
+        if !args.json {
+            eprintln!("{text}");
+        }
+    };
+    std::fs::create_dir_all(&data)?;
+    let data = std::path::absolute(&data)?;
+
+    let sandboxed = quorum_sandbox::Bubblewrap::detect().is_ok();
+    if !sandboxed {
+        say("! bubblewrap is not installed, so this demo runs its build steps UNSANDBOXED.");
+        say("  Install it (apt-get install bubblewrap) to see the real thing; operators must.");
+    }
+    let relay_options = RelayOptions::default();
+    let blossom_options = BlossomOptions::default();
+    let network = Embedded::start(EmbeddedSpec {
+        data: data.join("network"),
+        relay_listen: "127.0.0.1:0".parse().expect("constant address"),
+        blossom_listen: "127.0.0.1:0".parse().expect("constant address"),
+        relay: &relay_options,
+        blossom: &blossom_options,
+        runners: 2,
+        unsandboxed_runners: !sandboxed,
+    })
+    .await?;
+    let outcome = tour(&args, &data, &network, say).await;
+    network.shutdown().await?;
+    outcome
+}
+
+async fn tour(
+    args: &DemoArgs,
+    data: &Path,
+    network: &Embedded,
+    say: impl Fn(&str),
+) -> anyhow::Result<ExitCode> {
+    let relays = super::relay_urls(std::slice::from_ref(&network.relay_url))?;
+    say(&format!(
+        "network     relay {}  blossom {}",
+        network.relay_url, network.blossom_url
+    ));
+
+    // The maintainer and the project.
+    let maintainer = quorum_dvm::keyfile::load_or_create(&data.join("demo-maintainer.nsec"))?;
+    let repo = make_project(&data.join("hello-quorum"))?;
+    let commit = git(&repo, &["rev-parse", "HEAD"])?;
+    say(&format!(
+        "maintainer  {} (a demo key in {})",
+        maintainer.public_key().to_hex(),
+        data.join("demo-maintainer.nsec").display()
+    ));
+    say(&format!(
+        "repository  {} at {}",
+        repo.display(),
+        &commit[..12]
+    ));
+
+    let maintainer_client = JobClient::connect(&relays, maintainer.clone()).await?;
+    let mut announcement = RepositoryAnnouncement::new(IDENTIFIER);
+    announcement.clone = vec![format!("file://{}", repo.display())];
+    maintainer_client
+        .publish_event(announcement.to_event_builder())
+        .await?;
+    let state = RepositoryState::new(IDENTIFIER).with_ref("refs/heads/main", commit.clone())?;
+    maintainer_client
+        .publish_event(state.to_event_builder())
+        .await?;
+    say("signed      NIP-34 announcement (30617) and state (30618): main → the commit");
+
+    let plan = quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, PIPELINE)
+        .map_err(|d| anyhow::anyhow!("the demo pipeline does not lint:\n{d}"))?;
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit: commit.clone(),
+        repo_id: Some(RepoCoordinate::new(maintainer.public_key(), IDENTIFIER)),
+        maintainers: vec![maintainer.public_key()],
+        ..RunContext::default()
+    };
+    let config = EngineConfig {
+        runners: network.runners.iter().map(|d| d.public_key()).collect(),
+        ..EngineConfig::default()
+    };
+    let client = JobClient::connect(&relays, Keys::generate()).await?;
+    let mut reporter = Lines { quiet: args.json };
+    let (outcome, approval) = tokio::join!(
+        quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut reporter),
+        approve_as_demo_maintainer(&maintainer_client, &maintainer, args.json),
+    );
+    approval?;
+    let release = if outcome.succeeded {
+        quorum_router::release::publish_release(&client, &plan, &context, &outcome)
+            .await
+            .map_err(anyhow::Error::msg)?
+    } else {
+        None
+    };
+    let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
+
+    // Fetch what was released, as a user would, and verify it.
+    let mut verified = None;
+    let released_file = data.join("hello.txt");
+    if let Some(release) = &release {
+        say(&format!("released    {}", release.binding.to_hex()));
+        let build = outcome.jobs.iter().find(|j| j.id == "build");
+        let artifact = build
+            .and_then(|b| b.report.as_ref())
+            .and_then(|r| r.artifacts.first())
+            .context("the build reported no artifact")?;
+        let url = artifact
+            .blob
+            .urls
+            .first()
+            .context("the artifact has no URL")?;
+        let bytes = reqwest_get(url).await?;
+        std::fs::write(&released_file, bytes)?;
+        let verification = quorum_router::verify::verify_file(&client, &released_file)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        say(&format!(
+            "verified    {}  {}  attested by {}",
+            verification.sha256,
+            if verification.ok { "ok" } else { "NOT OK" },
+            verification.attested_by.len()
+        ));
+        verified = Some(verification);
+    }
+    client.shutdown().await;
+    maintainer_client.shutdown().await;
+
+    let ok = outcome.succeeded && verified.as_ref().is_some_and(|v| v.ok);
+    if args.json {
+        let value = json!({
+            "status": if ok { "success" } else { "failure" },
+            "run": run_id,
+            "repo": context.repo,
+            "commit": commit,
+            "jobs": outcome.jobs.iter().map(|j| json!({
+                "name": j.id,
+                "status": match j.state { JobState::Succeeded => "success", JobState::Failed { .. } => "failure", JobState::Skipped { .. } => "skipped" },
+                "provider": j.provider,
+            })).collect::<Vec<_>>(),
+            "artifacts": outcome.jobs.iter().flat_map(|j| j.report.iter().flat_map(|r| &r.artifacts)).map(|a| json!({
+                "name": a.name, "size": a.blob.size, "sha256": a.blob.sha256, "urls": a.blob.urls,
+            })).collect::<Vec<_>>(),
+            "release": release.as_ref().map(|r| r.binding.to_hex()),
+            "verified": verified,
+            "data": data,
+        });
+        println!("{value}");
+    } else {
+        for job in &outcome.jobs {
+            for artifact in job.report.iter().flat_map(|r| &r.artifacts) {
+                println!("{}  {}", artifact.blob.sha256, artifact.name);
+            }
+        }
+        if release.is_some() {
+            println!();
+            println!("To check the released file again later:");
+            println!("  quorum up --data {}", data.join("network").display());
+            println!(
+                "  quorum verify {} --relay <the relay URL quorum up prints>",
+                released_file.display()
+            );
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Waits for the approval request and approves it with the demo maintainer's key, saying
+/// plainly that this is the demo signing for its own maintainer.
+async fn approve_as_demo_maintainer(
+    client: &JobClient,
+    maintainer: &Keys,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let event = loop {
+        let found = client
+            .fetch(Filter::new().kind(APPROVAL_REQUEST), Duration::from_secs(2))
+            .await?;
+        if let Some(event) = found.into_iter().next() {
+            break event;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no approval request appeared");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let request = ApprovalRequest::from_event(&event)?;
+    if !request.maintainers.contains(&maintainer.public_key()) {
+        bail!("the approval request does not ask the demo maintainer");
+    }
+    if !quiet {
+        eprintln!("approval    the pipeline asks its maintainer to approve:");
+        for artifact in &request.artifacts {
+            eprintln!(
+                "              {}  {}",
+                artifact.sha256.to_hex(),
+                artifact.name
+            );
+        }
+        eprintln!(
+            "            signed by the DEMO maintainer key (in real use: `quorum approve {}`)",
+            event.id.to_hex()
+        );
+    }
+    let verdict = Verdict::on(Decision::Approve, &event, &request, Timestamp::now() + 3600)
+        .with_content("approved by quorum demo");
+    client.publish_event(verdict.to_event_builder()?).await?;
+    Ok(())
+}
+
+async fn reqwest_get(url: &str) -> anyhow::Result<Vec<u8>> {
+    let response = reqwest::get(url)
+        .await
+        .with_context(|| format!("cannot download {url}"))?;
+    if !response.status().is_success() {
+        bail!("download of {url} answered {}", response.status());
+    }
+    Ok(response.bytes().await?.to_vec())
+}
+
+/// A small project whose build is reproducible: its output depends only on the commit.
+fn make_project(repo: &Path) -> anyhow::Result<PathBuf> {
+    if repo.exists() {
+        std::fs::remove_dir_all(repo)?;
+    }
+    std::fs::create_dir_all(repo.join(".quorum"))?;
+    std::fs::write(repo.join(".quorum/pipeline.yml"), PIPELINE)?;
+    std::fs::write(
+        repo.join("greeting.txt"),
+        "hello from a quorum of builders\n",
+    )?;
+    std::fs::write(
+        repo.join("test.sh"),
+        "set -eu\ngrep -q quorum greeting.txt\necho 'tests passed'\n",
+    )?;
+    std::fs::write(
+        repo.join("build.sh"),
+        "set -eu\nmkdir -p dist\n\
+         { cat greeting.txt; date -u -d \"@$SOURCE_DATE_EPOCH\" +'built from the commit of %Y-%m-%d'; } > dist/hello.txt\n\
+         echo built\n",
+    )?;
+    git(repo, &["init", "--quiet", "--initial-branch=main"])?;
+    git(repo, &["add", "."])?;
+    git(
+        repo,
+        &[
+            "-c",
+            "user.name=Demo Maintainer",
+            "-c",
+            "user.email=demo@quorum.invalid",
+            "commit",
+            "--quiet",
+            "-m",
+            "hello, quorum",
+        ],
+    )?;
+    Ok(repo.to_path_buf())
+}
+
+fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .context("cannot run git (install git)")?;
+    if !out.status.success() {
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Progress as plain lines.
+struct Lines {
+    quiet: bool,
+}
+
+impl RunReporter for Lines {
+    fn job_started(&mut self, job: &PlannedJob) {
+        if !self.quiet {
+            eprintln!("▶ {}", job.id);
+        }
+    }
+
+    fn job_progress(&mut self, job: &str, _provider: &PublicKey, line: &str) {
+        if !self.quiet {
+            eprintln!("  {job} | {}", super::sanitize(line));
+        }
+    }
+
+    fn job_finished(&mut self, record: &JobRecord) {
+        if self.quiet {
+            return;
+        }
+        let on = record
+            .provider
+            .as_deref()
+            .map(|p| format!(" on {}", &p[..12]))
+            .unwrap_or_default();
+        match &record.state {
+            JobState::Succeeded => eprintln!("✔ {}{on}", record.id),
+            JobState::Failed { reason } => {
+                eprintln!("✘ {}{on}: {}", record.id, super::sanitize(reason))
+            }
+            JobState::Skipped { reason } => eprintln!("– {} skipped: {reason}", record.id),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! `quorum demo`, the README's main command: the whole flow on a fresh embedded network.
+
+use std::time::Duration;
+
+use quorum_testkit::daemon::run;
+use serde_json::Value;
+
+#[test]
+fn the_demo_runs_approves_releases_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let out = run(
+        env!("CARGO_BIN_EXE_quorum"),
+        &["demo", "--data", data.to_str().unwrap(), "--json"],
+        Duration::from_secs(300),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["status"], "success");
+    let jobs: Vec<&str> = report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(jobs, ["success", "success", "success"], "{report}");
+    assert_eq!(report["release"].as_str().unwrap().len(), 64);
+    assert_eq!(report["verified"]["ok"], true, "{report}");
+    let sha = report["artifacts"][0]["sha256"].as_str().unwrap();
+    assert_eq!(report["verified"]["sha256"], sha);
+    // The released file was fetched from Blossom and kept for `quorum verify`.
+    assert!(data.join("hello.txt").exists());
+}
