@@ -15,6 +15,7 @@
 mod approval;
 pub mod dvm;
 pub mod release;
+pub mod status;
 pub mod verify;
 
 use approval::Gate;

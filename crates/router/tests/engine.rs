@@ -586,6 +586,7 @@ async fn a_released_artifact_verifies_and_a_tampered_one_does_not() {
         ..EngineConfig::default()
     };
     let client = network.client().await;
+    let started_at = Timestamp::now();
     let outcome = execute(
         &client,
         &plan,
@@ -596,6 +597,36 @@ async fn a_released_artifact_verifies_and_a_tampered_one_does_not() {
     )
     .await;
     assert!(outcome.succeeded);
+
+    // gitworkshop's view of the run: a job result per job, a workflow result quoting them.
+    let workflow_id =
+        quorum_router::status::publish_ci_status(&client, &context, &outcome, started_at)
+            .await
+            .unwrap()
+            .expect("a run with a NIP-34 identity reports its status");
+    let events = client
+        .fetch(Filter::new().id(workflow_id), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let workflow = quorum_proto::nipc1::CiWorkflowResult::from_event(&events[0]).unwrap();
+    assert_eq!(
+        workflow.conclusion,
+        quorum_proto::nipc1::Conclusion::Success
+    );
+    assert_eq!(workflow.context.commit, commit);
+    assert_eq!(workflow.jobs.len(), 1);
+    let job_events = client
+        .fetch(
+            Filter::new().id(workflow.jobs[0].id),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let job = quorum_proto::nipc1::CiJobResult::from_event(&job_events[0]).unwrap();
+    assert_eq!(job.job, "build");
+    assert_eq!(job.exit_code, Some(0));
+    assert!(job.logs.starts_with("http://127.0.0.1:"), "{job:?}");
+
     let release = quorum_router::release::publish_release(&client, &plan, &context, &outcome)
         .await
         .unwrap()

@@ -138,11 +138,17 @@ async fn tour(
     };
     let client = JobClient::connect(&relays, Keys::generate()).await?;
     let mut reporter = Lines { quiet: args.json };
+    let started_at = Timestamp::now();
     let (outcome, approval) = tokio::join!(
         quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut reporter),
         approve_as_demo_maintainer(&maintainer_client, &maintainer, args.json),
     );
     approval?;
+    if let Err(err) =
+        quorum_router::status::publish_ci_status(&client, &context, &outcome, started_at).await
+    {
+        eprintln!("CI status not published: {err}");
+    }
     let release = if outcome.succeeded {
         quorum_router::release::publish_release(&client, &plan, &context, &outcome)
             .await

@@ -149,9 +149,15 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             &context.commit[..12]
         );
     }
+    let started_at = quorum_proto::nostr::Timestamp::now();
     let outcome =
         quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut reporter).await;
     let mut succeeded = outcome.succeeded;
+    if let Err(err) =
+        quorum_router::status::publish_ci_status(&client, &context, &outcome, started_at).await
+    {
+        eprintln!("CI status not published: {err}");
+    }
     let release =
         match quorum_router::release::publish_release(&client, &plan, &context, &outcome).await {
             Ok(release) => release,
