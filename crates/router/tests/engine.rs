@@ -381,10 +381,10 @@ async fn a_runner_that_dies_mid_job_is_replaced() {
     let survivor = network.runner(&dir.path().join("survivor"), true).await;
     let plan = quorum_pipeline::parse(
         ".quorum/pipeline.yml",
-        "on: [push]\njobs:\n  slow:\n    run: sleep 5; echo finished\n",
+        "on: [push]\njobs:\n  slow:\n    run: sleep 7; echo finished\n",
     )
     .unwrap();
-    // The step is silent for 5 s, longer than the 3 s patience below: only the runners'
+    // The step is silent for 7 s, longer than the 4 s patience below: only the runners'
     // heartbeats keep the survivor from being taken for dead too. The job starts on the
     // doomed runner.
     let mut runners = vec![doomed.public_key(), survivor.public_key()];
@@ -412,7 +412,7 @@ async fn a_runner_that_dies_mid_job_is_replaced() {
         .await
         .with_patience(quorum_dvm::client::Patience {
             until_taken: Duration::from_secs(10),
-            silence: Duration::from_secs(3),
+            silence: Duration::from_secs(4),
         });
     let context = RunContext {
         repo: format!("file://{}", repo.display()),
