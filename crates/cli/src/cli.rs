@@ -352,8 +352,17 @@ pub struct VerdictArgs {
     pub relays: Vec<String>,
 
     /// Your maintainer key file (nsec or hex, mode 0600).
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "bunker",
+        conflicts_with = "bunker"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// Sign through a NIP-46 remote signer instead (`bunker://…`): no key on this machine.
+    #[arg(long, value_name = "URI")]
+    pub bunker: Option<String>,
 
     /// Sign without asking for confirmation (for scripts).
     #[arg(long)]

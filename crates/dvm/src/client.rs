@@ -239,6 +239,12 @@ impl JobClient {
         Ok(event)
     }
 
+    /// Publishes an event someone else signed (e.g. through a NIP-46 bunker).
+    pub async fn publish_signed(&self, event: &Event) -> Result<(), ClientError> {
+        publish::publish(&self.client, event, RetryPolicy::default()).await?;
+        Ok(())
+    }
+
     /// Publishes `request` without following it (for requests whose answers someone else
     /// reads); returns the published event.
     pub async fn submit(&self, request: &JobRequest, encrypt: bool) -> Result<Event, ClientError> {

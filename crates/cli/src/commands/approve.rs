@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use quorum_dvm::client::JobClient;
 use quorum_proto::approval::{APPROVAL_REQUEST, ApprovalRequest, Decision, Verdict};
-use quorum_proto::nostr::{EventId, Filter, Timestamp};
+use quorum_proto::nostr::{Event, EventBuilder, EventId, Filter, Keys, PublicKey, Timestamp};
 
 use crate::cli::VerdictArgs;
 
@@ -20,8 +20,9 @@ pub async fn run(args: VerdictArgs, decision: Decision) -> anyhow::Result<ExitCo
     let id = EventId::parse(&args.request)
         .with_context(|| format!("{:?} is not an event id (hex or nevent)", args.request))?;
     let relays = super::relay_urls(&args.relays)?;
-    let keys = quorum_dvm::keyfile::load(&args.key)?;
-    let client = JobClient::connect(&relays, keys.clone()).await?;
+    let signer = Signer::open(&args).await?;
+    let me = signer.public_key().await?;
+    let client = JobClient::connect(&relays, Keys::generate()).await?;
     let found = client
         .fetch(
             Filter::new().id(id).kind(APPROVAL_REQUEST),
@@ -33,11 +34,11 @@ pub async fn run(args: VerdictArgs, decision: Decision) -> anyhow::Result<ExitCo
         bail!("no approval request {id} on {}", args.relays.join(", "));
     };
     let request = ApprovalRequest::from_event(&event).context("the approval request is invalid")?;
-    if !request.maintainers.contains(&keys.public_key()) {
+    if !request.maintainers.contains(&me) {
         client.shutdown().await;
         bail!(
             "your key {} is not among the maintainers this request asks",
-            keys.public_key().to_hex()
+            me.to_hex()
         );
     }
     if request.expiration <= Timestamp::now() {
@@ -99,15 +100,69 @@ pub async fn run(args: VerdictArgs, decision: Decision) -> anyhow::Result<ExitCo
         Timestamp::now() + VERDICT_LIFETIME_SECS,
     )
     .with_content(args.comment.clone());
-    let signed = client
-        .publish_event(verdict.to_event_builder()?)
+    let signed = signer.sign(verdict.to_event_builder()?).await?;
+    client
+        .publish_signed(&signed)
         .await
         .context("the verdict was not published")?;
     client.shutdown().await;
+    signer.shutdown().await;
     let done = match decision {
         Decision::Approve => "approved",
         Decision::Reject => "rejected",
     };
     super::announce(&format!("{done}: {}", signed.id.to_hex()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who signs the verdict: a local key file, or a NIP-46 remote signer (bunker).
+enum Signer {
+    Local(Keys),
+    Bunker(Box<nostr_connect::prelude::NostrConnect>),
+}
+
+impl Signer {
+    async fn open(args: &VerdictArgs) -> anyhow::Result<Signer> {
+        use nostr_connect::prelude::{NostrConnect, NostrConnectURI};
+        match (&args.key, &args.bunker) {
+            (Some(path), _) => Ok(Signer::Local(quorum_dvm::keyfile::load(path)?)),
+            (None, Some(uri)) => {
+                // The URI's secret is a credential: never echo it.
+                let uri = NostrConnectURI::parse(uri)
+                    .map_err(|_| anyhow::anyhow!("--bunker is not a bunker:// URI"))?;
+                let bunker =
+                    NostrConnect::new(uri, Keys::generate(), Duration::from_secs(120), None)
+                        .context("cannot use the bunker")?;
+                Ok(Signer::Bunker(Box::new(bunker)))
+            }
+            (None, None) => bail!("give --key FILE or --bunker URI"),
+        }
+    }
+
+    async fn public_key(&self) -> anyhow::Result<PublicKey> {
+        use quorum_proto::nostr::NostrSigner;
+        match self {
+            Signer::Local(keys) => Ok(keys.public_key()),
+            Signer::Bunker(bunker) => bunker
+                .get_public_key()
+                .await
+                .context("the bunker did not answer"),
+        }
+    }
+
+    async fn sign(&self, builder: EventBuilder) -> anyhow::Result<Event> {
+        match self {
+            Signer::Local(keys) => Ok(builder.sign_with_keys(keys)?),
+            Signer::Bunker(bunker) => builder
+                .sign(bunker.as_ref())
+                .await
+                .context("the bunker did not sign the verdict"),
+        }
+    }
+
+    async fn shutdown(self) {
+        if let Signer::Bunker(bunker) = self {
+            bunker.shutdown().await;
+        }
+    }
 }
