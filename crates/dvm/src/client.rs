@@ -263,6 +263,62 @@ impl JobClient {
         reporter: &mut dyn JobReporter,
     ) -> Result<JobOutcome, ClientError> {
         let event = self.sign(request, encrypt)?;
+        self.follow_inner(&event, request.providers.clone(), true, timeout, reporter)
+            .await
+    }
+
+    /// Follows a request someone else published (the next step of a naive chain) to its first
+    /// terminal answer; answers already on the relays count.
+    pub async fn follow(
+        &self,
+        event: &Event,
+        timeout: Duration,
+        reporter: &mut dyn JobReporter,
+    ) -> Result<JobOutcome, ClientError> {
+        let providers = event.tags.public_keys().copied().collect();
+        self.follow_inner(event, providers, false, timeout, reporter)
+            .await
+    }
+
+    /// Waits for a job request matching `filter` and `accept` (stored or live).
+    pub async fn await_request(
+        &self,
+        filter: Filter,
+        accept: impl Fn(&Event) -> bool,
+        timeout: Duration,
+    ) -> Result<Event, ClientError> {
+        let mut notifications = self.client.notifications();
+        let subscription = self
+            .client
+            .subscribe(filter, None)
+            .await
+            .map_err(|e| ClientError::Subscribe(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let found = loop {
+            match tokio::time::timeout_at(deadline, notifications.recv()).await {
+                Err(_) => break Err(ClientError::NotTaken(timeout)),
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(_)) => break Err(ClientError::NotTaken(timeout)),
+                Ok(Ok(RelayPoolNotification::Event { event, .. }))
+                    if event.verify().is_ok() && accept(&event) =>
+                {
+                    break Ok(*event);
+                }
+                Ok(Ok(_)) => {}
+            }
+        };
+        self.client.unsubscribe(&subscription.val).await;
+        found
+    }
+
+    async fn follow_inner(
+        &self,
+        event: &Event,
+        wanted: Vec<PublicKey>,
+        publish_it: bool,
+        timeout: Duration,
+        reporter: &mut dyn JobReporter,
+    ) -> Result<JobOutcome, ClientError> {
         // Subscribe before publishing, so that no answer can slip past.
         let mut notifications = self.client.notifications();
         let mut kinds = vec![quorum_proto::kinds::JOB_FEEDBACK];
@@ -271,8 +327,10 @@ impl JobClient {
             .subscribe(Filter::new().kinds(kinds).event(event.id), None)
             .await
             .map_err(|e| ClientError::Subscribe(e.to_string()))?;
-        publish::publish(&self.client, &event, RetryPolicy::default()).await?;
-        let wanted: Vec<PublicKey> = request.providers.clone();
+        if publish_it {
+            publish::publish(&self.client, event, RetryPolicy::default()).await?;
+        }
+        let event = event.clone();
         let mut working: std::collections::HashSet<PublicKey> = Default::default();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut alive_until = tokio::time::Instant::now() + self.patience.until_taken;

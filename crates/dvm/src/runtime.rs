@@ -626,9 +626,44 @@ impl<H: JobHandler> Shared<H> {
             Ok(report) => {
                 log_report(&report, "result", request.id);
                 self.record(request.id, Outcome::Success);
+                self.continue_chain(request, &event).await;
             }
             // Not recorded as finished: a restart retries, and finds the result if it did land.
             Err(err) => tracing::error!("result of {} not published: {err}", request.id),
+        }
+    }
+
+    /// Naive chains: if the request carries the rest of its chain, this DVM publishes the next
+    /// step's request, pinning the result it just published.
+    async fn continue_chain(&self, request: &Event, result: &Event) {
+        let Ok(parsed) = JobRequest::from_event_for(request, self.keys.secret_key()) else {
+            return;
+        };
+        let next = match quorum_proto::chain::next_request(request, &parsed, result.id) {
+            None => return,
+            Some(Ok(next)) => next,
+            Some(Err(err)) => {
+                tracing::warn!(request = %request.id, "the chain stops here: {err}");
+                return;
+            }
+        };
+        match next.to_event_builder().sign_with_keys(&self.keys) {
+            Ok(event) => match publish::publish(&self.client, &event, self.config.retry).await {
+                Ok(_) => {
+                    tracing::info!(request = %request.id, next = %event.id, "chain continued");
+                    // Our client is not notified of events it published itself: a step addressed to
+                    // this DVM is taken here (the journal keeps it to once either way).
+                    if next.providers.contains(&self.keys.public_key()) {
+                        Box::pin(self.intake(event)).await;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(request = %request.id, "next chain step not published: {err}")
+                }
+            },
+            Err(err) => {
+                tracing::warn!(request = %request.id, "cannot sign the next chain step: {err}")
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod approval;
 pub mod blossom;
+pub mod chain;
 pub mod kinds;
 pub mod nip34;
 pub mod nip89;

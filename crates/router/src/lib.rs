@@ -13,6 +13,7 @@
 //! until their issues land.
 
 mod approval;
+mod chain;
 pub mod dvm;
 pub mod release;
 pub mod status;
@@ -186,7 +187,10 @@ pub async fn execute(
             records.insert(record.id.clone(), record);
         }
     }
-    let mut running = FuturesUnordered::new();
+    // Each entry finishes one job, or several for a naive chain.
+    let mut running: FuturesUnordered<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Vec<JobRecord>> + Send + '_>>,
+    > = FuturesUnordered::new();
     loop {
         // Skip what can no longer run; start what is ready.
         for job in &plan.jobs {
@@ -207,6 +211,23 @@ pub async fn execute(
                 records.insert(job.id.clone(), record);
                 continue;
             }
+            if job.needs.iter().all(|need| finished.contains(need))
+                && matches!(job.mode, Mode::Naive)
+            {
+                // A naive chain goes out as one request; its DVMs hand it on themselves.
+                let members = chain::members(plan, job);
+                for member in &members {
+                    started.insert(member.id.clone());
+                }
+                let done: Vec<&JobRecord> =
+                    job.needs.iter().filter_map(|n| records.get(n)).collect();
+                let upstream = Upstream::new(&done, context);
+                let reporter = &reporter;
+                running.push(Box::pin(async move {
+                    chain::run_chain(client, &members, context, config, upstream, reporter).await
+                }));
+                continue;
+            }
             if job.needs.iter().all(|need| finished.contains(need)) {
                 started.insert(job.id.clone());
                 lock(&reporter).job_started(job);
@@ -220,8 +241,8 @@ pub async fn execute(
                 };
                 let reporter = &reporter;
                 let run = &run;
-                running.push(async move {
-                    match &job.spec {
+                running.push(Box::pin(async move {
+                    vec![match &job.spec {
                         JobSpec::Approval {
                             required,
                             from,
@@ -245,15 +266,17 @@ pub async fn execute(
                             .await
                         }
                         _ => run_job(client, job, context, config, upstream, reporter).await,
-                    }
-                });
+                    }]
+                }));
             }
         }
         match running.next().await {
-            Some(record) => {
-                lock(&reporter).job_finished(&record);
-                finished.insert(record.id.clone());
-                records.insert(record.id.clone(), record);
+            Some(done) => {
+                for record in done {
+                    lock(&reporter).job_finished(&record);
+                    finished.insert(record.id.clone());
+                    records.insert(record.id.clone(), record);
+                }
             }
             None => break,
         }
@@ -283,7 +306,7 @@ fn lock<'a, 'b>(
 }
 
 /// What the jobs a job needs produced, for filling in expressions.
-struct Upstream {
+pub(crate) struct Upstream {
     values: HashMap<Reference, String>,
 }
 
@@ -444,7 +467,7 @@ pub fn first_runner(job_id: &str, runners: usize) -> usize {
 }
 
 /// The param naming the job of the plan a sub-request runs.
-const PARAM_JOB: &str = "job";
+pub(crate) const PARAM_JOB: &str = "job";
 
 /// Finds the jobs of the run under `parent` that already succeeded: the sub-requests this
 /// client signed with `parent` as their `e` tag, and the results answering them. This is how a
@@ -506,7 +529,11 @@ pub async fn recover(
     records.into_values().collect()
 }
 
-fn finish_with_result(mut record: JobRecord, runner_job: bool, content: String) -> JobRecord {
+pub(crate) fn finish_with_result(
+    mut record: JobRecord,
+    runner_job: bool,
+    content: String,
+) -> JobRecord {
     if !runner_job {
         record.content = Some(content);
         record.state = JobState::Succeeded;
@@ -544,21 +571,20 @@ fn supported(job: &PlannedJob) -> Result<(), String> {
     match (&job.mode, &job.spec) {
         (_, JobSpec::Approval { .. }) => Ok(()),
         (Mode::Quorum { .. }, _) => Err("quorum mode is not supported by this engine yet".into()),
-        (Mode::Naive, _) => Err("naive chain mode is not supported by this engine yet".into()),
-        (Mode::Router, _) => Ok(()),
+        (Mode::Naive, _) | (Mode::Router, _) => Ok(()),
     }
 }
 
 /// A job turned into a request.
-struct Prepared {
-    request: JobRequest,
-    provider: Option<PublicKey>,
-    encrypt: bool,
-    runner_job: bool,
-    timeout: Duration,
+pub(crate) struct Prepared {
+    pub(crate) request: JobRequest,
+    pub(crate) provider: Option<PublicKey>,
+    pub(crate) encrypt: bool,
+    pub(crate) runner_job: bool,
+    pub(crate) timeout: Duration,
 }
 
-fn prepare(
+pub(crate) fn prepare(
     job: &PlannedJob,
     context: &RunContext,
     config: &EngineConfig,
@@ -651,10 +677,10 @@ fn short(key: &PublicKey) -> String {
 }
 
 /// Passes one job's DVM feedback on to the run's reporter as lines.
-struct Forward<'a, 'b> {
-    job: &'a str,
-    reporter: &'a Mutex<&'b mut dyn RunReporter>,
-    last_tail: String,
+pub(crate) struct Forward<'a, 'b> {
+    pub(crate) job: &'a str,
+    pub(crate) reporter: &'a Mutex<&'b mut dyn RunReporter>,
+    pub(crate) last_tail: String,
 }
 
 impl JobReporter for Forward<'_, '_> {

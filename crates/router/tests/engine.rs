@@ -664,3 +664,67 @@ async fn a_released_artifact_verifies_and_a_tampered_one_does_not() {
     verifier.shutdown().await;
     runner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_naive_chain_is_handed_on_by_the_runners_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let first = network.runner(&dir.path().join("r1"), true).await;
+    let second = network.runner(&dir.path().join("r2"), true).await;
+    let plan = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        "on: [push]\njobs:\n  lint:\n    mode: naive\n    run: test -f build.sh\n  test:\n    mode: naive\n    needs: lint\n    run: grep -q quorum message.txt\n  build:\n    mode: naive\n    needs: test\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n",
+    )
+    .unwrap();
+    let client = network.client().await;
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        ..RunContext::default()
+    };
+    let config = EngineConfig {
+        runners: vec![first.public_key(), second.public_key()],
+        ..EngineConfig::default()
+    };
+    let mut recorder = Recorder::default();
+    let outcome = execute(&client, &plan, &context, &config, Vec::new(), &mut recorder).await;
+    assert!(outcome.succeeded, "{:?}", outcome.jobs);
+
+    // Only the first request is ours; each later one was signed by the runner before it and
+    // pins that runner's exact result.
+    let requests: Vec<Event> = {
+        let mut found = Vec::new();
+        for job in &outcome.jobs {
+            let id = EventId::from_hex(job.request.as_ref().unwrap()).unwrap();
+            let events = client
+                .fetch(Filter::new().id(id), Duration::from_secs(5))
+                .await
+                .unwrap();
+            found.push(events[0].clone());
+        }
+        found
+    };
+    assert_eq!(requests[0].pubkey, client.public_key());
+    for step in 1..3 {
+        let previous = &outcome.jobs[step - 1];
+        assert_eq!(
+            requests[step].pubkey.to_hex(),
+            *previous.provider.as_ref().unwrap(),
+            "step {step} was requested by the runner before it"
+        );
+        let parsed = quorum_proto::nip90::JobRequest::from_event(&requests[step]).unwrap();
+        assert_eq!(
+            parsed.param_value(quorum_proto::chain::PARAM_UPSTREAM_RESULT),
+            previous.result.as_deref()
+        );
+        assert_eq!(parsed.parent, Some(requests[0].id));
+    }
+    assert_eq!(
+        outcome.jobs[2].report.as_ref().unwrap().artifacts[0].name,
+        "out/hello.txt"
+    );
+    client.shutdown().await;
+    first.shutdown().await;
+    second.shutdown().await;
+}
