@@ -599,8 +599,9 @@ async fn a_released_artifact_verifies_and_a_tampered_one_does_not() {
     assert!(outcome.succeeded);
 
     // gitworkshop's view of the run: a job result per job, a workflow result quoting them.
+    let run = quorum_router::run_id(&context.repo, &context.commit, &plan);
     let workflow_id =
-        quorum_router::status::publish_ci_status(&client, &context, &outcome, started_at)
+        quorum_router::status::publish_ci_status(&client, &context, &run, &outcome, started_at)
             .await
             .unwrap()
             .expect("a run with a NIP-34 identity reports its status");
@@ -623,6 +624,25 @@ async fn a_released_artifact_verifies_and_a_tampered_one_does_not() {
         .await
         .unwrap();
     let job = quorum_proto::nipc1::CiJobResult::from_event(&job_events[0]).unwrap();
+    // The run's progress event (addressable, d = run id) ends concluded.
+    let progress = client
+        .fetch(
+            Filter::new()
+                .kind(quorum_proto::nipc1::CI_WORKFLOW_PROGRESS)
+                .identifier(run.clone()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let progress = quorum_proto::nipc1::CiWorkflowProgress::from_event(&progress[0]).unwrap();
+    assert_eq!(
+        progress.status,
+        quorum_proto::nipc1::ProgressStatus::Concluded
+    );
+    assert_eq!(
+        progress.conclusion,
+        Some(quorum_proto::nipc1::Conclusion::Success)
+    );
     assert_eq!(job.job, "build");
     assert_eq!(job.exit_code, Some(0));
     assert!(job.logs.starts_with("http://127.0.0.1:"), "{job:?}");

@@ -139,13 +139,17 @@ async fn tour(
     let client = JobClient::connect(&relays, Keys::generate()).await?;
     let mut reporter = Lines { quiet: args.json };
     let started_at = Timestamp::now();
+    let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
+    let jobs = u32::try_from(plan.jobs.len()).unwrap_or(u32::MAX);
+    quorum_router::status::publish_progress(&client, &context, &run_id, jobs, started_at).await;
     let (outcome, approval) = tokio::join!(
         quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut reporter),
         approve_as_demo_maintainer(&maintainer_client, &maintainer, args.json),
     );
     approval?;
     if let Err(err) =
-        quorum_router::status::publish_ci_status(&client, &context, &outcome, started_at).await
+        quorum_router::status::publish_ci_status(&client, &context, &run_id, &outcome, started_at)
+            .await
     {
         eprintln!("CI status not published: {err}");
     }
@@ -156,7 +160,6 @@ async fn tour(
     } else {
         None
     };
-    let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
 
     // Fetch what was released, as a user would, and verify it.
     let mut verified = None;

@@ -150,11 +150,14 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
         );
     }
     let started_at = quorum_proto::nostr::Timestamp::now();
+    let jobs = u32::try_from(plan.jobs.len()).unwrap_or(u32::MAX);
+    quorum_router::status::publish_progress(&client, &context, &run_id, jobs, started_at).await;
     let outcome =
         quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut reporter).await;
     let mut succeeded = outcome.succeeded;
     if let Err(err) =
-        quorum_router::status::publish_ci_status(&client, &context, &outcome, started_at).await
+        quorum_router::status::publish_ci_status(&client, &context, &run_id, &outcome, started_at)
+            .await
     {
         eprintln!("CI status not published: {err}");
     }
