@@ -315,6 +315,12 @@ pub struct RelayArgs {
 /// Options of `quorum demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// Run on this relay's network (repeat) and the runners it announces, instead of starting
+    /// the embedded one. The demo repository is local (file://): its runners must be allowed
+    /// to read local repositories, as `quorum up`'s are.
+    #[arg(long = "relay", value_name = "URL")]
+    pub relays: Vec<String>,
+
     /// Where the demo keeps its network data, repository and released file (default: a new
     /// directory under the system's temporary directory, kept afterwards).
     #[arg(long)]

@@ -36,3 +36,44 @@ fn the_demo_runs_approves_releases_and_verifies() {
     // The released file was fetched from Blossom and kept for `quorum verify`.
     assert!(data.join("hello.txt").exists());
 }
+
+#[test]
+fn the_demo_runs_on_an_existing_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = quorum_testkit::daemon::Daemon::spawn(
+        env!("CARGO_BIN_EXE_quorum"),
+        &[
+            "up",
+            "--data",
+            dir.path().join("net").to_str().unwrap(),
+            "--relay-listen",
+            "127.0.0.1:0",
+            "--blossom-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let relay = up.value_of("relay");
+    let _ = up.value_of("endpoints");
+    let out = run(
+        env!("CARGO_BIN_EXE_quorum"),
+        &[
+            "demo",
+            "--relay",
+            &relay,
+            "--data",
+            dir.path().join("demo").to_str().unwrap(),
+            "--json",
+        ],
+        Duration::from_secs(300),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["status"], "success");
+    assert_eq!(report["verified"]["ok"], true, "{report}");
+    assert!(up.terminate().success());
+}

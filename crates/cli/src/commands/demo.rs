@@ -62,6 +62,30 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&data)?;
     let data = std::path::absolute(&data)?;
 
+    if !args.relays.is_empty() {
+        // Someone else's network: its runners, found by their NIP-89 announcements.
+        let relays = super::relay_urls(&args.relays)?;
+        let finder = JobClient::connect(&relays, Keys::generate()).await?;
+        let runners: Vec<PublicKey> = finder
+            .discover(quorum_proto::step::StepJob::kind(), Duration::from_secs(5))
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        finder.shutdown().await;
+        if runners.is_empty() {
+            bail!(
+                "no runner DVM announces itself on {}",
+                args.relays.join(", ")
+            );
+        }
+        say(&format!(
+            "network     {} ({} runners)",
+            args.relays.join(", "),
+            runners.len()
+        ));
+        return tour(&args, &data, relays, runners, say).await;
+    }
     let sandboxed = quorum_sandbox::Bubblewrap::detect().is_ok();
     if !sandboxed {
         say("! bubblewrap is not installed, so this demo runs its build steps UNSANDBOXED.");
@@ -79,7 +103,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         unsandboxed_runners: !sandboxed,
     })
     .await?;
-    let outcome = tour(&args, &data, &network, say).await;
+    say(&format!(
+        "network     relay {}  blossom {}",
+        network.relay_url, network.blossom_url
+    ));
+    let relays = super::relay_urls(std::slice::from_ref(&network.relay_url))?;
+    let runners = network.runners.iter().map(|d| d.public_key()).collect();
+    let outcome = tour(&args, &data, relays, runners, say).await;
     network.shutdown().await?;
     outcome
 }
@@ -87,15 +117,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 async fn tour(
     args: &DemoArgs,
     data: &Path,
-    network: &Embedded,
+    relays: Vec<quorum_proto::nostr::RelayUrl>,
+    runners: Vec<PublicKey>,
     say: impl Fn(&str),
 ) -> anyhow::Result<ExitCode> {
-    let relays = super::relay_urls(std::slice::from_ref(&network.relay_url))?;
-    say(&format!(
-        "network     relay {}  blossom {}",
-        network.relay_url, network.blossom_url
-    ));
-
     // The maintainer and the project.
     let maintainer = quorum_dvm::keyfile::load_or_create(&data.join("demo-maintainer.nsec"))?;
     let repo = make_project(&data.join("hello-quorum"))?;
@@ -133,7 +158,7 @@ async fn tour(
         ..RunContext::default()
     };
     let config = EngineConfig {
-        runners: network.runners.iter().map(|d| d.public_key()).collect(),
+        runners,
         ..EngineConfig::default()
     };
     let client = JobClient::connect(&relays, Keys::generate()).await?;
@@ -221,11 +246,19 @@ async fn tour(
         if release.is_some() {
             println!();
             println!("To check the released file again later:");
-            println!("  quorum up --data {}", data.join("network").display());
-            println!(
-                "  quorum verify {} --relay <the relay URL quorum up prints>",
-                released_file.display()
-            );
+            if args.relays.is_empty() {
+                println!("  quorum up --data {}", data.join("network").display());
+                println!(
+                    "  quorum verify {} --relay <the relay URL quorum up prints>",
+                    released_file.display()
+                );
+            } else {
+                println!(
+                    "  quorum verify {} --relay {}",
+                    released_file.display(),
+                    args.relays.join(" --relay ")
+                );
+            }
         }
     }
     Ok(if ok {
