@@ -55,7 +55,7 @@ impl CgroupPlan {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         for kind in [Kind::Pids, Kind::Memory] {
-            match find(kind, &mountinfo, &own).and_then(|c| probe(&c).map(|()| c)) {
+            match find(kind, &mountinfo, &own).and_then(probe) {
                 Ok(c) => plan.controllers.push(c),
                 Err(why) => notes.push(why),
             }
@@ -348,25 +348,33 @@ fn unescape(s: &str) -> String {
 }
 
 /// Make and remove a trial child group, enabling the controller for children on v2 if needed.
-fn probe(c: &Controller) -> Result<(), String> {
+/// Returns the controller with the base its run groups go under.
+fn probe(mut c: Controller) -> Result<Controller, String> {
     let name = kind_name(c.kind);
     let file = match (c.kind, c.v2) {
         (Kind::Pids, _) => "pids.max",
         (Kind::Memory, true) => "memory.max",
         (Kind::Memory, false) => "memory.limit_in_bytes",
     };
-    if c.v2 {
+    if c.v2 && !enabled_for_children(&c.base, name) {
         let ctl = c.base.join("cgroup.subtree_control");
-        let enabled = fs::read_to_string(&ctl).unwrap_or_default();
-        if !enabled.split_whitespace().any(|x| x == name) {
-            // Fails with EBUSY if our cgroup holds processes ("no internal processes" rule):
-            // then the operator must delegate a subtree (systemd `Delegate=yes`).
-            fs::write(&ctl, format!("+{name}")).map_err(|e| {
-                format!(
-                    "{name} cgroup: cannot enable it in {}: {e}; delegate a cgroup subtree to the DVM",
-                    ctl.display()
-                )
-            })?;
+        if let Err(e) = fs::write(&ctl, format!("+{name}")) {
+            // EBUSY: our cgroup holds processes ("no internal processes" rule). A supervisor
+            // that moved its processes into a leaf and enabled the controller one level up
+            // (what `scripts/test` does on a bare cgroup v2 machine, and the usual shape of a
+            // systemd `Delegate=yes` service) lets run groups be siblings of that leaf.
+            match c.base.parent() {
+                Some(parent) if enabled_for_children(parent, name) => {
+                    c.base = parent.to_owned();
+                }
+                _ => {
+                    return Err(format!(
+                        "{name} cgroup: cannot enable it in {}: {e}; delegate a cgroup subtree \
+                         to the DVM",
+                        ctl.display()
+                    ));
+                }
+            }
         }
     }
     let dir = c.base.join(format!("quorum-probe-{}", std::process::id()));
@@ -380,13 +388,21 @@ fn probe(c: &Controller) -> Result<(), String> {
     let ok = dir.join(file).exists();
     let _ = fs::remove_dir(&dir);
     if ok {
-        Ok(())
+        Ok(c)
     } else {
         Err(format!(
             "{name} cgroup: {file} missing in a new group under {}",
             c.base.display()
         ))
     }
+}
+
+/// Whether a v2 cgroup passes `controller` on to its children.
+fn enabled_for_children(dir: &Path, controller: &str) -> bool {
+    fs::read_to_string(dir.join("cgroup.subtree_control"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|x| x == controller)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use quorum_sandbox::{Sandbox, Stream};
 
 #[tokio::test]
 async fn describes_itself_as_isolated() {
+    let _machine = MACHINE.read().await;
     let info = bwrap().describe();
     assert_eq!(info.name, "bubblewrap");
     assert!(info.isolated);
@@ -21,6 +22,7 @@ async fn describes_itself_as_isolated() {
 /// 1. Keys of the DVM: a 0600 file in a temp dir outside the work dir, and one under /root.
 #[tokio::test]
 async fn cannot_read_dvm_keys() {
+    let _machine = MACHINE.read().await;
     let sb = bwrap();
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("dvm.key");
@@ -84,6 +86,7 @@ async fn connect_step(network: bool) -> (quorum_sandbox::StepOutcome, String, bo
 /// 2. Network off: a fresh namespace with only `lo`; the host's 127.0.0.1 is unreachable.
 #[tokio::test]
 async fn network_off_cannot_reach_host_loopback() {
+    let _machine = MACHINE.read().await;
     let (out, log, accepted) = connect_step(false).await;
     assert_ne!(out.exit_code, Some(0), "{log}");
     assert!(!log.contains("CONNECTED"), "{log}");
@@ -98,6 +101,7 @@ async fn network_off_cannot_reach_host_loopback() {
 /// 2b. Network on: the same connection succeeds.
 #[tokio::test]
 async fn network_on_reaches_host_loopback() {
+    let _machine = MACHINE.read().await;
     let (out, log, accepted) = connect_step(true).await;
     assert_eq!(out.exit_code, Some(0), "{log}");
     assert!(log.contains("CONNECTED"), "{log}");
@@ -107,6 +111,7 @@ async fn network_on_reaches_host_loopback() {
 /// 3. Writes outside the work dir fail; /tmp is private and gone afterwards.
 #[tokio::test]
 async fn cannot_write_outside_work_dir() {
+    let _machine = MACHINE.read().await;
     let sb = bwrap();
     let outside = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -164,6 +169,7 @@ fn all_of(log: &[quorum_sandbox::LogLine]) -> String {
 /// 4. A fork bomb hits the pids cgroup, fails or times out, and leaves nothing behind.
 #[tokio::test]
 async fn fork_bomb_is_contained() {
+    let _alone = MACHINE.write().await;
     let sb = bwrap();
     assert!(
         !sb.describe()
@@ -232,6 +238,7 @@ async fn fork_bomb_is_contained() {
 /// 6. Timeout kills everything, including a background child that ignores SIGTERM.
 #[tokio::test]
 async fn timeout_kills_the_whole_tree() {
+    let _machine = MACHINE.read().await;
     let sb = bwrap();
     let work = tempfile::tempdir().unwrap();
     let m = marker("timeout");
@@ -254,6 +261,7 @@ async fn timeout_kills_the_whole_tree() {
 /// Processes left in the background by a step that succeeded die with it.
 #[tokio::test]
 async fn background_processes_do_not_outlive_the_step() {
+    let _machine = MACHINE.read().await;
     let sb = bwrap();
     let work = tempfile::tempdir().unwrap();
     let m = marker("daemon");
@@ -273,6 +281,7 @@ fn libc_sigkill() -> i32 {
 /// 7. Secrets reach the step intact but never the log, nor any command line.
 #[tokio::test]
 async fn secrets_are_redacted_and_off_the_command_line() {
+    let _machine = MACHINE.read().await;
     let sb = bwrap();
     let work = tempfile::tempdir().unwrap();
     let value = format!("s3cr3t-{}-value", std::process::id());
@@ -320,6 +329,7 @@ async fn secrets_are_redacted_and_off_the_command_line() {
 /// 8. Exit codes propagate and the environment is the documented one.
 #[tokio::test]
 async fn exit_codes_and_environment() {
+    let _machine = MACHINE.read().await;
     let sb = bwrap();
     let work = tempfile::tempdir().unwrap();
     let (out, _) = run(&sb, &spec("exit 42", work.path())).await;
@@ -364,6 +374,7 @@ async fn exit_codes_and_environment() {
 
 #[tokio::test]
 async fn invalid_specs_are_errors() {
+    let _machine = MACHINE.read().await;
     let sb = bwrap();
     let work = tempfile::tempdir().unwrap();
     let mut s = spec("true", work.path());
@@ -378,6 +389,7 @@ async fn invalid_specs_are_errors() {
 
 #[tokio::test]
 async fn toolchain_dirs_are_read_only_and_on_path() {
+    let _machine = MACHINE.read().await;
     let tc = tempfile::tempdir().unwrap();
     std::fs::create_dir(tc.path().join("bin")).unwrap();
     let tool = tc.path().join("bin/quorum-hello");
@@ -398,6 +410,7 @@ async fn toolchain_dirs_are_read_only_and_on_path() {
 /// Dropping the run future (the DVM cancels the job) kills the step and cleans up too.
 #[tokio::test]
 async fn cancelling_the_run_kills_the_step() {
+    let _machine = MACHINE.read().await;
     let sb = bwrap();
     let work = tempfile::tempdir().unwrap();
     let m = marker("cancel");
@@ -432,6 +445,7 @@ fn missing_bwrap_is_unavailable_with_a_hint() {
 /// bwrap failing before the step starts is a sandbox error, not a failed step.
 #[tokio::test]
 async fn setup_failure_is_an_error_not_an_exit_code() {
+    let _machine = MACHINE.read().await;
     let tc = tempfile::tempdir().unwrap();
     let sb = bwrap().with_toolchain(tc.path()).unwrap();
     let path = tc.path().to_owned();
@@ -456,6 +470,7 @@ async fn setup_failure_is_an_error_not_an_exit_code() {
 /// No capabilities, no new privileges, no nested user namespaces, no host devices.
 #[tokio::test]
 async fn no_privileges_inside() {
+    let _machine = MACHINE.read().await;
     let sb = bwrap();
     let work = tempfile::tempdir().unwrap();
     let script = "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status\n\
@@ -477,6 +492,7 @@ async fn no_privileges_inside() {
 /// Memory (cgroup), /tmp size and file size limits hold.
 #[tokio::test]
 async fn memory_tmp_and_file_size_limits() {
+    let _machine = MACHINE.read().await;
     let sb = bwrap();
     let work = tempfile::tempdir().unwrap();
     let mut s = spec(

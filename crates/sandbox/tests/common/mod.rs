@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use quorum_sandbox::{Bubblewrap, LogLine, Sandbox, StepOutcome, StepSpec, Stream};
 
+/// The fork bomb test runs alone: where the sandbox has no pids cgroup (its notes say so) a
+/// bomb is bounded only by its timeout, and the forks it takes from the machine would fail the
+/// steps of tests running beside it. Every other sandboxed test holds this shared.
+pub static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// The bubblewrap backend. Missing bwrap is a test failure, never a skip.
 pub fn bwrap() -> Bubblewrap {
     Bubblewrap::detect().unwrap_or_else(|e| {
