@@ -16,6 +16,31 @@ pub const JOB_FEEDBACK: Kind = Kind::Custom(7000);
 /// Quorum CI's block of job-request kinds.
 pub const OUR_BLOCK: std::ops::RangeInclusive<u16> = 5700..=5719;
 
+/// Quorum CI's block of regular, non-job event kinds (release binding, approvals, quorum mode).
+/// No NIP, registry entry or spec we know of uses it. Each kind's constant lives next to its
+/// type: [`crate::release::RELEASE_BINDING`] (8700), [`crate::approval`] (8701–8703),
+/// [`crate::mandate::MANDATE`] (8704), [`crate::agreement`] (8705–8708),
+/// [`crate::quorum_msg`] (8709–8715); 8716–8719 are free.
+pub const EVENT_BLOCK: std::ops::RangeInclusive<u16> = 8700..=8719;
+
+/// Every kind of [`EVENT_BLOCK`] in use, in order.
+pub fn event_block_kinds() -> Vec<Kind> {
+    use crate::{agreement, approval, mandate, quorum_msg, release};
+    let mut kinds = vec![
+        release::RELEASE_BINDING,
+        approval::APPROVAL_REQUEST,
+        approval::APPROVAL,
+        approval::REJECTION,
+        mandate::MANDATE,
+        agreement::COMMITMENT,
+        agreement::REVEAL,
+        agreement::EQUIVOCATION_PROOF,
+        agreement::QUORUM_ATTESTATION,
+    ];
+    kinds.extend(quorum_msg::MessageKind::ALL.map(quorum_msg::MessageKind::kind));
+    kinds
+}
+
 /// A job kind of Quorum CI's block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobKind {
@@ -106,6 +131,17 @@ mod tests {
                 "{job:?}"
             );
             assert_eq!(JobKind::from_request_kind(job.request_kind()), Some(job));
+        }
+    }
+
+    #[test]
+    fn event_kinds_are_distinct_regular_and_inside_their_block() {
+        let kinds = event_block_kinds();
+        let numbers: Vec<u16> = kinds.iter().map(|k| k.as_u16()).collect();
+        assert_eq!(numbers, (8700..=8715).collect::<Vec<u16>>());
+        for kind in kinds {
+            assert!(EVENT_BLOCK.contains(&kind.as_u16()), "{kind}");
+            assert!(kind.is_regular(), "{kind}");
         }
     }
 

@@ -5,14 +5,17 @@
 //! that upstream churn (the 0.45 line dropped NIP-90, for example) stays in one place.
 //! `docs/protocol.md` is the human-readable description of what is defined here.
 
+pub mod agreement;
 pub mod approval;
 pub mod blossom;
 pub mod chain;
 pub mod kinds;
+pub mod mandate;
 pub mod nip34;
 pub mod nip89;
 pub mod nip90;
 pub mod nipc1;
+pub mod quorum_msg;
 pub mod release;
 pub mod run;
 pub mod step;
