@@ -1,0 +1,224 @@
+//! A member's whole part in one quorum job: check the mandate, agree, and sign what was agreed.
+//!
+//! The caller (a runner after its build, a wrapper after the inner DVM answered) hands in its
+//! own result; this module runs commit-reveal with the other members and, when `t` of them
+//! revealed the same files, a FROST session that signs the quorum attestation (and whatever
+//! else the caller derives from the agreement, such as a release binding). Every field of a
+//! signed event comes from the agreement, never from one member's local state, so all signers
+//! derive byte-identical events.
+
+use std::collections::BTreeSet;
+
+use nostr_sdk::prelude::*;
+use quorum_proto::agreement::{BuildResult, QuorumAttestation, Roster};
+use quorum_proto::mandate::Mandate;
+use quorum_proto::quorum_msg::SessionId;
+use quorum_threshold::KeyShare;
+use sha2::{Digest, Sha256};
+
+use crate::agreement::{self, Agreement, AgreementConfig, AgreementError};
+use crate::channel::{Channel, ChannelError};
+use crate::signing::{self, Signed, SigningConfig, SigningError};
+
+/// Why a member did not take part, or the session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    #[error("mandate {mandate}: {reason}")]
+    Mandate { mandate: EventId, reason: String },
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Agreement(#[from] AgreementError),
+}
+
+/// One quorum job as a member sees it.
+#[derive(Debug, Clone)]
+pub struct QuorumJob {
+    /// The job request all members serve (one request that names every member).
+    pub job: EventId,
+    /// The mandate that authorises the quorum, and its event id.
+    pub mandate: Mandate,
+    pub mandate_id: EventId,
+    /// The commit the job built.
+    pub commit: String,
+    /// This member's own result.
+    pub result: BuildResult,
+}
+
+/// How a member's part ended.
+#[derive(Debug, Clone)]
+pub struct MemberOutcome {
+    pub agreement: Agreement,
+    /// The quorum-signed events, when `t` members agreed and signing succeeded.
+    pub signed: Option<Signed>,
+    /// Why nothing was signed, when it was not.
+    pub failure: Option<String>,
+}
+
+impl MemberOutcome {
+    /// The quorum attestation, if one was signed.
+    pub fn attestation(&self) -> Option<&Event> {
+        self.signed.as_ref().and_then(|s| s.events.first())
+    }
+}
+
+/// Timing of a member's part.
+#[derive(Debug, Clone, Default)]
+pub struct MemberConfig {
+    pub agreement: AgreementConfig,
+    pub signing: SigningConfig,
+}
+
+/// Takes part in `job` with `share`: commit-reveal, then signing of the attestation followed by
+/// `extra(&agreement)` (more events to sign, derived from the agreement only).
+pub async fn take_part(
+    relays: &[RelayUrl],
+    keys: &Keys,
+    share: &KeyShare,
+    job: &QuorumJob,
+    config: &MemberConfig,
+    extra: impl Fn(&Agreement) -> Vec<UnsignedEvent>,
+) -> Result<MemberOutcome, MemberError> {
+    check_mandate(job, share, keys)?;
+    let me = keys.public_key();
+    let since = Timestamp::now() - 600u64;
+    let channel = Channel::open(
+        relays,
+        keys.clone(),
+        vec![agreement::filter(&job.job), signing::filter(&me, since)],
+    )
+    .await?;
+    let outcome = run(&channel, share, job, config, extra).await;
+    channel.close().await;
+    outcome
+}
+
+async fn run(
+    channel: &Channel,
+    share: &KeyShare,
+    job: &QuorumJob,
+    config: &MemberConfig,
+    extra: impl Fn(&Agreement) -> Vec<UnsignedEvent>,
+) -> Result<MemberOutcome, MemberError> {
+    let me = channel.public_key();
+    let roster = roster_of(share);
+    let agreement =
+        agreement::commit_and_reveal(channel, &roster, job.job, &job.result, &config.agreement)
+            .await?;
+    let threshold = usize::from(roster.threshold());
+    let agreed: BTreeSet<PublicKey> = agreement.tally.agreed.iter().copied().collect();
+    let attestation = match attestation(job, share.quorum(), &agreement) {
+        Ok(attestation) => attestation,
+        Err(why) => {
+            return Ok(MemberOutcome {
+                agreement,
+                signed: None,
+                failure: Some(format!("no agreement: {why}")),
+            });
+        }
+    };
+    if agreed.len() < threshold {
+        let failure = format!(
+            "no agreement: {} of the {} needed members revealed the same files",
+            agreed.len(),
+            threshold,
+        );
+        return Ok(MemberOutcome {
+            agreement,
+            signed: None,
+            failure: Some(failure),
+        });
+    }
+    if !agreed.contains(&me) {
+        let failure = "my result differs from the one the quorum agreed on; not signing".into();
+        return Ok(MemberOutcome {
+            agreement,
+            signed: None,
+            failure: Some(failure),
+        });
+    }
+    let mut events = vec![attestation];
+    events.extend(extra(&agreement));
+    let session = session_id(&job.job, &events);
+    let signers: Vec<PublicKey> = agreed.into_iter().collect();
+    match signing::sign_together(channel, share, &signers, session, events, &config.signing).await {
+        Ok(signed) => Ok(MemberOutcome {
+            agreement,
+            signed: Some(signed),
+            failure: None,
+        }),
+        Err(e @ (SigningError::TooFew { .. } | SigningError::Frost(_))) => Ok(MemberOutcome {
+            agreement,
+            signed: None,
+            failure: Some(format!("signing failed: {e}")),
+        }),
+        Err(SigningError::Channel(e)) => Err(e.into()),
+        Err(e) => Ok(MemberOutcome {
+            agreement,
+            signed: None,
+            failure: Some(format!("signing failed: {e}")),
+        }),
+    }
+}
+
+/// The attestation every agreeing member derives identically from the tally.
+pub fn attestation(
+    job: &QuorumJob,
+    quorum: PublicKey,
+    agreement: &Agreement,
+) -> Result<UnsignedEvent, String> {
+    let (attestation, created_at) =
+        QuorumAttestation::from_tally(&agreement.tally, job.mandate_id, job.commit.clone())
+            .map_err(|e| e.to_string())?;
+    attestation
+        .unsigned(quorum, created_at)
+        .map_err(|e| e.to_string())
+}
+
+/// The agreement roster of a share's quorum.
+pub fn roster_of(share: &KeyShare) -> Roster {
+    Roster::new(
+        share.quorum(),
+        share.group().roster().pubkeys(),
+        share.group().threshold(),
+    )
+    .expect("a key share's roster is valid")
+}
+
+/// A session id every signer computes the same way: the job and the ids of what is signed.
+fn session_id(job: &EventId, events: &[UnsignedEvent]) -> SessionId {
+    let mut hash = Sha256::new();
+    hash.update(job.as_bytes());
+    for event in events {
+        let mut event = event.clone();
+        hash.update(event.id().as_bytes());
+    }
+    SessionId::from_bytes(hash.finalize().into())
+}
+
+fn check_mandate(job: &QuorumJob, share: &KeyShare, keys: &Keys) -> Result<(), MemberError> {
+    let refuse = |reason: String| MemberError::Mandate {
+        mandate: job.mandate_id,
+        reason,
+    };
+    if !job.mandate.is_valid_at(Timestamp::now()) {
+        return Err(refuse("expired".into()));
+    }
+    if job.mandate.quorum != Some(share.quorum()) {
+        return Err(refuse(format!(
+            "does not name the quorum my share is for ({})",
+            share.quorum()
+        )));
+    }
+    if job.mandate.member_index(&keys.public_key()).is_none() {
+        return Err(refuse("does not name me as a member".into()));
+    }
+    if share.group().threshold() != job.mandate.threshold {
+        return Err(refuse(format!(
+            "says threshold {}, the key was made for {}",
+            job.mandate.threshold,
+            share.group().threshold()
+        )));
+    }
+    Ok(())
+}
