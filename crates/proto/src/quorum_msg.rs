@@ -712,28 +712,11 @@ mod tests {
             &[(&a, "1"), (&b, "2")],
         )
         .unwrap();
-        let base: Vec<Vec<String>> = good.tags.iter().map(|t| t.clone().to_vec()).collect();
-        let replace = |name: &str, value: &[&str]| -> Vec<Vec<String>> {
-            let mut done = false;
-            base.iter()
-                .map(|t| {
-                    if t[0] == name && !done {
-                        done = true;
-                        value.iter().map(|s| s.to_string()).collect()
-                    } else {
-                        t.clone()
-                    }
-                })
-                .collect()
-        };
-        let drop = |name: &str| -> Vec<Vec<String>> {
-            base.iter().filter(|t| t[0] != name).cloned().collect()
-        };
-        let with = |extra: &[&str]| -> Vec<Vec<String>> {
-            let mut tags = base.clone();
-            tags.push(extra.iter().map(|s| s.to_string()).collect());
-            tags
-        };
+        let edits = crate::tags::TagEdits::of(&good);
+        let base = edits.base.clone();
+        let replace = |name: &str, value: &[&str]| edits.replace(name, value);
+        let drop = |name: &str| edits.drop(name);
+        let with = |extra: &[&str]| edits.with(extra);
         let a_hex = a.public_key().to_hex();
         let c_hex = key(4).public_key().to_hex();
         let cases: Vec<(Vec<Vec<String>>, &str)> = vec![

@@ -57,3 +57,46 @@ pub(crate) fn single_value(
         .map(Some)
         .ok_or(SingleValueError::Empty(name))
 }
+
+/// Tag edits for malformed-input tests: start from a good event's tags and change one thing.
+#[cfg(test)]
+pub(crate) struct TagEdits {
+    pub base: Vec<Vec<String>>,
+}
+
+#[cfg(test)]
+impl TagEdits {
+    pub fn of(event: &nostr::Event) -> Self {
+        TagEdits {
+            base: event.tags.iter().map(|t| t.clone().to_vec()).collect(),
+        }
+    }
+
+    /// The first tag named `name` replaced by `value`.
+    pub fn replace(&self, name: &str, value: &[&str]) -> Vec<Vec<String>> {
+        let mut done = false;
+        self.base
+            .iter()
+            .map(|t| {
+                if t[0] == name && !done {
+                    done = true;
+                    value.iter().map(|s| s.to_string()).collect()
+                } else {
+                    t.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// Every tag named `name` removed.
+    pub fn drop(&self, name: &str) -> Vec<Vec<String>> {
+        self.base.iter().filter(|t| t[0] != name).cloned().collect()
+    }
+
+    /// One more tag at the end.
+    pub fn with(&self, extra: &[&str]) -> Vec<Vec<String>> {
+        let mut tags = self.base.clone();
+        tags.push(extra.iter().map(|s| s.to_string()).collect());
+        tags
+    }
+}
