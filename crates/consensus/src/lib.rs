@@ -3,6 +3,8 @@
 //!
 //! - [`channel`]: one relay subscription per session, an event store, and waiting on it.
 //! - [`agreement`]: commit-reveal among the members (design §6.3).
+//! - [`job`]: the member side of a quorum job request (mandate lookup and checks, share
+//!   lookup), for runner and wrapper DVMs.
 //! - [`member`]: a member's whole part in one job: mandate check, agreement, signing.
 //! - [`signing`]: FROST round 1 and round 2 over Nostr with a rotating coordinator, so that a
 //!   member that goes silent is replaced by another t-subset instead of stalling (ROAST-style).
@@ -12,5 +14,6 @@
 
 pub mod agreement;
 pub mod channel;
+pub mod job;
 pub mod member;
 pub mod signing;

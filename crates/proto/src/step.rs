@@ -317,6 +317,9 @@ pub struct StepReport {
     #[serde(default)]
     pub log_tail: String,
     pub sandbox: SandboxRef,
+    /// In a quorum job: how the runner's part in the agreement and signing went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<crate::quorum_job::QuorumReport>,
 }
 
 impl StepReport {
@@ -436,6 +439,7 @@ mod tests {
                 name: "bubblewrap".into(),
                 isolated: true,
             },
+            quorum: None,
         };
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["artifacts"][0]["name"], "dist.tar");

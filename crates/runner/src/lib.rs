@@ -185,6 +185,7 @@ impl Runner {
                 name: info.name,
                 isolated: info.isolated,
             },
+            quorum: None,
         })
     }
 

@@ -1,0 +1,331 @@
+//! A job request served by a quorum: the params that turn an ordinary NIP-90 request (a run
+//! step, or any kind a wrapper DVM forwards) into one that `n` members build independently and
+//! sign together, and the release binding the members derive from what they agreed on.
+//!
+//! ```text
+//! ["param", "mandate", "<8704 event id>"]                 required: the mandate members act under
+//! ["param", "commit",  "<40/64 hex>"]                     required: the commit the job is about
+//! ["param", "release", "<30617 coordinate>", "<run id>", "<job id>"]
+//!                                                          optional: also sign a release binding
+//! ```
+//!
+//! One request `p`-tags every member of the mandate. Each member answers with its own result,
+//! and the quorum key signs the attestation (8708) and, when asked, the release binding (8700).
+
+use std::str::FromStr;
+
+use nostr::{EventId, PublicKey, UnsignedEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::agreement::BuildResult;
+use crate::approval::ArtifactDigest;
+use crate::blossom::Sha256Hex;
+use crate::nip34::RepoCoordinate;
+use crate::nip90::{JobParam, JobRequest};
+use crate::release::{Attestation, ReleaseBinding};
+
+pub const PARAM_MANDATE: &str = "mandate";
+pub const PARAM_COMMIT: &str = "commit";
+pub const PARAM_RELEASE: &str = "release";
+
+/// Why a request's quorum params do not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuorumJobError {
+    #[error("param {param}: {reason}")]
+    BadParam { param: &'static str, reason: String },
+    #[error("a quorum request needs a `{0}` param")]
+    Missing(&'static str),
+    #[error("param {0} given twice")]
+    Duplicate(&'static str),
+}
+
+/// What a member needs to take part in a quorum job, beyond the job itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumJobParams {
+    /// The mandate (8704) the members act under; they fetch and check it.
+    pub mandate: EventId,
+    /// The commit the job is about (named by the attestation).
+    pub commit: String,
+    /// When set, the members also sign a release binding of the agreed files.
+    pub release: Option<ReleaseParams>,
+}
+
+/// What a release binding names besides the agreed files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseParams {
+    pub repo: RepoCoordinate,
+    /// The run id (§9).
+    pub run: String,
+    /// The pipeline job; artifacts are named `JOB/PATH` in the binding.
+    pub job: String,
+}
+
+impl QuorumJobParams {
+    /// The quorum params of `request`: `None` for an ordinary request (no `mandate` param).
+    pub fn from_request(request: &JobRequest) -> Result<Option<Self>, QuorumJobError> {
+        let single = |name: &'static str| -> Result<Option<&JobParam>, QuorumJobError> {
+            let mut found = request.params.iter().filter(|p| p.key == name);
+            let first = found.next();
+            if found.next().is_some() {
+                return Err(QuorumJobError::Duplicate(name));
+            }
+            Ok(first)
+        };
+        let Some(mandate) = single(PARAM_MANDATE)? else {
+            return Ok(None);
+        };
+        let mandate = EventId::from_hex(mandate.value()).map_err(|e| bad(PARAM_MANDATE, e))?;
+        let commit = single(PARAM_COMMIT)?
+            .ok_or(QuorumJobError::Missing(PARAM_COMMIT))?
+            .value()
+            .to_string();
+        if !is_object_id(&commit) {
+            return Err(bad(
+                PARAM_COMMIT,
+                format!("{commit:?} is not a full 40- or 64-hex lowercase commit id"),
+            ));
+        }
+        let release = match single(PARAM_RELEASE)? {
+            None => None,
+            Some(param) => {
+                let [repo, run, job] = param.values.as_slice() else {
+                    return Err(bad(
+                        PARAM_RELEASE,
+                        "expected three values: repository coordinate, run id, job id",
+                    ));
+                };
+                let repo = RepoCoordinate::from_str(repo).map_err(|e| bad(PARAM_RELEASE, e))?;
+                if run.len() != 64 || !run.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(bad(PARAM_RELEASE, "the run id is not 64 hex"));
+                }
+                if job.is_empty() {
+                    return Err(bad(PARAM_RELEASE, "the job id is empty"));
+                }
+                Some(ReleaseParams {
+                    repo,
+                    run: run.clone(),
+                    job: job.clone(),
+                })
+            }
+        };
+        Ok(Some(QuorumJobParams {
+            mandate,
+            commit,
+            release,
+        }))
+    }
+
+    /// Adds these params to `request` (replacing any `commit` param it has: they must agree).
+    pub fn apply(&self, request: &mut JobRequest) {
+        request
+            .params
+            .retain(|p| ![PARAM_MANDATE, PARAM_COMMIT, PARAM_RELEASE].contains(&p.key.as_str()));
+        request
+            .params
+            .push(JobParam::new(PARAM_MANDATE, self.mandate.to_hex()));
+        request
+            .params
+            .push(JobParam::new(PARAM_COMMIT, self.commit.clone()));
+        if let Some(release) = &self.release {
+            request.params.push(JobParam {
+                key: PARAM_RELEASE.into(),
+                values: vec![
+                    release.repo.to_string(),
+                    release.run.clone(),
+                    release.job.clone(),
+                ],
+            });
+        }
+    }
+}
+
+/// The release binding a quorum signs after agreeing on `files`: every field comes from the
+/// request (`release`, `commit`) and the agreement (the files, the attestation's id and time),
+/// so each signer derives the same event. The binding's one attestation is the quorum
+/// attestation itself, with the quorum key as its builder.
+pub fn release_binding(
+    release: &ReleaseParams,
+    commit: &str,
+    files: &BuildResult,
+    attestation: &UnsignedEvent,
+) -> Result<UnsignedEvent, crate::release::ReleaseError> {
+    let mut attestation = attestation.clone();
+    let attestation_id = attestation.id();
+    let quorum = attestation.pubkey;
+    let artifacts = files
+        .files
+        .iter()
+        .map(|(name, sha)| ArtifactDigest::new(format!("{}/{}", release.job, name), *sha))
+        .collect();
+    let binding = ReleaseBinding::new(
+        release.repo.clone(),
+        commit.to_string(),
+        release.run.clone(),
+        artifacts,
+        vec![Attestation {
+            result: attestation_id,
+            builder: quorum,
+        }],
+    )?;
+    Ok(binding
+        .to_event_builder(attestation.created_at)?
+        .build(quorum))
+}
+
+/// What a member reports about its part in a quorum job, next to its own result (a runner puts
+/// it in its step report). Informational: consumers check the signed attestation, not this.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumReport {
+    /// The quorum key (hex).
+    pub quorum: String,
+    /// The mandate's event id.
+    pub mandate: String,
+    /// The quorum attestation (8708), when the quorum signed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
+    /// The release binding (8700), when one was asked for and signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Members (hex) whose reveals back every agreed file.
+    #[serde(default)]
+    pub agreed: Vec<String>,
+    /// Members who revealed something else.
+    #[serde(default)]
+    pub disagreed: Vec<String>,
+    /// Members who did not reveal in time.
+    #[serde(default)]
+    pub silent: Vec<String>,
+    /// Why nothing was signed, when nothing was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// The per-file result of `(name, sha256 hex)` pairs, as members commit to it.
+pub fn build_result<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<BuildResult, QuorumJobError> {
+    let mut result = BuildResult::new();
+    for (name, sha) in files {
+        let sha = Sha256Hex::parse(sha).map_err(|e| bad("artifact", format!("{name}: {e}")))?;
+        result = result.with_file(name, sha);
+    }
+    Ok(result)
+}
+
+/// Hex of a key list, sorted, for reports.
+pub fn hex_list<'a>(keys: impl IntoIterator<Item = &'a PublicKey>) -> Vec<String> {
+    let mut list: Vec<String> = keys.into_iter().map(PublicKey::to_hex).collect();
+    list.sort();
+    list
+}
+
+fn bad(param: &'static str, reason: impl ToString) -> QuorumJobError {
+    QuorumJobError::BadParam {
+        param,
+        reason: reason.to_string(),
+    }
+}
+
+fn is_object_id(text: &str) -> bool {
+    matches!(text.len(), 40 | 64) && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nostr::{Keys, Timestamp};
+
+    fn request() -> JobRequest {
+        JobRequest::new(nostr::Kind::from_u16(5702)).unwrap()
+    }
+
+    fn params() -> QuorumJobParams {
+        QuorumJobParams {
+            mandate: EventId::all_zeros(),
+            commit: "ab".repeat(20),
+            release: Some(ReleaseParams {
+                repo: RepoCoordinate::new(Keys::generate().public_key(), "app"),
+                run: "cd".repeat(32),
+                job: "build".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn params_round_trip_and_plain_requests_have_none() {
+        let mut req = request();
+        assert_eq!(QuorumJobParams::from_request(&req).unwrap(), None);
+        let p = params();
+        p.apply(&mut req);
+        assert_eq!(
+            QuorumJobParams::from_request(&req).unwrap(),
+            Some(p.clone())
+        );
+        // Applying twice does not duplicate.
+        p.apply(&mut req);
+        assert_eq!(QuorumJobParams::from_request(&req).unwrap(), Some(p));
+    }
+
+    #[test]
+    fn malformed_params_name_the_problem() {
+        let cases: Vec<(Vec<JobParam>, &str)> = vec![
+            (vec![JobParam::new("mandate", "xyz")], "param mandate"),
+            (
+                vec![JobParam::new("mandate", EventId::all_zeros().to_hex())],
+                "needs a `commit` param",
+            ),
+            (
+                vec![
+                    JobParam::new("mandate", EventId::all_zeros().to_hex()),
+                    JobParam::new("commit", "main"),
+                ],
+                "not a full",
+            ),
+            (
+                vec![
+                    JobParam::new("mandate", EventId::all_zeros().to_hex()),
+                    JobParam::new("mandate", EventId::all_zeros().to_hex()),
+                ],
+                "given twice",
+            ),
+            (
+                vec![
+                    JobParam::new("mandate", EventId::all_zeros().to_hex()),
+                    JobParam::new("commit", "ab".repeat(20)),
+                    JobParam::new("release", "30617:nothex:app"),
+                ],
+                "three values",
+            ),
+        ];
+        for (params, expected) in cases {
+            let mut req = request();
+            req.params = params;
+            let err = QuorumJobParams::from_request(&req).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_release_binding_is_the_same_for_every_member_and_names_the_attestation() {
+        let quorum_keys = Keys::generate();
+        let quorum = quorum_keys.public_key();
+        let attestation = nostr::EventBuilder::new(nostr::Kind::Custom(8708), "")
+            .custom_created_at(Timestamp::from(1_800_000_000))
+            .build(quorum);
+        let files = build_result([("app", "11".repeat(32).as_str())]).unwrap();
+        let p = params();
+        let release = p.release.as_ref().unwrap();
+        let a = release_binding(release, &p.commit, &files, &attestation).unwrap();
+        let b = release_binding(release, &p.commit, &files, &attestation).unwrap();
+        assert_eq!(a.clone().id(), b.clone().id());
+        assert_eq!(a.pubkey, quorum);
+        assert_eq!(a.created_at, attestation.created_at);
+        let binding = ReleaseBinding::from_event(&a.sign_with_keys(&quorum_keys).unwrap()).unwrap();
+        assert_eq!(binding.artifacts[0].name, "build/app");
+        assert_eq!(binding.attestations[0].builder, quorum);
+        assert_eq!(binding.attestations[0].result, attestation.clone().id());
+    }
+}
