@@ -5,6 +5,8 @@
 //! - [`agreement`]: commit-reveal among the members (design §6.3).
 //! - [`job`]: the member side of a quorum job request (mandate lookup and checks, share
 //!   lookup), for runner and wrapper DVMs.
+//! - [`keygen`]: making the quorum key over relays (DKG rounds 8710–8712, dealer deliveries
+//!   8709), the member service that stores shares, and the maintainer's side of a DKG.
 //! - [`member`]: a member's whole part in one job: mandate check, agreement, signing.
 //! - [`signing`]: FROST round 1 and round 2 over Nostr with a rotating coordinator, so that a
 //!   member that goes silent is replaced by another t-subset instead of stalling (ROAST-style).
@@ -15,5 +17,6 @@
 pub mod agreement;
 pub mod channel;
 pub mod job;
+pub mod keygen;
 pub mod member;
 pub mod signing;

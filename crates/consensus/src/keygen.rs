@@ -1,0 +1,1222 @@
+//! Making a quorum key over Nostr (design §6.2, `docs/protocol.md` §15.1 and §15.6).
+//!
+//! Two ways, chosen by the mandate's `keygen` tag:
+//!
+//! - **DKG** (the default: nobody ever holds the key). A maintainer publishes a mandate
+//!   *proposal*, an 8704 without `quorum` ([`propose_dkg`]). Every member runs [`run_dkg`] with
+//!   the proposal's id as session: round 1 (8710, its public package sealed to each other
+//!   member), round 2 (8711, a secret package per recipient), and done (8712, the group key it
+//!   derived, in clear in the `quorum` tag and, with a digest of the whole public group, in the
+//!   sealed payload). A member keeps its share only when all `N` members announced the same key
+//!   and group as it derived. The maintainer watches the 8712 announcements
+//!   ([`await_group_key`]) and, once all `N` agree, signs the mandate again with `quorum` set.
+//! - **Dealer**. The dealer (the maintainer, or the key the mandate names) holds the whole key
+//!   once: it deals the shares, publishes the mandate naming the key and sends each member its
+//!   share (8709, one recipient each) with [`deal_over_relays`] ([`deal_and_publish`] does all of
+//!   it). A member accepts a delivery only from the mandate's dealer ([`receive_dealt_share`]).
+//!
+//! [`serve`] is the member side as a long-running task of a DVM daemon: it answers the mandates
+//! that name its key and stores each share in `SHARE_DIR/<quorum hex>.json` (mode 0600);
+//! [`load_shares`] reads them all back ([`crate::job::load_share`] reads one).
+//!
+//! Every round has a deadline ([`KeygenConfig`]), counted from when this member enters it. Of
+//! each sender, the earliest message of a round (by `created_at`, then id) counts; a second,
+//! different one is an equivocation and ends the session naming the sender. Errors name the
+//! member that was silent, invalid or disagreeing; no error, log line or `Debug` output holds
+//! secret material (round-2 packages and shares are wiped from memory once used).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nostr_sdk::prelude::*;
+use quorum_proto::mandate::{self, Keygen, Mandate, MandateError};
+use quorum_proto::quorum_msg::{self, MessageKind, Opened, QuorumMessage, SessionId};
+use quorum_threshold::dkg::{self, DkgError, Round1Broadcast, Round2Message};
+use quorum_threshold::store::{self, StoreError};
+use quorum_threshold::{KeyShare, Roster, ShareError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+use zeroize::Zeroize;
+
+use crate::channel::{Channel, ChannelError};
+use crate::job::share_path;
+
+/// Deadlines of key generation.
+#[derive(Debug, Clone)]
+pub struct KeygenConfig {
+    /// How long each DKG round (8710, 8711, 8712) may take, counted from when this member
+    /// enters it.
+    pub round_timeout: Duration,
+    /// How long a member waits for its dealer's share delivery (8709).
+    pub delivery_timeout: Duration,
+    /// How long the messages stay on relays (NIP-40 `expiration`).
+    pub message_lifetime: Duration,
+}
+
+impl Default for KeygenConfig {
+    fn default() -> Self {
+        KeygenConfig {
+            round_timeout: Duration::from_secs(120),
+            delivery_timeout: Duration::from_secs(600),
+            message_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Why a key was not made, or a share not accepted. Names the member at fault where there is
+/// one; never holds secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeygenError {
+    #[error("event {0}: invalid id or signature")]
+    InvalidEvent(EventId),
+    #[error("mandate {id}: {source}")]
+    Mandate {
+        id: EventId,
+        #[source]
+        source: MandateError,
+    },
+    #[error("the mandate is invalid: {0}")]
+    Unsigned(#[source] MandateError),
+    #[error("mandate {id}: {reason}")]
+    NotApplicable { id: EventId, reason: String },
+    #[error("no members to wait for")]
+    NoMembers,
+    #[error("{me} is not a member of mandate {id}")]
+    NotAMember { id: EventId, me: PublicKey },
+    #[error("{kind} ({}): no message in time from {}", kind_number(*.kind), list(.members))]
+    Silent {
+        kind: MessageKind,
+        members: Vec<PublicKey>,
+    },
+    #[error("{kind} ({}): invalid message from {member}: {reason}", kind_number(*.kind))]
+    Invalid {
+        kind: MessageKind,
+        member: PublicKey,
+        reason: String,
+    },
+    #[error("{kind} ({}): {member} sent two different messages in one session", kind_number(*.kind))]
+    Equivocated {
+        kind: MessageKind,
+        member: PublicKey,
+    },
+    #[error("{member} announced quorum key {theirs}, this member derived {mine}")]
+    Disagreement {
+        member: PublicKey,
+        theirs: PublicKey,
+        mine: PublicKey,
+    },
+    #[error(
+        "{member} announced quorum key {quorum} with other verifying shares than this member \
+         derived (a member sent different round-1 packages to different members)"
+    )]
+    GroupMismatch {
+        member: PublicKey,
+        quorum: PublicKey,
+    },
+    #[error("the members announced different quorum keys: {}", pairs(.announced))]
+    Split {
+        announced: BTreeMap<PublicKey, PublicKey>,
+    },
+    #[error(transparent)]
+    Dkg(#[from] DkgError),
+    #[error("share delivery {id} from {sender}, who is not the dealer {dealer}: refused")]
+    NotFromDealer {
+        id: EventId,
+        sender: PublicKey,
+        dealer: PublicKey,
+    },
+    #[error("no share delivery from dealer {dealer} for mandate {mandate} in time")]
+    NoDelivery { dealer: PublicKey, mandate: EventId },
+    #[error("the share delivered by {dealer} is invalid: {source}")]
+    InvalidShare {
+        dealer: PublicKey,
+        #[source]
+        source: Box<ShareError>,
+    },
+    #[error("the share delivered by {dealer} is for member {got}, not for {expected}")]
+    WrongMember {
+        dealer: PublicKey,
+        got: PublicKey,
+        expected: PublicKey,
+    },
+    #[error("the share is for quorum {got}, the mandate names {expected}")]
+    WrongQuorum { got: PublicKey, expected: PublicKey },
+    #[error("the share's members or threshold differ from the mandate's")]
+    WrongRoster,
+    #[error("the shares do not cover the mandate's members: {0}")]
+    Shares(String),
+    #[error("dealing: {0}")]
+    Deal(String),
+    #[error("signing the mandate: {0}")]
+    Sign(String),
+    #[error("sealing a {kind} message: {reason}")]
+    Seal { kind: MessageKind, reason: String },
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn kind_number(kind: MessageKind) -> u16 {
+    kind.kind().as_u16()
+}
+
+fn list(members: &[PublicKey]) -> String {
+    members
+        .iter()
+        .map(PublicKey::to_hex)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn pairs(announced: &BTreeMap<PublicKey, PublicKey>) -> String {
+    announced
+        .iter()
+        .map(|(member, key)| format!("{member} → {key}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The plaintext of a DKG done message (8712): the group key and the SHA-256 (hex) of the
+/// whole public group (roster and frost public key package, as the threshold crate's JSON), so
+/// that members also agree on every verifying share, not only on the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Done {
+    quorum: PublicKey,
+    group: String,
+}
+
+impl Done {
+    fn of(share: &KeyShare) -> Result<Done, KeygenError> {
+        let json = serde_json::to_vec(share.group()).map_err(|e| KeygenError::Seal {
+            kind: MessageKind::DkgDone,
+            reason: e.to_string(),
+        })?;
+        Ok(Done {
+            quorum: share.quorum(),
+            group: hex::encode(Sha256::digest(&json)),
+        })
+    }
+}
+
+/// Checks an 8704's id and signature and parses it.
+fn read_mandate(event: &Event) -> Result<Mandate, KeygenError> {
+    event
+        .verify()
+        .map_err(|_| KeygenError::InvalidEvent(event.id))?;
+    Mandate::from_event(event).map_err(|source| KeygenError::Mandate {
+        id: event.id,
+        source,
+    })
+}
+
+/// The FROST roster a mandate describes (its indices are kept, not recomputed).
+fn roster_of(id: EventId, mandate: &Mandate) -> Result<Roster, KeygenError> {
+    roster(mandate).map_err(|e| KeygenError::NotApplicable {
+        id,
+        reason: e.to_string(),
+    })
+}
+
+fn roster(mandate: &Mandate) -> Result<Roster, quorum_threshold::RosterError> {
+    let members = mandate
+        .members
+        .iter()
+        .map(|m| quorum_threshold::Member {
+            index: m.index,
+            pubkey: m.pubkey,
+        })
+        .collect();
+    Roster::from_members(mandate.threshold, members)
+}
+
+/// The members of a new quorum with their FROST indices by the creation rule (ascending x-only
+/// key), ready for [`Mandate::members`]. Duplicates are dropped.
+pub fn new_members(pubkeys: &[PublicKey]) -> Vec<mandate::Member> {
+    let unique: BTreeSet<PublicKey> = pubkeys.iter().copied().collect();
+    let unique: Vec<PublicKey> = unique.into_iter().collect();
+    unique
+        .iter()
+        .filter_map(|pk| {
+            quorum_threshold::member_index(&unique, pk).map(|i| mandate::Member::new(*pk, i))
+        })
+        .collect()
+}
+
+/// The key whose deliveries members of a dealer mandate accept.
+fn dealer_of(event: &Event, mandate: &Mandate) -> Option<PublicKey> {
+    match mandate.keygen {
+        Keygen::Dealer { dealer } => Some(dealer.unwrap_or(event.pubkey)),
+        Keygen::Dkg => None,
+    }
+}
+
+fn expiration(config: &KeygenConfig) -> Timestamp {
+    Timestamp::now() + config.message_lifetime.as_secs().max(1)
+}
+
+fn seal_error(kind: MessageKind) -> impl FnOnce(quorum_msg::QuorumMsgError) -> KeygenError {
+    move |e| KeygenError::Seal {
+        kind,
+        reason: e.to_string(),
+    }
+}
+
+/// The first readable message of `kind` in `session` from each of `from`, ordered by
+/// `created_at` then id; a sender with two readable messages of different plaintext is an
+/// equivocation. Messages that cannot be opened are kept as the reason, in case nothing better
+/// comes from that sender.
+struct Collected {
+    opened: BTreeMap<PublicKey, Opened>,
+    unreadable: BTreeMap<PublicKey, String>,
+}
+
+fn collect(
+    events: &[Event],
+    keys: &Keys,
+    kind: MessageKind,
+    session: SessionId,
+    from: &BTreeSet<PublicKey>,
+) -> Result<Collected, KeygenError> {
+    let mut candidates: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == kind.kind() && from.contains(&e.pubkey))
+        .collect();
+    candidates.sort_by_key(|e| (e.created_at, e.id));
+    let mut collected = Collected {
+        opened: BTreeMap::new(),
+        unreadable: BTreeMap::new(),
+    };
+    for event in candidates {
+        let Ok(envelope) = QuorumMessage::from_event(event) else {
+            collected
+                .unreadable
+                .entry(event.pubkey)
+                .or_insert_with(|| format!("malformed envelope {}", event.id));
+            continue;
+        };
+        if envelope.session != session {
+            continue;
+        }
+        match QuorumMessage::open(event, keys) {
+            Ok(opened) => match collected.opened.get(&event.pubkey) {
+                Some(first) if first.plaintext != opened.plaintext => {
+                    return Err(KeygenError::Equivocated {
+                        kind,
+                        member: event.pubkey,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    collected.opened.insert(event.pubkey, opened);
+                }
+            },
+            Err(e) => {
+                collected
+                    .unreadable
+                    .entry(event.pubkey)
+                    .or_insert_with(|| format!("message {}: {e}", event.id));
+            }
+        }
+    }
+    Ok(collected)
+}
+
+/// Waits until every member of `from` sent a readable message of `kind` in `session`, or the
+/// round's deadline passes (then the error names who was silent, or why its message was
+/// refused).
+async fn round(
+    channel: &Channel,
+    kind: MessageKind,
+    session: SessionId,
+    from: &BTreeSet<PublicKey>,
+    timeout: Duration,
+) -> Result<BTreeMap<PublicKey, Opened>, KeygenError> {
+    let deadline = Instant::now() + timeout;
+    let keys = channel.keys().clone();
+    let done = channel
+        .wait_for(deadline, |events| {
+            match collect(events, &keys, kind, session, from) {
+                Err(e) => Some(Err(e)),
+                Ok(c) if c.opened.len() == from.len() => Some(Ok(c.opened)),
+                Ok(_) => None,
+            }
+        })
+        .await;
+    if let Some(done) = done {
+        return done;
+    }
+    let c = collect(&channel.events(), &keys, kind, session, from)?;
+    let missing: Vec<PublicKey> = from
+        .iter()
+        .filter(|pk| !c.opened.contains_key(pk))
+        .copied()
+        .collect();
+    if let [member] = missing[..]
+        && let Some(reason) = c.unreadable.get(&member)
+    {
+        return Err(KeygenError::Invalid {
+            kind,
+            member,
+            reason: reason.clone(),
+        });
+    }
+    Err(KeygenError::Silent {
+        kind,
+        members: missing,
+    })
+}
+
+/// The member side of a DKG that a mandate `proposal` asks for (an 8704 with `keygen dkg` and
+/// no `quorum`): rounds 8710 → 8711 → 8712 with the other members, session = the proposal's id.
+/// Returns this member's share only when every other member announced (8712) the same quorum
+/// key and public group that this member derived.
+pub async fn run_dkg(
+    relays: &[RelayUrl],
+    keys: &Keys,
+    proposal: &Event,
+    config: &KeygenConfig,
+) -> Result<KeyShare, KeygenError> {
+    let mandate = read_mandate(proposal)?;
+    if mandate.quorum.is_some() || mandate.keygen != Keygen::Dkg {
+        return Err(KeygenError::NotApplicable {
+            id: proposal.id,
+            reason: "not a DKG proposal (it names a quorum key or asks for a dealer)".into(),
+        });
+    }
+    let me = keys.public_key();
+    if mandate.member_index(&me).is_none() {
+        return Err(KeygenError::NotAMember {
+            id: proposal.id,
+            me,
+        });
+    }
+    let roster = roster_of(proposal.id, &mandate)?;
+    let session = SessionId::from_event_id(&proposal.id);
+    let others: BTreeSet<PublicKey> = roster.pubkeys().filter(|pk| *pk != me).collect();
+    let recipients: Vec<PublicKey> = others.iter().copied().collect();
+    let filter = Filter::new()
+        .kinds([
+            quorum_msg::DKG_ROUND1,
+            quorum_msg::DKG_ROUND2,
+            quorum_msg::DKG_DONE,
+        ])
+        .pubkey(me)
+        .authors(recipients.clone())
+        .since(proposal.created_at - 600u64);
+    let channel = Channel::open(relays, keys.clone(), vec![filter]).await?;
+    let result = dkg_rounds(&channel, &roster, me, session, &others, config).await;
+    channel.close().await;
+    result
+}
+
+async fn dkg_rounds(
+    channel: &Channel,
+    roster: &Roster,
+    me: PublicKey,
+    session: SessionId,
+    others: &BTreeSet<PublicKey>,
+    config: &KeygenConfig,
+) -> Result<KeyShare, KeygenError> {
+    let recipients: Vec<PublicKey> = others.iter().copied().collect();
+    let keys = channel.keys().clone();
+
+    // Round 1: the same public package for everyone, sealed to each.
+    let (secret1, broadcast) = dkg::start(roster, me, &mut rand::rngs::OsRng)?;
+    let plaintext = serde_json::to_string(&broadcast).map_err(|e| KeygenError::Seal {
+        kind: MessageKind::DkgRound1,
+        reason: e.to_string(),
+    })?;
+    let payloads = others.iter().map(|pk| (*pk, plaintext.clone())).collect();
+    let opened = exchange(
+        channel,
+        MessageKind::DkgRound1,
+        session,
+        payloads,
+        others,
+        config,
+    )
+    .await?;
+    let mut broadcasts: BTreeMap<PublicKey, Round1Broadcast> = BTreeMap::new();
+    for (sender, message) in opened {
+        let package =
+            serde_json::from_str(&message.plaintext).map_err(|e| KeygenError::Invalid {
+                kind: MessageKind::DkgRound1,
+                member: sender,
+                reason: format!("not a round-1 package: {e}"),
+            })?;
+        broadcasts.insert(sender, package);
+    }
+
+    // Round 2: a secret package per recipient, each sealed to it alone.
+    let (secret2, outgoing) = secret1.receive(&broadcasts)?;
+    let mut payloads: BTreeMap<PublicKey, String> = BTreeMap::new();
+    for (recipient, message) in &outgoing {
+        let json = message.to_json()?;
+        payloads.insert(*recipient, String::clone(&json));
+    }
+    drop(outgoing);
+    let opened = exchange(
+        channel,
+        MessageKind::DkgRound2,
+        session,
+        payloads,
+        others,
+        config,
+    )
+    .await?;
+    let mut incoming: BTreeMap<PublicKey, Round2Message> = BTreeMap::new();
+    for (sender, mut message) in opened {
+        let parsed = Round2Message::from_json(&message.plaintext);
+        message.plaintext.zeroize();
+        let parsed = parsed.map_err(|_| KeygenError::Invalid {
+            kind: MessageKind::DkgRound2,
+            member: sender,
+            reason: "not a round-2 package".into(),
+        })?;
+        incoming.insert(sender, parsed);
+    }
+    let share = secret2.finish(&broadcasts, incoming)?;
+
+    // Done: announce the key (in clear) and the group digest; keep the share only if all agree.
+    let mine = Done::of(&share)?;
+    let plaintext = serde_json::to_string(&mine).map_err(|e| KeygenError::Seal {
+        kind: MessageKind::DkgDone,
+        reason: e.to_string(),
+    })?;
+    let event = QuorumMessage::seal_broadcast(
+        &keys,
+        MessageKind::DkgDone,
+        session,
+        Some(share.quorum()),
+        &recipients,
+        &plaintext,
+        expiration(config),
+    )
+    .map_err(seal_error(MessageKind::DkgDone))?;
+    channel.publish_signed(&event).await?;
+    tracing::debug!(%session, quorum = %share.quorum(), "DKG done announced");
+    let deadline = Instant::now() + config.round_timeout;
+    let verdict = channel
+        .wait_for(deadline, |events| {
+            match check_done(events, &keys, session, others, &mine) {
+                Ok(agreed) if agreed == others.len() => Some(Ok(())),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .await;
+    match verdict {
+        Some(Ok(())) => Ok(share),
+        Some(Err(e)) => Err(e),
+        None => {
+            // One last look: name who did not announce (or why its announcement was refused).
+            round(
+                channel,
+                MessageKind::DkgDone,
+                session,
+                others,
+                Duration::ZERO,
+            )
+            .await?;
+            check_done(&channel.events(), &keys, session, others, &mine)?;
+            Ok(share)
+        }
+    }
+}
+
+/// Sends a DKG round (one plaintext per other member, each sealed to it alone), wipes the
+/// plaintexts, and waits for every other member's message of the same round.
+async fn exchange(
+    channel: &Channel,
+    kind: MessageKind,
+    session: SessionId,
+    mut payloads: BTreeMap<PublicKey, String>,
+    others: &BTreeSet<PublicKey>,
+    config: &KeygenConfig,
+) -> Result<BTreeMap<PublicKey, Opened>, KeygenError> {
+    let sealed = QuorumMessage::seal(
+        channel.keys(),
+        kind,
+        session,
+        None,
+        &payloads,
+        expiration(config),
+    );
+    payloads.values_mut().for_each(Zeroize::zeroize);
+    channel
+        .publish_signed(&sealed.map_err(seal_error(kind))?)
+        .await?;
+    tracing::debug!(%session, "{kind} sent");
+    round(channel, kind, session, others, config.round_timeout).await
+}
+
+/// How many other members announced exactly `mine`; an error names the first that announced
+/// something else.
+fn check_done(
+    events: &[Event],
+    keys: &Keys,
+    session: SessionId,
+    others: &BTreeSet<PublicKey>,
+    mine: &Done,
+) -> Result<usize, KeygenError> {
+    let c = collect(events, keys, MessageKind::DkgDone, session, others)?;
+    for (sender, message) in &c.opened {
+        let theirs: Done =
+            serde_json::from_str(&message.plaintext).map_err(|e| KeygenError::Invalid {
+                kind: MessageKind::DkgDone,
+                member: *sender,
+                reason: format!("not a DKG result: {e}"),
+            })?;
+        if message.quorum != Some(theirs.quorum) {
+            return Err(KeygenError::Invalid {
+                kind: MessageKind::DkgDone,
+                member: *sender,
+                reason: "the `quorum` tag differs from the sealed key".into(),
+            });
+        }
+        if theirs.quorum != mine.quorum {
+            return Err(KeygenError::Disagreement {
+                member: *sender,
+                theirs: theirs.quorum,
+                mine: mine.quorum,
+            });
+        }
+        if theirs.group != mine.group {
+            return Err(KeygenError::GroupMismatch {
+                member: *sender,
+                quorum: mine.quorum,
+            });
+        }
+    }
+    Ok(c.opened.len())
+}
+
+/// The organiser's side of a DKG: watches the members' 8712 announcements for `proposal_id`
+/// (their `quorum` tag is in clear) and returns the key once all of `members` announced the
+/// same one. Errors name the members that were silent, or the keys each announced.
+pub async fn await_group_key(
+    relays: &[RelayUrl],
+    proposal_id: EventId,
+    members: &[PublicKey],
+    timeout: Duration,
+) -> Result<PublicKey, KeygenError> {
+    let members: BTreeSet<PublicKey> = members.iter().copied().collect();
+    if members.is_empty() {
+        return Err(KeygenError::NoMembers);
+    }
+    let filter = Filter::new()
+        .kind(quorum_msg::DKG_DONE)
+        .authors(members.iter().copied());
+    let channel = Channel::open(relays, Keys::generate(), vec![filter]).await?;
+    let session = SessionId::from_event_id(&proposal_id);
+    let deadline = Instant::now() + timeout;
+    let outcome = channel
+        .wait_for(deadline, |events| {
+            let announced = match announcements(events, session, &members) {
+                Ok(announced) => announced,
+                Err(e) => return Some(Err(e)),
+            };
+            let keys: BTreeSet<PublicKey> = announced.values().copied().collect();
+            if keys.len() > 1 {
+                return Some(Err(KeygenError::Split { announced }));
+            }
+            let agreed = keys.into_iter().next();
+            agreed.filter(|_| announced.len() == members.len()).map(Ok)
+        })
+        .await;
+    let events = channel.events();
+    channel.close().await;
+    match outcome {
+        Some(result) => result,
+        None => {
+            let announced = announcements(&events, session, &members)?;
+            Err(KeygenError::Silent {
+                kind: MessageKind::DkgDone,
+                members: members
+                    .iter()
+                    .filter(|pk| !announced.contains_key(pk))
+                    .copied()
+                    .collect(),
+            })
+        }
+    }
+}
+
+/// The quorum key each member announced in clear for `session` (its earliest announcement);
+/// two different keys from one member is an equivocation.
+fn announcements(
+    events: &[Event],
+    session: SessionId,
+    members: &BTreeSet<PublicKey>,
+) -> Result<BTreeMap<PublicKey, PublicKey>, KeygenError> {
+    let mut sorted: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == quorum_msg::DKG_DONE && members.contains(&e.pubkey))
+        .collect();
+    sorted.sort_by_key(|e| (e.created_at, e.id));
+    let mut announced = BTreeMap::new();
+    for event in sorted {
+        let Ok(message) = QuorumMessage::from_event(event) else {
+            continue;
+        };
+        let Some(quorum) = message.quorum.filter(|_| message.session == session) else {
+            continue;
+        };
+        match announced.get(&event.pubkey) {
+            Some(first) if *first != quorum => {
+                return Err(KeygenError::Equivocated {
+                    kind: MessageKind::DkgDone,
+                    member: event.pubkey,
+                });
+            }
+            Some(_) => {}
+            None => {
+                announced.insert(event.pubkey, quorum);
+            }
+        }
+    }
+    Ok(announced)
+}
+
+/// Signs `mandate` with the maintainer's key and publishes it.
+pub async fn publish_mandate(
+    relays: &[RelayUrl],
+    maintainer: &Keys,
+    mandate: &Mandate,
+) -> Result<Event, KeygenError> {
+    let event = mandate
+        .to_event_builder()
+        .map_err(KeygenError::Unsigned)?
+        .sign_with_keys(maintainer)
+        .map_err(|e| KeygenError::Sign(e.to_string()))?;
+    let channel = Channel::open(relays, maintainer.clone(), Vec::new()).await?;
+    let published = channel.publish_signed(&event).await;
+    channel.close().await;
+    published?;
+    Ok(event)
+}
+
+/// Publishes a DKG proposal: `mandate` without `quorum`, `keygen dkg`. Its id is the session
+/// the members run the DKG in.
+pub async fn propose_dkg(
+    relays: &[RelayUrl],
+    maintainer: &Keys,
+    mut mandate: Mandate,
+) -> Result<Event, KeygenError> {
+    mandate.quorum = None;
+    mandate.keygen = Keygen::Dkg;
+    publish_mandate(relays, maintainer, &mandate).await
+}
+
+/// The dealer's side: sends each member its share (8709, exactly one recipient each, session =
+/// the mandate's id). `mandate` must be a signed dealer mandate naming the shares' quorum key,
+/// whose dealer is `dealer_keys`; `shares` must be exactly one per member, of that roster.
+pub async fn deal_over_relays(
+    relays: &[RelayUrl],
+    dealer_keys: &Keys,
+    mandate: &Event,
+    shares: &[KeyShare],
+    config: &KeygenConfig,
+) -> Result<(), KeygenError> {
+    let parsed = read_mandate(mandate)?;
+    let dealer = dealer_of(mandate, &parsed).ok_or_else(|| KeygenError::NotApplicable {
+        id: mandate.id,
+        reason: "not a dealer mandate".into(),
+    })?;
+    if dealer != dealer_keys.public_key() {
+        return Err(KeygenError::NotApplicable {
+            id: mandate.id,
+            reason: format!(
+                "its dealer is {dealer}, not this key {}",
+                dealer_keys.public_key()
+            ),
+        });
+    }
+    let quorum = parsed.quorum.ok_or_else(|| KeygenError::NotApplicable {
+        id: mandate.id,
+        reason: "a dealer mandate must name the quorum key".into(),
+    })?;
+    let roster = roster_of(mandate.id, &parsed)?;
+    let mut covered = BTreeSet::new();
+    for share in shares {
+        if share.quorum() != quorum {
+            return Err(KeygenError::WrongQuorum {
+                got: share.quorum(),
+                expected: quorum,
+            });
+        }
+        if *share.group().roster() != roster {
+            return Err(KeygenError::WrongRoster);
+        }
+        if !covered.insert(share.member()) {
+            return Err(KeygenError::Shares(format!(
+                "two shares for {}",
+                share.member()
+            )));
+        }
+    }
+    if covered.len() != roster.len() {
+        return Err(KeygenError::Shares(format!(
+            "{} shares for {} members",
+            covered.len(),
+            roster.len()
+        )));
+    }
+    let session = SessionId::from_event_id(&mandate.id);
+    let channel = Channel::open(relays, dealer_keys.clone(), Vec::new()).await?;
+    let mut result = Ok(());
+    for share in shares {
+        let sealed = share
+            .to_json()
+            .map_err(|e| KeygenError::Deal(e.to_string()))
+            .and_then(|json| {
+                let mut payloads = BTreeMap::from([(share.member(), String::clone(&json))]);
+                let sealed = QuorumMessage::seal(
+                    dealer_keys,
+                    MessageKind::DealerShare,
+                    session,
+                    Some(quorum),
+                    &payloads,
+                    expiration(config),
+                );
+                payloads.values_mut().for_each(Zeroize::zeroize);
+                sealed.map_err(seal_error(MessageKind::DealerShare))
+            });
+        result = match sealed {
+            Ok(event) => channel.publish_signed(&event).await.map_err(Into::into),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            break;
+        }
+        tracing::debug!(member = %share.member(), %quorum, "share delivered");
+    }
+    channel.close().await;
+    result
+}
+
+/// The whole dealer mode for a maintainer that deals itself: makes a fresh key for
+/// `mandate`'s members and threshold, publishes the mandate naming it (`keygen dealer`, this
+/// key as dealer), delivers the shares, and drops them (wiping them from memory). Returns the
+/// published mandate. **The maintainer held the whole key** while this ran.
+pub async fn deal_and_publish(
+    relays: &[RelayUrl],
+    maintainer: &Keys,
+    mut mandate: Mandate,
+    config: &KeygenConfig,
+) -> Result<Event, KeygenError> {
+    mandate.validate().map_err(KeygenError::Unsigned)?;
+    let roster = roster(&mandate).map_err(|e| KeygenError::Deal(e.to_string()))?;
+    let (group, shares) = quorum_threshold::dealer::deal(&roster, &mut rand::rngs::OsRng)
+        .map_err(|e| KeygenError::Deal(e.to_string()))?;
+    mandate.quorum = Some(group.quorum());
+    mandate.keygen = Keygen::Dealer { dealer: None };
+    let event = publish_mandate(relays, maintainer, &mandate).await?;
+    let delivered = deal_over_relays(relays, maintainer, &event, &shares, config).await;
+    drop(shares);
+    delivered.map(|()| event)
+}
+
+/// The member side of dealer mode: waits for this member's share of `mandate` (a signed dealer
+/// mandate naming its quorum key) and accepts it only from the mandate's dealer (the mandate's
+/// signer when it names none), for this member, of the mandate's quorum key and roster.
+/// Deliveries from anyone else are refused; if only such came, the error names the sender.
+pub async fn receive_dealt_share(
+    relays: &[RelayUrl],
+    keys: &Keys,
+    mandate: &Event,
+    config: &KeygenConfig,
+) -> Result<KeyShare, KeygenError> {
+    let parsed = read_mandate(mandate)?;
+    let dealer = dealer_of(mandate, &parsed).ok_or_else(|| KeygenError::NotApplicable {
+        id: mandate.id,
+        reason: "not a dealer mandate".into(),
+    })?;
+    let quorum = parsed.quorum.ok_or_else(|| KeygenError::NotApplicable {
+        id: mandate.id,
+        reason: "a dealer mandate must name the quorum key".into(),
+    })?;
+    let me = keys.public_key();
+    if parsed.member_index(&me).is_none() {
+        return Err(KeygenError::NotAMember { id: mandate.id, me });
+    }
+    let roster = roster_of(mandate.id, &parsed)?;
+    let session = SessionId::from_event_id(&mandate.id);
+    let filter = Filter::new()
+        .kind(quorum_msg::DEALER_SHARE)
+        .pubkey(me)
+        .since(mandate.created_at - 600u64);
+    let channel = Channel::open(relays, keys.clone(), vec![filter]).await?;
+    let deadline = Instant::now() + config.delivery_timeout;
+    let delivery = channel
+        .wait_for(deadline, |events| {
+            events
+                .iter()
+                .filter(|e| e.kind == quorum_msg::DEALER_SHARE && e.pubkey == dealer)
+                .find_map(|e| {
+                    QuorumMessage::open(e, keys)
+                        .ok()
+                        .filter(|o| o.session == session)
+                })
+        })
+        .await;
+    let refused = refused_delivery(&channel.events(), session, dealer);
+    channel.close().await;
+    let Some(mut delivery) = delivery else {
+        return Err(refused.unwrap_or(KeygenError::NoDelivery {
+            dealer,
+            mandate: mandate.id,
+        }));
+    };
+    if let Some(refused) = refused {
+        tracing::warn!(mandate = %mandate.id, "{refused}");
+    }
+    let share = KeyShare::from_json(&delivery.plaintext);
+    delivery.plaintext.zeroize();
+    let share = share.map_err(|source| KeygenError::InvalidShare {
+        dealer,
+        source: Box::new(source),
+    })?;
+    if share.member() != me {
+        return Err(KeygenError::WrongMember {
+            dealer,
+            got: share.member(),
+            expected: me,
+        });
+    }
+    if share.quorum() != quorum || delivery.quorum != Some(quorum) {
+        return Err(KeygenError::WrongQuorum {
+            got: share.quorum(),
+            expected: quorum,
+        });
+    }
+    if *share.group().roster() != roster {
+        return Err(KeygenError::WrongRoster);
+    }
+    Ok(share)
+}
+
+/// A delivery for `session` from someone other than `dealer`, as the refusal error.
+fn refused_delivery(
+    events: &[Event],
+    session: SessionId,
+    dealer: PublicKey,
+) -> Option<KeygenError> {
+    events
+        .iter()
+        .filter(|e| e.kind == quorum_msg::DEALER_SHARE && e.pubkey != dealer)
+        .find(|e| QuorumMessage::from_event(e).is_ok_and(|m| m.session == session))
+        .map(|e| KeygenError::NotFromDealer {
+            id: e.id,
+            sender: e.pubkey,
+            dealer,
+        })
+}
+
+/// Settings of the member service.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub keygen: KeygenConfig,
+    /// Mandates older than this when the service starts are not answered (they are done, or
+    /// their rounds are over).
+    pub max_proposal_age: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            keygen: KeygenConfig::default(),
+            max_proposal_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// [`serve_with`] with the default settings.
+pub async fn serve(
+    relays: &[RelayUrl],
+    keys: &Keys,
+    share_dir: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), KeygenError> {
+    serve_with(relays, keys, share_dir, ServeConfig::default(), shutdown).await
+}
+
+/// The member service a DVM daemon runs until `shutdown`: it answers the mandates (8704) that
+/// name its key — a DKG proposal with [`run_dkg`], a dealer mandate with
+/// [`receive_dealt_share`] — and saves each share to `share_dir/<quorum hex>.json` (mode 0600).
+/// Each session runs in its own task; one that fails is logged and changes nothing else.
+/// `share_dir/sessions/<proposal id>` records each DKG session taken part in (`started`,
+/// `done <quorum>` or `failed: …`), so that a restarted service does not join a session twice.
+/// Errors only if it cannot start.
+pub async fn serve_with(
+    relays: &[RelayUrl],
+    keys: &Keys,
+    share_dir: PathBuf,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), KeygenError> {
+    private_dir(&share_dir)?;
+    private_dir(&share_dir.join("sessions"))?;
+    let me = keys.public_key();
+    let since = Timestamp::now() - config.max_proposal_age.as_secs();
+    let filter = Filter::new().kind(mandate::MANDATE).pubkey(me).since(since);
+    let channel = Channel::open(relays, keys.clone(), vec![filter]).await?;
+    tracing::info!(member = %me, dir = %share_dir.display(), "answering quorum key mandates");
+    let mut handled: HashSet<EventId> = HashSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let fresh = tokio::select! {
+            () = &mut shutdown => break,
+            Some(joined) = tasks.join_next() => {
+                if let Err(e) = joined && e.is_panic() {
+                    tracing::error!("a key generation task panicked: {e}");
+                }
+                continue;
+            }
+            fresh = channel.wait_for(Instant::now() + Duration::from_secs(3600), |events| {
+                let fresh: Vec<Event> = events
+                    .iter()
+                    .filter(|e| e.kind == mandate::MANDATE && !handled.contains(&e.id))
+                    .cloned()
+                    .collect();
+                (!fresh.is_empty()).then_some(fresh)
+            }) => fresh.unwrap_or_default(),
+        };
+        for event in fresh {
+            handled.insert(event.id);
+            match plan(&event, &me, &share_dir) {
+                Ok(Some(job)) => {
+                    let relays = relays.to_vec();
+                    let keys = keys.clone();
+                    let share_dir = share_dir.clone();
+                    let config = config.keygen.clone();
+                    tasks.spawn(async move {
+                        answer(&relays, &keys, &event, job, &share_dir, &config).await;
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(mandate = %event.id, "ignored: {e}"),
+            }
+        }
+    }
+    tasks.abort_all();
+    channel.close().await;
+    tracing::info!("quorum key service stopped");
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    Dkg,
+    Dealer,
+}
+
+/// What to do about a mandate naming this member (`None`: nothing, e.g. already done).
+fn plan(event: &Event, me: &PublicKey, share_dir: &Path) -> Result<Option<Job>, KeygenError> {
+    let mandate = read_mandate(event)?;
+    if mandate.member_index(me).is_none() {
+        return Ok(None);
+    }
+    if mandate.expiration <= Timestamp::now() {
+        return Ok(None);
+    }
+    match (mandate.keygen, mandate.quorum) {
+        (Keygen::Dkg, None) => {
+            let marker = session_marker(share_dir, &event.id);
+            if marker.exists() {
+                tracing::debug!(proposal = %event.id, "DKG session already taken part in");
+                return Ok(None);
+            }
+            Ok(Some(Job::Dkg))
+        }
+        // The final mandate of a DKG: the key already exists.
+        (Keygen::Dkg, Some(_)) => Ok(None),
+        (Keygen::Dealer { .. }, Some(quorum)) => {
+            if share_path(share_dir, &quorum).exists() {
+                return Ok(None);
+            }
+            Ok(Some(Job::Dealer))
+        }
+        (Keygen::Dealer { .. }, None) => Ok(None),
+    }
+}
+
+fn session_marker(share_dir: &Path, session: &EventId) -> PathBuf {
+    share_dir.join("sessions").join(session.to_hex())
+}
+
+/// Runs one job to its end and records the outcome; never fails (it logs).
+async fn answer(
+    relays: &[RelayUrl],
+    keys: &Keys,
+    event: &Event,
+    job: Job,
+    share_dir: &Path,
+    config: &KeygenConfig,
+) {
+    let marker = session_marker(share_dir, &event.id);
+    let share = match job {
+        Job::Dkg => {
+            tracing::info!(proposal = %event.id, author = %event.pubkey, "taking part in a DKG");
+            if let Err(e) = write_marker(&marker, "started\n") {
+                tracing::warn!("not taking part in DKG {}: {e}", event.id);
+                return;
+            }
+            run_dkg(relays, keys, event, config).await
+        }
+        Job::Dealer => {
+            tracing::info!(mandate = %event.id, "waiting for the dealer's share delivery");
+            receive_dealt_share(relays, keys, event, config).await
+        }
+    };
+    let outcome = share.and_then(|share| {
+        let path = share_path(share_dir, &share.quorum());
+        store::save(&path, &share)?;
+        Ok((
+            share.quorum(),
+            share.index(),
+            share.group().threshold(),
+            path,
+        ))
+    });
+    match outcome {
+        Ok((quorum, index, threshold, path)) => {
+            tracing::info!(
+                mandate = %event.id,
+                %quorum,
+                index,
+                threshold,
+                path = %path.display(),
+                "quorum key share saved"
+            );
+            if matches!(job, Job::Dkg) {
+                let _ = write_marker(&marker, &format!("done {quorum}\n"));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(mandate = %event.id, "no quorum key share: {e}");
+            if matches!(job, Job::Dkg) {
+                let _ = write_marker(&marker, &format!("failed: {e}\n"));
+            }
+        }
+    }
+}
+
+fn write_marker(path: &Path, text: &str) -> Result<(), KeygenError> {
+    std::fs::write(path, text).map_err(|source| KeygenError::Io {
+        op: "writing",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Creates `dir` (and its parents) readable by its owner only, if it does not exist.
+fn private_dir(dir: &Path) -> Result<(), KeygenError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| KeygenError::Io {
+            op: "creating",
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// The shares a member holds, by quorum key: what runner and wrapper DVMs look up for a
+/// mandate's quorum.
+#[derive(Debug, Default)]
+pub struct ShareBook {
+    shares: BTreeMap<PublicKey, KeyShare>,
+    skipped: Vec<(PathBuf, String)>,
+}
+
+impl ShareBook {
+    /// This member's share of `quorum`.
+    pub fn get(&self, quorum: &PublicKey) -> Option<&KeyShare> {
+        self.shares.get(quorum)
+    }
+
+    /// The quorum keys it holds shares of.
+    pub fn quorums(&self) -> impl Iterator<Item = &PublicKey> {
+        self.shares.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.shares.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shares.is_empty()
+    }
+
+    /// Files that were not loaded, with the reason (never their content).
+    pub fn skipped(&self) -> &[(PathBuf, String)] {
+        &self.skipped
+    }
+}
+
+impl fmt::Display for ShareBook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} share(s)", self.shares.len())
+    }
+}
+
+/// Loads every `<quorum hex>.json` share in `share_dir` ([`store::load`]: mode 0600 only). A
+/// missing directory is an empty book; a file that does not load, or whose name is not its
+/// quorum key, is skipped with a warning.
+pub fn load_shares(share_dir: &Path) -> ShareBook {
+    let mut book = ShareBook::default();
+    let entries = match std::fs::read_dir(share_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return book,
+        Err(e) => {
+            tracing::warn!(dir = %share_dir.display(), "cannot read the share directory: {e}");
+            book.skipped.push((share_dir.to_path_buf(), e.to_string()));
+            return book;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        match store::load(&path) {
+            Ok(share) if share.quorum().to_hex() == name => {
+                book.shares.insert(share.quorum(), share);
+            }
+            Ok(share) => {
+                let reason = format!("holds a share of quorum {}", share.quorum());
+                tracing::warn!(path = %path.display(), "skipped: {reason}");
+                book.skipped.push((path, reason));
+            }
+            Err(e) => {
+                tracing::warn!("skipped share file: {e}");
+                book.skipped.push((path, e.to_string()));
+            }
+        }
+    }
+    book
+}
