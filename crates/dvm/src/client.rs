@@ -267,6 +267,85 @@ impl JobClient {
             .await
     }
 
+    /// Publishes `request`, which names several providers (a quorum job), and collects each
+    /// provider's terminal answer (its result or its `error`), one per provider. Returns the
+    /// published request and the answers once every provider answered, once `enough` says the
+    /// answers so far suffice, or at `timeout` (with whatever arrived). Fails only if nobody
+    /// took the job at all.
+    pub async fn run_many(
+        &self,
+        request: &JobRequest,
+        timeout: Duration,
+        reporter: &mut dyn JobReporter,
+        enough: impl Fn(&[JobOutcome]) -> bool,
+    ) -> Result<(Event, Vec<JobOutcome>), ClientError> {
+        let event = self.sign(request, false)?;
+        let wanted: std::collections::HashSet<PublicKey> =
+            request.providers.iter().copied().collect();
+        let mut notifications = self.client.notifications();
+        let mut kinds = vec![quorum_proto::kinds::JOB_FEEDBACK];
+        kinds.extend(quorum_proto::kinds::result_kind_for(event.kind));
+        let subscription = self
+            .client
+            .subscribe(Filter::new().kinds(kinds).event(event.id), None)
+            .await
+            .map_err(|e| ClientError::Subscribe(e.to_string()))?;
+        publish::publish(&self.client, &event, RetryPolicy::default()).await?;
+        let mut answers: Vec<JobOutcome> = Vec::new();
+        let mut heard: std::collections::HashSet<PublicKey> = Default::default();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let taken_by = tokio::time::Instant::now() + self.patience.until_taken;
+        let answered = |answers: &[JobOutcome]| -> std::collections::HashSet<PublicKey> {
+            answers
+                .iter()
+                .map(|a| match a {
+                    JobOutcome::Result { provider, .. } | JobOutcome::Error { provider, .. } => {
+                        *provider
+                    }
+                })
+                .collect()
+        };
+        let outcome = loop {
+            if !wanted.is_empty() && answered(&answers).len() == wanted.len() {
+                break Ok(());
+            }
+            if !answers.is_empty() && enough(&answers) {
+                break Ok(());
+            }
+            let wake = if heard.is_empty() {
+                deadline.min(taken_by)
+            } else {
+                deadline
+            };
+            let notification = match tokio::time::timeout_at(wake, notifications.recv()).await {
+                Err(_) if heard.is_empty() && wake < deadline => {
+                    break Err(ClientError::NotTaken(self.patience.until_taken));
+                }
+                Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break Ok(()),
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Ok(notification)) => notification,
+            };
+            let RelayPoolNotification::Event { event: answer, .. } = notification else {
+                continue;
+            };
+            if !answer.tags.event_ids().any(|id| *id == event.id)
+                || (!wanted.is_empty() && !wanted.contains(&answer.pubkey))
+                || answer.verify().is_err()
+            {
+                continue;
+            }
+            heard.insert(answer.pubkey);
+            if answered(&answers).contains(&answer.pubkey) {
+                continue;
+            }
+            if let Some(outcome) = self.interpret(&event, &answer, reporter) {
+                answers.push(outcome);
+            }
+        };
+        self.client.unsubscribe(&subscription.val).await;
+        outcome.map(|()| (event, answers))
+    }
+
     /// Follows a request someone else published (the next step of a naive chain) to its first
     /// terminal answer; answers already on the relays count.
     pub async fn follow(

@@ -8,13 +8,14 @@
 //! skipped and the run fails.
 //!
 //! This is the engine the router DVM ([`dvm::Router`], kind 5700) wraps and that `quorum run`
-//! drives directly. Modes other
-//! than router (naive chains, quorums) and approval gates are refused with a clear reason
-//! until their issues land.
+//! drives directly. A naive chain goes out as one request that its DVMs hand on
+//! ([`chain`]); a quorum job goes to every member of the run's mandate and succeeds only on an
+//! attestation signed by the quorum key ([`quorum`]).
 
 mod approval;
 mod chain;
 pub mod dvm;
+pub mod quorum;
 pub mod release;
 pub mod status;
 pub mod verify;
@@ -49,6 +50,8 @@ pub struct RunContext {
     pub repo_id: Option<quorum_proto::nip34::RepoCoordinate>,
     /// The maintainers asked by approval gates that list nobody in `from`.
     pub maintainers: Vec<PublicKey>,
+    /// The mandate that quorum jobs (`mode: quorum`) run under.
+    pub quorum: Option<quorum::QuorumContext>,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -61,6 +64,7 @@ impl std::fmt::Debug for RunContext {
             .field("secrets", &quorum_proto::RedactedSecrets(&self.secrets))
             .field("repo_id", &self.repo_id)
             .field("maintainers", &self.maintainers)
+            .field("quorum", &self.quorum.as_ref().map(|q| q.mandate_event.id))
             .finish()
     }
 }
@@ -123,8 +127,11 @@ pub struct JobRecord {
     pub report: Option<StepReport>,
     /// For DVM jobs: the result content.
     pub content: Option<String>,
-    /// Providers tried, in order.
+    /// Providers tried, in order (every member, for a quorum job).
     pub tried: Vec<String>,
+    /// For quorum jobs: the quorum, its attestation and who agreed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<quorum::QuorumRecord>,
 }
 
 impl JobRecord {
@@ -141,6 +148,7 @@ impl JobRecord {
             report: None,
             content: None,
             tried: Vec::new(),
+            quorum: None,
         }
     }
 
@@ -265,7 +273,16 @@ pub async fn execute(
                             )
                             .await
                         }
-                        _ => run_job(client, job, context, config, upstream, reporter).await,
+                        _ => match quorum::quorum_mode(job) {
+                            Some((replicas, threshold)) => {
+                                quorum::run_quorum_job(
+                                    client, job, context, config, upstream, reporter, run,
+                                    replicas, threshold,
+                                )
+                                .await
+                            }
+                            None => run_job(client, job, context, config, upstream, reporter).await,
+                        },
                     }]
                 }));
             }
@@ -570,7 +587,10 @@ pub(crate) fn finish_with_result(
 fn supported(job: &PlannedJob) -> Result<(), String> {
     match (&job.mode, &job.spec) {
         (_, JobSpec::Approval { .. }) => Ok(()),
-        (Mode::Quorum { .. }, _) => Err("quorum mode is not supported by this engine yet".into()),
+        // Quorum jobs go to `quorum::run_quorum_job`, never here.
+        (Mode::Quorum { .. }, _) => {
+            Err("internal: a quorum job reached the single-DVM path".into())
+        }
         (Mode::Naive, _) | (Mode::Router, _) => Ok(()),
     }
 }

@@ -2,9 +2,10 @@
 //! `release: true`, and our release binding (8700) naming the repository, commit, run, every
 //! artifact's sha256 and the runner results that attest them.
 //!
-//! In this version the binding is signed by the key that ran the pipeline; the quorum issue
-//! replaces that signature with the FROST quorum key (the binding is already spelled
-//! canonically for it).
+//! A release job run by a quorum (`mode: quorum`) already has its binding, signed by the quorum
+//! key when the members agreed; this module publishes only the file metadata for it. Release
+//! jobs run by single DVMs get one binding signed by the key that ran the pipeline, naming the
+//! runner results that attest them.
 
 use quorum_dvm::client::JobClient;
 use quorum_pipeline::Plan;
@@ -12,14 +13,20 @@ use quorum_proto::approval::ArtifactDigest;
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::nostr::{EventId, PublicKey, Timestamp};
 use quorum_proto::release::{Attestation, FileMetadata, ReleaseBinding};
+use quorum_proto::step::ArtifactRef;
 
 use crate::{RunContext, RunOutcome, run_id};
 
 /// What was published.
 #[derive(Debug, Clone)]
 pub struct Release {
-    /// The release binding's event id.
+    /// The release binding's event id (the first, when several quorums each signed one).
     pub binding: EventId,
+    /// Who signed that binding: the quorum key, or the key that ran the pipeline.
+    pub signer: PublicKey,
+    /// Every binding of the release, with its signer: one per quorum release job, plus one
+    /// for the release jobs single DVMs ran.
+    pub bindings: Vec<(EventId, PublicKey)>,
     /// The NIP-94 file metadata events, one per artifact.
     pub files: Vec<EventId>,
 }
@@ -47,7 +54,24 @@ pub async fn publish_release(
     let mut artifacts = Vec::new();
     let mut attestations = Vec::new();
     let mut files = Vec::new();
+    let mut bindings = Vec::new();
     for record in released {
+        if let Some(quorum) = &record.quorum {
+            let Some(binding) = &quorum.release else {
+                return Err(format!(
+                    "release job {} ran in quorum mode but has no quorum-signed binding",
+                    record.id
+                ));
+            };
+            let binding = EventId::from_hex(binding).map_err(|e| e.to_string())?;
+            let signer = PublicKey::parse(&quorum.pubkey).map_err(|e| e.to_string())?;
+            bindings.push((binding, signer));
+            // A wrapped DVM's result has no Blossom artifacts to describe.
+            for artifact in record.report.iter().flat_map(|r| &r.artifacts) {
+                files.push(publish_metadata(client, artifact).await?);
+            }
+            continue;
+        }
         let (Some(report), Some(result), Some(provider)) =
             (&record.report, &record.result, &record.provider)
         else {
@@ -62,19 +86,19 @@ pub async fn publish_release(
                 format!("{}/{}", record.id, artifact.name),
                 sha,
             ));
-            let metadata = FileMetadata::for_artifact(
-                &artifact.blob.urls,
-                "application/octet-stream",
-                sha,
-                artifact.blob.size,
-            )
-            .ok_or_else(|| format!("artifact {} is on no Blossom server", artifact.name))?;
-            let event = client
-                .publish_event(metadata.to_event_builder())
-                .await
-                .map_err(|e| format!("cannot publish file metadata: {e}"))?;
-            files.push(event.id);
+            files.push(publish_metadata(client, artifact).await?);
         }
+    }
+    if attestations.is_empty()
+        && let Some(&(binding, signer)) = bindings.first()
+    {
+        // Every release job ran in quorum mode: the quorums' bindings are the release.
+        return Ok(Some(Release {
+            binding,
+            signer,
+            bindings,
+            files,
+        }));
     }
     let binding = ReleaseBinding::new(
         repo,
@@ -91,8 +115,29 @@ pub async fn publish_release(
         .publish_event(builder)
         .await
         .map_err(|e| format!("cannot publish the release: {e}"))?;
+    bindings.push((event.id, event.pubkey));
+    let (binding, signer) = bindings[0];
     Ok(Some(Release {
-        binding: event.id,
+        binding,
+        signer,
+        bindings,
         files,
     }))
+}
+
+/// Publishes the NIP-94 file metadata (1063) of one artifact.
+async fn publish_metadata(client: &JobClient, artifact: &ArtifactRef) -> Result<EventId, String> {
+    let sha = Sha256Hex::parse(&artifact.blob.sha256).map_err(|e| e.to_string())?;
+    let metadata = FileMetadata::for_artifact(
+        &artifact.blob.urls,
+        "application/octet-stream",
+        sha,
+        artifact.blob.size,
+    )
+    .ok_or_else(|| format!("artifact {} is on no Blossom server", artifact.name))?;
+    let event = client
+        .publish_event(metadata.to_event_builder())
+        .await
+        .map_err(|e| format!("cannot publish file metadata: {e}"))?;
+    Ok(event.id)
 }

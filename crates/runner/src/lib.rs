@@ -7,6 +7,11 @@
 //! [`StepReport`]. A step that ran and failed is still a result (its exit code says so); a job
 //! that could not run (bad request, unreachable repository, no Blossom server took the
 //! artifacts) is `error` feedback.
+//!
+//! A request that names a quorum mandate (`QuorumJobParams`) is one that several runners build
+//! independently: after a successful build this runner takes part in the agreement and
+//! signing with its share ([`QuorumMember`]), and its report says how that went
+//! (`StepReport::quorum`).
 
 pub mod git;
 
@@ -16,9 +21,11 @@ use std::time::{Duration, Instant};
 
 use nostr_sdk::prelude::Kind;
 use quorum_blossom::client::{BlossomClient, ServerOutcome};
+use quorum_consensus::job::QuorumMember;
 use quorum_dvm::{Job, JobContext, JobFailure, JobHandler, JobOutput};
 use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
 use quorum_proto::nip90::JobRequest;
+use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport};
 use quorum_proto::step::{ArtifactRef, BlobRef, SandboxRef, StepJob, StepReport};
 use quorum_sandbox::{LogLine, LogSink, ResourceLimits, Sandbox, SecretString, StepSpec};
 use url::Url;
@@ -69,6 +76,8 @@ pub struct Runner {
     config: RunnerConfig,
     sandbox: Arc<dyn Sandbox>,
     blossom: BlossomClient,
+    /// This runner as a quorum member: set when it may hold key shares.
+    quorum: Option<QuorumMember>,
 }
 
 impl Runner {
@@ -86,6 +95,56 @@ impl Runner {
             config,
             sandbox,
             blossom,
+            quorum: None,
+        }
+    }
+
+    /// Lets the runner serve quorum jobs with the shares `member` finds.
+    pub fn with_quorum(mut self, member: QuorumMember) -> Self {
+        self.quorum = Some(member);
+        self
+    }
+
+    /// After a build: this runner's part in the quorum the request names.
+    async fn take_part(
+        &self,
+        job: &Job,
+        params: &QuorumJobParams,
+        report: &StepReport,
+    ) -> QuorumReport {
+        let unserved = |failure: String| QuorumReport {
+            mandate: params.mandate.to_hex(),
+            failure: Some(failure),
+            ..QuorumReport::default()
+        };
+        let Some(member) = &self.quorum else {
+            return unserved("this runner holds no quorum shares".into());
+        };
+        if !report.succeeded() {
+            // A failed build has nothing to commit to; the others count this runner as silent.
+            return unserved("the step failed; nothing to commit to".into());
+        }
+        let files = report
+            .artifacts
+            .iter()
+            .map(|a| (a.name.as_str(), a.blob.sha256.as_str()));
+        let result = match quorum_proto::quorum_job::build_result(files) {
+            Ok(result) if !result.is_empty() => result,
+            Ok(_) => return unserved("the step declared no artifacts to agree on".into()),
+            Err(err) => return unserved(err.to_string()),
+        };
+        let pipeline_job = job.request.param_value("job");
+        match member.serve(&job.event, params, pipeline_job, result).await {
+            Ok((report, outcome)) => {
+                if let Some(failure) = &outcome.failure {
+                    tracing::warn!(request = %job.event.id, "quorum: {failure}");
+                }
+                report
+            }
+            Err(err) => {
+                tracing::warn!(request = %job.event.id, "quorum: {err}");
+                unserved(err.to_string())
+            }
         }
     }
 
@@ -275,6 +334,8 @@ impl JobHandler for Runner {
     }
 
     async fn run(&self, job: Job, ctx: JobContext) -> Result<JobOutput, JobFailure> {
+        let quorum = QuorumJobParams::from_request(&job.request)
+            .map_err(|e| JobFailure::new(format!("invalid quorum request: {e}")))?;
         let dir = self.config.work_root.join(job.event.id.to_hex());
         // A resumed job starts from scratch: whatever an interrupted run left is not trusted.
         let _ = std::fs::remove_dir_all(&dir);
@@ -284,7 +345,10 @@ impl JobHandler for Runner {
         {
             tracing::warn!("cannot remove job dir {}: {err}", dir.display());
         }
-        let report = report?;
+        let mut report = report?;
+        if let Some(params) = quorum {
+            report.quorum = Some(self.take_part(&job, &params, &report).await);
+        }
         let content = serde_json::to_string(&report)
             .map_err(|e| JobFailure::new(format!("cannot encode the report: {e}")))?;
         Ok(JobOutput { content })

@@ -70,6 +70,33 @@ impl Network {
 
     /// [`Network::runner`] with the given keys (to know its secret key, or restart it).
     pub async fn runner_with_keys(&self, data: &Path, keys: Keys, allow_local: bool) -> Dvm {
+        self.start_runner(data, keys, allow_local, None).await
+    }
+
+    /// A runner that serves quorum jobs with the shares in `share_dir` (`<quorum hex>.json`).
+    pub async fn quorum_runner(
+        &self,
+        data: &Path,
+        keys: Keys,
+        share_dir: &Path,
+        config: quorum_consensus::member::MemberConfig,
+    ) -> Dvm {
+        let member = quorum_consensus::job::QuorumMember::new(
+            vec![self.relay.clone()],
+            keys.clone(),
+            share_dir.to_path_buf(),
+        )
+        .with_config(config);
+        self.start_runner(data, keys, true, Some(member)).await
+    }
+
+    async fn start_runner(
+        &self,
+        data: &Path,
+        keys: Keys,
+        allow_local: bool,
+        quorum: Option<quorum_consensus::job::QuorumMember>,
+    ) -> Dvm {
         let mut config = RunnerConfig::new(data.join("work"), vec![self.blossom.clone()]);
         config.git = GitPolicy {
             allow_local,
@@ -77,11 +104,14 @@ impl Network {
         };
         let sandbox = quorum_sandbox::Bubblewrap::detect()
             .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
-        let runner = Runner::new(
+        let mut runner = Runner::new(
             config,
             Arc::new(sandbox),
             quorum_blossom::client::BlossomClient::new(keys.clone()),
         );
+        if let Some(member) = quorum {
+            runner = runner.with_quorum(member);
+        }
         let mut dvm_config = DvmConfig::new(vec![self.relay.clone()], data.join("dvm"), "runner");
         // Frequent signs of life, so that tests can use a short patience.
         dvm_config.heartbeat = Duration::from_millis(500);

@@ -11,7 +11,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -68,7 +68,8 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
     }
 }
 
-/// Writes `share` to `path` atomically with mode 0600 (replacing any existing file).
+/// Writes `share` to `path` atomically with mode 0600 (replacing any existing file), creating
+/// its directory with mode 0700 if needed.
 pub fn save(path: &Path, share: &KeyShare) -> Result<(), StoreError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let json = share
@@ -84,6 +85,14 @@ pub fn save(path: &Path, share: &KeyShare) -> Result<(), StoreError> {
     let name = path.file_name().ok_or_else(|| StoreError::NotAFile {
         path: path.to_path_buf(),
     })?;
+    if !dir.exists() {
+        // Only its owner may list a directory of key shares.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io("creating directory", &dir))?;
+    }
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
         name.to_string_lossy(),

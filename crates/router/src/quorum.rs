@@ -1,0 +1,425 @@
+//! Quorum jobs (`mode: quorum`): one request to every member of the run's mandate, each
+//! builds on its own, and the job succeeds only when the quorum key signed an attestation of
+//! what `t` of them built byte for byte (and, for a release job, the release binding).
+//!
+//! The engine trusts no member's word: it reads the attestation (8708) and binding (8700)
+//! from the relays and checks that the quorum key signed them for this request and mandate.
+//! The member reports only say where to look and, when there is no agreement, why.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use quorum_dvm::client::{JobClient, JobOutcome};
+use quorum_pipeline::{JobSpec, Mode, PlannedJob};
+use quorum_proto::agreement::{QUORUM_ATTESTATION, QuorumAttestation};
+use quorum_proto::mandate::Mandate;
+use quorum_proto::nostr::{Event, EventId, Filter, PublicKey};
+use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport, ReleaseParams, hex_list};
+use quorum_proto::release::{RELEASE_BINDING, ReleaseBinding};
+use quorum_proto::step::StepReport;
+use serde::Serialize;
+
+use crate::{
+    EngineConfig, Forward, JobRecord, JobState, PARAM_JOB, RunContext, RunReporter, Upstream,
+    finish_with_result, prepare,
+};
+
+/// The quorum a run uses: the mandate event and what it says.
+#[derive(Debug, Clone)]
+pub struct QuorumContext {
+    pub mandate_event: Event,
+    pub mandate: Mandate,
+}
+
+impl QuorumContext {
+    /// The mandate of `event`, which must name a quorum key (not a DKG proposal).
+    pub fn new(event: Event) -> Result<Self, String> {
+        let mandate = Mandate::from_event(&event).map_err(|e| format!("mandate: {e}"))?;
+        if mandate.quorum.is_none() {
+            return Err("the mandate is a DKG proposal: it names no quorum key yet".into());
+        }
+        Ok(QuorumContext {
+            mandate_event: event,
+            mandate,
+        })
+    }
+
+    pub fn quorum(&self) -> PublicKey {
+        self.mandate.quorum.expect("checked in new")
+    }
+
+    pub fn members(&self) -> Vec<PublicKey> {
+        self.mandate.members.iter().map(|m| m.pubkey).collect()
+    }
+}
+
+/// How a quorum job went, as a run's record and JSON show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QuorumRecord {
+    /// The quorum key (hex) that signed.
+    pub pubkey: String,
+    pub threshold: u16,
+    /// Every member of the mandate (hex).
+    pub members: Vec<String>,
+    /// The mandate's event id.
+    pub mandate: String,
+    /// The quorum attestation (8708), when the quorum signed one.
+    pub attestation: Option<String>,
+    /// The release binding (8700) the quorum signed, for a release job.
+    pub release: Option<String>,
+    /// Members the attestation names as having built the agreed files.
+    pub agreed: Vec<String>,
+    /// Members that answered with something else, or failed.
+    pub disagreed: Vec<String>,
+    /// Members that did not answer in time.
+    pub silent: Vec<String>,
+}
+
+/// Extra time a member may spend agreeing and signing after its build.
+const AGREEMENT_ALLOWANCE: Duration = Duration::from_secs(120);
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_quorum_job(
+    client: &JobClient,
+    job: &PlannedJob,
+    context: &RunContext,
+    config: &EngineConfig,
+    upstream: Upstream,
+    reporter: &Mutex<&mut dyn RunReporter>,
+    run: &str,
+    replicas: u32,
+    threshold: u32,
+) -> JobRecord {
+    let mut record = JobRecord::new(job);
+    let fail = |mut record: JobRecord, reason: String| {
+        record.state = JobState::Failed { reason };
+        record
+    };
+    let Some(quorum) = &context.quorum else {
+        return fail(
+            record,
+            format!(
+                "job {} runs in quorum mode ({threshold} of {replicas}), but the run has no \
+                 mandate; create one with `quorum mandate create` and pass it to the run",
+                job.id
+            ),
+        );
+    };
+    let mandate = &quorum.mandate;
+    if mandate.n() != replicas as usize || u32::from(mandate.threshold) != threshold {
+        return fail(
+            record,
+            format!(
+                "job {} asks for {threshold} of {replicas} replicas, but mandate {} is for {} \
+                 of {}",
+                job.id,
+                quorum.mandate_event.id,
+                mandate.threshold,
+                mandate.n()
+            ),
+        );
+    }
+    let prepared = match prepare(job, context, config, &upstream) {
+        Ok(prepared) => prepared,
+        Err(reason) => return fail(record, reason),
+    };
+    if prepared.encrypt {
+        return fail(
+            record,
+            "a quorum job cannot take secrets: NIP-90 encrypts a request to one provider, and \
+             a quorum request goes to every member"
+                .into(),
+        );
+    }
+    let release = if job.release {
+        let Some(repo) = context.repo_id.clone() else {
+            return fail(
+                record,
+                "a release names the repository by its NIP-34 identity; give the run its owner \
+                 and identifier"
+                    .into(),
+            );
+        };
+        Some(ReleaseParams {
+            repo,
+            run: run.to_string(),
+            job: job.id.clone(),
+        })
+    } else {
+        None
+    };
+    let mut request = prepared.request.clone();
+    request.providers = quorum.members();
+    request.parent = config.parent;
+    request.params.push(quorum_proto::nip90::JobParam::new(
+        PARAM_JOB,
+        job.id.clone(),
+    ));
+    QuorumJobParams {
+        mandate: quorum.mandate_event.id,
+        commit: context.commit.clone(),
+        release,
+    }
+    .apply(&mut request);
+    record.tried = request.providers.iter().map(PublicKey::to_hex).collect();
+    let mut forward = Forward {
+        job: &job.id,
+        reporter,
+        last_tail: String::new(),
+    };
+    let needed = usize::from(mandate.threshold);
+    let runner_job = prepared.runner_job;
+    let collected = client
+        .run_many(
+            &request,
+            prepared.timeout + AGREEMENT_ALLOWANCE,
+            &mut forward,
+            |answers| {
+                answers
+                    .iter()
+                    .filter(|a| named_attestation(a, runner_job).is_some())
+                    .count()
+                    >= needed
+            },
+        )
+        .await;
+    let (request_event, answers) = match collected {
+        Ok(collected) => collected,
+        Err(err) => return fail(record, format!("no member answered: {err}")),
+    };
+    record.request = Some(request_event.id.to_hex());
+    let lookup = config.grace.min(Duration::from_secs(10));
+    let attestation =
+        find_attestation(client, quorum, &request_event, &answers, runner_job, lookup).await;
+    let members: BTreeSet<PublicKey> = quorum.members().into_iter().collect();
+    let answered: BTreeSet<PublicKey> = answers.iter().map(provider).collect();
+    let agreed: BTreeSet<PublicKey> = attestation
+        .as_ref()
+        .map(|(_, a)| a.agreed.clone())
+        .unwrap_or_default();
+    let mut summary = QuorumRecord {
+        pubkey: quorum.quorum().to_hex(),
+        threshold: mandate.threshold,
+        members: hex_list(&members),
+        mandate: quorum.mandate_event.id.to_hex(),
+        attestation: attestation.as_ref().map(|(e, _)| e.id.to_hex()),
+        release: None,
+        agreed: hex_list(&agreed),
+        disagreed: hex_list(answered.difference(&agreed)),
+        silent: hex_list(members.difference(&answered)),
+    };
+    let Some((attestation_event, _)) = attestation else {
+        let reasons: Vec<String> = answers
+            .iter()
+            .map(|a| format!("{}: {}", short(&provider(a)), member_failure(a, runner_job)))
+            .collect();
+        record.quorum = Some(summary);
+        return fail(
+            record,
+            format!(
+                "the quorum signed no attestation: {} of {} members answered, {needed} must \
+                 agree ({})",
+                answered.len(),
+                members.len(),
+                if reasons.is_empty() {
+                    "nobody answered".to_string()
+                } else {
+                    reasons.join("; ")
+                }
+            ),
+        );
+    };
+    // The job's outputs come from an agreeing member's result: its files are the agreed ones.
+    let Some(chosen) = answers.iter().find(|a| agreed.contains(&provider(a))) else {
+        record.quorum = Some(summary);
+        return fail(
+            record,
+            "the quorum signed an attestation, but no agreeing member's result arrived".into(),
+        );
+    };
+    let JobOutcome::Result { event, content, .. } = chosen else {
+        unreachable!("named_attestation only matches results")
+    };
+    if job.release {
+        match find_binding(
+            client,
+            quorum,
+            &attestation_event,
+            &answers,
+            runner_job,
+            lookup,
+        )
+        .await
+        {
+            Some(binding) => summary.release = Some(binding.id.to_hex()),
+            None => {
+                record.quorum = Some(summary);
+                return fail(
+                    record,
+                    "the quorum agreed but signed no release binding for this release job".into(),
+                );
+            }
+        }
+    }
+    record.result = Some(event.id.to_hex());
+    record.provider = Some(event.pubkey.to_hex());
+    let mut record = finish_with_result(record, runner_job, content.clone());
+    record.quorum = Some(summary);
+    record
+}
+
+fn provider(outcome: &JobOutcome) -> PublicKey {
+    match outcome {
+        JobOutcome::Result { provider, .. } | JobOutcome::Error { provider, .. } => *provider,
+    }
+}
+
+/// The member's quorum report, for a runner's result.
+fn member_report(outcome: &JobOutcome, runner_job: bool) -> Option<QuorumReport> {
+    let JobOutcome::Result { content, .. } = outcome else {
+        return None;
+    };
+    if !runner_job {
+        return None;
+    }
+    serde_json::from_str::<StepReport>(content).ok()?.quorum
+}
+
+/// The attestation a member's result points to: a runner's report, or the `e` tag marked
+/// `attestation` that wrappers add.
+fn named_attestation(outcome: &JobOutcome, runner_job: bool) -> Option<EventId> {
+    if let Some(id) = member_report(outcome, runner_job)
+        .and_then(|r| r.attestation)
+        .and_then(|id| EventId::from_hex(&id).ok())
+    {
+        return Some(id);
+    }
+    let JobOutcome::Result { event, .. } = outcome else {
+        return None;
+    };
+    marked_event(event, "attestation")
+}
+
+fn marked_event(event: &Event, marker: &str) -> Option<EventId> {
+    event.tags.iter().find_map(|tag| match tag.as_slice() {
+        [name, id, _, m, ..] if name == "e" && m == marker => EventId::from_hex(id).ok(),
+        _ => None,
+    })
+}
+
+fn member_failure(outcome: &JobOutcome, runner_job: bool) -> String {
+    match outcome {
+        JobOutcome::Error { feedback, .. } => format!(
+            "error: {}",
+            feedback.extra.as_deref().unwrap_or("no reason given")
+        ),
+        JobOutcome::Result { content, .. } => {
+            if let Some(report) = member_report(outcome, runner_job) {
+                return report
+                    .failure
+                    .unwrap_or_else(|| "took part, signed nothing".into());
+            }
+            if runner_job {
+                match serde_json::from_str::<StepReport>(content) {
+                    Ok(report) if !report.succeeded() => "the step failed".into(),
+                    Ok(_) => "no quorum report".into(),
+                    Err(_) => "not a step report".into(),
+                }
+            } else {
+                "no attestation named".into()
+            }
+        }
+    }
+}
+
+/// The quorum's attestation of `request`, checked: signed by the quorum key, about this
+/// request and mandate.
+async fn find_attestation(
+    client: &JobClient,
+    quorum: &QuorumContext,
+    request: &Event,
+    answers: &[JobOutcome],
+    runner_job: bool,
+    timeout: Duration,
+) -> Option<(Event, QuorumAttestation)> {
+    let named: Vec<EventId> = answers
+        .iter()
+        .filter_map(|a| named_attestation(a, runner_job))
+        .collect();
+    let filter = Filter::new()
+        .kind(QUORUM_ATTESTATION)
+        .author(quorum.quorum())
+        .event(request.id);
+    let mut found = client.fetch(filter, timeout).await.unwrap_or_default();
+    if !named.is_empty() && !found.iter().any(|e| named.contains(&e.id)) {
+        let by_id = Filter::new().ids(named).kind(QUORUM_ATTESTATION);
+        found.extend(client.fetch(by_id, timeout).await.unwrap_or_default());
+    }
+    found.into_iter().find_map(|event| {
+        if event.pubkey != quorum.quorum() || event.verify().is_err() {
+            return None;
+        }
+        let attestation = QuorumAttestation::from_event(&event).ok()?;
+        (attestation.job == request.id && attestation.mandate == quorum.mandate_event.id)
+            .then_some((event, attestation))
+    })
+}
+
+/// The release binding the quorum signed next to `attestation`, checked.
+async fn find_binding(
+    client: &JobClient,
+    quorum: &QuorumContext,
+    attestation: &Event,
+    answers: &[JobOutcome],
+    runner_job: bool,
+    timeout: Duration,
+) -> Option<Event> {
+    let named: Vec<EventId> = answers
+        .iter()
+        .filter_map(|a| member_report(a, runner_job))
+        .filter_map(|r| r.release)
+        .filter_map(|id| EventId::from_hex(&id).ok())
+        .chain(answers.iter().filter_map(|a| match a {
+            JobOutcome::Result { event, .. } => marked_event(event, "release"),
+            JobOutcome::Error { .. } => None,
+        }))
+        .collect();
+    let filter = Filter::new()
+        .kind(RELEASE_BINDING)
+        .author(quorum.quorum())
+        .event(attestation.id);
+    let mut found = client.fetch(filter, timeout).await.unwrap_or_default();
+    if !named.is_empty() && !found.iter().any(|e| named.contains(&e.id)) {
+        let by_id = Filter::new().ids(named).kind(RELEASE_BINDING);
+        found.extend(client.fetch(by_id, timeout).await.unwrap_or_default());
+    }
+    found.into_iter().find(|event| {
+        event.pubkey == quorum.quorum()
+            && event.verify().is_ok()
+            && ReleaseBinding::from_event(event).is_ok_and(|b| {
+                b.attestations
+                    .iter()
+                    .any(|a| a.result == attestation.id && a.builder == quorum.quorum())
+            })
+    })
+}
+
+fn short(key: &PublicKey) -> String {
+    key.to_hex()[..12].to_string()
+}
+
+/// Whether a job runs in quorum mode, and with what.
+pub(crate) fn quorum_mode(job: &PlannedJob) -> Option<(u32, u32)> {
+    match (&job.mode, &job.spec) {
+        (_, JobSpec::Approval { .. }) => None,
+        (
+            Mode::Quorum {
+                replicas,
+                threshold,
+            },
+            _,
+        ) => Some((*replicas, *threshold)),
+        _ => None,
+    }
+}

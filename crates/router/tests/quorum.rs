@@ -1,0 +1,342 @@
+//! Quorum jobs through the engine, end to end on loopback: three runner DVMs with bubblewrap
+//! hold shares of one quorum key; a `mode: quorum` build goes to all of them as one request,
+//! and the job succeeds only on an attestation (and release binding) signed by the quorum key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nostr_sdk::prelude::*;
+use quorum_consensus::agreement::AgreementConfig;
+use quorum_consensus::member::MemberConfig;
+use quorum_consensus::signing::SigningConfig;
+use quorum_dvm::Dvm;
+use quorum_proto::mandate::{Keygen, Mandate, Member};
+use quorum_proto::nip34::RepoCoordinate;
+use quorum_router::quorum::QuorumContext;
+use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, execute};
+use quorum_testkit::git::sample_repo;
+use quorum_testnet::Network;
+use quorum_threshold::Roster;
+
+struct Quiet;
+
+impl RunReporter for Quiet {
+    fn job_started(&mut self, _: &quorum_pipeline::PlannedJob) {}
+    fn job_progress(&mut self, _: &str, _: &PublicKey, _: &str) {}
+    fn job_finished(&mut self, _: &JobRecord) {}
+}
+
+fn fast() -> MemberConfig {
+    MemberConfig {
+        agreement: AgreementConfig {
+            commit_wait: Duration::from_secs(60),
+            straggler_wait: Duration::from_secs(2),
+            reveal_wait: Duration::from_secs(20),
+            ..AgreementConfig::default()
+        },
+        signing: SigningConfig {
+            attempt_timeout: Duration::from_secs(5),
+            ..SigningConfig::default()
+        },
+    }
+}
+
+/// Three runners, a 2-of-3 key dealt to them (shares saved as the runners keep them), and a
+/// mandate for it signed by the repository's owner and published.
+struct Fleet {
+    runners: Vec<Dvm>,
+    context: QuorumContext,
+    owner: Keys,
+}
+
+async fn fleet(network: &Network, dir: &Path, allow: &[u16]) -> Fleet {
+    let keys: Vec<Keys> = (0..3).map(|_| Keys::generate()).collect();
+    let roster = Roster::new(2, keys.iter().map(|k| k.public_key())).unwrap();
+    let (group, shares) = quorum_threshold::dealer::deal(&roster, &mut rand::rngs::OsRng).unwrap();
+    let mut runners = Vec::new();
+    for (n, k) in keys.iter().enumerate() {
+        let data = dir.join(format!("runner{n}"));
+        let share_dir = data.join("shares");
+        let share = shares
+            .iter()
+            .find(|s| s.member() == k.public_key())
+            .unwrap();
+        quorum_threshold::store::save(
+            &quorum_consensus::job::share_path(&share_dir, &group.quorum()),
+            share,
+        )
+        .unwrap();
+        runners.push(
+            network
+                .quorum_runner(&data, k.clone(), &share_dir, fast())
+                .await,
+        );
+    }
+    let owner = Keys::generate();
+    let mandate = Mandate {
+        repo: RepoCoordinate::new(owner.public_key(), "sample"),
+        pipeline: ".quorum/pipeline.yml".into(),
+        jobs: vec!["build".into()],
+        quorum: Some(group.quorum()),
+        members: roster
+            .members()
+            .iter()
+            .map(|m| Member::new(m.pubkey, m.index))
+            .collect(),
+        threshold: 2,
+        keygen: Keygen::Dealer { dealer: None },
+        allow: allow.iter().copied().collect(),
+        expiration: Timestamp::now() + 3600u64,
+        content: String::new(),
+    };
+    let event = mandate
+        .to_event_builder()
+        .unwrap()
+        .sign_with_keys(&owner)
+        .unwrap();
+    let client = network.client().await;
+    client.publish_signed(&event).await.unwrap();
+    client.shutdown().await;
+    Fleet {
+        runners,
+        context: QuorumContext::new(event).unwrap(),
+        owner,
+    }
+}
+
+const PIPELINE: &str = "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n    release: true\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_of_runners_signs_the_release_of_what_they_all_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
+    let quorum = fleet.context.quorum();
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit: commit.clone(),
+        repo_id: Some(RepoCoordinate::new(fleet.owner.public_key(), "sample")),
+        quorum: Some(fleet.context.clone()),
+        ..RunContext::default()
+    };
+    let client = network.client().await;
+    let outcome = execute(
+        &client,
+        &plan,
+        &context,
+        &EngineConfig::default(),
+        Vec::new(),
+        &mut Quiet,
+    )
+    .await;
+    let build = &outcome.jobs[0];
+    assert!(outcome.succeeded, "{:?}", build.state);
+    let record = build.quorum.as_ref().expect("a quorum record");
+    assert_eq!(record.pubkey, quorum.to_hex());
+    assert_eq!(record.threshold, 2);
+    assert_eq!(record.members.len(), 3);
+    assert_eq!(record.mandate, fleet.context.mandate_event.id.to_hex());
+    assert!(record.agreed.len() >= 2, "{record:?}");
+    assert!(record.disagreed.is_empty(), "{record:?}");
+    let provider = build.provider.as_ref().unwrap();
+    assert!(
+        record.agreed.contains(provider),
+        "the chosen result is an agreeing member's"
+    );
+
+    // The attestation and binding are plain BIP-340 events under the quorum key.
+    let attestation = EventId::from_hex(record.attestation.as_ref().unwrap()).unwrap();
+    let binding = EventId::from_hex(record.release.as_ref().unwrap()).unwrap();
+    let events = client
+        .fetch(
+            Filter::new().ids([attestation, binding]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    for event in &events {
+        assert_eq!(event.pubkey, quorum);
+        event.verify().unwrap();
+    }
+    let binding_event = events.iter().find(|e| e.id == binding).unwrap();
+    let parsed = quorum_proto::release::ReleaseBinding::from_event(binding_event).unwrap();
+    assert_eq!(parsed.commit, commit);
+    let sha = &build.report.as_ref().unwrap().artifacts[0].blob.sha256;
+    assert_eq!(parsed.artifacts[0].name, "build/out/hello.txt");
+    assert_eq!(parsed.artifacts[0].sha256.to_string(), *sha);
+
+    // The run's release is the quorum's binding.
+    let release = quorum_router::release::publish_release(&client, &plan, &context, &outcome)
+        .await
+        .unwrap()
+        .expect("a release");
+    assert_eq!(release.binding, binding);
+    assert_eq!(release.signer, quorum);
+    assert_eq!(release.files.len(), 1);
+
+    client.shutdown().await;
+    for runner in fleet.runners {
+        runner.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_that_all_differ_sign_nothing_and_the_job_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
+    // Every runner writes different bytes: nanoseconds of its own clock.
+    let plan = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        "on: [push]\njobs:\n  build:\n    run: mkdir -p out && date +%s%N > out/t\n    artifacts: [out/t]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n",
+    )
+    .unwrap();
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        quorum: Some(fleet.context.clone()),
+        ..RunContext::default()
+    };
+    let client = network.client().await;
+    let outcome = execute(
+        &client,
+        &plan,
+        &context,
+        &EngineConfig::default(),
+        Vec::new(),
+        &mut Quiet,
+    )
+    .await;
+    assert!(!outcome.succeeded);
+    let build = &outcome.jobs[0];
+    let JobState::Failed { reason } = &build.state else {
+        panic!("{:?}", build.state)
+    };
+    assert!(
+        reason.contains("the quorum signed no attestation"),
+        "{reason}"
+    );
+    assert!(reason.contains("no agreement"), "{reason}");
+    let record = build.quorum.as_ref().unwrap();
+    assert!(record.attestation.is_none());
+    assert!(record.agreed.is_empty());
+    // Nothing under the quorum key exists on the relay.
+    let signed = client
+        .fetch(
+            Filter::new().author(fleet.context.quorum()),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    assert!(signed.is_empty(), "{signed:?}");
+    client.shutdown().await;
+    for runner in fleet.runners {
+        runner.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_job_without_a_fitting_mandate_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
+    let client = network.client().await;
+    let mut context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        ..RunContext::default()
+    };
+    let run = |context: RunContext| {
+        let client = &client;
+        let plan = &plan;
+        async move {
+            execute(
+                client,
+                plan,
+                &context,
+                &EngineConfig::default(),
+                Vec::new(),
+                &mut Quiet,
+            )
+            .await
+        }
+    };
+    let outcome = run(context.clone()).await;
+    let JobState::Failed { reason } = &outcome.jobs[0].state else {
+        panic!()
+    };
+    assert!(reason.contains("the run has no mandate"), "{reason}");
+
+    // A mandate for 2 of 3 does not serve a job that asks for 3 of 5.
+    let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
+    context.quorum = Some(fleet.context.clone());
+    let five = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        &PIPELINE
+            .replace("replicas: 3", "replicas: 5")
+            .replace("threshold: 2", "threshold: 3"),
+    )
+    .unwrap();
+    let outcome = execute(
+        &client,
+        &five,
+        &context,
+        &EngineConfig::default(),
+        Vec::new(),
+        &mut Quiet,
+    )
+    .await;
+    let JobState::Failed { reason } = &outcome.jobs[0].state else {
+        panic!()
+    };
+    assert!(reason.contains("asks for 3 of 5 replicas"), "{reason}");
+    assert!(reason.contains("is for 2 of 3"), "{reason}");
+    assert!(outcome.jobs[0].request.is_none(), "nothing was sent");
+    client.shutdown().await;
+    for runner in fleet.runners {
+        runner.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_refuse_a_mandate_that_does_not_allow_release_bindings() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    // The maintainer allowed attestations only.
+    let fleet = fleet(&network, dir.path(), &[8708]).await;
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        repo_id: Some(RepoCoordinate::new(fleet.owner.public_key(), "sample")),
+        quorum: Some(fleet.context.clone()),
+        ..RunContext::default()
+    };
+    let client = network.client().await;
+    let outcome = execute(
+        &client,
+        &plan,
+        &context,
+        &EngineConfig::default(),
+        Vec::new(),
+        &mut Quiet,
+    )
+    .await;
+    let JobState::Failed { reason } = &outcome.jobs[0].state else {
+        panic!("{:?}", outcome.jobs[0].state)
+    };
+    assert!(
+        reason.contains("does not allow the quorum to sign kind 8700"),
+        "{reason}"
+    );
+    client.shutdown().await;
+    for runner in fleet.runners {
+        runner.shutdown().await;
+    }
+}
