@@ -4,9 +4,10 @@
 //! [`JobHandler`]; the runtime does intake, validation, journaling, feedback and publishing.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nostr_sdk::prelude::{Event, Kind};
+use nostr_sdk::prelude::{Event, Kind, Tag};
 use quorum_proto::nip89::Offer;
 use quorum_proto::nip90::JobRequest;
 use tokio::sync::mpsc;
@@ -63,6 +64,8 @@ pub(crate) enum Progress {
 pub struct JobContext {
     pub(crate) cancel: CancellationToken,
     pub(crate) progress: mpsc::Sender<Progress>,
+    /// Tags the handler asked for on its result (see [`JobContext::add_result_tags`]).
+    pub(crate) result_tags: Arc<Mutex<Vec<Tag>>>,
 }
 
 impl JobContext {
@@ -81,6 +84,18 @@ impl JobContext {
 
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// Asks for extra tags on this job's result event (e.g. a wrapper's `quorum` and
+    /// attestation tags, protocol §15.8). They are appended after the NIP-90 envelope's own
+    /// tags, so the first `e` and `p` still name the request and the customer; tags that would
+    /// change the envelope (`request`, `encrypted`, `amount`) are dropped. They are public even
+    /// when the result content is encrypted. Used only if the job succeeds.
+    pub fn add_result_tags(&self, tags: impl IntoIterator<Item = Tag>) {
+        self.result_tags
+            .lock()
+            .expect("result tags lock")
+            .extend(tags);
     }
 
     /// A token to hand to lower layers (e.g. a sandbox) that must stop on cancellation.

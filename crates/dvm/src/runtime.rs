@@ -520,9 +520,11 @@ impl<H: JobHandler> Shared<H> {
             .await;
 
         let (progress_tx, progress_rx) = mpsc::channel(16);
+        let result_tags = Arc::new(Mutex::new(Vec::new()));
         let ctx = JobContext {
             cancel: token.clone(),
             progress: progress_tx,
+            result_tags: result_tags.clone(),
         };
         let job_done = CancellationToken::new();
         let forwarder = self.forward_progress(&event, progress_rx, job_done.clone());
@@ -549,7 +551,10 @@ impl<H: JobHandler> Shared<H> {
             return;
         }
         match outcome {
-            Some(Ok(output)) => self.finish_success(&event, output.content).await,
+            Some(Ok(output)) => {
+                let extra = std::mem::take(&mut *result_tags.lock().expect("result tags lock"));
+                self.finish_success(&event, output.content, extra).await
+            }
             Some(Err(_)) if cancelled_by_customer => self.finish_cancelled(&event).await,
             Some(Err(failure)) => self.finish_failure(&event, failure).await,
             None => {
@@ -608,9 +613,14 @@ impl<H: JobHandler> Shared<H> {
         }
     }
 
-    async fn finish_success(&self, request: &Event, content: String) {
+    async fn finish_success(&self, request: &Event, content: String, extra: Vec<Tag>) {
+        // The envelope's own tags come first and these cannot replace them.
+        let extra = extra
+            .into_iter()
+            .filter(|tag| !matches!(tag.kind().as_str(), "request" | "encrypted" | "amount"));
         let result = JobResult::for_request(request, content)
-            .and_then(|result| result.to_event_builder(self.keys.secret_key()));
+            .and_then(|result| result.to_event_builder(self.keys.secret_key()))
+            .map(|builder| builder.tags(extra));
         let event = match result.map(|b| b.sign_with_keys(&self.keys)) {
             Ok(Ok(event)) => event,
             Ok(Err(err)) => {

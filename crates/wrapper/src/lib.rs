@@ -1,0 +1,332 @@
+//! The wrapper DVM role: a quorum member whose work is done by an ordinary, unmodified NIP-90
+//! DVM on the open market (protocol §15.8).
+//!
+//! For each request of the kind it serves, a [`Wrapper`] forwards the job to an inner DVM of
+//! kind `K` ([`forward::inner_request`]: the same inputs and params minus the quorum params,
+//! signed with the wrapper's own key, addressed to each configured inner provider in turn or
+//! open to the market), waits for its result with a [`JobClient`], and answers the customer
+//! with that content unchanged. A request that names a quorum mandate is also one the wrapper
+//! takes part in: it commits to [`canonical::canonical_result`] of the inner content with its
+//! share ([`QuorumMember`]) and adds the outcome to its result as tags (`quorum`, the
+//! attestation's `e`, `quorum-report`). If the inner DVM answers `error` or does not answer,
+//! the wrapper answers `error` with the inner reason and commits to nothing.
+
+pub mod canonical;
+pub mod forward;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nostr_sdk::prelude::{Keys, Kind, PublicKey, RelayUrl, Tag};
+use quorum_dvm::client::{ClientError, JobClient, JobOutcome, JobReporter, Patience};
+use quorum_dvm::{Job, JobContext, JobFailure, JobHandler, JobOutput};
+use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
+use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobRequest};
+use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport};
+
+pub use quorum_consensus::job::QuorumMember;
+pub use quorum_consensus::member::MemberConfig;
+
+/// The result tag naming the quorum key a wrapper acted for: `["quorum", <quorum hex>]`.
+pub const TAG_QUORUM: &str = "quorum";
+/// The result tag carrying the wrapper's [`QuorumReport`] as JSON.
+pub const TAG_QUORUM_REPORT: &str = "quorum-report";
+/// The marker of the result's `e` tag naming the quorum attestation (8708).
+pub const MARKER_ATTESTATION: &str = "attestation";
+
+/// Why a wrapper cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum WrapperError {
+    #[error("kind {0} is not a NIP-90 job request kind (5000-5999)")]
+    NotAJobKind(u16),
+    #[error(
+        "a wrapper that serves kind {0} and forwards kind {0} to the open market would take its \
+         own forwarded requests (and those of other such wrappers) in a loop: name the inner \
+         DVM (--inner-provider) or serve another kind (--kind)"
+    )]
+    OpenLoop(u16),
+    #[error("cannot connect the wrapper's job client: {0}")]
+    Client(#[from] ClientError),
+}
+
+/// How a wrapper is set up by its operator.
+#[derive(Debug, Clone)]
+pub struct WrapperConfig {
+    /// The request kind the wrapper serves (often the same as `inner_kind`).
+    pub kind: Kind,
+    /// The kind of the ordinary DVMs it delegates to.
+    pub inner_kind: Kind,
+    /// Inner DVMs to ask, in order of preference (the next one on error or timeout); empty =
+    /// the open market.
+    pub inner_providers: Vec<PublicKey>,
+    /// Longest wait for one inner DVM's answer.
+    pub timeout: Duration,
+    /// How long an inner DVM may take to acknowledge the job, or stay silent while on it.
+    pub patience: Patience,
+    /// The relays the wrapper works on; inner DVMs are asked to answer there.
+    pub relays: Vec<RelayUrl>,
+    /// Jobs at once (announced; the runtime enforces it).
+    pub concurrency: u32,
+    pub max_request_bytes: u64,
+    pub price_msats: u64,
+}
+
+impl WrapperConfig {
+    /// A wrapper serving and forwarding `inner_kind` on `relays`, open to the market, with a
+    /// 10-minute timeout per inner DVM.
+    pub fn new(inner_kind: Kind, relays: Vec<RelayUrl>) -> Self {
+        WrapperConfig {
+            kind: inner_kind,
+            inner_kind,
+            inner_providers: Vec::new(),
+            timeout: Duration::from_secs(600),
+            patience: Patience {
+                until_taken: Duration::from_secs(30),
+                silence: Duration::from_secs(150),
+            },
+            relays,
+            concurrency: 4,
+            max_request_bytes: 64 * 1024,
+            price_msats: 0,
+        }
+    }
+
+    fn check(&self) -> Result<(), WrapperError> {
+        for kind in [self.kind, self.inner_kind] {
+            if !quorum_proto::kinds::is_job_request(kind) {
+                return Err(WrapperError::NotAJobKind(kind.as_u16()));
+            }
+        }
+        if self.kind == self.inner_kind && self.inner_providers.is_empty() {
+            return Err(WrapperError::OpenLoop(self.kind.as_u16()));
+        }
+        Ok(())
+    }
+}
+
+/// The wrapper role.
+pub struct Wrapper {
+    config: WrapperConfig,
+    client: Arc<JobClient>,
+    /// This wrapper as a quorum member: set when it may hold key shares.
+    quorum: Option<QuorumMember>,
+}
+
+/// What the inner DVM answered.
+#[derive(Debug, Clone)]
+pub struct InnerResult {
+    pub provider: PublicKey,
+    pub content: String,
+}
+
+impl Wrapper {
+    /// A wrapper whose inner requests `client` signs (use the wrapper's DVM key, so inner DVMs
+    /// see who asks); the client gets the configured patience.
+    pub fn new(config: WrapperConfig, client: JobClient) -> Result<Self, WrapperError> {
+        config.check()?;
+        let client = client.with_patience(config.patience);
+        Ok(Wrapper {
+            config,
+            client: Arc::new(client),
+            quorum: None,
+        })
+    }
+
+    /// Connects a job client with `keys` to the configured relays and makes a wrapper.
+    pub async fn connect(config: WrapperConfig, keys: Keys) -> Result<Self, WrapperError> {
+        config.check()?;
+        let client = JobClient::connect(&config.relays, keys).await?;
+        Wrapper::new(config, client)
+    }
+    /// Lets the wrapper serve quorum jobs with the shares `member` finds.
+    pub fn with_quorum(mut self, member: QuorumMember) -> Self {
+        self.quorum = Some(member);
+        self
+    }
+
+    pub fn config(&self) -> &WrapperConfig {
+        &self.config
+    }
+
+    /// Asks the inner DVMs, in order, until one answers with a result.
+    pub async fn delegate(
+        &self,
+        job: &Job,
+        reporter: &mut dyn JobReporter,
+    ) -> Result<InnerResult, JobFailure> {
+        let encrypted = JobRequest::is_encrypted(&job.event);
+        let providers: Vec<Option<PublicKey>> = if self.config.inner_providers.is_empty() {
+            if encrypted {
+                return Err(JobFailure::new(
+                    "this wrapper forwards to the open market, where an encrypted request \
+                     cannot go: send it in the clear or to another DVM",
+                ));
+            }
+            vec![None]
+        } else {
+            self.config
+                .inner_providers
+                .iter()
+                .copied()
+                .map(Some)
+                .collect()
+        };
+        let mut failures = Vec::new();
+        for provider in providers {
+            let inner = forward::inner_request(
+                &job.request,
+                job.event.id,
+                self.config.inner_kind,
+                provider,
+                &self.config.relays,
+            )
+            .map_err(|e| JobFailure::new(format!("cannot build the inner request: {e}")))?;
+            let who = provider.map_or_else(|| "the open market".to_string(), |p| p.to_hex());
+            match self
+                .client
+                .run(&inner, encrypted, self.config.timeout, reporter)
+                .await
+            {
+                Ok(JobOutcome::Result {
+                    provider, content, ..
+                }) => return Ok(InnerResult { provider, content }),
+                Ok(JobOutcome::Error {
+                    provider, feedback, ..
+                }) => {
+                    let reason = feedback.extra.unwrap_or_else(|| "no reason given".into());
+                    tracing::info!(request = %job.event.id, inner = %provider, "inner DVM failed: {reason}");
+                    failures.push(format!(
+                        "inner DVM {} answered error: {reason}",
+                        provider.to_hex()
+                    ));
+                }
+                Err(err) => {
+                    tracing::info!(request = %job.event.id, inner = %who, "no inner result: {err}");
+                    failures.push(format!("inner DVM {who}: {err}"));
+                }
+            }
+        }
+        Err(JobFailure::new(failures.join("; ")))
+    }
+
+    /// This wrapper's part in the quorum the request names, with the inner DVM's content.
+    async fn take_part(&self, job: &Job, params: &QuorumJobParams, content: &str) -> QuorumReport {
+        let unserved = |failure: String| QuorumReport {
+            mandate: params.mandate.to_hex(),
+            failure: Some(failure),
+            ..QuorumReport::default()
+        };
+        let Some(member) = &self.quorum else {
+            return unserved("this wrapper holds no quorum shares".into());
+        };
+        let result = canonical::canonical_result(content);
+        let pipeline_job = job.request.param_value("job");
+        match member.serve(&job.event, params, pipeline_job, result).await {
+            Ok((report, outcome)) => {
+                if let Some(failure) = &outcome.failure {
+                    tracing::warn!(request = %job.event.id, "quorum: {failure}");
+                }
+                report
+            }
+            Err(err) => {
+                tracing::warn!(request = %job.event.id, "quorum: {err}");
+                unserved(err.to_string())
+            }
+        }
+    }
+}
+
+/// The result tags for a member's report: `quorum` when the mandate named a key, the
+/// attestation's `e` when one was signed, and the report itself.
+pub fn report_tags(report: &QuorumReport) -> Vec<Tag> {
+    let mut tags = Vec::new();
+    if !report.quorum.is_empty() {
+        tags.push(Tag::custom(TAG_QUORUM.into(), [report.quorum.clone()]));
+    }
+    if let Some(attestation) = &report.attestation {
+        tags.push(Tag::custom(
+            "e".into(),
+            [
+                attestation.clone(),
+                String::new(),
+                MARKER_ATTESTATION.to_string(),
+            ],
+        ));
+    }
+    if let Ok(json) = serde_json::to_string(report) {
+        tags.push(Tag::custom(TAG_QUORUM_REPORT.into(), [json]));
+    }
+    tags
+}
+
+/// A wrapper's report from its result event's `quorum-report` tag.
+pub fn report_of(result: &nostr_sdk::prelude::Event) -> Option<QuorumReport> {
+    result
+        .tags
+        .iter()
+        .find(|t| t.kind().as_str() == TAG_QUORUM_REPORT)
+        .and_then(|t| t.content())
+        .and_then(|json| serde_json::from_str(json).ok())
+}
+
+/// Passes the inner DVM's log tails on as the wrapper's own `partial` feedback.
+struct Relay<'a>(&'a JobContext);
+
+impl JobReporter for Relay<'_> {
+    fn feedback(&mut self, _: &PublicKey, feedback: &JobFeedback, content: &str) {
+        if feedback.status == FeedbackStatus::Partial && !content.is_empty() {
+            self.0.partial(content);
+        }
+    }
+}
+
+impl JobHandler for Wrapper {
+    fn kinds(&self) -> Vec<Kind> {
+        vec![self.config.kind]
+    }
+
+    fn offer(&self) -> Offer {
+        Offer {
+            capabilities: Capabilities {
+                arch: std::env::consts::ARCH.into(),
+                os: std::env::consts::OS.into(),
+                // It runs nothing itself: the inner DVM does the work.
+                sandbox: "none".into(),
+                toolchains: Vec::new(),
+                network: false,
+            },
+            price: Price {
+                msats_per_job: self.config.price_msats,
+            },
+            limits: JobLimits {
+                concurrency: self.config.concurrency,
+                max_timeout_secs: self.config.timeout.as_secs(),
+                max_request_bytes: self.config.max_request_bytes,
+            },
+        }
+    }
+
+    fn max_duration(&self) -> Duration {
+        let attempts = self.config.inner_providers.len().max(1) as u32;
+        // The agreement and signing come after the inner job; their own deadlines end them.
+        self.config.timeout * attempts + Duration::from_secs(1200)
+    }
+
+    async fn run(&self, job: Job, ctx: JobContext) -> Result<JobOutput, JobFailure> {
+        let quorum = QuorumJobParams::from_request(&job.request)
+            .map_err(|e| JobFailure::new(format!("invalid quorum request: {e}")))?;
+        let mut relay = Relay(&ctx);
+        let inner = tokio::select! {
+            inner = self.delegate(&job, &mut relay) => inner?,
+            () = ctx.cancelled() => return Err(JobFailure::new("cancelled")),
+        };
+        tracing::info!(request = %job.event.id, inner = %inner.provider, "inner DVM answered");
+        if let Some(params) = quorum {
+            let report = self.take_part(&job, &params, &inner.content).await;
+            ctx.add_result_tags(report_tags(&report));
+        }
+        Ok(JobOutput {
+            content: inner.content,
+        })
+    }
+}
