@@ -70,6 +70,70 @@ pub enum Command {
     /// Submit a job to DVMs and follow it live.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Quorum mandates (kind 8704): make a FROST quorum key among member DVMs and authorise it
+    /// for a pipeline.
+    #[command(subcommand)]
+    Mandate(MandateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MandateCommand {
+    /// Make a quorum key among the member DVMs (a DKG by default: nobody ever holds the whole
+    /// key) and publish the mandate that authorises it.
+    Create(MandateCreateArgs),
+}
+
+/// Options of `quorum mandate create`.
+#[derive(Debug, Args)]
+pub struct MandateCreateArgs {
+    /// Relay the members listen on (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// Your maintainer key file (nsec or hex, mode 0600): it signs the mandate.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+
+    /// The repository: an naddr or `30617:<owner hex>:<id>`.
+    #[arg(long, value_name = "NADDR_OR_COORD")]
+    pub repo: String,
+
+    /// The pipeline file the quorum runs.
+    #[arg(long, value_name = "NAME", default_value = ".quorum/pipeline.yml")]
+    pub pipeline: String,
+
+    /// A job of the pipeline the quorum runs (repeat); none = every job.
+    #[arg(long = "job", value_name = "JOB")]
+    pub jobs: Vec<String>,
+
+    /// How many members must agree and sign; more than half of the members.
+    #[arg(long, value_name = "T")]
+    pub threshold: u16,
+
+    /// A member DVM, npub or hex (repeat, once per member).
+    #[arg(long = "member", value_name = "NPUB_OR_HEX", required = true)]
+    pub members: Vec<String>,
+
+    /// Deal the key here instead of running a DKG: this machine holds the whole key once,
+    /// then sends each member its share and forgets them.
+    #[arg(long)]
+    pub dealer: bool,
+
+    /// How long the mandate is valid: a number with s, m, h, d or w (e.g. 90d).
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub expires_in: String,
+
+    /// An event kind the quorum may sign (repeat).
+    #[arg(long = "allow", value_name = "KIND", default_values_t = [8708u16])]
+    pub allow: Vec<u16>,
+
+    /// How long to wait for all members to announce the key they derived, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub wait: u64,
+
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -389,6 +389,21 @@ pub async fn run_dkg(
     proposal: &Event,
     config: &KeygenConfig,
 ) -> Result<KeyShare, KeygenError> {
+    run_dkg_with(relays, keys, proposal, config, |_| Ok(())).await
+}
+
+/// [`run_dkg`], calling `derived` with the share once it is derived and *before* this member
+/// announces it (8712), e.g. to store it, so that whoever saw all `N` announcements knows every
+/// member holds its share. An error from `derived` ends the session before the announcement.
+/// The share is still returned only if all members agree: a caller that stored it must discard
+/// it when this fails.
+pub async fn run_dkg_with(
+    relays: &[RelayUrl],
+    keys: &Keys,
+    proposal: &Event,
+    config: &KeygenConfig,
+    derived: impl FnOnce(&KeyShare) -> Result<(), KeygenError>,
+) -> Result<KeyShare, KeygenError> {
     let mandate = read_mandate(proposal)?;
     if mandate.quorum.is_some() || mandate.keygen != Keygen::Dkg {
         return Err(KeygenError::NotApplicable {
@@ -417,7 +432,7 @@ pub async fn run_dkg(
         .authors(recipients.clone())
         .since(proposal.created_at - 600u64);
     let channel = Channel::open(relays, keys.clone(), vec![filter]).await?;
-    let result = dkg_rounds(&channel, &roster, me, session, &others, config).await;
+    let result = dkg_rounds(&channel, &roster, me, session, &others, config, derived).await;
     channel.close().await;
     result
 }
@@ -429,6 +444,7 @@ async fn dkg_rounds(
     session: SessionId,
     others: &BTreeSet<PublicKey>,
     config: &KeygenConfig,
+    derived: impl FnOnce(&KeyShare) -> Result<(), KeygenError>,
 ) -> Result<KeyShare, KeygenError> {
     let recipients: Vec<PublicKey> = others.iter().copied().collect();
     let keys = channel.keys().clone();
@@ -489,6 +505,7 @@ async fn dkg_rounds(
         incoming.insert(sender, parsed);
     }
     let share = secret2.finish(&broadcasts, incoming)?;
+    derived(&share)?;
 
     // Done: announce the key (in clear) and the group digest; keep the share only if all agree.
     let mine = Done::of(&share)?;
@@ -1069,42 +1086,59 @@ async fn answer(
     config: &KeygenConfig,
 ) {
     let marker = session_marker(share_dir, &event.id);
-    let share = match job {
+    let outcome = match job {
         Job::Dkg => {
             tracing::info!(proposal = %event.id, author = %event.pubkey, "taking part in a DKG");
             if let Err(e) = write_marker(&marker, "started\n") {
                 tracing::warn!("not taking part in DKG {}: {e}", event.id);
                 return;
             }
-            run_dkg(relays, keys, event, config).await
+            // Saved before the announcement, so that a maintainer who saw all N announcements
+            // knows every member holds its share; removed again if the members disagree.
+            let mut saved = None;
+            let result = run_dkg_with(relays, keys, event, config, |share| {
+                let path = share_path(share_dir, &share.quorum());
+                store::save(&path, share)?;
+                saved = Some(path);
+                Ok(())
+            })
+            .await;
+            match (result, saved) {
+                (Ok(share), _) => {
+                    let path = share_path(share_dir, &share.quorum());
+                    Ok((share, path))
+                }
+                (Err(e), saved) => {
+                    if let Some(path) = saved {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    Err(e)
+                }
+            }
         }
         Job::Dealer => {
             tracing::info!(mandate = %event.id, "waiting for the dealer's share delivery");
-            receive_dealt_share(relays, keys, event, config).await
+            receive_dealt_share(relays, keys, event, config)
+                .await
+                .and_then(|share| {
+                    let path = share_path(share_dir, &share.quorum());
+                    store::save(&path, &share)?;
+                    Ok((share, path))
+                })
         }
     };
-    let outcome = share.and_then(|share| {
-        let path = share_path(share_dir, &share.quorum());
-        store::save(&path, &share)?;
-        Ok((
-            share.quorum(),
-            share.index(),
-            share.group().threshold(),
-            path,
-        ))
-    });
     match outcome {
-        Ok((quorum, index, threshold, path)) => {
+        Ok((share, path)) => {
             tracing::info!(
                 mandate = %event.id,
-                %quorum,
-                index,
-                threshold,
+                quorum = %share.quorum(),
+                index = share.index(),
+                threshold = share.group().threshold(),
                 path = %path.display(),
                 "quorum key share saved"
             );
             if matches!(job, Job::Dkg) {
-                let _ = write_marker(&marker, &format!("done {quorum}\n"));
+                let _ = write_marker(&marker, &format!("done {}\n", share.quorum()));
             }
         }
         Err(e) => {

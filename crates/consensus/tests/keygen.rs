@@ -424,6 +424,11 @@ async fn serve_saves_shares_with_mode_0600_and_never_logs_them() {
     let quorum = keygen::await_group_key(&relays, proposal.id, &members, Duration::from_secs(60))
         .await
         .expect("the services make the key");
+    // Members store their share before they announce it: all N announced, so all hold it.
+    for dir in &dirs {
+        let book = keygen::load_shares(&dir.path().join("shares"));
+        assert!(book.get(&quorum).is_some(), "announced before saving");
+    }
     // Dealer mode through the services too.
     let dealt = keygen::deal_and_publish(
         &relays,

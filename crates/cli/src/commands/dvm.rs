@@ -125,7 +125,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     let keys = quorum_dvm::keyfile::load_or_create(&args.key)?;
     let sandbox = sandbox(args.unsandboxed)?;
     let setup = RunnerSetup {
-        relays,
+        relays: relays.clone(),
         blossom: args.blossom.clone(),
         data: args.data.clone(),
         concurrency: args.concurrency,
@@ -135,9 +135,22 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         price_msats: args.price_msats,
     };
     let dvm = start_runner(setup, keys.clone(), sandbox).await?;
+    // Quorum keys: answer DKG proposals and dealer deliveries naming this runner; shares are
+    // kept in DATA/shares (mode 0600).
+    let keygen = tokio::spawn({
+        let (keys, stop) = (keys.clone(), shutdown.clone());
+        let share_dir = args.data.join("shares");
+        async move {
+            let served = quorum_consensus::keygen::serve(&relays, &keys, share_dir, stop.wait());
+            if let Err(e) = served.await {
+                tracing::error!("quorum key service: {e}");
+            }
+        }
+    });
     super::announce(&format!("runner: {}", keys.public_key().to_hex()));
     shutdown.wait().await;
     dvm.shutdown().await;
+    let _ = keygen.await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,6 +6,7 @@ mod demo;
 mod dvm;
 mod embedded;
 mod job;
+mod mandate;
 mod relay;
 mod run;
 mod up;
@@ -30,6 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reject(args) => approve::run(args, quorum_proto::approval::Decision::Reject).await,
         Command::Dvm(command) => dvm::run(command).await,
         Command::Job(command) => job::run(command).await,
+        Command::Mandate(command) => mandate::run(command).await,
     }
 }
 

@@ -1,0 +1,205 @@
+//! `quorum mandate create`: make a quorum key among member DVMs and publish the mandate (kind
+//! 8704) that authorises it. With a DKG (the default) the members make the key among
+//! themselves and nobody ever holds it; with `--dealer` this machine deals it and holds the
+//! whole key once.
+
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use quorum_consensus::keygen::{self, KeygenConfig};
+use quorum_proto::mandate::{Keygen, Mandate};
+use quorum_proto::nip34::RepoCoordinate;
+use quorum_proto::nostr::nips::nip01::Coordinate;
+use quorum_proto::nostr::{Event, PublicKey, Timestamp};
+
+use crate::cli::{MandateCommand, MandateCreateArgs};
+
+pub async fn run(command: MandateCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        MandateCommand::Create(args) => create(args).await,
+    }
+}
+
+async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
+    let relays = super::relay_urls(&args.relays)?;
+    let maintainer = quorum_dvm::keyfile::load(&args.key)?;
+    let repo = repo(&args.repo)?;
+    let mut pubkeys = Vec::with_capacity(args.members.len());
+    for text in &args.members {
+        let pubkey = PublicKey::parse(text)
+            .with_context(|| format!("--member {text:?} is neither an npub nor 64 hex"))?;
+        if pubkeys.contains(&pubkey) {
+            bail!("--member {text:?} is given twice");
+        }
+        pubkeys.push(pubkey);
+    }
+    let lifetime = duration(&args.expires_in)
+        .with_context(|| format!("--expires-in {:?}", args.expires_in))?;
+    let mut mandate = Mandate {
+        repo,
+        pipeline: args.pipeline.clone(),
+        jobs: args.jobs.clone(),
+        quorum: None,
+        members: keygen::new_members(&pubkeys),
+        threshold: args.threshold,
+        keygen: Keygen::Dkg,
+        allow: args.allow.iter().copied().collect(),
+        expiration: Timestamp::now() + lifetime.as_secs(),
+        content: format!("quorum for {}", args.pipeline),
+    };
+    mandate
+        .validate()
+        .context("the mandate would be invalid; nothing was published")?;
+
+    let (event, proposal) = if args.dealer {
+        let event =
+            keygen::deal_and_publish(&relays, &maintainer, mandate, &KeygenConfig::default())
+                .await
+                .context("dealing the quorum key")?;
+        (event, None)
+    } else {
+        let proposal = keygen::propose_dkg(&relays, &maintainer, mandate.clone())
+            .await
+            .context("publishing the DKG proposal")?;
+        eprintln!(
+            "proposal {} published; waiting up to {} s for all {} members to announce the key \
+             they derived",
+            proposal.id,
+            args.wait,
+            pubkeys.len()
+        );
+        let quorum = keygen::await_group_key(
+            &relays,
+            proposal.id,
+            &pubkeys,
+            Duration::from_secs(args.wait),
+        )
+        .await
+        .context("the members did not agree on a quorum key; no mandate was signed")?;
+        mandate.quorum = Some(quorum);
+        let event = keygen::publish_mandate(&relays, &maintainer, &mandate)
+            .await
+            .context("publishing the mandate")?;
+        (event, Some(proposal))
+    };
+    print(&args, &event, proposal.as_ref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print(args: &MandateCreateArgs, event: &Event, proposal: Option<&Event>) -> anyhow::Result<()> {
+    let mandate = Mandate::from_event(event).context("the published mandate")?;
+    let quorum = mandate
+        .quorum
+        .context("the published mandate names no key")?;
+    let dealer_note = "the dealer (this machine) held the whole quorum key once, while dealing; \
+                       the shares were sent to the members and wiped from memory";
+    let mut members = mandate.members.clone();
+    members.sort_by_key(|m| m.index);
+    if args.json {
+        if args.dealer {
+            eprintln!("note: {dealer_note}");
+        }
+        let json = serde_json::json!({
+            "quorum": quorum.to_hex(),
+            "threshold": mandate.threshold,
+            "members": members.iter().map(|m| m.pubkey.to_hex()).collect::<Vec<_>>(),
+            "mandate": event.id.to_hex(),
+            "proposal": proposal.map(|p| p.id.to_hex()),
+            "keygen": mandate.keygen.name(),
+        });
+        super::announce(&json.to_string());
+        return Ok(());
+    }
+    super::announce(&format!("quorum: {}", quorum.to_hex()));
+    super::announce(&format!("mandate: {}", event.id.to_hex()));
+    if let Some(proposal) = proposal {
+        super::announce(&format!("proposal: {}", proposal.id.to_hex()));
+    }
+    super::announce(&format!(
+        "threshold: {} of {}",
+        mandate.threshold,
+        members.len()
+    ));
+    for m in &members {
+        super::announce(&format!("member {}: {}", m.index, m.pubkey.to_hex()));
+    }
+    if args.dealer {
+        super::announce(&format!("note: {dealer_note}"));
+    }
+    Ok(())
+}
+
+/// `--repo`: an naddr of a repository announcement, or its coordinate `30617:<owner hex>:<id>`.
+fn repo(text: &str) -> anyhow::Result<RepoCoordinate> {
+    if text.starts_with("naddr1") {
+        let coordinate = Coordinate::parse(text)
+            .with_context(|| format!("--repo {text:?} is not a valid naddr"))?;
+        if coordinate.kind.as_u16() != 30617 {
+            bail!("--repo {text:?} does not point at a repository announcement (kind 30617)");
+        }
+        return Ok(RepoCoordinate::new(
+            coordinate.public_key,
+            coordinate.identifier,
+        ));
+    }
+    RepoCoordinate::from_str(text)
+        .with_context(|| format!("--repo {text:?} is neither an naddr nor 30617:<owner hex>:<id>"))
+}
+
+/// A duration such as `90d`, `12h`, `30m`, `45s`, `2w` (a bare number is seconds).
+fn duration(text: &str) -> anyhow::Result<Duration> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} does not start with a number"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => bail!("{text:?}: the unit must be s, m, h, d or w"),
+    };
+    let total = number
+        .checked_mul(seconds)
+        .filter(|s| *s > 0)
+        .with_context(|| format!("{text:?} is not a usable duration"))?;
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorum_proto::nostr::nips::nip19::{Nip19Coordinate, ToBech32};
+    use quorum_proto::nostr::{Kind, RelayUrl};
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("90d").unwrap(), Duration::from_secs(90 * 86_400));
+        assert_eq!(duration("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(duration("45").unwrap(), Duration::from_secs(45));
+        assert!(duration("0d").is_err());
+        assert!(duration("3y").is_err());
+        assert!(duration("d").is_err());
+    }
+
+    #[test]
+    fn repositories() {
+        let owner = quorum_proto::nostr::Keys::generate().public_key();
+        let coordinate = format!("30617:{}:app", owner.to_hex());
+        assert_eq!(repo(&coordinate).unwrap().identifier, "app");
+        assert!(repo("30618:abc:app").is_err());
+        let naddr = Nip19Coordinate::new(
+            Coordinate::new(Kind::Custom(30617), owner).identifier("app"),
+            Vec::<RelayUrl>::new(),
+        )
+        .to_bech32()
+        .unwrap();
+        assert_eq!(repo(&naddr).unwrap().to_string(), coordinate);
+    }
+}

@@ -1,0 +1,138 @@
+//! `quorum mandate create` as a maintainer runs it, against a `quorum relay` and three
+//! `quorum dvm runner` daemons whose quorum key service makes the key with a DKG.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use quorum_proto::nostr::PublicKey;
+use quorum_testkit::daemon::{Daemon, run};
+
+const QUORUM: &str = env!("CARGO_BIN_EXE_quorum");
+
+fn runner(dir: &Path, relay: &str) -> (Daemon, String) {
+    let daemon = Daemon::spawn(
+        QUORUM,
+        &[
+            "dvm",
+            "runner",
+            "--relay",
+            relay,
+            // Never contacted: no job runs here.
+            "--blossom",
+            "http://127.0.0.1:9/",
+            "--key",
+            dir.join("runner.nsec").to_str().unwrap(),
+            "--data",
+            dir.to_str().unwrap(),
+            // No build step runs either, so no sandbox is needed.
+            "--unsandboxed",
+        ],
+    );
+    let pubkey = daemon.value_of("runner");
+    (daemon, pubkey)
+}
+
+#[test]
+fn mandate_create_makes_a_2_of_3_key_among_three_runners_by_dkg_and_by_dealer() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Daemon::spawn(
+        QUORUM,
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            dir.path().join("relay").to_str().unwrap(),
+        ],
+    );
+    let url = relay.value_of("relay");
+    let runners: Vec<(Daemon, String, std::path::PathBuf)> = (0..3)
+        .map(|i| {
+            let data = dir.path().join(format!("runner{i}"));
+            let (daemon, pubkey) = runner(&data, &url);
+            (daemon, pubkey, data)
+        })
+        .collect();
+
+    let key = dir.path().join("maintainer.nsec");
+    let maintainer = quorum_dvm::keyfile::create(&key).unwrap();
+    let coordinate = format!("30617:{}:app", maintainer.public_key().to_hex());
+    let mut args = vec![
+        "mandate",
+        "create",
+        "--relay",
+        &url,
+        "--key",
+        key.to_str().unwrap(),
+        "--repo",
+        &coordinate,
+        "--pipeline",
+        ".quorum/pipeline.yml",
+        "--threshold",
+        "2",
+        "--wait",
+        "120",
+        "--json",
+    ];
+    for (_, pubkey, _) in &runners {
+        args.extend(["--member", pubkey.as_str()]);
+    }
+    let out = run(QUORUM, &args, Duration::from_secs(180));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "mandate create failed: {stderr}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let quorum = PublicKey::from_hex(printed["quorum"].as_str().unwrap()).unwrap();
+    assert_eq!(printed["threshold"], 2);
+    assert_eq!(printed["members"].as_array().unwrap().len(), 3);
+    assert!(printed["mandate"].as_str().is_some_and(|id| id.len() == 64));
+    assert!(
+        printed["proposal"]
+            .as_str()
+            .is_some_and(|id| id.len() == 64)
+    );
+    assert_shares(&runners, &quorum);
+
+    // Dealer mode: the output says plainly that this machine held the whole key.
+    args.push("--dealer");
+    let out = run(QUORUM, &args, Duration::from_secs(180));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "mandate create --dealer failed: {stderr}"
+    );
+    assert!(stderr.contains("held the whole quorum key"), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(printed["proposal"].is_null());
+    let dealt = PublicKey::from_hex(printed["quorum"].as_str().unwrap()).unwrap();
+    assert_ne!(dealt, quorum);
+    assert_shares(&runners, &dealt);
+
+    for (daemon, _, _) in runners {
+        assert!(daemon.terminate().success(), "runner exits 0 on SIGTERM");
+    }
+}
+
+/// Each runner saved its share of exactly `quorum`, readable by its owner only.
+fn assert_shares(runners: &[(Daemon, String, std::path::PathBuf)], quorum: &PublicKey) {
+    for (_, pubkey, data) in runners {
+        let shares = data.join("shares");
+        let path = shares.join(format!("{}.json", quorum.to_hex()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !path.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} was not written",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
+        let book = quorum_consensus::keygen::load_shares(&shares);
+        let share = book.get(quorum).expect("the share loads");
+        assert_eq!(share.quorum(), *quorum);
+        assert_eq!(share.member().to_hex(), *pubkey);
+        assert_eq!(share.group().threshold(), 2);
+    }
+}
