@@ -483,7 +483,13 @@ pub struct RunArgs {
     #[arg(long = "maintainer", value_name = "PUBKEY")]
     pub maintainers: Vec<String>,
 
-    /// Runner DVMs of the embedded network.
+    /// The mandate (8704 event id) that quorum jobs (`mode: quorum`) run under, looked up on
+    /// the relays. Without it, on the embedded network, the embedded runners form a quorum by
+    /// DKG and a local key in the data directory mandates it.
+    #[arg(long, value_name = "EVENT_ID")]
+    pub mandate: Option<String>,
+
+    /// Runner DVMs of the embedded network (at least as many as a quorum job's replicas).
     #[arg(long, default_value_t = 2)]
     pub runners: usize,
 
@@ -619,8 +625,9 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub blossom_listen: SocketAddr,
 
-    /// Runner DVMs to start, each with its own key (DATA/runners/N/runner.nsec).
-    #[arg(long, default_value_t = 2)]
+    /// Runner DVMs to start, each with its own key (DATA/runners/N/runner.nsec); three, so
+    /// that a 2-of-3 quorum can form among them.
+    #[arg(long, default_value_t = 3)]
     pub runners: usize,
 
     /// DEVELOPMENT ONLY: start the runners without a sandbox if bubblewrap is missing.

@@ -31,6 +31,12 @@ fn the_demo_runs_approves_releases_and_verifies() {
     assert_eq!(jobs, ["success", "success", "success"], "{report}");
     assert_eq!(report["release"].as_str().unwrap().len(), 64);
     assert_eq!(report["verified"]["ok"], true, "{report}");
+    // A 2-of-3 quorum of runners built it, and the release is signed by the quorum key.
+    let quorum = report["quorum"]["pubkey"].as_str().unwrap();
+    assert_eq!(report["quorum"]["threshold"], 2);
+    assert_eq!(report["quorum"]["members"].as_array().unwrap().len(), 3);
+    assert_eq!(report["mandate"].as_str().unwrap().len(), 64);
+    assert_eq!(report["verified"]["signer"], quorum, "{report}");
     let sha = report["artifacts"][0]["sha256"].as_str().unwrap();
     assert_eq!(report["verified"]["sha256"], sha);
     // The released file was fetched from Blossom and kept for `quorum verify`.

@@ -108,3 +108,41 @@ fn a_broken_pipeline_is_reported_with_positions_before_anything_runs() {
         "{stderr}"
     );
 }
+
+/// A `mode: quorum` release job on the embedded network: the runners form a quorum by DKG, a
+/// local key mandates it, and the release is signed by the quorum key the JSON names.
+#[test]
+fn a_quorum_job_runs_on_a_quorum_of_embedded_runners_and_the_quorum_signs_the_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = sample_repo(dir.path());
+    commit_pipeline(
+        &repo,
+        "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n    release: true\n",
+    );
+    let data = dir.path().join("net");
+    let (code, stdout, stderr) = quorum_run(&repo, &["--json", "--data", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let quorum = &report["quorum"];
+    assert_eq!(quorum["threshold"], 2, "{report}");
+    let members = quorum["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    let pubkey = quorum["pubkey"].as_str().unwrap();
+    assert_eq!(pubkey.len(), 64);
+    assert_eq!(report["mandate"].as_str().unwrap().len(), 64);
+    let build = &report["jobs"][0];
+    assert_eq!(build["quorum"]["pubkey"], pubkey, "{build}");
+    assert!(build["quorum"]["agreed"].as_array().unwrap().len() >= 2);
+    assert_eq!(
+        build["quorum"]["release"], report["release"],
+        "the release is the quorum's binding"
+    );
+    // Every runner kept its share, readable by its owner only.
+    for n in 1..=3 {
+        let share = data.join(format!("runners/{n}/shares/{pubkey}.json"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&share).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{}", share.display());
+    }
+}

@@ -2,7 +2,8 @@
 //!
 //! It makes a sample project in a new git repository, publishes its NIP-34 announcement and
 //! state signed by a demo maintainer key, runs its pipeline on the embedded network (test,
-//! build on the runner DVMs, an approval gate, a release), approves as the demo maintainer
+//! build by a 2-of-3 quorum of runner DVMs whose key they made by DKG, an approval gate, a
+//! release signed by the quorum key), approves as the demo maintainer
 //! (and says so: in real use a maintainer runs `quorum approve` with their own key or bunker),
 //! downloads the released file from Blossom and verifies it, and prints how to do that again.
 
@@ -19,10 +20,13 @@ use quorum_proto::nostr::{Filter, Keys, PublicKey, Timestamp};
 use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter};
 use serde_json::json;
 
-use super::embedded::{Embedded, EmbeddedSpec};
+use super::embedded::{Embedded, EmbeddedSpec, QuorumRequest, form_quorum, wait_for_shares};
 use crate::cli::{BlossomOptions, DemoArgs, RelayOptions};
 
 const IDENTIFIER: &str = "hello-quorum";
+/// The build's quorum: 2 of 3 runners must build the same bytes.
+const QUORUM_MEMBERS: usize = 3;
+const QUORUM_THRESHOLD: u16 = 2;
 
 const PIPELINE: &str = "\
 name: release
@@ -34,6 +38,9 @@ jobs:
     needs: test
     run: sh build.sh
     artifacts: [dist/hello.txt]
+    mode: quorum
+    replicas: 3
+    threshold: 2
     release: true
   approve:
     needs: build
@@ -84,7 +91,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             args.relays.join(", "),
             runners.len()
         ));
-        return tour(&args, &data, relays, runners, say).await;
+        return tour(&args, &data, relays, runners, Vec::new(), say).await;
     }
     let sandboxed = quorum_sandbox::Bubblewrap::detect().is_ok();
     if !sandboxed {
@@ -99,7 +106,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         blossom_listen: "127.0.0.1:0".parse().expect("constant address"),
         relay: &relay_options,
         blossom: &blossom_options,
-        runners: 2,
+        runners: QUORUM_MEMBERS,
         unsandboxed_runners: !sandboxed,
     })
     .await?;
@@ -109,7 +116,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     ));
     let relays = super::relay_urls(std::slice::from_ref(&network.relay_url))?;
     let runners = network.runners.iter().map(|d| d.public_key()).collect();
-    let outcome = tour(&args, &data, relays, runners, say).await;
+    let share_dirs = network.share_dirs(QUORUM_MEMBERS);
+    let outcome = tour(&args, &data, relays, runners, share_dirs, say).await;
     network.shutdown().await?;
     outcome
 }
@@ -119,6 +127,7 @@ async fn tour(
     data: &Path,
     relays: Vec<quorum_proto::nostr::RelayUrl>,
     runners: Vec<PublicKey>,
+    share_dirs: Vec<PathBuf>,
     say: impl Fn(&str),
 ) -> anyhow::Result<ExitCode> {
     // The maintainer and the project.
@@ -150,11 +159,44 @@ async fn tour(
 
     let plan = quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, PIPELINE)
         .map_err(|d| anyhow::anyhow!("the demo pipeline does not lint:\n{d}"))?;
+    // The quorum: the runners make a key by DKG over the relay, the maintainer mandates it.
+    if runners.len() < QUORUM_MEMBERS {
+        bail!(
+            "the demo's build runs on a quorum of {QUORUM_MEMBERS} runners; {} are available",
+            runners.len()
+        );
+    }
+    let members = &runners[..QUORUM_MEMBERS];
+    let quorum = form_quorum(
+        &relays,
+        &maintainer,
+        members,
+        QuorumRequest {
+            repo: RepoCoordinate::new(maintainer.public_key(), IDENTIFIER),
+            pipeline: quorum_pipeline::PIPELINE_PATH.into(),
+            jobs: vec!["build".into()],
+            threshold: QUORUM_THRESHOLD,
+            note: "the demo's build and release quorum".into(),
+        },
+    )
+    .await?;
+    wait_for_shares(&share_dirs, &quorum.quorum()).await?;
+    say(&format!(
+        "quorum      {} ({} of {}, key made by DKG among the runners; nobody holds it whole)",
+        quorum.quorum().to_hex(),
+        QUORUM_THRESHOLD,
+        QUORUM_MEMBERS
+    ));
+    say(&format!(
+        "mandate     {} signed by the demo maintainer: this quorum may sign build attestations and releases",
+        quorum.mandate_event.id.to_hex()
+    ));
     let context = RunContext {
         repo: format!("file://{}", repo.display()),
         commit: commit.clone(),
         repo_id: Some(RepoCoordinate::new(maintainer.public_key(), IDENTIFIER)),
         maintainers: vec![maintainer.public_key()],
+        quorum: Some(quorum.clone()),
         ..RunContext::default()
     };
     let config = EngineConfig {
@@ -190,7 +232,15 @@ async fn tour(
     let mut verified = None;
     let released_file = data.join("hello.txt");
     if let Some(release) = &release {
-        say(&format!("released    {}", release.binding.to_hex()));
+        say(&format!(
+            "released    {} signed by the quorum key{}",
+            release.binding.to_hex(),
+            if release.signer == quorum.quorum() {
+                ""
+            } else {
+                " (NOT: by another key)"
+            }
+        ));
         let build = outcome.jobs.iter().find(|j| j.id == "build");
         let artifact = build
             .and_then(|b| b.report.as_ref())
@@ -233,6 +283,12 @@ async fn tour(
                 "name": a.name, "size": a.blob.size, "sha256": a.blob.sha256, "urls": a.blob.urls,
             })).collect::<Vec<_>>(),
             "release": release.as_ref().map(|r| r.binding.to_hex()),
+            "quorum": json!({
+                "pubkey": quorum.quorum().to_hex(),
+                "threshold": quorum.mandate.threshold,
+                "members": quorum.members().iter().map(|m| m.to_hex()).collect::<Vec<_>>(),
+            }),
+            "mandate": quorum.mandate_event.id.to_hex(),
             "verified": verified,
             "data": data,
         });
@@ -401,11 +457,7 @@ impl RunReporter for Lines {
         if self.quiet {
             return;
         }
-        let on = record
-            .provider
-            .as_deref()
-            .map(|p| format!(" on {}", &p[..12]))
-            .unwrap_or_default();
+        let on = super::done_by(record);
         match &record.state {
             JobState::Succeeded => eprintln!("✔ {}{on}", record.id),
             JobState::Failed { reason } => {

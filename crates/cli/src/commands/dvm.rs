@@ -194,7 +194,13 @@ pub async fn start_runner(
     config.price_msats = setup.price_msats;
     let max_request_bytes = config.max_request_bytes;
     let blossom = quorum_blossom::client::BlossomClient::new(keys.clone());
-    let runner = Runner::new(config, sandbox, blossom);
+    // Quorum jobs: the shares this runner holds are in DATA/shares (made by the key service).
+    let member = quorum_consensus::job::QuorumMember::new(
+        setup.relays.clone(),
+        keys.clone(),
+        setup.data.join("shares"),
+    );
+    let runner = Runner::new(config, sandbox, blossom).with_quorum(member);
 
     let mut dvm_config = DvmConfig::new(setup.relays, setup.data.join("dvm"), "quorum-runner");
     dvm_config.about = "Quorum CI runner: builds and tests git commits in a sandbox".into();

@@ -1,12 +1,19 @@
 //! The embedded default network: relay, Blossom server and runner DVMs in this process, on
 //! loopback, with their data under one directory. `quorum up` serves it until stopped;
-//! `quorum run` and `quorum demo` use it for one run.
+//! `quorum run` and `quorum demo` use it for one run. Each runner also serves quorum key
+//! generation, so that [`Embedded::form_quorum`] can make a quorum of them by DKG.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use quorum_dvm::Dvm;
+use quorum_proto::agreement::QUORUM_ATTESTATION;
+use quorum_proto::mandate::{Keygen, Mandate};
+use quorum_proto::nip34::RepoCoordinate;
+use quorum_proto::nostr::{Keys, PublicKey, RelayUrl, Timestamp};
+use quorum_proto::release::RELEASE_BINDING;
+use quorum_router::quorum::QuorumContext;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -25,9 +32,13 @@ pub struct EmbeddedSpec<'a> {
 
 /// A running embedded network.
 pub struct Embedded {
+    data: PathBuf,
     pub relay_url: String,
     pub blossom_url: url::Url,
     pub runners: Vec<Dvm>,
+    /// Each runner's quorum key service (DKG proposals and dealer deliveries naming it).
+    keygen: Vec<JoinHandle<()>>,
+    stop_keygen: watch::Sender<bool>,
     /// The router DVM (kind 5700), using the runners above.
     pub router: Option<Dvm>,
     stop_servers: watch::Sender<bool>,
@@ -64,6 +75,22 @@ impl Embedded {
             &blossom_url,
         )
         .await?;
+        let (stop_keygen, keygen_stopped) = watch::channel(false);
+        let relays = super::relay_urls(std::slice::from_ref(&relay_url))?;
+        let mut keygen = Vec::with_capacity(runners.len());
+        for (n, runner) in runners.iter().enumerate() {
+            let data = runner_dir(&spec.data, n + 1);
+            let keys = quorum_dvm::keyfile::load_or_create(&data.join("runner.nsec"))?;
+            let (relays, stop) = (relays.clone(), stopped(keygen_stopped.clone()));
+            debug_assert_eq!(keys.public_key(), runner.public_key());
+            keygen.push(tokio::spawn(async move {
+                let served =
+                    quorum_consensus::keygen::serve(&relays, &keys, data.join("shares"), stop);
+                if let Err(err) = served.await {
+                    tracing::error!("quorum key service: {err}");
+                }
+            }));
+        }
         let router = if runners.is_empty() {
             None
         } else {
@@ -79,9 +106,12 @@ impl Embedded {
             Some(super::dvm::start_router(setup, keys).await?)
         };
         Ok(Embedded {
+            data: spec.data.clone(),
             relay_url,
             blossom_url,
             runners,
+            keygen,
+            stop_keygen,
             router,
             stop_servers,
             relay_task,
@@ -93,6 +123,10 @@ impl Embedded {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         if let Some(router) = self.router {
             router.shutdown().await;
+        }
+        let _ = self.stop_keygen.send(true);
+        for service in self.keygen {
+            let _ = service.await;
         }
         for runner in self.runners {
             runner.shutdown().await;
@@ -135,7 +169,7 @@ async fn start_runners(
     let relays = super::relay_urls(&[relay_url.to_string()])?;
     let mut dvms = Vec::with_capacity(count);
     for n in 1..=count {
-        let data = data.join("runners").join(n.to_string());
+        let data = runner_dir(data, n);
         let keys = quorum_dvm::keyfile::load_or_create(&data.join("runner.nsec"))?;
         let setup = super::dvm::RunnerSetup {
             relays: relays.clone(),
@@ -151,4 +185,94 @@ async fn start_runners(
         dvms.push(super::dvm::start_runner(setup, keys, sandbox.clone()).await?);
     }
     Ok(dvms)
+}
+
+fn runner_dir(data: &Path, n: usize) -> PathBuf {
+    data.join("runners").join(n.to_string())
+}
+
+/// What a quorum of the embedded runners is for.
+pub struct QuorumRequest {
+    /// The repository and pipeline the mandate covers.
+    pub repo: RepoCoordinate,
+    pub pipeline: String,
+    /// The jobs it covers (empty: all).
+    pub jobs: Vec<String>,
+    pub threshold: u16,
+    /// The mandate's note to humans.
+    pub note: String,
+}
+
+impl Embedded {
+    /// The network's data directory.
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+
+    /// The share directories of the first `n` runners.
+    pub fn share_dirs(&self, n: usize) -> Vec<PathBuf> {
+        (1..=n.min(self.runners.len()))
+            .map(|n| runner_dir(&self.data, n).join("shares"))
+            .collect()
+    }
+}
+
+/// Makes a quorum key among `members` (runner DVMs that serve key generation) by DKG over
+/// `relays`: nobody, not even this process's maintainer key, ever holds the key. Then signs and
+/// publishes the mandate naming it with `maintainer`, who must speak for the repository.
+pub async fn form_quorum(
+    relays: &[RelayUrl],
+    maintainer: &Keys,
+    members: &[PublicKey],
+    request: QuorumRequest,
+) -> anyhow::Result<QuorumContext> {
+    let mut mandate = Mandate {
+        repo: request.repo,
+        pipeline: request.pipeline,
+        jobs: request.jobs,
+        quorum: None,
+        members: quorum_consensus::keygen::new_members(members),
+        threshold: request.threshold,
+        keygen: Keygen::Dkg,
+        allow: [QUORUM_ATTESTATION.as_u16(), RELEASE_BINDING.as_u16()]
+            .into_iter()
+            .collect(),
+        expiration: Timestamp::now() + 24 * 3600u64,
+        content: request.note,
+    };
+    let proposal = quorum_consensus::keygen::propose_dkg(relays, maintainer, mandate.clone())
+        .await
+        .context("cannot publish the DKG proposal")?;
+    let quorum = quorum_consensus::keygen::await_group_key(
+        relays,
+        proposal.id,
+        members,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .context("the runners did not agree on a quorum key")?;
+    mandate.quorum = Some(quorum);
+    let event = quorum_consensus::keygen::publish_mandate(relays, maintainer, &mandate)
+        .await
+        .context("cannot publish the mandate")?;
+    QuorumContext::new(event).map_err(anyhow::Error::msg)
+}
+
+/// A member saves its share once it has seen every member announce the key, as the organiser
+/// did: wait for the files of local runners, so that a quorum job started next finds them.
+pub async fn wait_for_shares(dirs: &[PathBuf], quorum: &PublicKey) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for dir in dirs {
+        let path = quorum_consensus::job::share_path(dir, quorum);
+        while !path.exists() {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "a runner announced the quorum key but saved no share in {}",
+                    dir.display()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }

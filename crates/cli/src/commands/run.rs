@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use quorum_dvm::client::JobClient;
-use quorum_pipeline::{PlannedJob, TriggerEvent};
-use quorum_proto::nostr::{Keys, PublicKey};
+use quorum_pipeline::{JobSpec, Mode, PlannedJob, TriggerEvent};
+use quorum_proto::mandate::MANDATE;
+use quorum_proto::nostr::{EventId, Filter, Keys, PublicKey};
 use quorum_proto::step::StepJob;
+use quorum_router::quorum::QuorumContext;
 use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter};
 use serde_json::json;
 
-use super::embedded::{Embedded, EmbeddedSpec};
+use super::embedded::{Embedded, EmbeddedSpec, QuorumRequest, form_quorum, wait_for_shares};
 use crate::cli::{BlossomOptions, RelayOptions, RunArgs};
 
 pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
@@ -90,6 +92,17 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     }
 
     // The network: the given relays and whatever runners they announce, or our own.
+    let quorum_sizes: std::collections::BTreeSet<(u32, u32)> = plan
+        .jobs
+        .iter()
+        .filter_map(|job| match job.mode {
+            Mode::Quorum {
+                replicas,
+                threshold,
+            } if !matches!(job.spec, JobSpec::Approval { .. }) => Some((replicas, threshold)),
+            _ => None,
+        })
+        .collect();
     let (embedded, _temp, relays, runners) = if args.relays.is_empty() {
         let (data, temp) = match &args.data {
             Some(data) => (data.clone(), None),
@@ -106,7 +119,10 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             blossom_listen: "127.0.0.1:0".parse().expect("constant address"),
             relay: &relay_options,
             blossom: &blossom_options,
-            runners: args.runners,
+            runners: quorum_sizes
+                .iter()
+                .map(|&(replicas, _)| replicas as usize)
+                .fold(args.runners, usize::max),
             unsandboxed_runners: args.unsandboxed_runners,
         })
         .await?;
@@ -133,6 +149,27 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     };
     if runners.is_empty() {
         bail!("no runner DVM to run on (see the warning above)");
+    }
+    if let Some(id) = &args.mandate {
+        let id = EventId::parse(id)
+            .with_context(|| format!("--mandate {id:?} is not an event id (hex or note)"))?;
+        let found = client
+            .fetch(Filter::new().id(id).kind(MANDATE), Duration::from_secs(5))
+            .await?;
+        let event = found
+            .into_iter()
+            .next()
+            .with_context(|| format!("mandate {id} is not on the relays"))?;
+        context.quorum = Some(QuorumContext::new(event).map_err(anyhow::Error::msg)?);
+    } else if !quorum_sizes.is_empty() {
+        let Some(network) = &embedded else {
+            bail!(
+                "the pipeline has quorum jobs: pass --mandate EVENT_ID (a mandate made with \
+                 `quorum mandate create`)"
+            );
+        };
+        context.quorum =
+            Some(local_quorum(network, &dir, &mut context, &quorum_sizes, &args).await?);
     }
 
     let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
@@ -179,7 +216,11 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     if let Some(release) = &release
         && !args.json
     {
-        eprintln!("✔ release {}", release.binding.to_hex());
+        let signer = match &context.quorum {
+            Some(q) if q.quorum() == release.signer => "the quorum key",
+            _ => "this run's key",
+        };
+        eprintln!("✔ release {} signed by {signer}", release.binding.to_hex());
     }
     client.shutdown().await;
     if let Some(network) = embedded {
@@ -212,6 +253,12 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             "jobs": outcome.jobs.iter().map(job_json).collect::<Vec<_>>(),
             "artifacts": artifacts,
             "release": release.as_ref().map(|r| r.binding.to_hex()),
+            "quorum": context.quorum.as_ref().map(|q| json!({
+                "pubkey": q.quorum().to_hex(),
+                "threshold": q.mandate.threshold,
+                "members": q.members().iter().map(|m| m.to_hex()).collect::<Vec<_>>(),
+            })),
+            "mandate": context.quorum.as_ref().map(|q| q.mandate_event.id.to_hex()),
         });
         println!("{value}");
     } else {
@@ -224,6 +271,73 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A quorum of the embedded runners for the run's quorum jobs, made by DKG and mandated by a
+/// local key kept in the data directory, which must then be the repository's identity.
+async fn local_quorum(
+    network: &Embedded,
+    dir: &Path,
+    context: &mut RunContext,
+    sizes: &std::collections::BTreeSet<(u32, u32)>,
+    args: &RunArgs,
+) -> anyhow::Result<QuorumContext> {
+    let &(replicas, threshold) = sizes.iter().next().expect("called with quorum jobs");
+    if sizes.len() > 1 {
+        bail!(
+            "the pipeline's quorum jobs ask for different quorums ({}); a run uses one mandate",
+            sizes
+                .iter()
+                .map(|(n, t)| format!("{t} of {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let maintainer =
+        quorum_dvm::keyfile::load_or_create(&network.data().join("local-maintainer.nsec"))?;
+    let repo = match &context.repo_id {
+        Some(repo) if repo.owner != maintainer.public_key() => bail!(
+            "the quorum jobs need a mandate signed by a maintainer of {repo}: pass --mandate \
+             EVENT_ID (see `quorum mandate create`)"
+        ),
+        Some(repo) => repo.clone(),
+        None => {
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "repository".into());
+            quorum_proto::nip34::RepoCoordinate::new(maintainer.public_key(), name)
+        }
+    };
+    context.repo_id = Some(repo.clone());
+    let members: Vec<PublicKey> = network.runners[..replicas as usize]
+        .iter()
+        .map(|d| d.public_key())
+        .collect();
+    let relays = super::relay_urls(std::slice::from_ref(&network.relay_url))?;
+    let quorum = form_quorum(
+        &relays,
+        &maintainer,
+        &members,
+        QuorumRequest {
+            repo,
+            pipeline: quorum_pipeline::PIPELINE_PATH.into(),
+            jobs: Vec::new(),
+            threshold: u16::try_from(threshold).context("threshold")?,
+            note: "quorum of the embedded runners for a local run".into(),
+        },
+    )
+    .await?;
+    wait_for_shares(&network.share_dirs(replicas as usize), &quorum.quorum()).await?;
+    if !args.json {
+        eprintln!(
+            "quorum {} ({threshold} of {replicas} embedded runners, key made by DKG), mandated by the local key {} in {}",
+            &quorum.quorum().to_hex()[..12],
+            &maintainer.public_key().to_hex()[..12],
+            network.data().display()
+        );
+    }
+    Ok(quorum)
+}
+
 fn job_json(job: &JobRecord) -> serde_json::Value {
     let (status, reason) = match &job.state {
         JobState::Succeeded => ("success", None),
@@ -234,6 +348,7 @@ fn job_json(job: &JobRecord) -> serde_json::Value {
         "id": job.id, "name": job.name, "status": status, "reason": reason,
         "provider": job.provider, "request": job.request, "result": job.result,
         "log": job.report.as_ref().map(|r| json!({"sha256": r.log.sha256, "urls": r.log.urls})),
+        "quorum": job.quorum,
     })
 }
 
@@ -325,11 +440,7 @@ impl RunReporter for Progress {
         if let Some(bar) = self.running.remove(&record.id) {
             bar.finish_and_clear();
         }
-        let on = record
-            .provider
-            .as_deref()
-            .map(|p| format!(" on {}", &p[..12]))
-            .unwrap_or_default();
+        let on = super::done_by(record);
         match &record.state {
             JobState::Succeeded => self.line(&format!("✔ {}{on}", record.id)),
             JobState::Failed { reason } => {
