@@ -147,6 +147,9 @@ pub enum DvmCommand {
     /// Watch a git repository and ask a router to run its pipeline for every new commit on a
     /// ref its pipeline triggers on (one run per commit and pipeline).
     Watcher(WatcherArgs),
+    /// Hold a quorum share and take part in the agreement, but have an ordinary DVM of kind K
+    /// on the open market do the work (a NIP-90 DVM that knows nothing of Quorum CI).
+    Wrapper(WrapperArgs),
 }
 
 /// Options of `quorum dvm watcher`.
@@ -258,6 +261,49 @@ pub struct RunnerArgs {
     /// DEVELOPMENT ONLY: run steps as plain processes that can read this machine's keys.
     #[arg(long)]
     pub unsandboxed: bool,
+
+    /// Price per job in millisats, announced via NIP-89.
+    #[arg(long, default_value_t = 0)]
+    pub price_msats: u64,
+}
+
+/// Options of `quorum dvm wrapper`.
+#[derive(Debug, Args)]
+pub struct WrapperArgs {
+    /// Relay to serve on (repeat for several); inner DVMs are asked there too.
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// The DVM's secret key: a file holding an nsec or 64 hex characters, mode 0600.
+    /// Created with a fresh key if it does not exist.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+
+    /// Data directory: job journal, and quorum key shares in DATA/shares.
+    #[arg(long)]
+    pub data: PathBuf,
+
+    /// The job kind of the ordinary DVMs that do the work (5000-5999).
+    #[arg(long, value_name = "K")]
+    pub inner_kind: u16,
+
+    /// The job kind this wrapper serves; default: the inner kind.
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<u16>,
+
+    /// An inner DVM to delegate to, npub or hex (repeat, in order of preference: the next is
+    /// asked on error or timeout). None = the open market, which needs --kind other than
+    /// --inner-kind.
+    #[arg(long = "inner-provider", value_name = "PUBKEY")]
+    pub inner_providers: Vec<String>,
+
+    /// Longest wait for one inner DVM's answer, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub timeout: u64,
+
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
 
     /// Price per job in millisats, announced via NIP-89.
     #[arg(long, default_value_t = 0)]

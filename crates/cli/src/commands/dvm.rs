@@ -17,6 +17,7 @@ pub async fn run(command: DvmCommand) -> anyhow::Result<ExitCode> {
         DvmCommand::Runner(args) => runner(args).await,
         DvmCommand::Router(args) => router(args).await,
         DvmCommand::Watcher(args) => watcher(args).await,
+        DvmCommand::Wrapper(args) => super::wrapper::run(args).await,
     }
 }
 

@@ -11,6 +11,7 @@ mod relay;
 mod run;
 mod up;
 mod verify;
+mod wrapper;
 
 use std::process::ExitCode;
 
