@@ -50,6 +50,28 @@ struct Fleet {
 }
 
 async fn fleet(network: &Network, dir: &Path, allow: &[u16]) -> Fleet {
+    fleet_with(network, dir, allow, &[]).await
+}
+
+/// Appends to the build's output: what a backdoored build agent does.
+fn backdoor(work: &Path) {
+    tamper(work, "backdoor\n");
+}
+
+/// Another, independent backdoor.
+fn other_backdoor(work: &Path) {
+    tamper(work, "miner\n");
+}
+
+fn tamper(work: &Path, extra: &str) {
+    let file = work.join("out/hello.txt");
+    let mut bytes = std::fs::read(&file).expect("the build wrote out/hello.txt");
+    bytes.extend_from_slice(extra.as_bytes());
+    std::fs::write(&file, bytes).unwrap();
+}
+
+/// [`fleet`] where runner `i` tampers with `tampers[i]`, if given.
+async fn fleet_with(network: &Network, dir: &Path, allow: &[u16], tampers: &[fn(&Path)]) -> Fleet {
     let keys: Vec<Keys> = (0..3).map(|_| Keys::generate()).collect();
     let roster = Roster::new(2, keys.iter().map(|k| k.public_key())).unwrap();
     let (group, shares) = quorum_threshold::dealer::deal(&roster, &mut rand::rngs::OsRng).unwrap();
@@ -66,11 +88,18 @@ async fn fleet(network: &Network, dir: &Path, allow: &[u16]) -> Fleet {
             share,
         )
         .unwrap();
-        runners.push(
-            network
-                .quorum_runner(&data, k.clone(), &share_dir, fast())
-                .await,
-        );
+        runners.push(match tampers.get(n) {
+            Some(tamper) => {
+                network
+                    .tampering_quorum_runner(&data, k.clone(), &share_dir, fast(), *tamper)
+                    .await
+            }
+            None => {
+                network
+                    .quorum_runner(&data, k.clone(), &share_dir, fast())
+                    .await
+            }
+        });
     }
     let owner = Keys::generate();
     let mandate = Mandate {
@@ -335,6 +364,121 @@ async fn members_refuse_a_mandate_that_does_not_allow_release_bindings() {
         reason.contains("does not allow the quorum to sign kind 8700"),
         "{reason}"
     );
+    client.shutdown().await;
+    for runner in fleet.runners {
+        runner.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_backdoored_builder_of_three_is_outvoted_and_named_and_the_release_has_the_honest_bytes()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let fleet = fleet_with(&network, dir.path(), &[8708, 8700], &[backdoor]).await;
+    let liar = fleet.runners[0].public_key().to_hex();
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        repo_id: Some(RepoCoordinate::new(fleet.owner.public_key(), "sample")),
+        quorum: Some(fleet.context.clone()),
+        ..RunContext::default()
+    };
+    let client = network.client().await;
+    let outcome = execute(
+        &client,
+        &plan,
+        &context,
+        &EngineConfig::default(),
+        Vec::new(),
+        &mut Quiet,
+    )
+    .await;
+    let build = &outcome.jobs[0];
+    assert!(outcome.succeeded, "{:?}", build.state);
+    let record = build.quorum.as_ref().unwrap();
+    assert_eq!(record.agreed.len(), 2, "{record:?}");
+    assert!(!record.agreed.contains(&liar));
+    assert_eq!(record.disagreed, vec![liar.clone()], "the liar is named");
+    // The release binding, signed by the quorum, carries the honest hash.
+    let honest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        b"hello from quorum\n",
+    ));
+    let binding = EventId::from_hex(record.release.as_ref().unwrap()).unwrap();
+    let events = client
+        .fetch(Filter::new().id(binding), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let parsed = quorum_proto::release::ReleaseBinding::from_event(&events[0]).unwrap();
+    assert_eq!(parsed.artifacts[0].sha256.to_string(), honest);
+    assert_eq!(events[0].pubkey, fleet.context.quorum());
+    assert_eq!(
+        build.report.as_ref().unwrap().artifacts[0].blob.sha256,
+        honest,
+        "the job's outputs are an agreeing member's"
+    );
+    client.shutdown().await;
+    for runner in fleet.runners {
+        runner.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_independently_backdoored_builders_of_three_get_nothing_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let fleet = fleet_with(
+        &network,
+        dir.path(),
+        &[8708, 8700],
+        &[backdoor, other_backdoor],
+    )
+    .await;
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        repo_id: Some(RepoCoordinate::new(fleet.owner.public_key(), "sample")),
+        quorum: Some(fleet.context.clone()),
+        ..RunContext::default()
+    };
+    let client = network.client().await;
+    let outcome = execute(
+        &client,
+        &plan,
+        &context,
+        &EngineConfig::default(),
+        Vec::new(),
+        &mut Quiet,
+    )
+    .await;
+    assert!(!outcome.succeeded);
+    let build = &outcome.jobs[0];
+    let JobState::Failed { reason } = &build.state else {
+        panic!("{:?}", build.state)
+    };
+    assert!(
+        reason.contains("the quorum signed no attestation"),
+        "{reason}"
+    );
+    // No release: publishing refuses a failed run, and the quorum key signed nothing at all.
+    assert!(
+        quorum_router::release::publish_release(&client, &plan, &context, &outcome)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let signed = client
+        .fetch(
+            Filter::new().author(fleet.context.quorum()),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    assert!(signed.is_empty(), "{signed:?}");
     client.shutdown().await;
     for runner in fleet.runners {
         runner.shutdown().await;

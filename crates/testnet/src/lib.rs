@@ -90,6 +90,32 @@ impl Network {
         self.start_runner(data, keys, true, Some(member)).await
     }
 
+    /// A compromised quorum runner: its steps run in the real sandbox, and then `tamper`
+    /// rewrites the work dir before the artifacts are packed (a backdoored build agent). It
+    /// reports and commits to the tampered bytes like an honest runner would.
+    pub async fn tampering_quorum_runner(
+        &self,
+        data: &Path,
+        keys: Keys,
+        share_dir: &Path,
+        config: quorum_consensus::member::MemberConfig,
+        tamper: fn(&Path),
+    ) -> Dvm {
+        let member = quorum_consensus::job::QuorumMember::new(
+            vec![self.relay.clone()],
+            keys.clone(),
+            share_dir.to_path_buf(),
+        )
+        .with_config(config);
+        let sandbox = Tampering {
+            inner: quorum_sandbox::Bubblewrap::detect()
+                .expect("bubblewrap is required for these tests: apt-get install bubblewrap"),
+            tamper,
+        };
+        self.start_runner_in(data, keys, true, Some(member), Arc::new(sandbox))
+            .await
+    }
+
     async fn start_runner(
         &self,
         data: &Path,
@@ -97,16 +123,28 @@ impl Network {
         allow_local: bool,
         quorum: Option<quorum_consensus::job::QuorumMember>,
     ) -> Dvm {
+        let sandbox = quorum_sandbox::Bubblewrap::detect()
+            .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
+        self.start_runner_in(data, keys, allow_local, quorum, Arc::new(sandbox))
+            .await
+    }
+
+    async fn start_runner_in(
+        &self,
+        data: &Path,
+        keys: Keys,
+        allow_local: bool,
+        quorum: Option<quorum_consensus::job::QuorumMember>,
+        sandbox: Arc<dyn quorum_sandbox::Sandbox>,
+    ) -> Dvm {
         let mut config = RunnerConfig::new(data.join("work"), vec![self.blossom.clone()]);
         config.git = GitPolicy {
             allow_local,
             timeout: Some(Duration::from_secs(30)),
         };
-        let sandbox = quorum_sandbox::Bubblewrap::detect()
-            .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
         let mut runner = Runner::new(
             config,
-            Arc::new(sandbox),
+            sandbox,
             quorum_blossom::client::BlossomClient::new(keys.clone()),
         );
         if let Some(member) = quorum {
@@ -148,5 +186,32 @@ impl Network {
         JobClient::connect(std::slice::from_ref(&self.relay), Keys::generate())
             .await
             .expect("the client connects")
+    }
+}
+
+/// A sandbox that runs the step for real and then tampers with its work dir.
+struct Tampering {
+    inner: quorum_sandbox::Bubblewrap,
+    tamper: fn(&Path),
+}
+
+impl quorum_sandbox::Sandbox for Tampering {
+    fn describe(&self) -> quorum_sandbox::SandboxInfo {
+        self.inner.describe()
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a quorum_sandbox::StepSpec,
+        log: &'a mut dyn quorum_sandbox::LogSink,
+    ) -> quorum_sandbox::BoxFuture<
+        'a,
+        Result<quorum_sandbox::StepOutcome, quorum_sandbox::SandboxError>,
+    > {
+        Box::pin(async move {
+            let outcome = self.inner.run(spec, log).await?;
+            (self.tamper)(&spec.work_dir);
+            Ok(outcome)
+        })
     }
 }
