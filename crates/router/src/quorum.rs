@@ -207,7 +207,13 @@ pub(crate) async fn run_quorum_job(
         release: None,
         agreed: hex_list(&agreed),
         disagreed: hex_list(answered.difference(&agreed)),
-        silent: hex_list(members.difference(&answered)),
+        // The run goes on once `t` results name the attestation: a member the attestation
+        // names whose own result is still on its way agreed; it was not silent.
+        silent: hex_list(
+            members
+                .iter()
+                .filter(|m| !answered.contains(m) && !agreed.contains(m)),
+        ),
     };
     let Some((attestation_event, _)) = attestation else {
         let reasons: Vec<String> = answers

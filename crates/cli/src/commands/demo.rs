@@ -257,11 +257,19 @@ async fn tour(
             .await
             .map_err(anyhow::Error::msg)?;
         say(&format!(
-            "verified    {}  {}  attested by {}",
+            "verified    {}  {}: release signed by the quorum key, mandated by the maintainer; \
+             {} of {} members built these bytes ({} needed), {} disagreed, {} silent",
             verification.sha256,
             if verification.ok { "ok" } else { "NOT OK" },
-            verification.attested_by.len()
+            verification.agreed.len(),
+            verification.threshold.as_ref().map_or(0, |t| t.n),
+            verification.threshold.as_ref().map_or(0, |t| t.t),
+            verification.disagreed.len(),
+            verification.silent.len(),
         ));
+        for problem in &verification.problems {
+            say(&format!("            ! {problem}"));
+        }
         verified = Some(verification);
     }
     client.shutdown().await;
