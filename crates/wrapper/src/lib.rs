@@ -181,7 +181,10 @@ impl Wrapper {
                 &self.config.relays,
             )
             .map_err(|e| JobFailure::new(format!("cannot build the inner request: {e}")))?;
-            let who = provider.map_or_else(|| "the open market".to_string(), |p| p.to_hex());
+            let who = provider.map_or_else(
+                || "the open market".to_string(),
+                |p| format!("inner DVM {}", p.to_hex()),
+            );
             match self
                 .client
                 .run(&inner, encrypted, self.config.timeout, reporter)
@@ -202,7 +205,7 @@ impl Wrapper {
                 }
                 Err(err) => {
                     tracing::info!(request = %job.event.id, inner = %who, "no inner result: {err}");
-                    failures.push(format!("inner DVM {who}: {err}"));
+                    failures.push(format!("{who}: {err}"));
                 }
             }
         }
