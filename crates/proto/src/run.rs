@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use nostr::PublicKey;
+use nostr::{EventId, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::kinds::JobKind;
@@ -22,6 +22,7 @@ const PARAM_PLAN: &str = "plan";
 const PARAM_RUNNER: &str = "runner";
 const PARAM_INPUT: &str = "input";
 const PARAM_SECRET: &str = "secret";
+const PARAM_MANDATE: &str = "mandate";
 
 /// Why a request is not a valid run-pipeline job.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub enum RunError {
     BadPair(&'static str),
     #[error("the request carries secrets in the clear; send it NIP-44 encrypted")]
     ClearSecrets,
+    #[error("`mandate` param {0:?} is not a 64-hex event id")]
+    BadMandate(String),
 }
 
 fn is_hex(text: &str, lengths: &[usize]) -> bool {
@@ -61,6 +64,8 @@ pub struct RunRequest {
     pub inputs: BTreeMap<String, String>,
     /// Secrets for the pipeline's jobs (encrypted requests only).
     pub secrets: BTreeMap<String, String>,
+    /// The mandate (8704) the run's quorum jobs run under.
+    pub mandate: Option<EventId>,
 }
 
 impl RunRequest {
@@ -72,6 +77,7 @@ impl RunRequest {
             runners: Vec::new(),
             inputs: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            mandate: None,
         }
     }
 
@@ -85,6 +91,9 @@ impl RunRequest {
         }
         for runner in &self.runners {
             request = request.param(PARAM_RUNNER, runner.to_hex());
+        }
+        if let Some(mandate) = &self.mandate {
+            request = request.param(PARAM_MANDATE, mandate.to_hex());
         }
         for (name, values) in [(PARAM_INPUT, &self.inputs), (PARAM_SECRET, &self.secrets)] {
             for (key, value) in values {
@@ -134,6 +143,11 @@ impl RunRequest {
                     let (key, value) = pair(param, PARAM_INPUT)?;
                     run.inputs.insert(key, value);
                 }
+                PARAM_MANDATE => {
+                    let id = EventId::from_hex(param.value())
+                        .map_err(|_| RunError::BadMandate(param.value().to_string()))?;
+                    run.mandate = Some(id);
+                }
                 PARAM_SECRET => {
                     if !was_encrypted {
                         return Err(RunError::ClearSecrets);
@@ -158,6 +172,7 @@ impl std::fmt::Debug for RunRequest {
             .field("runners", &self.runners)
             .field("inputs", &self.inputs)
             .field("secrets", &crate::RedactedSecrets(&self.secrets))
+            .field("mandate", &self.mandate)
             .finish()
     }
 }
@@ -220,6 +235,7 @@ mod tests {
         run.plan_hash = Some("ab".repeat(32));
         run.runners = vec![Keys::generate().public_key()];
         run.inputs.insert("reason".into(), "release".into());
+        run.mandate = Some(EventId::all_zeros());
         assert_eq!(
             RunRequest::from_request(&run.to_request(), false).unwrap(),
             run
@@ -252,6 +268,7 @@ mod tests {
             (with("plan", &["abc"]), "plan hash"),
             (with("runner", &["bob"]), "public key"),
             (with("input", &["only-a-name"]), "a name and a value"),
+            (with("mandate", &["not-an-id"]), "64-hex event id"),
         ];
         for (request, needle) in cases {
             let err = RunRequest::from_request(&request, false)

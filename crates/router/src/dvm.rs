@@ -16,11 +16,12 @@ use quorum_pipeline::PlannedJob;
 use quorum_proto::kinds::JobKind;
 use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
 use quorum_proto::nip90::JobRequest;
-use quorum_proto::nostr::{Kind, PublicKey};
+use quorum_proto::nostr::{EventId, Filter, Kind, PublicKey};
 use quorum_proto::run::{JobSummary, RunReport, RunRequest};
 use quorum_proto::step::StepJob;
 use quorum_runner::GitPolicy;
 
+use crate::quorum::QuorumContext;
 use crate::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, execute, recover, run_id};
 
 /// How a router is set up by its operator.
@@ -48,6 +49,24 @@ impl Router {
             config.work_root = absolute;
         }
         Router { config, client }
+    }
+
+    /// The mandate a run-pipeline request names, from the relays. The members check it again
+    /// (maintainer, expiry, supersession) before they sign anything under it.
+    async fn mandate(&self, id: EventId) -> Result<QuorumContext, JobFailure> {
+        let found = self
+            .client
+            .fetch(
+                Filter::new().id(id).kind(quorum_proto::mandate::MANDATE),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| JobFailure::new(format!("cannot look up mandate {id}: {e}")))?;
+        let event = found
+            .into_iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| JobFailure::new(format!("mandate {id} is not on the relays")))?;
+        QuorumContext::new(event).map_err(|e| JobFailure::new(format!("mandate {id}: {e}")))
     }
 
     async fn run_pipeline(&self, job: &Job, ctx: &JobContext) -> Result<RunReport, JobFailure> {
@@ -100,13 +119,19 @@ impl Router {
         if runners.is_empty() {
             return Err(JobFailure::new("no runner DVM is known or announced"));
         }
+        let quorum = match run.mandate {
+            Some(id) => Some(self.mandate(id).await?),
+            None => None,
+        };
         let context = RunContext {
             repo: run.repo.clone(),
             commit: run.commit.clone(),
             inputs: run.inputs.clone(),
             secrets: run.secrets.clone(),
-            // Approval gates in routed runs need the repository's NIP-34 identity, which the
-            // run-pipeline request does not carry yet: such gates fail with that reason.
+            // The mandate names the repository's NIP-34 identity, which releases and approval
+            // gates need; without one, such gates fail with that reason.
+            repo_id: quorum.as_ref().map(|q| q.mandate.repo.clone()),
+            quorum,
             ..RunContext::default()
         };
         let config = EngineConfig {

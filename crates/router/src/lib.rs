@@ -533,6 +533,11 @@ pub async fn recover(
         let Some(job) = plan.job(&job_id) else {
             continue;
         };
+        if quorum::quorum_mode(job).is_some() {
+            // One member's result proves nothing about a quorum job: it runs again, and only
+            // an attestation signed by the quorum key makes it done.
+            continue;
+        }
         let mut record = JobRecord::new(job);
         record.request = Some(result.request.id.to_hex());
         record.result = Some(answer.id.to_hex());

@@ -484,3 +484,64 @@ async fn two_independently_backdoored_builders_of_three_get_nothing_signed() {
         runner.shutdown().await;
     }
 }
+
+/// The same quorum job through the router DVM: the run-pipeline request names the mandate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_dvm_runs_a_quorum_job_under_the_mandate_its_request_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, _) = sample_repo(dir.path());
+    std::fs::create_dir_all(repo.join(".quorum")).unwrap();
+    std::fs::write(
+        repo.join(".quorum/pipeline.yml"),
+        PIPELINE.replace("    release: true\n", ""),
+    )
+    .unwrap();
+    quorum_testkit::git::git(&repo, &["add", "."]);
+    quorum_testkit::git::git(&repo, &["commit", "--quiet", "-m", "pipeline"]);
+    let commit = quorum_testkit::git::git(&repo, &["rev-parse", "HEAD"]);
+    let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
+    let router_keys = Keys::generate();
+    let router = network
+        .router(&dir.path().join("router"), &router_keys)
+        .await;
+    let mut run = quorum_proto::run::RunRequest::new(format!("file://{}", repo.display()), &commit);
+    run.mandate = Some(fleet.context.mandate_event.id);
+    run.runners = fleet.runners.iter().map(Dvm::public_key).collect();
+    let client = network.client().await;
+    let outcome = client
+        .run(
+            &run.to_request().provider(router_keys.public_key()),
+            false,
+            Duration::from_secs(120),
+            &mut quorum_dvm::client::Quiet,
+        )
+        .await
+        .unwrap();
+    let quorum_dvm::client::JobOutcome::Result { content, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let report: quorum_proto::run::RunReport = serde_json::from_str(&content).unwrap();
+    assert!(report.succeeded(), "{report:?}");
+    // The quorum key signed the attestation of the router's sub-request.
+    let attestations = client
+        .fetch(
+            Filter::new()
+                .kind(quorum_proto::agreement::QUORUM_ATTESTATION)
+                .author(fleet.context.quorum()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(attestations.len(), 1);
+    let request = EventId::from_hex(report.jobs[0].request.as_ref().unwrap()).unwrap();
+    let attestation =
+        quorum_proto::agreement::QuorumAttestation::from_event(&attestations[0]).unwrap();
+    assert_eq!(attestation.job, request);
+    assert_eq!(attestation.mandate, fleet.context.mandate_event.id);
+    client.shutdown().await;
+    router.shutdown().await;
+    for runner in fleet.runners {
+        runner.shutdown().await;
+    }
+}
