@@ -215,7 +215,7 @@ pub(crate) async fn run_quorum_job(
                 .filter(|m| !answered.contains(m) && !agreed.contains(m)),
         ),
     };
-    let Some((attestation_event, _)) = attestation else {
+    let Some((attestation_event, attested)) = attestation else {
         let reasons: Vec<String> = answers
             .iter()
             .map(|a| format!("{}: {}", short(&provider(a)), member_failure(a, runner_job)))
@@ -237,15 +237,24 @@ pub(crate) async fn run_quorum_job(
         );
     };
     // The job's outputs come from an agreeing member's result: its files are the agreed ones.
-    let Some(chosen) = answers.iter().find(|a| agreed.contains(&provider(a))) else {
+    // An agreeing member may still have answered `error` afterwards: only results count. A
+    // runner's report must list exactly the attested files, since later jobs fetch those.
+    let attested = attested.files;
+    let chosen = answers.iter().find_map(|a| match a {
+        JobOutcome::Result { event, content, .. }
+            if agreed.contains(&event.pubkey)
+                && (!runner_job || reports_files(content, &attested)) =>
+        {
+            Some((event, content))
+        }
+        _ => None,
+    });
+    let Some((event, content)) = chosen else {
         record.quorum = Some(summary);
         return fail(
             record,
             "the quorum signed an attestation, but no agreeing member's result arrived".into(),
         );
-    };
-    let JobOutcome::Result { event, content, .. } = chosen else {
-        unreachable!("named_attestation only matches results")
     };
     if job.release {
         match find_binding(
@@ -273,6 +282,18 @@ pub(crate) async fn run_quorum_job(
     let mut record = finish_with_result(record, runner_job, content.clone());
     record.quorum = Some(summary);
     record
+}
+
+/// Whether a runner's step report lists exactly `files` (name and sha256).
+fn reports_files(content: &str, files: &quorum_proto::agreement::BuildResult) -> bool {
+    let Ok(report) = serde_json::from_str::<StepReport>(content) else {
+        return false;
+    };
+    let listed = report
+        .artifacts
+        .iter()
+        .map(|a| (a.name.as_str(), a.blob.sha256.as_str()));
+    quorum_proto::quorum_job::build_result(listed).is_ok_and(|listed| listed == *files)
 }
 
 fn provider(outcome: &JobOutcome) -> PublicKey {
