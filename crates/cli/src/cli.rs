@@ -191,6 +191,12 @@ pub struct WatcherArgs {
     /// Allow file:// and local-path repositories (the embedded network and tests only).
     #[arg(long)]
     pub allow_local_repos: bool,
+
+    /// Watch as a member of a watcher quorum under this mandate (kind 8704 event id, which
+    /// must allow kinds 8708 and 5700): the quorum key, not this watcher, signs each run
+    /// request once enough watchers agreed on the commit. Shares are kept in DATA/shares.
+    #[arg(long, value_name = "EVENT_ID")]
+    pub mandate: Option<String>,
 }
 
 /// Options of `quorum dvm router`.

@@ -8,6 +8,11 @@
 //! its quorum key from the share directory, and takes part in the agreement and signing
 //! ([`crate::member::take_part`]). When the request asks for a release, the members also sign
 //! the release binding derived from the agreed files.
+//!
+//! [`QuorumMember::serve_anchor`] is the same with no published request: the session is keyed by
+//! an id every member derives alike (a git watcher quorum uses the id of the unsigned run
+//! request it is about to sign), and the caller hands in the events to sign after the
+//! attestation; the mandate must allow their kinds.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -21,6 +26,7 @@ use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport, hex_list, release_
 use quorum_proto::release::RELEASE_BINDING;
 use quorum_threshold::KeyShare;
 
+use crate::agreement::Agreement;
 use crate::member::{self, MemberConfig, MemberError, MemberOutcome, QuorumJob};
 
 /// Why a member cannot serve a quorum request.
@@ -92,31 +98,23 @@ impl QuorumMember {
         job: Option<&str>,
         result: BuildResult,
     ) -> Result<(QuorumReport, MemberOutcome), QuorumJobError> {
-        let (mandate_event, mandate) = self.checked_mandate(params, job).await?;
-        let quorum = mandate
-            .quorum
-            .expect("checked_mandate requires a quorum key");
-        let share = load_share(&self.share_dir, &quorum)?;
-        let quorum_job = QuorumJob {
-            job: request.id,
-            mandate: mandate.clone(),
-            mandate_id: mandate_event.id,
-            commit: params.commit.clone(),
-            result,
-        };
+        let mut needed = vec![QUORUM_ATTESTATION];
+        if params.release.is_some() {
+            needed.push(RELEASE_BINDING);
+        }
         let release = params.release.clone();
         let commit = params.commit.clone();
-        let outcome = member::take_part(
-            &self.relays,
-            &self.keys,
-            &share,
-            &quorum_job,
-            &self.config,
-            |agreement| {
+        self.take_part(
+            request.id,
+            params,
+            job,
+            result,
+            &needed,
+            |quorum_job, quorum, agreement| {
                 let Some(release) = &release else {
                     return Vec::new();
                 };
-                let Ok(attestation) = member::attestation(&quorum_job, quorum, agreement) else {
+                let Ok(attestation) = member::attestation(quorum_job, quorum, agreement) else {
                     return Vec::new();
                 };
                 let files = agreement.tally.agreed_result();
@@ -130,6 +128,62 @@ impl QuorumMember {
                 }
             },
         )
+        .await
+    }
+
+    /// Takes part in a quorum session anchored at `job` (an event id every member derives the
+    /// same way, not necessarily a published request) with this member's `result`, and has the
+    /// quorum sign `extra` after the attestation: events fixed before the agreement, such as
+    /// the next step's request. The mandate must allow 8708 and the kind of every extra event.
+    pub async fn serve_anchor(
+        &self,
+        job: EventId,
+        params: &QuorumJobParams,
+        job_name: Option<&str>,
+        result: BuildResult,
+        extra: Vec<UnsignedEvent>,
+    ) -> Result<(QuorumReport, MemberOutcome), QuorumJobError> {
+        let mut needed = vec![QUORUM_ATTESTATION];
+        for event in &extra {
+            if !needed.contains(&event.kind) {
+                needed.push(event.kind);
+            }
+        }
+        self.take_part(job, params, job_name, result, &needed, |_, _, _| {
+            extra.clone()
+        })
+        .await
+    }
+
+    async fn take_part(
+        &self,
+        job: EventId,
+        params: &QuorumJobParams,
+        job_name: Option<&str>,
+        result: BuildResult,
+        needed: &[Kind],
+        extra: impl Fn(&QuorumJob, PublicKey, &Agreement) -> Vec<UnsignedEvent>,
+    ) -> Result<(QuorumReport, MemberOutcome), QuorumJobError> {
+        let (mandate_event, mandate) = self.checked_mandate(params, job_name, needed).await?;
+        let quorum = mandate
+            .quorum
+            .expect("checked_mandate requires a quorum key");
+        let share = load_share(&self.share_dir, &quorum)?;
+        let quorum_job = QuorumJob {
+            job,
+            mandate: mandate.clone(),
+            mandate_id: mandate_event.id,
+            commit: params.commit.clone(),
+            result,
+        };
+        let outcome = member::take_part(
+            &self.relays,
+            &self.keys,
+            &share,
+            &quorum_job,
+            &self.config,
+            |agreement| extra(&quorum_job, quorum, agreement),
+        )
         .await?;
         let report = report(&quorum, mandate_event.id, &outcome);
         Ok((report, outcome))
@@ -140,6 +194,7 @@ impl QuorumMember {
         &self,
         params: &QuorumJobParams,
         job: Option<&str>,
+        needed: &[Kind],
     ) -> Result<(Event, Mandate), QuorumJobError> {
         let id = params.mandate;
         let refuse = |reason: String| QuorumJobError::Mandate {
@@ -237,11 +292,7 @@ impl QuorumMember {
         if mandate.member_index(&self.keys.public_key()).is_none() {
             return Err(refuse("does not name this DVM as a member".into()));
         }
-        let mut needed = vec![QUORUM_ATTESTATION];
-        if params.release.is_some() {
-            needed.push(RELEASE_BINDING);
-        }
-        for kind in needed {
+        for &kind in needed {
             if !mandate.allows(kind) {
                 return Err(refuse(format!(
                     "does not allow the quorum to sign kind {}",

@@ -10,16 +10,28 @@
 //! remembers what it started, and before starting one it looks on the relays for a request of
 //! its own for the same commit and plan, so a crash between publishing and remembering does not
 //! start a run twice. The first poll only records where the refs are: history is not replayed.
+//!
+//! In quorum mode ([`WatcherQuorum`], protocol §15.10) the watcher holds a share of a quorum key
+//! and does not sign the run request itself: every watcher of the quorum derives the same
+//! unsigned request (authored by the quorum key, stamped with the commit's time), they agree on
+//! the commit and plan hash by commit-reveal, and the quorum signs the attestation and that
+//! request together. The router then sees a run request that `t` watchers vouched for.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use quorum_consensus::job::{QuorumJobError, QuorumMember};
+use quorum_consensus::member::MemberConfig;
 use quorum_dvm::client::JobClient;
 use quorum_pipeline::TriggerEvent;
+use quorum_proto::agreement::BuildResult;
+use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::kinds::JobKind;
+use quorum_proto::mandate::{MANDATE, Mandate};
 use quorum_proto::nip90::JobRequest;
-use quorum_proto::nostr::{Filter, PublicKey};
+use quorum_proto::nostr::{EventId, Filter, Keys, PublicKey, RelayUrl, Timestamp};
+use quorum_proto::quorum_job::QuorumJobParams;
 use quorum_proto::run::RunRequest;
 use quorum_runner::GitPolicy;
 use serde::{Deserialize, Serialize};
@@ -35,6 +47,19 @@ pub enum WatchError {
     },
     #[error("cannot publish the run request: {0}")]
     Publish(#[from] quorum_dvm::client::ClientError),
+    #[error("the quorum keys are for {quorum}, the watcher's client signs as {client}")]
+    QuorumKeys {
+        quorum: PublicKey,
+        client: PublicKey,
+    },
+    #[error("mandate {mandate}: {reason}")]
+    Mandate { mandate: EventId, reason: String },
+    #[error("the plan hash {0:?} is not a sha256")]
+    PlanHash(String),
+    #[error(transparent)]
+    Quorum(#[from] QuorumJobError),
+    #[error("the quorum signed no run request: {0}")]
+    NotSigned(String),
 }
 
 /// Where the watcher learns the refs.
@@ -60,6 +85,31 @@ pub struct WatchConfig {
     /// Where the watcher keeps its state and scratch checkouts.
     pub data: PathBuf,
     pub git: GitPolicy,
+    /// When set, the watcher is one member of a quorum of watchers and the quorum key signs
+    /// the run requests (§15.10).
+    pub quorum: Option<WatcherQuorum>,
+}
+
+/// What a watcher needs to act as a member of a watcher quorum.
+#[derive(Debug, Clone)]
+pub struct WatcherQuorum {
+    /// The mandate (8704) the quorum acts under; it must allow kinds 8708 and 5700.
+    pub mandate: EventId,
+    /// Where the watcher keeps its shares (`<quorum hex>.json`).
+    pub share_dir: PathBuf,
+    pub member: MemberConfig,
+    /// The relays and keys of the watcher's client: the member talks to the other members
+    /// there, under the same key the mandate names.
+    pub relays: Vec<RelayUrl>,
+    pub keys: Keys,
+}
+
+/// A moved ref that started no run, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotStarted {
+    pub ref_name: String,
+    pub commit: String,
+    pub reason: String,
 }
 
 /// A run the watcher started.
@@ -85,16 +135,37 @@ pub struct Watcher {
     config: WatchConfig,
     client: JobClient,
     state: State,
+    /// The quorum key of the mandate, once looked up (quorum mode only).
+    quorum_key: Option<PublicKey>,
+    /// The moved refs of the last poll that started nothing because of an error.
+    not_started: Vec<NotStarted>,
 }
 
 impl Watcher {
     pub fn new(config: WatchConfig, client: JobClient) -> Result<Self, WatchError> {
+        if let Some(quorum) = &config.quorum
+            && quorum.keys.public_key() != client.public_key()
+        {
+            return Err(WatchError::QuorumKeys {
+                quorum: quorum.keys.public_key(),
+                client: client.public_key(),
+            });
+        }
         let state = load_state(&state_path(&config.data))?;
         Ok(Watcher {
             config,
             client,
             state,
+            quorum_key: None,
+            not_started: Vec::new(),
         })
+    }
+
+    /// The moved refs of the last [`Watcher::poll`] that started no run because of an error
+    /// (a commit the server does not serve, a mandate that does not allow the request, a quorum
+    /// that did not agree), with the reason. Each is retried only if its ref moves again.
+    pub fn not_started(&self) -> &[NotStarted] {
+        &self.not_started
     }
 
     /// One look at the repository; returns the runs it started.
@@ -115,6 +186,7 @@ impl Watcher {
             return Ok(Vec::new());
         };
         let mut started = Vec::new();
+        self.not_started.clear();
         for (ref_name, commit) in &refs {
             if previous.get(ref_name) == Some(commit) {
                 continue;
@@ -123,7 +195,14 @@ impl Watcher {
                 Ok(Some(run)) => started.push(run),
                 Ok(None) => {}
                 // One bad commit must not stop the others; it is retried only if it moves again.
-                Err(err) => tracing::warn!(ref_name, commit, "not started: {err}"),
+                Err(err) => {
+                    tracing::warn!(ref_name, commit, "not started: {err}");
+                    self.not_started.push(NotStarted {
+                        ref_name: ref_name.clone(),
+                        commit: commit.clone(),
+                        reason: err.to_string(),
+                    });
+                }
             }
         }
         self.save()?;
@@ -162,7 +241,7 @@ impl Watcher {
         .await;
         let text = std::fs::read_to_string(checkout.join(quorum_pipeline::PIPELINE_PATH));
         let _ = std::fs::remove_dir_all(&checkout);
-        fetched?;
+        let commit_time = fetched?;
         let Ok(text) = text else {
             tracing::debug!(ref_name, commit, "no pipeline in this commit");
             return Ok(None);
@@ -186,23 +265,120 @@ impl Watcher {
         }
         let plan_hash = plan.plan_hash();
         let key = format!("{commit}:{plan_hash}");
-        if self.state.started.contains(&key) || self.already_requested(commit, &plan_hash).await {
+        let mut authors = vec![self.client.public_key()];
+        if self.config.quorum.is_some() {
+            authors.push(self.quorum_key().await?);
+        }
+        if self.state.started.contains(&key)
+            || self.already_requested(&authors, commit, &plan_hash).await
+        {
             self.state.started.insert(key);
             return Ok(None);
         }
         let mut run = RunRequest::new(self.config.repo.clone(), commit);
         run.plan_hash = Some(plan_hash.clone());
-        let request = run.to_request().provider(self.config.router);
-        let event = self.client.submit(&request, false).await?;
+        let request = match &self.config.quorum {
+            None => {
+                let request = run.to_request().provider(self.config.router);
+                self.client.submit(&request, false).await?.id
+            }
+            Some(quorum) => {
+                let quorum = quorum.clone();
+                self.quorum_request(&quorum, run, commit_time).await?
+            }
+        };
         self.state.started.insert(key);
         self.save()?;
-        tracing::info!(ref_name, commit, request = %event.id, "run started");
+        tracing::info!(ref_name, commit, %request, "run started");
         Ok(Some(StartedRun {
             ref_name: ref_name.to_string(),
             commit: commit.to_string(),
             plan_hash,
-            request: event.id.to_hex(),
+            request: request.to_hex(),
         }))
+    }
+
+    /// Has the quorum sign `run` (§15.10): every watcher derives the same unsigned request,
+    /// whose id anchors the agreement on the commit and plan hash; the quorum signs the
+    /// attestation and the request, and every signer publishes them.
+    async fn quorum_request(
+        &mut self,
+        quorum: &WatcherQuorum,
+        mut run: RunRequest,
+        commit_time: i64,
+    ) -> Result<EventId, WatchError> {
+        let quorum_key = self.quorum_key().await?;
+        let plan_hash = run.plan_hash.clone().unwrap_or_default();
+        let plan = Sha256Hex::parse(&plan_hash).map_err(|_| WatchError::PlanHash(plan_hash))?;
+        run.mandate = Some(quorum.mandate);
+        // Nothing local or clock-dependent (§15.5): the commit's own time stamps the request.
+        let created_at = Timestamp::from(u64::try_from(commit_time).unwrap_or(0));
+        let mut unsigned = run
+            .to_request()
+            .provider(self.config.router)
+            .to_event_builder()
+            .custom_created_at(created_at)
+            .build(quorum_key);
+        let anchor = unsigned.id();
+        let result = agreed_files(&run.commit, plan);
+        let params = QuorumJobParams {
+            mandate: quorum.mandate,
+            commit: run.commit.clone(),
+            release: None,
+        };
+        let member = QuorumMember::new(
+            quorum.relays.clone(),
+            quorum.keys.clone(),
+            quorum.share_dir.clone(),
+        )
+        .with_config(quorum.member.clone());
+        let (report, outcome) = member
+            .serve_anchor(anchor, &params, None, result, vec![unsigned])
+            .await?;
+        let signed = outcome
+            .signed
+            .as_ref()
+            .and_then(|signed| signed.events.iter().find(|e| e.id == anchor));
+        match signed {
+            Some(request) => {
+                tracing::info!(
+                    request = %request.id,
+                    agreed = ?report.agreed,
+                    "the watcher quorum signed the run request"
+                );
+                Ok(request.id)
+            }
+            None => Err(WatchError::NotSigned(outcome.failure.unwrap_or_else(
+                || "the request was not among the signed events".into(),
+            ))),
+        }
+    }
+
+    /// The quorum key the mandate names (looked up once; the member checks the mandate fully
+    /// before it commits to anything).
+    async fn quorum_key(&mut self) -> Result<PublicKey, WatchError> {
+        if let Some(key) = self.quorum_key {
+            return Ok(key);
+        }
+        let id = self.config.quorum.as_ref().expect("quorum mode").mandate;
+        let refuse = |reason: String| WatchError::Mandate {
+            mandate: id,
+            reason,
+        };
+        let events = self
+            .client
+            .fetch(Filter::new().id(id).kind(MANDATE), Duration::from_secs(5))
+            .await?;
+        let event = events
+            .iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| refuse("is not on the relays".into()))?;
+        let mandate = Mandate::from_event(event).map_err(|e| refuse(e.to_string()))?;
+        let key = mandate
+            .quorum
+            .ok_or_else(|| refuse("is a DKG proposal, which authorises nothing".into()))?;
+        self.quorum_key = Some(key);
+        Ok(key)
     }
 
     /// The refs of the newest repository state signed by one of the repository's maintainers.
@@ -247,10 +423,16 @@ impl Watcher {
         Ok(newest.map(|(_, state)| state.refs).unwrap_or_default())
     }
 
-    /// Whether the relays already hold a run request of ours for this commit and plan.
-    async fn already_requested(&self, commit: &str, plan_hash: &str) -> bool {
+    /// Whether the relays already hold a run request by one of `authors` (this watcher, and in
+    /// quorum mode the quorum key) for this commit and plan.
+    async fn already_requested(
+        &self,
+        authors: &[PublicKey],
+        commit: &str,
+        plan_hash: &str,
+    ) -> bool {
         let filter = Filter::new()
-            .author(self.client.public_key())
+            .authors(authors.iter().copied())
             .kind(JobKind::RunPipeline.request_kind());
         let Ok(events) = self.client.fetch(filter, Duration::from_secs(5)).await else {
             return false;
@@ -280,6 +462,16 @@ impl Watcher {
             source,
         })
     }
+}
+
+/// What the watchers of a quorum commit to: the commit (sha256 of its id's ASCII) and the plan
+/// hash, so the agreed result means the same commit and the same plan.
+fn agreed_files(commit: &str, plan: Sha256Hex) -> BuildResult {
+    use sha2::{Digest, Sha256};
+    let commit_digest = Sha256Hex::from_bytes(Sha256::digest(commit.as_bytes()).into());
+    BuildResult::new()
+        .with_file("commit", commit_digest)
+        .with_file("plan", plan)
 }
 
 fn state_path(data: &Path) -> PathBuf {

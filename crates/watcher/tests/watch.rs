@@ -36,6 +36,7 @@ async fn a_new_commit_on_a_triggered_branch_starts_exactly_one_run() {
             allow_local: true,
             timeout: Some(Duration::from_secs(30)),
         },
+        quorum: None,
     };
     let watcher_keys = Keys::generate();
     let watcher_client = || async {
@@ -165,6 +166,7 @@ async fn only_state_signed_by_a_maintainer_starts_a_run() {
             allow_local: true,
             timeout: Some(Duration::from_secs(30)),
         },
+        quorum: None,
     };
     let mut watcher = Watcher::new(config, network.client().await).unwrap();
     assert!(

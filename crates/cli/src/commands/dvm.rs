@@ -40,6 +40,19 @@ async fn watcher(args: WatcherArgs) -> anyhow::Result<ExitCode> {
         },
         _ => quorum_watcher::Source::Poll,
     };
+    let share_dir = args.data.join("shares");
+    let quorum = match &args.mandate {
+        Some(text) => Some(quorum_watcher::WatcherQuorum {
+            mandate: quorum_proto::nostr::EventId::parse(text).with_context(|| {
+                format!("--mandate {text:?} is neither a note/nevent nor 64 hex characters")
+            })?,
+            share_dir: share_dir.clone(),
+            member: Default::default(),
+            relays: relays.clone(),
+            keys: keys.clone(),
+        }),
+        None => None,
+    };
     let client = quorum_dvm::client::JobClient::connect(&relays, keys.clone()).await?;
     let config = quorum_watcher::WatchConfig {
         repo: args.repo.clone(),
@@ -50,12 +63,25 @@ async fn watcher(args: WatcherArgs) -> anyhow::Result<ExitCode> {
             allow_local: args.allow_local_repos,
             timeout: Some(Duration::from_secs(600)),
         },
+        quorum,
     };
     let watcher = quorum_watcher::Watcher::new(config, client)?;
+    // Quorum keys: answer DKG proposals and dealer deliveries naming this watcher; shares are
+    // kept in DATA/shares (mode 0600).
+    let keygen = tokio::spawn({
+        let (keys, stop) = (keys.clone(), shutdown.clone());
+        async move {
+            let served = quorum_consensus::keygen::serve(&relays, &keys, share_dir, stop.wait());
+            if let Err(e) = served.await {
+                tracing::error!("quorum key service: {e}");
+            }
+        }
+    });
     super::announce(&format!("watcher: {}", keys.public_key().to_hex()));
     watcher
         .run(Duration::from_secs(args.interval.max(1)), shutdown.wait())
         .await;
+    let _ = keygen.await;
     Ok(ExitCode::SUCCESS)
 }
 
