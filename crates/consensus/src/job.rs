@@ -306,6 +306,14 @@ impl QuorumMember {
         {
             return Err(refuse(format!("does not cover job {job}")));
         }
+        if let Some(release) = &params.release
+            && release.repo != mandate.repo
+        {
+            return Err(refuse(format!(
+                "is for {}, but the release is asked for {}",
+                mandate.repo, release.repo
+            )));
+        }
         Ok((named, mandate))
     }
 }
