@@ -4,7 +4,15 @@
 //! starting together: the time from the first commitment to the tally (agreement), and from the
 //! tally to the signed attestation (signing), the slowest member counted. The baseline in the
 //! same run is one relay round trip: a signed event published by one client and received by
-//! another's live subscription. Crypto alone (DKG, one signing round) is measured by
+//! another's live subscription.
+//!
+//! Then DKG over the same relay for the same n (t = n/2 + 1): n member services
+//! ([`keygen::serve_with`], as runner daemons run them) are up and subscribed; the time from a
+//! maintainer publishing the DKG proposal to [`keygen::await_group_key`] returning the key all n
+//! announced (rounds 8710 → 8711 → 8712, shares saved to disk). Median and p90 of `DKG_RUNS`
+//! sessions per n, under the key `dkg`.
+//!
+//! Crypto alone (DKG, one signing round) is measured by
 //! `cargo bench -p quorum-threshold --bench frost`. Writes `target/bench/quorum.json`.
 
 use std::path::PathBuf;
@@ -13,15 +21,19 @@ use std::time::{Duration, Instant};
 use nostr_sdk::prelude::*;
 use quorum_consensus::agreement::{self, AgreementConfig};
 use quorum_consensus::channel::Channel;
+use quorum_consensus::keygen::{self, ServeConfig};
 use quorum_consensus::member;
 use quorum_consensus::signing::{self, SigningConfig};
 use quorum_proto::agreement::{BuildResult, QuorumAttestation};
 use quorum_proto::blossom::Sha256Hex;
+use quorum_proto::mandate::{Keygen, Mandate};
+use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::quorum_msg::SessionId;
 use quorum_threshold::Roster;
 use serde_json::json;
 
 const RUNS: usize = 5;
+const DKG_RUNS: usize = 10;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -86,7 +98,24 @@ fn main() {
             rows.push(json!({"n": n, "t": t, "agreement_ms": a, "signing_ms": s,
                 "agreement_round_trips": a / round_trip, "signing_round_trips": s / round_trip}));
         }
-        let out = json!({"relay_round_trip_ms": round_trip, "runs": RUNS, "steps": rows});
+
+        let mut dkg = Vec::new();
+        for n in [3usize, 5, 7] {
+            let t = (n / 2 + 1) as u16;
+            let mut samples = dkg_sessions(&url, &a, n, t, DKG_RUNS).await;
+            samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let (p50, p90) = (median(samples.clone()), p90(&samples));
+            println!(
+                "n={n} t={t}: DKG {p50:.1} ms median ({:.1}× round trip), p90 {p90:.1} ms ({:.1}× round trip), {DKG_RUNS} sessions",
+                p50 / round_trip,
+                p90 / round_trip
+            );
+            dkg.push(json!({"n": n, "t": t, "runs": DKG_RUNS, "median_ms": p50, "p90_ms": p90,
+                "median_round_trips": p50 / round_trip, "p90_round_trips": p90 / round_trip,
+                "samples_ms": samples}));
+        }
+        let out = json!({"relay_round_trip_ms": round_trip, "runs": RUNS, "steps": rows,
+            "dkg": dkg});
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
         std::fs::create_dir_all(&path).unwrap();
         std::fs::write(path.join("quorum.json"), serde_json::to_string_pretty(&out).unwrap())
@@ -178,6 +207,80 @@ async fn one_step(url: &RelayUrl, n: usize, t: u16, salt: u8) -> (f64, f64) {
         .fold(0.0, f64::max)
         * 1000.0;
     (agreement, signing)
+}
+
+/// `runs` DKG sessions among n member services started for them (then stopped): for each, the
+/// ms from publishing the proposal (on `publisher`, already connected) to the group key.
+async fn dkg_sessions(
+    url: &RelayUrl,
+    publisher: &Client,
+    n: usize,
+    t: u16,
+    runs: usize,
+) -> Vec<f64> {
+    let relays = vec![url.clone()];
+    let keys: Vec<Keys> = (0..n).map(|_| Keys::generate()).collect();
+    let members: Vec<PublicKey> = keys.iter().map(Keys::public_key).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut stops = Vec::new();
+    let mut services = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        let (relays, k) = (relays.clone(), k.clone());
+        let share_dir = dir.path().join(format!("member{i}"));
+        services.push(tokio::spawn(async move {
+            keygen::serve_with(&relays, &k, share_dir, ServeConfig::default(), async {
+                let _ = stopped.await;
+            })
+            .await
+        }));
+    }
+    // Let every service subscribe before the first proposal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let maintainer = Keys::generate();
+    let mut samples = Vec::new();
+    for run in 0..runs {
+        // The note makes every proposal, and so every session, a new event.
+        let proposal = Mandate {
+            repo: RepoCoordinate::new(maintainer.public_key(), "sample"),
+            pipeline: ".quorum/pipeline.yml".into(),
+            jobs: vec!["build".into()],
+            quorum: None,
+            members: keygen::new_members(&members),
+            threshold: t,
+            keygen: Keygen::Dkg,
+            allow: [8708u16].into_iter().collect(),
+            expiration: Timestamp::now() + 3600u64,
+            content: format!("bench DKG {run} among {n}"),
+        }
+        .to_event_builder()
+        .unwrap()
+        .sign_with_keys(&maintainer)
+        .unwrap();
+        // The watcher subscribes while the DKG runs; its connection is not on the clock.
+        let watch = tokio::spawn({
+            let (relays, members, id) = (relays.clone(), members.clone(), proposal.id);
+            async move { keygen::await_group_key(&relays, id, &members, Duration::from_secs(60)).await }
+        });
+        let started = Instant::now();
+        publisher.send_event(&proposal).await.unwrap();
+        watch.await.unwrap().expect("all members announce one key");
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for service in services {
+        service.await.unwrap().unwrap();
+    }
+    samples
+}
+
+/// Nearest-rank 90th percentile of sorted samples.
+fn p90(sorted: &[f64]) -> f64 {
+    let rank = (sorted.len() * 9).div_ceil(10).max(1);
+    sorted[rank - 1]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

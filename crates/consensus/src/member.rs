@@ -8,6 +8,7 @@
 //! derive byte-identical events.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use nostr_sdk::prelude::*;
 use quorum_proto::agreement::{BuildResult, QuorumAttestation, Roster};
@@ -53,6 +54,12 @@ pub struct MemberOutcome {
     pub signed: Option<Signed>,
     /// Why nothing was signed, when it was not.
     pub failure: Option<String>,
+    /// How long commit-reveal took, in milliseconds: from this member's commitment to its
+    /// tally (so it includes waiting for the other members' builds).
+    pub agreement_ms: Option<f64>,
+    /// How long the signing session took, in milliseconds: from the tally to the signed events
+    /// (or the session's failure). `None` when there was nothing to sign.
+    pub signing_ms: Option<f64>,
 }
 
 impl MemberOutcome {
@@ -90,7 +97,21 @@ pub async fn take_part(
     .await?;
     let outcome = run(&channel, share, job, config, extra).await;
     channel.close().await;
+    if let Ok(outcome) = &outcome {
+        tracing::debug!(
+            job = %job.job,
+            member = %me,
+            agreement_ms = outcome.agreement_ms,
+            signing_ms = outcome.signing_ms,
+            signed = outcome.signed.is_some(),
+            "quorum part done"
+        );
+    }
     outcome
+}
+
+fn ms(elapsed: Duration) -> f64 {
+    elapsed.as_secs_f64() * 1000.0
 }
 
 async fn run(
@@ -102,20 +123,24 @@ async fn run(
 ) -> Result<MemberOutcome, MemberError> {
     let me = channel.public_key();
     let roster = roster_of(share);
+    let started = Instant::now();
     let agreement =
         agreement::commit_and_reveal(channel, &roster, job.job, &job.result, &config.agreement)
             .await?;
+    let tallied = Instant::now();
+    let agreement_ms = Some(ms(tallied - started));
+    let unsigned = |agreement, failure| MemberOutcome {
+        agreement,
+        signed: None,
+        failure: Some(failure),
+        agreement_ms,
+        signing_ms: None,
+    };
     let threshold = usize::from(roster.threshold());
     let agreed: BTreeSet<PublicKey> = agreement.tally.agreed.iter().copied().collect();
     let attestation = match attestation(job, share.quorum(), &agreement) {
         Ok(attestation) => attestation,
-        Err(why) => {
-            return Ok(MemberOutcome {
-                agreement,
-                signed: None,
-                failure: Some(format!("no agreement: {why}")),
-            });
-        }
+        Err(why) => return Ok(unsigned(agreement, format!("no agreement: {why}"))),
     };
     if agreed.len() < threshold {
         let failure = format!(
@@ -123,42 +148,31 @@ async fn run(
             agreed.len(),
             threshold,
         );
-        return Ok(MemberOutcome {
-            agreement,
-            signed: None,
-            failure: Some(failure),
-        });
+        return Ok(unsigned(agreement, failure));
     }
     if !agreed.contains(&me) {
         let failure = "my result differs from the one the quorum agreed on; not signing".into();
-        return Ok(MemberOutcome {
-            agreement,
-            signed: None,
-            failure: Some(failure),
-        });
+        return Ok(unsigned(agreement, failure));
     }
     let mut events = vec![attestation];
     events.extend(extra(&agreement));
     let session = session_id(&job.job, &events);
     let signers: Vec<PublicKey> = agreed.into_iter().collect();
-    match signing::sign_together(channel, share, &signers, session, events, &config.signing).await {
-        Ok(signed) => Ok(MemberOutcome {
-            agreement,
-            signed: Some(signed),
-            failure: None,
-        }),
-        Err(e @ (SigningError::TooFew { .. } | SigningError::Frost(_))) => Ok(MemberOutcome {
-            agreement,
-            signed: None,
-            failure: Some(format!("signing failed: {e}")),
-        }),
-        Err(SigningError::Channel(e)) => Err(e.into()),
-        Err(e) => Ok(MemberOutcome {
-            agreement,
-            signed: None,
-            failure: Some(format!("signing failed: {e}")),
-        }),
-    }
+    let signed =
+        signing::sign_together(channel, share, &signers, session, events, &config.signing).await;
+    let signing_ms = Some(ms(tallied.elapsed()));
+    let (signed, failure) = match signed {
+        Ok(signed) => (Some(signed), None),
+        Err(SigningError::Channel(e)) => return Err(e.into()),
+        Err(e) => (None, Some(format!("signing failed: {e}"))),
+    };
+    Ok(MemberOutcome {
+        agreement,
+        signed,
+        failure,
+        agreement_ms,
+        signing_ms,
+    })
 }
 
 /// The attestation every agreeing member derives identically from the tally.
