@@ -197,6 +197,14 @@ impl Relay {
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
         let stop = token.clone();
+        // Relay messages are small and latency-bound (a quorum's signing round is several
+        // request-answer exchanges): without TCP_NODELAY, Nagle's algorithm meets the peer's
+        // delayed ACK and holds a message back for about 40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {err}");
+            }
+        });
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
