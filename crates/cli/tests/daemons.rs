@@ -137,10 +137,12 @@ async fn up_writes_endpoints_and_stops_cleanly() {
     let blossom = endpoints["blossom"].as_str().expect("blossom URL");
     assert!(relay.starts_with("ws://127.0.0.1:"), "{relay}");
     assert!(blossom.starts_with("http://127.0.0.1:"), "{blossom}");
-    // The embedded fleet: two runners with distinct keys, announced on the relay.
+    // The embedded fleet: three runners (enough for a 2-of-3 quorum) with distinct keys.
     let runners = endpoints["runners"].as_array().expect("runners");
-    assert_eq!(runners.len(), 2, "{endpoints}");
-    assert_ne!(runners[0], runners[1]);
+    assert_eq!(runners.len(), 3, "{endpoints}");
+    let distinct: std::collections::BTreeSet<&str> =
+        runners.iter().filter_map(|r| r.as_str()).collect();
+    assert_eq!(distinct.len(), 3, "{endpoints}");
     let router = endpoints["router"].as_str().expect("a router DVM");
 
     // The embedded router runs a repository's committed pipeline on the embedded runners.
