@@ -18,7 +18,10 @@ pub fn use_color(choice: ColorChoice) -> bool {
     }
 }
 
-pub fn init(args: &GlobalArgs) {
+/// `one_shot`: a command that prints its own progress (`run`, `demo`) and hosts the embedded
+/// services only for its duration; their routine notices (key generation, shares saved) would
+/// interleave with it, so they show only from `-v` up.
+pub fn init(args: &GlobalArgs, one_shot: bool) {
     let ours = match (args.quiet, args.verbose) {
         (true, _) => "error",
         (false, 0) => "info",
@@ -26,9 +29,12 @@ pub fn init(args: &GlobalArgs) {
         (false, _) => "trace",
     };
     let deps = if args.verbose >= 2 { "debug" } else { "warn" };
-    let default = format!(
+    let mut default = format!(
         "{deps},quorum={ours},quorum_cli={ours},quorum_relay={ours},quorum_blossom={ours},quorum_proto={ours}"
     );
+    if one_shot && args.verbose == 0 && !args.quiet {
+        default.push_str(",quorum_consensus=warn");
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

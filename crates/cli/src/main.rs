@@ -14,7 +14,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    logging::init(&cli.global);
+    let one_shot = matches!(cli.command, cli::Command::Run(_) | cli::Command::Demo(_));
+    logging::init(&cli.global, one_shot);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -237,7 +237,9 @@ pub async fn form_quorum(
         allow: [QUORUM_ATTESTATION.as_u16(), RELEASE_BINDING.as_u16()]
             .into_iter()
             .collect(),
-        expiration: Timestamp::now() + 24 * 3600u64,
+        // As `quorum mandate create` does: relays drop an expired mandate (NIP-40), and a
+        // release is verified against it.
+        expiration: Timestamp::now() + 30 * 24 * 3600u64,
         content: request.note,
     };
     let proposal = quorum_consensus::keygen::propose_dkg(relays, maintainer, mandate.clone())
