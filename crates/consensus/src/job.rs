@@ -20,9 +20,13 @@ use std::time::Duration;
 
 use nostr_sdk::prelude::*;
 use quorum_proto::agreement::{BuildResult, QUORUM_ATTESTATION};
+use quorum_proto::chain;
 use quorum_proto::mandate::{MANDATE, Mandate};
 use quorum_proto::nip34::{REPO_ANNOUNCEMENT, maintainer_set};
-use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport, hex_list, release_binding};
+use quorum_proto::nip90::JobRequest;
+use quorum_proto::quorum_job::{
+    QuorumJobParams, QuorumReport, hex_list, next_step_request, release_binding,
+};
 use quorum_proto::release::RELEASE_BINDING;
 use quorum_threshold::KeyShare;
 
@@ -102,6 +106,14 @@ impl QuorumMember {
         if params.release.is_some() {
             needed.push(RELEASE_BINDING);
         }
+        // A quorum chain: the quorum, not one member, signs the next step's request.
+        let parsed = JobRequest::from_event(request).ok();
+        let next_kind = parsed.as_ref().and_then(|parsed| {
+            chain::next_request(request, parsed, EventId::all_zeros())
+                .and_then(Result::ok)
+                .map(|next| next.kind)
+        });
+        needed.extend(next_kind);
         let release = params.release.clone();
         let commit = params.commit.clone();
         self.take_part(
@@ -111,21 +123,28 @@ impl QuorumMember {
             result,
             &needed,
             |quorum_job, quorum, agreement| {
-                let Some(release) = &release else {
-                    return Vec::new();
-                };
                 let Ok(attestation) = member::attestation(quorum_job, quorum, agreement) else {
                     return Vec::new();
                 };
-                let files = agreement.tally.agreed_result();
-                match release_binding(release, &commit, &files, &attestation) {
-                    Ok(binding) => vec![binding],
-                    Err(err) => {
+                let mut extra = Vec::new();
+                if let Some(release) = &release {
+                    let files = agreement.tally.agreed_result();
+                    match release_binding(release, &commit, &files, &attestation) {
+                        Ok(binding) => extra.push(binding),
                         // Every honest member derives the same error from the same data.
-                        tracing::warn!("no release binding for the agreed files: {err}");
-                        Vec::new()
+                        Err(err) => {
+                            tracing::warn!("no release binding for the agreed files: {err}")
+                        }
                     }
                 }
+                if let Some(parsed) = &parsed {
+                    match next_step_request(request, parsed, &attestation) {
+                        Some(Ok(next)) => extra.push(next),
+                        Some(Err(err)) => tracing::warn!("the chain stops here: {err}"),
+                        None => {}
+                    }
+                }
+                extra
             },
         )
         .await
@@ -342,6 +361,13 @@ pub fn report(quorum: &PublicKey, mandate: EventId, outcome: &MemberOutcome) -> 
         attestation: signed.and_then(|s| s.events.first()).map(|e| e.id.to_hex()),
         release: signed
             .and_then(|s| s.events.iter().find(|e| e.kind == RELEASE_BINDING))
+            .map(|e| e.id.to_hex()),
+        next: signed
+            .and_then(|s| {
+                s.events
+                    .iter()
+                    .find(|e| (5000..6000).contains(&e.kind.as_u16()))
+            })
             .map(|e| e.id.to_hex()),
         agreed: hex_list(&tally.agreed),
         // A member whose reveal did not open its commitment, or who committed twice, did not

@@ -280,8 +280,35 @@ impl JobClient {
         enough: impl Fn(&[JobOutcome]) -> bool,
     ) -> Result<(Event, Vec<JobOutcome>), ClientError> {
         let event = self.sign(request, false)?;
+        let answers = self
+            .collect_many(&event, true, timeout, reporter, enough)
+            .await?;
+        Ok((event, answers))
+    }
+
+    /// [`JobClient::run_many`] for a request someone else published (the next step of a
+    /// quorum chain, signed by the quorum key): answers already on the relays count.
+    pub async fn follow_many(
+        &self,
+        event: &Event,
+        timeout: Duration,
+        reporter: &mut dyn JobReporter,
+        enough: impl Fn(&[JobOutcome]) -> bool,
+    ) -> Result<Vec<JobOutcome>, ClientError> {
+        self.collect_many(event, false, timeout, reporter, enough)
+            .await
+    }
+
+    async fn collect_many(
+        &self,
+        event: &Event,
+        publish_it: bool,
+        timeout: Duration,
+        reporter: &mut dyn JobReporter,
+        enough: impl Fn(&[JobOutcome]) -> bool,
+    ) -> Result<Vec<JobOutcome>, ClientError> {
         let wanted: std::collections::HashSet<PublicKey> =
-            request.providers.iter().copied().collect();
+            event.tags.public_keys().copied().collect();
         let mut notifications = self.client.notifications();
         let mut kinds = vec![quorum_proto::kinds::JOB_FEEDBACK];
         kinds.extend(quorum_proto::kinds::result_kind_for(event.kind));
@@ -290,7 +317,9 @@ impl JobClient {
             .subscribe(Filter::new().kinds(kinds).event(event.id), None)
             .await
             .map_err(|e| ClientError::Subscribe(e.to_string()))?;
-        publish::publish(&self.client, &event, RetryPolicy::default()).await?;
+        if publish_it {
+            publish::publish(&self.client, event, RetryPolicy::default()).await?;
+        }
         let mut answers: Vec<JobOutcome> = Vec::new();
         let mut heard: std::collections::HashSet<PublicKey> = Default::default();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -338,12 +367,12 @@ impl JobClient {
             if answered(&answers).contains(&answer.pubkey) {
                 continue;
             }
-            if let Some(outcome) = self.interpret(&event, &answer, reporter) {
+            if let Some(outcome) = self.interpret(event, &answer, reporter) {
                 answers.push(outcome);
             }
         };
         self.client.unsubscribe(&subscription.val).await;
-        outcome.map(|()| (event, answers))
+        outcome.map(|()| answers)
     }
 
     /// Follows a request someone else published (the next step of a naive chain) to its first

@@ -649,6 +649,14 @@ impl<H: JobHandler> Shared<H> {
         let Ok(parsed) = JobRequest::from_event_for(request, self.keys.secret_key()) else {
             return;
         };
+        if parsed
+            .param_value(quorum_proto::quorum_job::PARAM_MANDATE)
+            .is_some()
+        {
+            // A quorum chain: the quorum key signs the next step once its members agree; one
+            // member alone must not hand the chain on.
+            return;
+        }
         let next = match quorum_proto::chain::next_request(request, &parsed, result.id) {
             None => return,
             Some(Ok(next)) => next,

@@ -36,6 +36,9 @@ pub struct ChainStep {
     /// The DVM to ask (hex), or anyone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// More DVMs the step is addressed to (hex): a quorum step names every member.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
     /// `i` tags without the leading "i": `[data, type, relay?, marker?]`.
     #[serde(default)]
     pub inputs: Vec<Vec<String>>,
@@ -51,6 +54,12 @@ impl ChainStep {
         ChainStep {
             kind: request.kind.as_u16(),
             provider: request.providers.first().map(PublicKey::to_hex),
+            also: request
+                .providers
+                .iter()
+                .skip(1)
+                .map(PublicKey::to_hex)
+                .collect(),
             inputs: request
                 .inputs
                 .iter()
@@ -66,7 +75,7 @@ impl ChainStep {
 
     fn to_request(&self) -> Result<JobRequest, ChainError> {
         let mut request = JobRequest::new(Kind::from_u16(self.kind))?;
-        if let Some(provider) = &self.provider {
+        for provider in self.provider.iter().chain(&self.also) {
             request.providers.push(
                 PublicKey::from_hex(provider)
                     .map_err(|_| ChainError::Provider(provider.clone()))?,

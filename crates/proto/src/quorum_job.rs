@@ -172,6 +172,26 @@ pub fn release_binding(
         .build(quorum))
 }
 
+/// The next step's request of a quorum chain (the request carries a `chain` param), as the
+/// quorum signs it after `attestation`: the chain's next step pinned to the attestation as its
+/// upstream result (`chain::next_request`), dated with the attestation's `created_at` and
+/// authored by the quorum key, so every agreeing member derives the same event. `None` when the
+/// request carries no chain.
+pub fn next_step_request(
+    request_event: &nostr::Event,
+    request: &JobRequest,
+    attestation: &UnsignedEvent,
+) -> Option<Result<UnsignedEvent, crate::chain::ChainError>> {
+    let mut attestation = attestation.clone();
+    let pinned = attestation.id();
+    let next = crate::chain::next_request(request_event, request, pinned)?;
+    Some(next.map(|next| {
+        next.to_event_builder()
+            .custom_created_at(attestation.created_at)
+            .build(attestation.pubkey)
+    }))
+}
+
 /// What a member reports about its part in a quorum job, next to its own result (a runner puts
 /// it in its step report). Informational: consumers check the signed attestation, not this.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +206,9 @@ pub struct QuorumReport {
     /// The release binding (8700), when one was asked for and signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
+    /// In a quorum chain: the next step's request, signed by the quorum key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
     /// Members (hex) whose reveals back every agreed file.
     #[serde(default)]
     pub agreed: Vec<String>,
@@ -306,6 +329,58 @@ mod tests {
                 "{err:?} should contain {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_next_step_of_a_quorum_chain_is_the_same_for_every_member_and_pinned() {
+        use crate::chain::{ChainStep, PARAM_CHAIN, PARAM_UPSTREAM_RESULT, encode};
+        let members: Vec<PublicKey> = (0..3).map(|_| Keys::generate().public_key()).collect();
+        let step = |job: &str| {
+            let mut r = request();
+            r.providers = members.clone();
+            r.params.push(JobParam::new("job", job));
+            params().apply(&mut r);
+            r
+        };
+        let mut head = step("build");
+        head.params.push(JobParam::new(
+            PARAM_CHAIN,
+            encode(&[ChainStep::of(&step("package"))]),
+        ));
+        let head_event = head
+            .to_event_builder()
+            .sign_with_keys(&Keys::generate())
+            .unwrap();
+        let quorum_keys = Keys::generate();
+        let quorum = quorum_keys.public_key();
+        let attestation = nostr::EventBuilder::new(nostr::Kind::Custom(8708), "")
+            .custom_created_at(Timestamp::from(1_800_000_000))
+            .build(quorum);
+        let a = next_step_request(&head_event, &head, &attestation)
+            .unwrap()
+            .unwrap();
+        let b = next_step_request(&head_event, &head, &attestation)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.clone().id(), b.clone().id());
+        assert_eq!(a.pubkey, quorum);
+        assert_eq!(a.created_at, attestation.created_at);
+        let parsed = JobRequest::from_event(&a.clone().sign_with_keys(&quorum_keys).unwrap())
+            .expect("a job request");
+        assert_eq!(parsed.providers, members, "every member, in order");
+        assert_eq!(parsed.param_value("job"), Some("package"));
+        assert_eq!(
+            parsed.param_value(PARAM_UPSTREAM_RESULT),
+            Some(attestation.clone().id().to_hex().as_str())
+        );
+        assert!(QuorumJobParams::from_request(&parsed).unwrap().is_some());
+        assert_eq!(
+            parsed.param_value(PARAM_CHAIN),
+            None,
+            "the chain ends there"
+        );
+        // A request without a chain has no next step.
+        assert!(next_step_request(&head_event, &step("x"), &attestation).is_none());
     }
 
     #[test]

@@ -236,6 +236,27 @@ pub async fn execute(
                 }));
                 continue;
             }
+            if job.needs.iter().all(|need| finished.contains(need))
+                && let Some(size) = quorum::quorum_mode(job)
+                && let members = quorum::chain_members(plan, job)
+                && members.len() > 1
+            {
+                // A quorum chain goes out as one request; the quorum hands it on.
+                for member in &members {
+                    started.insert(member.id.clone());
+                }
+                let done: Vec<&JobRecord> =
+                    job.needs.iter().filter_map(|n| records.get(n)).collect();
+                let upstream = Upstream::new(&done, context);
+                let (reporter, run) = (&reporter, &run);
+                running.push(Box::pin(async move {
+                    quorum::run_quorum_chain(
+                        client, &members, context, config, upstream, reporter, run, size,
+                    )
+                    .await
+                }));
+                continue;
+            }
             if job.needs.iter().all(|need| finished.contains(need)) {
                 started.insert(job.id.clone());
                 lock(&reporter).job_started(job);
@@ -274,10 +295,9 @@ pub async fn execute(
                             .await
                         }
                         _ => match quorum::quorum_mode(job) {
-                            Some((replicas, threshold)) => {
+                            Some(size) => {
                                 quorum::run_quorum_job(
-                                    client, job, context, config, upstream, reporter, run,
-                                    replicas, threshold,
+                                    client, job, context, config, upstream, reporter, run, size,
                                 )
                                 .await
                             }

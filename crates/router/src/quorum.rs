@@ -11,9 +11,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use quorum_dvm::client::{JobClient, JobOutcome};
-use quorum_pipeline::{JobSpec, Mode, PlannedJob};
+use quorum_pipeline::{JobSpec, Mode, Plan, PlannedJob};
 use quorum_proto::agreement::{QUORUM_ATTESTATION, QuorumAttestation};
+use quorum_proto::chain::{ChainStep, PARAM_CHAIN, PARAM_UPSTREAM_RESULT, encode};
 use quorum_proto::mandate::Mandate;
+use quorum_proto::nip90::{JobParam, JobRequest};
 use quorum_proto::nostr::{Event, EventId, Filter, PublicKey};
 use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport, ReleaseParams, hex_list};
 use quorum_proto::release::{RELEASE_BINDING, ReleaseBinding};
@@ -22,7 +24,7 @@ use serde::Serialize;
 
 use crate::{
     EngineConfig, Forward, JobRecord, JobState, PARAM_JOB, RunContext, RunReporter, Upstream,
-    finish_with_result, prepare,
+    finish_with_result, lock, prepare,
 };
 
 /// The quorum a run uses: the mandate event and what it says.
@@ -79,68 +81,54 @@ pub struct QuorumRecord {
 /// Extra time a member may spend agreeing and signing after its build.
 const AGREEMENT_ALLOWANCE: Duration = Duration::from_secs(120);
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn run_quorum_job(
-    client: &JobClient,
+/// A quorum job's request, ready to go out (or to ride in a chain).
+struct QuorumStep {
+    request: JobRequest,
+    timeout: Duration,
+    runner_job: bool,
+}
+
+/// Checks a quorum job against the run's mandate and builds its request: every member
+/// `p`-tagged, the quorum params, the job id.
+fn quorum_step(
     job: &PlannedJob,
     context: &RunContext,
     config: &EngineConfig,
-    upstream: Upstream,
-    reporter: &Mutex<&mut dyn RunReporter>,
+    upstream: &Upstream,
     run: &str,
-    replicas: u32,
-    threshold: u32,
-) -> JobRecord {
-    let mut record = JobRecord::new(job);
-    let fail = |mut record: JobRecord, reason: String| {
-        record.state = JobState::Failed { reason };
-        record
-    };
+    (replicas, threshold): (u32, u32),
+) -> Result<QuorumStep, String> {
     let Some(quorum) = &context.quorum else {
-        return fail(
-            record,
-            format!(
-                "job {} runs in quorum mode ({threshold} of {replicas}), but the run has no \
-                 mandate; create one with `quorum mandate create` and pass it to the run",
-                job.id
-            ),
-        );
+        return Err(format!(
+            "job {} runs in quorum mode ({threshold} of {replicas}), but the run has no \
+             mandate; create one with `quorum mandate create` and pass it to the run",
+            job.id
+        ));
     };
     let mandate = &quorum.mandate;
     if mandate.n() != replicas as usize || u32::from(mandate.threshold) != threshold {
-        return fail(
-            record,
-            format!(
-                "job {} asks for {threshold} of {replicas} replicas, but mandate {} is for {} \
-                 of {}",
-                job.id,
-                quorum.mandate_event.id,
-                mandate.threshold,
-                mandate.n()
-            ),
-        );
+        return Err(format!(
+            "job {} asks for {threshold} of {replicas} replicas, but mandate {} is for {} of {}",
+            job.id,
+            quorum.mandate_event.id,
+            mandate.threshold,
+            mandate.n()
+        ));
     }
-    let prepared = match prepare(job, context, config, &upstream) {
-        Ok(prepared) => prepared,
-        Err(reason) => return fail(record, reason),
-    };
+    let prepared = prepare(job, context, config, upstream)?;
     if prepared.encrypt {
-        return fail(
-            record,
+        return Err(
             "a quorum job cannot take secrets: NIP-90 encrypts a request to one provider, and \
              a quorum request goes to every member"
                 .into(),
         );
     }
     let release = if job.release {
-        let Some(repo) = context.repo_id.clone() else {
-            return fail(
-                record,
-                "a release names the repository by its NIP-34 identity; give the run its owner \
-                 and identifier"
-                    .into(),
-            );
-        };
+        let repo = context.repo_id.clone().ok_or_else(|| {
+            "a release names the repository by its NIP-34 identity; give the run its owner \
+             and identifier"
+                .to_string()
+        })?;
         Some(ReleaseParams {
             repo,
             run: run.to_string(),
@@ -149,7 +137,7 @@ pub(crate) async fn run_quorum_job(
     } else {
         None
     };
-    let mut request = prepared.request.clone();
+    let mut request = prepared.request;
     request.providers = quorum.members();
     request.parent = config.parent;
     request.params.push(quorum_proto::nip90::JobParam::new(
@@ -162,36 +150,288 @@ pub(crate) async fn run_quorum_job(
         release,
     }
     .apply(&mut request);
-    record.tried = request.providers.iter().map(PublicKey::to_hex).collect();
+    Ok(QuorumStep {
+        request,
+        timeout: prepared.timeout + AGREEMENT_ALLOWANCE,
+        runner_job: prepared.runner_job,
+    })
+}
+
+/// Enough answers: `t` results that name a signed attestation.
+fn enough(needed: usize, runner_job: bool) -> impl Fn(&[JobOutcome]) -> bool {
+    move |answers| {
+        answers
+            .iter()
+            .filter(|a| named_attestation(a, runner_job).is_some())
+            .count()
+            >= needed
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_quorum_job(
+    client: &JobClient,
+    job: &PlannedJob,
+    context: &RunContext,
+    config: &EngineConfig,
+    upstream: Upstream,
+    reporter: &Mutex<&mut dyn RunReporter>,
+    run: &str,
+    size: (u32, u32),
+) -> JobRecord {
+    let mut record = JobRecord::new(job);
+    let step = match quorum_step(job, context, config, &upstream, run, size) {
+        Ok(step) => step,
+        Err(reason) => {
+            record.state = JobState::Failed { reason };
+            return record;
+        }
+    };
+    let quorum = context.quorum.as_ref().expect("quorum_step checked it");
+    record.tried = step
+        .request
+        .providers
+        .iter()
+        .map(PublicKey::to_hex)
+        .collect();
     let mut forward = Forward {
         job: &job.id,
         reporter,
         last_tail: String::new(),
     };
-    let needed = usize::from(mandate.threshold);
-    let runner_job = prepared.runner_job;
+    let needed = usize::from(quorum.mandate.threshold);
     let collected = client
         .run_many(
-            &request,
-            prepared.timeout + AGREEMENT_ALLOWANCE,
+            &step.request,
+            step.timeout,
             &mut forward,
-            |answers| {
-                answers
-                    .iter()
-                    .filter(|a| named_attestation(a, runner_job).is_some())
-                    .count()
-                    >= needed
-            },
+            enough(needed, step.runner_job),
         )
         .await;
-    let (request_event, answers) = match collected {
-        Ok(collected) => collected,
-        Err(err) => return fail(record, format!("no member answered: {err}")),
+    match collected {
+        Ok((event, answers)) => {
+            evaluate(
+                client,
+                quorum,
+                job,
+                config,
+                record,
+                &event,
+                &answers,
+                step.runner_job,
+            )
+            .await
+            .0
+        }
+        Err(err) => {
+            record.state = JobState::Failed {
+                reason: format!("no member answered: {err}"),
+            };
+            record
+        }
+    }
+}
+
+/// The quorum chain that starts at `head`: followed while the next job is a quorum job of the
+/// same size that needs exactly the previous one and is its only dependant. Such a chain goes
+/// out as one request; the quorum key signs each next step's request once its members agree
+/// on the step before (`quorum_proto::quorum_job::next_step_request`), so nobody else, not
+/// this engine either, can hand the chain on.
+pub(crate) fn chain_members<'a>(plan: &'a Plan, head: &'a PlannedJob) -> Vec<&'a PlannedJob> {
+    let size = quorum_mode(head);
+    crate::chain::follow(plan, head, |next| {
+        size.is_some()
+            && quorum_mode(next) == size
+            && matches!(next.spec, JobSpec::Run { .. } | JobSpec::Dvm { .. })
+    })
+}
+
+/// Runs a quorum chain (see [`chain_members`]); one record per member, in order.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_quorum_chain(
+    client: &JobClient,
+    members: &[&PlannedJob],
+    context: &RunContext,
+    config: &EngineConfig,
+    upstream: Upstream,
+    reporter: &Mutex<&mut dyn RunReporter>,
+    run: &str,
+    size: (u32, u32),
+) -> Vec<JobRecord> {
+    let mut records: Vec<JobRecord> = members.iter().map(|job| JobRecord::new(job)).collect();
+    let mut steps = Vec::with_capacity(members.len());
+    for job in members {
+        match quorum_step(job, context, config, &upstream, run, size) {
+            Ok(step) => steps.push(step),
+            Err(reason) => {
+                for record in &mut records {
+                    record.state = JobState::Failed {
+                        reason: reason.clone(),
+                    };
+                }
+                return records;
+            }
+        }
+    }
+    let quorum = context.quorum.as_ref().expect("quorum_step checked it");
+    let needed = usize::from(quorum.mandate.threshold);
+    let rest: Vec<ChainStep> = steps[1..]
+        .iter()
+        .map(|s| ChainStep::of(&s.request))
+        .collect();
+    let mut head = steps[0].request.clone();
+    head.params.push(JobParam::new(PARAM_CHAIN, encode(&rest)));
+
+    let mut root = config.parent;
+    let mut upstream_attestation: Option<EventId> = None;
+    for (index, job) in members.iter().enumerate() {
+        lock(reporter).job_started(job);
+        let step = &steps[index];
+        let mut forward = Forward {
+            job: &job.id,
+            reporter,
+            last_tail: String::new(),
+        };
+        records[index].tried = step
+            .request
+            .providers
+            .iter()
+            .map(PublicKey::to_hex)
+            .collect();
+        let collected = if index == 0 {
+            client
+                .run_many(
+                    &head,
+                    step.timeout,
+                    &mut forward,
+                    enough(needed, step.runner_job),
+                )
+                .await
+        } else {
+            match next_request(client, quorum, root, job, step, upstream_attestation).await {
+                Ok(event) => client
+                    .follow_many(
+                        &event,
+                        step.timeout,
+                        &mut forward,
+                        enough(needed, step.runner_job),
+                    )
+                    .await
+                    .map(|answers| (event, answers)),
+                Err(reason) => {
+                    records[index].state = JobState::Failed { reason };
+                    skip_rest(&mut records, members, index);
+                    break;
+                }
+            }
+        };
+        let (event, answers) = match collected {
+            Ok(collected) => collected,
+            Err(err) => {
+                records[index].state = JobState::Failed {
+                    reason: format!("no member answered: {err}"),
+                };
+                skip_rest(&mut records, members, index);
+                break;
+            }
+        };
+        root = root.or(Some(event.id));
+        let (record, attestation) = evaluate(
+            client,
+            quorum,
+            job,
+            config,
+            records[index].clone(),
+            &event,
+            &answers,
+            step.runner_job,
+        )
+        .await;
+        records[index] = record;
+        upstream_attestation = attestation;
+        if !records[index].succeeded() {
+            skip_rest(&mut records, members, index);
+            break;
+        }
+    }
+    records
+}
+
+fn skip_rest(records: &mut [JobRecord], members: &[&PlannedJob], index: usize) {
+    let stopped = members[index].id.clone();
+    for later in records.iter_mut().skip(index + 1) {
+        later.state = JobState::Skipped {
+            reason: format!("the quorum chain stopped at {stopped}"),
+        };
+    }
+}
+
+/// The next request of a quorum chain: signed by the quorum key, for `job`, under the chain's
+/// root, and pinned to the attestation of the step before.
+async fn next_request(
+    client: &JobClient,
+    quorum: &QuorumContext,
+    root: Option<EventId>,
+    job: &PlannedJob,
+    step: &QuorumStep,
+    upstream: Option<EventId>,
+) -> Result<Event, String> {
+    let (Some(root), Some(upstream)) = (root, upstream) else {
+        return Err("the chain has no earlier step to follow".into());
     };
+    let wanted = job.id.clone();
+    let pinned = upstream.to_hex();
+    client
+        .await_request(
+            Filter::new()
+                .kind(step.request.kind)
+                .author(quorum.quorum())
+                .event(root),
+            |event| {
+                JobRequest::from_event(event).is_ok_and(|r| {
+                    r.param_value(PARAM_JOB) == Some(wanted.as_str())
+                        && r.param_value(PARAM_UPSTREAM_RESULT) == Some(pinned.as_str())
+                })
+            },
+            CHAIN_HANDOVER,
+        )
+        .await
+        .map_err(|err| {
+            format!(
+                "the quorum did not hand the chain on to {} (signed no request for it): {err}",
+                job.id
+            )
+        })
+}
+
+/// How long the quorum of a step may take to publish the next step's request after the engine
+/// saw the step's attestation.
+const CHAIN_HANDOVER: Duration = Duration::from_secs(60);
+
+/// Judges a quorum step from its members' answers: the attestation signed by the quorum key,
+/// an agreeing member's result for the outputs, the release binding for a release job.
+/// Returns the record and the attestation's id, when there is one.
+#[allow(clippy::too_many_arguments)]
+async fn evaluate(
+    client: &JobClient,
+    quorum: &QuorumContext,
+    job: &PlannedJob,
+    config: &EngineConfig,
+    mut record: JobRecord,
+    request_event: &Event,
+    answers: &[JobOutcome],
+    runner_job: bool,
+) -> (JobRecord, Option<EventId>) {
+    let fail = |mut record: JobRecord, reason: String| {
+        record.state = JobState::Failed { reason };
+        (record, None)
+    };
+    let mandate = &quorum.mandate;
+    let needed = usize::from(mandate.threshold);
     record.request = Some(request_event.id.to_hex());
     let lookup = config.grace.min(Duration::from_secs(10));
     let attestation =
-        find_attestation(client, quorum, &request_event, &answers, runner_job, lookup).await;
+        find_attestation(client, quorum, request_event, answers, runner_job, lookup).await;
     let members: BTreeSet<PublicKey> = quorum.members().into_iter().collect();
     let answered: BTreeSet<PublicKey> = answers.iter().map(provider).collect();
     let agreed: BTreeSet<PublicKey> = attestation
@@ -261,7 +501,7 @@ pub(crate) async fn run_quorum_job(
             client,
             quorum,
             &attestation_event,
-            &answers,
+            answers,
             runner_job,
             lookup,
         )
@@ -281,7 +521,7 @@ pub(crate) async fn run_quorum_job(
     record.provider = Some(event.pubkey.to_hex());
     let mut record = finish_with_result(record, runner_job, content.clone());
     record.quorum = Some(summary);
-    record
+    (record, Some(attestation_event.id))
 }
 
 /// Whether a runner's step report lists exactly `files` (name and sha256).

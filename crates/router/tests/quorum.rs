@@ -105,7 +105,7 @@ async fn fleet_with(network: &Network, dir: &Path, allow: &[u16], tampers: &[fn(
     let mandate = Mandate {
         repo: RepoCoordinate::new(owner.public_key(), "sample"),
         pipeline: ".quorum/pipeline.yml".into(),
-        jobs: vec!["build".into()],
+        jobs: vec!["build".into(), "package".into()],
         quorum: Some(group.quorum()),
         members: roster
             .members()
@@ -133,6 +133,42 @@ async fn fleet_with(network: &Network, dir: &Path, allow: &[u16], tampers: &[fn(
     }
 }
 
+impl Fleet {
+    /// A run of `repo` at `commit` under this fleet's mandate, named as the owner's repository.
+    fn run_context(&self, repo: &Path, commit: String) -> RunContext {
+        RunContext {
+            repo: format!("file://{}", repo.display()),
+            commit,
+            repo_id: Some(RepoCoordinate::new(self.owner.public_key(), "sample")),
+            quorum: Some(self.context.clone()),
+            ..RunContext::default()
+        }
+    }
+
+    async fn stop(self, client: quorum_dvm::client::JobClient) {
+        client.shutdown().await;
+        for runner in self.runners {
+            runner.shutdown().await;
+        }
+    }
+}
+
+async fn run(
+    client: &quorum_dvm::client::JobClient,
+    plan: &quorum_pipeline::Plan,
+    context: &RunContext,
+) -> quorum_router::RunOutcome {
+    execute(
+        client,
+        plan,
+        context,
+        &EngineConfig::default(),
+        Vec::new(),
+        &mut Quiet,
+    )
+    .await
+}
+
 const PIPELINE: &str = "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n    release: true\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,23 +179,9 @@ async fn a_quorum_of_runners_signs_the_release_of_what_they_all_built() {
     let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
     let quorum = fleet.context.quorum();
     let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
-    let context = RunContext {
-        repo: format!("file://{}", repo.display()),
-        commit: commit.clone(),
-        repo_id: Some(RepoCoordinate::new(fleet.owner.public_key(), "sample")),
-        quorum: Some(fleet.context.clone()),
-        ..RunContext::default()
-    };
+    let context = fleet.run_context(&repo, commit.clone());
     let client = network.client().await;
-    let outcome = execute(
-        &client,
-        &plan,
-        &context,
-        &EngineConfig::default(),
-        Vec::new(),
-        &mut Quiet,
-    )
-    .await;
+    let outcome = run(&client, &plan, &context).await;
     let build = &outcome.jobs[0];
     assert!(outcome.succeeded, "{:?}", build.state);
     let record = build.quorum.as_ref().expect("a quorum record");
@@ -206,10 +228,7 @@ async fn a_quorum_of_runners_signs_the_release_of_what_they_all_built() {
     assert_eq!(release.signer, quorum);
     assert_eq!(release.files.len(), 1);
 
-    client.shutdown().await;
-    for runner in fleet.runners {
-        runner.shutdown().await;
-    }
+    fleet.stop(client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,10 +281,7 @@ async fn builds_that_all_differ_sign_nothing_and_the_job_fails_with_the_reason()
         .await
         .unwrap();
     assert!(signed.is_empty(), "{signed:?}");
-    client.shutdown().await;
-    for runner in fleet.runners {
-        runner.shutdown().await;
-    }
+    fleet.stop(client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,10 +342,7 @@ async fn a_quorum_job_without_a_fitting_mandate_is_refused_before_anything_runs(
     assert!(reason.contains("asks for 3 of 5 replicas"), "{reason}");
     assert!(reason.contains("is for 2 of 3"), "{reason}");
     assert!(outcome.jobs[0].request.is_none(), "nothing was sent");
-    client.shutdown().await;
-    for runner in fleet.runners {
-        runner.shutdown().await;
-    }
+    fleet.stop(client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,23 +353,9 @@ async fn members_refuse_a_mandate_that_does_not_allow_release_bindings() {
     // The maintainer allowed attestations only.
     let fleet = fleet(&network, dir.path(), &[8708]).await;
     let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
-    let context = RunContext {
-        repo: format!("file://{}", repo.display()),
-        commit,
-        repo_id: Some(RepoCoordinate::new(fleet.owner.public_key(), "sample")),
-        quorum: Some(fleet.context.clone()),
-        ..RunContext::default()
-    };
+    let context = fleet.run_context(&repo, commit);
     let client = network.client().await;
-    let outcome = execute(
-        &client,
-        &plan,
-        &context,
-        &EngineConfig::default(),
-        Vec::new(),
-        &mut Quiet,
-    )
-    .await;
+    let outcome = run(&client, &plan, &context).await;
     let JobState::Failed { reason } = &outcome.jobs[0].state else {
         panic!("{:?}", outcome.jobs[0].state)
     };
@@ -364,10 +363,7 @@ async fn members_refuse_a_mandate_that_does_not_allow_release_bindings() {
         reason.contains("does not allow the quorum to sign kind 8700"),
         "{reason}"
     );
-    client.shutdown().await;
-    for runner in fleet.runners {
-        runner.shutdown().await;
-    }
+    fleet.stop(client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,23 +375,9 @@ async fn one_backdoored_builder_of_three_is_outvoted_and_named_and_the_release_h
     let fleet = fleet_with(&network, dir.path(), &[8708, 8700], &[backdoor]).await;
     let liar = fleet.runners[0].public_key().to_hex();
     let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
-    let context = RunContext {
-        repo: format!("file://{}", repo.display()),
-        commit,
-        repo_id: Some(RepoCoordinate::new(fleet.owner.public_key(), "sample")),
-        quorum: Some(fleet.context.clone()),
-        ..RunContext::default()
-    };
+    let context = fleet.run_context(&repo, commit);
     let client = network.client().await;
-    let outcome = execute(
-        &client,
-        &plan,
-        &context,
-        &EngineConfig::default(),
-        Vec::new(),
-        &mut Quiet,
-    )
-    .await;
+    let outcome = run(&client, &plan, &context).await;
     let build = &outcome.jobs[0];
     assert!(outcome.succeeded, "{:?}", build.state);
     let record = build.quorum.as_ref().unwrap();
@@ -419,10 +401,7 @@ async fn one_backdoored_builder_of_three_is_outvoted_and_named_and_the_release_h
         honest,
         "the job's outputs are an agreeing member's"
     );
-    client.shutdown().await;
-    for runner in fleet.runners {
-        runner.shutdown().await;
-    }
+    fleet.stop(client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,23 +417,9 @@ async fn two_independently_backdoored_builders_of_three_get_nothing_signed() {
     )
     .await;
     let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
-    let context = RunContext {
-        repo: format!("file://{}", repo.display()),
-        commit,
-        repo_id: Some(RepoCoordinate::new(fleet.owner.public_key(), "sample")),
-        quorum: Some(fleet.context.clone()),
-        ..RunContext::default()
-    };
+    let context = fleet.run_context(&repo, commit);
     let client = network.client().await;
-    let outcome = execute(
-        &client,
-        &plan,
-        &context,
-        &EngineConfig::default(),
-        Vec::new(),
-        &mut Quiet,
-    )
-    .await;
+    let outcome = run(&client, &plan, &context).await;
     assert!(!outcome.succeeded);
     let build = &outcome.jobs[0];
     let JobState::Failed { reason } = &build.state else {
@@ -479,10 +444,7 @@ async fn two_independently_backdoored_builders_of_three_get_nothing_signed() {
         .await
         .unwrap();
     assert!(signed.is_empty(), "{signed:?}");
-    client.shutdown().await;
-    for runner in fleet.runners {
-        runner.shutdown().await;
-    }
+    fleet.stop(client).await;
 }
 
 /// The same quorum job through the router DVM: the run-pipeline request names the mandate.
@@ -544,4 +506,91 @@ async fn a_router_dvm_runs_a_quorum_job_under_the_mandate_its_request_names() {
     for runner in fleet.runners {
         runner.shutdown().await;
     }
+}
+
+/// A quorum chain: `package` needs only `build`, both quorum jobs of one mandate. The engine
+/// sends one request; the quorum key, not a runner and not the engine, signs the request for
+/// `package`, pinned to `build`'s attestation.
+const CHAIN: &str = "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n  package:\n    needs: build\n    run: sh build.sh\n    artifacts: [out/dist]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n    release: true\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_chain_stops_where_the_mandate_does_not_let_the_quorum_hand_it_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    // No 5702 in `allow`: the quorum may not sign the next step's request.
+    let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", CHAIN).unwrap();
+    let context = fleet.run_context(&repo, commit);
+    let client = network.client().await;
+    let outcome = run(&client, &plan, &context).await;
+    assert!(!outcome.succeeded);
+    let JobState::Failed { reason } = &outcome.jobs[0].state else {
+        panic!("{:?}", outcome.jobs[0].state)
+    };
+    assert!(
+        reason.contains("does not allow the quorum to sign kind 5702"),
+        "{reason}"
+    );
+    let JobState::Skipped { reason } = &outcome.jobs[1].state else {
+        panic!("{:?}", outcome.jobs[1].state)
+    };
+    assert!(
+        reason.contains("the quorum chain stopped at build"),
+        "{reason}"
+    );
+    fleet.stop(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_quorum_chain_the_quorum_key_signs_the_next_steps_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let fleet = fleet(&network, dir.path(), &[8708, 8700, 5702]).await;
+    let quorum = fleet.context.quorum();
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", CHAIN).unwrap();
+    let context = fleet.run_context(&repo, commit);
+    let client = network.client().await;
+    let outcome = run(&client, &plan, &context).await;
+    assert!(
+        outcome.succeeded,
+        "{:?}",
+        outcome.jobs.iter().map(|j| &j.state).collect::<Vec<_>>()
+    );
+    let build = outcome.jobs[0].quorum.as_ref().unwrap();
+    let package = &outcome.jobs[1];
+    let package_quorum = package.quorum.as_ref().unwrap();
+    assert!(
+        package_quorum.release.is_some(),
+        "the last step is released"
+    );
+
+    // The request for `package` is signed by the quorum key and pinned to build's attestation.
+    let request_id = EventId::from_hex(package.request.as_ref().unwrap()).unwrap();
+    let found = client
+        .fetch(Filter::new().id(request_id), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let request = &found[0];
+    assert_eq!(request.pubkey, quorum);
+    request.verify().unwrap();
+    let parsed = quorum_proto::nip90::JobRequest::from_event(request).unwrap();
+    assert_eq!(
+        parsed.param_value(quorum_proto::chain::PARAM_UPSTREAM_RESULT),
+        build.attestation.as_deref()
+    );
+    assert_eq!(parsed.param_value("job"), Some("package"));
+    // Nobody else handed the chain on: no runner signed a request for `package`.
+    let others = client
+        .fetch(
+            Filter::new()
+                .kind(Kind::from_u16(5702))
+                .authors(fleet.runners.iter().map(Dvm::public_key)),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    assert!(others.is_empty(), "{others:?}");
+    fleet.stop(client).await;
 }
