@@ -91,8 +91,18 @@ pub struct MandateCreateArgs {
     pub relays: Vec<String>,
 
     /// Your maintainer key file (nsec or hex, mode 0600): it signs the mandate.
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "bunker",
+        conflicts_with = "bunker"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// Sign the mandate through a NIP-46 remote signer instead (`bunker://…`): no maintainer
+    /// key on this machine. Not with --dealer, which encrypts shares with a local key.
+    #[arg(long, value_name = "URI", conflicts_with = "dealer")]
+    pub bunker: Option<String>,
 
     /// The repository: an naddr or `30617:<owner hex>:<id>`.
     #[arg(long, value_name = "NADDR_OR_COORD")]

@@ -113,6 +113,115 @@ fn mandate_create_makes_a_2_of_3_key_among_three_runners_by_dkg_and_by_dealer() 
     }
 }
 
+/// The maintainer's key stays in a NIP-46 remote signer (nostr-connect's, as a bunker app runs
+/// it): `--bunker` signs the DKG proposal and the mandate through it, and the mandate is the
+/// maintainer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandate_create_signs_through_a_nip46_bunker() {
+    use nostr_connect::prelude::{
+        Keys, NostrConnectKeys, NostrConnectRemoteSigner, NostrConnectRequest,
+        NostrConnectSignerActions,
+    };
+    struct Approve;
+    impl NostrConnectSignerActions for Approve {
+        fn approve(&self, _: &PublicKey, _: &NostrConnectRequest) -> bool {
+            true
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Daemon::spawn(
+        QUORUM,
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            dir.path().join("relay").to_str().unwrap(),
+        ],
+    );
+    let url = relay.value_of("relay");
+    let runners: Vec<(Daemon, String, std::path::PathBuf)> = (0..3)
+        .map(|i| {
+            let data = dir.path().join(format!("runner{i}"));
+            let (daemon, pubkey) = runner(&data, &url);
+            (daemon, pubkey, data)
+        })
+        .collect();
+    let maintainer = Keys::generate();
+    let signer = NostrConnectRemoteSigner::new(
+        NostrConnectKeys {
+            signer: Keys::generate(),
+            user: maintainer.clone(),
+        },
+        [url.as_str()],
+        None,
+        None,
+    )
+    .unwrap();
+    let uri = signer.bunker_uri().to_string();
+    let serving = tokio::spawn(async move {
+        let _ = signer.serve(Approve).await;
+    });
+
+    let coordinate = format!("30617:{}:app", maintainer.public_key().to_hex());
+    let mut args: Vec<String> = [
+        "mandate",
+        "create",
+        "--relay",
+        &url,
+        "--bunker",
+        &uri,
+        "--repo",
+        &coordinate,
+        "--threshold",
+        "2",
+        "--wait",
+        "120",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (_, pubkey, _) in &runners {
+        args.extend(["--member".to_string(), pubkey.clone()]);
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(QUORUM, &args, Duration::from_secs(180))
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "mandate create --bunker failed: {stderr}"
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let quorum = PublicKey::from_hex(printed["quorum"].as_str().unwrap()).unwrap();
+    assert_shares(&runners, &quorum);
+
+    // The published mandate is signed by the maintainer, whose key never left the bunker.
+    let client = nostr_sdk::Client::default();
+    client.add_relay(url.as_str()).await.unwrap();
+    client.connect().await;
+    let id = quorum_proto::nostr::EventId::from_hex(printed["mandate"].as_str().unwrap()).unwrap();
+    let events = client
+        .fetch_events(
+            quorum_proto::nostr::Filter::new().id(id),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let mandate = events.first().expect("the mandate is on the relay");
+    assert_eq!(mandate.pubkey, maintainer.public_key());
+    mandate.verify().unwrap();
+    client.shutdown().await;
+    serving.abort();
+    for (daemon, _, _) in runners {
+        assert!(daemon.terminate().success(), "runner exits 0 on SIGTERM");
+    }
+}
+
 /// Each runner saved its share of exactly `quorum`, readable by its owner only.
 fn assert_shares(runners: &[(Daemon, String, std::path::PathBuf)], quorum: &PublicKey) {
     for (_, pubkey, data) in runners {

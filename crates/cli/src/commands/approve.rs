@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use quorum_dvm::client::JobClient;
 use quorum_proto::approval::{APPROVAL_REQUEST, ApprovalRequest, Decision, Verdict};
-use quorum_proto::nostr::{Event, EventBuilder, EventId, Filter, Keys, PublicKey, Timestamp};
+use quorum_proto::nostr::{EventId, Filter, Keys, Timestamp};
 
+use super::signer::Signer;
 use crate::cli::VerdictArgs;
 
 /// How long a verdict stays valid (NIP-40): long enough to reach the relays, short enough that
@@ -20,7 +21,7 @@ pub async fn run(args: VerdictArgs, decision: Decision) -> anyhow::Result<ExitCo
     let id = EventId::parse(&args.request)
         .with_context(|| format!("{:?} is not an event id (hex or nevent)", args.request))?;
     let relays = super::relay_urls(&args.relays)?;
-    let signer = Signer::open(&args).await?;
+    let signer = Signer::open(args.key.as_deref(), args.bunker.as_deref()).await?;
     let me = signer.public_key().await?;
     let client = JobClient::connect(&relays, Keys::generate()).await?;
     let found = client
@@ -113,56 +114,4 @@ pub async fn run(args: VerdictArgs, decision: Decision) -> anyhow::Result<ExitCo
     };
     super::announce(&format!("{done}: {}", signed.id.to_hex()));
     Ok(ExitCode::SUCCESS)
-}
-
-/// Who signs the verdict: a local key file, or a NIP-46 remote signer (bunker).
-enum Signer {
-    Local(Keys),
-    Bunker(Box<nostr_connect::prelude::NostrConnect>),
-}
-
-impl Signer {
-    async fn open(args: &VerdictArgs) -> anyhow::Result<Signer> {
-        use nostr_connect::prelude::{NostrConnect, NostrConnectURI};
-        match (&args.key, &args.bunker) {
-            (Some(path), _) => Ok(Signer::Local(quorum_dvm::keyfile::load(path)?)),
-            (None, Some(uri)) => {
-                // The URI's secret is a credential: never echo it.
-                let uri = NostrConnectURI::parse(uri)
-                    .map_err(|_| anyhow::anyhow!("--bunker is not a bunker:// URI"))?;
-                let bunker =
-                    NostrConnect::new(uri, Keys::generate(), Duration::from_secs(120), None)
-                        .context("cannot use the bunker")?;
-                Ok(Signer::Bunker(Box::new(bunker)))
-            }
-            (None, None) => bail!("give --key FILE or --bunker URI"),
-        }
-    }
-
-    async fn public_key(&self) -> anyhow::Result<PublicKey> {
-        use quorum_proto::nostr::NostrSigner;
-        match self {
-            Signer::Local(keys) => Ok(keys.public_key()),
-            Signer::Bunker(bunker) => bunker
-                .get_public_key()
-                .await
-                .context("the bunker did not answer"),
-        }
-    }
-
-    async fn sign(&self, builder: EventBuilder) -> anyhow::Result<Event> {
-        match self {
-            Signer::Local(keys) => Ok(builder.sign_with_keys(keys)?),
-            Signer::Bunker(bunker) => builder
-                .sign(bunker.as_ref())
-                .await
-                .context("the bunker did not sign the verdict"),
-        }
-    }
-
-    async fn shutdown(self) {
-        if let Signer::Bunker(bunker) = self {
-            bunker.shutdown().await;
-        }
-    }
 }

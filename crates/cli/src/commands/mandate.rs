@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use quorum_consensus::keygen::{self, KeygenConfig};
+use quorum_dvm::client::JobClient;
 use quorum_proto::mandate::{Keygen, Mandate};
 use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::nips::nip01::Coordinate;
-use quorum_proto::nostr::{Event, PublicKey, Timestamp};
+use quorum_proto::nostr::{Event, Keys, PublicKey, RelayUrl, Timestamp};
+
+use super::signer::Signer;
 
 use crate::cli::{MandateCommand, MandateCreateArgs};
 
@@ -24,7 +27,7 @@ pub async fn run(command: MandateCommand) -> anyhow::Result<ExitCode> {
 
 async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
     let relays = super::relay_urls(&args.relays)?;
-    let maintainer = quorum_dvm::keyfile::load(&args.key)?;
+    let signer = Signer::open(args.key.as_deref(), args.bunker.as_deref()).await?;
     let repo = repo(&args.repo)?;
     let mut pubkeys = Vec::with_capacity(args.members.len());
     for text in &args.members {
@@ -54,15 +57,24 @@ async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
         .context("the mandate would be invalid; nothing was published")?;
 
     let (event, proposal) = if args.dealer {
+        let maintainer = signer
+            .local()
+            .context("--dealer needs a local key (--key)")?;
         let event =
-            keygen::deal_and_publish(&relays, &maintainer, mandate, &KeygenConfig::default())
+            keygen::deal_and_publish(&relays, maintainer, mandate, &KeygenConfig::default())
                 .await
                 .context("dealing the quorum key")?;
         (event, None)
     } else {
-        let proposal = keygen::propose_dkg(&relays, &maintainer, mandate.clone())
-            .await
-            .context("publishing the DKG proposal")?;
+        // The proposal: the mandate without a key, asking the members for a DKG.
+        let proposal = {
+            let mut proposal = mandate.clone();
+            proposal.quorum = None;
+            proposal.keygen = Keygen::Dkg;
+            sign_and_publish(&relays, &signer, &proposal)
+                .await
+                .context("publishing the DKG proposal")?
+        };
         eprintln!(
             "proposal {} published; waiting up to {} s for all {} members to announce the key \
              they derived",
@@ -79,13 +91,28 @@ async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("the members did not agree on a quorum key; no mandate was signed")?;
         mandate.quorum = Some(quorum);
-        let event = keygen::publish_mandate(&relays, &maintainer, &mandate)
+        let event = sign_and_publish(&relays, &signer, &mandate)
             .await
             .context("publishing the mandate")?;
         (event, Some(proposal))
     };
+    signer.shutdown().await;
     print(&args, &event, proposal.as_ref())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Signs `mandate` with the maintainer's key or bunker and publishes it.
+async fn sign_and_publish(
+    relays: &[RelayUrl],
+    signer: &Signer,
+    mandate: &Mandate,
+) -> anyhow::Result<Event> {
+    let event = signer.sign(mandate.to_event_builder()?).await?;
+    let client = JobClient::connect(relays, Keys::generate()).await?;
+    let published = client.publish_signed(&event).await;
+    client.shutdown().await;
+    published?;
+    Ok(event)
 }
 
 fn print(args: &MandateCreateArgs, event: &Event, proposal: Option<&Event>) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ mod job;
 mod mandate;
 mod relay;
 mod run;
+mod signer;
 mod up;
 mod verify;
 mod wrapper;
