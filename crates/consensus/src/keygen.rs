@@ -1,6 +1,7 @@
 //! Making a quorum key over Nostr (design §6.2, `docs/protocol.md` §15.1 and §15.6).
 //!
-//! Two ways, chosen by the mandate's `keygen` tag:
+//! Two ways, chosen by the mandate's `keygen` tag (a third value, `refresh`, renews the shares of
+//! an existing key):
 //!
 //! - **DKG** (the default: nobody ever holds the key). A maintainer publishes a mandate
 //!   *proposal*, an 8704 without `quorum` ([`propose_dkg`]). Every member runs [`run_dkg`] with
@@ -14,6 +15,11 @@
 //!   once: it deals the shares, publishes the mandate naming the key and sends each member its
 //!   share (8709, one recipient each) with [`deal_over_relays`] ([`deal_and_publish`] does all of
 //!   it). A member accepts a delivery only from the mandate's dealer ([`receive_dealt_share`]).
+//! - **Refresh** of an existing key (same key, new shares). A maintainer publishes a mandate
+//!   naming the key with `keygen refresh` ([`propose_refresh`]); the current holders run the
+//!   threshold crate's refresh over the same three rounds, session = that mandate's id
+//!   ([`run_refresh`]), and replace their share files only once all `N` announced the same key
+//!   and group. Old and new shares do not combine.
 //!
 //! [`serve`] is the member side as a long-running task of a DVM daemon: it answers the mandates
 //! that name its key and stores each share in `SHARE_DIR/<quorum hex>.json` (mode 0600);
@@ -35,6 +41,7 @@ use nostr_sdk::prelude::*;
 use quorum_proto::mandate::{self, Keygen, Mandate, MandateError};
 use quorum_proto::quorum_msg::{self, MessageKind, Opened, QuorumMessage, SessionId};
 use quorum_threshold::dkg::{self, DkgError, Round1Broadcast, Round2Message};
+use quorum_threshold::refresh;
 use quorum_threshold::store::{self, StoreError};
 use quorum_threshold::{KeyShare, Roster, ShareError};
 use serde::{Deserialize, Serialize};
@@ -147,6 +154,14 @@ pub enum KeygenError {
     WrongQuorum { got: PublicKey, expected: PublicKey },
     #[error("the share's members or threshold differ from the mandate's")]
     WrongRoster,
+    #[error(
+        "this member holds no share of quorum {quorum} in {}: it cannot take part in \
+         refreshing that key (only current holders can)",
+        dir.display()
+    )]
+    NoShare { quorum: PublicKey, dir: PathBuf },
+    #[error("the current share is {member}'s, not this member's ({me})")]
+    NotMyShare { member: PublicKey, me: PublicKey },
     #[error("the shares do not cover the mandate's members: {0}")]
     Shares(String),
     #[error("dealing: {0}")]
@@ -259,7 +274,7 @@ pub fn new_members(pubkeys: &[PublicKey]) -> Vec<mandate::Member> {
 fn dealer_of(event: &Event, mandate: &Mandate) -> Option<PublicKey> {
     match mandate.keygen {
         Keygen::Dealer { dealer } => Some(dealer.unwrap_or(event.pubkey)),
-        Keygen::Dkg => None,
+        Keygen::Dkg | Keygen::Refresh => None,
     }
 }
 
@@ -421,20 +436,30 @@ pub async fn run_dkg_with(
     let roster = roster_of(proposal.id, &mandate)?;
     let session = SessionId::from_event_id(&proposal.id);
     let others: BTreeSet<PublicKey> = roster.pubkeys().filter(|pk| *pk != me).collect();
-    let recipients: Vec<PublicKey> = others.iter().copied().collect();
+    let channel = rounds_channel(relays, keys, proposal, &others).await?;
+    let result = dkg_rounds(&channel, &roster, me, session, &others, config, derived).await;
+    channel.close().await;
+    result
+}
+
+/// A channel that receives the other members' 8710/8711/8712 addressed to this member, from
+/// shortly before `mandate` on.
+async fn rounds_channel(
+    relays: &[RelayUrl],
+    keys: &Keys,
+    mandate: &Event,
+    others: &BTreeSet<PublicKey>,
+) -> Result<Channel, KeygenError> {
     let filter = Filter::new()
         .kinds([
             quorum_msg::DKG_ROUND1,
             quorum_msg::DKG_ROUND2,
             quorum_msg::DKG_DONE,
         ])
-        .pubkey(me)
-        .authors(recipients.clone())
-        .since(proposal.created_at - 600u64);
-    let channel = Channel::open(relays, keys.clone(), vec![filter]).await?;
-    let result = dkg_rounds(&channel, &roster, me, session, &others, config, derived).await;
-    channel.close().await;
-    result
+        .pubkey(keys.public_key())
+        .authors(others.iter().copied())
+        .since(mandate.created_at - 600u64);
+    Ok(Channel::open(relays, keys.clone(), vec![filter]).await?)
 }
 
 async fn dkg_rounds(
@@ -446,12 +471,165 @@ async fn dkg_rounds(
     config: &KeygenConfig,
     derived: impl FnOnce(&KeyShare) -> Result<(), KeygenError>,
 ) -> Result<KeyShare, KeygenError> {
-    let recipients: Vec<PublicKey> = others.iter().copied().collect();
-    let keys = channel.keys().clone();
-
-    // Round 1: the same public package for everyone, sealed to each.
     let (secret1, broadcast) = dkg::start(roster, me, &mut rand::rngs::OsRng)?;
-    let plaintext = serde_json::to_string(&broadcast).map_err(|e| KeygenError::Seal {
+    let broadcasts = round1_exchange(channel, session, None, &broadcast, others, config).await?;
+    let (secret2, outgoing) = secret1.receive(&broadcasts)?;
+    let incoming = round2_exchange(channel, session, None, outgoing, others, config).await?;
+    let share = secret2.finish(&broadcasts, incoming)?;
+    derived(&share)?;
+    confirm(channel, session, others, config, share).await
+}
+
+/// The member side of a refresh that a mandate asks for (an 8704 with `keygen refresh` naming
+/// the quorum key of `current`, with the same members, indices and threshold): rounds 8710 →
+/// 8711 → 8712 with the other members, session = the mandate's id, the messages naming the key.
+/// Returns this member's new share of the same key only when every other member announced
+/// (8712) the same key and public group. `derived` is called with the new share before the
+/// announcement (e.g. to store it aside); a caller that stored it must discard it when this
+/// fails. Refuses, before sending anything, a mandate that is not a refresh of `current`.
+pub async fn run_refresh_with(
+    relays: &[RelayUrl],
+    keys: &Keys,
+    mandate: &Event,
+    current: &KeyShare,
+    config: &KeygenConfig,
+    derived: impl FnOnce(&KeyShare) -> Result<(), KeygenError>,
+) -> Result<KeyShare, KeygenError> {
+    let (parsed, quorum) = refresh_mandate(mandate)?;
+    let me = keys.public_key();
+    if parsed.member_index(&me).is_none() {
+        return Err(KeygenError::NotAMember { id: mandate.id, me });
+    }
+    if current.member() != me {
+        return Err(KeygenError::NotMyShare {
+            member: current.member(),
+            me,
+        });
+    }
+    if current.quorum() != quorum {
+        return Err(KeygenError::WrongQuorum {
+            got: current.quorum(),
+            expected: quorum,
+        });
+    }
+    let roster = roster_of(mandate.id, &parsed)?;
+    if *current.group().roster() != roster {
+        return Err(KeygenError::WrongRoster);
+    }
+    let session = SessionId::from_event_id(&mandate.id);
+    let others: BTreeSet<PublicKey> = roster.pubkeys().filter(|pk| *pk != me).collect();
+    let channel = rounds_channel(relays, keys, mandate, &others).await?;
+    let result = refresh_rounds(&channel, current, session, &others, config, derived).await;
+    channel.close().await;
+    result
+}
+
+/// A signed refresh mandate and the quorum key it names.
+fn refresh_mandate(event: &Event) -> Result<(Mandate, PublicKey), KeygenError> {
+    let parsed = read_mandate(event)?;
+    match (parsed.keygen, parsed.quorum) {
+        (Keygen::Refresh, Some(quorum)) => Ok((parsed, quorum)),
+        _ => Err(KeygenError::NotApplicable {
+            id: event.id,
+            reason: "not a refresh mandate (`keygen refresh` naming the quorum key)".into(),
+        }),
+    }
+}
+
+async fn refresh_rounds(
+    channel: &Channel,
+    current: &KeyShare,
+    session: SessionId,
+    others: &BTreeSet<PublicKey>,
+    config: &KeygenConfig,
+    derived: impl FnOnce(&KeyShare) -> Result<(), KeygenError>,
+) -> Result<KeyShare, KeygenError> {
+    let quorum = Some(current.quorum());
+    let (secret1, broadcast) = refresh::start(current, &mut rand::rngs::OsRng)?;
+    let broadcasts = round1_exchange(channel, session, quorum, &broadcast, others, config).await?;
+    let (secret2, outgoing) = secret1.receive(&broadcasts)?;
+    let incoming = round2_exchange(channel, session, quorum, outgoing, others, config).await?;
+    let share = secret2.finish(&broadcasts, incoming)?;
+    if share.quorum() != current.quorum() {
+        return Err(KeygenError::WrongQuorum {
+            got: share.quorum(),
+            expected: current.quorum(),
+        });
+    }
+    derived(&share)?;
+    confirm(channel, session, others, config, share).await
+}
+
+/// [`run_refresh_with`] on the share stored in `share_dir/<quorum hex>.json`: the new share is
+/// first saved aside in `share_dir/refresh/<mandate id>.json` (mode 0600) before this member
+/// announces it, and moved over the old share file (an atomic rename) only once all `N` members
+/// announced the same key and group; if the session fails, it is removed and the old share
+/// stays. A member without a share of the mandate's key refuses ([`KeygenError::NoShare`]).
+pub async fn run_refresh(
+    relays: &[RelayUrl],
+    keys: &Keys,
+    mandate: &Event,
+    share_dir: &Path,
+    config: &KeygenConfig,
+) -> Result<KeyShare, KeygenError> {
+    let (_, quorum) = refresh_mandate(mandate)?;
+    let path = share_path(share_dir, &quorum);
+    if !path.exists() {
+        return Err(KeygenError::NoShare {
+            quorum,
+            dir: share_dir.to_path_buf(),
+        });
+    }
+    let current = store::load(&path)?;
+    let pending = pending_path(share_dir, &mandate.id);
+    let result = run_refresh_with(relays, keys, mandate, &current, config, |share| {
+        store::save(&pending, share)?;
+        Ok(())
+    })
+    .await;
+    drop(current);
+    let result = result.and_then(|share| replace_file(&pending, &path).map(|()| share));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&pending);
+    }
+    result
+}
+
+/// Where a refreshed share waits until all members confirmed it.
+fn pending_path(share_dir: &Path, session: &EventId) -> PathBuf {
+    share_dir
+        .join("refresh")
+        .join(format!("{}.json", session.to_hex()))
+}
+
+/// Renames `from` over `to` and syncs the target's directory: a crash leaves one whole file.
+fn replace_file(from: &Path, to: &Path) -> Result<(), KeygenError> {
+    std::fs::rename(from, to).map_err(|source| KeygenError::Io {
+        op: "renaming the refreshed share onto",
+        path: to.to_path_buf(),
+        source,
+    })?;
+    let dir = to.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| KeygenError::Io {
+            op: "syncing",
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Round 1 (8710) of a DKG or a refresh: sends this member's public package, the same for
+/// everyone and sealed to each, and returns every other member's.
+async fn round1_exchange(
+    channel: &Channel,
+    session: SessionId,
+    quorum: Option<PublicKey>,
+    broadcast: &Round1Broadcast,
+    others: &BTreeSet<PublicKey>,
+    config: &KeygenConfig,
+) -> Result<BTreeMap<PublicKey, Round1Broadcast>, KeygenError> {
+    let plaintext = serde_json::to_string(broadcast).map_err(|e| KeygenError::Seal {
         kind: MessageKind::DkgRound1,
         reason: e.to_string(),
     })?;
@@ -460,6 +638,7 @@ async fn dkg_rounds(
         channel,
         MessageKind::DkgRound1,
         session,
+        quorum,
         payloads,
         others,
         config,
@@ -475,9 +654,20 @@ async fn dkg_rounds(
             })?;
         broadcasts.insert(sender, package);
     }
+    Ok(broadcasts)
+}
 
-    // Round 2: a secret package per recipient, each sealed to it alone.
-    let (secret2, outgoing) = secret1.receive(&broadcasts)?;
+/// Round 2 (8711) of a DKG or a refresh: sends each other member its secret package, sealed to
+/// it alone (the plaintexts are wiped once sealed), and returns the packages sent to this
+/// member.
+async fn round2_exchange(
+    channel: &Channel,
+    session: SessionId,
+    quorum: Option<PublicKey>,
+    outgoing: BTreeMap<PublicKey, Round2Message>,
+    others: &BTreeSet<PublicKey>,
+    config: &KeygenConfig,
+) -> Result<BTreeMap<PublicKey, Round2Message>, KeygenError> {
     let mut payloads: BTreeMap<PublicKey, String> = BTreeMap::new();
     for (recipient, message) in &outgoing {
         let json = message.to_json()?;
@@ -488,6 +678,7 @@ async fn dkg_rounds(
         channel,
         MessageKind::DkgRound2,
         session,
+        quorum,
         payloads,
         others,
         config,
@@ -504,9 +695,20 @@ async fn dkg_rounds(
         })?;
         incoming.insert(sender, parsed);
     }
-    let share = secret2.finish(&broadcasts, incoming)?;
-    derived(&share)?;
+    Ok(incoming)
+}
 
+/// Done (8712) of a DKG or a refresh: announces the key (in clear) and the group digest, and
+/// returns `share` only once every other member announced the same.
+async fn confirm(
+    channel: &Channel,
+    session: SessionId,
+    others: &BTreeSet<PublicKey>,
+    config: &KeygenConfig,
+    share: KeyShare,
+) -> Result<KeyShare, KeygenError> {
+    let recipients: Vec<PublicKey> = others.iter().copied().collect();
+    let keys = channel.keys().clone();
     // Done: announce the key (in clear) and the group digest; keep the share only if all agree.
     let mine = Done::of(&share)?;
     let plaintext = serde_json::to_string(&mine).map_err(|e| KeygenError::Seal {
@@ -560,6 +762,7 @@ async fn exchange(
     channel: &Channel,
     kind: MessageKind,
     session: SessionId,
+    quorum: Option<PublicKey>,
     mut payloads: BTreeMap<PublicKey, String>,
     others: &BTreeSet<PublicKey>,
     config: &KeygenConfig,
@@ -568,7 +771,7 @@ async fn exchange(
         channel.keys(),
         kind,
         session,
-        None,
+        quorum,
         &payloads,
         expiration(config),
     );
@@ -735,6 +938,23 @@ pub async fn propose_dkg(
 ) -> Result<Event, KeygenError> {
     mandate.quorum = None;
     mandate.keygen = Keygen::Dkg;
+    publish_mandate(relays, maintainer, &mandate).await
+}
+
+/// Publishes a refresh mandate: `mandate` (naming the existing quorum key, with its members,
+/// indices and threshold) with `keygen refresh`. Its id is the session the members refresh
+/// their shares in; [`await_group_key`] with that id returns the key once all `N` members
+/// announced it, which must be the same key. The mandate is a mandate like any other: as the
+/// newest, it is the one consumers use, so it carries the same pipeline, jobs and `allow`.
+pub async fn propose_refresh(
+    relays: &[RelayUrl],
+    maintainer: &Keys,
+    mut mandate: Mandate,
+) -> Result<Event, KeygenError> {
+    if mandate.quorum.is_none() {
+        return Err(KeygenError::Unsigned(MandateError::MissingTag("quorum")));
+    }
+    mandate.keygen = Keygen::Refresh;
     publish_mandate(relays, maintainer, &mandate).await
 }
 
@@ -973,11 +1193,12 @@ pub async fn serve(
 
 /// The member service a DVM daemon runs until `shutdown`: it answers the mandates (8704) that
 /// name its key — a DKG proposal with [`run_dkg`], a dealer mandate with
-/// [`receive_dealt_share`] — and saves each share to `share_dir/<quorum hex>.json` (mode 0600).
+/// [`receive_dealt_share`], a refresh mandate with [`run_refresh`] (only if it holds a share of
+/// that key) — and saves each share to `share_dir/<quorum hex>.json` (mode 0600).
 /// Each session runs in its own task; one that fails is logged and changes nothing else.
-/// `share_dir/sessions/<proposal id>` records each DKG session taken part in (`started`,
-/// `done <quorum>` or `failed: …`), so that a restarted service does not join a session twice.
-/// Errors only if it cannot start.
+/// `share_dir/sessions/<mandate id>` records each DKG or refresh session taken part in
+/// (`started`, `done <quorum>` or `failed: …`), so that a restarted service does not join a
+/// session twice. Errors only if it cannot start.
 pub async fn serve_with(
     relays: &[RelayUrl],
     keys: &Keys,
@@ -1040,6 +1261,7 @@ pub async fn serve_with(
 enum Job {
     Dkg,
     Dealer,
+    Refresh,
 }
 
 /// What to do about a mandate naming this member (`None`: nothing, e.g. already done).
@@ -1069,6 +1291,20 @@ fn plan(event: &Event, me: &PublicKey, share_dir: &Path) -> Result<Option<Job>, 
             Ok(Some(Job::Dealer))
         }
         (Keygen::Dealer { .. }, None) => Ok(None),
+        (Keygen::Refresh, Some(quorum)) => {
+            if session_marker(share_dir, &event.id).exists() {
+                tracing::debug!(mandate = %event.id, "refresh already taken part in");
+                return Ok(None);
+            }
+            if !share_path(share_dir, &quorum).exists() {
+                return Err(KeygenError::NoShare {
+                    quorum,
+                    dir: share_dir.to_path_buf(),
+                });
+            }
+            Ok(Some(Job::Refresh))
+        }
+        (Keygen::Refresh, None) => Ok(None),
     }
 }
 
@@ -1116,6 +1352,19 @@ async fn answer(
                 }
             }
         }
+        Job::Refresh => {
+            tracing::info!(mandate = %event.id, author = %event.pubkey, "refreshing a share");
+            if let Err(e) = write_marker(&marker, "started\n") {
+                tracing::warn!("not taking part in refresh {}: {e}", event.id);
+                return;
+            }
+            run_refresh(relays, keys, event, share_dir, config)
+                .await
+                .map(|share| {
+                    let path = share_path(share_dir, &share.quorum());
+                    (share, path)
+                })
+        }
         Job::Dealer => {
             tracing::info!(mandate = %event.id, "waiting for the dealer's share delivery");
             receive_dealt_share(relays, keys, event, config)
@@ -1137,13 +1386,13 @@ async fn answer(
                 path = %path.display(),
                 "quorum key share saved"
             );
-            if matches!(job, Job::Dkg) {
+            if matches!(job, Job::Dkg | Job::Refresh) {
                 let _ = write_marker(&marker, &format!("done {}\n", share.quorum()));
             }
         }
         Err(e) => {
             tracing::warn!(mandate = %event.id, "no quorum key share: {e}");
-            if matches!(job, Job::Dkg) {
+            if matches!(job, Job::Dkg | Job::Refresh) {
                 let _ = write_marker(&marker, &format!("failed: {e}\n"));
             }
         }

@@ -66,6 +66,12 @@ fn mandate(maintainer: &Keys, keys: &[Keys], threshold: u16) -> Mandate {
 
 /// Signs a note as the quorum with the first `t` shares and checks it as plain BIP-340.
 fn sign_with(shares: &[KeyShare]) -> Event {
+    try_sign(shares).expect("plain BIP-340 under the group key")
+}
+
+/// Signs a note as the quorum with the first `t` shares (the first share's group aggregates);
+/// an error if any step fails or the result does not verify under the group key.
+fn try_sign(shares: &[KeyShare]) -> Result<Event, String> {
     let group = shares[0].group();
     let t = usize::from(group.threshold());
     let mut rng = rand::rngs::OsRng;
@@ -82,13 +88,14 @@ fn sign_with(shares: &[KeyShare]) -> Event {
     let request = quorum_threshold::SigningRequest::new(unsigned, commitments);
     let mut sig_shares = BTreeMap::new();
     for (share, nonce) in signers.iter().zip(nonces) {
-        let s = quorum_threshold::sign::sign(share, nonce, &request).expect("signature share");
+        let s = quorum_threshold::sign::sign(share, nonce, &request).map_err(|e| e.to_string())?;
         sig_shares.insert(share.member(), s);
     }
-    let event = quorum_threshold::sign::aggregate(group, &request, &sig_shares).expect("signed");
-    event.verify().expect("plain BIP-340 under the group key");
+    let event = quorum_threshold::sign::aggregate(group, &request, &sig_shares)
+        .map_err(|e| e.to_string())?;
+    event.verify().map_err(|e| e.to_string())?;
     assert_eq!(event.pubkey, group.quorum());
-    event
+    Ok(event)
 }
 
 async fn dkg_among(n: usize, t: u16) {
@@ -389,23 +396,7 @@ async fn serve_saves_shares_with_mode_0600_and_never_logs_them() {
     let maintainer = Keys::generate();
     let keys: Vec<Keys> = (0..3).map(|_| Keys::generate()).collect();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut stops = Vec::new();
-    let mut services = Vec::new();
-    for (k, dir) in keys.iter().zip(&dirs) {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (relays, k, share_dir) = (relays.clone(), k.clone(), dir.path().join("shares"));
-        let config = ServeConfig {
-            keygen: fast(),
-            ..ServeConfig::default()
-        };
-        services.push(tokio::spawn(async move {
-            keygen::serve_with(&relays, &k, share_dir, config, async {
-                let _ = stopped.await;
-            })
-            .await
-        }));
-        stops.push(stop);
-    }
+    let services = Services::start(&relays, &keys, &dirs);
     // Let the services subscribe; the relay keeps what they miss anyway.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -461,16 +452,7 @@ async fn serve_saves_shares_with_mode_0600_and_never_logs_them() {
     }
     sign_with(&dkg_shares);
 
-    for stop in stops {
-        let _ = stop.send(());
-    }
-    for service in services {
-        tokio::time::timeout(Duration::from_secs(10), service)
-            .await
-            .expect("the service stops")
-            .unwrap()
-            .expect("the service ran");
-    }
+    services.stop().await;
     let logs = captured_logs().lock().unwrap().clone();
     assert!(logs.contains("quorum key share saved"), "{logs}");
     for content in contents {
@@ -481,6 +463,50 @@ async fn serve_saves_shares_with_mode_0600_and_never_logs_them() {
             "a share's secret appears in the logs"
         );
         assert!(!logs.contains(&content), "a share file appears in the logs");
+    }
+}
+
+/// Each member's key service (`serve_with`) on `DIR/shares`, until stopped.
+struct Services {
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), KeygenError>>>,
+}
+
+impl Services {
+    fn start(relays: &[RelayUrl], keys: &[Keys], dirs: &[tempfile::TempDir]) -> Services {
+        let mut services = Services {
+            stops: Vec::new(),
+            tasks: Vec::new(),
+        };
+        for (k, dir) in keys.iter().zip(dirs) {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (relays, k, share_dir) = (relays.to_vec(), k.clone(), dir.path().join("shares"));
+            let config = ServeConfig {
+                keygen: fast(),
+                ..ServeConfig::default()
+            };
+            services.tasks.push(tokio::spawn(async move {
+                keygen::serve_with(&relays, &k, share_dir, config, async {
+                    let _ = stopped.await;
+                })
+                .await
+            }));
+            services.stops.push(stop);
+        }
+        services
+    }
+
+    async fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for service in self.tasks {
+            tokio::time::timeout(Duration::from_secs(10), service)
+                .await
+                .expect("the service stops")
+                .unwrap()
+                .expect("the service ran");
+        }
     }
 }
 
@@ -498,4 +524,157 @@ async fn wait_for_share(dir: &std::path::Path, quorum: &PublicKey) -> keygen::Sh
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A dealt 2-of-3 quorum stored in three members' share directories, its mandate published.
+async fn stored_quorum(
+    relay: &Relay,
+    maintainer: &Keys,
+    keys: &[Keys],
+) -> (Event, Vec<KeyShare>, Vec<tempfile::TempDir>) {
+    let (mandate_event, shares) = dealt(maintainer, keys, 2);
+    publish(&relay.url, &mandate_event).await;
+    let dirs: Vec<tempfile::TempDir> = keys.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    for (k, dir) in keys.iter().zip(&dirs) {
+        let share = shares
+            .iter()
+            .find(|s| s.member() == k.public_key())
+            .unwrap();
+        let path = dir
+            .path()
+            .join("shares")
+            .join(format!("{}.json", share.quorum().to_hex()));
+        quorum_threshold::store::save(&path, share).unwrap();
+    }
+    (mandate_event, shares, dirs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refresh_through_the_services_keeps_the_key_and_renews_the_shares() {
+    let relay = relay().await;
+    let relays = vec![relay.url.clone()];
+    let maintainer = Keys::generate();
+    let keys: Vec<Keys> = (0..3).map(|_| Keys::generate()).collect();
+    let (mandate_event, old_shares, dirs) = stored_quorum(&relay, &maintainer, &keys).await;
+    let quorum = old_shares[0].quorum();
+    let services = Services::start(&relays, &keys, &dirs);
+
+    // The maintainer asks for a refresh of the same key, members and threshold.
+    let current = Mandate::from_event(&mandate_event).unwrap();
+    let refresh = keygen::propose_refresh(&relays, &maintainer, current.clone())
+        .await
+        .expect("refresh mandate published");
+    let parsed = Mandate::from_event(&refresh).unwrap();
+    assert_eq!(parsed.keygen, Keygen::Refresh);
+    assert_eq!(parsed.quorum, Some(quorum));
+    let members: Vec<PublicKey> = keys.iter().map(Keys::public_key).collect();
+    let announced = keygen::await_group_key(&relays, refresh.id, &members, Duration::from_secs(60))
+        .await
+        .expect("all members announce the refreshed key");
+    assert_eq!(announced, quorum, "a refresh keeps the quorum key");
+
+    // Each member replaces its share file once all announced; wait for the new ones.
+    let mut new_shares = Vec::new();
+    for (k, dir) in keys.iter().zip(&dirs) {
+        let share_dir = dir.path().join("shares");
+        let old = old_shares
+            .iter()
+            .find(|s| s.member() == k.public_key())
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let new = loop {
+            let book = keygen::load_shares(&share_dir);
+            let share = book.get(&quorum).expect("a share of the quorum").clone();
+            if share.to_json().unwrap() != old.to_json().unwrap() {
+                break share;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never refreshed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(new.quorum(), quorum);
+        assert_eq!(new.member(), k.public_key());
+        assert_eq!(new.index(), old.index());
+        assert_eq!(new.group().roster(), old.group().roster());
+        assert_ne!(
+            serde_json::to_string(new.group()).unwrap(),
+            serde_json::to_string(old.group()).unwrap(),
+            "the verifying shares change"
+        );
+        let path = share_dir.join(format!("{}.json", quorum.to_hex()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Nothing is left aside once the refresh is done.
+        let pending = share_dir.join("refresh");
+        assert!(
+            std::fs::read_dir(&pending).is_ok_and(|mut d| d.next().is_none()),
+            "a refreshed share is left in {}",
+            pending.display()
+        );
+        new_shares.push(new);
+    }
+
+    // Two new shares sign under the same key, any two of them.
+    let event = sign_with(&new_shares);
+    assert_eq!(event.pubkey, quorum);
+    sign_with(&new_shares[1..]);
+    // One old share and one new share make no valid signature, whichever group aggregates.
+    let mixed = [old_shares[0].clone(), new_shares[1].clone()];
+    assert!(
+        try_sign(&mixed).is_err(),
+        "an old share combined with a new one"
+    );
+    let mixed = [new_shares[0].clone(), old_shares[1].clone()];
+    assert!(
+        try_sign(&mixed).is_err(),
+        "a new share combined with an old one"
+    );
+
+    services.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_without_a_share_refuses_to_refresh() {
+    let relay = relay().await;
+    let relays = vec![relay.url.clone()];
+    let maintainer = Keys::generate();
+    let keys: Vec<Keys> = (0..3).map(|_| Keys::generate()).collect();
+    let (mandate_event, shares, _dirs) = stored_quorum(&relay, &maintainer, &keys).await;
+    let quorum = shares[0].quorum();
+    let refresh = keygen::propose_refresh(
+        &relays,
+        &maintainer,
+        Mandate::from_event(&mandate_event).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    // A member whose share directory has no share of that quorum.
+    let empty = tempfile::tempdir().unwrap();
+    let err = keygen::run_refresh(&relays, &keys[0], &refresh, empty.path(), &fast())
+        .await
+        .expect_err("no share, no refresh");
+    assert!(
+        matches!(err, KeygenError::NoShare { quorum: q, .. } if q == quorum),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("holds no share of quorum"), "{text}");
+    assert!(text.contains(&quorum.to_hex()), "{text}");
+
+    // A share of another quorum does not stand in for it.
+    let (_, others) = dealt(&maintainer, &keys, 2);
+    let other = others
+        .iter()
+        .find(|s| s.member() == keys[0].public_key())
+        .unwrap();
+    let err = keygen::run_refresh_with(&relays, &keys[0], &refresh, other, &fast(), |_| Ok(()))
+        .await
+        .expect_err("a share of another key");
+    assert!(matches!(err, KeygenError::WrongQuorum { .. }), "{err}");
+
+    // Nor is a DKG proposal or a dealer mandate a refresh.
+    let err = keygen::run_refresh(&relays, &keys[0], &mandate_event, empty.path(), &fast())
+        .await
+        .expect_err("not a refresh mandate");
+    assert!(matches!(err, KeygenError::NotApplicable { .. }), "{err}");
 }

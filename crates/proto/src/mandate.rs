@@ -3,10 +3,11 @@
 //!
 //! A mandate names the repository (`a`), the pipeline file and optionally the jobs it covers, the
 //! quorum's group public key, each member DVM with its FROST share index, the threshold `t` of
-//! `n`, how the key is made (`dkg` or `dealer`), the event kinds the quorum may sign (`allow`),
-//! and a NIP-40 expiration, which is required. Consumers trust a quorum key only through a
-//! mandate: [`select_mandate`] picks the one that counts, given the repository's maintainer set
-//! (NIP-34, [`crate::nip34::maintainer_set`]), which this crate cannot fetch.
+//! `n`, how the key is made (`dkg` or `dealer`; `refresh` asks the members to renew their shares
+//! of an existing key), the event kinds the quorum may sign (`allow`), and a NIP-40 expiration,
+//! which is required. Consumers trust a quorum key only through a mandate: [`select_mandate`]
+//! picks the one that counts, given the repository's maintainer set (NIP-34,
+//! [`crate::nip34::maintainer_set`]), which this crate cannot fetch.
 //!
 //! `t > n/2` is required unless the caller explicitly allows a minority threshold
 //! ([`ThresholdRule::AllowMinority`]): with `2t ≤ n`, two disjoint sets of `t` members can each
@@ -89,7 +90,8 @@ fn parse_pubkey(tag: &'static str, hex: &str) -> Result<PublicKey> {
     Ok(key)
 }
 
-/// How the quorum key is made (`["keygen", "dkg"]` or `["keygen", "dealer", DEALER?]`).
+/// How the quorum key is made (`["keygen", "dkg"]` or `["keygen", "dealer", DEALER?]`), or
+/// that its members are asked to refresh their shares of it (`["keygen", "refresh"]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Keygen {
     /// Distributed key generation among the members: nobody, not even the maintainer, ever
@@ -98,6 +100,10 @@ pub enum Keygen {
     /// A trusted dealer splits a key and sends each member its share (kind 8709). `dealer` is
     /// the key whose share deliveries members accept; `None` means the mandate's signer.
     Dealer { dealer: Option<PublicKey> },
+    /// The key exists (the mandate names it) and the members are asked to refresh their
+    /// shares of it, over 8710/8711/8712 with session = this mandate's id: same key, same
+    /// members, indices and threshold, new shares that do not combine with the old ones.
+    Refresh,
 }
 
 impl Keygen {
@@ -105,6 +111,7 @@ impl Keygen {
         match self {
             Keygen::Dkg => "dkg",
             Keygen::Dealer { .. } => "dealer",
+            Keygen::Refresh => "refresh",
         }
     }
 
@@ -128,9 +135,11 @@ impl Keygen {
                 dealer: Some(parse_pubkey("keygen", dealer)?),
             }),
             [mode, ..] if mode == "dealer" => Err(malformed("keygen", "too many values")),
+            [mode] if mode == "refresh" => Ok(Keygen::Refresh),
+            [mode, ..] if mode == "refresh" => Err(malformed("keygen", "`refresh` takes no value")),
             [other, ..] => Err(malformed(
                 "keygen",
-                format!("{other:?} is not `dkg` or `dealer`"),
+                format!("{other:?} is not `dkg`, `dealer` or `refresh`"),
             )),
             [] => Err(malformed("keygen", "no value")),
         }
@@ -209,7 +218,7 @@ impl Mandate {
 
     /// Checks what the wire format cannot express: at least one member; indices `1..=n` and
     /// keys unique; `1 ≤ t ≤ n` (and `t > n/2` under [`ThresholdRule::Majority`]); the quorum
-    /// key is not a member's key; a dealer mandate names its key; pipeline and job names are
+    /// key is not a member's key; a dealer or refresh mandate names its key; pipeline and job names are
     /// not empty, jobs unique.
     pub fn validate_with(&self, rule: ThresholdRule) -> Result<()> {
         if self.pipeline.is_empty() {
@@ -275,6 +284,10 @@ impl Mandate {
             }
             (None, Keygen::Dealer { .. }) => {
                 // A dealer knows the group key before it deals: nothing to propose.
+                return Err(MandateError::MissingTag("quorum"));
+            }
+            (None, Keygen::Refresh) => {
+                // A refresh keeps a key that exists: the mandate names it.
                 return Err(MandateError::MissingTag("quorum"));
             }
             _ => {}
@@ -576,6 +589,21 @@ mod tests {
         assert_eq!(parsed.keygen, dealer.keygen);
         assert!(parsed.covers(".quorum/pipeline.yml", "anything"));
 
+        // A refresh mandate names the existing key and is a mandate like any other.
+        let mut refresh = mandate.clone();
+        refresh.keygen = Keygen::Refresh;
+        let event = sign(&refresh, &owner, NOW);
+        assert!(
+            event
+                .tags
+                .iter()
+                .any(|t| t.as_slice() == ["keygen", "refresh"])
+        );
+        let parsed = Mandate::from_event(&event).unwrap();
+        assert_eq!(parsed.keygen, Keygen::Refresh);
+        assert_eq!(parsed.quorum, mandate.quorum);
+        assert!(parsed.is_valid_at(Timestamp::from(NOW)));
+
         // A DKG proposal names no key and authorises nothing.
         let mut proposal = mandate.clone();
         proposal.quorum = None;
@@ -650,6 +678,8 @@ mod tests {
         m.quorum = None;
         m.keygen = Keygen::Dealer { dealer: None };
         assert_eq!(m.validate(), Err(MandateError::MissingTag("quorum")));
+        m.keygen = Keygen::Refresh;
+        assert_eq!(m.validate(), Err(MandateError::MissingTag("quorum")));
         let mut m = sample(&owner);
         m.jobs.push("build".into());
         assert!(m.validate().unwrap_err().to_string().contains("`job`"));
@@ -676,6 +706,10 @@ mod tests {
             (replace("keygen", &["keygen", "magic"]), "`keygen`"),
             (replace("keygen", &["keygen", "dkg", &member1]), "`keygen`"),
             (replace("keygen", &["keygen", "dealer", "bob"]), "`keygen`"),
+            (
+                replace("keygen", &["keygen", "refresh", &member1]),
+                "`keygen`",
+            ),
             (drop("threshold"), "missing `threshold`"),
             (replace("threshold", &["threshold", "2"]), "`threshold`"),
             (
