@@ -81,6 +81,43 @@ pub enum MandateCommand {
     /// Make a quorum key among the member DVMs (a DKG by default: nobody ever holds the whole
     /// key) and publish the mandate that authorises it.
     Create(MandateCreateArgs),
+    /// Ask a quorum's members to refresh their shares: same quorum key, new shares that do not
+    /// combine with the old ones. Publishes the mandate again with `keygen refresh`.
+    Refresh(MandateRefreshArgs),
+}
+
+/// Options of `quorum mandate refresh`.
+#[derive(Debug, Args)]
+pub struct MandateRefreshArgs {
+    /// Relay the members listen on (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// Your maintainer key file (nsec or hex, mode 0600): it signs the refresh mandate.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "bunker",
+        conflicts_with = "bunker"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// Sign through a NIP-46 remote signer instead (`bunker://…`).
+    #[arg(long, value_name = "URI")]
+    pub bunker: Option<String>,
+
+    /// The current mandate (kind 8704 event id, hex or nevent) naming the quorum key: its
+    /// members, threshold, pipeline, jobs, `allow` and expiration are kept.
+    #[arg(long, value_name = "ID")]
+    pub mandate: String,
+
+    /// How long to wait for all members to announce the refreshed key, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub wait: u64,
+
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `quorum mandate create`.

@@ -1,7 +1,7 @@
 //! `quorum mandate create`: make a quorum key among member DVMs and publish the mandate (kind
 //! 8704) that authorises it. With a DKG (the default) the members make the key among
 //! themselves and nobody ever holds it; with `--dealer` this machine deals it and holds the
-//! whole key once.
+//! whole key once. `quorum mandate refresh`: the members renew their shares of the same key.
 
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -13,16 +13,80 @@ use quorum_dvm::client::JobClient;
 use quorum_proto::mandate::{Keygen, Mandate};
 use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::nips::nip01::Coordinate;
-use quorum_proto::nostr::{Event, Keys, PublicKey, RelayUrl, Timestamp};
+use quorum_proto::nostr::{Event, EventId, Filter, Keys, PublicKey, RelayUrl, Timestamp};
 
 use super::signer::Signer;
 
-use crate::cli::{MandateCommand, MandateCreateArgs};
+use crate::cli::{MandateCommand, MandateCreateArgs, MandateRefreshArgs};
 
 pub async fn run(command: MandateCommand) -> anyhow::Result<ExitCode> {
     match command {
         MandateCommand::Create(args) => create(args).await,
+        MandateCommand::Refresh(args) => refresh(args).await,
     }
+}
+
+/// Publishes the current mandate again with `keygen refresh` and waits until every member
+/// announced the refreshed key, which must be the same.
+async fn refresh(args: MandateRefreshArgs) -> anyhow::Result<ExitCode> {
+    let id = EventId::parse(&args.mandate).with_context(|| {
+        format!(
+            "--mandate {:?} is not an event id (hex or nevent)",
+            args.mandate
+        )
+    })?;
+    let relays = super::relay_urls(&args.relays)?;
+    let client = JobClient::connect(&relays, Keys::generate()).await?;
+    let found = client
+        .fetch(
+            Filter::new().id(id).kind(quorum_proto::mandate::MANDATE),
+            Duration::from_secs(10),
+        )
+        .await;
+    client.shutdown().await;
+    let Some(current) = found?.into_iter().next() else {
+        bail!("no mandate {id} on {}", args.relays.join(", "));
+    };
+    let mut mandate = Mandate::from_event(&current).context("the current mandate is invalid")?;
+    let quorum = mandate
+        .quorum
+        .context("that mandate names no quorum key (a DKG proposal?): nothing to refresh")?;
+    if mandate.expiration <= Timestamp::now() {
+        bail!("mandate {id} has expired: create a new quorum instead");
+    }
+    let signer = Signer::open(args.key.as_deref(), args.bunker.as_deref()).await?;
+    mandate.keygen = Keygen::Refresh;
+    let published = sign_and_publish(&relays, &signer, &mandate).await;
+    signer.shutdown().await;
+    let event = published.context("publishing the refresh mandate")?;
+    let members: Vec<PublicKey> = mandate.members.iter().map(|m| m.pubkey).collect();
+    eprintln!(
+        "refresh mandate {} published; waiting up to {} s for all {} members to announce the \
+         refreshed key",
+        event.id,
+        args.wait,
+        members.len()
+    );
+    let announced =
+        keygen::await_group_key(&relays, event.id, &members, Duration::from_secs(args.wait))
+            .await
+            .context("the members did not all refresh their shares")?;
+    if announced != quorum {
+        bail!("the members announced quorum key {announced}, not {quorum}: the refresh failed");
+    }
+    if args.json {
+        let json = serde_json::json!({
+            "quorum": quorum.to_hex(),
+            "mandate": event.id.to_hex(),
+            "refreshed": members.iter().map(PublicKey::to_hex).collect::<Vec<_>>(),
+        });
+        super::announce(&json.to_string());
+    } else {
+        super::announce(&format!("quorum: {} (unchanged)", quorum.to_hex()));
+        super::announce(&format!("mandate: {}", event.id.to_hex()));
+        super::announce(&format!("refreshed: all {} members", members.len()));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
