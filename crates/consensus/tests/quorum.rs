@@ -1,20 +1,22 @@
 //! Quorum members over a real relay on loopback: commit-reveal and FROST signing, with honest,
-//! lying, copying, equivocating and silent members. Every quorum-signed event is checked as
-//! plain BIP-340 under the quorum key.
+//! lying, copying, equivocating, silent and killed members, replayed round messages, and fewer
+//! than `t` shares. Every quorum-signed event is checked as plain BIP-340 under the quorum key.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use nostr_sdk::prelude::*;
 use quorum_consensus::agreement::{self, AgreementConfig};
 use quorum_consensus::channel::Channel;
 use quorum_consensus::member::{self, MemberConfig, MemberOutcome, QuorumJob};
-use quorum_consensus::signing::SigningConfig;
+use quorum_consensus::signing::{self, SigningConfig, SigningError};
 use quorum_proto::agreement::BuildResult;
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::mandate::{Keygen, Mandate, Member};
 use quorum_proto::nip34::RepoCoordinate;
-use quorum_threshold::{KeyShare, Roster};
+use quorum_proto::quorum_msg::{self, Opened, QuorumMessage, SessionId};
+use quorum_threshold::sign::{self, SignatureShare, SigningRequest};
+use quorum_threshold::{KeyShare, Roster, SignError};
 
 struct Relay {
     url: RelayUrl,
@@ -177,6 +179,123 @@ fn assert_quorum_signed(event: &Event, q: &Quorum) {
     assert_eq!(Some(event.pubkey), q.mandate.quorum);
 }
 
+/// Member indices in roster order: attempt `a` is coordinated by the `a`-th of them.
+fn roster_order(q: &Quorum) -> Vec<usize> {
+    let roster = q.members[0].1.group().roster().clone();
+    let mut idx: Vec<usize> = (0..q.members.len()).collect();
+    idx.sort_by_key(|i| roster.index_of(&q.members[*i].0.public_key()).unwrap());
+    idx
+}
+
+/// One member's whole part as its own task, so that the test can kill it.
+fn spawn_member(
+    relay: &RelayUrl,
+    q: &Quorum,
+    i: usize,
+    job_id: EventId,
+    result: BuildResult,
+) -> tokio::task::JoinHandle<MemberOutcome> {
+    let (keys, share) = q.members[i].clone();
+    let job = job(q, job_id, result);
+    let relays = vec![relay.clone()];
+    tokio::spawn(async move {
+        member::take_part(&relays, &keys, &share, &job, &fast(), |_| Vec::new())
+            .await
+            .expect("the member ran")
+    })
+}
+
+/// A client that only reads (and republishes what others signed).
+async fn observer(relay: &RelayUrl) -> Client {
+    let client = Client::default();
+    client.add_relay(relay.clone()).await.unwrap();
+    client.connect().await;
+    client.wait_for_connection(Duration::from_secs(5)).await;
+    client
+}
+
+async fn fetch(relay: &RelayUrl, filter: Filter) -> Vec<Event> {
+    let client = observer(relay).await;
+    let events = client
+        .fetch_events(filter, Duration::from_secs(5))
+        .await
+        .unwrap();
+    client.shutdown().await;
+    events.into_iter().collect()
+}
+
+/// A signing round message as one of its recipients reads it.
+struct RoundMessage {
+    event: Event,
+    opened: Opened,
+    plaintext: serde_json::Value,
+}
+
+impl RoundMessage {
+    fn attempt(&self) -> u64 {
+        self.plaintext["attempt"]
+            .as_u64()
+            .expect("an attempt number")
+    }
+}
+
+/// Every signing round message (8713–8715) on the relay, opened with a recipient's key.
+async fn round_messages(relay: &RelayUrl, q: &Quorum) -> Vec<RoundMessage> {
+    let filter = Filter::new().kinds([
+        quorum_msg::SIGNING_ROUND1,
+        quorum_msg::SIGNING_ROUND2,
+        quorum_msg::SIGNING_REQUEST,
+    ]);
+    fetch(relay, filter)
+        .await
+        .into_iter()
+        .map(|event| {
+            let opened = q
+                .members
+                .iter()
+                .find_map(|(keys, _)| QuorumMessage::open(&event, keys).ok())
+                .expect("a member can open every round message");
+            let plaintext = serde_json::from_str(&opened.plaintext).unwrap();
+            RoundMessage {
+                event,
+                opened,
+                plaintext,
+            }
+        })
+        .collect()
+}
+
+/// Nonces are single-use: across sessions and attempts, no member sends a nonce commitment
+/// twice.
+fn assert_fresh_nonces(messages: &[RoundMessage]) {
+    let mut seen: BTreeMap<PublicKey, BTreeSet<String>> = BTreeMap::new();
+    for m in messages
+        .iter()
+        .filter(|m| m.event.kind == quorum_msg::SIGNING_ROUND1)
+    {
+        for c in m.plaintext["commitments"].as_array().unwrap() {
+            let c = c.as_str().unwrap().to_string();
+            assert!(
+                seen.entry(m.opened.sender).or_default().insert(c),
+                "{} sent a nonce commitment again (attempt {})",
+                m.opened.sender,
+                m.attempt()
+            );
+        }
+    }
+}
+
+/// The members an attestation names as agreeing (`["p", KEY, "", "agreed"]`).
+fn agreed_in(attestation: &Event) -> BTreeSet<PublicKey> {
+    attestation
+        .tags
+        .iter()
+        .filter(|t| t.as_slice().first().map(String::as_str) == Some("p"))
+        .filter(|t| t.as_slice().get(3).map(String::as_str) == Some("agreed"))
+        .map(|t| PublicKey::from_hex(&t.as_slice()[1]).unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_honest_members_sign_one_attestation() {
     let relay = relay().await;
@@ -283,12 +402,7 @@ async fn a_member_silent_in_round_two_is_replaced() {
     let q = quorum(2, 3);
     // The first member in roster order coordinates attempt 0 and is chosen first: it takes part
     // in commit-reveal, then disappears.
-    let order: Vec<usize> = {
-        let roster = q.members[0].1.group().roster().clone();
-        let mut idx: Vec<usize> = (0..3).collect();
-        idx.sort_by_key(|i| roster.index_of(&q.members[*i].0.public_key()).unwrap());
-        idx
-    };
+    let order = roster_order(&q);
     let silent = order[0];
     let config = fast();
     let id = job_id(5);
@@ -325,6 +439,8 @@ async fn a_member_silent_in_round_two_is_replaced() {
         assert!(!signed.signers.contains(&q.members[silent].0.public_key()));
         assert_quorum_signed(&signed.events[0], &q);
     }
+    // Each attempt drew fresh nonces: no commitment of a member repeats across attempts.
+    assert_fresh_nonces(&round_messages(&relay.url, &q).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,4 +551,321 @@ async fn an_equivocating_member_is_proven_and_ignored() {
         .unwrap();
     assert!(!proofs.is_empty(), "an equivocation proof was published");
     client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_after_its_round_one_commitments_is_replaced() {
+    let relay = relay().await;
+    let q = quorum(2, 3);
+    let id = job_id(8);
+    // The coordinator of attempt 0 is in that attempt's subset whoever else commits first, so
+    // killing it once its round-1 commitments are out leaves attempt 0 without its request or
+    // its share.
+    let victim = roster_order(&q)[0];
+    let victim_pk = q.members[victim].0.public_key();
+    let watcher = observer(&relay.url).await;
+    let mut notifications = watcher.notifications();
+    let victims_round1 = Filter::new()
+        .kind(quorum_msg::SIGNING_ROUND1)
+        .author(victim_pk);
+    watcher.subscribe(victims_round1, None).await.unwrap();
+    let handles: Vec<_> = (0..3)
+        .map(|i| spawn_member(&relay.url, &q, i, id, result(1)))
+        .collect();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match notifications.recv().await {
+                Ok(RelayPoolNotification::Event { event, .. })
+                    if event.kind == quorum_msg::SIGNING_ROUND1 && event.pubkey == victim_pk =>
+                {
+                    break;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("the watcher lost the relay: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the victim sent its round-1 commitments");
+    handles[victim].abort();
+    watcher.shutdown().await;
+
+    let mut outcomes = Vec::new();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let joined = tokio::time::timeout(Duration::from_secs(60), handle)
+            .await
+            .expect("members finished in time");
+        if i == victim {
+            assert!(joined.unwrap_err().is_cancelled(), "killed mid-session");
+        } else {
+            outcomes.push(joined.expect("the member ran"));
+        }
+    }
+    let messages = round_messages(&relay.url, &q).await;
+    let from_victim: Vec<&RoundMessage> = messages
+        .iter()
+        .filter(|m| m.opened.sender == victim_pk)
+        .collect();
+    assert!(
+        from_victim.iter().all(|m| m.attempt() == 0),
+        "it died in attempt 0"
+    );
+    // It could only have finished attempt 0 by getting its share out before the abort landed,
+    // which takes two more relay round trips than the watcher needed to see its commitments.
+    let victim_shared = from_victim
+        .iter()
+        .any(|m| m.event.kind == quorum_msg::SIGNING_ROUND2);
+    let mut ids = BTreeSet::new();
+    for outcome in &outcomes {
+        let signed = outcome.signed.as_ref().expect("the other two sign");
+        let attestation = &signed.events[0];
+        assert_quorum_signed(attestation, &q);
+        ids.insert(attestation.id);
+        // It agreed before it was killed: the attestation names it, it just did not sign.
+        assert_eq!(outcome.agreement.tally.agreed.len(), 3, "{outcome:?}");
+        assert_eq!(agreed_in(attestation), outcome.agreement.tally.agreed);
+        if !victim_shared {
+            assert!(signed.attempts >= 2, "{signed:?}");
+            assert!(!signed.signers.contains(&victim_pk), "{signed:?}");
+            assert!(signed.excluded.contains_key(&victim_pk), "{signed:?}");
+        }
+    }
+    assert_eq!(ids.len(), 1, "both end with the same event");
+    assert_fresh_nonces(&messages);
+}
+
+/// A replay of job A's events into job B: the round messages (a) carry A's session, and the
+/// commitments and reveals (b) name A's job, so B uses none of them. (c) A round message of an
+/// earlier attempt of the *same* session cannot be replayed into a later one: the attempt
+/// number is in the plaintext, sealed and signed by its sender, so a replay says its own
+/// attempt (and `rounds` takes a message only for the attempt it names); an identical copy is
+/// also the same event id, which the channel keeps once. `assert_fresh_nonces` in the
+/// multi-attempt tests shows every attempt's commitments are new, so nothing of an earlier one
+/// could be reused either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_replayed_from_an_earlier_job_change_nothing() {
+    let first = relay().await;
+    let q = quorum(2, 3);
+    let everyone = [(0, result(1)), (1, result(1)), (2, result(1))];
+    let (job_a, job_b) = (job_id(9), job_id(10));
+    let a = run_members(&first.url, &q, &everyone, job_a).await;
+    let a_attestation = a[0].attestation().expect("job A signed").clone();
+    let a_rounds = round_messages(&first.url, &q).await;
+    let a_agreement = fetch(&first.url, agreement::filter(&job_a)).await;
+    let a_sessions: BTreeSet<SessionId> = a_rounds.iter().map(|m| m.opened.session).collect();
+    assert_eq!(a_sessions.len(), 1);
+    assert!(a_rounds.len() >= 6, "3 commitments, a request, 2 shares");
+    assert_eq!(a_agreement.len(), 6, "3 commitments, 3 reveals");
+
+    // Job B runs on a relay that holds every event of A, put there by someone with no key of
+    // the quorum: the members' subscriptions hand the round messages to them while B runs.
+    let second = relay().await;
+    let replayer = observer(&second.url).await;
+    for event in a_rounds.iter().map(|m| &m.event).chain(&a_agreement) {
+        replayer
+            .send_event(event)
+            .await
+            .expect("the replay is stored");
+    }
+    replayer.shutdown().await;
+    let b = run_members(&second.url, &q, &everyone, job_b).await;
+    let a_ids: BTreeSet<EventId> = a_rounds
+        .iter()
+        .map(|m| m.event.id)
+        .chain(a_agreement.iter().map(|e| e.id))
+        .collect();
+    let b_rounds: Vec<RoundMessage> = round_messages(&second.url, &q)
+        .await
+        .into_iter()
+        .filter(|m| !a_ids.contains(&m.event.id))
+        .collect();
+    let b_sessions: BTreeSet<SessionId> = b_rounds.iter().map(|m| m.opened.session).collect();
+    assert_eq!(b_sessions.len(), 1);
+    assert!(b_sessions.is_disjoint(&a_sessions), "B is another session");
+    for outcome in &b {
+        let signed = outcome.signed.as_ref().expect("job B signed");
+        assert_quorum_signed(&signed.events[0], &q);
+        assert_ne!(signed.events[0].id, a_attestation.id);
+        // Nobody was confused into excluding anyone by A's request or shares.
+        assert_eq!(signed.attempts, 1, "{signed:?}");
+        assert!(signed.excluded.is_empty(), "{signed:?}");
+        // (b) Only B's own reveals count.
+        let tally = &outcome.agreement.tally;
+        assert_eq!(tally.revealed.len(), 3);
+        assert!(tally.revealed.values().all(|r| !a_ids.contains(&r.reveal)));
+    }
+    // The request signed with B's round-1 commitments, none of A's.
+    let request = b_rounds
+        .iter()
+        .find(|m| m.event.kind == quorum_msg::SIGNING_REQUEST)
+        .expect("B's request");
+    for m in b_rounds
+        .iter()
+        .filter(|m| m.event.kind == quorum_msg::SIGNING_ROUND1)
+    {
+        let chosen = &request.plaintext["commitments"][m.opened.sender.to_hex()];
+        assert!(chosen.is_null() || *chosen == m.plaintext["commitments"]);
+    }
+    assert_fresh_nonces(&a_rounds.into_iter().chain(b_rounds).collect::<Vec<_>>());
+
+    // (b) The relay kept A's commitments and reveals out of B's subscriptions (they name job
+    // A). Had they come in anyway, the tally reports each as ignored and counts what it did
+    // without them.
+    let b_agreement = fetch(&second.url, agreement::filter(&job_b)).await;
+    assert_eq!(b_agreement.len(), 6);
+    let roster = member::roster_of(&q.members[0].1);
+    let mixed: Vec<Event> = a_agreement.iter().chain(&b_agreement).cloned().collect();
+    let replayed = agreement::tally_events(&mixed, &roster, job_b, b[0].agreement.my_reveal);
+    let ignored: BTreeSet<EventId> = replayed.tally.ignored.iter().map(|(id, _)| *id).collect();
+    let a_agreement_ids: BTreeSet<EventId> = a_agreement.iter().map(|e| e.id).collect();
+    assert_eq!(ignored, a_agreement_ids, "{:?}", replayed.tally.ignored);
+    assert_eq!(replayed.tally.revealed, b[0].agreement.tally.revealed);
+    assert_eq!(replayed.tally.agreed, b[0].agreement.tally.agreed);
+    assert!(replayed.late.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fewer_than_t_signers_never_sign() {
+    let relay = relay().await;
+    let q = quorum(3, 5);
+    let quorum_key = q.members[0].1.quorum();
+    let event = EventBuilder::text_note("a release").build(quorum_key);
+    let config = fast().signing;
+    let pks: Vec<PublicKey> = q.members.iter().map(|(k, _)| k.public_key()).collect();
+    let sign_alone = |i: usize, signers: Vec<PublicKey>| {
+        let (keys, share) = q.members[i].clone();
+        let (relay, event, config) = (relay.url.clone(), event.clone(), config.clone());
+        async move {
+            let since = Timestamp::now() - 60u64;
+            let filters = vec![signing::filter(&keys.public_key(), since)];
+            let channel = Channel::open(&[relay], keys, filters).await.unwrap();
+            let session = SessionId::from_bytes([7; 32]);
+            let signed =
+                signing::sign_together(&channel, &share, &signers, session, vec![event], &config)
+                    .await;
+            channel.close().await;
+            signed
+        }
+    };
+    // Named t-1 signers: refused before any message.
+    let err = sign_alone(0, pks[..2].to_vec()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SigningError::TooFew {
+                responsive: 2,
+                threshold: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // t named, t-1 of them there: every attempt waits in vain, and the session ends.
+    let (one, two) = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join(
+            sign_alone(0, pks[..3].to_vec()),
+            sign_alone(1, pks[..3].to_vec()),
+        ),
+    )
+    .await
+    .expect("the session ended in time");
+    for outcome in [one, two] {
+        let err = outcome.unwrap_err();
+        assert!(matches!(err, SigningError::TooFew { .. }), "{err}");
+    }
+    // Nothing came out: no signature share, no event by the quorum key.
+    assert!(
+        fetch(&relay.url, Filter::new().kind(quorum_msg::SIGNING_ROUND2))
+            .await
+            .is_empty()
+    );
+    assert!(
+        fetch(&relay.url, Filter::new().author(quorum_key))
+            .await
+            .is_empty()
+    );
+}
+
+/// `aggregate` refuses t-1 shares (as `quorum-threshold`'s tests show in detail); here the
+/// shares are combined by hand, the way FROST does (R from the commitments, s the sum of the
+/// shares): with all `t` that is exactly the quorum's signature, with t-1 it does not verify.
+#[test]
+fn a_signature_assembled_from_t_minus_one_shares_does_not_verify() {
+    let q = quorum(3, 5);
+    let shares: Vec<&KeyShare> = q.members.iter().map(|(_, s)| s).take(3).collect();
+    let group = shares[0].group();
+    let event = EventBuilder::text_note("a release").build(group.quorum());
+    let mut nonces = Vec::new();
+    let mut commitments = BTreeMap::new();
+    for share in &shares {
+        let (secret, public) = sign::commit(share, &mut rand::rngs::OsRng);
+        nonces.push(secret);
+        commitments.insert(share.member(), public);
+    }
+    let request = SigningRequest::new(event, commitments);
+    let all: BTreeMap<PublicKey, SignatureShare> = shares
+        .iter()
+        .zip(nonces)
+        .map(|(share, n)| (share.member(), sign::sign(share, n, &request).unwrap()))
+        .collect();
+    let genuine = sign::aggregate(group, &request, &all).unwrap();
+    genuine.verify().unwrap();
+
+    let mut few = all.clone();
+    let missing = shares[2].member();
+    few.remove(&missing);
+    assert_eq!(
+        sign::aggregate(group, &request, &few).unwrap_err(),
+        SignError::TooFewShares {
+            given: 2,
+            needed: 3
+        }
+    );
+    let nonce_point: [u8; 32] = genuine.sig.serialize()[..32].try_into().unwrap();
+    let assemble = |shares: &BTreeMap<PublicKey, SignatureShare>| {
+        let mut sig = genuine.clone();
+        sig.sig = signature(&nonce_point, shares.values());
+        sig
+    };
+    assert_eq!(assemble(&all).sig, genuine.sig, "the recipe is FROST's");
+    assert!(assemble(&few).verify().is_err(), "t-1 shares sign nothing");
+    // Nor does a colluder's share standing in for the missing one.
+    let mut padded = few.clone();
+    padded.insert(missing, few[&shares[0].member()]);
+    assert!(assemble(&padded).verify().is_err());
+    assert_eq!(
+        sign::aggregate(group, &request, &padded).unwrap_err(),
+        SignError::InvalidShare {
+            culprits: vec![missing]
+        }
+    );
+}
+
+/// A BIP-340 signature `R || s` with `s` the sum of the shares' scalars (mod the group order).
+fn signature<'a>(
+    nonce_point: &[u8; 32],
+    shares: impl Iterator<Item = &'a SignatureShare>,
+) -> nostr_sdk::secp256k1::schnorr::Signature {
+    use nostr_sdk::secp256k1::{Scalar, SecretKey};
+    let scalars: Vec<[u8; 32]> = shares
+        .map(|share| {
+            let hex: String = serde_json::from_value(serde_json::to_value(share).unwrap()).unwrap();
+            hex::decode(hex)
+                .unwrap()
+                .try_into()
+                .expect("a 32-byte scalar")
+        })
+        .collect();
+    let (first, rest) = scalars.split_first().unwrap();
+    let mut sum = SecretKey::from_slice(first).unwrap();
+    for scalar in rest {
+        sum = sum
+            .add_tweak(&Scalar::from_be_bytes(*scalar).unwrap())
+            .unwrap();
+    }
+    let mut bytes = [0u8; 64];
+    bytes[..32].copy_from_slice(nonce_point);
+    bytes[32..].copy_from_slice(&sum.secret_bytes());
+    nostr_sdk::secp256k1::schnorr::Signature::from_slice(&bytes).unwrap()
 }
