@@ -342,15 +342,25 @@ fn lock<'a, 'b>(
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What the jobs a job needs produced, for filling in expressions.
+/// What the jobs a job needs produced, for filling in expressions and for the NIP-90 `job`
+/// inputs that show the DAG on the relays.
 pub(crate) struct Upstream {
     values: HashMap<Reference, String>,
+    /// The request of each job that produced a result, by job id.
+    requests: Vec<(String, EventId)>,
 }
 
 impl Upstream {
     fn new(done: &[&JobRecord], context: &RunContext) -> Self {
         let mut values = HashMap::new();
+        let mut requests = Vec::new();
         for record in done {
+            if record.result.is_some()
+                && let Some(request) = record.request.as_deref()
+                && let Ok(request) = EventId::from_hex(request)
+            {
+                requests.push((record.id.clone(), request));
+            }
             if let Some(result) = &record.result {
                 values.insert(
                     Reference::JobResult {
@@ -390,7 +400,18 @@ impl Upstream {
         for (name, value) in &context.inputs {
             values.insert(Reference::Input { name: name.clone() }, value.clone());
         }
-        Upstream { values }
+        Upstream { values, requests }
+    }
+
+    /// `["i", REQUEST, "job", "", "needs"]` for each job `job` needs that produced a result
+    /// (NIP-90: the output of an earlier job). Only `job`'s own needs: the later steps of a
+    /// chain get theirs from the DVM that hands them on.
+    pub(crate) fn needs_inputs(&self, job: &PlannedJob) -> Vec<JobInput> {
+        self.requests
+            .iter()
+            .filter(|(id, _)| job.needs.contains(id))
+            .map(|(_, request)| JobInput::job(*request, None).with_marker(MARKER_NEEDS))
+            .collect()
     }
 
     fn render(&self, text: &str) -> Result<String, String> {
@@ -505,6 +526,8 @@ pub fn first_runner(job_id: &str, runners: usize) -> usize {
 
 /// The param naming the job of the plan a sub-request runs.
 pub(crate) const PARAM_JOB: &str = "job";
+/// The marker of the `job` inputs naming the requests of the jobs a job needs.
+pub const MARKER_NEEDS: &str = "needs";
 
 /// Finds the jobs of the run under `parent` that already succeeded: the sub-requests this
 /// client signed with `parent` as their `e` tag, and the results answering them. This is how a
@@ -663,9 +686,11 @@ pub(crate) fn prepare(
                 .map(Duration::from_secs)
                 .unwrap_or(config.default_timeout);
             step.timeout = Some(timeout);
+            let mut request = step.to_request();
+            request.inputs.extend(upstream.needs_inputs(job));
             Ok(Prepared {
                 encrypt: !step.secrets.is_empty(),
-                request: step.to_request(),
+                request,
                 provider: None,
                 runner_job: true,
                 timeout: timeout + config.grace,
@@ -698,6 +723,7 @@ pub(crate) fn prepare(
                     .params
                     .push(JobParam::new(key.clone(), upstream.render(value)?));
             }
+            request.inputs.extend(upstream.needs_inputs(job));
             let provider = provider
                 .as_deref()
                 .map(PublicKey::parse)

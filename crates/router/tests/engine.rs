@@ -653,6 +653,64 @@ async fn a_released_artifact_verifies_and_a_tampered_one_does_not() {
         .expect("a release job makes a release");
     assert_eq!(release.files.len(), 1);
 
+    // The NIP-82 view of the release: an asset per artifact, a release listing them, and the
+    // application naming the repository; all parse and point at the binding's artifacts.
+    use quorum_proto::release::{
+        ReleaseBinding, SoftwareApplication, SoftwareAsset, SoftwareRelease,
+    };
+    let fetch_one = |id: EventId| {
+        let client = &client;
+        async move {
+            let found = client
+                .fetch(Filter::new().id(id), Duration::from_secs(5))
+                .await
+                .unwrap();
+            found.into_iter().next().expect("published event")
+        }
+    };
+    let binding = ReleaseBinding::from_event(&fetch_one(release.binding).await).unwrap();
+    let version = format!("0.0.0-g{}", &commit[..12]);
+    assert_eq!(release.version, version, "an untagged commit's version");
+    assert_eq!(release.assets.len(), 1);
+    let asset = SoftwareAsset::from_event(&fetch_one(release.assets[0]).await).unwrap();
+    assert_eq!(asset.app, "sample");
+    assert_eq!(asset.version, version);
+    assert!(binding.contains(&asset.sha256), "{asset:?} vs {binding:?}");
+    assert_eq!(asset.commit.as_deref(), Some(commit.as_str()));
+    assert_eq!(asset.filename.as_deref(), Some("hello.txt"));
+    assert_eq!(asset.mime, "application/octet-stream");
+    assert_eq!(
+        asset.platforms,
+        vec![format!(
+            "{}-{}",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        )],
+        "the platform of the runner's announcement"
+    );
+    assert_eq!(
+        asset.urls,
+        outcome.jobs[0].report.as_ref().unwrap().artifacts[0]
+            .blob
+            .urls
+    );
+    let software = SoftwareRelease::from_event(
+        &fetch_one(release.software_release.expect("a 30063 release")).await,
+    )
+    .unwrap();
+    assert_eq!(software.identifier(), format!("sample@{version}"));
+    assert_eq!(
+        software.assets.iter().map(|a| a.id).collect::<Vec<_>>(),
+        release.assets
+    );
+    let app = SoftwareApplication::from_event(
+        &fetch_one(release.application.expect("a 32267 application")).await,
+    )
+    .unwrap();
+    assert_eq!(app.identifier, software.app);
+    assert_eq!(app.repo.as_ref(), context.repo_id.as_ref());
+    assert_eq!(app.platforms, asset.platforms);
+
     // Download the artifact as a user would, and verify it.
     let url = &outcome.jobs[0].report.as_ref().unwrap().artifacts[0]
         .blob
@@ -747,4 +805,82 @@ async fn a_naive_chain_is_handed_on_by_the_runners_themselves() {
     client.shutdown().await;
     first.shutdown().await;
     second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_request_names_the_requests_of_the_jobs_it_needs_as_nip90_job_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = sample_repo(dir.path());
+    let runner = network.runner(&dir.path().join("runner"), true).await;
+    let plan = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        "on: [push]\njobs:\n  build:\n    run: sh build.sh\n  test:\n    needs: build\n    run: echo tested\n",
+    )
+    .unwrap();
+    let client = network.client().await;
+    let context = RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        ..RunContext::default()
+    };
+    let config = EngineConfig {
+        runners: vec![runner.public_key()],
+        ..EngineConfig::default()
+    };
+    let outcome = execute(
+        &client,
+        &plan,
+        &context,
+        &config,
+        Vec::new(),
+        &mut Recorder::default(),
+    )
+    .await;
+    // The runner took the request with the extra input and still found its repository.
+    assert!(outcome.succeeded, "{:?}", outcome.jobs);
+    let request_of = |job: usize| EventId::from_hex(outcome.jobs[job].request.as_ref().unwrap());
+    let events = client
+        .fetch(
+            Filter::new().id(request_of(1).unwrap()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let second = quorum_proto::nip90::JobRequest::from_event(&events[0]).unwrap();
+    let needs: Vec<_> = second
+        .inputs
+        .iter()
+        .filter(|i| i.input_type == quorum_proto::nip90::InputType::Job)
+        .collect();
+    assert_eq!(needs.len(), 1, "{second:?}");
+    assert_eq!(needs[0].event_id(), Some(request_of(0).unwrap()));
+    assert_eq!(
+        needs[0].marker.as_deref(),
+        Some(quorum_router::MARKER_NEEDS)
+    );
+    // What any NIP-90 client sees: `["i", ID, "job", "", "needs"]`.
+    assert!(
+        events[0]
+            .tags
+            .iter()
+            .any(|t| t.as_slice() == ["i", &request_of(0).unwrap().to_hex(), "job", "", "needs"])
+    );
+    // The first job needs nothing and names nothing.
+    let events = client
+        .fetch(
+            Filter::new().id(request_of(0).unwrap()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let first = quorum_proto::nip90::JobRequest::from_event(&events[0]).unwrap();
+    assert!(
+        first
+            .inputs
+            .iter()
+            .all(|i| i.input_type != quorum_proto::nip90::InputType::Job)
+    );
+    client.shutdown().await;
+    runner.shutdown().await;
 }
