@@ -489,6 +489,12 @@ pub struct DemoArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
 
+    /// Have this Blossom server copy the released file (BUD-04 mirror, repeat for several)
+    /// before the release is published; its copies are listed in the release's 1063 and 3063
+    /// events. A refusal is reported and fails nothing.
+    #[arg(long = "blossom", value_name = "URL")]
+    pub blossoms: Vec<String>,
+
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -595,6 +601,12 @@ pub struct RunArgs {
     /// DEVELOPMENT ONLY: start the embedded runners without a sandbox if bubblewrap is missing.
     #[arg(long)]
     pub unsandboxed_runners: bool,
+
+    /// After a successful run, have this Blossom server copy every released artifact (BUD-04
+    /// mirror, repeat for several) before the release is published; its copies are listed
+    /// in the release's 1063 and 3063 events. A refusal is reported and fails nothing.
+    #[arg(long = "blossom", value_name = "URL")]
+    pub blossoms: Vec<String>,
 
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]

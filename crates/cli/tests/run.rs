@@ -146,3 +146,71 @@ fn a_quorum_job_runs_on_a_quorum_of_embedded_runners_and_the_quorum_signs_the_re
         assert_eq!(mode & 0o777, 0o600, "{}", share.display());
     }
 }
+
+/// `--blossom URL`: after the run, a second Blossom server copies the released artifact from
+/// the embedded one (BUD-04 mirror); the JSON reports the copy, the release lists it, and the
+/// second server serves the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blossom_mirrors_the_released_artifacts_to_the_given_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = sample_repo(dir.path());
+    commit_pipeline(
+        &repo,
+        "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    release: true\n",
+    );
+    // The embedded Blossom the copy comes from is on loopback, which a mirroring server
+    // refuses to fetch from unless told otherwise.
+    let store = dir.path().join("second-blossom");
+    let second = quorum_testkit::daemon::Daemon::spawn(
+        QUORUM,
+        &[
+            "blossom",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            store.to_str().unwrap(),
+            "--allow-private-mirror",
+        ],
+    );
+    let base = second.value_of("blossom");
+    // A release names the repository by its NIP-34 identity.
+    let owner = nostr_sdk::Keys::generate().public_key().to_hex();
+    let (code, stdout, stderr) = quorum_run(
+        &repo,
+        &[
+            "--json",
+            "--blossom",
+            &base,
+            "--owner",
+            &owner,
+            "--identifier",
+            "sample",
+        ],
+    );
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let sha = hex::encode(Sha256::digest(b"hello from quorum\n"));
+    assert_eq!(report["artifacts"][0]["sha256"], sha.as_str());
+    let mirrors = report["mirrors"].as_array().unwrap();
+    assert_eq!(mirrors.len(), 1, "{report}");
+    assert_eq!(mirrors[0]["status"], "stored", "{report}");
+    assert_eq!(mirrors[0]["sha256"], sha.as_str());
+    assert_eq!(
+        mirrors[0]["server"],
+        reqwest::Url::parse(&base).unwrap().as_str()
+    );
+    assert!(report["release"].is_string(), "{report}");
+    assert_eq!(report["nip82"]["assets"].as_array().unwrap().len(), 1);
+
+    // The embedded network is gone; the second server still serves the bytes.
+    let url = mirrors[0]["url"].as_str().unwrap();
+    assert!(url.starts_with(base.trim_end_matches('/')), "{url}");
+    let bytes = reqwest::get(format!("{}/{sha}", base.trim_end_matches('/')))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&bytes)), sha);
+    assert!(second.terminate().success());
+}

@@ -1,21 +1,35 @@
 //! Publishing a run's release: NIP-94 file metadata (1063) for each artifact of the jobs marked
 //! `release: true`, and our release binding (8700) naming the repository, commit, run, every
-//! artifact's sha256 and the runner results that attest them.
+//! artifact's sha256 and the runner results that attest them; then, for other Nostr apps, the
+//! NIP-82 shapes: one asset (3063) per artifact, the release (30063) listing them and the
+//! application (32267) naming the repository (docs/protocol.md §11.5).
 //!
 //! A release job run by a quorum (`mode: quorum`) already has its binding, signed by the quorum
 //! key when the members agreed; this module publishes only the file metadata for it. Release
 //! jobs run by single DVMs get one binding signed by the key that ran the pipeline, naming the
 //! runner results that attest them.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
 use quorum_dvm::client::JobClient;
 use quorum_pipeline::Plan;
 use quorum_proto::approval::ArtifactDigest;
 use quorum_proto::blossom::Sha256Hex;
+use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::{EventId, PublicKey, Timestamp};
-use quorum_proto::release::{Attestation, FileMetadata, ReleaseBinding};
-use quorum_proto::step::ArtifactRef;
+use quorum_proto::release::{
+    AssetRef, Attestation, FileMetadata, ReleaseBinding, SoftwareApplication, SoftwareAsset,
+    SoftwareRelease,
+};
+use quorum_proto::step::{ArtifactRef, StepJob};
 
-use crate::{RunContext, RunOutcome, run_id};
+use crate::{JobRecord, RunContext, RunOutcome, run_id};
+
+/// How long to look for the runners' NIP-89 announcements (their platform).
+const ANNOUNCEMENT_WAIT: Duration = Duration::from_secs(2);
+/// The NIP-82 platform when no runner announcement says one.
+pub const UNKNOWN_PLATFORM: &str = "unknown";
 
 /// What was published.
 #[derive(Debug, Clone)]
@@ -29,14 +43,96 @@ pub struct Release {
     pub bindings: Vec<(EventId, PublicKey)>,
     /// The NIP-94 file metadata events, one per artifact.
     pub files: Vec<EventId>,
+    /// The NIP-82 software assets (3063), one per artifact, in the order of `files`.
+    pub assets: Vec<EventId>,
+    /// The NIP-82 software release (30063) listing `assets`; `None` when no artifact was
+    /// released (a wrapped DVM's result).
+    pub software_release: Option<EventId>,
+    /// The NIP-82 software application (32267) the release belongs to; `None` like
+    /// `software_release`.
+    pub application: Option<EventId>,
+    /// The NIP-82 version: [`ReleaseOptions::version`], or [`default_version`].
+    pub version: String,
 }
 
-/// Publishes the release of a successful run, if the pipeline marks any job `release: true`.
+/// What the caller knows beyond the run: a version, and copies of the artifacts elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseOptions {
+    /// The version (e.g. the git tag at the commit); default [`default_version`].
+    pub version: Option<String>,
+    /// More URLs serving an artifact's bytes (e.g. mirrors made with BUD-04), by sha256 hex:
+    /// added as `fallback`s in 1063 and `url`s in 3063, after the runner's own.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+}
+
+/// The version of a release made from an untagged commit: `0.0.0-g<first 12 hex of the
+/// commit>`, a semver pre-release (the `g`, as in `git describe`, keeps an all-digit hash a
+/// valid identifier) that sorts below any real version.
+pub fn default_version(commit: &str) -> String {
+    format!("0.0.0-g{}", &commit[..commit.len().min(12)])
+}
+
+/// The MIME type of an artifact, by its name: the tar family by extension, anything else
+/// `application/octet-stream`.
+pub fn artifact_mime(name: &str) -> &'static str {
+    let name = name.to_ascii_lowercase();
+    let by_suffix = [
+        (".tar", "application/x-tar"),
+        (".tar.gz", "application/gzip"),
+        (".tgz", "application/gzip"),
+        (".tar.xz", "application/x-xz"),
+        (".tar.bz2", "application/x-bzip2"),
+        (".tar.zst", "application/zstd"),
+    ];
+    by_suffix
+        .iter()
+        .find(|(suffix, _)| name.ends_with(suffix))
+        .map_or("application/octet-stream", |(_, mime)| mime)
+}
+
+/// The artifacts a successful run releases (those of its `release: true` jobs), with the job
+/// that made each; empty when the run failed or releases nothing.
+pub fn released_artifacts<'a>(
+    plan: &Plan,
+    outcome: &'a RunOutcome,
+) -> Vec<(&'a JobRecord, &'a ArtifactRef)> {
+    if !outcome.succeeded {
+        return Vec::new();
+    }
+    outcome
+        .jobs
+        .iter()
+        .filter(|record| plan.job(&record.id).is_some_and(|job| job.release))
+        .flat_map(|record| {
+            record
+                .report
+                .iter()
+                .flat_map(|r| &r.artifacts)
+                .map(move |a| (record, a))
+        })
+        .collect()
+}
+
+/// Publishes the release of a successful run, if the pipeline marks any job `release: true`,
+/// with default [`ReleaseOptions`].
 pub async fn publish_release(
     client: &JobClient,
     plan: &Plan,
     context: &RunContext,
     outcome: &RunOutcome,
+) -> Result<Option<Release>, String> {
+    publish_release_with(client, plan, context, outcome, &ReleaseOptions::default()).await
+}
+
+/// Publishes the release of a successful run, if the pipeline marks any job `release: true`:
+/// 1063 per artifact, the binding (unless quorums signed theirs), then the NIP-82 events.
+/// Everything but a quorum's binding is signed by `client`'s key.
+pub async fn publish_release_with(
+    client: &JobClient,
+    plan: &Plan,
+    context: &RunContext,
+    outcome: &RunOutcome,
+    options: &ReleaseOptions,
 ) -> Result<Option<Release>, String> {
     let released: Vec<_> = outcome
         .jobs
@@ -55,6 +151,7 @@ pub async fn publish_release(
     let mut attestations = Vec::new();
     let mut files = Vec::new();
     let mut bindings = Vec::new();
+    let mut described = Vec::new();
     for record in released {
         if let Some(quorum) = &record.quorum {
             let Some(binding) = &quorum.release else {
@@ -68,7 +165,8 @@ pub async fn publish_release(
             bindings.push((binding, signer));
             // A wrapped DVM's result has no Blossom artifacts to describe.
             for artifact in record.report.iter().flat_map(|r| &r.artifacts) {
-                files.push(publish_metadata(client, artifact).await?);
+                files.push(publish_metadata(client, artifact, options).await?);
+                described.push((record, artifact));
             }
             continue;
         }
@@ -86,22 +184,28 @@ pub async fn publish_release(
                 format!("{}/{}", record.id, artifact.name),
                 sha,
             ));
-            files.push(publish_metadata(client, artifact).await?);
+            files.push(publish_metadata(client, artifact, options).await?);
+            described.push((record, artifact));
         }
     }
     if attestations.is_empty()
         && let Some(&(binding, signer)) = bindings.first()
     {
         // Every release job ran in quorum mode: the quorums' bindings are the release.
+        let nip82 = publish_nip82(client, &repo, context, options, &described).await?;
         return Ok(Some(Release {
             binding,
             signer,
             bindings,
             files,
+            assets: nip82.assets,
+            software_release: nip82.release,
+            application: nip82.application,
+            version: nip82.version,
         }));
     }
     let binding = ReleaseBinding::new(
-        repo,
+        repo.clone(),
         context.commit.clone(),
         run_id(&context.repo, &context.commit, plan),
         artifacts,
@@ -117,20 +221,45 @@ pub async fn publish_release(
         .map_err(|e| format!("cannot publish the release: {e}"))?;
     bindings.push((event.id, event.pubkey));
     let (binding, signer) = bindings[0];
+    let nip82 = publish_nip82(client, &repo, context, options, &described).await?;
     Ok(Some(Release {
         binding,
         signer,
         bindings,
         files,
+        assets: nip82.assets,
+        software_release: nip82.release,
+        application: nip82.application,
+        version: nip82.version,
     }))
 }
 
+/// The runner's URLs of an artifact, then the caller's mirrors of it (no URL twice).
+fn artifact_urls(artifact: &ArtifactRef, options: &ReleaseOptions) -> Vec<String> {
+    let mut urls = artifact.blob.urls.clone();
+    for url in options
+        .mirrors
+        .get(&artifact.blob.sha256)
+        .into_iter()
+        .flatten()
+    {
+        if !urls.contains(url) {
+            urls.push(url.clone());
+        }
+    }
+    urls
+}
+
 /// Publishes the NIP-94 file metadata (1063) of one artifact.
-async fn publish_metadata(client: &JobClient, artifact: &ArtifactRef) -> Result<EventId, String> {
+async fn publish_metadata(
+    client: &JobClient,
+    artifact: &ArtifactRef,
+    options: &ReleaseOptions,
+) -> Result<EventId, String> {
     let sha = Sha256Hex::parse(&artifact.blob.sha256).map_err(|e| e.to_string())?;
     let metadata = FileMetadata::for_artifact(
-        &artifact.blob.urls,
-        "application/octet-stream",
+        &artifact_urls(artifact, options),
+        artifact_mime(&artifact.name),
         sha,
         artifact.blob.size,
     )
@@ -140,4 +269,129 @@ async fn publish_metadata(client: &JobClient, artifact: &ArtifactRef) -> Result<
         .await
         .map_err(|e| format!("cannot publish file metadata: {e}"))?;
     Ok(event.id)
+}
+
+/// The NIP-82 events of one release.
+struct Nip82 {
+    assets: Vec<EventId>,
+    release: Option<EventId>,
+    application: Option<EventId>,
+    version: String,
+}
+
+/// Publishes a 3063 asset per released artifact, the 30063 release listing them and the 32267
+/// application (`d` = the repository's identifier, `a` = the repository). The platform of an
+/// asset is `<os>-<arch>` from the NIP-89 announcement of the runner that built it (the step
+/// report carries none); unknown runners give assets no `f`, and the release and application
+/// `unknown` when no platform is known at all (32267 needs one).
+async fn publish_nip82(
+    client: &JobClient,
+    repo: &RepoCoordinate,
+    context: &RunContext,
+    options: &ReleaseOptions,
+    described: &[(&JobRecord, &ArtifactRef)],
+) -> Result<Nip82, String> {
+    let version = options
+        .version
+        .clone()
+        .unwrap_or_else(|| default_version(&context.commit));
+    if described.is_empty() {
+        return Ok(Nip82 {
+            assets: Vec::new(),
+            release: None,
+            application: None,
+            version,
+        });
+    }
+    let platforms = runner_platforms(client).await;
+    let app = repo.identifier.clone();
+    let mut assets = Vec::new();
+    let mut all_platforms = BTreeSet::new();
+    for (record, artifact) in described {
+        let platform = builder_of(record).and_then(|key| platforms.get(&key).cloned());
+        all_platforms.extend(platform.clone());
+        let asset = SoftwareAsset {
+            app: app.clone(),
+            sha256: Sha256Hex::parse(&artifact.blob.sha256).map_err(|e| e.to_string())?,
+            version: version.clone(),
+            urls: artifact_urls(artifact, options),
+            mime: artifact_mime(&artifact.name).to_string(),
+            size: Some(artifact.blob.size),
+            platforms: platform.into_iter().collect(),
+            filename: artifact.name.rsplit('/').next().map(str::to_string),
+            variant: None,
+            commit: Some(context.commit.clone()),
+            min_platform_version: None,
+            target_platform_version: None,
+            apk_certificate_hash: None,
+        };
+        let builder = asset.to_event_builder().map_err(|e| e.to_string())?;
+        let event = client
+            .publish_event(builder)
+            .await
+            .map_err(|e| format!("cannot publish the software asset: {e}"))?;
+        assets.push(event.id);
+    }
+    let platforms: Vec<String> = if all_platforms.is_empty() {
+        vec![UNKNOWN_PLATFORM.to_string()]
+    } else {
+        all_platforms.into_iter().collect()
+    };
+    let release = SoftwareRelease {
+        app: app.clone(),
+        version: version.clone(),
+        channel: None,
+        platforms: platforms.clone(),
+        assets: assets
+            .iter()
+            .map(|&id| AssetRef { id, relay: None })
+            .collect(),
+        content: format!("{repo} at {}", context.commit),
+    };
+    let release = client
+        .publish_event(release.to_event_builder())
+        .await
+        .map_err(|e| format!("cannot publish the software release: {e}"))?;
+    let mut application = SoftwareApplication::new(app.clone(), platforms);
+    application.name = Some(app);
+    application.repo = Some(repo.clone());
+    let builder = application.to_event_builder().map_err(|e| e.to_string())?;
+    let application = client
+        .publish_event(builder)
+        .await
+        .map_err(|e| format!("cannot publish the software application: {e}"))?;
+    Ok(Nip82 {
+        assets,
+        release: Some(release.id),
+        application: Some(application.id),
+        version,
+    })
+}
+
+/// The runner whose build counted: the provider, else the first member a quorum named.
+fn builder_of(record: &JobRecord) -> Option<PublicKey> {
+    record
+        .provider
+        .as_deref()
+        .or_else(|| {
+            record
+                .quorum
+                .as_ref()
+                .and_then(|q| q.agreed.first().map(String::as_str))
+        })
+        .and_then(|key| PublicKey::parse(key).ok())
+}
+
+/// `<os>-<arch>` of every runner announcing itself (NIP-89) on the client's relays.
+async fn runner_platforms(client: &JobClient) -> HashMap<PublicKey, String> {
+    match client.discover(StepJob::kind(), ANNOUNCEMENT_WAIT).await {
+        Ok(found) => found
+            .into_iter()
+            .map(|(key, announcement)| {
+                let caps = &announcement.offer.capabilities;
+                (key, format!("{}-{}", caps.os, caps.arch))
+            })
+            .collect(),
+        Err(_) => HashMap::new(),
+    }
 }

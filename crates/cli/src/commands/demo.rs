@@ -203,7 +203,9 @@ async fn tour(
         runners,
         ..EngineConfig::default()
     };
-    let client = JobClient::connect(&relays, Keys::generate()).await?;
+    let mirror_servers = super::run::blossom_urls(&args.blossoms)?;
+    let keys = Keys::generate();
+    let client = JobClient::connect(&relays, keys.clone()).await?;
     let mut reporter = Lines { quiet: args.json };
     let started_at = Timestamp::now();
     let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
@@ -220,8 +222,15 @@ async fn tour(
     {
         eprintln!("CI status not published: {err}");
     }
+    // Copies on the `--blossom` servers first, so that the release's events list them.
+    let released = quorum_router::release::released_artifacts(&plan, &outcome);
+    let mirrors = super::run::mirror_released(&keys, &mirror_servers, &released, args.json).await;
+    let options = quorum_router::release::ReleaseOptions {
+        version: None,
+        mirrors: super::run::mirrored_urls(&mirrors),
+    };
     let release = if outcome.succeeded {
-        quorum_router::release::publish_release(&client, &plan, &context, &outcome)
+        quorum_router::release::publish_release_with(&client, &plan, &context, &outcome, &options)
             .await
             .map_err(anyhow::Error::msg)?
     } else {
@@ -291,6 +300,8 @@ async fn tour(
                 "name": a.name, "size": a.blob.size, "sha256": a.blob.sha256, "urls": a.blob.urls,
             })).collect::<Vec<_>>(),
             "release": release.as_ref().map(|r| r.binding.to_hex()),
+            "nip82": release.as_ref().map(super::run::nip82_json),
+            "mirrors": mirrors,
             "quorum": json!({
                 "pubkey": quorum.quorum().to_hex(),
                 "threshold": quorum.mandate.threshold,

@@ -10,8 +10,9 @@ use quorum_dvm::client::JobClient;
 use quorum_pipeline::{JobSpec, Mode, PlannedJob, TriggerEvent};
 use quorum_proto::mandate::MANDATE;
 use quorum_proto::nostr::{EventId, Filter, Keys, PublicKey};
-use quorum_proto::step::StepJob;
+use quorum_proto::step::{ArtifactRef, StepJob};
 use quorum_router::quorum::QuorumContext;
+use quorum_router::release::{Release, ReleaseOptions};
 use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter};
 use serde_json::json;
 
@@ -84,6 +85,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             .maintainers
             .push(parse_key("--maintainer", maintainer)?);
     }
+    let mirror_servers = blossom_urls(&args.blossoms)?;
     for pair in &args.inputs {
         let (name, value) = pair
             .split_once('=')
@@ -132,7 +134,8 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     } else {
         (None, None, super::relay_urls(&args.relays)?, Vec::new())
     };
-    let client = JobClient::connect(&relays, Keys::generate()).await?;
+    let keys = Keys::generate();
+    let client = JobClient::connect(&relays, keys.clone()).await?;
     let runners = if embedded.is_some() {
         runners
     } else {
@@ -198,21 +201,34 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     {
         eprintln!("CI status not published: {err}");
     }
-    let release =
-        match quorum_router::release::publish_release(&client, &plan, &context, &outcome).await {
-            Ok(release) => release,
-            // Without the repository's identity nothing can name the release: say so, and fail
-            // the run only if the identity was given and publishing still failed.
-            Err(reason) if context.repo_id.is_none() => {
-                eprintln!("no release published: {reason}");
-                None
-            }
-            Err(reason) => {
-                eprintln!("✘ release: {reason}");
-                succeeded = false;
-                None
-            }
-        };
+    // Copies first, so that the release's events list them (the embedded Blossom, the
+    // source, is still up).
+    let released = quorum_router::release::released_artifacts(&plan, &outcome);
+    let mirrors = mirror_released(&keys, &mirror_servers, &released, args.json).await;
+    let options = ReleaseOptions {
+        version: git(&dir, &["tag", "--points-at", "HEAD", "--sort=-v:refname"])
+            .ok()
+            .and_then(|tags| tags.lines().next().map(str::to_string)),
+        mirrors: mirrored_urls(&mirrors),
+    };
+    let release = match quorum_router::release::publish_release_with(
+        &client, &plan, &context, &outcome, &options,
+    )
+    .await
+    {
+        Ok(release) => release,
+        // Without the repository's identity nothing can name the release: say so, and fail
+        // the run only if the identity was given and publishing still failed.
+        Err(reason) if context.repo_id.is_none() => {
+            eprintln!("no release published: {reason}");
+            None
+        }
+        Err(reason) => {
+            eprintln!("✘ release: {reason}");
+            succeeded = false;
+            None
+        }
+    };
     if let Some(release) = &release
         && !args.json
     {
@@ -221,6 +237,15 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             _ => "this run's key",
         };
         eprintln!("✔ release {} signed by {signer}", release.binding.to_hex());
+        if let (Some(repo), Some(id)) = (&context.repo_id, release.software_release) {
+            eprintln!(
+                "  NIP-82 release {}@{} ({}, {} asset(s))",
+                super::sanitize(&repo.identifier),
+                super::sanitize(&release.version),
+                id.to_hex(),
+                release.assets.len()
+            );
+        }
     }
     client.shutdown().await;
     if let Some(network) = embedded {
@@ -253,6 +278,8 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             "jobs": outcome.jobs.iter().map(job_json).collect::<Vec<_>>(),
             "artifacts": artifacts,
             "release": release.as_ref().map(|r| r.binding.to_hex()),
+            "nip82": release.as_ref().map(nip82_json),
+            "mirrors": mirrors,
             "quorum": context.quorum.as_ref().map(|q| json!({
                 "pubkey": q.quorum().to_hex(),
                 "threshold": q.mandate.threshold,
@@ -268,6 +295,146 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Parses `--blossom` URLs.
+pub(super) fn blossom_urls(urls: &[String]) -> anyhow::Result<Vec<reqwest::Url>> {
+    urls.iter()
+        .map(|url| {
+            reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .with_context(|| format!("--blossom {url:?} is not an http(s) URL"))
+        })
+        .collect()
+}
+
+/// One BUD-04 mirror of a released artifact to a `--blossom` server, as reported.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct MirrorReport {
+    /// The server asked to copy.
+    pub server: String,
+    /// `job/path` of the artifact.
+    pub name: String,
+    pub sha256: String,
+    /// `stored`, `refused` (an HTTP error status), `unreachable`, `mismatch` (the server
+    /// named other bytes) or `failed`.
+    pub status: &'static str,
+    /// The server's HTTP status, for a refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// Why it did not work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Where the server now serves the blob.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Asks every server to copy every released artifact from its first URL (BUD-04), signing
+/// the upload tokens with `keys`, and reports each outcome (on stderr unless `quiet`).
+pub(super) async fn mirror_released(
+    keys: &Keys,
+    servers: &[reqwest::Url],
+    released: &[(&JobRecord, &ArtifactRef)],
+    quiet: bool,
+) -> Vec<MirrorReport> {
+    use quorum_blossom::ClientError;
+    let client = quorum_blossom::BlossomClient::new(keys.clone());
+    let mut reports = Vec::new();
+    for server in servers {
+        for (job, artifact) in released {
+            let mut report = MirrorReport {
+                server: server.to_string(),
+                name: format!("{}/{}", job.id, artifact.name),
+                sha256: artifact.blob.sha256.clone(),
+                status: "failed",
+                http_status: None,
+                reason: None,
+                url: None,
+            };
+            let source = artifact
+                .blob
+                .urls
+                .first()
+                .and_then(|url| reqwest::Url::parse(url).ok());
+            let sha = quorum_proto::blossom::Sha256Hex::parse(&artifact.blob.sha256).ok();
+            match (source, sha) {
+                (Some(source), Some(sha)) => match client.mirror(server, &source, sha).await {
+                    Ok(uploaded) => {
+                        report.status = "stored";
+                        report.url = Some(uploaded.descriptor.url);
+                    }
+                    Err(ClientError::Status { status, reason, .. }) => {
+                        report.status = "refused";
+                        report.http_status = Some(status);
+                        report.reason = reason;
+                    }
+                    Err(error @ ClientError::Transport { .. }) => {
+                        report.status = "unreachable";
+                        report.reason = Some(error.to_string());
+                    }
+                    Err(error @ ClientError::DescriptorMismatch { .. }) => {
+                        report.status = "mismatch";
+                        report.reason = Some(error.to_string());
+                    }
+                    Err(error) => report.reason = Some(error.to_string()),
+                },
+                _ => report.reason = Some("the artifact has no Blossom URL or sha256".into()),
+            }
+            if !quiet {
+                match &report.url {
+                    Some(url) => eprintln!(
+                        "✔ mirrored {} to {}",
+                        super::sanitize(&report.name),
+                        super::sanitize(url)
+                    ),
+                    None => eprintln!(
+                        "✘ mirror of {} to {}: {}{}{}",
+                        super::sanitize(&report.name),
+                        report.server,
+                        report.status,
+                        report
+                            .http_status
+                            .map(|s| format!(" (HTTP {s})"))
+                            .unwrap_or_default(),
+                        report
+                            .reason
+                            .as_deref()
+                            .map(|r| format!(": {}", super::sanitize(r)))
+                            .unwrap_or_default()
+                    ),
+                }
+            }
+            reports.push(report);
+        }
+    }
+    reports
+}
+
+/// The URLs of the copies that worked, by sha256, for [`ReleaseOptions::mirrors`].
+pub(super) fn mirrored_urls(
+    mirrors: &[MirrorReport],
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut urls: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for mirror in mirrors {
+        if let Some(url) = &mirror.url {
+            urls.entry(mirror.sha256.clone())
+                .or_default()
+                .push(url.clone());
+        }
+    }
+    urls
+}
+
+/// The NIP-82 events of a release, for the JSON outcome.
+pub(super) fn nip82_json(release: &Release) -> serde_json::Value {
+    json!({
+        "version": release.version,
+        "assets": release.assets.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
+        "release": release.software_release.map(|id| id.to_hex()),
+        "application": release.application.map(|id| id.to_hex()),
     })
 }
 
