@@ -41,8 +41,13 @@ pub async fn publish_progress(
         expiration: started_at + PROGRESS_LIFETIME_SECS,
         content: String::new(),
     };
+    // Dated `started_at`: the concluded event that replaces it is dated at least a second later
+    // (a replaceable event of the same second would be a tie the relay may settle either way).
     let published = match progress.to_event_builder() {
-        Ok(builder) => client.publish_event(builder).await.map(|_| ()),
+        Ok(builder) => client
+            .publish_event(builder.custom_created_at(started_at))
+            .await
+            .map(|_| ()),
         Err(err) => return tracing::warn!("no CI progress: {err}"),
     };
     if let Err(err) = published {
@@ -130,7 +135,12 @@ pub async fn publish_ci_status(
         content: String::new(),
     };
     client
-        .publish_event(concluded.to_event_builder().map_err(|e| e.to_string())?)
+        .publish_event(
+            concluded
+                .to_event_builder()
+                .map_err(|e| e.to_string())?
+                .custom_created_at(Timestamp::now().max(started_at + 1u64)),
+        )
         .await
         .map_err(|e| format!("cannot publish CI progress: {e}"))?;
     let workflow = CiWorkflowResult {
