@@ -13,6 +13,7 @@ use nostr::{EventId, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::kinds::JobKind;
+use crate::nip34::RepoCoordinate;
 use crate::nip90::{InputType, JobInput, JobParam, JobRequest};
 use crate::step::ArtifactRef;
 
@@ -23,6 +24,8 @@ const PARAM_RUNNER: &str = "runner";
 const PARAM_INPUT: &str = "input";
 const PARAM_SECRET: &str = "secret";
 const PARAM_MANDATE: &str = "mandate";
+const PARAM_REPO_ID: &str = "repo-id";
+const PARAM_MAINTAINER: &str = "maintainer";
 
 /// Why a request is not a valid run-pipeline job.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -45,6 +48,12 @@ pub enum RunError {
     ClearSecrets,
     #[error("`mandate` param {0:?} is not a 64-hex event id")]
     BadMandate(String),
+    #[error("`repo-id` param: {0}")]
+    BadRepoId(String),
+    #[error("`repo-id` param given twice")]
+    TwoRepoIds,
+    #[error("`maintainer` param {0:?} is not a 64-hex public key")]
+    BadMaintainer(String),
 }
 
 fn is_hex(text: &str, lengths: &[usize]) -> bool {
@@ -66,6 +75,11 @@ pub struct RunRequest {
     pub secrets: BTreeMap<String, String>,
     /// The mandate (8704) the run's quorum jobs run under.
     pub mandate: Option<EventId>,
+    /// The repository's NIP-34 identity (`30617:<owner hex>:<d>`), which approval requests
+    /// and releases name.
+    pub repo_id: Option<RepoCoordinate>,
+    /// The repository's maintainers, asked by approval gates that list nobody in `from`.
+    pub maintainers: Vec<PublicKey>,
 }
 
 impl RunRequest {
@@ -78,6 +92,8 @@ impl RunRequest {
             inputs: BTreeMap::new(),
             secrets: BTreeMap::new(),
             mandate: None,
+            repo_id: None,
+            maintainers: Vec::new(),
         }
     }
 
@@ -94,6 +110,12 @@ impl RunRequest {
         }
         if let Some(mandate) = &self.mandate {
             request = request.param(PARAM_MANDATE, mandate.to_hex());
+        }
+        if let Some(repo_id) = &self.repo_id {
+            request = request.param(PARAM_REPO_ID, repo_id.to_string());
+        }
+        for maintainer in &self.maintainers {
+            request = request.param(PARAM_MAINTAINER, maintainer.to_hex());
         }
         for (name, values) in [(PARAM_INPUT, &self.inputs), (PARAM_SECRET, &self.secrets)] {
             for (key, value) in values {
@@ -148,6 +170,30 @@ impl RunRequest {
                         .map_err(|_| RunError::BadMandate(param.value().to_string()))?;
                     run.mandate = Some(id);
                 }
+                PARAM_REPO_ID => {
+                    if run.repo_id.is_some() {
+                        return Err(RunError::TwoRepoIds);
+                    }
+                    let repo_id =
+                        param
+                            .value()
+                            .parse()
+                            .map_err(|e: crate::nip34::Nip34Error| {
+                                RunError::BadRepoId(e.to_string())
+                            })?;
+                    run.repo_id = Some(repo_id);
+                }
+                PARAM_MAINTAINER => {
+                    let key = param.value();
+                    if !is_hex(key, &[64]) {
+                        return Err(RunError::BadMaintainer(key.to_string()));
+                    }
+                    let key = PublicKey::from_hex(key)
+                        .map_err(|_| RunError::BadMaintainer(key.to_string()))?;
+                    if !run.maintainers.contains(&key) {
+                        run.maintainers.push(key);
+                    }
+                }
                 PARAM_SECRET => {
                     if !was_encrypted {
                         return Err(RunError::ClearSecrets);
@@ -173,6 +219,8 @@ impl std::fmt::Debug for RunRequest {
             .field("inputs", &self.inputs)
             .field("secrets", &crate::RedactedSecrets(&self.secrets))
             .field("mandate", &self.mandate)
+            .field("repo_id", &self.repo_id)
+            .field("maintainers", &self.maintainers)
             .finish()
     }
 }
@@ -236,6 +284,9 @@ mod tests {
         run.runners = vec![Keys::generate().public_key()];
         run.inputs.insert("reason".into(), "release".into());
         run.mandate = Some(EventId::all_zeros());
+        let maintainer = Keys::generate().public_key();
+        run.repo_id = Some(RepoCoordinate::new(maintainer, "app"));
+        run.maintainers = vec![maintainer, Keys::generate().public_key()];
         assert_eq!(
             RunRequest::from_request(&run.to_request(), false).unwrap(),
             run
@@ -269,6 +320,16 @@ mod tests {
             (with("runner", &["bob"]), "public key"),
             (with("input", &["only-a-name"]), "a name and a value"),
             (with("mandate", &["not-an-id"]), "64-hex event id"),
+            (with("repo-id", &["30618:abc:app"]), "`repo-id` param"),
+            (
+                with("repo-id", &["30617:abc:app"]),
+                "not a 64-hex public key",
+            ),
+            (with("maintainer", &["bob"]), "`maintainer` param \"bob\""),
+            (
+                with("maintainer", &[&"AB".repeat(32)]),
+                "`maintainer` param",
+            ),
         ];
         for (request, needle) in cases {
             let err = RunRequest::from_request(&request, false)
@@ -276,6 +337,15 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "{err}");
         }
+        let coordinate = format!("30617:{}:app", Keys::generate().public_key().to_hex());
+        let twice = base
+            .clone()
+            .param("repo-id", coordinate.clone())
+            .param("repo-id", coordinate);
+        assert_eq!(
+            RunRequest::from_request(&twice, false),
+            Err(RunError::TwoRepoIds)
+        );
         let mut no_repo = base.clone();
         no_repo.inputs.clear();
         assert_eq!(

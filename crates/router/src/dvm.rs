@@ -14,6 +14,7 @@ use quorum_dvm::client::JobClient;
 use quorum_dvm::{Job, JobContext, JobFailure, JobHandler, JobOutput};
 use quorum_pipeline::PlannedJob;
 use quorum_proto::kinds::JobKind;
+use quorum_proto::nip34::{self, RepoCoordinate};
 use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
 use quorum_proto::nip90::JobRequest;
 use quorum_proto::nostr::{EventId, Filter, Kind, PublicKey};
@@ -67,6 +68,39 @@ impl Router {
             .find(|e| e.id == id)
             .ok_or_else(|| JobFailure::new(format!("mandate {id} is not on the relays")))?;
         QuorumContext::new(event).map_err(|e| JobFailure::new(format!("mandate {id}: {e}")))
+    }
+
+    /// The maintainers approval gates ask: those the request names, each checked against the
+    /// repository's maintainer set (the owner and whom the owner's 30617 announcement lists,
+    /// §10), or that whole set when the request names nobody. A requester cannot make itself
+    /// a maintainer by naming itself.
+    async fn maintainers(
+        &self,
+        repo_id: &RepoCoordinate,
+        named: &[PublicKey],
+    ) -> Result<Vec<PublicKey>, JobFailure> {
+        let announcements = self
+            .client
+            .fetch(
+                Filter::new()
+                    .kind(nip34::REPO_ANNOUNCEMENT)
+                    .author(repo_id.owner)
+                    .identifier(repo_id.identifier.clone()),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| JobFailure::new(format!("cannot look up repository {repo_id}: {e}")))?;
+        let set = nip34::maintainer_set(&repo_id.owner, &repo_id.identifier, &announcements);
+        if named.is_empty() {
+            return Ok(set.into_iter().collect());
+        }
+        match named.iter().find(|key| !set.contains(key)) {
+            Some(stranger) => Err(JobFailure::new(format!(
+                "`maintainer` {} is not a maintainer of {repo_id}",
+                stranger.to_hex()
+            ))),
+            None => Ok(named.to_vec()),
+        }
     }
 
     async fn run_pipeline(&self, job: &Job, ctx: &JobContext) -> Result<RunReport, JobFailure> {
@@ -123,16 +157,34 @@ impl Router {
             Some(id) => Some(self.mandate(id).await?),
             None => None,
         };
+        // The repository's NIP-34 identity, which releases and approval gates need: from the
+        // `repo-id` param or the mandate, which must then agree; without one, such gates fail
+        // with that reason.
+        let repo_id = match (&run.repo_id, quorum.as_ref().map(|q| &q.mandate.repo)) {
+            (Some(named), Some(mandated)) if named != mandated => {
+                return Err(JobFailure::new(format!(
+                    "the request names repository {named}, but its mandate is for {mandated}"
+                )));
+            }
+            (named, mandated) => named.clone().or_else(|| mandated.cloned()),
+        };
+        let maintainers = match &repo_id {
+            Some(repo_id) => self.maintainers(repo_id, &run.maintainers).await?,
+            None if run.maintainers.is_empty() => Vec::new(),
+            None => {
+                return Err(JobFailure::new(
+                    "`maintainer` params need the repository they maintain: add `repo-id`",
+                ));
+            }
+        };
         let context = RunContext {
             repo: run.repo.clone(),
             commit: run.commit.clone(),
             inputs: run.inputs.clone(),
             secrets: run.secrets.clone(),
-            // The mandate names the repository's NIP-34 identity, which releases and approval
-            // gates need; without one, such gates fail with that reason.
-            repo_id: quorum.as_ref().map(|q| q.mandate.repo.clone()),
+            repo_id,
+            maintainers,
             quorum,
-            ..RunContext::default()
         };
         let config = EngineConfig {
             runners,

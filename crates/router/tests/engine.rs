@@ -884,3 +884,124 @@ async fn a_sub_request_names_the_requests_of_the_jobs_it_needs_as_nip90_job_inpu
     client.shutdown().await;
     runner.shutdown().await;
 }
+
+/// Waits for the run-pipeline result answering `request` and returns its report.
+async fn run_report(
+    notifications: &mut tokio::sync::broadcast::Receiver<RelayPoolNotification>,
+    request: EventId,
+) -> quorum_proto::run::RunReport {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let notification = tokio::time::timeout_at(deadline, notifications.recv())
+            .await
+            .expect("no run result within 120 s")
+            .unwrap();
+        if let RelayPoolNotification::Event { event, .. } = notification
+            && event.kind.as_u16() == 6700
+            && event.tags.event_ids().any(|id| *id == request)
+        {
+            let result = quorum_proto::nip90::JobResult::from_event(&event).unwrap();
+            return serde_json::from_str(&result.content).unwrap();
+        }
+    }
+}
+
+/// A customer connected to the test relay, listening for what is addressed to it.
+async fn customer(
+    network: &Network,
+) -> (
+    Client,
+    Keys,
+    tokio::sync::broadcast::Receiver<RelayPoolNotification>,
+) {
+    let keys = Keys::generate();
+    let client = Client::new(keys.clone());
+    client.add_relay(network.relay.clone()).await.unwrap();
+    client.connect().await;
+    client.wait_for_connection(Duration::from_secs(5)).await;
+    let notifications = client.notifications();
+    client
+        .subscribe(Filter::new().pubkey(keys.public_key()), None)
+        .await
+        .unwrap();
+    (client, keys, notifications)
+}
+
+/// Commits `pipeline` as the sample repository's `.quorum/pipeline.yml`; returns the repository
+/// URL and the commit.
+fn committed_pipeline(dir: &std::path::Path, pipeline: &str) -> (String, String) {
+    let (repo, _) = sample_repo(dir);
+    std::fs::create_dir_all(repo.join(".quorum")).unwrap();
+    std::fs::write(repo.join(".quorum/pipeline.yml"), pipeline).unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "pipeline"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    (format!("file://{}", repo.display()), commit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_dvm_opens_an_approval_gate_for_the_maintainers_the_request_names() {
+    use quorum_proto::approval::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    // No `from`: the gate asks the run's maintainers, which the request gives.
+    let (repo, commit) = committed_pipeline(
+        dir.path(),
+        "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n  approve:\n    needs: build\n    approval:\n      required: 1\n  publish:\n    needs: approve\n    run: echo publishing\n",
+    );
+    let runner = network.runner(&dir.path().join("runner"), true).await;
+    let router_keys = Keys::generate();
+    let router = network
+        .router(&dir.path().join("router"), &router_keys)
+        .await;
+    let (client, keys, mut notifications) = customer(&network).await;
+    // With no announcement on the relays, the owner alone maintains the repository.
+    let maintainer = Keys::generate();
+    let mut run = quorum_proto::run::RunRequest::new(repo, &commit);
+    run.repo_id = Some(quorum_proto::nip34::RepoCoordinate::new(
+        maintainer.public_key(),
+        "sample",
+    ));
+    run.maintainers = vec![maintainer.public_key()];
+    let sign = |run: &quorum_proto::run::RunRequest| {
+        run.to_request()
+            .provider(router_keys.public_key())
+            .to_event_builder()
+            .sign_with_keys(&keys)
+            .unwrap()
+    };
+    let request = sign(&run);
+    client.send_event(&request).await.unwrap();
+
+    let asked = decide(&network.relay, &maintainer, Decision::Approve).await;
+    let report = run_report(&mut notifications, request.id).await;
+    assert!(report.succeeded(), "{report:?}");
+    let gate = quorum_proto::approval::ApprovalRequest::from_event(&asked).unwrap();
+    assert_eq!(gate.repo, run.repo_id.clone().unwrap());
+    assert_eq!(gate.maintainers, vec![maintainer.public_key()]);
+    assert_eq!(report.jobs[1].request, Some(asked.id.to_hex()));
+
+    // A requester cannot make itself a maintainer by naming itself.
+    run.maintainers = vec![keys.public_key()];
+    let request = sign(&run);
+    client.send_event(&request).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let notification = tokio::time::timeout_at(deadline, notifications.recv())
+            .await
+            .expect("no refusal within 60 s")
+            .unwrap();
+        if let RelayPoolNotification::Event { event, .. } = notification
+            && let Ok(feedback) = quorum_proto::nip90::JobFeedback::from_event(&event)
+            && feedback.request_id == request.id
+            && feedback.status == quorum_proto::nip90::FeedbackStatus::Error
+        {
+            let reason = feedback.extra.unwrap_or_default();
+            assert!(reason.contains("is not a maintainer of"), "{reason}");
+            break;
+        }
+    }
+    client.shutdown().await;
+    router.shutdown().await;
+    runner.shutdown().await;
+}

@@ -277,6 +277,15 @@ impl Watcher {
         }
         let mut run = RunRequest::new(self.config.repo.clone(), commit);
         run.plan_hash = Some(plan_hash.clone());
+        if let Source::Nip34 { owner, identifier } = &self.config.source {
+            // The router's approval gates name the repository and ask its maintainers.
+            run.repo_id = Some(quorum_proto::nip34::RepoCoordinate::new(*owner, identifier));
+            run.maintainers = self
+                .maintainers(owner, identifier)
+                .await?
+                .into_iter()
+                .collect();
+        }
         let request = match &self.config.quorum {
             None => {
                 let request = run.to_request().provider(self.config.router);
@@ -381,14 +390,13 @@ impl Watcher {
         Ok(key)
     }
 
-    /// The refs of the newest repository state signed by one of the repository's maintainers.
-    async fn signed_refs(
+    /// The repository's maintainer set: the owner and whom the owner's announcement lists.
+    async fn maintainers(
         &self,
         owner: &PublicKey,
         identifier: &str,
-    ) -> Result<BTreeMap<String, String>, WatchError> {
-        use quorum_proto::nip34::{REPO_ANNOUNCEMENT, REPO_STATE, RepositoryState, maintainer_set};
-        let timeout = Duration::from_secs(5);
+    ) -> Result<std::collections::BTreeSet<PublicKey>, WatchError> {
+        use quorum_proto::nip34::{REPO_ANNOUNCEMENT, maintainer_set};
         let announcements = self
             .client
             .fetch(
@@ -396,10 +404,21 @@ impl Watcher {
                     .kind(REPO_ANNOUNCEMENT)
                     .author(*owner)
                     .identifier(identifier),
-                timeout,
+                Duration::from_secs(5),
             )
             .await?;
-        let maintainers = maintainer_set(owner, identifier, &announcements);
+        Ok(maintainer_set(owner, identifier, &announcements))
+    }
+
+    /// The refs of the newest repository state signed by one of the repository's maintainers.
+    async fn signed_refs(
+        &self,
+        owner: &PublicKey,
+        identifier: &str,
+    ) -> Result<BTreeMap<String, String>, WatchError> {
+        use quorum_proto::nip34::{REPO_STATE, RepositoryState};
+        let timeout = Duration::from_secs(5);
+        let maintainers = self.maintainers(owner, identifier).await?;
         let states = self
             .client
             .fetch(
