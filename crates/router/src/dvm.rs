@@ -23,7 +23,7 @@ use quorum_proto::step::StepJob;
 use quorum_runner::GitPolicy;
 
 use crate::quorum::QuorumContext;
-use crate::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, execute, recover, run_id};
+use crate::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, recover, resume, run_id};
 
 /// How a router is set up by its operator.
 #[derive(Clone)]
@@ -192,15 +192,20 @@ impl Router {
             ..EngineConfig::default()
         };
         let prior = recover(&self.client, &plan, job.event.id, Duration::from_secs(5)).await;
-        if !prior.is_empty() {
-            tracing::info!(run = %job.event.id, done = prior.len(), "resuming a run");
+        if !prior.done.is_empty() || !prior.resume.is_empty() {
+            tracing::info!(
+                run = %job.event.id,
+                done = prior.done.len(),
+                chains = prior.resume.len(),
+                "resuming a run"
+            );
         }
         let mut reporter = Partial {
             ctx: ctx.clone(),
             lines: Arc::new(Mutex::new(Vec::new())),
         };
         let outcome = tokio::select! {
-            outcome = execute(&self.client, &plan, &context, &config, prior, &mut reporter) => outcome,
+            outcome = resume(&self.client, &plan, &context, &config, prior, &mut reporter) => outcome,
             () = ctx.cancelled() => return Err(JobFailure::new("cancelled")),
         };
         Ok(RunReport {

@@ -14,6 +14,7 @@
 
 mod approval;
 mod chain;
+pub use chain::Resume;
 pub mod dvm;
 pub mod quorum;
 pub mod release;
@@ -30,8 +31,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use quorum_dvm::client::{JobClient, JobOutcome, JobReporter};
 use quorum_pipeline::expr::{self, ArtifactField, Reference};
 use quorum_pipeline::{JobSpec, Mode, Plan, PlannedJob};
-use quorum_proto::nip90::{JobFeedback, JobInput, JobParam, JobRequest};
-use quorum_proto::nostr::{EventId, Kind, PublicKey};
+use quorum_proto::nip90::{JobFeedback, JobInput, JobParam, JobRequest, JobResult};
+use quorum_proto::nostr::{Event, EventId, Kind, PublicKey};
 use quorum_proto::step::{StepJob, StepReport};
 use serde::Serialize;
 
@@ -173,7 +174,7 @@ pub trait RunReporter: Send {
 }
 
 /// Runs every job of `plan` that can run, and reports how each ended. Jobs in `prior` that
-/// succeeded (found by [`recover`] after a restart) are taken as done, not run again.
+/// succeeded are taken as done, not run again.
 pub async fn execute(
     client: &JobClient,
     plan: &Plan,
@@ -182,6 +183,28 @@ pub async fn execute(
     prior: Vec<JobRecord>,
     reporter: &mut dyn RunReporter,
 ) -> RunOutcome {
+    let recovered = Recovered {
+        done: prior,
+        resume: HashMap::new(),
+    };
+    resume(client, plan, context, config, recovered, reporter).await
+}
+
+/// [`execute`] after a restart, with what [`recover`] found: the jobs that succeeded are
+/// taken as done, and an interrupted naive chain is picked up where it stopped (its in-flight
+/// step followed, not sent again).
+pub async fn resume(
+    client: &JobClient,
+    plan: &Plan,
+    context: &RunContext,
+    config: &EngineConfig,
+    recovered: Recovered,
+    reporter: &mut dyn RunReporter,
+) -> RunOutcome {
+    let Recovered {
+        done: prior,
+        resume: mut interrupted,
+    } = recovered;
     let reporter = Mutex::new(reporter);
     let run = run_id(&context.repo, &context.commit, plan);
     let mut records: HashMap<String, JobRecord> = HashMap::new();
@@ -231,8 +254,12 @@ pub async fn execute(
                     job.needs.iter().filter_map(|n| records.get(n)).collect();
                 let upstream = Upstream::new(&done, context);
                 let reporter = &reporter;
+                let resume = interrupted.remove(&job.id);
                 running.push(Box::pin(async move {
-                    chain::run_chain(client, &members, context, config, upstream, reporter).await
+                    chain::run_chain(
+                        client, &members, context, config, upstream, reporter, resume,
+                    )
+                    .await
                 }));
                 continue;
             }
@@ -529,32 +556,63 @@ pub(crate) const PARAM_JOB: &str = "job";
 /// The marker of the `job` inputs naming the requests of the jobs a job needs.
 pub const MARKER_NEEDS: &str = "needs";
 
-/// Finds the jobs of the run under `parent` that already succeeded: the sub-requests this
-/// client signed with `parent` as their `e` tag, and the results answering them. This is how a
+/// What a restarted router finds of a run on the relays ([`recover`]).
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The jobs that succeeded: taken as done, not run again.
+    pub done: Vec<JobRecord>,
+    /// Where an interrupted naive chain picks up, by the job id of its first unfinished step.
+    pub resume: HashMap<String, chain::Resume>,
+}
+
+/// Finds what the run under `parent` already did: the sub-requests this client signed with
+/// `parent` as their `e` tag, the later steps of its naive chains (signed by the runner each
+/// chain step named, with the same `e` tag), and the results answering them. This is how a
 /// router restarted mid-run rebuilds its state from the relays instead of repeating work.
 pub async fn recover(
     client: &JobClient,
     plan: &Plan,
     parent: EventId,
     timeout: Duration,
-) -> Vec<JobRecord> {
+) -> Recovered {
     use quorum_proto::nostr::Filter;
-    let requests = match client
-        .fetch(
-            Filter::new().author(client.public_key()).event(parent),
-            timeout,
-        )
-        .await
-    {
-        Ok(requests) => requests,
+    let mut events = match client.fetch(Filter::new().event(parent), timeout).await {
+        Ok(events) => events,
         Err(err) => {
             tracing::warn!("cannot look up earlier steps of the run: {err}");
-            return Vec::new();
+            return Recovered::default();
         }
     };
-    let request_ids: Vec<EventId> = requests.iter().map(|r| r.id).collect();
+    events.retain(|e| (5000..6000).contains(&e.kind.as_u16()));
+    events.sort_by_key(|e| (e.created_at, e.id));
+    let (ours, others): (Vec<Event>, Vec<Event>) = events
+        .into_iter()
+        .partition(|e| e.pubkey == client.public_key());
+    let chains: Vec<chain::Recorded> = ours
+        .iter()
+        .filter_map(|event| chain::Recorded::of(event, client.open_request(event)?))
+        .collect();
+    // A later chain step counts only if the runner of the step before it signed it.
+    let steps: Vec<(Event, String, PublicKey)> = others
+        .into_iter()
+        .filter_map(|event| {
+            let job = JobRequest::from_event(&event)
+                .ok()?
+                .param_value(PARAM_JOB)?
+                .to_string();
+            let runner = chains
+                .iter()
+                .find_map(|c| c.runner_after(&job, &event.pubkey))?;
+            Some((event, job, runner))
+        })
+        .collect();
+    let request_ids: Vec<EventId> = ours
+        .iter()
+        .chain(steps.iter().map(|(event, ..)| event))
+        .map(|e| e.id)
+        .collect();
     if request_ids.is_empty() {
-        return Vec::new();
+        return Recovered::default();
     }
     let answers = client
         .fetch(Filter::new().events(request_ids), timeout)
@@ -562,15 +620,21 @@ pub async fn recover(
         .unwrap_or_default();
     let mut records: HashMap<String, JobRecord> = HashMap::new();
     for answer in &answers {
-        let Some((result, content)) = client.open_result(answer) else {
-            continue;
+        let opened = match client.open_result(answer) {
+            // The job id travels in the (possibly encrypted) request: read it from the
+            // result's embedded copy, decrypting with our own key when needed.
+            Some((result, content)) => client
+                .open_request(&result.request)
+                .and_then(|r| r.param_value(PARAM_JOB).map(str::to_string))
+                .map(|job| (job, result, content)),
+            // A chain step a runner handed on: clear, and answered by the runner it names.
+            None => JobResult::from_event(answer).ok().and_then(|result| {
+                let (_, job, runner) = steps.iter().find(|(e, ..)| e.id == result.request.id)?;
+                (answer.pubkey == *runner && !result.encrypted)
+                    .then(|| (job.clone(), result.clone(), result.content))
+            }),
         };
-        // The job id travels in the (possibly encrypted) request: read it from the result's
-        // embedded copy, decrypting with our own key when needed.
-        let Some(job_id) = client
-            .open_request(&result.request)
-            .and_then(|r| r.param_value(PARAM_JOB).map(str::to_string))
-        else {
+        let Some((job_id, result, content)) = opened else {
             continue;
         };
         let Some(job) = plan.job(&job_id) else {
@@ -591,7 +655,29 @@ pub async fn recover(
             records.insert(job_id, record);
         }
     }
-    records.into_values().collect()
+    // Each interrupted chain goes on from its first unfinished step; the newest chain wins.
+    let mut requested: HashMap<String, &Event> = HashMap::new();
+    for event in &ours {
+        if let Some(job) = client
+            .open_request(event)
+            .and_then(|r| r.param_value(PARAM_JOB).map(str::to_string))
+        {
+            requested.insert(job, event);
+        }
+    }
+    for (event, job, _) in &steps {
+        requested.insert(job.clone(), event);
+    }
+    let mut resume = HashMap::new();
+    for recorded in &chains {
+        if let Some((job, point)) = recorded.resume(&records, &requested) {
+            resume.insert(job, point);
+        }
+    }
+    Recovered {
+        done: records.into_values().collect(),
+        resume,
+    }
 }
 
 pub(crate) fn finish_with_result(

@@ -1005,3 +1005,69 @@ async fn a_router_dvm_opens_an_approval_gate_for_the_maintainers_the_request_nam
     router.shutdown().await;
     runner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_naive_chain_interrupted_by_a_router_restart_goes_on_from_its_unfinished_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = committed_pipeline(
+        dir.path(),
+        "on: [push]\njobs:\n  first:\n    mode: naive\n    run: test -f build.sh\n  second:\n    mode: naive\n    needs: first\n    run: sleep 4; echo second done\n  third:\n    mode: naive\n    needs: second\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n",
+    );
+    let r1 = network.runner(&dir.path().join("r1"), true).await;
+    let r2 = network.runner(&dir.path().join("r2"), true).await;
+    let router_keys = Keys::generate();
+    let router_data = dir.path().join("router");
+    let router = network.router(&router_data, &router_keys).await;
+    let (client, keys, mut notifications) = customer(&network).await;
+    let mut run = quorum_proto::run::RunRequest::new(repo, &commit);
+    run.runners = vec![r1.public_key(), r2.public_key()];
+    let request = run
+        .to_request()
+        .provider(router_keys.public_key())
+        .to_event_builder()
+        .sign_with_keys(&keys)
+        .unwrap();
+    client.send_event(&request).await.unwrap();
+
+    // Kill the router while `second` runs (handed on by a runner, not by the router).
+    wait_for_progress(&mut notifications, request.id, "▶ second").await;
+    router.shutdown().await;
+    let router = network.router(&router_data, &router_keys).await;
+
+    let report = run_report(&mut notifications, request.id).await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(report.jobs[2].artifacts[0].name, "out/hello.txt");
+
+    // Every step of the chain was requested once, by whoever requested it first.
+    let requests = client
+        .fetch_events(Filter::new().event(request.id), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let requested = |job: &str| {
+        requests
+            .iter()
+            .filter_map(|e| quorum_proto::nip90::JobRequest::from_event(e).ok())
+            .filter(|r| r.kind.as_u16() == 5702 && r.param_value("job") == Some(job))
+            .count()
+    };
+    for job in ["first", "second", "third"] {
+        assert_eq!(
+            requested(job),
+            1,
+            "{job} was requested again after the restart"
+        );
+    }
+    let second = report.jobs[1].request.as_deref().unwrap();
+    let second = requests.iter().find(|e| e.id.to_hex() == second).unwrap();
+    assert_ne!(
+        second.pubkey,
+        router_keys.public_key(),
+        "the runner handed the second step on"
+    );
+
+    client.shutdown().await;
+    router.shutdown().await;
+    r1.shutdown().await;
+    r2.shutdown().await;
+}
