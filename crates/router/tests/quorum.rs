@@ -145,6 +145,18 @@ impl Fleet {
         }
     }
 
+    /// Nothing under the quorum key exists on the relay.
+    async fn assert_nothing_signed(&self, client: &quorum_dvm::client::JobClient) {
+        let signed = client
+            .fetch(
+                Filter::new().author(self.context.quorum()),
+                Duration::from_secs(3),
+            )
+            .await
+            .unwrap();
+        assert!(signed.is_empty(), "the quorum key signed: {signed:?}");
+    }
+
     async fn stop(self, client: quorum_dvm::client::JobClient) {
         client.shutdown().await;
         for runner in self.runners {
@@ -272,15 +284,7 @@ async fn builds_that_all_differ_sign_nothing_and_the_job_fails_with_the_reason()
     let record = build.quorum.as_ref().unwrap();
     assert!(record.attestation.is_none());
     assert!(record.agreed.is_empty());
-    // Nothing under the quorum key exists on the relay.
-    let signed = client
-        .fetch(
-            Filter::new().author(fleet.context.quorum()),
-            Duration::from_secs(3),
-        )
-        .await
-        .unwrap();
-    assert!(signed.is_empty(), "{signed:?}");
+    fleet.assert_nothing_signed(&client).await;
     fleet.stop(client).await;
 }
 
@@ -436,14 +440,7 @@ async fn two_independently_backdoored_builders_of_three_get_nothing_signed() {
             .unwrap()
             .is_none()
     );
-    let signed = client
-        .fetch(
-            Filter::new().author(fleet.context.quorum()),
-            Duration::from_secs(3),
-        )
-        .await
-        .unwrap();
-    assert!(signed.is_empty(), "{signed:?}");
+    fleet.assert_nothing_signed(&client).await;
     fleet.stop(client).await;
 }
 
