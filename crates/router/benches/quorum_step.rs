@@ -33,12 +33,9 @@ use quorum_consensus::member::MemberConfig;
 use quorum_consensus::signing::SigningConfig;
 use quorum_dvm::Dvm;
 use quorum_dvm::client::JobClient;
-use quorum_proto::mandate::{Keygen, Mandate, Member};
-use quorum_proto::nip34::RepoCoordinate;
 use quorum_router::quorum::QuorumContext;
 use quorum_router::{EngineConfig, JobRecord, RunContext, RunReporter, execute};
 use quorum_testnet::Network;
-use quorum_threshold::Roster;
 use serde_json::json;
 
 /// Measured runs per mode and n, after one warm-up each.
@@ -224,54 +221,33 @@ fn member_config() -> MemberConfig {
 
 /// n quorum runners holding shares of a dealt t-of-n key, and a published mandate for it.
 async fn fleet(network: &Network, dir: &Path, n: usize, t: u16) -> (Vec<Dvm>, QuorumContext) {
-    let keys: Vec<Keys> = (0..n).map(|_| Keys::generate()).collect();
-    let roster = Roster::new(t, keys.iter().map(|k| k.public_key())).unwrap();
-    let (group, shares) = quorum_threshold::dealer::deal(&roster, &mut rand::rngs::OsRng).unwrap();
+    let data = |i: usize| dir.join(format!("n{n}-runner{i}"));
+    let dealt = quorum_testnet::quorum::deal(
+        &network.relay,
+        quorum_testnet::quorum::QuorumSpec {
+            n,
+            t,
+            identifier: "sample",
+            jobs: &["build"],
+            allow: &[8708],
+        },
+        |i| data(i).join("shares"),
+    )
+    .await;
     let mut runners = Vec::new();
-    for (i, k) in keys.iter().enumerate() {
-        let data = dir.join(format!("n{n}-runner{i}"));
-        let share_dir = data.join("shares");
-        let share = shares
-            .iter()
-            .find(|s| s.member() == k.public_key())
-            .unwrap();
-        quorum_threshold::store::save(
-            &quorum_consensus::job::share_path(&share_dir, &group.quorum()),
-            share,
-        )
-        .unwrap();
+    for (i, k) in dealt.members.iter().enumerate() {
         runners.push(
             network
-                .quorum_runner(&data, k.clone(), &share_dir, member_config())
+                .quorum_runner(
+                    &data(i),
+                    k.clone(),
+                    &data(i).join("shares"),
+                    member_config(),
+                )
                 .await,
         );
     }
-    let owner = Keys::generate();
-    let mandate = Mandate {
-        repo: RepoCoordinate::new(owner.public_key(), "sample"),
-        pipeline: ".quorum/pipeline.yml".into(),
-        jobs: vec!["build".into()],
-        quorum: Some(group.quorum()),
-        members: roster
-            .members()
-            .iter()
-            .map(|m| Member::new(m.pubkey, m.index))
-            .collect(),
-        threshold: t,
-        keygen: Keygen::Dealer { dealer: None },
-        allow: [8708u16].into_iter().collect(),
-        expiration: Timestamp::now() + 3600u64,
-        content: String::new(),
-    };
-    let event = mandate
-        .to_event_builder()
-        .unwrap()
-        .sign_with_keys(&owner)
-        .unwrap();
-    let client = network.client().await;
-    client.publish_signed(&event).await.unwrap();
-    client.shutdown().await;
-    (runners, QuorumContext::new(event).unwrap())
+    (runners, QuorumContext::new(dealt.mandate).unwrap())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

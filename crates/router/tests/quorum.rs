@@ -10,13 +10,12 @@ use quorum_consensus::agreement::AgreementConfig;
 use quorum_consensus::member::MemberConfig;
 use quorum_consensus::signing::SigningConfig;
 use quorum_dvm::Dvm;
-use quorum_proto::mandate::{Keygen, Mandate, Member};
 use quorum_proto::nip34::RepoCoordinate;
 use quorum_router::quorum::QuorumContext;
 use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, execute};
 use quorum_testkit::git::sample_repo;
 use quorum_testnet::Network;
-use quorum_threshold::Roster;
+use quorum_testnet::quorum::QuorumSpec;
 
 struct Quiet;
 
@@ -72,64 +71,39 @@ fn tamper(work: &Path, extra: &str) {
 
 /// [`fleet`] where runner `i` tampers with `tampers[i]`, if given.
 async fn fleet_with(network: &Network, dir: &Path, allow: &[u16], tampers: &[fn(&Path)]) -> Fleet {
-    let keys: Vec<Keys> = (0..3).map(|_| Keys::generate()).collect();
-    let roster = Roster::new(2, keys.iter().map(|k| k.public_key())).unwrap();
-    let (group, shares) = quorum_threshold::dealer::deal(&roster, &mut rand::rngs::OsRng).unwrap();
+    let share_dir = |n: usize| dir.join(format!("runner{n}")).join("shares");
+    let dealt = quorum_testnet::quorum::deal(
+        &network.relay,
+        QuorumSpec {
+            n: 3,
+            t: 2,
+            identifier: "sample",
+            jobs: &["build", "package"],
+            allow,
+        },
+        share_dir,
+    )
+    .await;
     let mut runners = Vec::new();
-    for (n, k) in keys.iter().enumerate() {
+    for (n, k) in dealt.members.iter().enumerate() {
         let data = dir.join(format!("runner{n}"));
-        let share_dir = data.join("shares");
-        let share = shares
-            .iter()
-            .find(|s| s.member() == k.public_key())
-            .unwrap();
-        quorum_threshold::store::save(
-            &quorum_consensus::job::share_path(&share_dir, &group.quorum()),
-            share,
-        )
-        .unwrap();
         runners.push(match tampers.get(n) {
             Some(tamper) => {
                 network
-                    .tampering_quorum_runner(&data, k.clone(), &share_dir, fast(), *tamper)
+                    .tampering_quorum_runner(&data, k.clone(), &share_dir(n), fast(), *tamper)
                     .await
             }
             None => {
                 network
-                    .quorum_runner(&data, k.clone(), &share_dir, fast())
+                    .quorum_runner(&data, k.clone(), &share_dir(n), fast())
                     .await
             }
         });
     }
-    let owner = Keys::generate();
-    let mandate = Mandate {
-        repo: RepoCoordinate::new(owner.public_key(), "sample"),
-        pipeline: ".quorum/pipeline.yml".into(),
-        jobs: vec!["build".into(), "package".into()],
-        quorum: Some(group.quorum()),
-        members: roster
-            .members()
-            .iter()
-            .map(|m| Member::new(m.pubkey, m.index))
-            .collect(),
-        threshold: 2,
-        keygen: Keygen::Dealer { dealer: None },
-        allow: allow.iter().copied().collect(),
-        expiration: Timestamp::now() + 3600u64,
-        content: String::new(),
-    };
-    let event = mandate
-        .to_event_builder()
-        .unwrap()
-        .sign_with_keys(&owner)
-        .unwrap();
-    let client = network.client().await;
-    client.publish_signed(&event).await.unwrap();
-    client.shutdown().await;
     Fleet {
         runners,
-        context: QuorumContext::new(event).unwrap(),
-        owner,
+        context: QuorumContext::new(dealt.mandate).unwrap(),
+        owner: dealt.owner,
     }
 }
 

@@ -11,14 +11,12 @@ use quorum_consensus::member::MemberConfig;
 use quorum_consensus::signing::SigningConfig;
 use quorum_dvm::client::JobClient;
 use quorum_proto::agreement::QuorumAttestation;
-use quorum_proto::mandate::{Keygen, Mandate, Member};
-use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nip90::JobRequest;
 use quorum_proto::run::RunRequest;
 use quorum_runner::GitPolicy;
 use quorum_testkit::git::{git, sample_repo};
 use quorum_testnet::Network;
-use quorum_threshold::Roster;
+use quorum_testnet::quorum::QuorumSpec;
 use quorum_watcher::{Source, StartedRun, WatchConfig, Watcher, WatcherQuorum};
 
 const PIPELINE: &str = "on:\n  push:\n    branches: [main]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n";
@@ -64,49 +62,22 @@ struct Quorum {
 }
 
 async fn quorum(network: &Network, dir: &Path, allow: &[u16]) -> Quorum {
-    let keys: Vec<Keys> = (0..3).map(|_| Keys::generate()).collect();
-    let roster = Roster::new(2, keys.iter().map(|k| k.public_key())).unwrap();
-    let (group, shares) = quorum_threshold::dealer::deal(&roster, &mut rand::rngs::OsRng).unwrap();
-    for (n, k) in keys.iter().enumerate() {
-        let share = shares
-            .iter()
-            .find(|s| s.member() == k.public_key())
-            .unwrap();
-        quorum_threshold::store::save(
-            &quorum_consensus::job::share_path(&share_dir(dir, n), &group.quorum()),
-            share,
-        )
-        .unwrap();
-    }
-    let owner = Keys::generate();
-    let mandate = Mandate {
-        repo: RepoCoordinate::new(owner.public_key(), "sample"),
-        pipeline: ".quorum/pipeline.yml".into(),
-        jobs: vec!["build".into()],
-        quorum: Some(group.quorum()),
-        members: roster
-            .members()
-            .iter()
-            .map(|m| Member::new(m.pubkey, m.index))
-            .collect(),
-        threshold: 2,
-        keygen: Keygen::Dealer { dealer: None },
-        allow: allow.iter().copied().collect(),
-        expiration: Timestamp::now() + 3600u64,
-        content: String::new(),
-    };
-    let event = mandate
-        .to_event_builder()
-        .unwrap()
-        .sign_with_keys(&owner)
-        .unwrap();
-    let client = network.client().await;
-    client.publish_signed(&event).await.unwrap();
-    client.shutdown().await;
+    let dealt = quorum_testnet::quorum::deal(
+        &network.relay,
+        QuorumSpec {
+            n: 3,
+            t: 2,
+            identifier: "sample",
+            jobs: &["build"],
+            allow,
+        },
+        |n| share_dir(dir, n),
+    )
+    .await;
     Quorum {
-        keys,
-        quorum: group.quorum(),
-        mandate: event.id,
+        keys: dealt.members,
+        quorum: dealt.quorum,
+        mandate: dealt.mandate.id,
     }
 }
 

@@ -12,12 +12,9 @@ use quorum_consensus::signing::SigningConfig;
 use quorum_dvm::client::{JobClient, JobOutcome, Quiet};
 use quorum_dvm::{Dvm, DvmConfig};
 use quorum_proto::agreement::{QUORUM_ATTESTATION, QuorumAttestation};
-use quorum_proto::mandate::{Keygen, Mandate, Member};
-use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nip90::{JobInput, JobRequest};
 use quorum_proto::quorum_job::QuorumJobParams;
 use quorum_testkit::daemon::Daemon;
-use quorum_threshold::Roster;
 use quorum_wrapper::{MemberConfig, QuorumMember, Wrapper, WrapperConfig};
 use sha2::{Digest, Sha256};
 
@@ -81,55 +78,22 @@ struct Quorum {
 }
 
 async fn quorum(relay: &RelayUrl, dir: &Path) -> Quorum {
-    let members: Vec<Keys> = (0..3).map(|_| Keys::generate()).collect();
-    let roster = Roster::new(2, members.iter().map(|k| k.public_key())).unwrap();
-    let (group, shares) =
-        quorum_threshold::dealer::deal(&roster, &mut rand::rngs::OsRng).expect("dealt");
-    for (n, keys) in members.iter().enumerate() {
-        let share = shares
-            .iter()
-            .find(|s| s.member() == keys.public_key())
-            .unwrap();
-        let share_dir = dir.join(n.to_string()).join("shares");
-        std::fs::create_dir_all(&share_dir).unwrap();
-        quorum_threshold::store::save(
-            &quorum_consensus::job::share_path(&share_dir, &group.quorum()),
-            share,
-        )
-        .unwrap();
-    }
-    let maintainer = Keys::generate();
-    let mandate = Mandate {
-        repo: RepoCoordinate::new(maintainer.public_key(), "digests"),
-        pipeline: ".quorum/pipeline.yml".into(),
-        jobs: Vec::new(),
-        quorum: Some(group.quorum()),
-        members: roster
-            .members()
-            .iter()
-            .map(|m| Member::new(m.pubkey, m.index))
-            .collect(),
-        threshold: 2,
-        keygen: Keygen::Dealer { dealer: None },
-        allow: [QUORUM_ATTESTATION.as_u16()].into_iter().collect(),
-        expiration: Timestamp::now() + 3600u64,
-        content: "digest quorum".into(),
-    };
-    let event = mandate
-        .to_event_builder()
-        .unwrap()
-        .sign_with_keys(&maintainer)
-        .unwrap();
-    let client = Client::default();
-    client.add_relay(relay.clone()).await.unwrap();
-    client.connect().await;
-    client.wait_for_connection(Duration::from_secs(5)).await;
-    client.send_event(&event).await.expect("mandate published");
-    client.shutdown().await;
+    let dealt = quorum_testnet::quorum::deal(
+        relay,
+        quorum_testnet::quorum::QuorumSpec {
+            n: 3,
+            t: 2,
+            identifier: "digests",
+            jobs: &[],
+            allow: &[QUORUM_ATTESTATION.as_u16()],
+        },
+        |n| dir.join(n.to_string()).join("shares"),
+    )
+    .await;
     Quorum {
-        members,
-        quorum: group.quorum(),
-        mandate: event.id,
+        members: dealt.members,
+        quorum: dealt.quorum,
+        mandate: dealt.mandate.id,
     }
 }
 

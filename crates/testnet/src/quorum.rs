@@ -1,0 +1,95 @@
+//! Test-only: a quorum to run members of. A t-of-n key is dealt to fresh member keys, each
+//! share is saved where that member's DVM looks for it, and a mandate for the key, signed by a
+//! fresh repository owner, is published. Dealing keeps tests fast and deterministic; the DKG
+//! over relays has tests of its own (`quorum-consensus`, `quorum-cli`).
+
+use std::path::PathBuf;
+
+use quorum_dvm::client::JobClient;
+use quorum_proto::mandate::{Keygen, Mandate, Member};
+use quorum_proto::nip34::RepoCoordinate;
+use quorum_proto::nostr::{Event, Keys, PublicKey, RelayUrl, Timestamp};
+
+/// What the mandate says.
+#[derive(Debug, Clone)]
+pub struct QuorumSpec<'a> {
+    pub n: usize,
+    pub t: u16,
+    /// The repository's NIP-34 identifier (`d`), owned by the fresh owner key.
+    pub identifier: &'a str,
+    /// The jobs the mandate covers (empty: all).
+    pub jobs: &'a [&'a str],
+    /// The kinds the quorum may sign.
+    pub allow: &'a [u16],
+}
+
+/// A dealt quorum and its published mandate.
+pub struct DealtQuorum {
+    /// The members' DVM keys, in the order their shares were saved.
+    pub members: Vec<Keys>,
+    /// The repository owner, who signed the mandate.
+    pub owner: Keys,
+    pub quorum: PublicKey,
+    pub mandate: Event,
+}
+
+/// Deals `spec`'s key, saves member `i`'s share in `share_dir(i)` (mode 0600, the file name
+/// members look up) and publishes the mandate on `relay`.
+pub async fn deal(
+    relay: &RelayUrl,
+    spec: QuorumSpec<'_>,
+    share_dir: impl Fn(usize) -> PathBuf,
+) -> DealtQuorum {
+    let members: Vec<Keys> = (0..spec.n).map(|_| Keys::generate()).collect();
+    let roster = quorum_threshold::Roster::new(spec.t, members.iter().map(Keys::public_key))
+        .expect("a valid roster");
+    let (group, shares) =
+        quorum_threshold::dealer::deal(&roster, &mut rand::rngs::OsRng).expect("the key is dealt");
+    for (i, keys) in members.iter().enumerate() {
+        let share = shares
+            .iter()
+            .find(|s| s.member() == keys.public_key())
+            .expect("a share per member");
+        quorum_threshold::store::save(
+            &quorum_consensus::job::share_path(&share_dir(i), &group.quorum()),
+            share,
+        )
+        .expect("the share is saved");
+    }
+    let owner = Keys::generate();
+    let mandate = Mandate {
+        repo: RepoCoordinate::new(owner.public_key(), spec.identifier),
+        pipeline: ".quorum/pipeline.yml".into(),
+        jobs: spec.jobs.iter().map(|j| j.to_string()).collect(),
+        quorum: Some(group.quorum()),
+        members: roster
+            .members()
+            .iter()
+            .map(|m| Member::new(m.pubkey, m.index))
+            .collect(),
+        threshold: spec.t,
+        keygen: Keygen::Dealer { dealer: None },
+        allow: spec.allow.iter().copied().collect(),
+        expiration: Timestamp::now() + 3600u64,
+        content: String::new(),
+    };
+    let event = mandate
+        .to_event_builder()
+        .expect("a valid mandate")
+        .sign_with_keys(&owner)
+        .expect("signed");
+    let client = JobClient::connect(std::slice::from_ref(relay), Keys::generate())
+        .await
+        .expect("the client connects");
+    client
+        .publish_signed(&event)
+        .await
+        .expect("the mandate is published");
+    client.shutdown().await;
+    DealtQuorum {
+        members,
+        owner,
+        quorum: group.quorum(),
+        mandate: event,
+    }
+}
