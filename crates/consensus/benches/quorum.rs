@@ -252,6 +252,7 @@ async fn dkg_sessions(
             keygen: Keygen::Dkg,
             allow: [8708u16].into_iter().collect(),
             expiration: Timestamp::now() + 3600u64,
+            rules: Default::default(),
             content: format!("bench DKG {run} among {n}"),
         }
         .to_event_builder()

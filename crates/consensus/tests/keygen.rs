@@ -60,6 +60,7 @@ fn mandate(maintainer: &Keys, keys: &[Keys], threshold: u16) -> Mandate {
         keygen: Keygen::Dkg,
         allow: [8708u16].into_iter().collect(),
         expiration: Timestamp::now() + 3600u64,
+        rules: Default::default(),
         content: "test quorum".into(),
     }
 }

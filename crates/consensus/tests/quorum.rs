@@ -68,6 +68,7 @@ fn quorum(threshold: u16, n: usize) -> Quorum {
         keygen: Keygen::Dealer { dealer: None },
         allow: [8708u16].into_iter().collect(),
         expiration: Timestamp::now() + 3600u64,
+        rules: Default::default(),
         content: String::new(),
     };
     let event = mandate

@@ -17,7 +17,7 @@
 //!
 //! `docs/protocol.md` §15.1 has an example.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -39,6 +39,9 @@ const TAG_THRESHOLD: &str = "threshold";
 const TAG_KEYGEN: &str = "keygen";
 const TAG_ALLOW: &str = "allow";
 const TAG_EXPIRATION: &str = "expiration";
+const TAG_REQUESTER: &str = "requester";
+const TAG_SOURCE: &str = "source";
+const TAG_INNER: &str = "inner";
 
 /// Why an event is not a valid mandate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -177,6 +180,50 @@ pub enum ThresholdRule {
     AllowMinority,
 }
 
+/// Which commits the quorum may build (`["source", "tip"|"ancestor"]`): the commit must be the
+/// tip of a ref in the repository's newest maintainer-signed state (30618), or, with
+/// `ancestor`, reachable from one (a push that landed while an older commit's build was on its
+/// way does not stop that build).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SourceRule {
+    #[default]
+    Tip,
+    Ancestor,
+}
+
+impl SourceRule {
+    pub const fn name(self) -> &'static str {
+        match self {
+            SourceRule::Tip => "tip",
+            SourceRule::Ancestor => "ancestor",
+        }
+    }
+}
+
+/// What a mandate says about the jobs its quorum takes, beyond who the members are: whose
+/// requests count, which commits, and which ordinary DVM each wrapper member forwards to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MandateRules {
+    /// The keys allowed to request the quorum's jobs (`requester`, repeated): a router DVM, a
+    /// watcher quorum's key, the machine that runs `quorum run`. Empty: anyone may ask, and
+    /// the members still derive every job from the maintainer's code. The quorum key itself
+    /// may always ask (it signs the next step of a quorum chain).
+    pub requesters: Vec<PublicKey>,
+    /// Which commits the quorum may build.
+    pub source: SourceRule,
+    /// For a quorum of wrapper DVMs: member → the ordinary DVM it forwards to
+    /// (`["inner", MEMBER, INNER_DVM]`). Inner DVMs are distinct, so that `t` agreeing
+    /// wrappers mean `t` different DVMs did the work.
+    pub inner: BTreeMap<PublicKey, PublicKey>,
+}
+
+impl MandateRules {
+    /// Whether `author` may request the quorum's jobs (the quorum key always may).
+    pub fn admits(&self, author: &PublicKey, quorum: Option<&PublicKey>) -> bool {
+        self.requesters.is_empty() || self.requesters.contains(author) || quorum == Some(author)
+    }
+}
+
 /// A mandate (kind 8704).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mandate {
@@ -201,6 +248,8 @@ pub struct Mandate {
     pub allow: BTreeSet<u16>,
     /// NIP-40, required: the quorum key means nothing after it.
     pub expiration: Timestamp,
+    /// Whose requests, which commits, which inner DVMs.
+    pub rules: MandateRules,
     /// A human-readable note.
     pub content: String,
 }
@@ -274,6 +323,42 @@ impl Mandate {
                      conflicting results (t must be more than n/2)"
                 ),
             ));
+        }
+        let mut requesters = BTreeSet::new();
+        for requester in &self.rules.requesters {
+            if !requesters.insert(requester) {
+                return Err(malformed(
+                    "requester",
+                    format!("{} is listed twice", requester.to_hex()),
+                ));
+            }
+        }
+        let mut inner_dvms = BTreeSet::new();
+        for (member, inner) in &self.rules.inner {
+            if !keys.contains(member) {
+                return Err(malformed(
+                    "inner",
+                    format!("{} is not a member", member.to_hex()),
+                ));
+            }
+            if keys.contains(inner) {
+                return Err(malformed(
+                    "inner",
+                    format!(
+                        "{} is a member: a wrapper forwards to an ordinary DVM outside the quorum",
+                        inner.to_hex()
+                    ),
+                ));
+            }
+            if !inner_dvms.insert(inner) {
+                return Err(malformed(
+                    "inner",
+                    format!(
+                        "{} is named for two members: each wrapper must forward to a different DVM",
+                        inner.to_hex()
+                    ),
+                ));
+            }
         }
         match (self.quorum, self.keygen) {
             (Some(quorum), _) if keys.contains(&quorum) => {
@@ -365,6 +450,21 @@ impl Mandate {
             self.allow
                 .iter()
                 .map(|k| custom_tag(TAG_ALLOW, [k.to_string()])),
+        );
+        tags.extend(
+            self.rules
+                .requesters
+                .iter()
+                .map(|r| custom_tag(TAG_REQUESTER, [r.to_hex()])),
+        );
+        if self.rules.source != SourceRule::Tip {
+            tags.push(custom_tag(TAG_SOURCE, [self.rules.source.name()]));
+        }
+        tags.extend(
+            self.rules
+                .inner
+                .iter()
+                .map(|(member, inner)| custom_tag(TAG_INNER, [member.to_hex(), inner.to_hex()])),
         );
         tags.push(Tag::expiration(self.expiration));
         Ok(EventBuilder::new(MANDATE, self.content.clone())
@@ -458,6 +558,37 @@ impl Mandate {
                 return Err(malformed("allow", format!("kind {kind} is listed twice")));
             }
         }
+        let mut rules = MandateRules::default();
+        for values in tags_named(event, TAG_REQUESTER) {
+            let hex = values.get(1).map(String::as_str).unwrap_or_default();
+            rules.requesters.push(parse_pubkey("requester", hex)?);
+        }
+        rules.source = match optional_value(event, TAG_SOURCE)?.as_deref() {
+            None | Some("tip") => SourceRule::Tip,
+            Some("ancestor") => SourceRule::Ancestor,
+            Some(other) => {
+                return Err(malformed(
+                    "source",
+                    format!("{other:?} is not `tip` or `ancestor`"),
+                ));
+            }
+        };
+        for values in tags_named(event, TAG_INNER) {
+            let [member, inner] = &values[1..] else {
+                return Err(malformed(
+                    "inner",
+                    "expected [\"inner\", MEMBER_HEX, INNER_DVM_HEX]",
+                ));
+            };
+            let member = parse_pubkey("inner", member)?;
+            let inner = parse_pubkey("inner", inner)?;
+            if rules.inner.insert(member, inner).is_some() {
+                return Err(malformed(
+                    "inner",
+                    format!("member {} is given twice", member.to_hex()),
+                ));
+            }
+        }
         let expiration = required_value(event, TAG_EXPIRATION)?;
         let expiration = Timestamp::from_str(&expiration).map_err(|_| {
             malformed(
@@ -475,6 +606,7 @@ impl Mandate {
             keygen,
             allow,
             expiration,
+            rules,
             content: event.content.clone(),
         };
         mandate.validate_with(rule)?;
@@ -542,6 +674,7 @@ mod tests {
             keygen: Keygen::Dkg,
             allow: [8708, 8700, 1063, 5702].into_iter().collect(),
             expiration: Timestamp::from(NOW + 86_400),
+            rules: MandateRules::default(),
             content: "build quorum for app".into(),
         }
     }
@@ -611,6 +744,112 @@ mod tests {
         assert_eq!(parsed.quorum, None);
         assert!(!parsed.is_valid_at(Timestamp::from(NOW)));
         assert!(parsed.roster().is_none());
+    }
+
+    #[test]
+    fn rules_round_trip_and_bad_rules_are_refused() {
+        let owner = key(0x10);
+        let mut mandate = sample(&owner);
+        let router = key(0x40).public_key();
+        mandate.rules.requesters = vec![router];
+        mandate.rules.source = SourceRule::Ancestor;
+        mandate.rules.inner = [
+            (key(1).public_key(), key(0x51).public_key()),
+            (key(2).public_key(), key(0x52).public_key()),
+        ]
+        .into_iter()
+        .collect();
+        let event = sign(&mandate, &owner, NOW);
+        assert!(
+            event
+                .tags
+                .iter()
+                .any(|t| t.as_slice() == ["source", "ancestor"])
+        );
+        let parsed = Mandate::from_event(&event).unwrap();
+        assert_eq!(parsed.rules, mandate.rules);
+        let quorum = parsed.quorum.unwrap();
+        assert!(parsed.rules.admits(&router, Some(&quorum)));
+        assert!(parsed.rules.admits(&quorum, Some(&quorum)));
+        assert!(!parsed.rules.admits(&key(0x41).public_key(), Some(&quorum)));
+        assert!(MandateRules::default().admits(&key(0x41).public_key(), None));
+        // The default rule is not written.
+        let plain = sign(&sample(&owner), &owner, NOW);
+        assert!(plain.tags.iter().all(|t| t.as_slice()[0] != "source"));
+        assert_eq!(
+            Mandate::from_event(&plain).unwrap().rules,
+            MandateRules::default()
+        );
+
+        let mut twice = mandate.clone();
+        twice.rules.requesters.push(router);
+        assert!(
+            twice
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("`requester`")
+        );
+        let mut stranger = mandate.clone();
+        stranger
+            .rules
+            .inner
+            .insert(key(0x60).public_key(), key(0x61).public_key());
+        assert!(
+            stranger
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not a member")
+        );
+        let mut shared = mandate.clone();
+        shared
+            .rules
+            .inner
+            .insert(key(3).public_key(), key(0x51).public_key());
+        assert!(
+            shared
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("different DVM")
+        );
+        let mut inside = mandate.clone();
+        inside
+            .rules
+            .inner
+            .insert(key(3).public_key(), key(1).public_key());
+        assert!(
+            inside
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("is a member")
+        );
+
+        let edits = crate::tags::TagEdits::of(&event);
+        let member1 = key(1).public_key().to_hex();
+        for (tags, needle) in [
+            (edits.replace("source", &["source", "any"]), "`source`"),
+            (edits.with(&["source", "tip"]), "`source` tag given twice"),
+            (
+                edits.replace("requester", &["requester", "bob"]),
+                "`requester`",
+            ),
+            (edits.replace("inner", &["inner", &member1]), "`inner`"),
+            (
+                edits.with(&["inner", &member1, &key(0x53).public_key().to_hex()]),
+                "given twice",
+            ),
+        ] {
+            let event = EventBuilder::new(MANDATE, "")
+                .tags(tags.iter().map(|t| custom_tag(&t[0], t[1..].to_vec())))
+                .allow_self_tagging()
+                .sign_with_keys(&owner)
+                .unwrap();
+            let err = Mandate::from_event(&event).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
     }
 
     #[test]

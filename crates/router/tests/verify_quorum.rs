@@ -153,6 +153,7 @@ impl World {
             keygen: Keygen::Dealer { dealer: None },
             allow: [1063u16, 8700, 8708].into_iter().collect(),
             expiration: at(86_400),
+            rules: Default::default(),
             content: "build quorum for app".into(),
         }
     }

@@ -71,6 +71,7 @@ pub async fn deal(
         keygen: Keygen::Dealer { dealer: None },
         allow: spec.allow.iter().copied().collect(),
         expiration: Timestamp::now() + 3600u64,
+        rules: Default::default(),
         content: String::new(),
     };
     let event = mandate

@@ -240,6 +240,7 @@ pub async fn form_quorum(
         // As `quorum mandate create` does: relays drop an expired mandate (NIP-40), and a
         // release is verified against it.
         expiration: Timestamp::now() + 30 * 24 * 3600u64,
+        rules: Default::default(),
         content: request.note,
     };
     let proposal = quorum_consensus::keygen::propose_dkg(relays, maintainer, mandate.clone())

@@ -114,6 +114,7 @@ async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
         keygen: Keygen::Dkg,
         allow: args.allow.iter().copied().collect(),
         expiration: Timestamp::now() + lifetime.as_secs(),
+        rules: Default::default(),
         content: format!("quorum for {}", args.pipeline),
     };
     mandate
