@@ -361,6 +361,11 @@ pub struct WrapperArgs {
     /// Price per job in millisats, announced via NIP-89.
     #[arg(long, default_value_t = 0)]
     pub price_msats: u64,
+
+    /// Let quorum jobs name file:// repositories (read for their pipeline); for a local
+    /// network only.
+    #[arg(long)]
+    pub allow_local_repos: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,6 +22,7 @@ use quorum_proto::agreement::{
     self, BuildResult, Commitment, Reveal, Roster, Salt, SignedCommitment, SignedReveal, Tally,
     TallyOutcome,
 };
+use quorum_proto::blossom::Sha256Hex;
 use tokio::time::Instant;
 
 use crate::channel::{Channel, ChannelError};
@@ -82,12 +83,15 @@ pub fn filter(job: &EventId) -> Filter {
         .event(*job)
 }
 
-/// Commits to `result`, reveals it at the right time and tallies what everyone revealed.
+/// Commits to `result`, reveals it at the right time (naming `plan`, the plan hash this member
+/// built from, if any) and tallies what everyone revealed; with a plan, only members that
+/// revealed the same plan count.
 pub async fn commit_and_reveal(
     channel: &Channel,
     roster: &Roster,
     job: EventId,
     result: &BuildResult,
+    plan: Option<Sha256Hex>,
     config: &AgreementConfig,
 ) -> Result<Agreement, AgreementError> {
     let me = channel.public_key();
@@ -123,7 +127,7 @@ pub async fn commit_and_reveal(
         .await;
 
     // Phase 2: reveal, naming the commitments seen so far.
-    let mut reveal = Reveal::new(&my_commitment, salt, result.clone(), expiration);
+    let mut reveal = Reveal::new(&my_commitment, salt, result.clone(), expiration).with_plan(plan);
     reveal.seen = commitments(&channel.events())
         .iter()
         .filter(|c| c.member() != me)
@@ -151,7 +155,7 @@ pub async fn commit_and_reveal(
         })
         .await;
 
-    let agreement = tally_events(&channel.events(), roster, job, my_reveal.id);
+    let agreement = tally_events(&channel.events(), roster, job, plan, my_reveal.id);
     for (member, proof) in &agreement.tally.equivocated {
         match proof.to_event_builder() {
             Ok(builder) => match channel.publish(builder).await {
@@ -172,6 +176,7 @@ pub fn tally_events(
     seen: &[Event],
     roster: &Roster,
     job: EventId,
+    plan: Option<Sha256Hex>,
     my_reveal: EventId,
 ) -> Agreement {
     let commitments = commitments(seen);
@@ -212,7 +217,9 @@ pub fn tally_events(
         .into_iter()
         .filter(|r| !late.contains(&r.member()))
         .collect();
-    let tally = Tally::new(roster.clone(), job).evaluate(&kept_commitments, &kept_reveals);
+    let tally = Tally::new(roster.clone(), job)
+        .expecting_plan(plan)
+        .evaluate(&kept_commitments, &kept_reveals);
     Agreement {
         tally,
         late,

@@ -1,13 +1,24 @@
-//! The member side of a quorum job request, for any DVM that holds a share: a runner after its
-//! build, a wrapper after the ordinary DVM it wraps answered.
+//! The member side of a quorum job request, for any DVM that holds a share: a runner before and
+//! after its build, a wrapper around the ordinary DVM it wraps.
 //!
-//! Given the request (which `p`-tags every member and names a mandate) and this member's own
-//! result, [`QuorumMember::serve`] looks the mandate up on the relays and checks that it is the
-//! one that counts for its repository (signed by a maintainer, newest, unexpired, naming this
-//! quorum and this member, allowing what will be signed, covering the job), loads the share for
-//! its quorum key from the share directory, and takes part in the agreement and signing
-//! ([`crate::member::take_part`]). When the request asks for a release, the members also sign
-//! the release binding derived from the agreed files.
+//! Before doing any work, a member *admits* the request ([`QuorumMember::admit`]): it looks up
+//! the mandate the request names, the repository's announcement (30617), its maintainer-signed
+//! states (30618) and the repository's other mandates on the relays, and checks on its own
+//! ([`admit_events`], pure):
+//!
+//! 1. the mandate is the one that counts for its repository (signed by a maintainer, newest,
+//!    unexpired, naming this quorum and this member, allowing what will be signed, covering the
+//!    job, for the repository a release is asked for);
+//! 2. the request's author is one the mandate admits (`requester` tags; the quorum key itself
+//!    always, for quorum chains);
+//! 3. the evidence the request names (`source` param) ties its repository URL and commit to
+//!    the maintainers (`quorum_proto::source::check`): the URL is one of the owner's `clone`
+//!    URLs, the commit a ref's tip in a maintainer-signed state, still current.
+//!
+//! The caller then derives the job from the pipeline at the commit (the runner crate's
+//! `derive`), builds, and takes part ([`QuorumMember::serve`]): commit-reveal and signing
+//! ([`crate::member::take_part`]) of an attestation that names the evidence, and, when the
+//! request asks, the release binding and the next step of a quorum chain.
 //!
 //! [`QuorumMember::serve_anchor`] is the same with no published request: the session is keyed by
 //! an id every member derives alike (a git watcher quorum uses the id of the unsigned run
@@ -19,21 +30,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nostr_sdk::prelude::*;
-use quorum_proto::agreement::{BuildResult, QUORUM_ATTESTATION};
+use quorum_proto::agreement::{BuildResult, JobEvidence, QUORUM_ATTESTATION};
 use quorum_proto::chain;
 use quorum_proto::mandate::{MANDATE, Mandate};
-use quorum_proto::nip34::{REPO_ANNOUNCEMENT, maintainer_set};
+use quorum_proto::nip34::{REPO_ANNOUNCEMENT, REPO_STATE, RepoCoordinate, maintainer_set};
 use quorum_proto::nip90::JobRequest;
 use quorum_proto::quorum_job::{
     QuorumJobParams, QuorumReport, hex_list, next_step_request, release_binding,
 };
 use quorum_proto::release::RELEASE_BINDING;
+use quorum_proto::source::{self, SourceError};
 use quorum_threshold::KeyShare;
 
 use crate::agreement::Agreement;
 use crate::member::{self, MemberConfig, MemberError, MemberOutcome, QuorumJob};
 
-/// Why a member cannot serve a quorum request.
+/// Why a member refuses a quorum request, or cannot serve it. Each says which check failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QuorumJobError {
     #[error("cannot reach the relays to look up mandate {mandate}: {reason}")]
@@ -42,6 +54,18 @@ pub enum QuorumJobError {
     MandateNotFound(EventId),
     #[error("mandate {mandate}: {reason}")]
     Mandate { mandate: EventId, reason: String },
+    #[error(
+        "requester: {author} is not among the keys mandate {mandate} allows to request the \
+         quorum's jobs"
+    )]
+    Requester { author: PublicKey, mandate: EventId },
+    #[error(
+        "source: the request names no evidence of its source (a `source` param with the \
+         repository's announcement and a maintainer-signed state)"
+    )]
+    NoSource,
+    #[error("source: {0}")]
+    Source(#[from] SourceError),
     #[error("no key share for quorum {quorum} in {dir}: {reason}")]
     NoShare {
         quorum: PublicKey,
@@ -50,6 +74,207 @@ pub enum QuorumJobError {
     },
     #[error(transparent)]
     Member(#[from] MemberError),
+}
+
+/// What a member checked before doing any work for a request: the mandate that counts, and
+/// the NIP-34 evidence of the job's source.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub mandate_event: Event,
+    pub mandate: Mandate,
+    pub quorum: PublicKey,
+    /// The request's quorum params.
+    pub params: QuorumJobParams,
+    /// The checked evidence of the source, when the caller asked for one.
+    pub source: Option<AdmittedSource>,
+}
+
+/// The source evidence a member checked (`quorum_proto::source::Source`, owned).
+#[derive(Debug, Clone)]
+pub struct AdmittedSource {
+    pub announcement: Event,
+    pub state: Event,
+    /// The refs of `state` whose tip is the commit.
+    pub refs: Vec<String>,
+    /// Under the mandate's `ancestor` rule: ref tips from one of which (per list) the commit
+    /// must be reachable; the caller checks with git.
+    pub ancestry: Vec<Vec<String>>,
+}
+
+impl Admission {
+    /// The earliest time the quorum may date what it signs for `request`: no attestation
+    /// predates the events it relies on (the request, the mandate, the announcement, the state).
+    pub fn not_before(&self, request_created_at: Timestamp) -> Timestamp {
+        let mut at = request_created_at.max(self.mandate_event.created_at);
+        if let Some(source) = &self.source {
+            at = at
+                .max(source.announcement.created_at)
+                .max(source.state.created_at);
+        }
+        at
+    }
+}
+
+/// The kinds the quorum will sign for `request`: the attestation, the release binding when one
+/// is asked for, and the next step's request of a quorum chain.
+pub fn kinds_to_sign(request: &Event, params: &QuorumJobParams) -> Vec<Kind> {
+    let mut needed = vec![QUORUM_ATTESTATION];
+    if params.release.is_some() {
+        needed.push(RELEASE_BINDING);
+    }
+    let next_kind = JobRequest::from_event(request).ok().and_then(|parsed| {
+        chain::next_request(request, &parsed, EventId::all_zeros())
+            .and_then(Result::ok)
+            .map(|next| next.kind)
+    });
+    needed.extend(next_kind);
+    needed
+}
+
+/// What the relays said about a request's mandate and repository.
+#[derive(Debug, Clone, Default)]
+pub struct Lookup {
+    /// The mandate the request names.
+    pub named: Option<Event>,
+    /// The repository's mandates (`#a`), for supersession.
+    pub mandates: Vec<Event>,
+    /// The owner's announcements of the repository.
+    pub announcements: Vec<Event>,
+    /// Repository states by its maintainers, and any the request names.
+    pub states: Vec<Event>,
+}
+
+/// Whether a job comes from a repository's code (a build: its source evidence is required and
+/// checked), or not (a watcher quorum's anchor, whose members read the state themselves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sourced {
+    FromRepository,
+    Anchor,
+}
+
+/// The pure admission check (see the module docs). `me` is the member, `author` the request's
+/// signer, `job` the pipeline job the request runs, `needed` the kinds the quorum will sign.
+#[allow(clippy::too_many_arguments)]
+pub fn admit_events(
+    me: &PublicKey,
+    author: &PublicKey,
+    params: &QuorumJobParams,
+    job: Option<&str>,
+    needed: &[Kind],
+    sourced: Sourced,
+    lookup: &Lookup,
+    now: Timestamp,
+) -> Result<Admission, QuorumJobError> {
+    let id = params.mandate;
+    let refuse = |reason: String| QuorumJobError::Mandate {
+        mandate: id,
+        reason,
+    };
+    let named = lookup
+        .named
+        .as_ref()
+        .filter(|e| e.id == id)
+        .ok_or(QuorumJobError::MandateNotFound(id))?;
+    named
+        .verify()
+        .map_err(|_| refuse("bad id or signature".into()))?;
+    let mandate = Mandate::from_event(named).map_err(|e| refuse(e.to_string()))?;
+    let quorum = mandate
+        .quorum
+        .ok_or_else(|| refuse("is a DKG proposal, which authorises nothing".into()))?;
+    let maintainers = maintainer_set(
+        &mandate.repo.owner,
+        &mandate.repo.identifier,
+        &lookup.announcements,
+    );
+    if !maintainers.contains(&named.pubkey) {
+        return Err(refuse(format!(
+            "is signed by {}, who is not a maintainer of {}",
+            named.pubkey, mandate.repo
+        )));
+    }
+    let mut mandates = lookup.mandates.clone();
+    if !mandates.iter().any(|e| e.id == named.id) {
+        mandates.push(named.clone());
+    }
+    match quorum_proto::mandate::select_mandate(
+        &mandates,
+        &mandate.repo,
+        &quorum,
+        &maintainers,
+        now,
+    ) {
+        Some((current, _)) if current.id == named.id => {}
+        Some((current, _)) => {
+            return Err(refuse(format!("is superseded by mandate {}", current.id)));
+        }
+        None => return Err(refuse("is expired or not yet valid".into())),
+    }
+    if mandate.member_index(me).is_none() {
+        return Err(refuse("does not name this DVM as a member".into()));
+    }
+    for &kind in needed {
+        if !mandate.allows(kind) {
+            return Err(refuse(format!(
+                "does not allow the quorum to sign kind {}",
+                kind.as_u16()
+            )));
+        }
+    }
+    let job = job.or(params.release.as_ref().map(|r| r.job.as_str()));
+    if let Some(job) = job
+        && !mandate.covers(&mandate.pipeline, job)
+    {
+        return Err(refuse(format!("does not cover job {job}")));
+    }
+    if let Some(release) = &params.release
+        && release.repo != mandate.repo
+    {
+        return Err(refuse(format!(
+            "is for {}, but the release is asked for {}",
+            mandate.repo, release.repo
+        )));
+    }
+    if sourced == Sourced::FromRepository && !mandate.rules.admits(author, Some(&quorum)) {
+        return Err(QuorumJobError::Requester {
+            author: *author,
+            mandate: id,
+        });
+    }
+    let source = match sourced {
+        Sourced::Anchor => None,
+        Sourced::FromRepository => {
+            let named = params.source.as_ref().ok_or(QuorumJobError::NoSource)?;
+            let events: Vec<Event> = lookup
+                .announcements
+                .iter()
+                .chain(&lookup.states)
+                .cloned()
+                .collect();
+            let checked = source::check(
+                &mandate.repo,
+                &named.url,
+                &params.commit,
+                mandate.rules.source,
+                (named.announcement, named.state),
+                &events,
+                true,
+            )?;
+            Some(AdmittedSource {
+                announcement: checked.announcement.clone(),
+                state: checked.state.clone(),
+                refs: checked.refs.clone(),
+                ancestry: checked.ancestry.clone(),
+            })
+        }
+    };
+    Ok(Admission {
+        mandate_event: named.clone(),
+        mandate,
+        quorum,
+        params: params.clone(),
+        source,
+    })
 }
 
 /// A DVM's identity as a quorum member: its relays, its DVM key and where its shares are.
@@ -92,36 +317,145 @@ impl QuorumMember {
         &self.share_dir
     }
 
-    /// Takes part in the quorum job `request` (whose quorum params are `params`) with this
-    /// member's `result`. `job` is the pipeline job the request runs, when it says (the `job`
-    /// param), for the mandate's job list.
-    pub async fn serve(
+    pub fn public_key(&self) -> PublicKey {
+        self.keys.public_key()
+    }
+
+    /// Looks up and checks a request by `author` before any work is done for it (see the
+    /// module docs). `needed` are the kinds the quorum will sign ([`kinds_to_sign`]).
+    pub async fn admit(
         &self,
-        request: &Event,
+        author: &PublicKey,
         params: &QuorumJobParams,
         job: Option<&str>,
-        result: BuildResult,
-    ) -> Result<(QuorumReport, MemberOutcome), QuorumJobError> {
-        let mut needed = vec![QUORUM_ATTESTATION];
-        if params.release.is_some() {
-            needed.push(RELEASE_BINDING);
-        }
-        // A quorum chain: the quorum, not one member, signs the next step's request.
-        let parsed = JobRequest::from_event(request).ok();
-        let next_kind = parsed.as_ref().and_then(|parsed| {
-            chain::next_request(request, parsed, EventId::all_zeros())
-                .and_then(Result::ok)
-                .map(|next| next.kind)
-        });
-        needed.extend(next_kind);
-        let release = params.release.clone();
-        let commit = params.commit.clone();
-        self.take_part(
-            request.id,
+        needed: &[Kind],
+        sourced: Sourced,
+    ) -> Result<Admission, QuorumJobError> {
+        let lookup = self.lookup(params).await?;
+        admit_events(
+            &self.keys.public_key(),
+            author,
             params,
             job,
+            needed,
+            sourced,
+            &lookup,
+            Timestamp::now(),
+        )
+    }
+
+    /// The mandate a request names, the repository's mandates, announcements and states.
+    pub async fn lookup(&self, params: &QuorumJobParams) -> Result<Lookup, QuorumJobError> {
+        let id = params.mandate;
+        let failed = |e: nostr_sdk::client::Error| QuorumJobError::Lookup {
+            mandate: id,
+            reason: e.to_string(),
+        };
+        let client = Client::builder().build();
+        for relay in &self.relays {
+            client
+                .add_relay(relay.clone())
+                .await
+                .map_err(|e| QuorumJobError::Lookup {
+                    mandate: id,
+                    reason: e.to_string(),
+                })?;
+        }
+        client.connect().await;
+        let timeout = self.lookup_timeout;
+        let looked_up = async {
+            let mut lookup = Lookup::default();
+            let named = client
+                .fetch_events(Filter::new().id(id).kind(MANDATE), timeout)
+                .await?;
+            lookup.named = named.into_iter().find(|e| e.id == id);
+            let Some(Ok(mandate)) = lookup.named.as_ref().map(Mandate::from_event) else {
+                return Ok(lookup);
+            };
+            let repo: &RepoCoordinate = &mandate.repo;
+            lookup.announcements = client
+                .fetch_events(
+                    Filter::new()
+                        .kind(REPO_ANNOUNCEMENT)
+                        .author(repo.owner)
+                        .identifier(repo.identifier.clone()),
+                    timeout,
+                )
+                .await?
+                .to_vec();
+            lookup.mandates = client
+                .fetch_events(
+                    Filter::new()
+                        .kind(MANDATE)
+                        .custom_tag(SingleLetterTag::lowercase(Alphabet::A), repo.to_string()),
+                    timeout,
+                )
+                .await?
+                .to_vec();
+            let maintainers = maintainer_set(&repo.owner, &repo.identifier, &lookup.announcements);
+            let mut states = client
+                .fetch_events(
+                    Filter::new()
+                        .kind(REPO_STATE)
+                        .authors(maintainers)
+                        .identifier(repo.identifier.clone()),
+                    timeout,
+                )
+                .await?
+                .to_vec();
+            // The named evidence, whoever signed it, so that a refusal can say what it is.
+            if let Some(named) = &params.source {
+                let wanted: BTreeSet<EventId> = [named.announcement, named.state]
+                    .into_iter()
+                    .filter(|id| {
+                        !states
+                            .iter()
+                            .chain(&lookup.announcements)
+                            .any(|e| e.id == *id)
+                    })
+                    .collect();
+                if !wanted.is_empty() {
+                    for event in client
+                        .fetch_events(Filter::new().ids(wanted), timeout)
+                        .await?
+                    {
+                        if event.kind == REPO_ANNOUNCEMENT {
+                            lookup.announcements.push(event);
+                        } else {
+                            states.push(event);
+                        }
+                    }
+                }
+            }
+            lookup.states = states;
+            Ok(lookup)
+        }
+        .await;
+        client.shutdown().await;
+        looked_up.map_err(failed)
+    }
+
+    /// Takes part in the quorum job `request` (admitted as `admission`) with this member's
+    /// `result`. `evidence` is the job's source as the member derived it (the attestation names
+    /// it); `wrapped` the inner kind when a wrapper's inner DVM did the work.
+    pub async fn serve(
+        &self,
+        admission: &Admission,
+        request: &Event,
+        evidence: Option<JobEvidence>,
+        wrapped: Option<u16>,
+        result: BuildResult,
+    ) -> Result<(QuorumReport, MemberOutcome), QuorumJobError> {
+        let parsed = JobRequest::from_event(request).ok();
+        let release = admission.params.release.clone();
+        let commit = admission.params.commit.clone();
+        self.take_part(
+            admission,
+            request.id,
+            admission.not_before(request.created_at),
+            evidence,
+            wrapped,
             result,
-            &needed,
             |quorum_job, quorum, agreement| {
                 let Ok(attestation) = member::attestation(quorum_job, quorum, agreement) else {
                     return Vec::new();
@@ -153,47 +487,49 @@ impl QuorumMember {
     /// Takes part in a quorum session anchored at `job` (an event id every member derives the
     /// same way, not necessarily a published request) with this member's `result`, and has the
     /// quorum sign `extra` after the attestation: events fixed before the agreement, such as
-    /// the next step's request. The mandate must allow 8708 and the kind of every extra event.
+    /// the next step's request. The admission must have allowed 8708 and every extra kind.
     pub async fn serve_anchor(
         &self,
+        admission: &Admission,
         job: EventId,
-        params: &QuorumJobParams,
-        job_name: Option<&str>,
+        not_before: Timestamp,
         result: BuildResult,
         extra: Vec<UnsignedEvent>,
     ) -> Result<(QuorumReport, MemberOutcome), QuorumJobError> {
-        let mut needed = vec![QUORUM_ATTESTATION];
-        for event in &extra {
-            if !needed.contains(&event.kind) {
-                needed.push(event.kind);
-            }
-        }
-        self.take_part(job, params, job_name, result, &needed, |_, _, _| {
-            extra.clone()
-        })
+        self.take_part(
+            admission,
+            job,
+            not_before.max(admission.mandate_event.created_at),
+            None,
+            None,
+            result,
+            |_, _, _| extra.clone(),
+        )
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn take_part(
         &self,
+        admission: &Admission,
         job: EventId,
-        params: &QuorumJobParams,
-        job_name: Option<&str>,
+        not_before: Timestamp,
+        evidence: Option<JobEvidence>,
+        wrapped: Option<u16>,
         result: BuildResult,
-        needed: &[Kind],
         extra: impl Fn(&QuorumJob, PublicKey, &Agreement) -> Vec<UnsignedEvent>,
     ) -> Result<(QuorumReport, MemberOutcome), QuorumJobError> {
-        let (mandate_event, mandate) = self.checked_mandate(params, job_name, needed).await?;
-        let quorum = mandate
-            .quorum
-            .expect("checked_mandate requires a quorum key");
+        let quorum = admission.quorum;
         let share = load_share(&self.share_dir, &quorum)?;
         let quorum_job = QuorumJob {
             job,
-            mandate: mandate.clone(),
-            mandate_id: mandate_event.id,
-            commit: params.commit.clone(),
+            mandate: admission.mandate.clone(),
+            mandate_id: admission.mandate_event.id,
+            commit: admission.params.commit.clone(),
             result,
+            evidence,
+            wrapped,
+            not_before,
         };
         let outcome = member::take_part(
             &self.relays,
@@ -204,136 +540,8 @@ impl QuorumMember {
             |agreement| extra(&quorum_job, quorum, agreement),
         )
         .await?;
-        let report = report(&quorum, mandate_event.id, &outcome);
+        let report = report(&quorum, admission.mandate_event.id, &outcome);
         Ok((report, outcome))
-    }
-
-    /// The mandate the request names, if it is the one that counts for its repository.
-    async fn checked_mandate(
-        &self,
-        params: &QuorumJobParams,
-        job: Option<&str>,
-        needed: &[Kind],
-    ) -> Result<(Event, Mandate), QuorumJobError> {
-        let id = params.mandate;
-        let refuse = |reason: String| QuorumJobError::Mandate {
-            mandate: id,
-            reason,
-        };
-        let client = Client::builder().build();
-        for relay in &self.relays {
-            client
-                .add_relay(relay.clone())
-                .await
-                .map_err(|e| QuorumJobError::Lookup {
-                    mandate: id,
-                    reason: e.to_string(),
-                })?;
-        }
-        client.connect().await;
-        let looked_up = async {
-            let named = client
-                .fetch_events(Filter::new().id(id).kind(MANDATE), self.lookup_timeout)
-                .await?;
-            let Some(named) = named.into_iter().find(|e| e.id == id) else {
-                return Ok(None);
-            };
-            let mandate = Mandate::from_event(&named);
-            let (announcements, mandates) = match &mandate {
-                Ok(m) => {
-                    let announcements = client
-                        .fetch_events(
-                            Filter::new()
-                                .kind(REPO_ANNOUNCEMENT)
-                                .author(m.repo.owner)
-                                .identifier(m.repo.identifier.clone()),
-                            self.lookup_timeout,
-                        )
-                        .await?;
-                    let mandates = client
-                        .fetch_events(
-                            Filter::new().kind(MANDATE).custom_tag(
-                                SingleLetterTag::lowercase(Alphabet::A),
-                                m.repo.to_string(),
-                            ),
-                            self.lookup_timeout,
-                        )
-                        .await?;
-                    (announcements.to_vec(), mandates.to_vec())
-                }
-                Err(_) => (Vec::new(), Vec::new()),
-            };
-            Ok::<_, nostr_sdk::client::Error>(Some((named, mandate, announcements, mandates)))
-        }
-        .await;
-        client.shutdown().await;
-        let (named, mandate, announcements, mut mandates) = looked_up
-            .map_err(|e| QuorumJobError::Lookup {
-                mandate: id,
-                reason: e.to_string(),
-            })?
-            .ok_or(QuorumJobError::MandateNotFound(id))?;
-        named
-            .verify()
-            .map_err(|_| refuse("bad id or signature".into()))?;
-        let mandate = mandate.map_err(|e| refuse(e.to_string()))?;
-        let quorum = mandate
-            .quorum
-            .ok_or_else(|| refuse("is a DKG proposal, which authorises nothing".into()))?;
-        let maintainers = maintainer_set(
-            &mandate.repo.owner,
-            &mandate.repo.identifier,
-            &announcements,
-        );
-        if !maintainers.contains(&named.pubkey) {
-            return Err(refuse(format!(
-                "is signed by {}, who is not a maintainer of {}",
-                named.pubkey, mandate.repo
-            )));
-        }
-        if !mandates.iter().any(|e| e.id == named.id) {
-            mandates.push(named.clone());
-        }
-        let now = Timestamp::now();
-        match quorum_proto::mandate::select_mandate(
-            &mandates,
-            &mandate.repo,
-            &quorum,
-            &maintainers,
-            now,
-        ) {
-            Some((current, _)) if current.id == named.id => {}
-            Some((current, _)) => {
-                return Err(refuse(format!("is superseded by mandate {}", current.id)));
-            }
-            None => return Err(refuse("is expired or not yet valid".into())),
-        }
-        if mandate.member_index(&self.keys.public_key()).is_none() {
-            return Err(refuse("does not name this DVM as a member".into()));
-        }
-        for &kind in needed {
-            if !mandate.allows(kind) {
-                return Err(refuse(format!(
-                    "does not allow the quorum to sign kind {}",
-                    kind.as_u16()
-                )));
-            }
-        }
-        let job = job.or(params.release.as_ref().map(|r| r.job.as_str()));
-        if let Some(job) = job
-            && !mandate.covers(&mandate.pipeline, job)
-        {
-            return Err(refuse(format!("does not cover job {job}")));
-        }
-        if let Some(release) = &params.release
-            && release.repo != mandate.repo
-        {
-            return Err(refuse(format!(
-                "is for {}, but the release is asked for {}",
-                mandate.repo, release.repo
-            )));
-        }
-        Ok((named, mandate))
     }
 }
 

@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use nostr_sdk::prelude::*;
-use quorum_proto::agreement::{BuildResult, QuorumAttestation, Roster};
+use quorum_proto::agreement::{
+    AttestationBasis, BuildResult, JobEvidence, QuorumAttestation, Roster,
+};
 use quorum_proto::mandate::Mandate;
 use quorum_proto::quorum_msg::SessionId;
 use quorum_threshold::KeyShare;
@@ -44,6 +46,13 @@ pub struct QuorumJob {
     pub commit: String,
     /// This member's own result.
     pub result: BuildResult,
+    /// Where the job came from, as this member derived it: the attestation names it, and the
+    /// member reveals its plan hash (members that read another plan do not count).
+    pub evidence: Option<JobEvidence>,
+    /// The inner kind, when ordinary DVMs wrapped by the members did the work.
+    pub wrapped: Option<u16>,
+    /// The earliest time the attestation may carry (the latest of its evidence's times).
+    pub not_before: Timestamp,
 }
 
 /// How a member's part ended.
@@ -124,9 +133,16 @@ async fn run(
     let me = channel.public_key();
     let roster = roster_of(share);
     let started = Instant::now();
-    let agreement =
-        agreement::commit_and_reveal(channel, &roster, job.job, &job.result, &config.agreement)
-            .await?;
+    let plan = job.evidence.as_ref().map(|e| e.plan_hash);
+    let agreement = agreement::commit_and_reveal(
+        channel,
+        &roster,
+        job.job,
+        &job.result,
+        plan,
+        &config.agreement,
+    )
+    .await?;
     let tallied = Instant::now();
     let agreement_ms = Some(ms(tallied - started));
     let unsigned = |agreement, failure| MemberOutcome {
@@ -181,9 +197,15 @@ pub fn attestation(
     quorum: PublicKey,
     agreement: &Agreement,
 ) -> Result<UnsignedEvent, String> {
+    let basis = AttestationBasis {
+        mandate: job.mandate_id,
+        commit: job.commit.clone(),
+        evidence: job.evidence.clone(),
+        wrapped: job.wrapped,
+        not_before: job.not_before,
+    };
     let (attestation, created_at) =
-        QuorumAttestation::from_tally(&agreement.tally, job.mandate_id, job.commit.clone())
-            .map_err(|e| e.to_string())?;
+        QuorumAttestation::from_tally(&agreement.tally, &basis).map_err(|e| e.to_string())?;
     attestation
         .unsigned(quorum, created_at)
         .map_err(|e| e.to_string())

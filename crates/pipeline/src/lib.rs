@@ -179,6 +179,7 @@
 //! [`Plan::ready`] and [`Plan::dependants`] are what the router schedules with.
 
 mod diag;
+pub mod dispatch;
 pub mod expr;
 mod lint;
 mod plan;
@@ -188,7 +189,7 @@ pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use lint::{MAX_FILE_BYTES, MAX_JOBS};
 pub use plan::{
     DvmInput, InputType, JobSpec, ManualInput, ManualTrigger, Mode, Plan, PlannedJob, PushTrigger,
-    TriggerEvent, Triggers,
+    TriggerEvent, Triggers, run_id,
 };
 
 /// Where a repository keeps its pipeline.

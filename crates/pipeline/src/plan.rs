@@ -161,6 +161,36 @@ pub struct PlannedJob {
     pub release: bool,
 }
 
+impl PlannedJob {
+    /// `(replicas, threshold)` of a job that a quorum runs; `None` for other jobs (an approval
+    /// gate runs nothing, whatever its mode).
+    pub fn quorum_size(&self) -> Option<(u32, u32)> {
+        match (&self.mode, &self.spec) {
+            (_, JobSpec::Approval { .. }) => None,
+            (
+                Mode::Quorum {
+                    replicas,
+                    threshold,
+                },
+                _,
+            ) => Some((*replicas, *threshold)),
+            _ => None,
+        }
+    }
+}
+
+/// The id of a run: sha256 of the repository URL, the commit and the plan hash, each followed
+/// by a NUL byte, so that the same pipeline on the same commit is recognisably the same run
+/// (deduplication), and a quorum member can recompute the run a release names.
+pub fn run_id(repo: &str, commit: &str, plan_hash: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [repo, commit, plan_hash] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
 /// A compiled, linted pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -242,6 +272,40 @@ impl Plan {
             }
         }
         out
+    }
+
+    /// The jobs from `head` on while the next one `fits`, needs only the one before, and is
+    /// the only job that needs it: the jobs one chain request carries (naive and quorum chains).
+    pub fn chain_from<'a>(
+        &'a self,
+        head: &'a PlannedJob,
+        fits: impl Fn(&PlannedJob) -> bool,
+    ) -> Vec<&'a PlannedJob> {
+        let mut chain = vec![head];
+        loop {
+            let last = chain[chain.len() - 1];
+            let dependants: Vec<&PlannedJob> = self
+                .jobs
+                .iter()
+                .filter(|j| j.needs.contains(&last.id))
+                .collect();
+            match dependants.as_slice() {
+                [next] if next.needs.len() == 1 && fits(next) => chain.push(next),
+                _ => return chain,
+            }
+        }
+    }
+
+    /// The quorum chain that starts at `head`: followed while the next job is a quorum job of
+    /// the same size (a script or a DVM call). The quorum key signs each next step's request,
+    /// and only as this says.
+    pub fn quorum_chain_from<'a>(&'a self, head: &'a PlannedJob) -> Vec<&'a PlannedJob> {
+        let size = head.quorum_size();
+        self.chain_from(head, |next| {
+            size.is_some()
+                && next.quorum_size() == size
+                && matches!(next.spec, JobSpec::Run { .. } | JobSpec::Dvm { .. })
+        })
     }
 
     /// The canonical JSON encoding: compact, fields in declaration order, maps sorted.

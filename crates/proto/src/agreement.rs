@@ -49,6 +49,10 @@ const TAG_FILE: &str = "x";
 const TAG_EXPIRATION: &str = "expiration";
 const TAG_COMMIT: &str = "c";
 const TAG_MEMBER: &str = "p";
+const TAG_PLAN: &str = "plan";
+const TAG_PIPELINE: &str = "pipeline";
+const TAG_JOB: &str = "job";
+const TAG_WRAPPER: &str = "wrapper";
 /// `e` marker of a reveal's commitment reference.
 const MARKER_COMMITMENT: &str = "commitment";
 /// `e` marker of the other members' commitments a reveal's author had seen.
@@ -57,6 +61,12 @@ const MARKER_SEEN: &str = "seen";
 const MARKER_MANDATE: &str = "mandate";
 /// `p` marker of an attestation's agreeing members.
 const MARKER_AGREED: &str = "agreed";
+/// The marker of the attestation's `e` tag naming the repository announcement (30617).
+const MARKER_ANNOUNCEMENT: &str = "announcement";
+/// The marker of the attestation's `e` tag naming the maintainer-signed state (30618).
+const MARKER_STATE: &str = "state";
+/// The pseudo-file under which a tally reports a member that revealed another plan.
+pub const PLAN_ENTRY: &str = "(plan)";
 
 /// Why an event or a set of events is not valid agreement material.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -103,13 +113,15 @@ fn check_kind(event: &Event, kind: Kind, expected: &'static str) -> Result<()> {
     }
 }
 
+fn optional_value(event: &Event, name: &'static str) -> Result<Option<String>> {
+    crate::tags::single_value(event, name).map_err(|e| match e {
+        crate::tags::SingleValueError::Duplicate(name) => AgreementError::Duplicate(name),
+        crate::tags::SingleValueError::Empty(name) => malformed(name, "no value"),
+    })
+}
+
 fn required_value(event: &Event, name: &'static str) -> Result<String> {
-    crate::tags::single_value(event, name)
-        .map_err(|e| match e {
-            crate::tags::SingleValueError::Duplicate(name) => AgreementError::Duplicate(name),
-            crate::tags::SingleValueError::Empty(name) => malformed(name, "no value"),
-        })?
-        .ok_or(AgreementError::MissingTag(name))
+    optional_value(event, name)?.ok_or(AgreementError::MissingTag(name))
 }
 
 fn is_hex64(text: &str) -> bool {
@@ -500,6 +512,9 @@ pub struct Reveal {
     /// (`["e", ID, "", "seen"]`, sorted). The engine may use it to tell a commitment made
     /// after a reveal was out (a copycat's) from one made before; the tally does not.
     pub seen: BTreeSet<EventId>,
+    /// Optional: the plan hash of the job as its author derived it from the pipeline at the
+    /// commit (`["plan", HASH]`). A tally that expects a plan counts only reveals naming it.
+    pub plan: Option<Sha256Hex>,
     /// NIP-40, required.
     pub expiration: Timestamp,
 }
@@ -518,8 +533,15 @@ impl Reveal {
             salt,
             result,
             seen: BTreeSet::new(),
+            plan: None,
             expiration,
         }
+    }
+
+    /// The same reveal, naming the plan hash its author built from.
+    pub fn with_plan(mut self, plan: Option<Sha256Hex>) -> Self {
+        self.plan = plan;
+        self
     }
 
     /// The same reveal, listing the commitments its author had seen.
@@ -538,6 +560,9 @@ impl Reveal {
         ];
         tags.extend(self.result.to_tags());
         tags.extend(self.seen.iter().map(|id| marked_e_tag(*id, MARKER_SEEN)));
+        if let Some(plan) = &self.plan {
+            tags.push(custom_tag(TAG_PLAN, [plan.to_hex()]));
+        }
         tags.push(Tag::expiration(self.expiration));
         Ok(EventBuilder::new(REVEAL, "")
             .tags(tags)
@@ -560,12 +585,19 @@ impl Reveal {
         let salt = required_value(event, TAG_SALT)?;
         let salt = Salt::parse(&salt)
             .ok_or_else(|| malformed("salt", "not 64 lowercase hex characters"))?;
+        let plan = optional_value(event, TAG_PLAN)?
+            .map(|plan| {
+                Sha256Hex::parse(&plan)
+                    .map_err(|_| malformed("plan", format!("{plan:?} is not a sha256")))
+            })
+            .transpose()?;
         Ok(Reveal {
             job,
             commitment,
             salt,
             result: BuildResult::from_tags(event, false)?,
             seen,
+            plan,
             expiration: parse_expiration(event)?,
         })
     }
@@ -828,6 +860,8 @@ pub struct Revealed {
     pub reveal: EventId,
     pub created_at: Timestamp,
     pub result: BuildResult,
+    /// The plan hash the reveal names, if any.
+    pub plan: Option<Sha256Hex>,
 }
 
 /// The votes on one file.
@@ -844,11 +878,24 @@ pub struct FileVotes {
 pub struct Tally {
     roster: Roster,
     job: EventId,
+    plan: Option<Sha256Hex>,
 }
 
 impl Tally {
     pub fn new(roster: Roster, job: EventId) -> Self {
-        Tally { roster, job }
+        Tally {
+            roster,
+            job,
+            plan: None,
+        }
+    }
+
+    /// The same tally, counting only reveals that name `plan`: a member that derived another
+    /// plan from the pipeline at the commit built another job, whatever its bytes. It is
+    /// reported as disagreeing, with [`PLAN_ENTRY`] naming the plan it revealed.
+    pub fn expecting_plan(mut self, plan: Option<Sha256Hex>) -> Self {
+        self.plan = plan;
+        self
     }
 
     pub fn roster(&self) -> &Roster {
@@ -990,6 +1037,7 @@ impl Tally {
                             reveal: r.id(),
                             created_at: r.event.created_at,
                             result: r.reveal.result.clone(),
+                            plan: r.reveal.plan,
                         },
                     );
                 }
@@ -1003,8 +1051,19 @@ impl Tally {
         }
 
         let t = usize::from(self.roster.threshold);
+        // A member that built another plan votes on nothing.
+        let mut disagreed = BTreeMap::new();
+        if let Some(expected) = self.plan {
+            for (member, r) in &revealed {
+                if r.plan != Some(expected) {
+                    disagreed.insert(*member, BTreeMap::from([(PLAN_ENTRY.to_string(), r.plan)]));
+                }
+            }
+        }
+        let other_plan: BTreeSet<PublicKey> = disagreed.keys().copied().collect();
+        let voters = || revealed.iter().filter(|(m, _)| !other_plan.contains(*m));
         let mut files: BTreeMap<String, FileVotes> = BTreeMap::new();
-        for (member, r) in &revealed {
+        for (member, r) in voters() {
             for (name, sha256) in &r.result.files {
                 files
                     .entry(name.clone())
@@ -1028,9 +1087,8 @@ impl Tally {
             .filter_map(|(name, v)| v.agreed.map(|sha| (name, sha)))
             .collect();
         let mut agreed = BTreeSet::new();
-        let mut disagreed = BTreeMap::new();
         if !agreed_files.is_empty() {
-            for (member, r) in &revealed {
+            for (member, r) in voters() {
                 let differs: BTreeMap<String, Option<Sha256Hex>> = agreed_files
                     .iter()
                     .filter(|(name, sha)| r.result.files.get(name.as_str()) != Some(sha))
@@ -1146,6 +1204,7 @@ impl TallyOutcome {
         &self,
         attestation: &QuorumAttestation,
         created_at: Timestamp,
+        not_before: Timestamp,
     ) -> std::result::Result<(), String> {
         if attestation.job != self.job {
             return Err(format!("it is for another job ({})", attestation.job));
@@ -1163,7 +1222,10 @@ impl TallyOutcome {
         if let Some(m) = attestation.agreed.iter().find(|m| !self.agreed.contains(m)) {
             return Err(format!("{} is not an agreeing member here", m.to_hex()));
         }
-        match self.attestation_time(&attestation.agreed) {
+        match self
+            .attestation_time(&attestation.agreed)
+            .map(|at| at.max(not_before))
+        {
             Some(at) if at == created_at => Ok(()),
             Some(at) => Err(format!(
                 "created_at is {}, but the listed members' latest reveal is at {}",
@@ -1243,15 +1305,55 @@ pub struct QuorumAttestation {
     pub files: BuildResult,
     /// The members who back every file.
     pub agreed: BTreeSet<PublicKey>,
+    /// Where the job came from, as every member checked it (protocol §16): `None` only for
+    /// sessions that build nothing from a pipeline (a watcher quorum agreeing on a commit).
+    pub evidence: Option<JobEvidence>,
+    /// `Some(kind)` when the members are wrapper DVMs whose work ordinary DVMs of that kind did
+    /// (`["wrapper", KIND]`): the files are what those DVMs answered, fetched and hashed by
+    /// the wrappers, not builds of the members' own.
+    pub wrapped: Option<u16>,
+}
+
+/// The source of an attested job (protocol §16): the maintainer-signed NIP-34 evidence the
+/// members checked, and the pipeline job they derived from the commit.
+///
+/// ```text
+/// ["e", <30617 id>, "", "announcement"]   the owner's announcement (clone URLs, maintainers)
+/// ["e", <30618 id>, "", "state"]          the maintainer-signed state naming the commit
+/// ["pipeline", <path>, <plan hash>]       the pipeline file at the commit and its plan hash
+/// ["job", <job id>]                       the job of that plan
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEvidence {
+    pub announcement: EventId,
+    pub state: EventId,
+    /// The pipeline file's path (the mandate's `pipeline`).
+    pub pipeline: String,
+    pub plan_hash: Sha256Hex,
+    pub job: String,
+}
+
+/// What the members add to a tally to make their attestation: the mandate, the commit, the
+/// job's evidence and the earliest time it may carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationBasis {
+    pub mandate: EventId,
+    pub commit: String,
+    pub evidence: Option<JobEvidence>,
+    pub wrapped: Option<u16>,
+    /// The attestation is dated no earlier than this: the latest `created_at` of the events it
+    /// relies on (the request, the mandate, the state), so that it can never be back-dated
+    /// before its own evidence.
+    pub not_before: Timestamp,
 }
 
 impl QuorumAttestation {
-    /// The attestation of `outcome` and its `created_at` ([`TallyOutcome::attestation_time`]
-    /// of all agreeing members); fails unless the outcome is attestable.
+    /// The attestation of `outcome` and its `created_at`: the later of
+    /// [`TallyOutcome::attestation_time`] of all agreeing members and `basis.not_before`.
+    /// Fails unless the outcome is attestable.
     pub fn from_tally(
         outcome: &TallyOutcome,
-        mandate: EventId,
-        commit: impl Into<String>,
+        basis: &AttestationBasis,
     ) -> Result<(Self, Timestamp)> {
         if !outcome.is_attestable() {
             return Err(AgreementError::NotAttestable(format!(
@@ -1265,13 +1367,15 @@ impl QuorumAttestation {
         })?;
         let attestation = QuorumAttestation {
             job: outcome.job,
-            mandate,
-            commit: commit.into(),
+            mandate: basis.mandate,
+            commit: basis.commit.clone(),
             files: outcome.agreed_result(),
             agreed: outcome.agreed.clone(),
+            evidence: basis.evidence.clone(),
+            wrapped: basis.wrapped,
         };
         attestation.validate()?;
-        Ok((attestation, created_at))
+        Ok((attestation, created_at.max(basis.not_before)))
     }
 
     /// At least one file and one member, names non-empty, a full commit id.
@@ -1289,6 +1393,14 @@ impl QuorumAttestation {
         if self.agreed.is_empty() {
             return Err(AgreementError::MissingTag("p"));
         }
+        if let Some(evidence) = &self.evidence {
+            if evidence.pipeline.is_empty() {
+                return Err(malformed("pipeline", "empty path"));
+            }
+            if evidence.job.is_empty() {
+                return Err(malformed("job", "empty job id"));
+            }
+        }
         Ok(())
     }
 
@@ -1300,6 +1412,18 @@ impl QuorumAttestation {
             marked_e_tag(self.mandate, MARKER_MANDATE),
             custom_tag(TAG_COMMIT, [self.commit.clone()]),
         ];
+        if let Some(evidence) = &self.evidence {
+            tags.push(marked_e_tag(evidence.announcement, MARKER_ANNOUNCEMENT));
+            tags.push(marked_e_tag(evidence.state, MARKER_STATE));
+            tags.push(custom_tag(
+                TAG_PIPELINE,
+                [evidence.pipeline.clone(), evidence.plan_hash.to_hex()],
+            ));
+            tags.push(custom_tag(TAG_JOB, [evidence.job.clone()]));
+        }
+        if let Some(kind) = self.wrapped {
+            tags.push(custom_tag(TAG_WRAPPER, [kind.to_string()]));
+        }
         tags.extend(self.files.to_tags());
         // BTreeSet<PublicKey> iterates in byte order, which is lowercase-hex order.
         tags.extend(self.agreed.iter().map(|m| {
@@ -1328,7 +1452,12 @@ impl QuorumAttestation {
     /// Parses an attestation; `x` and `p` tags must be in canonical order (one spelling).
     pub fn from_event(event: &Event) -> Result<Self> {
         check_kind(event, QUORUM_ATTESTATION, "quorum attestation (8708)")?;
-        let (ids, _) = marked_event_ids(event, &["", MARKER_MANDATE], None, true)?;
+        let (ids, _) = marked_event_ids(
+            event,
+            &["", MARKER_MANDATE, MARKER_ANNOUNCEMENT, MARKER_STATE],
+            None,
+            true,
+        )?;
         let job = *ids
             .get("")
             .ok_or_else(|| malformed("e", "no unmarked `e` tag naming the job"))?;
@@ -1357,12 +1486,65 @@ impl QuorumAttestation {
             previous = Some(member);
             agreed.insert(member);
         }
+        let pipeline = match tags_named(event, TAG_PIPELINE)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [] => None,
+            [tag] => match &tag[1..] {
+                [path, plan] => Some((
+                    path.clone(),
+                    Sha256Hex::parse(plan).map_err(|_| {
+                        malformed("pipeline", format!("plan hash {plan:?} is not a sha256"))
+                    })?,
+                )),
+                _ => {
+                    return Err(malformed(
+                        "pipeline",
+                        "expected [\"pipeline\", PATH, PLAN_HASH]",
+                    ));
+                }
+            },
+            _ => return Err(AgreementError::Duplicate("pipeline")),
+        };
+        let evidence = match (
+            ids.get(MARKER_ANNOUNCEMENT),
+            ids.get(MARKER_STATE),
+            pipeline,
+            optional_value(event, TAG_JOB)?,
+        ) {
+            (None, None, None, None) => None,
+            (Some(announcement), Some(state), Some((pipeline, plan_hash)), Some(job)) => {
+                Some(JobEvidence {
+                    announcement: *announcement,
+                    state: *state,
+                    pipeline,
+                    plan_hash,
+                    job,
+                })
+            }
+            _ => {
+                return Err(malformed(
+                    "e",
+                    "the job's evidence needs all four: `e` announcement, `e` state, `pipeline` \
+                     and `job`",
+                ));
+            }
+        };
+        let wrapped = optional_value(event, TAG_WRAPPER)?
+            .map(|kind| {
+                kind.parse::<u16>()
+                    .map_err(|_| malformed("wrapper", format!("{kind:?} is not an event kind")))
+            })
+            .transpose()?;
         let attestation = QuorumAttestation {
             job,
             mandate,
             commit: required_value(event, TAG_COMMIT)?,
             files: BuildResult::from_tags(event, true)?,
             agreed,
+            evidence,
+            wrapped,
         };
         attestation.validate()?;
         Ok(attestation)
@@ -1392,6 +1574,16 @@ mod tests {
 
     fn quorum() -> PublicKey {
         key(0x99).public_key()
+    }
+
+    fn basis(mandate: EventId) -> AttestationBasis {
+        AttestationBasis {
+            mandate,
+            commit: COMMIT.into(),
+            evidence: None,
+            wrapped: None,
+            not_before: Timestamp::from(0),
+        }
     }
 
     fn result(files: &[(&str, u8)]) -> BuildResult {
@@ -1774,7 +1966,7 @@ mod tests {
         assert!(outcome.agreed.is_empty() && outcome.disagreed.is_empty());
         assert!(!outcome.is_attestable());
         assert_eq!(outcome.unagreed_files(), ["out/app"]);
-        assert!(QuorumAttestation::from_tally(&outcome, EventId::all_zeros(), COMMIT).is_err());
+        assert!(QuorumAttestation::from_tally(&outcome, &basis(EventId::all_zeros())).is_err());
     }
 
     #[test]
@@ -2023,29 +2215,45 @@ mod tests {
         let reveals = vec![a.reveal(NOW + 10), b.reveal(NOW + 30), c.reveal(NOW + 50)];
         let outcome = Tally::new(roster(&[&a, &b, &c], 2), job()).evaluate(&commitments, &reveals);
         let mandate = EventId::from_byte_array([0x3a; 32]);
-        let (att, created_at) = QuorumAttestation::from_tally(&outcome, mandate, COMMIT).unwrap();
+        let (att, created_at) = QuorumAttestation::from_tally(&outcome, &basis(mandate)).unwrap();
         // The latest reveal of the agreeing members, not the liar's.
         assert_eq!(created_at, Timestamp::from(NOW + 30));
         assert_eq!(att.files, r);
         assert_eq!(att.agreed, [a.pubkey(), b.pubkey()].into_iter().collect());
-        assert_eq!(outcome.supports(&att, created_at), Ok(()));
-        assert!(outcome.supports(&att, Timestamp::from(NOW + 50)).is_err());
+        let floor = Timestamp::from(0);
+        assert_eq!(outcome.supports(&att, created_at, floor), Ok(()));
+        assert!(
+            outcome
+                .supports(&att, Timestamp::from(NOW + 50), floor)
+                .is_err()
+        );
         let mut padded = att.clone();
         padded.agreed.insert(c.pubkey());
-        assert!(outcome.supports(&padded, created_at).is_err());
+        assert!(outcome.supports(&padded, created_at, floor).is_err());
         let mut short = att.clone();
         short.agreed.remove(&a.pubkey());
         assert!(
             outcome
-                .supports(&short, created_at)
+                .supports(&short, created_at, floor)
                 .unwrap_err()
                 .contains("needed")
+        );
+        // It is never dated before the evidence it relies on.
+        let mut later = basis(mandate);
+        later.not_before = Timestamp::from(NOW + 40);
+        let (_, floored) = QuorumAttestation::from_tally(&outcome, &later).unwrap();
+        assert_eq!(floored, Timestamp::from(NOW + 40));
+        assert_eq!(outcome.supports(&att, floored, later.not_before), Ok(()));
+        assert!(
+            outcome
+                .supports(&att, created_at, later.not_before)
+                .is_err()
         );
 
         // Deterministic: two members building it get the same id; the quorum key signs it.
         let q = key(0x99);
         let one = att.unsigned(q.public_key(), created_at).unwrap();
-        let (again, _) = QuorumAttestation::from_tally(&outcome, mandate, COMMIT).unwrap();
+        let (again, _) = QuorumAttestation::from_tally(&outcome, &basis(mandate)).unwrap();
         let two = again.unsigned(q.public_key(), created_at).unwrap();
         assert_eq!(one.id, two.id);
         assert!(one.id.is_some());
@@ -2074,6 +2282,8 @@ mod tests {
             agreed: [key(1).public_key(), key(2).public_key()]
                 .into_iter()
                 .collect(),
+            evidence: None,
+            wrapped: None,
         };
         let good = att
             .to_event_builder(Timestamp::from(NOW))
@@ -2125,6 +2335,116 @@ mod tests {
                     "{needle}: {err}"
                 ),
             }
+        }
+    }
+
+    #[test]
+    fn a_member_that_built_another_plan_votes_on_nothing() {
+        let plan = sha(0x70);
+        let r = result(&[("out/app", 1)]);
+        let a = Member::new(key(1), r.clone(), NOW);
+        let b = Member::new(key(2), r.clone(), NOW);
+        let c = Member::new(key(3), r.clone(), NOW);
+        let commitments = vec![
+            a.commitment.clone(),
+            b.commitment.clone(),
+            c.commitment.clone(),
+        ];
+        let with_plan = |m: &Member, plan: Option<Sha256Hex>| {
+            let reveal = Reveal::new(
+                &m.commitment,
+                m.salt.clone(),
+                m.result.clone(),
+                Timestamp::from(NOW + 3600),
+            )
+            .with_plan(plan);
+            let event = reveal
+                .to_event_builder()
+                .unwrap()
+                .custom_created_at(Timestamp::from(NOW + 5))
+                .sign_with_keys(&m.keys)
+                .unwrap();
+            let parsed = SignedReveal::from_event(&event).unwrap();
+            assert_eq!(parsed.reveal().plan, plan);
+            parsed
+        };
+        let reveals = vec![
+            with_plan(&a, Some(plan)),
+            with_plan(&b, Some(plan)),
+            with_plan(&c, Some(sha(0x71))),
+        ];
+        let outcome = Tally::new(roster(&[&a, &b, &c], 2), job())
+            .expecting_plan(Some(plan))
+            .evaluate(&commitments, &reveals);
+        assert_eq!(
+            outcome.agreed,
+            [a.pubkey(), b.pubkey()].into_iter().collect()
+        );
+        assert_eq!(
+            outcome.disagreed[&c.pubkey()][PLAN_ENTRY],
+            Some(sha(0x71)),
+            "same bytes, another plan: not agreeing"
+        );
+        assert_eq!(outcome.files["out/app"].votes[&sha(1)].len(), 2);
+        // Without an expectation, the plan is not judged.
+        let outcome = Tally::new(roster(&[&a, &b, &c], 2), job()).evaluate(&commitments, &reveals);
+        assert_eq!(outcome.agreed.len(), 3);
+    }
+
+    #[test]
+    fn the_attestation_names_its_evidence_and_parses_it_strictly() {
+        let q = key(0x99);
+        let evidence = JobEvidence {
+            announcement: EventId::from_byte_array([0x51; 32]),
+            state: EventId::from_byte_array([0x52; 32]),
+            pipeline: ".quorum/pipeline.yml".into(),
+            plan_hash: sha(0x70),
+            job: "build".into(),
+        };
+        let att = QuorumAttestation {
+            job: job(),
+            mandate: EventId::from_byte_array([0x3a; 32]),
+            commit: COMMIT.into(),
+            files: result(&[("a", 1)]),
+            agreed: [key(1).public_key(), key(2).public_key()]
+                .into_iter()
+                .collect(),
+            evidence: Some(evidence.clone()),
+            wrapped: Some(5050),
+        };
+        let event = att
+            .to_event_builder(Timestamp::from(NOW))
+            .unwrap()
+            .sign_with_keys(&q)
+            .unwrap();
+        assert_eq!(QuorumAttestation::from_event(&event).unwrap(), att);
+        let tags = tags_of(&event);
+        assert!(tags.contains(&vec![
+            "pipeline".to_string(),
+            ".quorum/pipeline.yml".into(),
+            sha(0x70).to_hex()
+        ]));
+        assert!(tags.contains(&vec!["wrapper".to_string(), "5050".into()]));
+        let no_job = drop(&tags, "job");
+        let cases: Vec<(Vec<Vec<String>>, &str)> = vec![
+            (no_job, "needs all four"),
+            (
+                replace(&tags, "pipeline", &["pipeline", "p.yml"]),
+                "`pipeline`",
+            ),
+            (
+                replace(&tags, "pipeline", &["pipeline", "p.yml", "zz"]),
+                "not a sha256",
+            ),
+            (replace(&tags, "wrapper", &["wrapper", "five"]), "`wrapper`"),
+            (replace(&tags, "job", &["job", ""]), "`job`"),
+        ];
+        for (tags, needle) in cases {
+            let event = event_with_tags(QUORUM_ATTESTATION, &tags, "", &q);
+            let err = QuorumAttestation::from_event(&event)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
         }
     }
 }

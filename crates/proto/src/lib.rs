@@ -19,6 +19,7 @@ pub mod quorum_job;
 pub mod quorum_msg;
 pub mod release;
 pub mod run;
+pub mod source;
 pub mod step;
 mod tags;
 

@@ -320,23 +320,86 @@ pub fn maintainer_set(
     identifier: &str,
     announcements: &[Event],
 ) -> BTreeSet<PublicKey> {
-    let newest = announcements
-        .iter()
-        .filter(|e| e.pubkey == *owner && e.kind == REPO_ANNOUNCEMENT)
-        .filter(|e| e.verify().is_ok())
-        .filter_map(|e| {
-            RepositoryAnnouncement::from_event(e)
-                .ok()
-                .map(|a| (e.created_at, std::cmp::Reverse(e.id), a))
-        })
-        .filter(|(_, _, a)| a.identifier == identifier && !a.is_subordinate_fork())
-        // NIP-01: the newest wins; on a tie, the lowest id.
-        .max_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+    let repo = RepoCoordinate::new(*owner, identifier);
     let mut set = BTreeSet::from([*owner]);
-    if let Some((_, _, announcement)) = newest {
+    if let Some((_, announcement)) = newest_announcement(&repo, announcements) {
         set.extend(announcement.maintainers);
     }
     set
+}
+
+/// The owner's newest valid announcement of `repo` among `events`: signature-checked, by the
+/// owner, the same `d`, not a subordinate fork; the newest wins, on a tie the lowest id.
+pub fn newest_announcement<'a>(
+    repo: &RepoCoordinate,
+    events: &'a [Event],
+) -> Option<(&'a Event, RepositoryAnnouncement)> {
+    events
+        .iter()
+        .filter(|e| e.kind == REPO_ANNOUNCEMENT && e.pubkey == repo.owner)
+        .filter_map(|e| owner_announcement(repo, e).ok().map(|a| (e, a)))
+        .max_by(|(x, _), (y, _)| newest_first(x, y))
+}
+
+/// The newest valid state (30618) of `repo` signed by one of `maintainers` among `events`.
+/// Anyone may publish a 30618 with the repository's `d`: only the maintainers' count.
+pub fn newest_state<'a>(
+    repo: &RepoCoordinate,
+    maintainers: &BTreeSet<PublicKey>,
+    events: &'a [Event],
+) -> Option<(&'a Event, RepositoryState)> {
+    events
+        .iter()
+        .filter(|e| e.kind == REPO_STATE && maintainers.contains(&e.pubkey))
+        .filter_map(|e| state_of(repo, e).ok().map(|s| (e, s)))
+        .max_by(|(x, _), (y, _)| newest_first(x, y))
+}
+
+/// `event` as the owner's announcement of `repo`, or why it is not one.
+pub fn owner_announcement(
+    repo: &RepoCoordinate,
+    event: &Event,
+) -> std::result::Result<RepositoryAnnouncement, String> {
+    if event.kind != REPO_ANNOUNCEMENT {
+        return Err(format!("it is kind {}, not 30617", event.kind.as_u16()));
+    }
+    if event.pubkey != repo.owner {
+        return Err(format!("it is signed by {}, not the owner", event.pubkey));
+    }
+    event
+        .verify()
+        .map_err(|_| "bad id or signature".to_string())?;
+    let parsed = RepositoryAnnouncement::from_event(event).map_err(|e| e.to_string())?;
+    if parsed.identifier != repo.identifier {
+        return Err(format!("it announces {:?}", parsed.identifier));
+    }
+    if parsed.is_subordinate_fork() {
+        return Err("it announces a fork".into());
+    }
+    Ok(parsed)
+}
+
+/// `event` as a state of `repo` (any signer), or why it is not one.
+pub fn state_of(
+    repo: &RepoCoordinate,
+    event: &Event,
+) -> std::result::Result<RepositoryState, String> {
+    if event.kind != REPO_STATE {
+        return Err(format!("it is kind {}, not 30618", event.kind.as_u16()));
+    }
+    event
+        .verify()
+        .map_err(|_| "bad id or signature".to_string())?;
+    let parsed = RepositoryState::from_event(event).map_err(|e| e.to_string())?;
+    if parsed.identifier != repo.identifier {
+        return Err(format!("it is the state of {:?}", parsed.identifier));
+    }
+    Ok(parsed)
+}
+
+/// NIP-01 order for replaceable events: the newest wins, on a tie the lowest id.
+fn newest_first(x: &Event, y: &Event) -> std::cmp::Ordering {
+    (x.created_at, std::cmp::Reverse(x.id)).cmp(&(y.created_at, std::cmp::Reverse(y.id)))
 }
 
 /// A repository state (kind 30618): where the maintainer says each branch and tag points.

@@ -7,6 +7,10 @@
 //! ["param", "commit",  "<40/64 hex>"]                     required: the commit the job is about
 //! ["param", "release", "<30617 coordinate>", "<run id>", "<job id>"]
 //!                                                          optional: also sign a release binding
+//! ["param", "source",  "<30617 event id>", "<30618 event id>", "<clone URL>"]
+//!                                                          the maintainer-signed evidence the
+//!                                                          job's source rests on, and the URL
+//!                                                          the commit is fetched from (§16)
 //! ```
 //!
 //! One request `p`-tags every member of the mandate. Each member answers with its own result,
@@ -27,6 +31,7 @@ use crate::release::{Attestation, ReleaseBinding};
 pub const PARAM_MANDATE: &str = "mandate";
 pub const PARAM_COMMIT: &str = "commit";
 pub const PARAM_RELEASE: &str = "release";
+pub const PARAM_SOURCE: &str = "source";
 
 /// Why a request's quorum params do not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +53,21 @@ pub struct QuorumJobParams {
     pub commit: String,
     /// When set, the members also sign a release binding of the agreed files.
     pub release: Option<ReleaseParams>,
+    /// The announcement (30617) and maintainer-signed state (30618) that tie the request's
+    /// repository URL and commit to the maintainers (`crate::source`). Members refuse a build
+    /// without it; a watcher quorum's session (which reads the state itself) has none.
+    pub source: Option<SourceRef>,
+}
+
+/// The NIP-34 evidence a quorum job's source rests on: the announcement and state event ids,
+/// and the repository URL (one of the announcement's `clone` URLs) the commit is fetched from.
+/// A run step's `repo` input must be that URL; a DVM job's request has no repository of its
+/// own, and its members fetch the pipeline from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRef {
+    pub announcement: EventId,
+    pub state: EventId,
+    pub url: String,
 }
 
 /// What a release binding names besides the agreed files.
@@ -108,18 +128,41 @@ impl QuorumJobParams {
                 })
             }
         };
+        let source = match single(PARAM_SOURCE)? {
+            None => None,
+            Some(param) => {
+                let [announcement, state, url] = param.values.as_slice() else {
+                    return Err(bad(
+                        PARAM_SOURCE,
+                        "expected three values: announcement (30617) and state (30618) event \
+                         ids, and the repository URL",
+                    ));
+                };
+                if url.is_empty() {
+                    return Err(bad(PARAM_SOURCE, "the repository URL is empty"));
+                }
+                Some(SourceRef {
+                    announcement: EventId::from_hex(announcement)
+                        .map_err(|e| bad(PARAM_SOURCE, format!("announcement: {e}")))?,
+                    state: EventId::from_hex(state)
+                        .map_err(|e| bad(PARAM_SOURCE, format!("state: {e}")))?,
+                    url: url.clone(),
+                })
+            }
+        };
         Ok(Some(QuorumJobParams {
             mandate,
             commit,
             release,
+            source,
         }))
     }
 
     /// Adds these params to `request` (replacing any `commit` param it has: they must agree).
     pub fn apply(&self, request: &mut JobRequest) {
-        request
-            .params
-            .retain(|p| ![PARAM_MANDATE, PARAM_COMMIT, PARAM_RELEASE].contains(&p.key.as_str()));
+        request.params.retain(|p| {
+            ![PARAM_MANDATE, PARAM_COMMIT, PARAM_RELEASE, PARAM_SOURCE].contains(&p.key.as_str())
+        });
         request
             .params
             .push(JobParam::new(PARAM_MANDATE, self.mandate.to_hex()));
@@ -133,6 +176,16 @@ impl QuorumJobParams {
                     release.repo.to_string(),
                     release.run.clone(),
                     release.job.clone(),
+                ],
+            });
+        }
+        if let Some(source) = &self.source {
+            request.params.push(JobParam {
+                key: PARAM_SOURCE.into(),
+                values: vec![
+                    source.announcement.to_hex(),
+                    source.state.to_hex(),
+                    source.url.clone(),
                 ],
             });
         }
@@ -271,6 +324,11 @@ mod tests {
                 run: "cd".repeat(32),
                 job: "build".into(),
             }),
+            source: Some(SourceRef {
+                announcement: EventId::all_zeros(),
+                state: EventId::all_zeros(),
+                url: "https://git.example/app.git".into(),
+            }),
         }
     }
 
@@ -318,6 +376,29 @@ mod tests {
                     JobParam::new("release", "30617:nothex:app"),
                 ],
                 "three values",
+            ),
+            (
+                vec![
+                    JobParam::new("mandate", EventId::all_zeros().to_hex()),
+                    JobParam::new("commit", "ab".repeat(20)),
+                    JobParam::new("source", EventId::all_zeros().to_hex()),
+                ],
+                "three values",
+            ),
+            (
+                vec![
+                    JobParam::new("mandate", EventId::all_zeros().to_hex()),
+                    JobParam::new("commit", "ab".repeat(20)),
+                    JobParam {
+                        key: "source".into(),
+                        values: vec![
+                            "xyz".into(),
+                            EventId::all_zeros().to_hex(),
+                            "https://git.example/app.git".into(),
+                        ],
+                    },
+                ],
+                "announcement",
             ),
         ];
         for (params, expected) in cases {

@@ -16,6 +16,7 @@ use quorum_proto::approval::{
     APPROVAL, ApprovalRequest, ApprovalTally, ArtifactDigest, GateStatus, REJECTION,
 };
 use quorum_proto::blossom::Sha256Hex;
+use quorum_proto::nip34::{REPO_ANNOUNCEMENT, maintainer_set};
 use quorum_proto::nostr::{Filter, PublicKey, Timestamp};
 
 use crate::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, lock};
@@ -71,7 +72,7 @@ async fn ask(
     finished: &[JobRecord],
     reporter: &Mutex<&mut dyn RunReporter>,
 ) -> Result<(String, Result<String, String>), String> {
-    let maintainers: Vec<PublicKey> = if gate.from.is_empty() {
+    let named: Vec<PublicKey> = if gate.from.is_empty() {
         context.maintainers.clone()
     } else {
         gate.from
@@ -79,7 +80,7 @@ async fn ask(
             .map(|key| PublicKey::parse(key).map_err(|e| format!("approver {key:?}: {e}")))
             .collect::<Result<_, _>>()?
     };
-    if maintainers.is_empty() {
+    if named.is_empty() {
         return Err(format!(
             "approval gate {} has nobody to ask: list maintainers in `from`, or give the run \
              its maintainers",
@@ -91,6 +92,58 @@ async fn ask(
          and identifier"
             .to_string()
     })?;
+    // Who counts is the repository's maintainer set (§12): the pipeline file is written by
+    // whoever wrote the commit, so `from` may narrow the electorate, never widen it.
+    let announcements = client
+        .fetch(
+            Filter::new()
+                .kind(REPO_ANNOUNCEMENT)
+                .author(repo.owner)
+                .identifier(repo.identifier.clone()),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| format!("cannot look up the maintainers of {repo}: {e}"))?;
+    let set = maintainer_set(&repo.owner, &repo.identifier, &announcements);
+    let (maintainers, strangers): (Vec<PublicKey>, Vec<PublicKey>) =
+        named.into_iter().partition(|key| set.contains(key));
+    if !strangers.is_empty() {
+        lock(reporter).job_progress(
+            &job.id,
+            &client.public_key(),
+            &format!(
+                "not asking {}: not a maintainer of {repo} (the owner and those its announcement \
+                 lists)",
+                strangers
+                    .iter()
+                    .map(|k| k.to_hex()[..12].to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    if maintainers.len() < gate.required as usize {
+        return Err(format!(
+            "approval gate {} needs {} approval(s), but only {} of the keys it would ask are \
+             maintainers of {repo}{}",
+            job.id,
+            gate.required,
+            maintainers.len(),
+            if strangers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} are not: {})",
+                    strangers.len(),
+                    strangers
+                        .iter()
+                        .map(PublicKey::to_hex)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ));
+    }
     let mut artifacts = Vec::new();
     let mut builders = Vec::new();
     for shown in gate.show {

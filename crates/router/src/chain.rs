@@ -21,31 +21,9 @@ use crate::{
 /// The chain that starts at `head`: followed while the next job is a naive script job that
 /// needs exactly the previous one and is its only dependant.
 pub(crate) fn members<'a>(plan: &'a Plan, head: &'a PlannedJob) -> Vec<&'a PlannedJob> {
-    follow(plan, head, |next| {
+    plan.chain_from(head, |next| {
         matches!(next.mode, Mode::Naive) && matches!(next.spec, JobSpec::Run { .. })
     })
-}
-
-/// The jobs from `head` on while the next one `fits`, needs only the one before, and is the
-/// only job that needs it.
-pub(crate) fn follow<'a>(
-    plan: &'a Plan,
-    head: &'a PlannedJob,
-    fits: impl Fn(&PlannedJob) -> bool,
-) -> Vec<&'a PlannedJob> {
-    let mut chain = vec![head];
-    loop {
-        let last = chain[chain.len() - 1];
-        let dependants: Vec<&PlannedJob> = plan
-            .jobs
-            .iter()
-            .filter(|j| j.needs.contains(&last.id))
-            .collect();
-        match dependants.as_slice() {
-            [next] if next.needs.len() == 1 && fits(next) => chain.push(next),
-            _ => return chain,
-        }
-    }
 }
 
 /// Where an interrupted naive chain picks up after a router restart ([`crate::recover`]).

@@ -154,7 +154,12 @@ impl Router {
             return Err(JobFailure::new("no runner DVM is known or announced"));
         }
         let quorum = match run.mandate {
-            Some(id) => Some(self.mandate(id).await?),
+            Some(id) => Some(
+                self.mandate(id)
+                    .await?
+                    .with_source(&self.client, &run.repo, &run.commit)
+                    .await,
+            ),
             None => None,
         };
         // The repository's NIP-34 identity, which releases and approval gates need: from the

@@ -29,11 +29,12 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use quorum_dvm::client::{JobClient, JobOutcome, JobReporter};
-use quorum_pipeline::expr::{self, ArtifactField, Reference};
+use quorum_pipeline::dispatch::Dispatch;
+use quorum_pipeline::expr::{ArtifactField, Reference};
 use quorum_pipeline::{JobSpec, Mode, Plan, PlannedJob};
 use quorum_proto::nip90::{JobFeedback, JobInput, JobParam, JobRequest, JobResult};
-use quorum_proto::nostr::{Event, EventId, Kind, PublicKey};
-use quorum_proto::step::{StepJob, StepReport};
+use quorum_proto::nostr::{Event, EventId, PublicKey};
+use quorum_proto::step::StepReport;
 use serde::Serialize;
 
 /// What the run is about.
@@ -264,8 +265,8 @@ pub async fn resume(
                 continue;
             }
             if job.needs.iter().all(|need| finished.contains(need))
-                && let Some(size) = quorum::quorum_mode(job)
-                && let members = quorum::chain_members(plan, job)
+                && let Some(size) = job.quorum_size()
+                && let members = plan.quorum_chain_from(job)
                 && members.len() > 1
             {
                 // A quorum chain goes out as one request; the quorum hands it on.
@@ -321,7 +322,7 @@ pub async fn resume(
                             )
                             .await
                         }
-                        _ => match quorum::quorum_mode(job) {
+                        _ => match job.quorum_size() {
                             Some(size) => {
                                 quorum::run_quorum_job(
                                     client, job, context, config, upstream, reporter, run, size,
@@ -440,11 +441,6 @@ impl Upstream {
             .map(|(_, request)| JobInput::job(*request, None).with_marker(MARKER_NEEDS))
             .collect()
     }
-
-    fn render(&self, text: &str) -> Result<String, String> {
-        expr::render(text, |reference| self.values.get(reference).cloned())
-            .map_err(|e| e.to_string())
-    }
 }
 
 async fn run_job(
@@ -551,10 +547,8 @@ pub fn first_runner(job_id: &str, runners: usize) -> usize {
     spread % runners.max(1)
 }
 
-/// The param naming the job of the plan a sub-request runs.
-pub(crate) const PARAM_JOB: &str = "job";
-/// The marker of the `job` inputs naming the requests of the jobs a job needs.
-pub const MARKER_NEEDS: &str = "needs";
+pub use quorum_pipeline::dispatch::MARKER_NEEDS;
+pub(crate) use quorum_pipeline::dispatch::PARAM_JOB;
 
 /// What a restarted router finds of a run on the relays ([`recover`]).
 #[derive(Debug, Default)]
@@ -640,7 +634,7 @@ pub async fn recover(
         let Some(job) = plan.job(&job_id) else {
             continue;
         };
-        if quorum::quorum_mode(job).is_some() {
+        if job.quorum_size().is_some() {
             // One member's result proves nothing about a quorum job: it runs again, and only
             // an attestation signed by the quorum key makes it done.
             continue;
@@ -744,21 +738,16 @@ pub(crate) fn prepare(
     config: &EngineConfig,
     upstream: &Upstream,
 ) -> Result<Prepared, String> {
-    match &job.spec {
-        JobSpec::Run {
-            script,
-            env,
-            secrets,
-            artifacts,
-            network,
-            timeout_secs,
-        } => {
-            let mut step =
-                StepJob::new(context.repo.clone(), context.commit.clone(), script.clone());
-            step.name = Some(job.name.clone());
-            for (key, value) in env {
-                step.env.insert(key.clone(), upstream.render(value)?);
-            }
+    let dispatched = quorum_pipeline::dispatch::dispatch(
+        job,
+        &context.repo,
+        &context.commit,
+        config.default_timeout,
+        |reference| upstream.values.get(reference).cloned(),
+    )
+    .map_err(|e| e.to_string())?;
+    match (dispatched, &job.spec) {
+        (Dispatch::Step(mut step), JobSpec::Run { secrets, .. }) => {
             for name in secrets {
                 let value = context
                     .secrets
@@ -766,12 +755,7 @@ pub(crate) fn prepare(
                     .ok_or_else(|| format!("secret {name} was not provided to the run"))?;
                 step.secrets.insert(name.clone(), value.clone());
             }
-            step.artifacts = artifacts.clone();
-            step.network = *network;
-            let timeout = timeout_secs
-                .map(Duration::from_secs)
-                .unwrap_or(config.default_timeout);
-            step.timeout = Some(timeout);
+            let timeout = step.timeout.unwrap_or(config.default_timeout);
             let mut request = step.to_request();
             request.inputs.extend(upstream.needs_inputs(job));
             Ok(Prepared {
@@ -782,39 +766,14 @@ pub(crate) fn prepare(
                 timeout: timeout + config.grace,
             })
         }
-        JobSpec::Dvm {
-            kind,
-            inputs,
-            params,
-            provider,
-            timeout_secs,
-        } => {
-            let mut request = JobRequest::new(Kind::from_u16(*kind)).map_err(|e| e.to_string())?;
-            for input in inputs {
-                let data = upstream.render(&input.value)?;
-                let input_type = input
-                    .input_type
-                    .as_str()
-                    .parse()
-                    .map_err(|e: quorum_proto::nip90::Nip90Error| e.to_string())?;
-                request.inputs.push(JobInput {
-                    data,
-                    input_type,
-                    relay: None,
-                    marker: input.marker.clone(),
-                });
-            }
-            for (key, value) in params {
-                request
-                    .params
-                    .push(JobParam::new(key.clone(), upstream.render(value)?));
-            }
+        (
+            Dispatch::Dvm {
+                mut request,
+                provider,
+            },
+            JobSpec::Dvm { timeout_secs, .. },
+        ) => {
             request.inputs.extend(upstream.needs_inputs(job));
-            let provider = provider
-                .as_deref()
-                .map(PublicKey::parse)
-                .transpose()
-                .map_err(|e| format!("provider: {e}"))?;
             Ok(Prepared {
                 request,
                 provider,
@@ -825,7 +784,10 @@ pub(crate) fn prepare(
                     .unwrap_or(config.dvm_timeout),
             })
         }
-        JobSpec::Approval { .. } => Err("approval gates are not supported yet".into()),
+        _ => Err(format!(
+            "job {}: it runs nothing a DVM could be asked",
+            job.id
+        )),
     }
 }
 
@@ -862,14 +824,9 @@ impl JobReporter for Forward<'_, '_> {
     }
 }
 
-/// The id of a run: the sha256 of the repository URL, the commit and the plan hash, so that
-/// the same pipeline on the same commit is recognisably the same run (deduplication).
+/// The id of a run: the sha256 of the repository URL, the commit and the plan hash
+/// ([`quorum_pipeline::run_id`]), so that the same pipeline on the same commit is recognisably
+/// the same run (deduplication).
 pub fn run_id(repo: &str, commit: &str, plan: &Plan) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    for part in [repo, commit, &plan.plan_hash()] {
-        hasher.update(part.as_bytes());
-        hasher.update([0]);
-    }
-    hex::encode(hasher.finalize())
+    quorum_pipeline::run_id(repo, commit, &plan.plan_hash())
 }

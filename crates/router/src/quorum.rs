@@ -11,14 +11,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use quorum_dvm::client::{JobClient, JobOutcome};
-use quorum_pipeline::{JobSpec, Mode, Plan, PlannedJob};
+use quorum_pipeline::PlannedJob;
 use quorum_proto::agreement::{QUORUM_ATTESTATION, QuorumAttestation};
 use quorum_proto::chain::{ChainStep, PARAM_CHAIN, PARAM_UPSTREAM_RESULT, encode};
 use quorum_proto::mandate::Mandate;
+use quorum_proto::nip34::{REPO_ANNOUNCEMENT, REPO_STATE, maintainer_set};
 use quorum_proto::nip90::{JobParam, JobRequest};
 use quorum_proto::nostr::{Event, EventId, Filter, PublicKey};
-use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport, ReleaseParams, hex_list};
+use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport, ReleaseParams, SourceRef, hex_list};
 use quorum_proto::release::{RELEASE_BINDING, ReleaseBinding};
+use quorum_proto::source;
 use quorum_proto::step::StepReport;
 use serde::Serialize;
 
@@ -27,11 +29,16 @@ use crate::{
     finish_with_result, lock, prepare,
 };
 
-/// The quorum a run uses: the mandate event and what it says.
+/// The quorum a run uses: the mandate event and what it says, and the maintainer-signed
+/// evidence of the run's source that every quorum request names.
 #[derive(Debug, Clone)]
 pub struct QuorumContext {
     pub mandate_event: Event,
     pub mandate: Mandate,
+    /// The announcement and state that tie the run's repository URL and commit to the
+    /// maintainers ([`QuorumContext::with_source`]; members refuse a request without it), or
+    /// why there is none: the run's quorum jobs fail with that reason, its other jobs run.
+    pub source: Result<SourceRef, String>,
 }
 
 impl QuorumContext {
@@ -44,6 +51,58 @@ impl QuorumContext {
         Ok(QuorumContext {
             mandate_event: event,
             mandate,
+            source: Err("the run's source was not looked up".into()),
+        })
+    }
+
+    /// The same quorum, with the evidence of building `commit` of the mandate's repository from
+    /// `url`, selected from what the relays hold (`quorum_proto::source::select`): the owner's
+    /// newest announcement, which must list `url`, and the newest maintainer-signed state,
+    /// whose refs must point at `commit` (under the mandate's `ancestor` rule, reach it).
+    /// Without them, [`QuorumContext::source`] says what is missing (e.g. a state the
+    /// maintainer has not published yet).
+    pub async fn with_source(mut self, client: &JobClient, url: &str, commit: &str) -> Self {
+        self.source = self.select_source(client, url, commit).await;
+        self
+    }
+
+    async fn select_source(
+        &self,
+        client: &JobClient,
+        url: &str,
+        commit: &str,
+    ) -> Result<SourceRef, String> {
+        let repo = &self.mandate.repo;
+        let lookup = Duration::from_secs(5);
+        let announcements = client
+            .fetch(
+                Filter::new()
+                    .kind(REPO_ANNOUNCEMENT)
+                    .author(repo.owner)
+                    .identifier(repo.identifier.clone()),
+                lookup,
+            )
+            .await
+            .map_err(|e| format!("cannot look up repository {repo}: {e}"))?;
+        let maintainers = maintainer_set(&repo.owner, &repo.identifier, &announcements);
+        let states = client
+            .fetch(
+                Filter::new()
+                    .kind(REPO_STATE)
+                    .authors(maintainers)
+                    .identifier(repo.identifier.clone()),
+                lookup,
+            )
+            .await
+            .map_err(|e| format!("cannot look up the state of {repo}: {e}"))?;
+        let events: Vec<Event> = announcements.into_iter().chain(states).collect();
+        let source = source::select(repo, url, commit, self.mandate.rules.source, &events)
+            .map_err(|e| format!("source: {e}"))?;
+        let (announcement, state) = source.ids();
+        Ok(SourceRef {
+            announcement,
+            state,
+            url: url.to_string(),
         })
     }
 
@@ -137,6 +196,12 @@ fn quorum_step(
     } else {
         None
     };
+    let source = quorum.source.clone().map_err(|reason| {
+        format!(
+            "job {} runs in quorum mode, but the quorum's members would refuse it: {reason}",
+            job.id
+        )
+    })?;
     let mut request = prepared.request;
     request.providers = quorum.members();
     request.parent = config.parent;
@@ -144,10 +209,18 @@ fn quorum_step(
         PARAM_JOB,
         job.id.clone(),
     ));
+    // The values the job's expressions take: members render the job from the plan with them.
+    request.params.extend(
+        quorum_pipeline::dispatch::bindings(job, |reference| {
+            upstream.values.get(reference).cloned()
+        })
+        .map_err(|e| e.to_string())?,
+    );
     QuorumJobParams {
         mandate: quorum.mandate_event.id,
         commit: context.commit.clone(),
         release,
+        source: Some(source),
     }
     .apply(&mut request);
     Ok(QuorumStep {
@@ -232,21 +305,9 @@ pub(crate) async fn run_quorum_job(
     }
 }
 
-/// The quorum chain that starts at `head`: followed while the next job is a quorum job of the
-/// same size that needs exactly the previous one and is its only dependant. Such a chain goes
-/// out as one request; the quorum key signs each next step's request once its members agree
-/// on the step before (`quorum_proto::quorum_job::next_step_request`), so nobody else, not
-/// this engine either, can hand the chain on.
-pub(crate) fn chain_members<'a>(plan: &'a Plan, head: &'a PlannedJob) -> Vec<&'a PlannedJob> {
-    let size = quorum_mode(head);
-    crate::chain::follow(plan, head, |next| {
-        size.is_some()
-            && quorum_mode(next) == size
-            && matches!(next.spec, JobSpec::Run { .. } | JobSpec::Dvm { .. })
-    })
-}
-
-/// Runs a quorum chain (see [`chain_members`]); one record per member, in order.
+/// Runs a quorum chain (`Plan::quorum_chain_from`): the quorum key signs each next step's
+/// request once its members agree on the step before, so nobody else, not this engine either,
+/// can hand the chain on. One record per member, in order.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_quorum_chain(
     client: &JobClient,
@@ -674,19 +735,4 @@ async fn find_binding(
 
 fn short(key: &PublicKey) -> String {
     key.to_hex()[..12].to_string()
-}
-
-/// Whether a job runs in quorum mode, and with what.
-pub(crate) fn quorum_mode(job: &PlannedJob) -> Option<(u32, u32)> {
-    match (&job.mode, &job.spec) {
-        (_, JobSpec::Approval { .. }) => None,
-        (
-            Mode::Quorum {
-                replicas,
-                threshold,
-            },
-            _,
-        ) => Some((*replicas, *threshold)),
-        _ => None,
-    }
 }

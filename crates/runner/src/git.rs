@@ -274,6 +274,112 @@ async fn git(
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// The content of `path` at `commit` in the checkout `dir` (read from git's objects, never from
+/// the work tree, which a step may have changed), or `None` when the commit has no such file.
+/// A file larger than `max_bytes` is an error.
+pub async fn show_file(
+    dir: &Path,
+    commit: &str,
+    path: &str,
+    max_bytes: u64,
+    policy: &GitPolicy,
+) -> Result<Option<String>, GitError> {
+    let timeout = policy.timeout.unwrap_or(Duration::from_secs(600));
+    let object = format!("{commit}:{path}");
+    let shown = format!("{}", dir.display());
+    if git(
+        dir,
+        &["cat-file", "-e", &object],
+        "cat-file",
+        &shown,
+        timeout,
+    )
+    .await
+    .is_err()
+    {
+        return Ok(None);
+    }
+    let size = git(
+        dir,
+        &["cat-file", "-s", &object],
+        "cat-file",
+        &shown,
+        timeout,
+    )
+    .await?;
+    let size: u64 = size.trim().parse().map_err(|_| GitError::Command {
+        step: "cat-file",
+        url: shown.clone(),
+        detail: format!("unexpected size {:?}", size.trim()),
+    })?;
+    if size > max_bytes {
+        return Err(GitError::Command {
+            step: "cat-file",
+            url: shown,
+            detail: format!("{path} at {commit} is {size} bytes; at most {max_bytes} are read"),
+        });
+    }
+    git(
+        dir,
+        &["cat-file", "blob", &object],
+        "cat-file",
+        &shown,
+        timeout,
+    )
+    .await
+    .map(Some)
+}
+
+/// Whether `commit` (already fetched into the checkout `dir`) is reachable from one of `tips`,
+/// which are fetched from `url` with their history (the `ancestor` source rule).
+pub async fn reaches(
+    dir: &Path,
+    url: &str,
+    commit: &str,
+    tips: &[String],
+    policy: &GitPolicy,
+) -> Result<bool, GitError> {
+    check_url(url, policy)?;
+    let shown = redact_url(url);
+    let timeout = policy.timeout.unwrap_or(Duration::from_secs(600));
+    for tip in tips {
+        if tip == commit {
+            return Ok(true);
+        }
+        if let Err(err) = git(
+            dir,
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--update-shallow",
+                "origin",
+                tip,
+            ],
+            "fetch",
+            &shown,
+            timeout,
+        )
+        .await
+        {
+            tracing::debug!("cannot fetch tip {tip}: {err}");
+            continue;
+        }
+        let ancestor = git(
+            dir,
+            &["merge-base", "--is-ancestor", commit, tip],
+            "merge-base",
+            &shown,
+            timeout,
+        )
+        .await;
+        if ancestor.is_ok() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

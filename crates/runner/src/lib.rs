@@ -9,10 +9,14 @@
 //! artifacts) is `error` feedback.
 //!
 //! A request that names a quorum mandate (`QuorumJobParams`) is one that several runners build
-//! independently: after a successful build this runner takes part in the agreement and
-//! signing with its share ([`QuorumMember`]), and its report says how that went
-//! (`StepReport::quorum`).
+//! independently. Before building, this runner admits it ([`QuorumMember::admit`]: the mandate,
+//! the requester, the maintainer-signed evidence of the source) and derives the step from the
+//! pipeline at the commit ([`derive`]), running the plan's step, never the request's word; a
+//! request that fails a check gets `error` feedback naming it, and nothing is built or signed.
+//! After a successful build it takes part in the agreement and signing with its share, and its
+//! report says how that went (`StepReport::quorum`).
 
+pub mod derive;
 pub mod git;
 
 use std::path::{Path, PathBuf};
@@ -21,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use nostr_sdk::prelude::Kind;
 use quorum_blossom::client::{BlossomClient, ServerOutcome};
-use quorum_consensus::job::QuorumMember;
+use quorum_consensus::job::{Admission, QuorumMember, Sourced, kinds_to_sign};
 use quorum_dvm::{Job, JobContext, JobFailure, JobHandler, JobOutput};
+use quorum_pipeline::dispatch::Checked;
 use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
 use quorum_proto::nip90::JobRequest;
 use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport};
@@ -105,15 +110,40 @@ impl Runner {
         self
     }
 
+    /// Before anything is fetched or built: the checks a quorum member makes of a request
+    /// (mandate, requester, source evidence).
+    async fn admit(&self, job: &Job, params: &QuorumJobParams) -> Result<Admission, JobFailure> {
+        let Some(member) = &self.quorum else {
+            return Err(JobFailure::new(
+                "refused: this runner holds no quorum shares, so it takes no quorum jobs",
+            ));
+        };
+        let needed = kinds_to_sign(&job.event, params);
+        member
+            .admit(
+                &job.event.pubkey,
+                params,
+                job.request.param_value(quorum_pipeline::dispatch::PARAM_JOB),
+                &needed,
+                Sourced::FromRepository,
+            )
+            .await
+            .map_err(|err| {
+                tracing::warn!(request = %job.event.id, author = %job.event.pubkey, "refused: {err}");
+                JobFailure::new(format!("refused: {err}"))
+            })
+    }
+
     /// After a build: this runner's part in the quorum the request names.
     async fn take_part(
         &self,
         job: &Job,
-        params: &QuorumJobParams,
+        admission: &Admission,
+        evidence: quorum_proto::agreement::JobEvidence,
         report: &StepReport,
     ) -> QuorumReport {
         let unserved = |failure: String| QuorumReport {
-            mandate: params.mandate.to_hex(),
+            mandate: admission.params.mandate.to_hex(),
             failure: Some(failure),
             ..QuorumReport::default()
         };
@@ -133,8 +163,10 @@ impl Runner {
             Ok(_) => return unserved("the step declared no artifacts to agree on".into()),
             Err(err) => return unserved(err.to_string()),
         };
-        let pipeline_job = job.request.param_value("job");
-        match member.serve(&job.event, params, pipeline_job, result).await {
+        match member
+            .serve(admission, &job.event, Some(evidence), None, result)
+            .await
+        {
             Ok((report, outcome)) => {
                 if let Some(failure) = &outcome.failure {
                     tracing::warn!(request = %job.event.id, "quorum: {failure}");
@@ -148,14 +180,41 @@ impl Runner {
         }
     }
 
+    /// Fetches the commit, derives the step of a quorum request from the pipeline at it (or
+    /// takes an ordinary request's step as asked), runs it and uploads what it made.
     async fn run_step(
         &self,
         job: &Job,
         ctx: &JobContext,
         dir: &Path,
-    ) -> Result<StepReport, JobFailure> {
-        let step = StepJob::from_request(&job.request, JobRequest::is_encrypted(&job.event))
+        admission: Option<&Admission>,
+    ) -> Result<(StepReport, Option<derive::Derived>), JobFailure> {
+        let asked = StepJob::from_request(&job.request, JobRequest::is_encrypted(&job.event))
             .map_err(|e| JobFailure::new(format!("invalid run-step request: {e}")))?;
+        let src = dir.join("src");
+        let source_date_epoch =
+            git::fetch_commit(&asked.repo, &asked.commit, &src, &self.config.git)
+                .await
+                .map_err(|e| JobFailure::new(e.to_string()))?;
+        let (step, derived) = match admission {
+            None => (asked, None),
+            Some(admission) => {
+                let derived =
+                    derive::derive(admission, &job.event, &job.request, &src, &self.config.git)
+                        .await
+                        .map_err(|err| {
+                            tracing::warn!(request = %job.event.id, "refused: {err}");
+                            JobFailure::new(format!("refused: {err}"))
+                        })?;
+                let Checked::Step(step) = derived.checked.clone() else {
+                    return Err(JobFailure::new(format!(
+                        "refused: job {} is not a script job",
+                        derived.job.id
+                    )));
+                };
+                (step, Some(derived))
+            }
+        };
         if step.network && !self.config.allow_network {
             return Err(JobFailure::new(
                 "this runner does not give steps network access",
@@ -165,11 +224,6 @@ impl Runner {
             .timeout
             .unwrap_or(self.config.max_timeout)
             .min(self.config.max_timeout);
-
-        let src = dir.join("src");
-        let source_date_epoch = git::fetch_commit(&step.repo, &step.commit, &src, &self.config.git)
-            .await
-            .map_err(|e| JobFailure::new(e.to_string()))?;
 
         let mut spec = StepSpec::new(step.script.clone(), src.clone());
         spec.env = step.env.clone();
@@ -231,7 +285,7 @@ impl Runner {
         };
         let log = self.upload(&log_path).await?;
         let info = self.sandbox.describe();
-        Ok(StepReport {
+        let report = StepReport {
             commit: step.commit,
             exit_code: outcome.exit_code,
             timed_out: outcome.timed_out,
@@ -245,7 +299,8 @@ impl Runner {
                 isolated: info.isolated,
             },
             quorum: None,
-        })
+        };
+        Ok((report, derived))
     }
 
     /// Uploads one file to every configured server; succeeds if at least one stored it.
@@ -336,18 +391,25 @@ impl JobHandler for Runner {
     async fn run(&self, job: Job, ctx: JobContext) -> Result<JobOutput, JobFailure> {
         let quorum = QuorumJobParams::from_request(&job.request)
             .map_err(|e| JobFailure::new(format!("invalid quorum request: {e}")))?;
+        let admission = match &quorum {
+            Some(params) => Some(self.admit(&job, params).await?),
+            None => None,
+        };
         let dir = self.config.work_root.join(job.event.id.to_hex());
         // A resumed job starts from scratch: whatever an interrupted run left is not trusted.
         let _ = std::fs::remove_dir_all(&dir);
-        let report = self.run_step(&job, &ctx, &dir).await;
+        let outcome = self.run_step(&job, &ctx, &dir, admission.as_ref()).await;
         if let Err(err) = std::fs::remove_dir_all(&dir)
             && err.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!("cannot remove job dir {}: {err}", dir.display());
         }
-        let mut report = report?;
-        if let Some(params) = quorum {
-            report.quorum = Some(self.take_part(&job, &params, &report).await);
+        let (mut report, derived) = outcome?;
+        if let (Some(admission), Some(derived)) = (&admission, derived) {
+            report.quorum = Some(
+                self.take_part(&job, admission, derived.evidence, &report)
+                    .await,
+            );
         }
         let content = serde_json::to_string(&report)
             .map_err(|e| JobFailure::new(format!("cannot encode the report: {e}")))?;

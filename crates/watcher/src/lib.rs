@@ -13,19 +13,21 @@
 //!
 //! In quorum mode ([`WatcherQuorum`], protocol §15.10) the watcher holds a share of a quorum key
 //! and does not sign the run request itself: every watcher of the quorum derives the same
-//! unsigned request (authored by the quorum key, stamped with the commit's time), they agree on
-//! the commit and plan hash by commit-reveal, and the quorum signs the attestation and that
-//! request together. The router then sees a run request that `t` watchers vouched for.
+//! unsigned request (authored by the quorum key, dated with the maintainer-signed state that
+//! moved the ref — a time every watcher reads alike, and a current one, so that routers take it
+//! however old the commit is), they agree on the commit and plan hash by commit-reveal, and the
+//! quorum signs the attestation and that request together. The router then sees a run request
+//! that `t` watchers vouched for.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use quorum_consensus::job::{QuorumJobError, QuorumMember};
+use quorum_consensus::job::{QuorumJobError, QuorumMember, Sourced};
 use quorum_consensus::member::MemberConfig;
 use quorum_dvm::client::JobClient;
 use quorum_pipeline::TriggerEvent;
-use quorum_proto::agreement::BuildResult;
+use quorum_proto::agreement::{BuildResult, QUORUM_ATTESTATION};
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::kinds::JobKind;
 use quorum_proto::mandate::{MANDATE, Mandate};
@@ -170,10 +172,11 @@ impl Watcher {
 
     /// One look at the repository; returns the runs it started.
     pub async fn poll(&mut self) -> Result<Vec<StartedRun>, WatchError> {
-        let refs = match &self.config.source {
-            Source::Poll => {
-                quorum_runner::git::ls_remote(&self.config.repo, &self.config.git).await?
-            }
+        let (refs, moved_at) = match &self.config.source {
+            Source::Poll => (
+                quorum_runner::git::ls_remote(&self.config.repo, &self.config.git).await?,
+                None,
+            ),
             Source::Nip34 { owner, identifier } => self.signed_refs(owner, identifier).await?,
         };
         let Some(previous) = self.state.refs.replace(refs.clone()) else {
@@ -191,7 +194,7 @@ impl Watcher {
             if previous.get(ref_name) == Some(commit) {
                 continue;
             }
-            match self.consider(ref_name, commit).await {
+            match self.consider(ref_name, commit, moved_at).await {
                 Ok(Some(run)) => started.push(run),
                 Ok(None) => {}
                 // One bad commit must not stop the others; it is retried only if it moves again.
@@ -224,10 +227,13 @@ impl Watcher {
         self.client.shutdown().await;
     }
 
+    /// `moved_at`: when the maintainer-signed state that moved the ref was signed (NIP-34
+    /// mode), which dates a watcher quorum's request.
     async fn consider(
         &mut self,
         ref_name: &str,
         commit: &str,
+        moved_at: Option<Timestamp>,
     ) -> Result<Option<StartedRun>, WatchError> {
         let checkout = self.config.data.join("checkout");
         let _ = std::fs::remove_dir_all(&checkout);
@@ -293,7 +299,25 @@ impl Watcher {
             }
             Some(quorum) => {
                 let quorum = quorum.clone();
-                self.quorum_request(&quorum, run, commit_time).await?
+                // Nothing local or clock-dependent (§15.5): the state that moved the ref dates
+                // the request. Polling has no such event; the commit's own time is all the
+                // watchers share, and routers refuse requests older than their replay window.
+                let created_at = moved_at.unwrap_or_else(|| {
+                    let at = Timestamp::from(u64::try_from(commit_time).unwrap_or(0));
+                    if at + ROUTER_REPLAY_WINDOW.as_secs() < Timestamp::now() {
+                        tracing::warn!(
+                            ref_name,
+                            commit,
+                            "the commit is older than a router's replay window ({} s) and a \
+                             polling watcher quorum can only date its request with the commit's \
+                             time: the router will ignore it; follow the maintainers' NIP-34 \
+                             state (--owner) instead",
+                            ROUTER_REPLAY_WINDOW.as_secs()
+                        );
+                    }
+                    at
+                });
+                self.quorum_request(&quorum, run, created_at).await?
             }
         };
         self.state.started.insert(key);
@@ -314,14 +338,12 @@ impl Watcher {
         &mut self,
         quorum: &WatcherQuorum,
         mut run: RunRequest,
-        commit_time: i64,
+        created_at: Timestamp,
     ) -> Result<EventId, WatchError> {
         let quorum_key = self.quorum_key().await?;
         let plan_hash = run.plan_hash.clone().unwrap_or_default();
         let plan = Sha256Hex::parse(&plan_hash).map_err(|_| WatchError::PlanHash(plan_hash))?;
         run.mandate = Some(quorum.mandate);
-        // Nothing local or clock-dependent (§15.5): the commit's own time stamps the request.
-        let created_at = Timestamp::from(u64::try_from(commit_time).unwrap_or(0));
         let mut unsigned = run
             .to_request()
             .provider(self.config.router)
@@ -334,6 +356,7 @@ impl Watcher {
             mandate: quorum.mandate,
             commit: run.commit.clone(),
             release: None,
+            source: None,
         };
         let member = QuorumMember::new(
             quorum.relays.clone(),
@@ -341,8 +364,18 @@ impl Watcher {
             quorum.share_dir.clone(),
         )
         .with_config(quorum.member.clone());
+        let needed = [QUORUM_ATTESTATION, unsigned.kind];
+        let admission = member
+            .admit(
+                &quorum.keys.public_key(),
+                &params,
+                None,
+                &needed,
+                Sourced::Anchor,
+            )
+            .await?;
         let (report, outcome) = member
-            .serve_anchor(anchor, &params, None, result, vec![unsigned])
+            .serve_anchor(&admission, anchor, created_at, result, vec![unsigned])
             .await?;
         let signed = outcome
             .signed
@@ -410,13 +443,14 @@ impl Watcher {
         Ok(maintainer_set(owner, identifier, &announcements))
     }
 
-    /// The refs of the newest repository state signed by one of the repository's maintainers.
+    /// The refs of the newest repository state signed by one of the repository's maintainers,
+    /// and when that state was signed.
     async fn signed_refs(
         &self,
         owner: &PublicKey,
         identifier: &str,
-    ) -> Result<BTreeMap<String, String>, WatchError> {
-        use quorum_proto::nip34::{REPO_STATE, RepositoryState};
+    ) -> Result<(BTreeMap<String, String>, Option<Timestamp>), WatchError> {
+        use quorum_proto::nip34::{REPO_STATE, RepoCoordinate, newest_state};
         let timeout = Duration::from_secs(5);
         let maintainers = self.maintainers(owner, identifier).await?;
         let states = self
@@ -429,17 +463,11 @@ impl Watcher {
                 timeout,
             )
             .await?;
-        // Anyone may publish a 30618 with this `d`: only the maintainers' count, newest first.
-        let newest = states
-            .iter()
-            .filter(|event| maintainers.contains(&event.pubkey))
-            .filter_map(|event| {
-                RepositoryState::from_event(event)
-                    .ok()
-                    .map(|state| (event.created_at, state))
-            })
-            .max_by_key(|(at, _)| *at);
-        Ok(newest.map(|(_, state)| state.refs).unwrap_or_default())
+        let repo = RepoCoordinate::new(*owner, identifier);
+        Ok(match newest_state(&repo, &maintainers, &states) {
+            Some((event, state)) => (state.refs, Some(event.created_at)),
+            None => (BTreeMap::new(), None),
+        })
     }
 
     /// Whether the relays already hold a run request by one of `authors` (this watcher, and in
@@ -492,6 +520,9 @@ fn agreed_files(commit: &str, plan: Sha256Hex) -> BuildResult {
         .with_file("commit", commit_digest)
         .with_file("plan", plan)
 }
+
+/// How far back a router DVM takes requests (the DVM runtime's replay window, protocol §7).
+const ROUTER_REPLAY_WINDOW: Duration = Duration::from_secs(3600);
 
 fn state_path(data: &Path) -> PathBuf {
     data.join("watch-state.json")

@@ -2,11 +2,20 @@
 //! only Quorum CI reads.
 
 use nostr_sdk::prelude::{EventId, Kind, PublicKey, RelayUrl};
+use quorum_pipeline::dispatch::{PARAM_BIND, PARAM_JOB};
 use quorum_proto::nip90::{JobRequest, Nip90Error};
-use quorum_proto::quorum_job::{PARAM_COMMIT, PARAM_MANDATE, PARAM_RELEASE};
+use quorum_proto::quorum_job::{PARAM_COMMIT, PARAM_MANDATE, PARAM_RELEASE, PARAM_SOURCE};
 
-/// Params that are for the wrapper (the quorum params and the router's `job`), never forwarded.
-pub const OWN_PARAMS: [&str; 4] = [PARAM_MANDATE, PARAM_COMMIT, PARAM_RELEASE, "job"];
+/// Params that are for the wrapper (the quorum params, the router's `job` and expression
+/// bindings), never forwarded.
+pub const OWN_PARAMS: [&str; 6] = [
+    PARAM_MANDATE,
+    PARAM_COMMIT,
+    PARAM_RELEASE,
+    PARAM_SOURCE,
+    PARAM_JOB,
+    PARAM_BIND,
+];
 
 /// The inner request for `outer` (whose event id is `outer_id`): kind `inner_kind`, the same
 /// inputs, params (minus [`OWN_PARAMS`]), output, bid, expiration and content, answers
@@ -62,6 +71,7 @@ mod tests {
             mandate: EventId::all_zeros(),
             commit: "ab".repeat(20),
             release: None,
+            source: None,
         }
         .apply(&mut outer);
         let relay = RelayUrl::parse("ws://127.0.0.1:7777").unwrap();

@@ -10,19 +10,33 @@
 //! share ([`QuorumMember`]) and adds the outcome to its result as tags (`quorum`, the
 //! attestation's `e`, `quorum-report`). If the inner DVM answers `error` or does not answer,
 //! the wrapper answers `error` with the inner reason and commits to nothing.
+//!
+//! A quorum request is held to the trust chain like a runner's (protocol §16): the wrapper
+//! admits it (mandate, requester, source evidence), fetches the commit and derives the DVM job
+//! from the pipeline there (`quorum_runner::derive`), and forwards the plan's job, never the
+//! request's word, to the one inner DVM the mandate names for it (`inner` tags: each wrapper of
+//! a quorum a different one; never the open market). Files an inner result claims are fetched
+//! and hashed before the wrapper commits to them, and the attestation says wrappers built them.
 
 pub mod canonical;
 pub mod forward;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nostr_sdk::prelude::{Keys, Kind, PublicKey, RelayUrl, Tag};
+use quorum_consensus::job::{Admission, Sourced, kinds_to_sign};
 use quorum_dvm::client::{ClientError, JobClient, JobOutcome, JobReporter, Patience};
 use quorum_dvm::{Job, JobContext, JobFailure, JobHandler, JobOutput};
+use quorum_pipeline::dispatch::Checked;
+use quorum_proto::agreement::BuildResult;
 use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
 use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobRequest};
 use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport};
+use quorum_runner::GitPolicy;
+
+use canonical::Canonical;
 
 pub use quorum_consensus::job::QuorumMember;
 pub use quorum_consensus::member::MemberConfig;
@@ -69,12 +83,17 @@ pub struct WrapperConfig {
     pub concurrency: u32,
     pub max_request_bytes: u64,
     pub price_msats: u64,
+    /// Where quorum jobs' commits are fetched to read the pipeline (one dir per job, removed
+    /// afterwards).
+    pub work_root: PathBuf,
+    /// Which repositories may be fetched for that.
+    pub git: GitPolicy,
 }
 
 impl WrapperConfig {
     /// A wrapper serving and forwarding `inner_kind` on `relays`, open to the market, with a
-    /// 10-minute timeout per inner DVM.
-    pub fn new(inner_kind: Kind, relays: Vec<RelayUrl>) -> Self {
+    /// 10-minute timeout per inner DVM; quorum jobs' checkouts under `work_root`.
+    pub fn new(inner_kind: Kind, relays: Vec<RelayUrl>, work_root: PathBuf) -> Self {
         WrapperConfig {
             kind: inner_kind,
             inner_kind,
@@ -88,6 +107,8 @@ impl WrapperConfig {
             concurrency: 4,
             max_request_bytes: 64 * 1024,
             price_msats: 0,
+            work_root,
+            git: GitPolicy::default(),
         }
     }
 
@@ -171,10 +192,24 @@ impl Wrapper {
                 .map(Some)
                 .collect()
         };
+        self.forward(job, &job.request, encrypted, providers, reporter)
+            .await
+    }
+
+    /// Forwards `outer` (the job's request, or the plan's rendering of it) to `providers` in
+    /// turn until one answers with a result.
+    async fn forward(
+        &self,
+        job: &Job,
+        outer: &JobRequest,
+        encrypted: bool,
+        providers: Vec<Option<PublicKey>>,
+        reporter: &mut dyn JobReporter,
+    ) -> Result<InnerResult, JobFailure> {
         let mut failures = Vec::new();
         for provider in providers {
             let inner = forward::inner_request(
-                &job.request,
+                outer,
                 job.event.id,
                 self.config.inner_kind,
                 provider,
@@ -212,19 +247,154 @@ impl Wrapper {
         Err(JobFailure::new(failures.join("; ")))
     }
 
-    /// This wrapper's part in the quorum the request names, with the inner DVM's content.
-    async fn take_part(&self, job: &Job, params: &QuorumJobParams, content: &str) -> QuorumReport {
+    /// A quorum request, before anything is forwarded: admitted (mandate, requester, source),
+    /// the DVM job derived from the pipeline at the commit, and the inner DVM the mandate names
+    /// for this wrapper.
+    async fn prepare_quorum_job(
+        &self,
+        job: &Job,
+        params: &QuorumJobParams,
+    ) -> Result<
+        (
+            Admission,
+            quorum_runner::derive::Derived,
+            JobRequest,
+            PublicKey,
+        ),
+        JobFailure,
+    > {
+        let refuse = |reason: String| {
+            tracing::warn!(request = %job.event.id, author = %job.event.pubkey, "refused: {reason}");
+            JobFailure::new(format!("refused: {reason}"))
+        };
+        let Some(member) = &self.quorum else {
+            return Err(refuse(
+                "this wrapper holds no quorum shares, so it takes no quorum jobs".into(),
+            ));
+        };
+        let needed = kinds_to_sign(&job.event, params);
+        let admission = member
+            .admit(
+                &job.event.pubkey,
+                params,
+                job.request
+                    .param_value(quorum_pipeline::dispatch::PARAM_JOB),
+                &needed,
+                Sourced::FromRepository,
+            )
+            .await
+            .map_err(|e| refuse(e.to_string()))?;
+        let me = member.public_key();
+        let inner = *admission.mandate.rules.inner.get(&me).ok_or_else(|| {
+            refuse(format!(
+                "inner: mandate {} names no inner DVM for this wrapper (an `inner` tag): a \
+                 quorum's wrappers each forward to a different DVM the maintainer chose, never \
+                 to the open market",
+                admission.mandate_event.id
+            ))
+        })?;
+        if !self.config.inner_providers.is_empty() && !self.config.inner_providers.contains(&inner)
+        {
+            return Err(refuse(format!(
+                "inner: mandate {} says this wrapper forwards to {}, which its operator did not \
+                 configure (--inner-provider)",
+                admission.mandate_event.id,
+                inner.to_hex()
+            )));
+        }
+        let source = params.source.as_ref().expect("admission requires a source");
+        let dir = self.config.work_root.join(job.event.id.to_hex());
+        let _ = std::fs::remove_dir_all(&dir);
+        let derived = async {
+            quorum_runner::git::fetch_commit(&source.url, &params.commit, &dir, &self.config.git)
+                .await
+                .map_err(|e| e.to_string())?;
+            quorum_runner::derive::derive(
+                &admission,
+                &job.event,
+                &job.request,
+                &dir,
+                &self.config.git,
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(err) = std::fs::remove_dir_all(&dir)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove checkout {}: {err}", dir.display());
+        }
+        let derived = derived.map_err(refuse)?;
+        let Checked::Dvm(rendered) = derived.checked.clone() else {
+            return Err(refuse(format!(
+                "job {} is a script job: runners build it, not wrappers",
+                derived.job.id
+            )));
+        };
+        Ok((admission, derived, rendered, inner))
+    }
+
+    /// The result to commit to for an inner DVM's `content`: its bytes' hash, or the files it
+    /// claims once each was fetched and hashed here.
+    async fn committed_result(&self, content: &str) -> Result<BuildResult, String> {
+        let canonical = canonical::canonical_result(content);
+        if let Canonical::Claimed(files) = &canonical {
+            let scratch = tempfile::tempdir()
+                .map_err(|e| format!("cannot make a scratch dir for the claimed files: {e}"))?;
+            let client = quorum_blossom::client::BlossomClient::new(Keys::generate());
+            for (n, file) in files.iter().enumerate() {
+                let dest = scratch.path().join(n.to_string());
+                let mut fetched = Err(format!("{}: no URL served it", file.name));
+                for url in &file.urls {
+                    let Ok(parsed) = url::Url::parse(url) else {
+                        continue;
+                    };
+                    match client.download_url(&parsed, file.sha256, &dest).await {
+                        Ok(_) => {
+                            fetched = Ok(());
+                            break;
+                        }
+                        Err(err) => fetched = Err(format!("{} from {url}: {err}", file.name)),
+                    }
+                }
+                fetched.map_err(|e| {
+                    format!("the inner DVM claims files whose bytes do not check out: {e}")
+                })?;
+            }
+        }
+        Ok(canonical.result())
+    }
+
+    /// This wrapper's part in the quorum, with the inner DVM's content.
+    async fn take_part(
+        &self,
+        job: &Job,
+        admission: &Admission,
+        evidence: quorum_proto::agreement::JobEvidence,
+        content: &str,
+    ) -> QuorumReport {
         let unserved = |failure: String| QuorumReport {
-            mandate: params.mandate.to_hex(),
+            quorum: admission.quorum.to_hex(),
+            mandate: admission.params.mandate.to_hex(),
             failure: Some(failure),
             ..QuorumReport::default()
         };
         let Some(member) = &self.quorum else {
             return unserved("this wrapper holds no quorum shares".into());
         };
-        let result = canonical::canonical_result(content);
-        let pipeline_job = job.request.param_value("job");
-        match member.serve(&job.event, params, pipeline_job, result).await {
+        let result = match self.committed_result(content).await {
+            Ok(result) => result,
+            Err(failure) => {
+                tracing::warn!(request = %job.event.id, "quorum: {failure}");
+                return unserved(failure);
+            }
+        };
+        let wrapped = Some(self.config.inner_kind.as_u16());
+        match member
+            .serve(admission, &job.event, Some(evidence), wrapped, result)
+            .await
+        {
             Ok((report, outcome)) => {
                 if let Some(failure) = &outcome.failure {
                     tracing::warn!(request = %job.event.id, "quorum: {failure}");
@@ -319,15 +489,27 @@ impl JobHandler for Wrapper {
         let quorum = QuorumJobParams::from_request(&job.request)
             .map_err(|e| JobFailure::new(format!("invalid quorum request: {e}")))?;
         let mut relay = Relay(&ctx);
+        let Some(params) = quorum else {
+            let inner = tokio::select! {
+                inner = self.delegate(&job, &mut relay) => inner?,
+                () = ctx.cancelled() => return Err(JobFailure::new("cancelled")),
+            };
+            tracing::info!(request = %job.event.id, inner = %inner.provider, "inner DVM answered");
+            return Ok(JobOutput {
+                content: inner.content,
+            });
+        };
+        let (admission, derived, rendered, provider) =
+            self.prepare_quorum_job(&job, &params).await?;
         let inner = tokio::select! {
-            inner = self.delegate(&job, &mut relay) => inner?,
+            inner = self.forward(&job, &rendered, false, vec![Some(provider)], &mut relay) => inner?,
             () = ctx.cancelled() => return Err(JobFailure::new("cancelled")),
         };
         tracing::info!(request = %job.event.id, inner = %inner.provider, "inner DVM answered");
-        if let Some(params) = quorum {
-            let report = self.take_part(&job, &params, &inner.content).await;
-            ctx.add_result_tags(report_tags(&report));
-        }
+        let report = self
+            .take_part(&job, &admission, derived.evidence, &inner.content)
+            .await;
+        ctx.add_result_tags(report_tags(&report));
         Ok(JobOutput {
             content: inner.content,
         })

@@ -27,7 +27,11 @@ pub async fn run(args: WrapperArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let inner_kind = Kind::from_u16(args.inner_kind);
-    let mut config = WrapperConfig::new(inner_kind, relays.clone());
+    let mut config = WrapperConfig::new(inner_kind, relays.clone(), args.data.join("work"));
+    config.git = quorum_runner::GitPolicy {
+        allow_local: args.allow_local_repos,
+        timeout: Some(Duration::from_secs(600)),
+    };
     config.kind = args.kind.map_or(inner_kind, Kind::from_u16);
     config.inner_providers = inner_providers;
     config.timeout = Duration::from_secs(args.timeout.max(1));

@@ -221,6 +221,17 @@ impl Linter {
                 );
             }
         }
+        if matches!(mode, Some(Mode::Quorum { .. })) && shape == Shape::Dvm && has("provider") {
+            self.error(
+                at("provider"),
+                format!("quorum job \"{id}\" names one `provider`"),
+                Some(
+                    "a quorum's members are wrapper DVMs that each forward to a different \
+                     ordinary DVM, named by the mandate (`inner` tags); remove `provider`"
+                        .into(),
+                ),
+            );
+        }
         job.mode = mode.unwrap_or_default();
         job.spec = if clash || mode.is_none() { None } else { spec };
         job
