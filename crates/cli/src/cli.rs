@@ -511,9 +511,31 @@ pub struct VerifyArgs {
     /// The file to check.
     pub file: PathBuf,
 
+    /// The repository the file must be a release of: `30617:<owner hex>:<d>` or its
+    /// `naddr1…`. Without it nothing verifies: verify reports what it found and fails.
+    #[arg(long, value_name = "REPO")]
+    pub repo: Option<String>,
+
     /// Relay to read release events from (repeat for several).
-    #[arg(long = "relay", value_name = "URL", required = true)]
+    #[arg(long = "relay", value_name = "URL", required_unless_present = "bundle")]
     pub relays: Vec<String>,
+
+    /// A verification bundle (the JSON file a release stores next to its artifacts): verify
+    /// from its signed events, with no relay at all when no --relay is given.
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+
+    /// Fail unless the quorum's threshold t is at least T.
+    #[arg(long, value_name = "T")]
+    pub min_threshold: Option<u16>,
+
+    /// Fail unless the quorum key was made by DKG (not by a dealer, who held the whole key).
+    #[arg(long)]
+    pub require_dkg: bool,
+
+    /// Accept a release signed by a single builder's key rather than a quorum.
+    #[arg(long)]
+    pub allow_single_builder: bool,
 
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
@@ -598,6 +620,12 @@ pub struct RunArgs {
     /// DKG and a local key in the data directory mandates it.
     #[arg(long, value_name = "EVENT_ID")]
     pub mandate: Option<String>,
+
+    /// The key this run signs its requests with: a file holding an nsec or 64 hex characters,
+    /// mode 0600 (created if missing). A mandate that names who may request its quorum's jobs
+    /// (`quorum mandate create --requester`) must name this key. Default: a fresh key.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 
     /// Runner DVMs of the embedded network (at least as many as a quorum job's replicas).
     #[arg(long, default_value_t = 2)]

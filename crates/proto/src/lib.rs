@@ -8,6 +8,7 @@
 pub mod agreement;
 pub mod approval;
 pub mod blossom;
+pub mod bundle;
 pub mod chain;
 pub mod kinds;
 pub mod mandate;

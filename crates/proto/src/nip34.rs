@@ -124,6 +124,47 @@ impl FromStr for RepoCoordinate {
     }
 }
 
+impl RepoCoordinate {
+    /// A repository as a user names it: `30617:<owner hex>:<d>` or its NIP-19 `naddr1…`
+    /// (which must be of kind 30617; relay hints are dropped).
+    pub fn parse_user(text: &str) -> Result<Self> {
+        use nostr::nips::nip19::{FromBech32, Nip19Coordinate};
+        let text = text.trim();
+        if !text.starts_with("naddr1") {
+            return text.parse();
+        }
+        let bad = |reason: String| Nip34Error::BadCoordinate {
+            coordinate: text.to_string(),
+            reason,
+        };
+        let naddr = Nip19Coordinate::from_bech32(text).map_err(|e| bad(e.to_string()))?;
+        if naddr.kind != REPO_ANNOUNCEMENT {
+            return Err(bad(format!(
+                "it addresses a kind {} event, not a repository (30617)",
+                naddr.kind.as_u16()
+            )));
+        }
+        if naddr.identifier.is_empty() {
+            return Err(bad("empty repository id".into()));
+        }
+        Ok(RepoCoordinate::new(
+            naddr.public_key,
+            naddr.identifier.clone(),
+        ))
+    }
+
+    /// The NIP-19 `naddr1…` of the repository (no relay hints).
+    pub fn to_naddr(&self) -> String {
+        use nostr::nips::nip01::Coordinate;
+        use nostr::nips::nip19::{Nip19Coordinate, ToBech32};
+        let coordinate =
+            Coordinate::new(REPO_ANNOUNCEMENT, self.owner).identifier(&self.identifier);
+        Nip19Coordinate::new(coordinate, [])
+            .to_bech32()
+            .expect("a coordinate encodes")
+    }
+}
+
 /// A repository announcement (kind 30617).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepositoryAnnouncement {
@@ -765,6 +806,30 @@ mod tests {
             .with_ref("refs/heads/main", C1)
             .unwrap();
         assert_eq!(state.moved_since(&previous), vec![("refs/tags/v1.0.0", C2)]);
+    }
+
+    #[test]
+    fn users_name_repositories_by_coordinate_or_naddr() {
+        let owner = nostr::Keys::generate().public_key();
+        let repo = RepoCoordinate::new(owner, "app");
+        let naddr = repo.to_naddr();
+        assert!(naddr.starts_with("naddr1"), "{naddr}");
+        assert_eq!(RepoCoordinate::parse_user(&naddr).unwrap(), repo);
+        assert_eq!(RepoCoordinate::parse_user(&repo.to_string()).unwrap(), repo);
+        assert!(RepoCoordinate::parse_user("naddr1qqqq").is_err());
+        assert!(RepoCoordinate::parse_user("npub1xyz").is_err());
+        let note = {
+            use nostr::nips::nip01::Coordinate;
+            use nostr::nips::nip19::{Nip19Coordinate, ToBech32};
+            Nip19Coordinate::new(
+                Coordinate::new(nostr::Kind::Custom(30023), owner).identifier("post"),
+                [],
+            )
+            .to_bech32()
+            .unwrap()
+        };
+        let err = RepoCoordinate::parse_user(&note).unwrap_err().to_string();
+        assert!(err.contains("30023"), "{err}");
     }
 
     #[test]

@@ -1,16 +1,32 @@
-//! `quorum verify`: is this file a release, who signed it, and on whose authority?
+//! `quorum verify`: is this file a release of the repository the user expects, built by a
+//! quorum from the code its maintainers signed?
 //!
-//! From a file's sha256 alone: the newest release binding (8700) that lists it (NIP-94 file
-//! metadata gives the places to download it), then one of two checks.
+//! Verification is a pure judgement ([`judge`]) over a pool of signed events, gathered from the
+//! relays ([`gather`]) and/or read from a verification bundle (`quorum_proto::bundle`), so it
+//! works the same online and offline, years later, after relays dropped the expired mandate.
+//! It re-checks the whole trust chain (docs/protocol.md §16) for the repository the user names
+//! (`--repo`); without one it reports what it found and fails closed:
 //!
-//! - A **quorum-signed** release (its attestation names the binding's own signer as builder):
-//!   the quorum attestation (8708) lists these bytes for the same commit; the maintainer's
-//!   mandate (8704) it names authorised that quorum key for the repository when the
-//!   attestation was made and had not been superseded; at least `t` members agreed; and the
-//!   members' commitments and reveals (8705/8706) tell who agreed, disagreed or kept silent.
-//! - Any other release: each attestation is a runner's step result that names these bytes.
+//! 1. **Bindings.** Every release binding (8700) that lists the file's sha256 is a candidate;
+//!    those for another repository are reported as warnings, never the verdict (a stranger's
+//!    newer binding changes nothing). The file verifies if any binding for the expected
+//!    repository passes every check below.
+//! 2. **Attestation.** The quorum key signed an attestation (8708) that lists these bytes for
+//!    the binding's commit, names the job request, the mandate and the source evidence.
+//! 3. **Source.** The request the quorum answered fetched one of the owner's announced clone
+//!    URLs at the commit; a maintainer-signed state (30618) had the commit at a ref tip; the
+//!    request named exactly this evidence, job, mandate and release (the run id recomputed
+//!    from the URL, commit and plan hash); the attestation is not dated before any of it.
+//! 4. **Mandate.** A maintainer's mandate authorised this quorum key for the repository when
+//!    the attestation was made (not superseded, not revoked, not expired), covering the job and
+//!    allowing releases; it admitted the request's author.
+//! 5. **Members.** At least `t` members agreed; their own commitments and reveals (8705/8706),
+//!    counted only if dated no later than the attestation, tell who agreed, disagreed, was
+//!    silent or late. A member named as agreeing that contradicted itself is a failure.
+//! 6. **Policy.** What the user requires: a minimum threshold, keys made by DKG, and by
+//!    default a quorum at all (a single builder's release fails unless allowed).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,17 +36,21 @@ use quorum_proto::agreement::{
     SignedReveal, Tally,
 };
 use quorum_proto::blossom::Sha256Hex;
-use quorum_proto::mandate::{MANDATE, Mandate, select_mandate};
-use quorum_proto::nip34::{REPO_ANNOUNCEMENT, maintainer_set};
-use quorum_proto::nip90::JobResult;
-use quorum_proto::nostr::{Alphabet, Event, EventId, Filter, SingleLetterTag};
-use quorum_proto::quorum_job::hex_list;
+use quorum_proto::bundle::{self, MAX_BUNDLE_BYTES, VerificationBundle};
+use quorum_proto::mandate::{Keygen, MANDATE, Mandate, select_mandate};
+use quorum_proto::nip34::{REPO_ANNOUNCEMENT, REPO_STATE, RepoCoordinate, maintainer_set};
+use quorum_proto::nip90::{JobRequest, JobResult};
+use quorum_proto::nostr::{Alphabet, Event, EventId, Filter, Kind, SingleLetterTag};
+use quorum_proto::quorum_job::{QuorumJobParams, hex_list};
 use quorum_proto::release::{FILE_METADATA, FileMetadata, RELEASE_BINDING, ReleaseBinding};
+use quorum_proto::source;
 use quorum_proto::step::StepReport;
 use serde::Serialize;
 
 /// How long one relay query may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// NIP-82 software asset, which may name a bundle too.
+const SOFTWARE_ASSET: Kind = Kind::Custom(3063);
 
 /// Why `verify` could not reach a verdict (a failed check is a verdict, not an error).
 #[derive(Debug, thiserror::Error)]
@@ -42,17 +62,60 @@ pub enum VerifyError {
     },
     #[error("cannot query the relays: {0}")]
     Relay(#[from] ClientError),
+    #[error("bundle {}: {reason}", path.display())]
+    Bundle { path: PathBuf, reason: String },
+}
+
+/// What the user expects of a release, and requires beyond the trust chain.
+#[derive(Debug, Clone, Default)]
+pub struct Expectation {
+    /// The repository the file must be a release of (`--repo`). Without it nothing verifies.
+    pub repo: Option<RepoCoordinate>,
+    /// The least `t` the mandate's quorum may have.
+    pub min_threshold: Option<u16>,
+    /// Refuse quorum keys that a dealer made (who held the whole key), or whose making is not
+    /// on record.
+    pub require_dkg: bool,
+    /// Accept a release signed by a single builder's key instead of a quorum.
+    pub allow_single_builder: bool,
+}
+
+/// A binding found for the file.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Candidate {
+    pub release: String,
+    pub signer: String,
+    pub repo: String,
+    pub commit: String,
+}
+
+/// The source evidence a release rests on.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SourceReport {
+    /// The owner's announcement (30617).
+    pub announcement: String,
+    /// The maintainer-signed state (30618) and who signed it.
+    pub state: String,
+    pub state_signer: String,
+    /// The URL the members fetched, one of the announcement's clone URLs.
+    pub url: String,
+    /// The refs of the state whose tip is the commit. Empty when the commit was only
+    /// reachable from one (the mandate's `ancestor` rule): the members checked that with git,
+    /// this verifier cannot offline.
+    pub refs: Vec<String>,
 }
 
 /// What `verify` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verification {
-    /// Every check held: a release lists these bytes, and either its quorum was authorised by
-    /// a maintainer's mandate and `t` members agreed, or (a release without a quorum) at least
-    /// one builder attests them.
+    /// Every check held for a release of the expected repository.
     pub ok: bool,
     pub sha256: String,
-    /// The release binding's event id.
+    /// The repository the user expects (`--repo`).
+    pub expected_repo: Option<String>,
+    /// Every binding that lists these bytes, whoever signed it.
+    pub candidates: Vec<Candidate>,
+    /// The release binding's event id (the one that verified, or the one judged).
     pub release: Option<String>,
     /// Who signed the release.
     pub signer: Option<String>,
@@ -66,28 +129,46 @@ pub struct Verification {
     pub attested_by: Vec<String>,
     /// Checks that did not hold, with why.
     pub problems: Vec<String>,
+    /// What was found but does not decide the verdict (other repositories' bindings, …).
+    pub warnings: Vec<String>,
     /// Where the file can be downloaded (NIP-94).
     pub urls: Vec<String>,
     /// The quorum key (hex) of a quorum-signed release.
     pub quorum: Option<String>,
     /// The quorum attestation (8708) the release names.
     pub attestation: Option<String>,
+    /// The job request the quorum answered, and who signed it.
+    pub request: Option<String>,
+    pub requester: Option<String>,
+    /// The pipeline job, its file and plan hash, as the attestation names them.
+    pub job: Option<String>,
+    pub pipeline: Option<String>,
+    pub plan_hash: Option<String>,
+    /// The NIP-34 evidence of the source.
+    pub source: Option<SourceReport>,
+    /// "runners", or "wrappers of kind K DVMs".
+    pub built_by: Option<String>,
     /// The mandate (8704) the attestation names.
     pub mandate: Option<String>,
     /// Who signed that mandate (hex).
     pub mandate_signer: Option<String>,
     /// The mandate's `t` of `n`.
     pub threshold: Option<Threshold>,
+    /// How the quorum key was made: `dkg`, `dealer` (one party held the whole key), or
+    /// `unknown` (no mandate on record says).
+    pub keygen: Option<String>,
     /// Members (hex) the attestation names as agreeing.
     pub agreed: Vec<String>,
     /// Members whose reveal reports an attested file otherwise, whose reveal does not open
-    /// their commitment, or who committed twice (equivocated).
+    /// their commitment, who built another plan, or who committed twice (equivocated).
     pub disagreed: Vec<String>,
-    /// Members with no reveal on the relays.
+    /// Members with no reveal on record.
     pub silent: Vec<String>,
     /// Members the attestation does not name whose reveal matches it (they revealed after the
     /// quorum signed).
     pub late: Vec<String>,
+    /// The verification bundles read (sha256).
+    pub bundles: Vec<String>,
 }
 
 /// A mandate's threshold: `t` of the `n` members must agree.
@@ -98,10 +179,12 @@ pub struct Threshold {
 }
 
 impl Verification {
-    fn new(sha256: String) -> Self {
+    fn new(sha256: String, expected: Option<&RepoCoordinate>) -> Self {
         Verification {
             ok: false,
             sha256,
+            expected_repo: expected.map(ToString::to_string),
+            candidates: Vec::new(),
             release: None,
             signer: None,
             repo: None,
@@ -110,16 +193,26 @@ impl Verification {
             name: None,
             attested_by: Vec::new(),
             problems: Vec::new(),
+            warnings: Vec::new(),
             urls: Vec::new(),
             quorum: None,
             attestation: None,
+            request: None,
+            requester: None,
+            job: None,
+            pipeline: None,
+            plan_hash: None,
+            source: None,
+            built_by: None,
             mandate: None,
             mandate_signer: None,
             threshold: None,
+            keygen: None,
             agreed: Vec::new(),
             disagreed: Vec::new(),
             silent: Vec::new(),
             late: Vec::new(),
+            bundles: Vec::new(),
         }
     }
 
@@ -128,39 +221,267 @@ impl Verification {
     }
 }
 
-/// Hashes `path` and checks it against the release events on the client's relays.
-pub async fn verify_file(client: &JobClient, path: &Path) -> Result<Verification, VerifyError> {
+/// Hashes `path` and verifies it against the events on `client`'s relays (when given) and in
+/// the verification `bundle` file (when given; bundles the release events name are fetched
+/// from Blossom too).
+pub async fn verify_file(
+    client: Option<&JobClient>,
+    path: &Path,
+    bundle: Option<&Path>,
+    expect: &Expectation,
+) -> Result<Verification, VerifyError> {
     let digest = sha256_of(path)?;
+    let mut pool = Vec::new();
+    let mut bundles = Vec::new();
+    if let Some(path) = bundle {
+        let bytes = read_bounded(path).map_err(|reason| VerifyError::Bundle {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let parsed = VerificationBundle::from_json(&bytes).map_err(|e| VerifyError::Bundle {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        bundles.push(Sha256Hex::from_bytes(sha2_digest(&bytes)));
+        pool.extend(parsed.events);
+    }
+    if let Some(client) = client {
+        gather(client, &digest, expect, &mut pool, &mut bundles).await?;
+    }
+    let mut verification = judge(&digest, &pool, expect);
+    verification.bundles = bundles.iter().map(Sha256Hex::to_hex).collect();
+    Ok(verification)
+}
+
+/// Adds to `pool` every event on the relays that verifying `digest` may need, and the events of
+/// the bundles the release events name (fetched from Blossom, re-hashed).
+pub async fn gather(
+    client: &JobClient,
+    digest: &Sha256Hex,
+    expect: &Expectation,
+    pool: &mut Vec<Event>,
+    bundles: &mut Vec<Sha256Hex>,
+) -> Result<(), VerifyError> {
     let sha = digest.to_hex();
     let x = SingleLetterTag::lowercase(Alphabet::X);
-    let mut verification = Verification::new(sha.clone());
-    let files = fetch(
-        client,
-        Filter::new().kind(FILE_METADATA).custom_tag(x, &sha),
-    )
-    .await?;
-    for file in files
+    pool.extend(
+        fetch(
+            client,
+            Filter::new()
+                .kinds([FILE_METADATA, SOFTWARE_ASSET, RELEASE_BINDING])
+                .custom_tag(x, &sha),
+        )
+        .await?,
+    );
+    // Bundles first: they may hold what the relays dropped.
+    let named: Vec<(Sha256Hex, Vec<String>)> = pool
         .iter()
-        .filter_map(|e| FileMetadata::from_event(e).ok())
-    {
-        if file.sha256 == digest {
-            verification.urls.extend(file.urls().map(str::to_string));
+        .filter(|e| e.kind == FILE_METADATA || e.kind == SOFTWARE_ASSET)
+        .flat_map(bundle::bundles_named)
+        .collect();
+    for (sha, urls) in named {
+        if bundles.contains(&sha) {
+            continue;
+        }
+        match fetch_bundle(&sha, &urls).await {
+            Ok(found) if found.covers(digest) => {
+                bundles.push(sha);
+                pool.extend(found.events);
+            }
+            Ok(_) => tracing::debug!(%sha, "a named bundle is for other files"),
+            Err(reason) => tracing::info!(%sha, "cannot read a named bundle: {reason}"),
         }
     }
-    let bindings = fetch(
-        client,
-        Filter::new().kind(RELEASE_BINDING).custom_tag(x, &sha),
-    )
-    .await?;
-    let Some((event, binding)) = bindings
+    let bindings: Vec<ReleaseBinding> = pool
         .iter()
+        .filter(|e| e.kind == RELEASE_BINDING)
+        .filter_map(|e| ReleaseBinding::from_event(e).ok())
+        .filter(|b| b.contains(digest))
+        .filter(|b| expect.repo.as_ref().is_none_or(|r| *r == b.repo))
+        .collect();
+    let attestations: Vec<EventId> = bindings
+        .iter()
+        .flat_map(|b| b.attestations.iter().map(|a| a.result))
+        .collect();
+    add_ids(client, pool, attestations).await?;
+    let mut ids = Vec::new();
+    let mut jobs = Vec::new();
+    for attestation in pool
+        .iter()
+        .filter(|e| e.kind == QUORUM_ATTESTATION)
+        .filter_map(|e| QuorumAttestation::from_event(e).ok())
+    {
+        ids.push(attestation.mandate);
+        ids.push(attestation.job);
+        jobs.push(attestation.job);
+        if let Some(evidence) = &attestation.evidence {
+            ids.push(evidence.announcement);
+            ids.push(evidence.state);
+        }
+    }
+    add_ids(client, pool, ids).await?;
+    let repos: BTreeSet<RepoCoordinate> = bindings.iter().map(|b| b.repo.clone()).collect();
+    for repo in repos {
+        let more = fetch(
+            client,
+            Filter::new()
+                .kind(MANDATE)
+                .custom_tag(SingleLetterTag::lowercase(Alphabet::A), repo.to_string()),
+        )
+        .await?;
+        pool.extend(more);
+        let more = fetch(
+            client,
+            Filter::new()
+                .kind(REPO_ANNOUNCEMENT)
+                .author(repo.owner)
+                .identifier(repo.identifier.clone()),
+        )
+        .await?;
+        pool.extend(more);
+    }
+    if !jobs.is_empty() {
+        let more = fetch(
+            client,
+            Filter::new().kinds([COMMITMENT, REVEAL]).events(jobs),
+        )
+        .await?;
+        pool.extend(more);
+    }
+    Ok(())
+}
+
+/// The verdict on `digest` from the signed events in `pool` (relays, bundles): pure.
+pub fn judge(digest: &Sha256Hex, pool: &[Event], expect: &Expectation) -> Verification {
+    let pool = Pool::new(pool);
+    let mut verification = Verification::new(digest.to_hex(), expect.repo.as_ref());
+    for file in pool
+        .of_kind(FILE_METADATA)
+        .filter_map(|e| FileMetadata::from_event(e).ok())
+    {
+        if file.sha256 == *digest {
+            for url in file.urls() {
+                if !verification.urls.iter().any(|u| u == url) {
+                    verification.urls.push(url.to_string());
+                }
+            }
+        }
+    }
+    let mut bindings: Vec<(&Event, ReleaseBinding)> = pool
+        .of_kind(RELEASE_BINDING)
         .filter_map(|e| ReleaseBinding::from_event(e).ok().map(|b| (e, b)))
-        .filter(|(_, b)| b.contains(&digest))
-        .max_by_key(|(e, _)| e.created_at)
-    else {
+        .filter(|(_, b)| b.contains(digest))
+        .collect();
+    // Newest first, so that of several that pass, the newest is reported.
+    bindings.sort_by(|(x, _), (y, _)| y.created_at.cmp(&x.created_at).then(x.id.cmp(&y.id)));
+    verification.candidates = bindings
+        .iter()
+        .map(|(e, b)| Candidate {
+            release: e.id.to_hex(),
+            signer: e.pubkey.to_hex(),
+            repo: b.repo.to_string(),
+            commit: b.commit.clone(),
+        })
+        .collect();
+    if bindings.is_empty() {
         verification.problem("no release lists these bytes");
-        return Ok(verification);
+        return verification;
+    }
+    let Some(expected) = &expect.repo else {
+        let repos: BTreeSet<String> = bindings.iter().map(|(_, b)| b.repo.to_string()).collect();
+        verification.problem(format!(
+            "no repository was named, so nothing can verify: releases of these bytes name {}; \
+             pass --repo with the repository you expect (30617:<owner hex>:<d> or its naddr)",
+            repos.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+        return verification;
     };
+    let mut verdicts = Vec::new();
+    for (event, binding) in &bindings {
+        if binding.repo != *expected {
+            verification.warnings.push(format!(
+                "release {} by {} is for another repository ({}): ignored",
+                event.id,
+                event.pubkey.to_hex(),
+                binding.repo
+            ));
+            continue;
+        }
+        let mut candidate = Verification::new(digest.to_hex(), Some(expected));
+        check_binding(&pool, event, binding, digest, expect, &mut candidate);
+        candidate.ok = !candidate.attested_by.is_empty() && candidate.problems.is_empty();
+        verdicts.push(candidate);
+    }
+    let Some(index) = verdicts
+        .iter()
+        .position(|v| v.ok)
+        .or((!verdicts.is_empty()).then_some(0))
+    else {
+        verification.problem(format!(
+            "no release of {expected} lists these bytes (only releases of other repositories do)"
+        ));
+        return verification;
+    };
+    let others = verdicts.len() - 1;
+    let chosen = verdicts.swap_remove(index);
+    let mut chosen = Verification {
+        candidates: verification.candidates,
+        urls: verification.urls,
+        warnings: verification.warnings,
+        ..chosen
+    };
+    if others > 0 {
+        chosen.warnings.push(format!(
+            "{others} other release(s) of {expected} list these bytes too{}",
+            if chosen.ok {
+                " (not needed for the verdict)"
+            } else {
+                "; none verifies either"
+            }
+        ));
+    }
+    chosen
+}
+
+/// The events a judgement looks at, by id and kind.
+struct Pool<'a> {
+    events: Vec<&'a Event>,
+    by_id: BTreeMap<EventId, &'a Event>,
+}
+
+impl<'a> Pool<'a> {
+    fn new(events: &'a [Event]) -> Self {
+        // Only events whose id and signature hold are evidence of anything.
+        let events: Vec<&Event> = events.iter().filter(|e| e.verify().is_ok()).collect();
+        let by_id = events.iter().map(|e| (e.id, *e)).collect();
+        Pool { events, by_id }
+    }
+
+    fn get(&self, id: &EventId) -> Option<&'a Event> {
+        self.by_id.get(id).copied()
+    }
+
+    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &'a Event> + '_ {
+        self.events.iter().copied().filter(move |e| e.kind == kind)
+    }
+
+    fn owned(&self, kinds: &[Kind]) -> Vec<Event> {
+        self.events
+            .iter()
+            .filter(|e| kinds.contains(&e.kind))
+            .map(|e| (*e).clone())
+            .collect()
+    }
+}
+
+fn check_binding(
+    pool: &Pool<'_>,
+    event: &Event,
+    binding: &ReleaseBinding,
+    digest: &Sha256Hex,
+    expect: &Expectation,
+    verification: &mut Verification,
+) {
     verification.release = Some(event.id.to_hex());
     verification.signer = Some(event.pubkey.to_hex());
     verification.repo = Some(binding.repo.to_string());
@@ -169,31 +490,37 @@ pub async fn verify_file(client: &JobClient, path: &Path) -> Result<Verification
     verification.name = binding
         .artifacts
         .iter()
-        .find(|a| a.sha256 == digest)
+        .find(|a| a.sha256 == *digest)
         .map(|a| a.name.clone());
     if binding
         .attestations
         .iter()
         .any(|a| a.builder == event.pubkey)
     {
-        check_quorum(client, event, &binding, &digest, &mut verification).await?;
+        check_quorum(pool, event, binding, digest, expect, verification);
+    } else if expect.allow_single_builder {
+        check_builders(pool, event, binding, digest, verification);
     } else {
-        check_builders(client, event, &binding, &sha, &mut verification).await?;
+        verification.problem(format!(
+            "release {} is signed by {}, not by a quorum: no independent builders agreed on \
+             these bytes (pass --allow-single-builder to accept a single builder's word)",
+            event.id,
+            event.pubkey.to_hex()
+        ));
     }
-    verification.ok = !verification.attested_by.is_empty() && verification.problems.is_empty();
-    Ok(verification)
 }
 
 /// A release without a quorum: each attestation is a runner's step result naming these bytes.
-async fn check_builders(
-    client: &JobClient,
+fn check_builders(
+    pool: &Pool<'_>,
     release: &Event,
     binding: &ReleaseBinding,
-    sha: &str,
+    digest: &Sha256Hex,
     verification: &mut Verification,
-) -> Result<(), VerifyError> {
+) {
+    let sha = digest.to_hex();
     for attestation in &binding.attestations {
-        let Some(result) = fetch_id(client, attestation.result).await? else {
+        let Some(result) = pool.get(&attestation.result) else {
             verification.problem(format!("result {} not found", attestation.result));
             continue;
         };
@@ -214,7 +541,7 @@ async fn check_builders(
             ));
             continue;
         }
-        let report = JobResult::from_event(&result)
+        let report = JobResult::from_event(result)
             .map_err(|e| e.to_string())
             .and_then(|r| {
                 serde_json::from_str::<StepReport>(&r.content).map_err(|e| e.to_string())
@@ -239,17 +566,25 @@ async fn check_builders(
             )),
         }
     }
-    Ok(())
+    if !verification.attested_by.is_empty() {
+        verification.warnings.push(
+            "a single builder's release: nothing but that builder's word says these bytes \
+             come from the commit (accepted with --allow-single-builder)"
+                .into(),
+        );
+    }
 }
 
-/// A quorum-signed release: its attestation, the mandate behind it, and the members.
-async fn check_quorum(
-    client: &JobClient,
+/// A quorum-signed release: its attestation, the source it rests on, the mandate behind it,
+/// the members, and what the user requires.
+fn check_quorum(
+    pool: &Pool<'_>,
     release: &Event,
     binding: &ReleaseBinding,
     digest: &Sha256Hex,
+    expect: &Expectation,
     verification: &mut Verification,
-) -> Result<(), VerifyError> {
+) {
     let quorum = release.pubkey;
     verification.quorum = Some(quorum.to_hex());
     let [named] = binding.attestations.as_slice() else {
@@ -257,15 +592,15 @@ async fn check_quorum(
             "a quorum-signed release names one attestation, its quorum's; this one names {}",
             binding.attestations.len()
         ));
-        return Ok(());
+        return;
     };
     let id = named.result;
     verification.attestation = Some(id.to_hex());
 
     // 1. The attestation: the quorum's, for these bytes and this commit.
-    let Some(event) = fetch_id(client, id).await? else {
-        verification.problem(format!("quorum attestation {id} not found on the relays"));
-        return Ok(());
+    let Some(event) = pool.get(&id) else {
+        verification.problem(format!("quorum attestation {id} not found"));
+        return;
     };
     if event.kind != QUORUM_ATTESTATION {
         verification.problem(format!(
@@ -273,7 +608,7 @@ async fn check_quorum(
              attestation (8708)",
             event.kind
         ));
-        return Ok(());
+        return;
     }
     if event.pubkey != quorum {
         verification.problem(format!(
@@ -281,13 +616,13 @@ async fn check_quorum(
             event.pubkey.to_hex(),
             quorum.to_hex()
         ));
-        return Ok(());
+        return;
     }
-    let attestation = match QuorumAttestation::from_event(&event) {
+    let attestation = match QuorumAttestation::from_event(event) {
         Ok(attestation) => attestation,
         Err(err) => {
             verification.problem(format!("attestation {id} does not parse: {err}"));
-            return Ok(());
+            return;
         }
     };
     let mut jobs = BTreeSet::new();
@@ -323,15 +658,20 @@ async fn check_quorum(
         ));
     }
     verification.agreed = hex_list(&attestation.agreed);
+    verification.built_by = Some(match attestation.wrapped {
+        Some(kind) => format!("wrapper DVMs around ordinary kind {kind} DVMs"),
+        None => "runners".into(),
+    });
 
     // 2. The mandate: a maintainer's, for this quorum and repository, in force at the time.
     let mandate_id = attestation.mandate;
     verification.mandate = Some(mandate_id.to_hex());
-    let Some(mandate_event) = fetch_id(client, mandate_id).await? else {
+    let Some(mandate_event) = pool.get(&mandate_id) else {
         verification.problem(format!(
-            "mandate {mandate_id}, named by the attestation, not found on the relays"
+            "mandate {mandate_id}, named by the attestation, not found (relays drop a mandate \
+             once it expires: verify with the release's bundle)"
         ));
-        return Ok(());
+        return;
     };
     verification.mandate_signer = Some(mandate_event.pubkey.to_hex());
     if mandate_event.kind != MANDATE {
@@ -340,20 +680,62 @@ async fn check_quorum(
              (8704)",
             mandate_event.kind
         ));
-        return Ok(());
+        return;
     }
-    let mandate = match Mandate::from_event(&mandate_event) {
+    let mandate = match Mandate::from_event(mandate_event) {
         Ok(mandate) => mandate,
         Err(err) => {
             verification.problem(format!("mandate {mandate_id} does not parse: {err}"));
-            return Ok(());
+            return;
         }
     };
-    let mandate_problems = verification.problems.len();
     verification.threshold = Some(Threshold {
         t: mandate.threshold,
         n: u16::try_from(mandate.n()).unwrap_or(u16::MAX),
     });
+    check_mandate(
+        pool,
+        binding,
+        event,
+        mandate_event,
+        &mandate,
+        &jobs,
+        verification,
+    );
+
+    // 3. The source: the request, the maintainers' evidence, the pipeline job.
+    check_source(
+        pool,
+        binding,
+        &attestation,
+        event,
+        mandate_event,
+        &mandate,
+        &jobs,
+        verification,
+    );
+
+    // 4. At least `t` agreeing members, all of the mandate, and who said what.
+    check_members(pool, &attestation, event, &mandate, verification);
+
+    // 5. What the user requires.
+    check_policy(pool, &quorum, &mandate, expect, verification);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_mandate(
+    pool: &Pool<'_>,
+    binding: &ReleaseBinding,
+    attestation_event: &Event,
+    mandate_event: &Event,
+    mandate: &Mandate,
+    jobs: &BTreeSet<&str>,
+    verification: &mut Verification,
+) {
+    let quorum = attestation_event.pubkey;
+    let mandate_id = mandate_event.id;
+    let id = attestation_event.id;
+    let before = verification.problems.len();
     match mandate.quorum {
         Some(key) if key == quorum => {}
         Some(key) => verification.problem(format!(
@@ -371,14 +753,7 @@ async fn check_quorum(
             mandate.repo, binding.repo
         ));
     }
-    let announcements = fetch(
-        client,
-        Filter::new()
-            .kind(REPO_ANNOUNCEMENT)
-            .author(binding.repo.owner)
-            .identifier(binding.repo.identifier.clone()),
-    )
-    .await?;
+    let announcements = pool.owned(&[REPO_ANNOUNCEMENT]);
     let maintainers = maintainer_set(
         &binding.repo.owner,
         &binding.repo.identifier,
@@ -410,7 +785,7 @@ async fn check_quorum(
             ));
         }
     }
-    let at = event.created_at;
+    let at = attestation_event.created_at;
     if at < mandate_event.created_at {
         verification.problem(format!(
             "attestation {id} was made at {}, before mandate {mandate_id} was signed ({})",
@@ -425,14 +800,7 @@ async fn check_quorum(
             at.as_secs()
         ));
     }
-    let mut mandates = fetch(
-        client,
-        Filter::new().kind(MANDATE).custom_tag(
-            SingleLetterTag::lowercase(Alphabet::A),
-            binding.repo.to_string(),
-        ),
-    )
-    .await?;
+    let mut mandates = pool.owned(&[MANDATE]);
     if !mandates.iter().any(|e| e.id == mandate_id) {
         mandates.push(mandate_event.clone());
     }
@@ -450,7 +818,7 @@ async fn check_quorum(
                 "revoked the quorum's right to sign releases"
             }
         )),
-        None if verification.problems.len() == mandate_problems => {
+        None if verification.problems.len() == before => {
             verification.problem(format!(
                 "mandate {mandate_id} did not authorise quorum {} for {} at {}",
                 quorum.to_hex(),
@@ -460,11 +828,188 @@ async fn check_quorum(
         }
         None => {}
     }
+}
 
-    // 3. At least `t` agreeing members, all of the mandate.
+#[allow(clippy::too_many_arguments)]
+fn check_source(
+    pool: &Pool<'_>,
+    binding: &ReleaseBinding,
+    attestation: &QuorumAttestation,
+    attestation_event: &Event,
+    mandate_event: &Event,
+    mandate: &Mandate,
+    jobs: &BTreeSet<&str>,
+    verification: &mut Verification,
+) {
+    let id = attestation_event.id;
+    let Some(evidence) = &attestation.evidence else {
+        verification.problem(format!(
+            "attestation {id} names no evidence of its source (announcement, state, pipeline, \
+             job): nothing shows the quorum built the maintainers' code"
+        ));
+        return;
+    };
+    verification.job = Some(evidence.job.clone());
+    verification.pipeline = Some(evidence.pipeline.clone());
+    verification.plan_hash = Some(evidence.plan_hash.to_hex());
+    verification.request = Some(attestation.job.to_hex());
+    if evidence.pipeline != mandate.pipeline {
+        verification.problem(format!(
+            "attestation {id} builds from {}, but mandate {} covers {}",
+            evidence.pipeline, mandate_event.id, mandate.pipeline
+        ));
+    }
+    if jobs.iter().any(|job| *job != evidence.job) {
+        verification.problem(format!(
+            "the release names artifacts of jobs {}, but the attestation is for job {}",
+            jobs.iter().copied().collect::<Vec<_>>().join(", "),
+            evidence.job
+        ));
+    }
+    // The request the quorum answered: what the members were asked, by whom.
+    let Some(request_event) = pool.get(&attestation.job) else {
+        verification.problem(format!(
+            "job request {}, which attestation {id} answers, not found",
+            attestation.job
+        ));
+        return;
+    };
+    verification.requester = Some(request_event.pubkey.to_hex());
+    let params = JobRequest::from_event(request_event)
+        .map_err(|e| e.to_string())
+        .and_then(|request| {
+            let params = QuorumJobParams::from_request(&request)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "it is not a quorum request".to_string())?;
+            Ok((request, params))
+        });
+    let (request, params) = match params {
+        Ok(parsed) => parsed,
+        Err(reason) => {
+            verification.problem(format!(
+                "job request {} does not parse as a quorum request: {reason}",
+                attestation.job
+            ));
+            return;
+        }
+    };
+    if request.param_value(quorum_pipeline::dispatch::PARAM_JOB) != Some(evidence.job.as_str()) {
+        verification.problem(format!(
+            "job request {} does not name job {}",
+            attestation.job, evidence.job
+        ));
+    }
+    if params.mandate != mandate_event.id || params.commit != attestation.commit {
+        verification.problem(format!(
+            "job request {} names another mandate or commit than the attestation",
+            attestation.job
+        ));
+    }
+    if !mandate
+        .rules
+        .admits(&request_event.pubkey, mandate.quorum.as_ref())
+    {
+        verification.problem(format!(
+            "job request {} is signed by {}, whom mandate {} does not allow to request the \
+             quorum's jobs",
+            attestation.job,
+            request_event.pubkey.to_hex(),
+            mandate_event.id
+        ));
+    }
+    let Some(named) = &params.source else {
+        verification.problem(format!(
+            "job request {} names no source evidence",
+            attestation.job
+        ));
+        return;
+    };
+    if named.announcement != evidence.announcement || named.state != evidence.state {
+        verification.problem(format!(
+            "attestation {id} names other source evidence than the request it answers"
+        ));
+    }
+    match &params.release {
+        Some(release)
+            if release.repo == binding.repo
+                && release.run == binding.run
+                && release.job == evidence.job => {}
+        _ => verification.problem(format!(
+            "job request {} did not ask for this release (repository, run and job)",
+            attestation.job
+        )),
+    }
+    let run = quorum_pipeline::run_id(
+        &named.url,
+        &attestation.commit,
+        &evidence.plan_hash.to_hex(),
+    );
+    if run != binding.run {
+        verification.problem(format!(
+            "the release names run {}, but {} at commit {} with plan {} is run {run}",
+            binding.run, named.url, attestation.commit, evidence.plan_hash
+        ));
+    }
+    // The maintainers' evidence, as it was when the quorum built: the named events, not
+    // whatever replaced them since.
+    let events: Vec<Event> = pool.owned(&[REPO_ANNOUNCEMENT, REPO_STATE]);
+    match source::check(
+        &binding.repo,
+        &named.url,
+        &attestation.commit,
+        mandate.rules.source,
+        (evidence.announcement, evidence.state),
+        &events,
+        false,
+    ) {
+        Ok(checked) => {
+            verification.source = Some(SourceReport {
+                announcement: checked.announcement.id.to_hex(),
+                state: checked.state.id.to_hex(),
+                state_signer: checked.state.pubkey.to_hex(),
+                url: named.url.clone(),
+                refs: checked.refs.clone(),
+            });
+            if checked.refs.is_empty() {
+                verification.warnings.push(format!(
+                    "commit {} is not a ref tip in state {}: under the mandate's `ancestor` \
+                     rule the members checked with git that a ref reaches it; this verifier \
+                     cannot re-check that offline",
+                    attestation.commit, evidence.state
+                ));
+            }
+            let at = attestation_event.created_at;
+            for (what, event) in [
+                ("job request", request_event),
+                ("announcement", checked.announcement),
+                ("state", checked.state),
+            ] {
+                if at < event.created_at {
+                    verification.problem(format!(
+                        "attestation {id} is dated {}, before the {what} {} it relies on ({}): \
+                         back-dated",
+                        at.as_secs(),
+                        event.id,
+                        event.created_at.as_secs()
+                    ));
+                }
+            }
+        }
+        Err(err) => verification.problem(format!("source: {err}")),
+    }
+}
+
+fn check_members(
+    pool: &Pool<'_>,
+    attestation: &QuorumAttestation,
+    attestation_event: &Event,
+    mandate: &Mandate,
+    verification: &mut Verification,
+) {
+    let id = attestation_event.id;
     if attestation.agreed.len() < usize::from(mandate.threshold) {
         verification.problem(format!(
-            "attestation {id} names {} agreeing members; mandate {mandate_id} needs {}",
+            "attestation {id} names {} agreeing members; the mandate needs {}",
             attestation.agreed.len(),
             mandate.threshold
         ));
@@ -472,42 +1017,49 @@ async fn check_quorum(
     for member in &attestation.agreed {
         if mandate.member_index(member).is_none() {
             verification.problem(format!(
-                "attestation {id} names {} as agreeing, who is not a member of mandate \
-                 {mandate_id}",
+                "attestation {id} names {} as agreeing, who is not a member of the mandate",
                 member.to_hex()
             ));
         }
     }
-
-    // 4. Who agreed, disagreed, kept silent: the members' own commitments and reveals.
     let Some(roster) = mandate.roster() else {
-        return Ok(());
+        return;
     };
-    let events = fetch(
-        client,
-        Filter::new()
-            .kinds([COMMITMENT, REVEAL])
-            .event(attestation.job),
-    )
-    .await?;
-    let commitments: Vec<SignedCommitment> = events
+    // Only what was said before the quorum signed is evidence about the agreement: a member
+    // cannot be framed, or poison a release, by publishing something later.
+    let at = attestation_event.created_at;
+    let said: Vec<&Event> = pool
+        .events
+        .iter()
+        .copied()
+        .filter(|e| e.kind == COMMITMENT || e.kind == REVEAL)
+        .filter(|e| e.created_at <= at)
+        .collect();
+    let commitments: Vec<SignedCommitment> = said
         .iter()
         .filter(|e| e.kind == COMMITMENT)
         .filter_map(|e| SignedCommitment::from_event(e).ok())
         .collect();
-    let reveals: Vec<SignedReveal> = events
+    let reveals: Vec<SignedReveal> = said
         .iter()
         .filter(|e| e.kind == REVEAL)
         .filter_map(|e| SignedReveal::from_event(e).ok())
         .collect();
     let members = roster.members().clone();
-    let outcome = Tally::new(roster, attestation.job).evaluate(&commitments, &reveals);
+    let plan = attestation.evidence.as_ref().map(|e| e.plan_hash);
+    let outcome = Tally::new(roster, attestation.job)
+        .expecting_plan(plan)
+        .evaluate(&commitments, &reveals);
     let (mut disagreed, mut silent, mut late) = (Vec::new(), Vec::new(), Vec::new());
     for member in &members {
         let differs = outcome
             .revealed
             .get(member)
             .map(|r| (r.reveal, differences(&r.result, &attestation.files)));
+        let other_plan = outcome.disagreed.get(member).and_then(|d| {
+            d.get(quorum_proto::agreement::PLAN_ENTRY)
+                .map(|plan| plan.map_or("none".to_string(), |p| p.to_hex()))
+        });
         if attestation.agreed.contains(member) {
             // A member the quorum names must not contradict it in its own signed events. (A
             // reveal that no longer opens anything, e.g. its commitment expired from the
@@ -518,13 +1070,21 @@ async fn check_quorum(
                     member.to_hex(),
                     attestation.job
                 ));
+            } else if let Some(plan) = other_plan {
+                verification.problem(format!(
+                    "{}, named as agreeing, revealed another plan ({plan})",
+                    member.to_hex()
+                ));
             } else if let Some((reveal, Some(diff))) = differs {
                 verification.problem(format!(
                     "{}, named as agreeing, revealed otherwise in {reveal}: {diff}",
                     member.to_hex()
                 ));
             }
-        } else if outcome.equivocated.contains_key(member) || outcome.invalid.contains_key(member) {
+        } else if outcome.equivocated.contains_key(member)
+            || outcome.invalid.contains_key(member)
+            || other_plan.is_some()
+        {
             disagreed.push(member.to_hex());
         } else {
             match differs {
@@ -537,7 +1097,50 @@ async fn check_quorum(
     verification.disagreed = disagreed;
     verification.silent = silent;
     verification.late = late;
-    Ok(())
+}
+
+fn check_policy(
+    pool: &Pool<'_>,
+    quorum: &quorum_proto::nostr::PublicKey,
+    mandate: &Mandate,
+    expect: &Expectation,
+    verification: &mut Verification,
+) {
+    if let Some(min) = expect.min_threshold
+        && mandate.threshold < min
+    {
+        verification.problem(format!(
+            "the quorum needs only {} of {} members to agree; at least {min} were required \
+             (--min-threshold)",
+            mandate.threshold,
+            mandate.n()
+        ));
+    }
+    // How the key was made: the earliest mandate on record for it that says (a refresh keeps
+    // the key, so it does not say).
+    let origin = pool
+        .of_kind(MANDATE)
+        .filter_map(|e| Mandate::from_event(e).ok().map(|m| (e, m)))
+        .filter(|(_, m)| m.quorum == Some(*quorum) && m.keygen != Keygen::Refresh)
+        .min_by_key(|(e, _)| (e.created_at, e.id))
+        .map(|(_, m)| m.keygen);
+    let keygen = match origin.or(Some(mandate.keygen).filter(|k| *k != Keygen::Refresh)) {
+        Some(Keygen::Dkg) => "dkg",
+        Some(Keygen::Dealer { .. }) => "dealer",
+        _ => "unknown",
+    };
+    verification.keygen = Some(keygen.into());
+    if keygen == "dealer" {
+        verification.warnings.push(
+            "the quorum key was made by a dealer, who held the whole key while dealing it".into(),
+        );
+    }
+    if expect.require_dkg && keygen != "dkg" {
+        verification.problem(format!(
+            "the quorum key was not shown to be made by DKG (keygen: {keygen}); --require-dkg \
+             refuses it"
+        ));
+    }
 }
 
 /// How `result` differs from the attested `files` (each attested file it reports otherwise or
@@ -568,14 +1171,60 @@ fn sha256_of(path: &Path) -> Result<Sha256Hex, VerifyError> {
     Ok(Sha256Hex::from(<[u8; 32]>::from(hasher.finalize())))
 }
 
+fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).into()
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if size > MAX_BUNDLE_BYTES {
+        return Err(format!(
+            "it is {size} bytes; a bundle is at most {MAX_BUNDLE_BYTES}"
+        ));
+    }
+    std::fs::read(path).map_err(|e| e.to_string())
+}
+
+/// A bundle from the first of `urls` that serves bytes hashing to `sha`.
+async fn fetch_bundle(sha: &Sha256Hex, urls: &[String]) -> Result<VerificationBundle, String> {
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dest = scratch.path().join("bundle.json");
+    let client = quorum_blossom::client::BlossomClient::new(quorum_proto::nostr::Keys::generate())
+        .with_max_download(MAX_BUNDLE_BYTES);
+    let mut last = "no URL".to_string();
+    for url in urls {
+        let Ok(parsed) = url::Url::parse(url) else {
+            continue;
+        };
+        match client.download_url(&parsed, *sha, &dest).await {
+            Ok(_) => {
+                let bytes = std::fs::read(&dest).map_err(|e| e.to_string())?;
+                return VerificationBundle::from_json(&bytes).map_err(|e| e.to_string());
+            }
+            Err(err) => last = format!("{url}: {err}"),
+        }
+    }
+    Err(last)
+}
+
 async fn fetch(client: &JobClient, filter: Filter) -> Result<Vec<Event>, VerifyError> {
     Ok(client.fetch(filter, FETCH_TIMEOUT).await?)
 }
 
-/// The event with this id (signature-checked by the client), if a relay has it.
-async fn fetch_id(client: &JobClient, id: EventId) -> Result<Option<Event>, VerifyError> {
-    Ok(fetch(client, Filter::new().id(id))
-        .await?
+/// Adds the events with these ids (those not in the pool yet) from the relays.
+async fn add_ids(
+    client: &JobClient,
+    pool: &mut Vec<Event>,
+    ids: Vec<EventId>,
+) -> Result<(), VerifyError> {
+    let missing: BTreeSet<EventId> = ids
         .into_iter()
-        .find(|e| e.id == id))
+        .filter(|id| !pool.iter().any(|e| e.id == *id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    pool.extend(fetch(client, Filter::new().ids(missing)).await?);
+    Ok(())
 }

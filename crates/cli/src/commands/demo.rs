@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use quorum_dvm::client::JobClient;
 use quorum_pipeline::PlannedJob;
 use quorum_proto::approval::{APPROVAL_REQUEST, ApprovalRequest, Decision, Verdict};
-use quorum_proto::nip34::{RepoCoordinate, RepositoryAnnouncement, RepositoryState};
+use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::{Filter, Keys, PublicKey, Timestamp};
 use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter};
 use serde_json::json;
@@ -146,15 +146,15 @@ async fn tour(
     ));
 
     let maintainer_client = JobClient::connect(&relays, maintainer.clone()).await?;
-    let mut announcement = RepositoryAnnouncement::new(IDENTIFIER);
-    announcement.clone = vec![format!("file://{}", repo.display())];
-    maintainer_client
-        .publish_event(announcement.to_event_builder())
-        .await?;
-    let state = RepositoryState::new(IDENTIFIER).with_ref("refs/heads/main", commit.clone())?;
-    maintainer_client
-        .publish_event(state.to_event_builder())
-        .await?;
+    let repo_url = format!("file://{}", repo.display());
+    super::embedded::publish_repository(
+        &maintainer_client,
+        IDENTIFIER,
+        &repo_url,
+        "refs/heads/main",
+        &commit,
+    )
+    .await?;
     say("signed      NIP-34 announcement (30617) and state (30618): main → the commit");
 
     let plan = quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, PIPELINE)
@@ -167,6 +167,9 @@ async fn tour(
         );
     }
     let members = &runners[..QUORUM_MEMBERS];
+    // The key the demo's engine signs its requests with: the only one the mandate lets ask.
+    let keys = Keys::generate();
+    let client = JobClient::connect(&relays, keys.clone()).await?;
     let quorum = form_quorum(
         &relays,
         &maintainer,
@@ -176,10 +179,16 @@ async fn tour(
             pipeline: quorum_pipeline::PIPELINE_PATH.into(),
             jobs: vec!["build".into()],
             threshold: QUORUM_THRESHOLD,
+            requesters: vec![keys.public_key()],
             note: "the demo's build and release quorum".into(),
         },
     )
-    .await?;
+    .await?
+    .with_source(&client, &repo_url, &commit)
+    .await;
+    if let Err(reason) = &quorum.source {
+        bail!("the quorum would refuse the build: {reason}");
+    }
     wait_for_shares(&share_dirs, &quorum.quorum()).await?;
     say(&format!(
         "quorum      {} ({} of {}, key made by DKG among the runners; nobody holds it whole)",
@@ -192,7 +201,7 @@ async fn tour(
         quorum.mandate_event.id.to_hex()
     ));
     let context = RunContext {
-        repo: format!("file://{}", repo.display()),
+        repo: repo_url.clone(),
         commit: commit.clone(),
         repo_id: Some(RepoCoordinate::new(maintainer.public_key(), IDENTIFIER)),
         maintainers: vec![maintainer.public_key()],
@@ -204,8 +213,6 @@ async fn tour(
         ..EngineConfig::default()
     };
     let mirror_servers = super::run::blossom_urls(&args.blossoms)?;
-    let keys = Keys::generate();
-    let client = JobClient::connect(&relays, keys.clone()).await?;
     let mut reporter = Lines { quiet: args.json };
     let started_at = Timestamp::now();
     let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
@@ -262,9 +269,14 @@ async fn tour(
             .context("the artifact has no URL")?;
         let bytes = reqwest_get(url).await?;
         std::fs::write(&released_file, bytes)?;
-        let verification = quorum_router::verify::verify_file(&client, &released_file)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let expect = quorum_router::verify::Expectation {
+            repo: Some(RepoCoordinate::new(maintainer.public_key(), IDENTIFIER)),
+            ..Default::default()
+        };
+        let verification =
+            quorum_router::verify::verify_file(Some(&client), &released_file, None, &expect)
+                .await
+                .map_err(anyhow::Error::msg)?;
         say(&format!(
             "verified    {}  {}: release signed by the quorum key, mandated by the maintainer; \
              {} of {} members built these bytes ({} needed), {} disagreed, {} silent",
@@ -319,17 +331,18 @@ async fn tour(
             }
         }
         if release.is_some() {
+            let repo = RepoCoordinate::new(maintainer.public_key(), IDENTIFIER);
             println!();
             println!("To check the released file again later:");
             if args.relays.is_empty() {
                 println!("  quorum up --data {}", data.join("network").display());
                 println!(
-                    "  quorum verify {} --relay <the relay URL quorum up prints>",
+                    "  quorum verify {} --repo {repo} --relay <the relay URL quorum up prints>",
                     released_file.display()
                 );
             } else {
                 println!(
-                    "  quorum verify {} --relay {}",
+                    "  quorum verify {} --repo {repo} --relay {}",
                     released_file.display(),
                     args.relays.join(" --relay ")
                 );

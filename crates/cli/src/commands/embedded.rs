@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use quorum_dvm::Dvm;
 use quorum_proto::agreement::QUORUM_ATTESTATION;
-use quorum_proto::mandate::{Keygen, Mandate};
+use quorum_proto::mandate::{Keygen, Mandate, MandateRules};
 use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::{Keys, PublicKey, RelayUrl, Timestamp};
 use quorum_proto::release::RELEASE_BINDING;
@@ -199,6 +199,8 @@ pub struct QuorumRequest {
     /// The jobs it covers (empty: all).
     pub jobs: Vec<String>,
     pub threshold: u16,
+    /// The keys that may request the quorum's jobs (the run's engine key).
+    pub requesters: Vec<PublicKey>,
     /// The mandate's note to humans.
     pub note: String,
 }
@@ -240,7 +242,10 @@ pub async fn form_quorum(
         // As `quorum mandate create` does: relays drop an expired mandate (NIP-40), and a
         // release is verified against it.
         expiration: Timestamp::now() + 30 * 24 * 3600u64,
-        rules: Default::default(),
+        rules: MandateRules {
+            requesters: request.requesters,
+            ..MandateRules::default()
+        },
         content: request.note,
     };
     let proposal = quorum_consensus::keygen::propose_dkg(relays, maintainer, mandate.clone())
@@ -259,6 +264,33 @@ pub async fn form_quorum(
         .await
         .context("cannot publish the mandate")?;
     QuorumContext::new(event).map_err(anyhow::Error::msg)
+}
+
+/// Publishes, as `maintainer`, the NIP-34 announcement of the repository `identifier` with
+/// `clone_url` as its clone URL, and a state in which `ref_name` points at `commit`: the
+/// evidence quorum members require before they build anything (protocol §16).
+pub async fn publish_repository(
+    client: &quorum_dvm::client::JobClient,
+    identifier: &str,
+    clone_url: &str,
+    ref_name: &str,
+    commit: &str,
+) -> anyhow::Result<()> {
+    use quorum_proto::nip34::{RepositoryAnnouncement, RepositoryState};
+    let mut announcement = RepositoryAnnouncement::new(identifier);
+    announcement.clone = vec![clone_url.to_string()];
+    client
+        .publish_event(announcement.to_event_builder())
+        .await
+        .context("cannot publish the repository announcement (30617)")?;
+    let state = RepositoryState::new(identifier)
+        .with_ref(ref_name, commit)?
+        .with_head(ref_name)?;
+    client
+        .publish_event(state.to_event_builder())
+        .await
+        .context("cannot publish the repository state (30618)")?;
+    Ok(())
 }
 
 /// A member saves its share once it has seen every member announce the key, as the organiser

@@ -134,7 +134,10 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     } else {
         (None, None, super::relay_urls(&args.relays)?, Vec::new())
     };
-    let keys = Keys::generate();
+    let keys = match &args.key {
+        Some(path) => quorum_dvm::keyfile::load_or_create(path)?,
+        None => Keys::generate(),
+    };
     let client = JobClient::connect(&relays, keys.clone()).await?;
     let runners = if embedded.is_some() {
         runners
@@ -163,7 +166,26 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             .into_iter()
             .next()
             .with_context(|| format!("mandate {id} is not on the relays"))?;
-        context.quorum = Some(QuorumContext::new(event).map_err(anyhow::Error::msg)?);
+        let quorum = QuorumContext::new(event).map_err(anyhow::Error::msg)?;
+        match &context.repo_id {
+            Some(repo) if *repo != quorum.mandate.repo => bail!(
+                "--owner/--identifier name {repo}, but mandate {id} is for {}",
+                quorum.mandate.repo
+            ),
+            _ => context.repo_id = Some(quorum.mandate.repo.clone()),
+        }
+        if !quorum.mandate.rules.admits(&keys.public_key(), None) {
+            bail!(
+                "mandate {id} names who may request its quorum's jobs, and this run's key {} is \
+                 not among them: pass --key with a key the mandate names",
+                keys.public_key().to_hex()
+            );
+        }
+        context.quorum = Some(
+            quorum
+                .with_source(&client, &context.repo, &context.commit)
+                .await,
+        );
     } else if !quorum_sizes.is_empty() {
         let Some(network) = &embedded else {
             bail!(
@@ -171,8 +193,23 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
                  `quorum mandate create`)"
             );
         };
-        context.quorum =
-            Some(local_quorum(network, &dir, &mut context, &quorum_sizes, &args).await?);
+        let quorum = local_quorum(
+            network,
+            &dir,
+            &mut context,
+            &quorum_sizes,
+            &args,
+            keys.public_key(),
+        )
+        .await?;
+        context.quorum = Some(
+            quorum
+                .with_source(&client, &context.repo, &context.commit)
+                .await,
+        );
+    }
+    if let Some(Err(reason)) = context.quorum.as_ref().map(|q| &q.source) {
+        eprintln!("! the quorum jobs will not run: {reason}");
     }
 
     let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
@@ -439,13 +476,16 @@ pub(super) fn nip82_json(release: &Release) -> serde_json::Value {
 }
 
 /// A quorum of the embedded runners for the run's quorum jobs, made by DKG and mandated by a
-/// local key kept in the data directory, which must then be the repository's identity.
+/// local key kept in the data directory, which must then be the repository's identity: it
+/// publishes the repository's announcement and state (the members' evidence of the source)
+/// and names `engine` as the one key that may request the quorum's jobs.
 async fn local_quorum(
     network: &Embedded,
     dir: &Path,
     context: &mut RunContext,
     sizes: &std::collections::BTreeSet<(u32, u32)>,
     args: &RunArgs,
+    engine: PublicKey,
 ) -> anyhow::Result<QuorumContext> {
     let &(replicas, threshold) = sizes.iter().next().expect("called with quorum jobs");
     if sizes.len() > 1 {
@@ -480,6 +520,21 @@ async fn local_quorum(
         .map(|d| d.public_key())
         .collect();
     let relays = super::relay_urls(std::slice::from_ref(&network.relay_url))?;
+    // The local key speaks for this checkout: its announcement lists the URL the runners fetch
+    // and its state points the branch (or a detached HEAD's stand-in) at the commit.
+    let ref_name = git(dir, &["symbolic-ref", "--quiet", "HEAD"])
+        .unwrap_or_else(|_| "refs/heads/detached".into());
+    let publisher = JobClient::connect(&relays, maintainer.clone()).await?;
+    let published = super::embedded::publish_repository(
+        &publisher,
+        &repo.identifier,
+        &context.repo,
+        &ref_name,
+        &context.commit,
+    )
+    .await;
+    publisher.shutdown().await;
+    published?;
     let quorum = form_quorum(
         &relays,
         &maintainer,
@@ -489,6 +544,7 @@ async fn local_quorum(
             pipeline: quorum_pipeline::PIPELINE_PATH.into(),
             jobs: Vec::new(),
             threshold: u16::try_from(threshold).context("threshold")?,
+            requesters: vec![engine],
             note: "quorum of the embedded runners for a local run".into(),
         },
     )

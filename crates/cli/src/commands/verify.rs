@@ -1,18 +1,47 @@
-//! `quorum verify FILE`: what the release events on the relays say about these bytes.
+//! `quorum verify FILE --repo REPO`: is this file a release of that repository, built by a
+//! quorum from the code its maintainers signed? From the relays, a verification bundle, or both.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use quorum_dvm::client::JobClient;
+use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::{Keys, PublicKey, ToBech32};
-use quorum_router::verify::Verification;
+use quorum_router::verify::{Expectation, Verification};
 
 use crate::cli::VerifyArgs;
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let relays = super::relay_urls(&args.relays)?;
-    let client = JobClient::connect(&relays, Keys::generate()).await?;
-    let verification = quorum_router::verify::verify_file(&client, &args.file).await;
-    client.shutdown().await;
+    let expect = Expectation {
+        repo: args
+            .repo
+            .as_deref()
+            .map(|text| {
+                RepoCoordinate::parse_user(text).with_context(|| {
+                    format!("--repo {text:?} is neither 30617:<owner hex>:<d> nor an naddr")
+                })
+            })
+            .transpose()?,
+        min_threshold: args.min_threshold,
+        require_dkg: args.require_dkg,
+        allow_single_builder: args.allow_single_builder,
+    };
+    let client = if args.relays.is_empty() {
+        None
+    } else {
+        let relays = super::relay_urls(&args.relays)?;
+        Some(JobClient::connect(&relays, Keys::generate()).await?)
+    };
+    let verification = quorum_router::verify::verify_file(
+        client.as_ref(),
+        &args.file,
+        args.bundle.as_deref(),
+        &expect,
+    )
+    .await;
+    if let Some(client) = client {
+        client.shutdown().await;
+    }
     let verification = verification?;
     if args.json {
         println!("{}", serde_json::to_string(&verification)?);
@@ -48,15 +77,47 @@ fn print_human(v: &Verification) {
             println!("  {label:<11} {}", super::sanitize(value));
         }
     };
+    match &v.expected_repo {
+        Some(repo) => println!("expected    {}", super::sanitize(repo)),
+        None => println!("expected    (no --repo given)"),
+    }
     // Without a release, the problems below say so.
     if let Some(release) = &v.release {
-        println!("{} release   {release}", mark(true));
+        println!("{} release   {release}", mark(v.ok));
         show("name", &v.name);
         show("signed by", &v.signer.as_deref().map(npub));
         show("repo", &v.repo);
         show("commit", &v.commit);
         show("run", &v.run);
     }
+    if let Some(source) = &v.source {
+        println!("  source      {}", super::sanitize(&source.url));
+        println!(
+            "    state     {} signed by {}{}",
+            source.state,
+            npub(&source.state_signer),
+            if source.refs.is_empty() {
+                " (commit reachable from a ref, per the quorum)".to_string()
+            } else {
+                format!(
+                    ": {} → the commit",
+                    super::sanitize(&source.refs.join(", "))
+                )
+            }
+        );
+        println!("    announced {}", source.announcement);
+    }
+    show("request", &v.request);
+    show("  by", &v.requester.as_deref().map(npub));
+    if let (Some(job), Some(pipeline)) = (&v.job, &v.pipeline) {
+        println!(
+            "  job         {} of {} (plan {})",
+            super::sanitize(job),
+            super::sanitize(pipeline),
+            v.plan_hash.as_deref().unwrap_or("?")
+        );
+    }
+    show("built by", &v.built_by);
     if let Some(quorum) = &v.quorum {
         println!("  quorum      {}", npub(quorum));
         show("attestation", &v.attestation);
@@ -70,6 +131,7 @@ fn print_human(v: &Verification) {
                 threshold.t, threshold.n
             );
         }
+        show("key made by", &v.keygen);
         let members = |label: &str, list: &[String]| {
             println!("  {label:<11} {}", list.len());
             for member in list {
@@ -89,13 +151,20 @@ fn print_human(v: &Verification) {
     for problem in &v.problems {
         println!("{} {}", mark(false), super::sanitize(problem));
     }
+    for warning in &v.warnings {
+        println!("! {}", super::sanitize(warning));
+    }
+    for bundle in &v.bundles {
+        println!("  bundle      {bundle}");
+    }
     for url in &v.urls {
         println!("  mirror      {}", super::sanitize(url));
     }
     let verdict = match (v.ok, v.quorum.is_some()) {
         (true, true) => {
-            "verified: a quorum authorised by a maintainer's mandate signed a release of these \
-             bytes, and at least t of its members agreed on them"
+            "verified: these bytes are a release of the expected repository; a quorum authorised \
+             by a maintainer's mandate signed it, at least t of its members built them from the \
+             commit a maintainer's signed state named, as the pipeline there defines the job"
         }
         (true, false) => {
             "verified: a release lists these bytes and its builders attest them (it is not \
