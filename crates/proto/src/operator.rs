@@ -223,14 +223,14 @@ pub fn claimed_operators(dvms: &[PublicKey], events: &[Event]) -> BTreeSet<Publi
         .collect()
 }
 
+/// An operator's newest list event, and what parsing it gave.
+pub type NewestList<'a> = (&'a Event, Result<OperatorList, OperatorListError>);
+
 /// `operator`'s newest list in `events`, among the kind 30000 events with `d` =
 /// `quorum-ci-dvms` whose id and signature verify, and whether it parses. A newest list that
 /// does not parse is not skipped for an older one: that would bring back a list the operator
 /// replaced.
-pub fn newest_list<'a>(
-    operator: &PublicKey,
-    events: &'a [Event],
-) -> Option<(&'a Event, Result<OperatorList, OperatorListError>)> {
+pub fn newest_list<'a>(operator: &PublicKey, events: &'a [Event]) -> Option<NewestList<'a>> {
     events
         .iter()
         .filter(|e| e.kind == OPERATOR_LIST && e.pubkey == *operator)
@@ -255,8 +255,7 @@ pub fn confirmed_operators(
     events: &[Event],
 ) -> BTreeMap<PublicKey, OperatorClaim> {
     let announcements = newest_announcements(dvms, events);
-    let mut lists: BTreeMap<PublicKey, Option<(&Event, Result<OperatorList, OperatorListError>)>> =
-        BTreeMap::new();
+    let mut lists: BTreeMap<PublicKey, Option<NewestList>> = BTreeMap::new();
     dvms.iter()
         .map(|dvm| {
             let claim = match announcements.get(dvm) {

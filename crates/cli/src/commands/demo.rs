@@ -167,7 +167,7 @@ async fn tour(
         );
     }
     let members = &runners[..QUORUM_MEMBERS];
-    let quorum = form_quorum(
+    let (quorum, operators) = form_quorum(
         &relays,
         &maintainer,
         members,
@@ -191,6 +191,14 @@ async fn tour(
         "mandate     {} signed by the demo maintainer: this quorum may sign build attestations and releases",
         quorum.mandate_event.id.to_hex()
     ));
+    say(&format!(
+        "operators   {}",
+        operators.summary(QUORUM_THRESHOLD)
+    ));
+    say(
+        "            (a demo on one machine has one operator; a real quorum's members are run by \
+         unrelated operators, and `quorum mandate create` refuses fewer than the threshold)",
+    );
     let context = RunContext {
         repo: format!("file://{}", repo.display()),
         commit: commit.clone(),
@@ -306,6 +314,7 @@ async fn tour(
                 "pubkey": quorum.quorum().to_hex(),
                 "threshold": quorum.mandate.threshold,
                 "members": quorum.members().iter().map(|m| m.to_hex()).collect::<Vec<_>>(),
+                "operators": operators.json(QUORUM_THRESHOLD),
             }),
             "mandate": quorum.mandate_event.id.to_hex(),
             "verified": verified,

@@ -480,7 +480,7 @@ async fn local_quorum(
         .map(|d| d.public_key())
         .collect();
     let relays = super::relay_urls(std::slice::from_ref(&network.relay_url))?;
-    let quorum = form_quorum(
+    let (quorum, operators) = form_quorum(
         &relays,
         &maintainer,
         &members,
@@ -500,6 +500,12 @@ async fn local_quorum(
             &quorum.quorum().to_hex()[..12],
             &maintainer.public_key().to_hex()[..12],
             network.data().display()
+        );
+        // The embedded runners all run here: one operator, and it is said.
+        eprintln!(
+            "operators: {} (the local operator in {})",
+            operators.summary(u16::try_from(threshold).unwrap_or(u16::MAX)),
+            network.data().join("operator.nsec").display()
         );
     }
     Ok(quorum)
