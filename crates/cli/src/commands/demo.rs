@@ -195,10 +195,13 @@ async fn tour(
         "operators   {}",
         operators.summary(QUORUM_THRESHOLD)
     ));
-    say(
-        "            (a demo on one machine has one operator; a real quorum's members are run by \
-         unrelated operators, and `quorum mandate create` refuses fewer than the threshold)",
-    );
+    if operators.fewest_signing(QUORUM_THRESHOLD) < usize::from(QUORUM_THRESHOLD) {
+        say(
+            "            (fine for a demo on one machine; a real quorum's members are run by \
+             unrelated operators, and `quorum mandate create` refuses this unless told \
+             --allow-same-operator)",
+        );
+    }
     let context = RunContext {
         repo: format!("file://{}", repo.display()),
         commit: commit.clone(),
