@@ -74,6 +74,64 @@ pub enum Command {
     /// for a pipeline.
     #[command(subcommand)]
     Mandate(MandateCommand),
+    /// DVM operators: sign the list of the DVMs you run (NIP-51, kind 30000), and see which
+    /// DVMs an operator confirms. A DVM is an operator's only when its announcement names the
+    /// operator (`--operator`) and the operator's list names the DVM.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Sign and publish the list of the DVMs you run (replacing your previous one).
+    Publish(OperatorPublishArgs),
+    /// Show which DVMs an operator confirms, and which DVM announcements claim it.
+    Show(OperatorShowArgs),
+}
+
+/// Options of `quorum operator publish`.
+#[derive(Debug, Args)]
+pub struct OperatorPublishArgs {
+    /// Relay to publish on (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// Your operator key file (nsec or hex, mode 0600): it signs the list.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "bunker",
+        conflicts_with = "bunker"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// Sign through a NIP-46 remote signer instead (`bunker://…`).
+    #[arg(long, value_name = "URI")]
+    pub bunker: Option<String>,
+
+    /// A DVM you run, npub or hex (repeat, once per DVM): the whole list, replacing the last.
+    #[arg(long = "dvm", value_name = "NPUB_OR_HEX", required = true)]
+    pub dvms: Vec<String>,
+
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `quorum operator show`.
+#[derive(Debug, Args)]
+pub struct OperatorShowArgs {
+    /// The operator, npub or hex.
+    #[arg(value_name = "NPUB_OR_HEX")]
+    pub operator: String,
+
+    /// Relay to read from (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +236,11 @@ pub struct MandateCreateArgs {
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub wait: u64,
 
+    /// Make the quorum even if fewer than T operators could sign together (members run by
+    /// one operator, or whose operator is not confirmed). Without it that is refused.
+    #[arg(long)]
+    pub allow_same_operator: bool,
+
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -244,6 +307,11 @@ pub struct WatcherArgs {
     /// request once enough watchers agreed on the commit. Shares are kept in DATA/shares.
     #[arg(long, value_name = "EVENT_ID")]
     pub mandate: Option<String>,
+
+    /// Who runs this DVM (npub or hex), named in its NIP-89 announcement. The operator
+    /// confirms it with `quorum operator publish --dvm THIS_DVM`.
+    #[arg(long, value_name = "NPUB_OR_HEX")]
+    pub operator: Option<String>,
 }
 
 /// Options of `quorum dvm router`.
@@ -273,6 +341,11 @@ pub struct RouterArgs {
     /// Allow file:// and local-path repositories (the embedded network and tests only).
     #[arg(long)]
     pub allow_local_repos: bool,
+
+    /// Who runs this DVM (npub or hex), named in its NIP-89 announcement. The operator
+    /// confirms it with `quorum operator publish --dvm THIS_DVM`.
+    #[arg(long, value_name = "NPUB_OR_HEX")]
+    pub operator: Option<String>,
 }
 
 /// Options of `quorum dvm runner`.
@@ -318,6 +391,11 @@ pub struct RunnerArgs {
     /// Price per job in millisats, announced via NIP-89.
     #[arg(long, default_value_t = 0)]
     pub price_msats: u64,
+
+    /// Who runs this DVM (npub or hex), named in its NIP-89 announcement. The operator
+    /// confirms it with `quorum operator publish --dvm THIS_DVM`.
+    #[arg(long, value_name = "NPUB_OR_HEX")]
+    pub operator: Option<String>,
 }
 
 /// Options of `quorum dvm wrapper`.
@@ -366,6 +444,11 @@ pub struct WrapperArgs {
     /// network only.
     #[arg(long)]
     pub allow_local_repos: bool,
+
+    /// Who runs this DVM (npub or hex), named in its NIP-89 announcement. The operator
+    /// confirms it with `quorum operator publish --dvm THIS_DVM`.
+    #[arg(long, value_name = "NPUB_OR_HEX")]
+    pub operator: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,6 +36,22 @@ fn the_demo_runs_approves_releases_and_verifies() {
     assert_eq!(report["quorum"]["threshold"], 2);
     assert_eq!(report["quorum"]["members"].as_array().unwrap().len(), 3);
     assert_eq!(report["mandate"].as_str().unwrap().len(), 64);
+    // All three are run by the embedded network's one local operator, and it is said.
+    let operators = &report["quorum"]["operators"];
+    assert_eq!(
+        operators["distinct"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert_eq!(operators["fewest_signing"], 1, "{report}");
+    assert!(
+        operators["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["confirmed"] == true && m["operator"] == operators["distinct"][0]),
+        "{report}"
+    );
     assert_eq!(report["verified"]["signer"], quorum, "{report}");
     let sha = report["artifacts"][0]["sha256"].as_str().unwrap();
     assert_eq!(report["verified"]["sha256"], sha);
@@ -59,6 +75,7 @@ fn the_demo_runs_on_an_existing_network() {
         ],
     );
     let relay = up.value_of("relay");
+    let operator = up.value_of("operator");
     let _ = up.value_of("endpoints");
     let out = run(
         env!("CARGO_BIN_EXE_quorum"),
@@ -81,5 +98,11 @@ fn the_demo_runs_on_an_existing_network() {
     let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(report["status"], "success");
     assert_eq!(report["verified"]["ok"], true, "{report}");
+    // The runners `quorum up` started are its local operator's, confirmed on the relay.
+    assert_eq!(
+        report["quorum"]["operators"]["distinct"],
+        serde_json::json!([operator]),
+        "{report}"
+    );
     assert!(up.terminate().success());
 }

@@ -1,5 +1,7 @@
 //! `quorum mandate create` as a maintainer runs it, against a `quorum relay` and three
-//! `quorum dvm runner` daemons whose quorum key service makes the key with a DKG.
+//! `quorum dvm runner` daemons whose quorum key service makes the key with a DKG; and the
+//! operators who run them (`--operator`, `quorum operator publish|show`), without whom a
+//! quorum of one person's DVMs is refused.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -10,7 +12,8 @@ use quorum_testkit::daemon::{Daemon, run};
 
 const QUORUM: &str = env!("CARGO_BIN_EXE_quorum");
 
-fn runner(dir: &Path, relay: &str) -> (Daemon, String) {
+/// A runner whose announcement names `operator`.
+fn runner(dir: &Path, relay: &str, operator: &str) -> (Daemon, String) {
     let daemon = Daemon::spawn(
         QUORUM,
         &[
@@ -27,12 +30,48 @@ fn runner(dir: &Path, relay: &str) -> (Daemon, String) {
             dir.to_str().unwrap(),
             // No build step runs either, so no sandbox is needed.
             "--unsandboxed",
+            "--operator",
+            operator,
         ],
     );
     let pubkey = daemon.value_of("runner");
     (daemon, pubkey)
 }
 
+/// `quorum operator publish --key FILE --dvm …`: the operator's key signs its list.
+fn publish_list(relay: &str, key: &Path, dvms: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "operator",
+        "publish",
+        "--relay",
+        relay,
+        "--key",
+        key.to_str().unwrap(),
+        "--json",
+    ];
+    for dvm in dvms {
+        args.extend(["--dvm", dvm]);
+    }
+    let out = run(QUORUM, &args, Duration::from_secs(60));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "operator publish failed: {stderr}");
+    // The key file's secret is in neither stream.
+    let secret = std::fs::read_to_string(key).unwrap();
+    let secret_hex = quorum_dvm::keyfile::load(key)
+        .unwrap()
+        .secret_key()
+        .to_secret_hex();
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(secret.trim()) && !text.contains(&secret_hex));
+    }
+    serde_json::from_str(&stdout).expect("one JSON object")
+}
+
+/// One operator runs all three runners, and says so: a 2-of-3 quorum of them is refused with
+/// the reason, and made with `--allow-same-operator` (by DKG, then by a dealer).
 #[test]
 fn mandate_create_makes_a_2_of_3_key_among_three_runners_by_dkg_and_by_dealer() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,13 +86,25 @@ fn mandate_create_makes_a_2_of_3_key_among_three_runners_by_dkg_and_by_dealer() 
         ],
     );
     let url = relay.value_of("relay");
+    let operator_key = dir.path().join("operator.nsec");
+    let operator = quorum_dvm::keyfile::create(&operator_key)
+        .unwrap()
+        .public_key()
+        .to_hex();
     let runners: Vec<(Daemon, String, std::path::PathBuf)> = (0..3)
         .map(|i| {
             let data = dir.path().join(format!("runner{i}"));
-            let (daemon, pubkey) = runner(&data, &url);
+            let (daemon, pubkey) = runner(&data, &url, &operator);
             (daemon, pubkey, data)
         })
         .collect();
+    let dvms: Vec<&str> = runners
+        .iter()
+        .map(|(_, pubkey, _)| pubkey.as_str())
+        .collect();
+    let published = publish_list(&url, &operator_key, &dvms);
+    assert_eq!(published["operator"], operator.as_str());
+    assert_eq!(published["list"].as_str().map(str::len), Some(64));
 
     let key = dir.path().join("maintainer.nsec");
     let maintainer = quorum_dvm::keyfile::create(&key).unwrap();
@@ -78,10 +129,61 @@ fn mandate_create_makes_a_2_of_3_key_among_three_runners_by_dkg_and_by_dealer() 
     for (_, pubkey, _) in &runners {
         args.extend(["--member", pubkey.as_str()]);
     }
+    // One operator could sign alone: refused, saying whose each member is and what to do.
+    let out = run(QUORUM, &args, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a one-operator quorum was made: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "all 3 members are run by one operator, {operator}: it alone could sign"
+        )),
+        "{stderr}"
+    );
+    for dvm in &dvms {
+        assert!(
+            stderr.contains(&format!("member {dvm}: operator {operator} (confirmed)")),
+            "{stderr}"
+        );
+    }
+    assert!(stderr.contains("--allow-same-operator"), "{stderr}");
+    assert!(stderr.contains("Nothing was published"), "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    // `quorum operator show` sees the same: three DVMs, each listed and claiming the operator.
+    let out = run(
+        QUORUM,
+        &["operator", "show", &operator, "--relay", &url, "--json"],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let confirmed: Vec<&str> = shown["dvms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["confirmed"] == true && d["listed"] == true && d["claims"] == true)
+        .map(|d| d["dvm"].as_str().unwrap())
+        .collect();
+    assert_eq!(confirmed.len(), 3, "{shown}");
+    assert!(dvms.iter().all(|dvm| confirmed.contains(dvm)), "{shown}");
+
+    args.push("--allow-same-operator");
     let out = run(QUORUM, &args, Duration::from_secs(180));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "mandate create failed: {stderr}");
+    assert!(
+        stderr.contains("note: --allow-same-operator: all 3 members"),
+        "{stderr}"
+    );
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(
+        printed["operators"]["distinct"],
+        serde_json::json!([operator])
+    );
+    assert_eq!(printed["operators"]["fewest_signing"], 1);
     let quorum = PublicKey::from_hex(printed["quorum"].as_str().unwrap()).unwrap();
     assert_eq!(printed["threshold"], 2);
     assert_eq!(printed["members"].as_array().unwrap().len(), 3);
@@ -115,7 +217,8 @@ fn mandate_create_makes_a_2_of_3_key_among_three_runners_by_dkg_and_by_dealer() 
 
 /// The maintainer's key stays in a NIP-46 remote signer (nostr-connect's, as a bunker app runs
 /// it): `--bunker` signs the DKG proposal and the mandate through it, and the mandate is the
-/// maintainer's.
+/// maintainer's. Its three runners are run by three operators who each confirm theirs, so the
+/// quorum is made without `--allow-same-operator`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mandate_create_signs_through_a_nip46_bunker() {
     use nostr_connect::prelude::{
@@ -140,10 +243,14 @@ async fn mandate_create_signs_through_a_nip46_bunker() {
         ],
     );
     let url = relay.value_of("relay");
+    // Three operators, each running one runner and confirming it.
     let runners: Vec<(Daemon, String, std::path::PathBuf)> = (0..3)
         .map(|i| {
             let data = dir.path().join(format!("runner{i}"));
-            let (daemon, pubkey) = runner(&data, &url);
+            let key = dir.path().join(format!("operator{i}.nsec"));
+            let operator = quorum_dvm::keyfile::create(&key).unwrap().public_key();
+            let (daemon, pubkey) = runner(&data, &url, &operator.to_hex());
+            publish_list(&url, &key, &[&pubkey]);
             (daemon, pubkey, data)
         })
         .collect();
@@ -199,6 +306,13 @@ async fn mandate_create_signs_through_a_nip46_bunker() {
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let quorum = PublicKey::from_hex(printed["quorum"].as_str().unwrap()).unwrap();
     assert_shares(&runners, &quorum);
+    // Made without --allow-same-operator: three confirmed operators, any two of them needed.
+    assert_eq!(
+        printed["operators"]["distinct"].as_array().unwrap().len(),
+        3,
+        "{printed}"
+    );
+    assert_eq!(printed["operators"]["fewest_signing"], 2);
 
     // The published mandate is signed by the maintainer, whose key never left the bunker.
     let client = nostr_sdk::Client::default();

@@ -34,6 +34,9 @@ pub struct DvmConfig {
     pub about: String,
     /// The announcement's `d` tag (stable per role, so restarts replace it).
     pub identifier: String,
+    /// Who runs this DVM, named in the announcement (`quorum.operator`); the operator confirms
+    /// it with its own list (`quorum_proto::operator`).
+    pub operator: Option<PublicKey>,
     /// Jobs run at once.
     pub concurrency: usize,
     /// Jobs waiting for a slot; beyond this, requests get `error` feedback ("busy").
@@ -62,6 +65,7 @@ impl DvmConfig {
             about: String::new(),
             identifier: name.clone(),
             name,
+            operator: None,
             concurrency: 2,
             queue_capacity: 64,
             max_request_bytes: 64 * 1024,
@@ -278,6 +282,7 @@ impl<H: JobHandler> Shared<H> {
                 kinds
             },
             offer: self.handler.offer(),
+            operator: self.config.operator,
         };
         match announcement.to_event_builder().sign_with_keys(&self.keys) {
             Ok(event) => {

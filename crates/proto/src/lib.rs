@@ -16,6 +16,7 @@ pub mod nip34;
 pub mod nip89;
 pub mod nip90;
 pub mod nipc1;
+pub mod operator;
 pub mod quorum_job;
 pub mod quorum_msg;
 pub mod release;

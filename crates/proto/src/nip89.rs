@@ -2,10 +2,12 @@
 //!
 //! NIP-89 fixes the `d` and `k` tags and leaves `content` as free-form, kind-0-style JSON. We put
 //! the usual `name`/`about` there plus one `quorum` object with the capabilities, price and limits
-//! that selection needs (docs/protocol.md §6). Parsing validates that object strictly, because
-//! announcements come from anyone and selection trusts nothing it cannot parse.
+//! that selection needs (docs/protocol.md §6), and the key of the operator who runs the DVM
+//! (confirmed only by the operator's own list, [`crate::operator`]). Parsing validates that
+//! object strictly, because announcements come from anyone and selection trusts nothing it
+//! cannot parse.
 
-use nostr::{Event, EventBuilder, Kind, Tag, TagKind};
+use nostr::{Event, EventBuilder, Kind, PublicKey, Tag, TagKind};
 use serde::{Deserialize, Serialize};
 
 /// NIP-89 handler information.
@@ -24,7 +26,14 @@ pub enum AnnouncementError {
     MalformedKind(String),
     #[error("content is not a Quorum CI announcement: {0}")]
     Content(String),
+    #[error("`quorum.operator` {0:?} is not a 64-hex lowercase public key")]
+    MalformedOperator(String),
+    #[error("`p` tag marked `operator`: {0}")]
+    OperatorTag(String),
 }
+
+/// The marker (element 3) of the `p` tag that repeats the operator for `#p` queries.
+pub const OPERATOR_MARKER: &str = "operator";
 
 /// What a DVM can do and on what terms.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +81,17 @@ struct Content {
     name: String,
     #[serde(default)]
     about: String,
-    quorum: Offer,
+    quorum: QuorumObject,
+}
+
+/// The `quorum` object on the wire: the offer, and who runs the DVM.
+#[derive(Serialize, Deserialize)]
+struct QuorumObject {
+    #[serde(flatten)]
+    offer: Offer,
+    /// Hex, lowercase; absent when the DVM names no operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operator: Option<String>,
 }
 
 /// A DVM's announcement of the job kinds it serves.
@@ -84,6 +103,10 @@ pub struct Announcement {
     pub about: String,
     pub kinds: Vec<Kind>,
     pub offer: Offer,
+    /// Who runs this DVM, as the DVM claims it. A claim only: the operator confirms it by
+    /// listing the DVM ([`crate::operator::OperatorList`]); see
+    /// [`crate::operator::confirmed_operators`].
+    pub operator: Option<PublicKey>,
 }
 
 impl Announcement {
@@ -91,7 +114,10 @@ impl Announcement {
         let content = Content {
             name: self.name.clone(),
             about: self.about.clone(),
-            quorum: self.offer.clone(),
+            quorum: QuorumObject {
+                offer: self.offer.clone(),
+                operator: self.operator.map(|key| key.to_hex()),
+            },
         };
         // Serialising plain structs of strings and numbers cannot fail.
         let json = serde_json::to_string(&content).expect("announcement content serialises");
@@ -101,6 +127,13 @@ impl Announcement {
                 .iter()
                 .map(|k| Tag::custom(TagKind::k(), [k.as_u16().to_string()])),
         );
+        // So that `{"kinds": [31990], "#p": [OPERATOR]}` finds the DVMs claiming an operator.
+        if let Some(operator) = self.operator {
+            tags.push(Tag::custom(
+                TagKind::p(),
+                [operator.to_hex(), String::new(), OPERATOR_MARKER.into()],
+            ));
+        }
         EventBuilder::new(HANDLER_INFORMATION, json).tags(tags)
     }
 
@@ -128,13 +161,50 @@ impl Announcement {
         }
         let content: Content = serde_json::from_str(&event.content)
             .map_err(|e| AnnouncementError::Content(e.to_string()))?;
+        let operator = match &content.quorum.operator {
+            Some(hex) => Some(
+                crate::operator::parse_hex_pubkey(hex)
+                    .ok_or_else(|| AnnouncementError::MalformedOperator(hex.clone()))?,
+            ),
+            None => None,
+        };
+        check_operator_tag(event, operator)?;
         Ok(Announcement {
             identifier,
             name: content.name,
             about: content.about,
             kinds,
-            offer: content.quorum,
+            offer: content.quorum.offer,
+            operator,
         })
+    }
+}
+
+/// The `p` tag marked `operator` is a copy for queries: at most one, and it must name the same
+/// key as `quorum.operator`, so that a query by it never finds a DVM claiming someone else.
+fn check_operator_tag(event: &Event, operator: Option<PublicKey>) -> Result<(), AnnouncementError> {
+    let mut marked = event
+        .tags
+        .iter()
+        .map(Tag::as_slice)
+        .filter(|tag| tag[0] == "p" && tag.get(3).map(String::as_str) == Some(OPERATOR_MARKER));
+    let first = marked.next();
+    if marked.next().is_some() {
+        return Err(AnnouncementError::OperatorTag(
+            "appears more than once".into(),
+        ));
+    }
+    match (first, operator) {
+        (None, _) => Ok(()),
+        (Some(tag), Some(operator)) if tag[1] == operator.to_hex() => Ok(()),
+        (Some(tag), Some(_)) => Err(AnnouncementError::OperatorTag(format!(
+            "{:?} is not the content's `quorum.operator`",
+            tag[1]
+        ))),
+        (Some(tag), None) => Err(AnnouncementError::OperatorTag(format!(
+            "{:?} is given but the content names no `quorum.operator`",
+            tag[1]
+        ))),
     }
 }
 
@@ -165,6 +235,7 @@ mod tests {
                     max_request_bytes: 65536,
                 },
             },
+            operator: None,
         }
     }
 
@@ -173,6 +244,115 @@ mod tests {
         let keys = Keys::generate();
         let event = sample().to_event_builder().sign_with_keys(&keys).unwrap();
         assert_eq!(Announcement::from_event(&event).unwrap(), sample());
+    }
+
+    #[test]
+    fn names_its_operator_in_the_content_and_a_marked_p_tag() {
+        let keys = Keys::generate();
+        let operator = Keys::generate().public_key();
+        let mut announcement = sample();
+        announcement.operator = Some(operator);
+        let event = announcement
+            .to_event_builder()
+            .sign_with_keys(&keys)
+            .unwrap();
+        assert!(
+            event
+                .content
+                .contains(&format!("\"operator\":\"{}\"", operator.to_hex()))
+        );
+        let p_tags: Vec<Vec<String>> = event
+            .tags
+            .iter()
+            .map(|t| t.clone().to_vec())
+            .filter(|t| t[0] == "p")
+            .collect();
+        let expected = ["p", &operator.to_hex(), "", "operator"].map(String::from);
+        assert_eq!(p_tags, [expected]);
+        assert_eq!(Announcement::from_event(&event).unwrap(), announcement);
+        // Without an operator, neither the field nor the tag.
+        let plain = sample().to_event_builder().sign_with_keys(&keys).unwrap();
+        assert!(!plain.content.contains("operator"));
+        assert!(plain.tags.iter().all(|t| t.as_slice()[0] != "p"));
+    }
+
+    #[test]
+    fn rejects_a_malformed_or_contradicted_operator() {
+        let keys = Keys::generate();
+        let operator = Keys::generate().public_key();
+        let other = Keys::generate().public_key();
+        let mut announcement = sample();
+        announcement.operator = Some(operator);
+        let good = announcement
+            .to_event_builder()
+            .sign_with_keys(&keys)
+            .unwrap();
+        let with = |content: String, tags: Vec<Tag>| {
+            EventBuilder::new(HANDLER_INFORMATION, content)
+                .tags(tags)
+                .sign_with_keys(&keys)
+                .unwrap()
+        };
+        let base_tags = || -> Vec<Tag> {
+            good.tags
+                .iter()
+                .filter(|t| t.as_slice()[0] != "p")
+                .cloned()
+                .collect()
+        };
+        let marked = |key: &PublicKey| {
+            Tag::custom(
+                TagKind::p(),
+                [key.to_hex(), String::new(), "operator".into()],
+            )
+        };
+        let upper = good
+            .content
+            .replace(&operator.to_hex(), &operator.to_hex().to_uppercase());
+        assert_eq!(
+            Announcement::from_event(&with(upper, base_tags())),
+            Err(AnnouncementError::MalformedOperator(
+                operator.to_hex().to_uppercase()
+            ))
+        );
+        let npub = good.content.replace(
+            &operator.to_hex(),
+            &nostr::ToBech32::to_bech32(&operator).unwrap(),
+        );
+        assert!(matches!(
+            Announcement::from_event(&with(npub, base_tags())),
+            Err(AnnouncementError::MalformedOperator(_))
+        ));
+        // The marked `p` tag must repeat the content's operator, once.
+        let mut contradicted = base_tags();
+        contradicted.push(marked(&other));
+        assert!(matches!(
+            Announcement::from_event(&with(good.content.clone(), contradicted)),
+            Err(AnnouncementError::OperatorTag(_))
+        ));
+        let mut twice = base_tags();
+        twice.extend([marked(&operator), marked(&operator)]);
+        assert!(matches!(
+            Announcement::from_event(&with(good.content.clone(), twice)),
+            Err(AnnouncementError::OperatorTag(_))
+        ));
+        let unclaimed = sample().to_event_builder().sign_with_keys(&keys).unwrap();
+        let mut tags: Vec<Tag> = unclaimed.tags.iter().cloned().collect();
+        tags.push(marked(&operator));
+        assert!(matches!(
+            Announcement::from_event(&with(unclaimed.content.clone(), tags)),
+            Err(AnnouncementError::OperatorTag(_))
+        ));
+        // An ordinary `p` tag (no marker) is not the operator's and is ignored.
+        let mut plain_p = base_tags();
+        plain_p.push(marked(&operator));
+        plain_p.push(Tag::public_key(other));
+        assert_eq!(
+            Announcement::from_event(&with(good.content.clone(), plain_p))
+                .unwrap()
+                .operator,
+            Some(operator)
+        );
     }
 
     #[test]

@@ -170,7 +170,7 @@ async fn tour(
     // The key the demo's engine signs its requests with: the only one the mandate lets ask.
     let keys = Keys::generate();
     let client = JobClient::connect(&relays, keys.clone()).await?;
-    let quorum = form_quorum(
+    let (quorum, operators) = form_quorum(
         &relays,
         &maintainer,
         members,
@@ -183,9 +183,8 @@ async fn tour(
             note: "the demo's build and release quorum".into(),
         },
     )
-    .await?
-    .with_source(&client, &repo_url, &commit)
-    .await;
+    .await?;
+    let quorum = quorum.with_source(&client, &repo_url, &commit).await;
     if let Err(reason) = &quorum.source {
         bail!("the quorum would refuse the build: {reason}");
     }
@@ -200,6 +199,17 @@ async fn tour(
         "mandate     {} signed by the demo maintainer: this quorum may sign build attestations and releases",
         quorum.mandate_event.id.to_hex()
     ));
+    say(&format!(
+        "operators   {}",
+        operators.summary(QUORUM_THRESHOLD)
+    ));
+    if operators.fewest_signing(QUORUM_THRESHOLD) < usize::from(QUORUM_THRESHOLD) {
+        say(
+            "            (fine for a demo on one machine; a real quorum's members are run by \
+             unrelated operators, and `quorum mandate create` refuses this unless told \
+             --allow-same-operator)",
+        );
+    }
     let context = RunContext {
         repo: repo_url.clone(),
         commit: commit.clone(),
@@ -318,6 +328,7 @@ async fn tour(
                 "pubkey": quorum.quorum().to_hex(),
                 "threshold": quorum.mandate.threshold,
                 "members": quorum.members().iter().map(|m| m.to_hex()).collect::<Vec<_>>(),
+                "operators": operators.json(QUORUM_THRESHOLD),
             }),
             "mandate": quorum.mandate_event.id.to_hex(),
             "verified": verified,

@@ -53,7 +53,16 @@ async fn watcher(args: WatcherArgs) -> anyhow::Result<ExitCode> {
         }),
         None => None,
     };
+    let operator = operator(args.operator.as_deref())?;
     let client = quorum_dvm::client::JobClient::connect(&relays, keys.clone()).await?;
+    // A watcher is no job handler, but it announces itself as the DVMs do, so that it can be
+    // found and its operator confirmed (a watcher quorum's members are checked like any).
+    if let Err(err) = client
+        .publish_event(watcher_announcement(operator).to_event_builder())
+        .await
+    {
+        tracing::warn!("cannot publish the NIP-89 announcement: {err}");
+    }
     let config = quorum_watcher::WatchConfig {
         repo: args.repo.clone(),
         source,
@@ -85,6 +94,44 @@ async fn watcher(args: WatcherArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--operator`: the key of whoever runs this DVM, npub or hex.
+pub(crate) fn operator(
+    text: Option<&str>,
+) -> anyhow::Result<Option<quorum_proto::nostr::PublicKey>> {
+    text.map(|text| super::operator::parse_key("--operator", text))
+        .transpose()
+}
+
+/// The watcher's NIP-89 announcement: the watch-source kind (5701) its role has in the kind
+/// table, an offer of no price that runs nothing itself, and its operator.
+fn watcher_announcement(
+    operator: Option<quorum_proto::nostr::PublicKey>,
+) -> quorum_proto::nip89::Announcement {
+    use quorum_proto::nip89::{Announcement, Capabilities, JobLimits, Offer, Price};
+    Announcement {
+        identifier: "quorum-watcher".into(),
+        name: "quorum-watcher".into(),
+        about: "Quorum CI git watcher: asks a router to run the pipeline of each new commit".into(),
+        kinds: vec![quorum_proto::kinds::JobKind::WatchSource.request_kind()],
+        offer: Offer {
+            capabilities: Capabilities {
+                arch: std::env::consts::ARCH.into(),
+                os: std::env::consts::OS.into(),
+                sandbox: "none".into(),
+                toolchains: vec!["git".into()],
+                network: true,
+            },
+            price: Price::default(),
+            limits: JobLimits {
+                concurrency: 1,
+                max_timeout_secs: 600,
+                max_request_bytes: 0,
+            },
+        },
+        operator,
+    }
+}
+
 async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::install().context("cannot install signal handlers")?;
     let relays = super::relay_urls(&args.relays)?;
@@ -104,6 +151,7 @@ async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {
         runners,
         max_run: Duration::from_secs(args.max_run),
         allow_local_repos: args.allow_local_repos,
+        operator: operator(args.operator.as_deref())?,
     };
     let dvm = start_router(setup, keys.clone()).await?;
     super::announce(&format!("router: {}", keys.public_key().to_hex()));
@@ -119,6 +167,8 @@ pub struct RouterSetup {
     pub runners: Vec<quorum_proto::nostr::PublicKey>,
     pub max_run: Duration,
     pub allow_local_repos: bool,
+    /// Who runs the router, named in its announcement.
+    pub operator: Option<quorum_proto::nostr::PublicKey>,
 }
 
 /// Starts a router DVM; its job client signs with the same key, so that it recognises its own
@@ -143,6 +193,7 @@ pub async fn start_router(
     let mut config = DvmConfig::new(setup.relays, setup.data.join("dvm"), "quorum-router");
     config.about = "Quorum CI router: runs pipelines on runner DVMs".into();
     config.concurrency = 4;
+    config.operator = setup.operator;
     Ok(Dvm::start(config, keys, router).await?)
 }
 
@@ -160,6 +211,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         allow_network: !args.no_network,
         allow_local_repos: args.allow_local_repos,
         price_msats: args.price_msats,
+        operator: operator(args.operator.as_deref())?,
     };
     let dvm = start_runner(setup, keys.clone(), sandbox).await?;
     // Quorum keys: answer DKG proposals and dealer deliveries naming this runner; shares are
@@ -202,6 +254,8 @@ pub struct RunnerSetup {
     pub allow_network: bool,
     pub allow_local_repos: bool,
     pub price_msats: u64,
+    /// Who runs the runner, named in its announcement.
+    pub operator: Option<quorum_proto::nostr::PublicKey>,
 }
 
 /// Starts a runner DVM. Shared with `quorum up`.
@@ -233,5 +287,6 @@ pub async fn start_runner(
     dvm_config.about = "Quorum CI runner: builds and tests git commits in a sandbox".into();
     dvm_config.concurrency = setup.concurrency.max(1);
     dvm_config.max_request_bytes = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
+    dvm_config.operator = setup.operator;
     Ok(Dvm::start(dvm_config, keys, runner).await?)
 }

@@ -1,7 +1,9 @@
 //! The embedded default network: relay, Blossom server and runner DVMs in this process, on
 //! loopback, with their data under one directory. `quorum up` serves it until stopped;
 //! `quorum run` and `quorum demo` use it for one run. Each runner also serves quorum key
-//! generation, so that [`Embedded::form_quorum`] can make a quorum of them by DKG.
+//! generation, so that [`form_quorum`] can make a quorum of them by DKG. All its DVMs run on
+//! this one machine, so they are honestly one operator's: a local operator key
+//! (`DATA/operator.nsec`) is named in every announcement and signs the list naming them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,11 +14,13 @@ use quorum_proto::agreement::QUORUM_ATTESTATION;
 use quorum_proto::mandate::{Keygen, Mandate, MandateRules};
 use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::{Keys, PublicKey, RelayUrl, Timestamp};
+use quorum_proto::operator::OperatorList;
 use quorum_proto::release::RELEASE_BINDING;
 use quorum_router::quorum::QuorumContext;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::operator::Operators;
 use crate::cli::{BlossomOptions, RelayOptions};
 
 /// What to start.
@@ -35,6 +39,8 @@ pub struct Embedded {
     data: PathBuf,
     pub relay_url: String,
     pub blossom_url: url::Url,
+    /// The local operator (DATA/operator.nsec) who runs every DVM here.
+    pub operator: PublicKey,
     pub runners: Vec<Dvm>,
     /// Each runner's quorum key service (DKG proposals and dealer deliveries naming it).
     keygen: Vec<JoinHandle<()>>,
@@ -67,12 +73,14 @@ impl Embedded {
         let relay_task =
             tokio::spawn(relay.serve(relay_listener, stopped(servers_stopped.clone())));
         let blossom_task = tokio::spawn(blossom.serve(blossom_listener, stopped(servers_stopped)));
+        let operator = quorum_dvm::keyfile::load_or_create(&spec.data.join("operator.nsec"))?;
         let runners = start_runners(
             &spec.data,
             spec.runners,
             spec.unsandboxed_runners,
             &relay_url,
             &blossom_url,
+            operator.public_key(),
         )
         .await?;
         let (stop_keygen, keygen_stopped) = watch::channel(false);
@@ -102,13 +110,19 @@ impl Embedded {
                 runners: runners.iter().map(Dvm::public_key).collect(),
                 max_run: std::time::Duration::from_secs(6 * 3600),
                 allow_local_repos: true,
+                operator: Some(operator.public_key()),
             };
             Some(super::dvm::start_router(setup, keys).await?)
         };
+        let dvms: Vec<PublicKey> = runners.iter().chain(&router).map(Dvm::public_key).collect();
+        if !dvms.is_empty() {
+            confirm_operator(&relays, &operator, &dvms).await?;
+        }
         Ok(Embedded {
             data: spec.data.clone(),
             relay_url,
             blossom_url,
+            operator: operator.public_key(),
             runners,
             keygen,
             stop_keygen,
@@ -145,12 +159,52 @@ impl Embedded {
 
 /// Starts the runner DVMs, each with its own key and data dir. Without bubblewrap they are not
 /// started (unless asked to run unsandboxed), and the operator is told why.
+/// The operator signs the list naming `dvms` (replacing the last one: the DVMs here may differ
+/// from the previous start) and waits until every DVM's announcement names it, so that whoever
+/// looks next finds them confirmed.
+async fn confirm_operator(
+    relays: &[RelayUrl],
+    operator: &Keys,
+    dvms: &[PublicKey],
+) -> anyhow::Result<()> {
+    let client = quorum_dvm::client::JobClient::connect(relays, operator.clone()).await?;
+    let confirmed = async {
+        client
+            .publish_event(OperatorList::new(dvms.iter().copied()).to_event_builder())
+            .await
+            .context("cannot publish the local operator's list of its DVMs")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let found = super::operator::lookup(&client, dvms, std::time::Duration::ZERO).await?;
+            let all = found
+                .claims
+                .values()
+                .all(|c| c.confirmed() == Some(operator.public_key()));
+            if all {
+                return anyhow::Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "the embedded DVMs are not all confirmed as the local operator's yet: {}",
+                    found.lines().join("; ")
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    .await;
+    client.shutdown().await;
+    confirmed
+}
+
 async fn start_runners(
     data: &Path,
     count: usize,
     unsandboxed: bool,
     relay_url: &str,
     blossom_url: &url::Url,
+    operator: PublicKey,
 ) -> anyhow::Result<Vec<Dvm>> {
     if count == 0 {
         return Ok(Vec::new());
@@ -181,6 +235,7 @@ async fn start_runners(
             // The embedded network is one person's machine: local repositories are theirs.
             allow_local_repos: true,
             price_msats: 0,
+            operator: Some(operator),
         };
         dvms.push(super::dvm::start_runner(setup, keys, sandbox.clone()).await?);
     }
@@ -222,12 +277,18 @@ impl Embedded {
 /// Makes a quorum key among `members` (runner DVMs that serve key generation) by DKG over
 /// `relays`: nobody, not even this process's maintainer key, ever holds the key. Then signs and
 /// publishes the mandate naming it with `maintainer`, who must speak for the repository.
+///
+/// Unlike `quorum mandate create`, it proceeds whoever runs the members (the embedded
+/// network's DVMs are all one operator's): it returns who does, for the caller to say.
 pub async fn form_quorum(
     relays: &[RelayUrl],
     maintainer: &Keys,
     members: &[PublicKey],
     request: QuorumRequest,
-) -> anyhow::Result<QuorumContext> {
+) -> anyhow::Result<(QuorumContext, Operators)> {
+    let operators = super::operator::lookup_on(relays, members, std::time::Duration::from_secs(5))
+        .await
+        .context("cannot look up who runs the quorum's members")?;
     let mut mandate = Mandate {
         repo: request.repo,
         pipeline: request.pipeline,
@@ -263,7 +324,8 @@ pub async fn form_quorum(
     let event = quorum_consensus::keygen::publish_mandate(relays, maintainer, &mandate)
         .await
         .context("cannot publish the mandate")?;
-    QuorumContext::new(event).map_err(anyhow::Error::msg)
+    let context = QuorumContext::new(event).map_err(anyhow::Error::msg)?;
+    Ok((context, operators))
 }
 
 /// Publishes, as `maintainer`, the NIP-34 announcement of the repository `identifier` with

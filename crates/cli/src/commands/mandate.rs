@@ -15,6 +15,7 @@ use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::nips::nip01::Coordinate;
 use quorum_proto::nostr::{Event, EventId, Filter, Keys, PublicKey, RelayUrl, Timestamp};
 
+use super::operator::Operators;
 use super::signer::Signer;
 
 use crate::cli::{MandateCommand, MandateCreateArgs, MandateRefreshArgs};
@@ -91,7 +92,6 @@ async fn refresh(args: MandateRefreshArgs) -> anyhow::Result<ExitCode> {
 
 async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
     let relays = super::relay_urls(&args.relays)?;
-    let signer = Signer::open(args.key.as_deref(), args.bunker.as_deref()).await?;
     let repo = repo(&args.repo)?;
     let mut pubkeys = Vec::with_capacity(args.members.len());
     for text in &args.members {
@@ -120,6 +120,8 @@ async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
     mandate
         .validate()
         .context("the mandate would be invalid; nothing was published")?;
+    let operators = check_operators(&relays, &pubkeys, &args).await?;
+    let signer = Signer::open(args.key.as_deref(), args.bunker.as_deref()).await?;
 
     let (event, proposal) = if args.dealer {
         let maintainer = signer
@@ -162,8 +164,48 @@ async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
         (event, Some(proposal))
     };
     signer.shutdown().await;
-    print(&args, &event, proposal.as_ref())?;
+    print(&args, &event, proposal.as_ref(), &operators)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Looks up who runs the members and refuses a quorum that fewer than `t` operators could sign
+/// for together (one operator running several members, or members whose operator is not
+/// confirmed), unless `--allow-same-operator`.
+async fn check_operators(
+    relays: &[RelayUrl],
+    members: &[PublicKey],
+    args: &MandateCreateArgs,
+) -> anyhow::Result<Operators> {
+    // Members started just now may not have announced themselves yet.
+    let operators = super::operator::lookup_on(relays, members, Duration::from_secs(5))
+        .await
+        .context("looking up the members' operators; nothing was published")?;
+    let t = args.threshold;
+    if operators.fewest_signing(t) >= usize::from(t) {
+        return Ok(operators);
+    }
+    let summary = operators.summary(t);
+    if args.allow_same_operator {
+        eprintln!("note: --allow-same-operator: {summary}");
+        return Ok(operators);
+    }
+    let mut text = format!(
+        "fewer than {t} operators could sign for a {t}-of-{} quorum of these members: \
+         {summary}\n",
+        members.len()
+    );
+    for line in operators.lines() {
+        text.push_str(&format!("  member {line}\n"));
+    }
+    text.push_str(&format!(
+        "To fix it, choose members run by different operators, so that any {t} of them are {t} \
+         operators: each operator names itself in its DVM's announcement (`quorum dvm runner \
+         --operator NPUB`) and confirms the DVM with its own key (`quorum operator publish --key \
+         OPERATOR_KEY --dvm DVM…`); `quorum operator show NPUB` shows what an operator \
+         confirms. Or pass --allow-same-operator to make this quorum anyway. Nothing was \
+         published."
+    ));
+    bail!(text)
 }
 
 /// Signs `mandate` with the maintainer's key or bunker and publishes it.
@@ -180,7 +222,12 @@ async fn sign_and_publish(
     Ok(event)
 }
 
-fn print(args: &MandateCreateArgs, event: &Event, proposal: Option<&Event>) -> anyhow::Result<()> {
+fn print(
+    args: &MandateCreateArgs,
+    event: &Event,
+    proposal: Option<&Event>,
+    operators: &Operators,
+) -> anyhow::Result<()> {
     let mandate = Mandate::from_event(event).context("the published mandate")?;
     let quorum = mandate
         .quorum
@@ -200,6 +247,7 @@ fn print(args: &MandateCreateArgs, event: &Event, proposal: Option<&Event>) -> a
             "mandate": event.id.to_hex(),
             "proposal": proposal.map(|p| p.id.to_hex()),
             "keygen": mandate.keygen.name(),
+            "operators": operators.json(mandate.threshold),
         });
         super::announce(&json.to_string());
         return Ok(());
@@ -216,6 +264,13 @@ fn print(args: &MandateCreateArgs, event: &Event, proposal: Option<&Event>) -> a
     ));
     for m in &members {
         super::announce(&format!("member {}: {}", m.index, m.pubkey.to_hex()));
+    }
+    super::announce(&format!(
+        "operators: {}",
+        operators.summary(mandate.threshold)
+    ));
+    for line in operators.lines() {
+        super::announce(&format!("operator of {line}"));
     }
     if args.dealer {
         super::announce(&format!("note: {dealer_note}"));

@@ -7,6 +7,7 @@ mod dvm;
 mod embedded;
 mod job;
 mod mandate;
+mod operator;
 mod relay;
 mod run;
 mod signer;
@@ -34,6 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dvm(command) => dvm::run(command).await,
         Command::Job(command) => job::run(command).await,
         Command::Mandate(command) => mandate::run(command).await,
+        Command::Operator(command) => operator::run(command).await,
     }
 }
 

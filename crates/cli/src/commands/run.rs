@@ -535,7 +535,7 @@ async fn local_quorum(
     .await;
     publisher.shutdown().await;
     published?;
-    let quorum = form_quorum(
+    let (quorum, operators) = form_quorum(
         &relays,
         &maintainer,
         &members,
@@ -556,6 +556,12 @@ async fn local_quorum(
             &quorum.quorum().to_hex()[..12],
             &maintainer.public_key().to_hex()[..12],
             network.data().display()
+        );
+        // The embedded runners all run here: one operator, and it is said.
+        eprintln!(
+            "operators: {} (the local operator in {})",
+            operators.summary(u16::try_from(threshold).unwrap_or(u16::MAX)),
+            network.data().join("operator.nsec").display()
         );
     }
     Ok(quorum)

@@ -18,6 +18,8 @@ struct Endpoints<'a> {
     runners: Vec<String>,
     /// Public key (hex) of the router DVM, if runners were started.
     router: Option<String>,
+    /// Public key (hex) of the local operator (DATA/operator.nsec) who runs every DVM here.
+    operator: String,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -53,6 +55,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .map(|dvm| dvm.public_key().to_hex())
             .collect(),
         router: network.router.as_ref().map(|dvm| dvm.public_key().to_hex()),
+        operator: network.operator.to_hex(),
     };
     write_atomically(&endpoints_file, &serde_json::to_vec_pretty(&endpoints)?)?;
     super::announce(&format!("relay: {}", endpoints.relay));
@@ -63,6 +66,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(router) = &endpoints.router {
         super::announce(&format!("router: {router}"));
     }
+    // Every DVM here is this machine's: one operator, whose key is DATA/operator.nsec.
+    super::announce(&format!("operator: {}", endpoints.operator));
     super::announce(&format!("endpoints: {}", endpoints_file.display()));
 
     shutdown.wait().await;

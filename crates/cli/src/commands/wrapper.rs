@@ -56,6 +56,7 @@ pub async fn run(args: WrapperArgs) -> anyhow::Result<ExitCode> {
     );
     dvm_config.concurrency = args.concurrency.max(1);
     dvm_config.max_request_bytes = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
+    dvm_config.operator = super::dvm::operator(args.operator.as_deref())?;
     let dvm = Dvm::start(dvm_config, keys.clone(), wrapper).await?;
 
     // Answer DKG proposals and dealer deliveries naming this wrapper, as a runner does.
