@@ -241,6 +241,22 @@ pub struct MandateCreateArgs {
     #[arg(long)]
     pub allow_same_operator: bool,
 
+    /// A key that may request the quorum's jobs (repeat): the router DVM, the watcher
+    /// quorum's key, the machine that runs `quorum run --key`. Without any, members take
+    /// requests from anyone, and still build only what the pipeline at a signed commit says.
+    #[arg(long = "requester", value_name = "NPUB_OR_HEX")]
+    pub requesters: Vec<String>,
+
+    /// Which commits the quorum builds: `tip` (the commit a ref of the newest
+    /// maintainer-signed state points at) or `ancestor` (also commits reachable from one).
+    #[arg(long, value_name = "RULE", default_value = "tip", value_parser = ["tip", "ancestor"])]
+    pub source: String,
+
+    /// For a quorum of wrapper DVMs: MEMBER=INNER, the ordinary DVM a member forwards to
+    /// (repeat, once per member; every member a different inner DVM).
+    #[arg(long = "inner", value_name = "MEMBER=INNER")]
+    pub inner: Vec<String>,
+
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -611,6 +627,11 @@ pub struct VerifyArgs {
     /// Fail unless the quorum's threshold t is at least T.
     #[arg(long, value_name = "T")]
     pub min_threshold: Option<u16>,
+
+    /// Fail unless the members that agreed are run by at least K distinct operators (each
+    /// confirmed by both its DVM's announcement and the operator's signed list).
+    #[arg(long, value_name = "K")]
+    pub min_operators: Option<usize>,
 
     /// Fail unless the quorum key was made by DKG (not by a dealer, who held the whole key).
     #[arg(long)]

@@ -5,13 +5,17 @@
 //! application (32267) naming the repository (docs/protocol.md §11.5).
 //!
 //! A release job run by a quorum (`mode: quorum`) already has its binding, signed by the quorum
-//! key when the members agreed; this module publishes only the file metadata for it. Release
-//! jobs run by single DVMs get one binding signed by the key that ran the pipeline, naming the
-//! runner results that attest them.
+//! key when the members agreed; this module publishes only the file metadata for it, after
+//! storing a verification bundle (`quorum_proto::bundle`: every signed event `quorum verify`
+//! needs, gathered from the relays as verify gathers them) on the artifacts' Blossom servers,
+//! named by a `bundle` tag in the 1063 and 3063 events, so that the release still verifies once
+//! relays dropped its expired mandate. Release jobs run by single DVMs get one binding signed
+//! by the key that ran the pipeline, naming the runner results that attest them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use quorum_blossom::client::BlossomClient;
 use quorum_dvm::client::JobClient;
 use quorum_pipeline::Plan;
 use quorum_proto::approval::ArtifactDigest;
@@ -53,6 +57,11 @@ pub struct Release {
     pub application: Option<EventId>,
     /// The NIP-82 version: [`ReleaseOptions::version`], or [`default_version`].
     pub version: String,
+    /// The verification bundle stored for the quorum-signed part of the release: its sha256
+    /// and the URLs that serve it.
+    pub bundle: Option<(Sha256Hex, Vec<String>)>,
+    /// Why no bundle was stored, when one should have been.
+    pub bundle_error: Option<String>,
 }
 
 /// What the caller knows beyond the run: a version, and copies of the artifacts elsewhere.
@@ -63,6 +72,9 @@ pub struct ReleaseOptions {
     /// More URLs serving an artifact's bytes (e.g. mirrors made with BUD-04), by sha256 hex:
     /// added as `fallback`s in 1063 and `url`s in 3063, after the runner's own.
     pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Stores the verification bundle of a quorum-signed release on the Blossom servers that
+    /// hold its artifacts (the runners' and the mirrors). `None`: no bundle.
+    pub bundle_uploader: Option<BlossomClient>,
 }
 
 /// The version of a release made from an untagged commit: `0.0.0-g<first 12 hex of the
@@ -152,6 +164,37 @@ pub async fn publish_release_with(
     let mut files = Vec::new();
     let mut bindings = Vec::new();
     let mut described = Vec::new();
+    // The quorum-signed part first: its bundle is named by every event that follows.
+    let quorum_artifacts: Vec<(&JobRecord, &ArtifactRef)> = released
+        .iter()
+        .filter(|r| r.quorum.is_some())
+        .flat_map(|r| {
+            r.report
+                .iter()
+                .flat_map(|rep| &rep.artifacts)
+                .map(move |a| (*r, a))
+        })
+        .collect();
+    let (bundle, bundle_error) = match &options.bundle_uploader {
+        Some(uploader) if !quorum_artifacts.is_empty() => {
+            match store_bundle(client, uploader, &repo, &quorum_artifacts, options).await {
+                Ok(stored) => (Some(stored), None),
+                Err(reason) => {
+                    tracing::warn!("no verification bundle stored: {reason}");
+                    (None, Some(reason))
+                }
+            }
+        }
+        _ => (None, None),
+    };
+    let with_bundle = ReleaseOptions {
+        bundle_uploader: None,
+        ..options.clone()
+    };
+    let bundled = Bundled {
+        options: &with_bundle,
+        bundle: bundle.as_ref(),
+    };
     for record in released {
         if let Some(quorum) = &record.quorum {
             let Some(binding) = &quorum.release else {
@@ -165,7 +208,7 @@ pub async fn publish_release_with(
             bindings.push((binding, signer));
             // A wrapped DVM's result has no Blossom artifacts to describe.
             for artifact in record.report.iter().flat_map(|r| &r.artifacts) {
-                files.push(publish_metadata(client, artifact, options).await?);
+                files.push(publish_metadata(client, artifact, bundled).await?);
                 described.push((record, artifact));
             }
             continue;
@@ -184,7 +227,17 @@ pub async fn publish_release_with(
                 format!("{}/{}", record.id, artifact.name),
                 sha,
             ));
-            files.push(publish_metadata(client, artifact, options).await?);
+            files.push(
+                publish_metadata(
+                    client,
+                    artifact,
+                    Bundled {
+                        options: &with_bundle,
+                        bundle: None,
+                    },
+                )
+                .await?,
+            );
             described.push((record, artifact));
         }
     }
@@ -192,7 +245,7 @@ pub async fn publish_release_with(
         && let Some(&(binding, signer)) = bindings.first()
     {
         // Every release job ran in quorum mode: the quorums' bindings are the release.
-        let nip82 = publish_nip82(client, &repo, context, options, &described).await?;
+        let nip82 = publish_nip82(client, &repo, context, bundled, &described).await?;
         return Ok(Some(Release {
             binding,
             signer,
@@ -202,6 +255,8 @@ pub async fn publish_release_with(
             software_release: nip82.release,
             application: nip82.application,
             version: nip82.version,
+            bundle,
+            bundle_error,
         }));
     }
     let binding = ReleaseBinding::new(
@@ -221,7 +276,7 @@ pub async fn publish_release_with(
         .map_err(|e| format!("cannot publish the release: {e}"))?;
     bindings.push((event.id, event.pubkey));
     let (binding, signer) = bindings[0];
-    let nip82 = publish_nip82(client, &repo, context, options, &described).await?;
+    let nip82 = publish_nip82(client, &repo, context, bundled, &described).await?;
     Ok(Some(Release {
         binding,
         signer,
@@ -231,7 +286,98 @@ pub async fn publish_release_with(
         software_release: nip82.release,
         application: nip82.application,
         version: nip82.version,
+        bundle,
+        bundle_error,
     }))
+}
+
+/// The release options and the bundle the quorum-signed artifacts' events name.
+#[derive(Clone, Copy)]
+struct Bundled<'a> {
+    options: &'a ReleaseOptions,
+    bundle: Option<&'a (Sha256Hex, Vec<String>)>,
+}
+
+impl Bundled<'_> {
+    /// The `bundle` tag for `artifact`, if the bundle covers it.
+    fn tag_for(&self, artifact: &ArtifactRef) -> Option<quorum_proto::nostr::Tag> {
+        let (sha, urls) = self.bundle?;
+        let covered = Sha256Hex::parse(&artifact.blob.sha256).ok()?;
+        let _ = covered;
+        Some(quorum_proto::bundle::bundle_tag(sha, urls))
+    }
+}
+
+/// Gathers every signed event that verifying the quorum-released `artifacts` needs (as
+/// `quorum verify` gathers them), stores them as one verification bundle on the Blossom
+/// servers that hold the artifacts, and returns its sha256 and URLs.
+async fn store_bundle(
+    client: &JobClient,
+    uploader: &BlossomClient,
+    repo: &RepoCoordinate,
+    artifacts: &[(&JobRecord, &ArtifactRef)],
+    options: &ReleaseOptions,
+) -> Result<(Sha256Hex, Vec<String>), String> {
+    let expect = crate::verify::Expectation {
+        repo: Some(repo.clone()),
+        ..Default::default()
+    };
+    let mut pool = Vec::new();
+    let mut digests = Vec::new();
+    let mut servers: Vec<url::Url> = Vec::new();
+    for (_, artifact) in artifacts {
+        let digest = Sha256Hex::parse(&artifact.blob.sha256).map_err(|e| e.to_string())?;
+        digests.push(digest);
+        for url in artifact_urls(artifact, options) {
+            if let Ok(url) = url::Url::parse(&url)
+                && let Ok(root) = url.join("/")
+                && !servers.contains(&root)
+            {
+                servers.push(root);
+            }
+        }
+    }
+    // One gathering per binding is enough: it covers every artifact the binding lists.
+    let mut seen_bindings = BTreeSet::new();
+    for (record, artifact) in artifacts {
+        let binding = record.quorum.as_ref().and_then(|q| q.release.clone());
+        if !seen_bindings.insert(binding) {
+            continue;
+        }
+        let digest = Sha256Hex::parse(&artifact.blob.sha256).map_err(|e| e.to_string())?;
+        crate::verify::gather(client, &digest, &expect, &mut pool, &mut Vec::new())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    // The release's own metadata is not evidence; everything else is.
+    pool.retain(|e| e.kind != quorum_proto::release::FILE_METADATA);
+    let bundle = quorum_proto::bundle::VerificationBundle::new(digests, pool);
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = scratch.path().join("verification-bundle.json");
+    std::fs::write(&path, bundle.to_json()).map_err(|e| e.to_string())?;
+    let outcomes = uploader
+        .upload_to_many(&servers, &path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut sha = None;
+    let mut urls = Vec::new();
+    let mut refusals = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            quorum_blossom::client::ServerOutcome::Stored { uploaded, .. } => {
+                sha = Some(uploaded.descriptor.sha256);
+                urls.push(uploaded.descriptor.url.clone());
+            }
+            other => refusals.push(other.server().to_string()),
+        }
+    }
+    match sha {
+        Some(sha) => Ok((sha, urls)),
+        None => Err(format!(
+            "no Blossom server stored the verification bundle (tried {})",
+            refusals.join(", ")
+        )),
+    }
 }
 
 /// The runner's URLs of an artifact, then the caller's mirrors of it (no URL twice).
@@ -250,22 +396,24 @@ fn artifact_urls(artifact: &ArtifactRef, options: &ReleaseOptions) -> Vec<String
     urls
 }
 
-/// Publishes the NIP-94 file metadata (1063) of one artifact.
+/// Publishes the NIP-94 file metadata (1063) of one artifact (naming its verification
+/// bundle, if any).
 async fn publish_metadata(
     client: &JobClient,
     artifact: &ArtifactRef,
-    options: &ReleaseOptions,
+    bundled: Bundled<'_>,
 ) -> Result<EventId, String> {
     let sha = Sha256Hex::parse(&artifact.blob.sha256).map_err(|e| e.to_string())?;
     let metadata = FileMetadata::for_artifact(
-        &artifact_urls(artifact, options),
+        &artifact_urls(artifact, bundled.options),
         artifact_mime(&artifact.name),
         sha,
         artifact.blob.size,
     )
     .ok_or_else(|| format!("artifact {} is on no Blossom server", artifact.name))?;
+    let builder = metadata.to_event_builder().tags(bundled.tag_for(artifact));
     let event = client
-        .publish_event(metadata.to_event_builder())
+        .publish_event(builder)
         .await
         .map_err(|e| format!("cannot publish file metadata: {e}"))?;
     Ok(event.id)
@@ -288,9 +436,10 @@ async fn publish_nip82(
     client: &JobClient,
     repo: &RepoCoordinate,
     context: &RunContext,
-    options: &ReleaseOptions,
+    bundled: Bundled<'_>,
     described: &[(&JobRecord, &ArtifactRef)],
 ) -> Result<Nip82, String> {
+    let options = bundled.options;
     let version = options
         .version
         .clone()
@@ -325,7 +474,10 @@ async fn publish_nip82(
             target_platform_version: None,
             apk_certificate_hash: None,
         };
-        let builder = asset.to_event_builder().map_err(|e| e.to_string())?;
+        let mut builder = asset.to_event_builder().map_err(|e| e.to_string())?;
+        if record.quorum.is_some() {
+            builder = builder.tags(bundled.tag_for(artifact));
+        }
         let event = client
             .publish_event(builder)
             .await

@@ -43,8 +43,8 @@ use quorum_proto::nip90::{JobRequest, JobResult};
 use quorum_proto::nostr::{Alphabet, Event, EventId, Filter, Kind, SingleLetterTag};
 use quorum_proto::quorum_job::{QuorumJobParams, hex_list};
 use quorum_proto::release::{FILE_METADATA, FileMetadata, RELEASE_BINDING, ReleaseBinding};
-use quorum_proto::source;
 use quorum_proto::step::StepReport;
+use quorum_proto::{operator, source};
 use serde::Serialize;
 
 /// How long one relay query may take.
@@ -73,6 +73,9 @@ pub struct Expectation {
     pub repo: Option<RepoCoordinate>,
     /// The least `t` the mandate's quorum may have.
     pub min_threshold: Option<u16>,
+    /// The least number of distinct confirmed operators (`quorum_proto::operator`) among the
+    /// members that agreed.
+    pub min_operators: Option<usize>,
     /// Refuse quorum keys that a dealer made (who held the whole key), or whose making is not
     /// on record.
     pub require_dkg: bool,
@@ -157,6 +160,11 @@ pub struct Verification {
     /// How the quorum key was made: `dkg`, `dealer` (one party held the whole key), or
     /// `unknown` (no mandate on record says).
     pub keygen: Option<String>,
+    /// Who runs each member that agreed (hex → operator hex, or `null` when no operator
+    /// confirms it: the DVM's announcement and the operator's signed list must both say so).
+    pub operators: BTreeMap<String, Option<String>>,
+    /// How many distinct confirmed operators run the members that agreed.
+    pub distinct_operators: Option<usize>,
     /// Members (hex) the attestation names as agreeing.
     pub agreed: Vec<String>,
     /// Members whose reveal reports an attested file otherwise, whose reveal does not open
@@ -208,6 +216,8 @@ impl Verification {
             mandate_signer: None,
             threshold: None,
             keygen: None,
+            operators: BTreeMap::new(),
+            distinct_operators: None,
             agreed: Vec::new(),
             disagreed: Vec::new(),
             silent: Vec::new(),
@@ -348,6 +358,28 @@ pub async fn gather(
         .await?;
         pool.extend(more);
     }
+    // Who runs the members: their announcements, then the lists of the operators they claim.
+    let members: Vec<quorum_proto::nostr::PublicKey> = pool
+        .iter()
+        .filter(|e| e.kind == QUORUM_ATTESTATION)
+        .filter_map(|e| QuorumAttestation::from_event(e).ok())
+        .flat_map(|a| a.agreed)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !members.is_empty() {
+        pool.extend(
+            fetch(
+                client,
+                operator::announcement_filter(members.iter().copied()),
+            )
+            .await?,
+        );
+        let claimed = operator::claimed_operators(&members, pool);
+        if !claimed.is_empty() {
+            pool.extend(fetch(client, operator::list_filter(claimed)).await?);
+        }
+    }
     Ok(())
 }
 
@@ -463,6 +495,10 @@ impl<'a> Pool<'a> {
 
     fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &'a Event> + '_ {
         self.events.iter().copied().filter(move |e| e.kind == kind)
+    }
+
+    fn owned_all(&self) -> Vec<Event> {
+        self.events.iter().map(|e| (*e).clone()).collect()
     }
 
     fn owned(&self, kinds: &[Kind]) -> Vec<Event> {
@@ -718,7 +754,30 @@ fn check_quorum(
     // 4. At least `t` agreeing members, all of the mandate, and who said what.
     check_members(pool, &attestation, event, &mandate, verification);
 
-    // 5. What the user requires.
+    // 5. Who runs the members that agreed, and what the user requires.
+    let agreed: Vec<quorum_proto::nostr::PublicKey> = attestation.agreed.iter().copied().collect();
+    let claims = operator::confirmed_operators(&agreed, &pool.owned_all());
+    verification.operators = claims
+        .iter()
+        .map(|(member, claim)| (member.to_hex(), claim.confirmed().map(|o| o.to_hex())))
+        .collect();
+    let distinct = operator::distinct_confirmed(claims.values()).len();
+    verification.distinct_operators = Some(distinct);
+    if let Some(min) = expect.min_operators
+        && distinct < min
+    {
+        verification.problem(format!(
+            "the {} members that agreed are run by {distinct} distinct confirmed operator(s); \
+             at least {min} were required (--min-operators){}",
+            agreed.len(),
+            if claims.values().any(|c| c.confirmed().is_none()) {
+                ": a member counts only when its announcement names an operator and that \
+                 operator's signed list names it"
+            } else {
+                ""
+            }
+        ));
+    }
     check_policy(pool, &quorum, &mandate, expect, verification);
 }
 

@@ -4,15 +4,13 @@
 //! whole key once. `quorum mandate refresh`: the members renew their shares of the same key.
 
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use quorum_consensus::keygen::{self, KeygenConfig};
 use quorum_dvm::client::JobClient;
-use quorum_proto::mandate::{Keygen, Mandate};
+use quorum_proto::mandate::{Keygen, Mandate, MandateRules, SourceRule};
 use quorum_proto::nip34::RepoCoordinate;
-use quorum_proto::nostr::nips::nip01::Coordinate;
 use quorum_proto::nostr::{Event, EventId, Filter, Keys, PublicKey, RelayUrl, Timestamp};
 
 use super::operator::Operators;
@@ -114,7 +112,7 @@ async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
         keygen: Keygen::Dkg,
         allow: args.allow.iter().copied().collect(),
         expiration: Timestamp::now() + lifetime.as_secs(),
-        rules: Default::default(),
+        rules: rules(&args)?,
         content: format!("quorum for {}", args.pipeline),
     };
     mandate
@@ -280,18 +278,7 @@ fn print(
 
 /// `--repo`: an naddr of a repository announcement, or its coordinate `30617:<owner hex>:<id>`.
 fn repo(text: &str) -> anyhow::Result<RepoCoordinate> {
-    if text.starts_with("naddr1") {
-        let coordinate = Coordinate::parse(text)
-            .with_context(|| format!("--repo {text:?} is not a valid naddr"))?;
-        if coordinate.kind.as_u16() != 30617 {
-            bail!("--repo {text:?} does not point at a repository announcement (kind 30617)");
-        }
-        return Ok(RepoCoordinate::new(
-            coordinate.public_key,
-            coordinate.identifier,
-        ));
-    }
-    RepoCoordinate::from_str(text)
+    RepoCoordinate::parse_user(text)
         .with_context(|| format!("--repo {text:?} is neither an naddr nor 30617:<owner hex>:<id>"))
 }
 
@@ -349,4 +336,32 @@ mod tests {
         .unwrap();
         assert_eq!(repo(&naddr).unwrap().to_string(), coordinate);
     }
+}
+
+/// The mandate's rules from `--requester`, `--source` and `--inner`.
+fn rules(args: &MandateCreateArgs) -> anyhow::Result<MandateRules> {
+    let key = |flag: &str, text: &str| {
+        PublicKey::parse(text)
+            .with_context(|| format!("{flag} {text:?} is neither an npub nor 64 hex characters"))
+    };
+    let mut rules = MandateRules {
+        source: match args.source.as_str() {
+            "ancestor" => SourceRule::Ancestor,
+            _ => SourceRule::Tip,
+        },
+        ..MandateRules::default()
+    };
+    for text in &args.requesters {
+        rules.requesters.push(key("--requester", text)?);
+    }
+    for pair in &args.inner {
+        let (member, inner) = pair
+            .split_once('=')
+            .with_context(|| format!("--inner {pair:?} is not MEMBER=INNER"))?;
+        let member = key("--inner", member)?;
+        if rules.inner.insert(member, key("--inner", inner)?).is_some() {
+            bail!("--inner names member {} twice", member.to_hex());
+        }
+    }
+    Ok(rules)
 }

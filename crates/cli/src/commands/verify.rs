@@ -23,6 +23,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             })
             .transpose()?,
         min_threshold: args.min_threshold,
+        min_operators: args.min_operators,
         require_dkg: args.require_dkg,
         allow_single_builder: args.allow_single_builder,
     };
@@ -132,6 +133,18 @@ fn print_human(v: &Verification) {
             );
         }
         show("key made by", &v.keygen);
+        if let Some(distinct) = v.distinct_operators {
+            println!("  operators   {distinct} distinct, confirmed");
+            for (member, operator) in &v.operators {
+                println!(
+                    "    {} run by {}",
+                    npub(member),
+                    operator
+                        .as_deref()
+                        .map_or("nobody confirmed".to_string(), npub)
+                );
+            }
+        }
         let members = |label: &str, list: &[String]| {
             println!("  {label:<11} {}", list.len());
             for member in list {
