@@ -5,11 +5,15 @@
 //! or the commit deadline passed. A member that copies another's commitment cannot open it
 //! under its own pubkey; a member that waits for a reveal and then commits to a copy is *late*:
 //!
-//! Each reveal lists the commitments its author had seen when it revealed. A member's result
-//! counts only if every other counted member's reveal lists its commitment, i.e. nobody whose
-//! result counts had revealed before that commitment existed. Members that fail this are
-//! reported as `late` and treated as silent. The rule is computed from the events alone, so
-//! every member that saw the same events reaches the same set.
+//! Each reveal lists the commitments its author had seen when it revealed. A member is late when
+//! more than half of the other members that revealed omit every commitment of it from their
+//! first reveal's `seen` list: most of them had revealed before it committed. Late members are
+//! treated as silent. The `seen` lists are self-reported, so no member's word alone makes another
+//! late: a liar that lists nothing is one voice against each of the others, and evicts none of
+//! them unless more than half of the other revealing members omit that member too. The rule
+//! ([`late_members`]) is one pass over the events alone, with each member's first reveal chosen
+//! by `created_at` then id, so every member that saw the same events reaches the same set,
+//! whatever order they came in.
 //!
 //! Two different commitments from one member for one job are an equivocation: the first member
 //! to see them publishes the proof (8707), and the equivocator's result does not count.
@@ -65,7 +69,8 @@ pub enum AgreementError {
 pub struct Agreement {
     /// The tally over the members whose results count.
     pub tally: TallyOutcome,
-    /// Members whose commitment came after a counted member had revealed (treated as silent).
+    /// Members that most of the other revealing members had not seen commit when they revealed
+    /// (treated as silent).
     pub late: BTreeSet<PublicKey>,
     /// This member's own reveal.
     pub my_reveal: EventId,
@@ -176,34 +181,7 @@ pub fn tally_events(
 ) -> Agreement {
     let commitments = commitments(seen);
     let reveals = reveals(seen);
-    // First reveal per roster member.
-    let mut first: BTreeMap<PublicKey, &SignedReveal> = BTreeMap::new();
-    for r in &reveals {
-        if roster.contains(&r.member()) && r.reveal().job == job {
-            first.entry(r.member()).or_insert(r);
-        }
-    }
-    let committed_ids = |member: &PublicKey| -> BTreeSet<EventId> {
-        commitments
-            .iter()
-            .filter(|c| c.member() == *member)
-            .map(|c| c.id())
-            .collect()
-    };
-    // Who counts: listed as seen by every other counted member's reveal. Removing a member
-    // only removes a constraint on the others, so remove in key order until stable.
-    let mut counted: BTreeSet<PublicKey> = first.keys().copied().collect();
-    let mut late = BTreeSet::new();
-    while let Some(x) = counted.iter().copied().find(|x| {
-        let mine = committed_ids(x);
-        counted
-            .iter()
-            .filter(|y| *y != x)
-            .any(|y| mine.is_disjoint(&first[y].reveal().seen))
-    }) {
-        counted.remove(&x);
-        late.insert(x);
-    }
+    let late = late_members(&commitments, &reveals, roster, job);
     let kept_commitments: Vec<SignedCommitment> = commitments
         .into_iter()
         .filter(|c| !late.contains(&c.member()))
@@ -220,6 +198,59 @@ pub fn tally_events(
     }
 }
 
+/// The members whose commitments came too late to count: `x` is late when more than half of
+/// the other roster members with a reveal for `job` list none of `x`'s commitments (for this job
+/// and quorum) as `seen` in their first reveal (earliest `created_at`, then lowest id). One pass
+/// over the first reveals: whether `x` is late depends on the others' reveals only, never on
+/// who else is late or on the order the events came in.
+///
+/// The `seen` lists are self-reported, so the rule takes a majority of them: a member that
+/// lists nothing (or lies) is one voice against each other member, and evicts nobody unless more
+/// than half of the other revealing members agree with it. A member that committed after most of
+/// the others had revealed (a copycat that waited for their results) is late.
+pub fn late_members(
+    commitments: &[SignedCommitment],
+    reveals: &[SignedReveal],
+    roster: &Roster,
+    job: EventId,
+) -> BTreeSet<PublicKey> {
+    let mut first: BTreeMap<PublicKey, &SignedReveal> = BTreeMap::new();
+    for r in reveals {
+        if !roster.contains(&r.member()) || r.reveal().job != job {
+            continue;
+        }
+        let key = |r: &SignedReveal| (r.event().created_at, r.id());
+        first
+            .entry(r.member())
+            .and_modify(|kept| {
+                if key(r) < key(kept) {
+                    *kept = r;
+                }
+            })
+            .or_insert(r);
+    }
+    let mut committed: BTreeMap<PublicKey, BTreeSet<EventId>> = BTreeMap::new();
+    for c in commitments {
+        if c.commitment().job == job && c.commitment().quorum == roster.quorum() {
+            committed.entry(c.member()).or_default().insert(c.id());
+        }
+    }
+    let none = BTreeSet::new();
+    first
+        .keys()
+        .filter(|x| {
+            let mine = committed.get(x).unwrap_or(&none);
+            let others = first.iter().filter(|(y, _)| y != x);
+            let (voters, omitted) = others.fold((0usize, 0usize), |(voters, omitted), (_, r)| {
+                let missed = mine.is_disjoint(&r.reveal().seen);
+                (voters + 1, omitted + usize::from(missed))
+            });
+            2 * omitted > voters
+        })
+        .copied()
+        .collect()
+}
+
 fn commitments(seen: &[Event]) -> Vec<SignedCommitment> {
     seen.iter()
         .filter(|e| e.kind == agreement::COMMITMENT)
@@ -232,4 +263,237 @@ fn reveals(seen: &[Event]) -> Vec<SignedReveal> {
         .filter(|e| e.kind == agreement::REVEAL)
         .filter_map(|e| SignedReveal::from_event(e).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The late rule and the tally over hand-made, signed events.
+
+    use super::*;
+    use quorum_proto::blossom::Sha256Hex;
+
+    const JOB: EventId = EventId::from_byte_array([5; 32]);
+
+    fn result(byte: u8) -> BuildResult {
+        BuildResult::new().with_file(
+            "out/app",
+            Sha256Hex::parse(&hex::encode([byte; 32])).unwrap(),
+        )
+    }
+
+    /// `n` members (sorted by key, so tests can rely on nothing but their indices) and a roster.
+    fn members(n: usize, t: u16) -> (Vec<Keys>, Roster) {
+        let keys: Vec<Keys> = (0..n).map(|_| Keys::generate()).collect();
+        let quorum = Keys::generate().public_key();
+        let roster = Roster::new(quorum, keys.iter().map(Keys::public_key), t).unwrap();
+        (keys, roster)
+    }
+
+    struct Committed {
+        event: Event,
+        salt: Salt,
+        result: BuildResult,
+    }
+
+    fn commit(keys: &Keys, roster: &Roster, result: BuildResult, at: u64) -> Committed {
+        let salt = Salt::random();
+        let event = Commitment::new(
+            &keys.public_key(),
+            JOB,
+            roster.quorum(),
+            &salt,
+            &result,
+            Timestamp::from(at + 3600),
+        )
+        .to_event_builder()
+        .custom_created_at(Timestamp::from(at))
+        .sign_with_keys(keys)
+        .unwrap();
+        Committed {
+            event,
+            salt,
+            result,
+        }
+    }
+
+    fn reveal(keys: &Keys, mine: &Committed, seen: &[&Committed], at: u64) -> Event {
+        let signed = SignedCommitment::from_event(&mine.event).unwrap();
+        Reveal::new(
+            &signed,
+            mine.salt,
+            mine.result.clone(),
+            Timestamp::from(at + 3600),
+        )
+        .with_seen(seen.iter().map(|c| c.event.id))
+        .to_event_builder()
+        .unwrap()
+        .custom_created_at(Timestamp::from(at))
+        .sign_with_keys(keys)
+        .unwrap()
+    }
+
+    fn tally(events: &[Event], roster: &Roster) -> Agreement {
+        tally_events(events, roster, JOB, EventId::all_zeros())
+    }
+
+    fn keys_of(keys: &[Keys], idx: &[usize]) -> BTreeSet<PublicKey> {
+        idx.iter().map(|i| keys[*i].public_key()).collect()
+    }
+
+    /// Every rotation and the reverse of `events` give the same late set and tally.
+    fn assert_order_independent(events: &[Event], roster: &Roster) -> Agreement {
+        let expected = tally(events, roster);
+        let mut orders: Vec<Vec<Event>> = (0..events.len())
+            .map(|k| {
+                let mut v = events.to_vec();
+                v.rotate_left(k);
+                v
+            })
+            .collect();
+        orders.push(events.iter().rev().cloned().collect());
+        for order in orders {
+            let got = tally(&order, roster);
+            assert_eq!(got.late, expected.late);
+            assert_eq!(got.tally, expected.tally);
+        }
+        expected
+    }
+
+    #[test]
+    fn a_member_that_lists_nothing_evicts_nobody() {
+        let (k, roster) = members(3, 2);
+        let (a, b, liar) = (
+            commit(&k[0], &roster, result(1), 100),
+            commit(&k[1], &roster, result(1), 100),
+            commit(&k[2], &roster, result(9), 100),
+        );
+        let events = vec![
+            a.event.clone(),
+            b.event.clone(),
+            liar.event.clone(),
+            reveal(&k[0], &a, &[&b, &liar], 110),
+            reveal(&k[1], &b, &[&a, &liar], 110),
+            // Lists none of the others' commitments.
+            reveal(&k[2], &liar, &[], 110),
+        ];
+        let agreement = assert_order_independent(&events, &roster);
+        assert!(agreement.late.is_empty(), "{:?}", agreement.late);
+        assert_eq!(agreement.tally.agreed, keys_of(&k, &[0, 1]));
+        assert!(agreement.tally.is_attestable());
+        // Its own differing result is counted, and disagrees.
+        assert!(agreement.tally.disagreed.contains_key(&k[2].public_key()));
+        // The same liar agreeing with them is simply agreed.
+        let same = commit(&k[2], &roster, result(1), 100);
+        let events = vec![
+            a.event.clone(),
+            b.event.clone(),
+            same.event.clone(),
+            reveal(&k[0], &a, &[&b, &same], 110),
+            reveal(&k[1], &b, &[&a, &same], 110),
+            reveal(&k[2], &same, &[], 110),
+        ];
+        let agreement = assert_order_independent(&events, &roster);
+        assert!(agreement.late.is_empty());
+        assert_eq!(agreement.tally.agreed, keys_of(&k, &[0, 1, 2]));
+    }
+
+    #[test]
+    fn a_copycat_that_committed_after_the_reveals_is_late() {
+        let (k, roster) = members(3, 2);
+        let (a, b) = (
+            commit(&k[0], &roster, result(1), 100),
+            commit(&k[1], &roster, result(1), 100),
+        );
+        // Commits to the revealed result after both reveals, and lists both.
+        let copy = commit(&k[2], &roster, result(1), 120);
+        let events = vec![
+            a.event.clone(),
+            b.event.clone(),
+            reveal(&k[0], &a, &[&b], 110),
+            reveal(&k[1], &b, &[&a], 110),
+            copy.event.clone(),
+            reveal(&k[2], &copy, &[&a, &b], 121),
+        ];
+        let agreement = assert_order_independent(&events, &roster);
+        assert_eq!(agreement.late, keys_of(&k, &[2]));
+        assert_eq!(agreement.tally.agreed, keys_of(&k, &[0, 1]));
+        assert!(agreement.tally.silent.contains(&k[2].public_key()));
+    }
+
+    #[test]
+    fn late_takes_more_than_half_of_the_other_revealing_members() {
+        // Five members: x (index 0) is judged by four others; two omissions are half, not more.
+        let (k, roster) = members(5, 3);
+        let c: Vec<Committed> = k
+            .iter()
+            .map(|keys| commit(keys, &roster, result(1), 100))
+            .collect();
+        let with_omissions = |omitting: usize| -> Vec<Event> {
+            let mut events: Vec<Event> = c.iter().map(|c| c.event.clone()).collect();
+            for i in 0..5 {
+                let seen: Vec<&Committed> = (0..5)
+                    .filter(|j| *j != i && !(*j == 0 && (1..=omitting).contains(&i)))
+                    .map(|j| &c[j])
+                    .collect();
+                events.push(reveal(&k[i], &c[i], &seen, 110));
+            }
+            events
+        };
+        for (omitting, late) in [(0, false), (1, false), (2, false), (3, true), (4, true)] {
+            let agreement = assert_order_independent(&with_omissions(omitting), &roster);
+            let expected = if late {
+                keys_of(&k, &[0])
+            } else {
+                BTreeSet::new()
+            };
+            assert_eq!(agreement.late, expected, "{omitting} of 4 omit x");
+            assert_eq!(agreement.tally.agreed.len(), if late { 4 } else { 5 });
+        }
+    }
+
+    #[test]
+    fn only_the_first_reveal_of_each_member_votes_whatever_the_arrival_order() {
+        let (k, roster) = members(3, 2);
+        let c: Vec<Committed> = k
+            .iter()
+            .map(|keys| commit(keys, &roster, result(1), 100))
+            .collect();
+        let mut events: Vec<Event> = c.iter().map(|c| c.event.clone()).collect();
+        events.push(reveal(&k[0], &c[0], &[&c[1], &c[2]], 110));
+        // Member 1's first reveal omits member 2; a later one (arriving first) lists it.
+        let later = reveal(&k[1], &c[1], &[&c[0], &c[2]], 115);
+        let first = reveal(&k[1], &c[1], &[&c[0]], 110);
+        events.push(later);
+        events.push(first);
+        // Member 2 is omitted by one of two: not late.
+        events.push(reveal(&k[2], &c[2], &[&c[0], &c[1]], 110));
+        let agreement = assert_order_independent(&events, &roster);
+        assert!(agreement.late.is_empty());
+        // Member 0's first reveal omits member 2 too: now two of two do.
+        events[3] = reveal(&k[0], &c[0], &[&c[1]], 110);
+        let agreement = assert_order_independent(&events, &roster);
+        assert_eq!(agreement.late, keys_of(&k, &[2]));
+    }
+
+    #[test]
+    fn outsiders_and_other_jobs_have_no_vote() {
+        let (k, roster) = members(3, 2);
+        let c: Vec<Committed> = k
+            .iter()
+            .map(|keys| commit(keys, &roster, result(1), 100))
+            .collect();
+        let outsider = Keys::generate();
+        let theirs = commit(&outsider, &roster, result(1), 100);
+        let mut events: Vec<Event> = c.iter().map(|c| c.event.clone()).collect();
+        events.push(reveal(&k[0], &c[0], &[&c[1], &c[2]], 110));
+        events.push(reveal(&k[1], &c[1], &[&c[0]], 110));
+        events.push(reveal(&k[2], &c[2], &[&c[0], &c[1]], 110));
+        // An outsider omitting member 2 would make it two of three.
+        events.push(theirs.event.clone());
+        events.push(reveal(&outsider, &theirs, &[&c[0], &c[1]], 110));
+        let agreement = assert_order_independent(&events, &roster);
+        assert!(agreement.late.is_empty(), "{:?}", agreement.late);
+        assert!(agreement.tally.outsiders.contains(&outsider.public_key()));
+        assert_eq!(agreement.tally.agreed.len(), 3);
+    }
 }

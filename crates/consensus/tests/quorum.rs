@@ -10,7 +10,7 @@ use quorum_consensus::agreement::{self, AgreementConfig};
 use quorum_consensus::channel::Channel;
 use quorum_consensus::member::{self, MemberConfig, MemberOutcome, QuorumJob};
 use quorum_consensus::signing::{self, SigningConfig, SigningError};
-use quorum_proto::agreement::BuildResult;
+use quorum_proto::agreement::{BuildResult, Commitment, Reveal, Salt, SignedCommitment};
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::mandate::{Keygen, Mandate, Member};
 use quorum_proto::nip34::RepoCoordinate;
@@ -444,8 +444,95 @@ async fn a_member_silent_in_round_two_is_replaced() {
     assert_fresh_nonces(&round_messages(&relay.url, &q).await);
 }
 
+/// A member whose reveal lists none of the other commitments as `seen` (and reveals another
+/// result) cannot stop the two honest members of a 2-of-3 quorum: it is one voice of two against
+/// each of them, so neither is late; they agree and sign, and its result is counted and
+/// disagrees. (Before the majority rule, any one omission made a member late, and this quorum
+/// signed nothing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copycat_that_commits_after_a_reveal_does_not_count() {
+async fn a_member_that_lists_no_commitment_as_seen_cannot_block_the_others() {
+    let relay = relay().await;
+    let q = quorum(2, 3);
+    let id = job_id(11);
+    let (liar_keys, liar_share) = q.members[2].clone();
+    let liar_pk = liar_keys.public_key();
+    let relays = vec![relay.url.clone()];
+    let lie = other_result(9);
+    let liar = async {
+        let channel = Channel::open(&relays, liar_keys.clone(), vec![agreement::filter(&id)])
+            .await
+            .unwrap();
+        let salt = Salt::random();
+        let expiration = Timestamp::now() + 3600u64;
+        let commitment =
+            Commitment::new(&liar_pk, id, liar_share.quorum(), &salt, &lie, expiration);
+        let commitment = channel
+            .publish(commitment.to_event_builder())
+            .await
+            .unwrap();
+        // Reveals on time, once both honest members have committed, naming none of them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        channel
+            .wait_for(deadline, |seen| {
+                let others = seen
+                    .iter()
+                    .filter(|e| e.kind == quorum_proto::agreement::COMMITMENT)
+                    .filter(|e| e.pubkey != liar_pk)
+                    .count();
+                (others == 2).then_some(())
+            })
+            .await
+            .expect("the honest members commit");
+        let reveal = Reveal::new(
+            &SignedCommitment::from_event(&commitment).unwrap(),
+            salt,
+            lie.clone(),
+            expiration,
+        );
+        assert!(reveal.seen.is_empty());
+        channel
+            .publish(reveal.to_event_builder().unwrap())
+            .await
+            .unwrap();
+        channel.close().await;
+    };
+    let honest_members = [(0, result(1)), (1, result(1))];
+    let (_, honest) = tokio::join!(liar, run_members(&relay.url, &q, &honest_members, id));
+    let honest_keys: BTreeSet<PublicKey> = [0, 1]
+        .iter()
+        .map(|i| q.members[*i].0.public_key())
+        .collect();
+    let mut ids = BTreeSet::new();
+    for outcome in &honest {
+        let agreement = &outcome.agreement;
+        assert!(agreement.late.is_empty(), "{outcome:?}");
+        assert!(
+            agreement.tally.revealed.contains_key(&liar_pk),
+            "the liar's reveal was counted: {outcome:?}"
+        );
+        assert!(
+            agreement.tally.disagreed.contains_key(&liar_pk),
+            "{outcome:?}"
+        );
+        assert_eq!(agreement.tally.agreed, honest_keys);
+        let attestation = outcome.attestation().expect("the honest two sign");
+        assert_quorum_signed(attestation, &q);
+        assert_eq!(agreed_in(attestation), honest_keys);
+        let honest_hash = hex::encode([1u8; 32]);
+        assert!(
+            attestation
+                .tags
+                .iter()
+                .any(|t| t.as_slice().get(1) == Some(&honest_hash)),
+            "{attestation:?}"
+        );
+        ids.insert(attestation.id);
+    }
+    assert_eq!(ids.len(), 1, "both end with the same event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copycat_that_commits_after_the_reveals_does_not_count() {
     let relay = relay().await;
     let q = quorum(2, 3);
     let id = job_id(6);
@@ -454,20 +541,24 @@ async fn a_copycat_that_commits_after_a_reveal_does_not_count() {
     let copycat_share = q.members[2].1.clone();
     let relays = vec![relay.url.clone()];
     let copycat = async {
-        // Never builds: waits for someone's reveal, then commits to what it saw.
+        // Never builds: waits for the honest members' reveals, then commits to what it saw.
+        // (Both: a member is late when most of the other revealing members had not seen it
+        // commit, and one honest reveal of two is not most.)
         let channel = Channel::open(&relays, copycat_keys.clone(), vec![agreement::filter(&id)])
             .await
             .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let copied = channel
             .wait_for(deadline, |seen| {
-                seen.iter()
-                    .find(|e| e.kind == quorum_proto::agreement::REVEAL)
-                    .and_then(|e| quorum_proto::agreement::Reveal::from_event(e).ok())
-                    .map(|r| r.result)
+                let reveals: Vec<quorum_proto::agreement::Reveal> = seen
+                    .iter()
+                    .filter(|e| e.kind == quorum_proto::agreement::REVEAL)
+                    .filter_map(|e| quorum_proto::agreement::Reveal::from_event(e).ok())
+                    .collect();
+                (reveals.len() == 2).then(|| reveals[0].result.clone())
             })
             .await
-            .expect("a reveal to copy");
+            .expect("reveals to copy");
         channel.close().await;
         member::take_part(
             &relays,
