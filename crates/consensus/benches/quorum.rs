@@ -165,9 +165,10 @@ async fn one_step(url: &RelayUrl, n: usize, t: u16, salt: u8) -> (f64, f64) {
         async move {
             let started = Instant::now();
             let roster = member::roster_of(share);
-            let agreement = agreement::commit_and_reveal(channel, &roster, job, &result, &config)
-                .await
-                .unwrap();
+            let agreement =
+                agreement::commit_and_reveal(channel, &roster, job, &result, &config, None)
+                    .await
+                    .unwrap();
             let agreed_at = started.elapsed();
             let (attestation, created_at) = QuorumAttestation::from_tally(
                 &agreement.tally,

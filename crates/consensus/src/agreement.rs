@@ -16,19 +16,26 @@
 //! whatever order they came in.
 //!
 //! Two different commitments from one member for one job are an equivocation: the first member
-//! to see them publishes the proof (8707), and the equivocator's result does not count.
+//! to see them publishes the proof (8707), and the equivocator's result does not count. So that a
+//! member restarted mid-job does not equivocate against itself, it keeps what it committed to
+//! per job on disk ([`records`]) and, on a later call, opens the same commitment again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::Duration;
 
 use nostr_sdk::prelude::*;
 use quorum_proto::agreement::{
     self, BuildResult, Commitment, Reveal, Roster, Salt, SignedCommitment, SignedReveal, Tally,
-    TallyOutcome,
+    TallyOutcome, commitment_digest,
 };
 use tokio::time::Instant;
 
 use crate::channel::{Channel, ChannelError};
+
+pub mod records;
+
+use records::{Created, Record, RecordError};
 
 /// Deadlines of the two phases.
 #[derive(Debug, Clone)]
@@ -41,7 +48,8 @@ pub struct AgreementConfig {
     pub straggler_wait: Duration,
     /// How long to wait for the reveals of everyone who committed.
     pub reveal_wait: Duration,
-    /// How long commitments and reveals stay on relays (NIP-40).
+    /// How long commitments and reveals stay on relays (NIP-40), and commitment records on
+    /// disk.
     pub lifetime: Duration,
 }
 
@@ -62,6 +70,16 @@ pub enum AgreementError {
     Channel(#[from] ChannelError),
     #[error("building the {what} event: {reason}")]
     Build { what: &'static str, reason: String },
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A record of an earlier call for this job (before a restart) names a commitment to another
+    /// result than the one this call was given. Committing again would be an equivocation, and
+    /// opening the old commitment would vouch for a result this member no longer produced.
+    #[error(
+        "job {job}: my rebuilt result differs from the commitment I made before a restart; \
+         not committing again"
+    )]
+    ResultChanged { job: EventId },
 }
 
 /// What the members agreed on, as far as this member saw.
@@ -88,25 +106,34 @@ pub fn filter(job: &EventId) -> Filter {
 }
 
 /// Commits to `result`, reveals it at the right time and tallies what everyone revealed.
+///
+/// With `records` (a directory, created with mode 0700), the salt, the result and the signed
+/// commitment are written to `records/<job hex>.json` before the commitment is published, and a
+/// later call for the same job (after a restart) publishes that same commitment again and
+/// reveals with that salt instead of committing anew. If the result it is given then differs
+/// from the recorded one, it publishes nothing and fails with
+/// [`AgreementError::ResultChanged`]. Records older than `config.lifetime` are removed.
 pub async fn commit_and_reveal(
     channel: &Channel,
     roster: &Roster,
     job: EventId,
     result: &BuildResult,
     config: &AgreementConfig,
+    records: Option<&Path>,
 ) -> Result<Agreement, AgreementError> {
     let me = channel.public_key();
-    let expiration = Timestamp::now() + config.lifetime.as_secs();
     let tally = Tally::new(roster.clone(), job);
 
-    let salt = Salt::random();
-    let commitment = Commitment::new(&me, job, roster.quorum(), &salt, result, expiration);
-    let my_commitment = channel.publish(commitment.to_event_builder()).await?;
-    let my_commitment =
-        SignedCommitment::from_event(&my_commitment).map_err(|e| AgreementError::Build {
-            what: "commitment",
-            reason: e.to_string(),
-        })?;
+    let (salt, my_commitment) = match records {
+        Some(dir) => recorded_commitment(channel, dir, roster, job, result, config).await?,
+        None => {
+            let salt = Salt::random();
+            let event = commitment_event(channel, roster, job, &salt, result, config)?;
+            channel.publish_signed(&event).await?;
+            (salt, signed_commitment(&event)?)
+        }
+    };
+    let expiration = my_commitment.commitment().expiration;
 
     // Phase 1: t commitments, or the deadline.
     let deadline = Instant::now() + config.commit_wait;
@@ -169,6 +196,133 @@ pub async fn commit_and_reveal(
         }
     }
     Ok(agreement)
+}
+
+/// A new commitment to `result`, signed by this member, valid for `config.lifetime`.
+fn commitment_event(
+    channel: &Channel,
+    roster: &Roster,
+    job: EventId,
+    salt: &Salt,
+    result: &BuildResult,
+    config: &AgreementConfig,
+) -> Result<Event, AgreementError> {
+    let expiration = Timestamp::now() + config.lifetime.as_secs();
+    Commitment::new(
+        &channel.public_key(),
+        job,
+        roster.quorum(),
+        salt,
+        result,
+        expiration,
+    )
+    .to_event_builder()
+    .sign_with_keys(channel.keys())
+    .map_err(|e| AgreementError::Build {
+        what: "commitment",
+        reason: e.to_string(),
+    })
+}
+
+fn signed_commitment(event: &Event) -> Result<SignedCommitment, AgreementError> {
+    SignedCommitment::from_event(event).map_err(|e| AgreementError::Build {
+        what: "commitment",
+        reason: e.to_string(),
+    })
+}
+
+/// This member's commitment for `job` through the record directory `dir`: the recorded one
+/// (published again) if an earlier call made one, else a new one, recorded before it is
+/// published.
+async fn recorded_commitment(
+    channel: &Channel,
+    dir: &Path,
+    roster: &Roster,
+    job: EventId,
+    result: &BuildResult,
+    config: &AgreementConfig,
+) -> Result<(Salt, SignedCommitment), AgreementError> {
+    records::private_dir(dir)?;
+    let swept = records::sweep(dir, config.lifetime);
+    if swept > 0 {
+        tracing::debug!(dir = %dir.display(), swept, "old commitment records removed");
+    }
+    let record = match records::load(dir, &job)? {
+        Some(record) => record,
+        None => {
+            let salt = Salt::random();
+            let event = commitment_event(channel, roster, job, &salt, result, config)?;
+            let record = Record {
+                salt,
+                result: result.canonical_bytes(),
+                commitment: event,
+            };
+            match records::create(dir, &job, &record)? {
+                Created::New => {
+                    channel.publish_signed(&record.commitment).await?;
+                    let signed = signed_commitment(&record.commitment)?;
+                    return Ok((salt, signed));
+                }
+                // Another call for this job got there first: use its commitment.
+                Created::Existing(existing) => *existing,
+            }
+        }
+    };
+    let path = records::path(dir, &job);
+    let signed = check_record(&record, &path, channel.public_key(), roster, job)?;
+    if record.result != result.canonical_bytes() {
+        tracing::warn!(
+            %job,
+            commitment = %signed.id(),
+            "my rebuilt result differs from the commitment I made before a restart; not committing again"
+        );
+        return Err(AgreementError::ResultChanged { job });
+    }
+    let digest = commitment_digest(&channel.public_key(), &job, &record.salt, result);
+    if digest != signed.commitment().digest {
+        return Err(RecordError::Invalid {
+            path,
+            reason: "its salt and result do not open its commitment".into(),
+        }
+        .into());
+    }
+    tracing::info!(%job, commitment = %signed.id(), "resuming: publishing my recorded commitment again");
+    channel.publish_signed(&record.commitment).await?;
+    Ok((record.salt, signed))
+}
+
+/// The record's commitment, if it is a valid commitment of this member for this job and quorum.
+fn check_record(
+    record: &Record,
+    path: &Path,
+    me: PublicKey,
+    roster: &Roster,
+    job: EventId,
+) -> Result<SignedCommitment, AgreementError> {
+    let invalid = |reason: String| RecordError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let signed = SignedCommitment::from_event(&record.commitment)
+        .map_err(|e| invalid(format!("its commitment event: {e}")))?;
+    if signed.member() != me {
+        return Err(invalid(format!("its commitment is by {}", signed.member())).into());
+    }
+    if signed.commitment().job != job {
+        return Err(invalid(format!(
+            "its commitment is for job {}",
+            signed.commitment().job
+        ))
+        .into());
+    }
+    if signed.commitment().quorum != roster.quorum() {
+        return Err(invalid(format!(
+            "its commitment is for quorum {}",
+            signed.commitment().quorum
+        ))
+        .into());
+    }
+    Ok(signed)
 }
 
 /// The tally of a set of events, after dropping late members: pure, so every member that saw

@@ -194,6 +194,7 @@ impl QuorumMember {
             mandate_id: mandate_event.id,
             commit: params.commit.clone(),
             result,
+            records: Some(self.share_dir.join("agreements")),
         };
         let outcome = member::take_part(
             &self.relays,

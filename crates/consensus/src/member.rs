@@ -8,6 +8,7 @@
 //! derive byte-identical events.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nostr_sdk::prelude::*;
@@ -44,6 +45,10 @@ pub struct QuorumJob {
     pub commit: String,
     /// This member's own result.
     pub result: BuildResult,
+    /// Where this member records its commitments, one file per job, so that after a restart it
+    /// opens the commitment it already made instead of making another (`agreement::records`).
+    /// `None`: no record (a restarted member would commit again, an equivocation).
+    pub records: Option<PathBuf>,
 }
 
 /// How a member's part ended.
@@ -124,9 +129,15 @@ async fn run(
     let me = channel.public_key();
     let roster = roster_of(share);
     let started = Instant::now();
-    let agreement =
-        agreement::commit_and_reveal(channel, &roster, job.job, &job.result, &config.agreement)
-            .await?;
+    let agreement = agreement::commit_and_reveal(
+        channel,
+        &roster,
+        job.job,
+        &job.result,
+        &config.agreement,
+        job.records.as_deref(),
+    )
+    .await?;
     let tallied = Instant::now();
     let agreement_ms = Some(ms(tallied - started));
     let unsigned = |agreement, failure| MemberOutcome {

@@ -141,6 +141,7 @@ fn job(q: &Quorum, job: EventId, result: BuildResult) -> QuorumJob {
         mandate_id: q.mandate_id,
         commit: "a".repeat(40),
         result,
+        records: None,
     }
 }
 
@@ -422,6 +423,7 @@ async fn a_member_silent_in_round_two_is_replaced() {
                 job.job,
                 &job.result,
                 &config.agreement,
+                None,
             )
             .await
             .unwrap();
@@ -643,6 +645,176 @@ async fn an_equivocating_member_is_proven_and_ignored() {
         .unwrap();
     assert!(!proofs.is_empty(), "an equivocation proof was published");
     client.shutdown().await;
+}
+
+/// A member's part as its own task, recording its commitment in `records` (as a runner does in
+/// `DATA/shares/agreements`): the test can kill it and start it again on the same directory.
+fn spawn_recorded_member(
+    relay: &RelayUrl,
+    q: &Quorum,
+    i: usize,
+    job_id: EventId,
+    result: BuildResult,
+    records: &std::path::Path,
+) -> tokio::task::JoinHandle<Result<MemberOutcome, member::MemberError>> {
+    let (keys, share) = q.members[i].clone();
+    let mut job = job(q, job_id, result);
+    job.records = Some(records.to_path_buf());
+    let relays = vec![relay.clone()];
+    tokio::spawn(async move {
+        member::take_part(&relays, &keys, &share, &job, &fast(), |_| Vec::new()).await
+    })
+}
+
+/// Waits until the relay holds an event matching `filter`.
+async fn wait_for_stored(relay: &RelayUrl, filter: Filter) -> Event {
+    let client = observer(relay).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        let events = client
+            .fetch_events(filter.clone(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        if let Some(event) = events.into_iter().next() {
+            break event;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never stored: {filter:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    client.shutdown().await;
+    found
+}
+
+/// Starts member `victim` alone (it commits and then waits for the others), kills it as soon as
+/// its commitment is on the relay, and returns that commitment.
+async fn commit_and_kill(
+    relay: &RelayUrl,
+    q: &Quorum,
+    victim: usize,
+    id: EventId,
+    records: &std::path::Path,
+) -> Event {
+    let handle = spawn_recorded_member(relay, q, victim, id, result(1), records);
+    let commitment = wait_for_stored(
+        relay,
+        Filter::new()
+            .kind(quorum_proto::agreement::COMMITMENT)
+            .author(q.members[victim].0.public_key())
+            .event(id),
+    )
+    .await;
+    handle.abort();
+    let joined = handle.await;
+    assert!(joined.unwrap_err().is_cancelled(), "killed mid-job");
+    commitment
+}
+
+/// What a member published for `id`: (commitments, reveals), and every equivocation proof.
+async fn published_by(relay: &RelayUrl, member: PublicKey, id: EventId) -> (usize, usize, usize) {
+    let mine = fetch(relay, agreement::filter(&id).author(member)).await;
+    let count = |kind| mine.iter().filter(|e| e.kind == kind).count();
+    let proofs = fetch(
+        relay,
+        Filter::new().kind(quorum_proto::agreement::EQUIVOCATION_PROOF),
+    )
+    .await;
+    (
+        count(quorum_proto::agreement::COMMITMENT),
+        count(quorum_proto::agreement::REVEAL),
+        proofs.len(),
+    )
+}
+
+/// A member killed right after publishing its commitment and started again on the same record
+/// directory publishes that same commitment again (no second digest, so nobody can prove an
+/// equivocation), reveals with the recorded salt, and is named as agreeing in the attestation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_after_committing_opens_the_same_commitment() {
+    let relay = relay().await;
+    let q = quorum(2, 3);
+    let id = job_id(12);
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("agreements");
+    let victim = 2;
+    let victim_pk = q.members[victim].0.public_key();
+    let first = commit_and_kill(&relay.url, &q, victim, id, &records).await;
+
+    let restarted = spawn_recorded_member(&relay.url, &q, victim, id, result(1), &records);
+    let others = run_members(&relay.url, &q, &[(0, result(1)), (1, result(1))], id).await;
+    let restarted = tokio::time::timeout(Duration::from_secs(60), restarted)
+        .await
+        .expect("finished in time")
+        .unwrap()
+        .expect("the restarted member ran");
+    let everyone: BTreeSet<PublicKey> = q.members.iter().map(|(k, _)| k.public_key()).collect();
+    let mut ids = BTreeSet::new();
+    for outcome in others.iter().chain([&restarted]) {
+        let tally = &outcome.agreement.tally;
+        assert!(tally.equivocated.is_empty(), "{outcome:?}");
+        assert_eq!(tally.agreed, everyone, "{outcome:?}");
+        let attestation = outcome.attestation().expect("attested");
+        assert_quorum_signed(attestation, &q);
+        assert_eq!(agreed_in(attestation), everyone);
+        ids.insert(attestation.id);
+    }
+    assert_eq!(ids.len(), 1, "everyone ends with the same event");
+    // The victim's counted reveal opens the commitment it made before it was killed.
+    let counted = &others[0].agreement.tally.revealed[&victim_pk];
+    let reveal = fetch(&relay.url, Filter::new().id(counted.reveal)).await;
+    assert_eq!(
+        quorum_proto::agreement::Reveal::from_event(&reveal[0])
+            .unwrap()
+            .commitment,
+        first.id
+    );
+    let (commitments, _, proofs) = published_by(&relay.url, victim_pk, id).await;
+    assert_eq!(commitments, 1, "one commitment, published twice");
+    assert_eq!(proofs, 0, "no equivocation proof");
+}
+
+/// A member restarted on the same record directory whose rebuilt result is not the one it
+/// committed to before commits nothing new, reveals nothing and says why; the other two agree
+/// and sign without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_member_whose_result_changed_commits_nothing_new() {
+    let relay = relay().await;
+    let q = quorum(2, 3);
+    let id = job_id(13);
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("agreements");
+    let victim = 2;
+    let victim_pk = q.members[victim].0.public_key();
+    commit_and_kill(&relay.url, &q, victim, id, &records).await;
+
+    let restarted = spawn_recorded_member(&relay.url, &q, victim, id, result(2), &records);
+    let others = run_members(&relay.url, &q, &[(0, result(1)), (1, result(1))], id).await;
+    let err = restarted
+        .await
+        .unwrap()
+        .expect_err("a changed result after a restart");
+    assert!(
+        err.to_string().contains(
+            "my rebuilt result differs from the commitment I made before a restart; \
+             not committing again"
+        ),
+        "{err}"
+    );
+    let two: BTreeSet<PublicKey> = [0, 1]
+        .iter()
+        .map(|i| q.members[*i].0.public_key())
+        .collect();
+    for outcome in &others {
+        let tally = &outcome.agreement.tally;
+        assert!(tally.equivocated.is_empty(), "{outcome:?}");
+        assert!(tally.silent.contains(&victim_pk), "{outcome:?}");
+        assert_eq!(tally.agreed, two);
+        assert_quorum_signed(outcome.attestation().expect("the two sign"), &q);
+    }
+    let (commitments, reveals, proofs) = published_by(&relay.url, victim_pk, id).await;
+    assert_eq!((commitments, reveals, proofs), (1, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
