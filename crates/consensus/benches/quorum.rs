@@ -242,9 +242,10 @@ async fn dkg_sessions(
     let maintainer = Keys::generate();
     let mut samples = Vec::new();
     for run in 0..runs {
-        // The note makes every proposal, and so every session, a new event.
+        // The note makes every proposal, and so every session, a new event; a repository per
+        // run keeps the services' per-repository session limit out of the measurement.
         let proposal = Mandate {
-            repo: RepoCoordinate::new(maintainer.public_key(), "sample"),
+            repo: RepoCoordinate::new(maintainer.public_key(), format!("sample-{run}")),
             pipeline: ".quorum/pipeline.yml".into(),
             jobs: vec!["build".into()],
             quorum: None,
