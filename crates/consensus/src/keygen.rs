@@ -1205,6 +1205,9 @@ impl Default for ServeConfig {
 /// queues here instead of opening one relay query each.
 const CONCURRENT_LOOKUPS: usize = 4;
 
+/// How many times a maintainer look-up is tried (2 s apart) before the mandate is refused.
+const LOOKUP_ATTEMPTS: u32 = 3;
+
 /// [`serve_with`] with the default settings.
 pub async fn serve(
     relays: &[RelayUrl],
@@ -1426,11 +1429,22 @@ impl Lookup {
             .kind(REPO_ANNOUNCEMENT)
             .author(repo.owner)
             .identifier(repo.identifier.clone());
-        let announcements = self
-            .client
-            .fetch_events(filter, self.timeout)
-            .await
-            .map_err(|e| format!("cannot look up the maintainers of {repo}: {e}"))?;
+        // A relay that is briefly away should not cost the maintainer its session: the mandate
+        // is not looked at again once refused.
+        let mut attempt = 1;
+        let announcements = loop {
+            match self.client.fetch_events(filter.clone(), self.timeout).await {
+                Ok(events) => break events,
+                Err(e) if attempt >= LOOKUP_ATTEMPTS => {
+                    return Err(format!("cannot look up the maintainers of {repo}: {e}"));
+                }
+                Err(e) => {
+                    tracing::debug!(%repo, attempt, "maintainer look-up failed, retrying: {e}");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
         Ok(maintainer_set(
             &repo.owner,
             &repo.identifier,
@@ -1718,8 +1732,20 @@ async fn answer(
             receive_dealt_share(relays, keys, event, config)
                 .await
                 .and_then(|share| {
-                    record_repository(share_dir, &share.quorum(), &mandate.repo)?;
                     let path = share_path(share_dir, &share.quorum());
+                    // Another session may have stored a share of this key meanwhile; a delivery
+                    // never replaces one (nor the repository it is held for).
+                    if path.exists() {
+                        return Err(KeygenError::NotApplicable {
+                            id: event.id,
+                            reason: format!(
+                                "a share of quorum {} is stored already; a delivery does not \
+                                 replace it",
+                                share.quorum()
+                            ),
+                        });
+                    }
+                    record_repository(share_dir, &share.quorum(), &mandate.repo)?;
                     store::save(&path, &share)?;
                     Ok((share, path))
                 })
