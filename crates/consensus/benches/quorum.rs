@@ -165,9 +165,10 @@ async fn one_step(url: &RelayUrl, n: usize, t: u16, salt: u8) -> (f64, f64) {
         async move {
             let started = Instant::now();
             let roster = member::roster_of(share);
-            let agreement = agreement::commit_and_reveal(channel, &roster, job, &result, &config)
-                .await
-                .unwrap();
+            let agreement =
+                agreement::commit_and_reveal(channel, &roster, job, &result, &config, None)
+                    .await
+                    .unwrap();
             let agreed_at = started.elapsed();
             let (attestation, created_at) = QuorumAttestation::from_tally(
                 &agreement.tally,
@@ -241,9 +242,10 @@ async fn dkg_sessions(
     let maintainer = Keys::generate();
     let mut samples = Vec::new();
     for run in 0..runs {
-        // The note makes every proposal, and so every session, a new event.
+        // The note makes every proposal, and so every session, a new event; a repository per
+        // run keeps the services' per-repository session limit out of the measurement.
         let proposal = Mandate {
-            repo: RepoCoordinate::new(maintainer.public_key(), "sample"),
+            repo: RepoCoordinate::new(maintainer.public_key(), format!("sample-{run}")),
             pipeline: ".quorum/pipeline.yml".into(),
             jobs: vec!["build".into()],
             quorum: None,

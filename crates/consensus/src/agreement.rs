@@ -5,27 +5,38 @@
 //! or the commit deadline passed. A member that copies another's commitment cannot open it
 //! under its own pubkey; a member that waits for a reveal and then commits to a copy is *late*:
 //!
-//! Each reveal lists the commitments its author had seen when it revealed. A member's result
-//! counts only if every other counted member's reveal lists its commitment, i.e. nobody whose
-//! result counts had revealed before that commitment existed. Members that fail this are
-//! reported as `late` and treated as silent. The rule is computed from the events alone, so
-//! every member that saw the same events reaches the same set.
+//! Each reveal lists the commitments its author had seen when it revealed. A member is late when
+//! more than half of the other members that revealed omit every commitment of it from their
+//! first reveal's `seen` list: most of them had revealed before it committed. Late members are
+//! treated as silent. The `seen` lists are self-reported, so no member's word alone makes another
+//! late: a liar that lists nothing is one voice against each of the others, and evicts none of
+//! them unless more than half of the other revealing members omit that member too. The rule
+//! ([`late_members`]) is one pass over the events alone, with each member's first reveal chosen
+//! by `created_at` then id, so every member that saw the same events reaches the same set,
+//! whatever order they came in.
 //!
 //! Two different commitments from one member for one job are an equivocation: the first member
-//! to see them publishes the proof (8707), and the equivocator's result does not count.
+//! to see them publishes the proof (8707), and the equivocator's result does not count. So that a
+//! member restarted mid-job does not equivocate against itself, it keeps what it committed to
+//! per job on disk ([`records`]) and, on a later call, opens the same commitment again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::Duration;
 
 use nostr_sdk::prelude::*;
 use quorum_proto::agreement::{
     self, BuildResult, Commitment, Reveal, Roster, Salt, SignedCommitment, SignedReveal, Tally,
-    TallyOutcome,
+    TallyOutcome, commitment_digest,
 };
 use quorum_proto::blossom::Sha256Hex;
 use tokio::time::Instant;
 
 use crate::channel::{Channel, ChannelError};
+
+pub mod records;
+
+use records::{Created, Record, RecordError};
 
 /// Deadlines of the two phases.
 #[derive(Debug, Clone)]
@@ -38,7 +49,8 @@ pub struct AgreementConfig {
     pub straggler_wait: Duration,
     /// How long to wait for the reveals of everyone who committed.
     pub reveal_wait: Duration,
-    /// How long commitments and reveals stay on relays (NIP-40).
+    /// How long commitments and reveals stay on relays (NIP-40), and commitment records on
+    /// disk.
     pub lifetime: Duration,
 }
 
@@ -59,6 +71,16 @@ pub enum AgreementError {
     Channel(#[from] ChannelError),
     #[error("building the {what} event: {reason}")]
     Build { what: &'static str, reason: String },
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A record of an earlier call for this job (before a restart) names a commitment to another
+    /// result than the one this call was given. Committing again would be an equivocation, and
+    /// opening the old commitment would vouch for a result this member no longer produced.
+    #[error(
+        "job {job}: my rebuilt result differs from the commitment I made before a restart; \
+         not committing again"
+    )]
+    ResultChanged { job: EventId },
 }
 
 /// What the members agreed on, as far as this member saw.
@@ -66,7 +88,8 @@ pub enum AgreementError {
 pub struct Agreement {
     /// The tally over the members whose results count.
     pub tally: TallyOutcome,
-    /// Members whose commitment came after a counted member had revealed (treated as silent).
+    /// Members that most of the other revealing members had not seen commit when they revealed
+    /// (treated as silent).
     pub late: BTreeSet<PublicKey>,
     /// This member's own reveal.
     pub my_reveal: EventId,
@@ -86,6 +109,13 @@ pub fn filter(job: &EventId) -> Filter {
 /// Commits to `result`, reveals it at the right time (naming `plan`, the plan hash this member
 /// built from, if any) and tallies what everyone revealed; with a plan, only members that
 /// revealed the same plan count.
+///
+/// With `records` (a directory, created with mode 0700), the salt, the result and the signed
+/// commitment are written to `records/<job hex>.json` before the commitment is published, and a
+/// later call for the same job (after a restart) publishes that same commitment again and
+/// reveals with that salt instead of committing anew. If the result it is given then differs
+/// from the recorded one, it publishes nothing and fails with
+/// [`AgreementError::ResultChanged`]. Records older than `config.lifetime` are removed.
 pub async fn commit_and_reveal(
     channel: &Channel,
     roster: &Roster,
@@ -93,19 +123,21 @@ pub async fn commit_and_reveal(
     result: &BuildResult,
     plan: Option<Sha256Hex>,
     config: &AgreementConfig,
+    records: Option<&Path>,
 ) -> Result<Agreement, AgreementError> {
     let me = channel.public_key();
-    let expiration = Timestamp::now() + config.lifetime.as_secs();
     let tally = Tally::new(roster.clone(), job);
 
-    let salt = Salt::random();
-    let commitment = Commitment::new(&me, job, roster.quorum(), &salt, result, expiration);
-    let my_commitment = channel.publish(commitment.to_event_builder()).await?;
-    let my_commitment =
-        SignedCommitment::from_event(&my_commitment).map_err(|e| AgreementError::Build {
-            what: "commitment",
-            reason: e.to_string(),
-        })?;
+    let (salt, my_commitment) = match records {
+        Some(dir) => recorded_commitment(channel, dir, roster, job, result, config).await?,
+        None => {
+            let salt = Salt::random();
+            let event = commitment_event(channel, roster, job, &salt, result, config)?;
+            channel.publish_signed(&event).await?;
+            (salt, signed_commitment(&event)?)
+        }
+    };
+    let expiration = my_commitment.commitment().expiration;
 
     // Phase 1: t commitments, or the deadline.
     let deadline = Instant::now() + config.commit_wait;
@@ -170,6 +202,133 @@ pub async fn commit_and_reveal(
     Ok(agreement)
 }
 
+/// A new commitment to `result`, signed by this member, valid for `config.lifetime`.
+fn commitment_event(
+    channel: &Channel,
+    roster: &Roster,
+    job: EventId,
+    salt: &Salt,
+    result: &BuildResult,
+    config: &AgreementConfig,
+) -> Result<Event, AgreementError> {
+    let expiration = Timestamp::now() + config.lifetime.as_secs();
+    Commitment::new(
+        &channel.public_key(),
+        job,
+        roster.quorum(),
+        salt,
+        result,
+        expiration,
+    )
+    .to_event_builder()
+    .sign_with_keys(channel.keys())
+    .map_err(|e| AgreementError::Build {
+        what: "commitment",
+        reason: e.to_string(),
+    })
+}
+
+fn signed_commitment(event: &Event) -> Result<SignedCommitment, AgreementError> {
+    SignedCommitment::from_event(event).map_err(|e| AgreementError::Build {
+        what: "commitment",
+        reason: e.to_string(),
+    })
+}
+
+/// This member's commitment for `job` through the record directory `dir`: the recorded one
+/// (published again) if an earlier call made one, else a new one, recorded before it is
+/// published.
+async fn recorded_commitment(
+    channel: &Channel,
+    dir: &Path,
+    roster: &Roster,
+    job: EventId,
+    result: &BuildResult,
+    config: &AgreementConfig,
+) -> Result<(Salt, SignedCommitment), AgreementError> {
+    records::private_dir(dir)?;
+    let swept = records::sweep(dir, config.lifetime);
+    if swept > 0 {
+        tracing::debug!(dir = %dir.display(), swept, "old commitment records removed");
+    }
+    let record = match records::load(dir, &job)? {
+        Some(record) => record,
+        None => {
+            let salt = Salt::random();
+            let event = commitment_event(channel, roster, job, &salt, result, config)?;
+            let record = Record {
+                salt,
+                result: result.canonical_bytes(),
+                commitment: event,
+            };
+            match records::create(dir, &job, &record)? {
+                Created::New => {
+                    channel.publish_signed(&record.commitment).await?;
+                    let signed = signed_commitment(&record.commitment)?;
+                    return Ok((salt, signed));
+                }
+                // Another call for this job got there first: use its commitment.
+                Created::Existing(existing) => *existing,
+            }
+        }
+    };
+    let path = records::path(dir, &job);
+    let signed = check_record(&record, &path, channel.public_key(), roster, job)?;
+    if record.result != result.canonical_bytes() {
+        tracing::warn!(
+            %job,
+            commitment = %signed.id(),
+            "my rebuilt result differs from the commitment I made before a restart; not committing again"
+        );
+        return Err(AgreementError::ResultChanged { job });
+    }
+    let digest = commitment_digest(&channel.public_key(), &job, &record.salt, result);
+    if digest != signed.commitment().digest {
+        return Err(RecordError::Invalid {
+            path,
+            reason: "its salt and result do not open its commitment".into(),
+        }
+        .into());
+    }
+    tracing::info!(%job, commitment = %signed.id(), "resuming: publishing my recorded commitment again");
+    channel.publish_signed(&record.commitment).await?;
+    Ok((record.salt, signed))
+}
+
+/// The record's commitment, if it is a valid commitment of this member for this job and quorum.
+fn check_record(
+    record: &Record,
+    path: &Path,
+    me: PublicKey,
+    roster: &Roster,
+    job: EventId,
+) -> Result<SignedCommitment, AgreementError> {
+    let invalid = |reason: String| RecordError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let signed = SignedCommitment::from_event(&record.commitment)
+        .map_err(|e| invalid(format!("its commitment event: {e}")))?;
+    if signed.member() != me {
+        return Err(invalid(format!("its commitment is by {}", signed.member())).into());
+    }
+    if signed.commitment().job != job {
+        return Err(invalid(format!(
+            "its commitment is for job {}",
+            signed.commitment().job
+        ))
+        .into());
+    }
+    if signed.commitment().quorum != roster.quorum() {
+        return Err(invalid(format!(
+            "its commitment is for quorum {}",
+            signed.commitment().quorum
+        ))
+        .into());
+    }
+    Ok(signed)
+}
+
 /// The tally of a set of events, after dropping late members: pure, so every member that saw
 /// the same events gets the same.
 pub fn tally_events(
@@ -181,34 +340,7 @@ pub fn tally_events(
 ) -> Agreement {
     let commitments = commitments(seen);
     let reveals = reveals(seen);
-    // First reveal per roster member.
-    let mut first: BTreeMap<PublicKey, &SignedReveal> = BTreeMap::new();
-    for r in &reveals {
-        if roster.contains(&r.member()) && r.reveal().job == job {
-            first.entry(r.member()).or_insert(r);
-        }
-    }
-    let committed_ids = |member: &PublicKey| -> BTreeSet<EventId> {
-        commitments
-            .iter()
-            .filter(|c| c.member() == *member)
-            .map(|c| c.id())
-            .collect()
-    };
-    // Who counts: listed as seen by every other counted member's reveal. Removing a member
-    // only removes a constraint on the others, so remove in key order until stable.
-    let mut counted: BTreeSet<PublicKey> = first.keys().copied().collect();
-    let mut late = BTreeSet::new();
-    while let Some(x) = counted.iter().copied().find(|x| {
-        let mine = committed_ids(x);
-        counted
-            .iter()
-            .filter(|y| *y != x)
-            .any(|y| mine.is_disjoint(&first[y].reveal().seen))
-    }) {
-        counted.remove(&x);
-        late.insert(x);
-    }
+    let late = late_members(&commitments, &reveals, roster, job);
     let kept_commitments: Vec<SignedCommitment> = commitments
         .into_iter()
         .filter(|c| !late.contains(&c.member()))
@@ -227,6 +359,59 @@ pub fn tally_events(
     }
 }
 
+/// The members whose commitments came too late to count: `x` is late when more than half of
+/// the other roster members with a reveal for `job` list none of `x`'s commitments (for this job
+/// and quorum) as `seen` in their first reveal (earliest `created_at`, then lowest id). One pass
+/// over the first reveals: whether `x` is late depends on the others' reveals only, never on
+/// who else is late or on the order the events came in.
+///
+/// The `seen` lists are self-reported, so the rule takes a majority of them: a member that
+/// lists nothing (or lies) is one voice against each other member, and evicts nobody unless more
+/// than half of the other revealing members agree with it. A member that committed after most of
+/// the others had revealed (a copycat that waited for their results) is late.
+pub fn late_members(
+    commitments: &[SignedCommitment],
+    reveals: &[SignedReveal],
+    roster: &Roster,
+    job: EventId,
+) -> BTreeSet<PublicKey> {
+    let mut first: BTreeMap<PublicKey, &SignedReveal> = BTreeMap::new();
+    for r in reveals {
+        if !roster.contains(&r.member()) || r.reveal().job != job {
+            continue;
+        }
+        let key = |r: &SignedReveal| (r.event().created_at, r.id());
+        first
+            .entry(r.member())
+            .and_modify(|kept| {
+                if key(r) < key(kept) {
+                    *kept = r;
+                }
+            })
+            .or_insert(r);
+    }
+    let mut committed: BTreeMap<PublicKey, BTreeSet<EventId>> = BTreeMap::new();
+    for c in commitments {
+        if c.commitment().job == job && c.commitment().quorum == roster.quorum() {
+            committed.entry(c.member()).or_default().insert(c.id());
+        }
+    }
+    let none = BTreeSet::new();
+    first
+        .keys()
+        .filter(|x| {
+            let mine = committed.get(x).unwrap_or(&none);
+            let others = first.iter().filter(|(y, _)| y != x);
+            let (voters, omitted) = others.fold((0usize, 0usize), |(voters, omitted), (_, r)| {
+                let missed = mine.is_disjoint(&r.reveal().seen);
+                (voters + 1, omitted + usize::from(missed))
+            });
+            2 * omitted > voters
+        })
+        .copied()
+        .collect()
+}
+
 fn commitments(seen: &[Event]) -> Vec<SignedCommitment> {
     seen.iter()
         .filter(|e| e.kind == agreement::COMMITMENT)
@@ -239,4 +424,237 @@ fn reveals(seen: &[Event]) -> Vec<SignedReveal> {
         .filter(|e| e.kind == agreement::REVEAL)
         .filter_map(|e| SignedReveal::from_event(e).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The late rule and the tally over hand-made, signed events.
+
+    use super::*;
+    use quorum_proto::blossom::Sha256Hex;
+
+    const JOB: EventId = EventId::from_byte_array([5; 32]);
+
+    fn result(byte: u8) -> BuildResult {
+        BuildResult::new().with_file(
+            "out/app",
+            Sha256Hex::parse(&hex::encode([byte; 32])).unwrap(),
+        )
+    }
+
+    /// `n` members (sorted by key, so tests can rely on nothing but their indices) and a roster.
+    fn members(n: usize, t: u16) -> (Vec<Keys>, Roster) {
+        let keys: Vec<Keys> = (0..n).map(|_| Keys::generate()).collect();
+        let quorum = Keys::generate().public_key();
+        let roster = Roster::new(quorum, keys.iter().map(Keys::public_key), t).unwrap();
+        (keys, roster)
+    }
+
+    struct Committed {
+        event: Event,
+        salt: Salt,
+        result: BuildResult,
+    }
+
+    fn commit(keys: &Keys, roster: &Roster, result: BuildResult, at: u64) -> Committed {
+        let salt = Salt::random();
+        let event = Commitment::new(
+            &keys.public_key(),
+            JOB,
+            roster.quorum(),
+            &salt,
+            &result,
+            Timestamp::from(at + 3600),
+        )
+        .to_event_builder()
+        .custom_created_at(Timestamp::from(at))
+        .sign_with_keys(keys)
+        .unwrap();
+        Committed {
+            event,
+            salt,
+            result,
+        }
+    }
+
+    fn reveal(keys: &Keys, mine: &Committed, seen: &[&Committed], at: u64) -> Event {
+        let signed = SignedCommitment::from_event(&mine.event).unwrap();
+        Reveal::new(
+            &signed,
+            mine.salt,
+            mine.result.clone(),
+            Timestamp::from(at + 3600),
+        )
+        .with_seen(seen.iter().map(|c| c.event.id))
+        .to_event_builder()
+        .unwrap()
+        .custom_created_at(Timestamp::from(at))
+        .sign_with_keys(keys)
+        .unwrap()
+    }
+
+    fn tally(events: &[Event], roster: &Roster) -> Agreement {
+        tally_events(events, roster, JOB, EventId::all_zeros())
+    }
+
+    fn keys_of(keys: &[Keys], idx: &[usize]) -> BTreeSet<PublicKey> {
+        idx.iter().map(|i| keys[*i].public_key()).collect()
+    }
+
+    /// Every rotation and the reverse of `events` give the same late set and tally.
+    fn assert_order_independent(events: &[Event], roster: &Roster) -> Agreement {
+        let expected = tally(events, roster);
+        let mut orders: Vec<Vec<Event>> = (0..events.len())
+            .map(|k| {
+                let mut v = events.to_vec();
+                v.rotate_left(k);
+                v
+            })
+            .collect();
+        orders.push(events.iter().rev().cloned().collect());
+        for order in orders {
+            let got = tally(&order, roster);
+            assert_eq!(got.late, expected.late);
+            assert_eq!(got.tally, expected.tally);
+        }
+        expected
+    }
+
+    #[test]
+    fn a_member_that_lists_nothing_evicts_nobody() {
+        let (k, roster) = members(3, 2);
+        let (a, b, liar) = (
+            commit(&k[0], &roster, result(1), 100),
+            commit(&k[1], &roster, result(1), 100),
+            commit(&k[2], &roster, result(9), 100),
+        );
+        let events = vec![
+            a.event.clone(),
+            b.event.clone(),
+            liar.event.clone(),
+            reveal(&k[0], &a, &[&b, &liar], 110),
+            reveal(&k[1], &b, &[&a, &liar], 110),
+            // Lists none of the others' commitments.
+            reveal(&k[2], &liar, &[], 110),
+        ];
+        let agreement = assert_order_independent(&events, &roster);
+        assert!(agreement.late.is_empty(), "{:?}", agreement.late);
+        assert_eq!(agreement.tally.agreed, keys_of(&k, &[0, 1]));
+        assert!(agreement.tally.is_attestable());
+        // Its own differing result is counted, and disagrees.
+        assert!(agreement.tally.disagreed.contains_key(&k[2].public_key()));
+        // The same liar agreeing with them is simply agreed.
+        let same = commit(&k[2], &roster, result(1), 100);
+        let events = vec![
+            a.event.clone(),
+            b.event.clone(),
+            same.event.clone(),
+            reveal(&k[0], &a, &[&b, &same], 110),
+            reveal(&k[1], &b, &[&a, &same], 110),
+            reveal(&k[2], &same, &[], 110),
+        ];
+        let agreement = assert_order_independent(&events, &roster);
+        assert!(agreement.late.is_empty());
+        assert_eq!(agreement.tally.agreed, keys_of(&k, &[0, 1, 2]));
+    }
+
+    #[test]
+    fn a_copycat_that_committed_after_the_reveals_is_late() {
+        let (k, roster) = members(3, 2);
+        let (a, b) = (
+            commit(&k[0], &roster, result(1), 100),
+            commit(&k[1], &roster, result(1), 100),
+        );
+        // Commits to the revealed result after both reveals, and lists both.
+        let copy = commit(&k[2], &roster, result(1), 120);
+        let events = vec![
+            a.event.clone(),
+            b.event.clone(),
+            reveal(&k[0], &a, &[&b], 110),
+            reveal(&k[1], &b, &[&a], 110),
+            copy.event.clone(),
+            reveal(&k[2], &copy, &[&a, &b], 121),
+        ];
+        let agreement = assert_order_independent(&events, &roster);
+        assert_eq!(agreement.late, keys_of(&k, &[2]));
+        assert_eq!(agreement.tally.agreed, keys_of(&k, &[0, 1]));
+        assert!(agreement.tally.silent.contains(&k[2].public_key()));
+    }
+
+    #[test]
+    fn late_takes_more_than_half_of_the_other_revealing_members() {
+        // Five members: x (index 0) is judged by four others; two omissions are half, not more.
+        let (k, roster) = members(5, 3);
+        let c: Vec<Committed> = k
+            .iter()
+            .map(|keys| commit(keys, &roster, result(1), 100))
+            .collect();
+        let with_omissions = |omitting: usize| -> Vec<Event> {
+            let mut events: Vec<Event> = c.iter().map(|c| c.event.clone()).collect();
+            for i in 0..5 {
+                let seen: Vec<&Committed> = (0..5)
+                    .filter(|j| *j != i && !(*j == 0 && (1..=omitting).contains(&i)))
+                    .map(|j| &c[j])
+                    .collect();
+                events.push(reveal(&k[i], &c[i], &seen, 110));
+            }
+            events
+        };
+        for (omitting, late) in [(0, false), (1, false), (2, false), (3, true), (4, true)] {
+            let agreement = assert_order_independent(&with_omissions(omitting), &roster);
+            let expected = if late {
+                keys_of(&k, &[0])
+            } else {
+                BTreeSet::new()
+            };
+            assert_eq!(agreement.late, expected, "{omitting} of 4 omit x");
+            assert_eq!(agreement.tally.agreed.len(), if late { 4 } else { 5 });
+        }
+    }
+
+    #[test]
+    fn only_the_first_reveal_of_each_member_votes_whatever_the_arrival_order() {
+        let (k, roster) = members(3, 2);
+        let c: Vec<Committed> = k
+            .iter()
+            .map(|keys| commit(keys, &roster, result(1), 100))
+            .collect();
+        let mut events: Vec<Event> = c.iter().map(|c| c.event.clone()).collect();
+        events.push(reveal(&k[0], &c[0], &[&c[1], &c[2]], 110));
+        // Member 1's first reveal omits member 2; a later one (arriving first) lists it.
+        let later = reveal(&k[1], &c[1], &[&c[0], &c[2]], 115);
+        let first = reveal(&k[1], &c[1], &[&c[0]], 110);
+        events.push(later);
+        events.push(first);
+        // Member 2 is omitted by one of two: not late.
+        events.push(reveal(&k[2], &c[2], &[&c[0], &c[1]], 110));
+        let agreement = assert_order_independent(&events, &roster);
+        assert!(agreement.late.is_empty());
+        // Member 0's first reveal omits member 2 too: now two of two do.
+        events[3] = reveal(&k[0], &c[0], &[&c[1]], 110);
+        let agreement = assert_order_independent(&events, &roster);
+        assert_eq!(agreement.late, keys_of(&k, &[2]));
+    }
+
+    #[test]
+    fn outsiders_and_other_jobs_have_no_vote() {
+        let (k, roster) = members(3, 2);
+        let c: Vec<Committed> = k
+            .iter()
+            .map(|keys| commit(keys, &roster, result(1), 100))
+            .collect();
+        let outsider = Keys::generate();
+        let theirs = commit(&outsider, &roster, result(1), 100);
+        let mut events: Vec<Event> = c.iter().map(|c| c.event.clone()).collect();
+        events.push(reveal(&k[0], &c[0], &[&c[1], &c[2]], 110));
+        events.push(reveal(&k[1], &c[1], &[&c[0]], 110));
+        events.push(reveal(&k[2], &c[2], &[&c[0], &c[1]], 110));
+        // An outsider omitting member 2 would make it two of three.
+        events.push(theirs.event.clone());
+        events.push(reveal(&outsider, &theirs, &[&c[0], &c[1]], 110));
+        let agreement = assert_order_independent(&events, &roster);
+        assert!(agreement.late.is_empty(), "{:?}", agreement.late);
+        assert!(agreement.tally.outsiders.contains(&outsider.public_key()));
+        assert_eq!(agreement.tally.agreed.len(), 3);
+    }
 }

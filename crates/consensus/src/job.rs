@@ -332,7 +332,7 @@ impl QuorumMember {
         sourced: Sourced,
     ) -> Result<Admission, QuorumJobError> {
         let lookup = self.lookup(params).await?;
-        admit_events(
+        let admission = admit_events(
             &self.keys.public_key(),
             author,
             params,
@@ -341,7 +341,26 @@ impl QuorumMember {
             sourced,
             &lookup,
             Timestamp::now(),
-        )
+        )?;
+        // A share serves the repository it was made for, whoever else mandates its key: a
+        // stranger's mandate of this quorum for the stranger's own repository gets nothing.
+        let refuse = |reason: String| QuorumJobError::Mandate {
+            mandate: params.mandate,
+            reason,
+        };
+        match crate::keygen::repository_of(&self.share_dir, &admission.quorum) {
+            Ok(Some(repo)) if repo == admission.mandate.repo => Ok(admission),
+            Ok(Some(repo)) => Err(refuse(format!(
+                "is for {}, but this member's share of quorum {} was made for {repo}",
+                admission.mandate.repo, admission.quorum
+            ))),
+            Ok(None) => Err(refuse(format!(
+                "names quorum {}, for which this member has no record of the repository its \
+                 share was made for",
+                admission.quorum
+            ))),
+            Err(err) => Err(refuse(format!("cannot read the share's record: {err}"))),
+        }
     }
 
     /// The mandate a request names, the repository's mandates, announcements and states.
@@ -530,6 +549,7 @@ impl QuorumMember {
             evidence,
             wrapped,
             not_before,
+            records: Some(self.share_dir.join("agreements")),
         };
         let outcome = member::take_part(
             &self.relays,

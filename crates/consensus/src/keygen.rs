@@ -22,8 +22,12 @@
 //!   and group. Old and new shares do not combine.
 //!
 //! [`serve`] is the member side as a long-running task of a DVM daemon: it answers the mandates
-//! that name its key and stores each share in `SHARE_DIR/<quorum hex>.json` (mode 0600);
-//! [`load_shares`] reads them all back ([`crate::job::load_share`] reads one).
+//! that name its key and stores each share in `SHARE_DIR/<quorum hex>.json` (mode 0600), with
+//! the repository it made the key for in `SHARE_DIR/<quorum hex>.repo`; [`load_shares`] reads
+//! the shares back ([`crate::job::load_share`] reads one). It starts a session only for a
+//! mandate signed by a maintainer of the repository the mandate names (looked up on the relays:
+//! the owner's NIP-34 announcement), refreshes a key only for the repository it made it for, and
+//! limits sessions per repository; everything else is refused with a logged reason.
 //!
 //! Every round has a deadline ([`KeygenConfig`]), counted from when this member enters it. Of
 //! each sender, the earliest message of a round (by `created_at`, then id) counts; a second,
@@ -31,14 +35,16 @@
 //! member that was silent, invalid or disagreeing; no error, log line or `Debug` output holds
 //! secret material (round-2 packages and shares are wiped from memory once used).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nostr_sdk::prelude::*;
 use quorum_proto::mandate::{self, Keygen, Mandate, MandateError};
+use quorum_proto::nip34::{REPO_ANNOUNCEMENT, RepoCoordinate, maintainer_set};
 use quorum_proto::quorum_msg::{self, MessageKind, Opened, QuorumMessage, SessionId};
 use quorum_threshold::dkg::{self, DkgError, Round1Broadcast, Round2Message};
 use quorum_threshold::refresh;
@@ -174,6 +180,8 @@ pub enum KeygenError {
     Channel(#[from] ChannelError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{}: {reason}", path.display())]
+    BadRecord { path: PathBuf, reason: String },
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -1170,6 +1178,15 @@ pub struct ServeConfig {
     /// Mandates older than this when the service starts are not answered (they are done, or
     /// their rounds are over).
     pub max_proposal_age: Duration,
+    /// How long to wait for the relays when looking up a repository's maintainers (its owner's
+    /// NIP-34 announcement) before answering a mandate.
+    pub lookup_timeout: Duration,
+    /// Most key sessions (DKG, dealer delivery, refresh) running at once for one repository;
+    /// a mandate beyond it is refused.
+    pub max_sessions_in_flight: usize,
+    /// Most key sessions started for one repository within any hour; a mandate beyond it is
+    /// refused.
+    pub max_sessions_per_hour: usize,
 }
 
 impl Default for ServeConfig {
@@ -1177,9 +1194,19 @@ impl Default for ServeConfig {
         ServeConfig {
             keygen: KeygenConfig::default(),
             max_proposal_age: Duration::from_secs(3600),
+            lookup_timeout: Duration::from_secs(10),
+            max_sessions_in_flight: 2,
+            max_sessions_per_hour: 6,
         }
     }
 }
+
+/// How many maintainer look-ups the service runs at once: a flood of mandates from strangers
+/// queues here instead of opening one relay query each.
+const CONCURRENT_LOOKUPS: usize = 4;
+
+/// How many times a maintainer look-up is tried (2 s apart) before the mandate is refused.
+const LOOKUP_ATTEMPTS: u32 = 3;
 
 /// [`serve_with`] with the default settings.
 pub async fn serve(
@@ -1195,6 +1222,15 @@ pub async fn serve(
 /// name its key — a DKG proposal with [`run_dkg`], a dealer mandate with
 /// [`receive_dealt_share`], a refresh mandate with [`run_refresh`] (only if it holds a share of
 /// that key) — and saves each share to `share_dir/<quorum hex>.json` (mode 0600).
+///
+/// Only a repository's maintainers start sessions: a mandate is answered only if its signer is
+/// in the maintainer set of the repository it names ([`maintainer_set`] over the owner's kind
+/// 30617 announcement, looked up on the relays), and a refresh only for the repository this
+/// member made the key for ([`repository_of`]). Sessions are limited per repository
+/// ([`ServeConfig`]: in flight and per hour, counted only for mandates that passed those checks,
+/// so nobody else can use up a repository's budget). A refused mandate is logged with the
+/// reason and changes nothing.
+///
 /// Each session runs in its own task; one that fails is logged and changes nothing else.
 /// `share_dir/sessions/<mandate id>` records each DKG or refresh session taken part in
 /// (`started`, `done <quorum>` or `failed: …`), so that a restarted service does not join a
@@ -1212,6 +1248,11 @@ pub async fn serve_with(
     let since = Timestamp::now() - config.max_proposal_age.as_secs();
     let filter = Filter::new().kind(mandate::MANDATE).pubkey(me).since(since);
     let channel = Channel::open(relays, keys.clone(), vec![filter]).await?;
+    let lookup = Lookup::connect(relays, config.lookup_timeout).await?;
+    let limits = Arc::new(Mutex::new(SessionLimits::new(
+        config.max_sessions_in_flight,
+        config.max_sessions_per_hour,
+    )));
     tracing::info!(member = %me, dir = %share_dir.display(), "answering quorum key mandates");
     let mut handled: HashSet<EventId> = HashSet::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -1237,13 +1278,36 @@ pub async fn serve_with(
         for event in fresh {
             handled.insert(event.id);
             match plan(&event, &me, &share_dir) {
-                Ok(Some(job)) => {
+                Ok(Some((job, mandate))) => {
                     let relays = relays.to_vec();
                     let keys = keys.clone();
                     let share_dir = share_dir.clone();
                     let config = config.keygen.clone();
+                    let lookup = lookup.clone();
+                    let limits = limits.clone();
+                    // The look-up runs in the task, so that the maintainer's mandate is not held
+                    // up behind others' look-ups in this loop.
                     tasks.spawn(async move {
-                        answer(&relays, &keys, &event, job, &share_dir, &config).await;
+                        let refused = |reason: String| {
+                            tracing::warn!(
+                                mandate = %event.id,
+                                author = %event.pubkey,
+                                repo = %mandate.repo,
+                                "refused: {reason}"
+                            );
+                        };
+                        if let Err(reason) = admit(&lookup, &event, &mandate, job, &share_dir).await
+                        {
+                            return refused(reason);
+                        }
+                        let repo = mandate.repo.to_string();
+                        let slot =
+                            match SessionSlot::start(&limits, &repo, std::time::Instant::now()) {
+                                Ok(slot) => slot,
+                                Err(reason) => return refused(reason),
+                            };
+                        answer(&relays, &keys, &event, &mandate, job, &share_dir, &config).await;
+                        drop(slot);
                     });
                 }
                 Ok(None) => {}
@@ -1252,6 +1316,7 @@ pub async fn serve_with(
         }
     }
     tasks.abort_all();
+    lookup.client.shutdown().await;
     channel.close().await;
     tracing::info!("quorum key service stopped");
     Ok(())
@@ -1264,9 +1329,24 @@ enum Job {
     Refresh,
 }
 
-/// What to do about a mandate naming this member (`None`: nothing, e.g. already done).
-fn plan(event: &Event, me: &PublicKey, share_dir: &Path) -> Result<Option<Job>, KeygenError> {
+/// What to do about a mandate naming this member (`None`: nothing, e.g. already done), before
+/// asking who signed it ([`admit`]).
+fn plan(
+    event: &Event,
+    me: &PublicKey,
+    share_dir: &Path,
+) -> Result<Option<(Job, Mandate)>, KeygenError> {
     let mandate = read_mandate(event)?;
+    let job = plan_job(event, &mandate, me, share_dir)?;
+    Ok(job.map(|job| (job, mandate)))
+}
+
+fn plan_job(
+    event: &Event,
+    mandate: &Mandate,
+    me: &PublicKey,
+    share_dir: &Path,
+) -> Result<Option<Job>, KeygenError> {
     if mandate.member_index(me).is_none() {
         return Ok(None);
     }
@@ -1308,6 +1388,284 @@ fn plan(event: &Event, me: &PublicKey, share_dir: &Path) -> Result<Option<Job>, 
     }
 }
 
+/// Looks up repositories' maintainer sets on the relays, a few at a time.
+#[derive(Clone)]
+struct Lookup {
+    client: Client,
+    permits: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+}
+
+impl Lookup {
+    async fn connect(relays: &[RelayUrl], timeout: Duration) -> Result<Lookup, KeygenError> {
+        let client = Client::builder().build();
+        for url in relays {
+            client
+                .add_relay(url.clone())
+                .await
+                .map_err(|e| ChannelError::Relay {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
+        client.connect().await;
+        client.wait_for_connection(Duration::from_secs(5)).await;
+        Ok(Lookup {
+            client,
+            permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LOOKUPS)),
+            timeout,
+        })
+    }
+
+    /// The maintainer set of `repo` (its owner, and the maintainers its owner's newest
+    /// announcement lists). A relay error is an error, never an empty answer.
+    async fn maintainers(&self, repo: &RepoCoordinate) -> Result<BTreeSet<PublicKey>, String> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| "the service is stopping".to_string())?;
+        let filter = Filter::new()
+            .kind(REPO_ANNOUNCEMENT)
+            .author(repo.owner)
+            .identifier(repo.identifier.clone());
+        // A relay that is briefly away should not cost the maintainer its session: the mandate
+        // is not looked at again once refused.
+        let mut attempt = 1;
+        let announcements = loop {
+            match self.client.fetch_events(filter.clone(), self.timeout).await {
+                Ok(events) => break events,
+                Err(e) if attempt >= LOOKUP_ATTEMPTS => {
+                    return Err(format!("cannot look up the maintainers of {repo}: {e}"));
+                }
+                Err(e) => {
+                    tracing::debug!(%repo, attempt, "maintainer look-up failed, retrying: {e}");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        Ok(maintainer_set(
+            &repo.owner,
+            &repo.identifier,
+            &announcements.to_vec(),
+        ))
+    }
+}
+
+/// Whether the mandate's signer may start this session: a maintainer of the repository the
+/// mandate names, and, for a refresh, of the repository this member made the key for.
+async fn admit(
+    lookup: &Lookup,
+    event: &Event,
+    mandate: &Mandate,
+    job: Job,
+    share_dir: &Path,
+) -> Result<(), String> {
+    if let (Job::Refresh, Some(quorum)) = (job, mandate.quorum) {
+        // Checked first (no relay needed): anyone owns repositories of their own, so the
+        // maintainer check alone would let a stranger refresh any key under a mandate for
+        // one of theirs.
+        match repository_of(share_dir, &quorum) {
+            Ok(Some(repo)) if repo == mandate.repo => {}
+            Ok(Some(repo)) => {
+                return Err(format!(
+                    "it asks to refresh quorum key {quorum} for {}, but this member holds that \
+                     key for {repo}",
+                    mandate.repo
+                ));
+            }
+            Ok(None) => {
+                return Err(format!(
+                    "it asks to refresh quorum key {quorum}, but this member has no record of the \
+                     repository it holds that key for ({})",
+                    repository_path(share_dir, &quorum).display()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let maintainers = lookup.maintainers(&mandate.repo).await?;
+    if !maintainers.contains(&event.pubkey) {
+        return Err(format!(
+            "it is signed by {}, who is not a maintainer of {} (its owner's NIP-34 announcement \
+             lists {} maintainer(s))",
+            event.pubkey,
+            mandate.repo,
+            maintainers.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Key sessions per repository: how many run now and when the recent ones started.
+#[derive(Debug)]
+struct SessionLimits {
+    max_in_flight: usize,
+    max_per_hour: usize,
+    repos: HashMap<String, RepoSessions>,
+}
+
+#[derive(Debug, Default)]
+struct RepoSessions {
+    in_flight: usize,
+    started: VecDeque<std::time::Instant>,
+}
+
+impl SessionLimits {
+    const WINDOW: Duration = Duration::from_secs(3600);
+
+    fn new(max_in_flight: usize, max_per_hour: usize) -> Self {
+        SessionLimits {
+            max_in_flight,
+            max_per_hour,
+            repos: HashMap::new(),
+        }
+    }
+
+    /// Counts a session for `repo` starting at `now`, or says which limit it would exceed.
+    fn try_start(&mut self, repo: &str, now: std::time::Instant) -> Result<(), String> {
+        // Forget what is over an hour old, and repositories with nothing left to remember.
+        self.repos.retain(|_, s| {
+            while s
+                .started
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Self::WINDOW)
+            {
+                s.started.pop_front();
+            }
+            s.in_flight > 0 || !s.started.is_empty()
+        });
+        let sessions = self.repos.entry(repo.to_string()).or_default();
+        if sessions.in_flight >= self.max_in_flight {
+            return Err(format!(
+                "{} key session(s) for {repo} are running already (at most {})",
+                sessions.in_flight, self.max_in_flight
+            ));
+        }
+        if sessions.started.len() >= self.max_per_hour {
+            return Err(format!(
+                "{} key session(s) for {repo} started in the last hour (at most {})",
+                sessions.started.len(),
+                self.max_per_hour
+            ));
+        }
+        sessions.in_flight += 1;
+        sessions.started.push_back(now);
+        Ok(())
+    }
+
+    fn finish(&mut self, repo: &str) {
+        if let Some(sessions) = self.repos.get_mut(repo) {
+            sessions.in_flight = sessions.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+/// A running session's place in [`SessionLimits`], given back when dropped (also when the task
+/// is aborted).
+struct SessionSlot {
+    limits: Arc<Mutex<SessionLimits>>,
+    repo: String,
+}
+
+impl SessionSlot {
+    fn start(
+        limits: &Arc<Mutex<SessionLimits>>,
+        repo: &str,
+        now: std::time::Instant,
+    ) -> Result<SessionSlot, String> {
+        limits
+            .lock()
+            .expect("session limits lock")
+            .try_start(repo, now)?;
+        Ok(SessionSlot {
+            limits: limits.clone(),
+            repo: repo.to_string(),
+        })
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut limits) = self.limits.lock() {
+            limits.finish(&self.repo);
+        }
+    }
+}
+
+/// Where the member service records the repository it made a key for:
+/// `share_dir/<quorum hex>.repo`, the repository's coordinate (`30617:<owner hex>:<id>`).
+pub fn repository_path(share_dir: &Path, quorum: &PublicKey) -> PathBuf {
+    share_dir.join(format!("{}.repo", quorum.to_hex()))
+}
+
+/// The repository this member made `quorum`'s key for, as recorded by the member service when
+/// it saved the share (`None`: no record, e.g. a share placed by hand).
+pub fn repository_of(
+    share_dir: &Path,
+    quorum: &PublicKey,
+) -> Result<Option<RepoCoordinate>, KeygenError> {
+    let path = repository_path(share_dir, quorum);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(KeygenError::Io {
+                op: "reading",
+                path,
+                source,
+            });
+        }
+    };
+    text.trim()
+        .parse::<RepoCoordinate>()
+        .map(Some)
+        .map_err(|e| KeygenError::BadRecord {
+            path,
+            reason: format!("not a repository coordinate: {e}"),
+        })
+}
+
+/// Records that this member holds `quorum`'s key for `repo` ([`repository_of`]): written to a
+/// temporary file, fsynced and renamed, so a crash leaves the old record or the new one.
+pub fn record_repository(
+    share_dir: &Path,
+    quorum: &PublicKey,
+    repo: &RepoCoordinate,
+) -> Result<(), KeygenError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    private_dir(share_dir)?;
+    let path = repository_path(share_dir, quorum);
+    let tmp = share_dir.join(format!(".{}.repo.tmp", quorum.to_hex()));
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| KeygenError::Io { op, path, source }
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("creating", &tmp))?;
+    let written = file
+        .write_all(format!("{repo}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io("writing", &tmp))
+        .and_then(|()| std::fs::rename(&tmp, &path).map_err(io("renaming a record onto", &path)))
+        .and_then(|()| {
+            std::fs::File::open(share_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("syncing", share_dir))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 fn session_marker(share_dir: &Path, session: &EventId) -> PathBuf {
     share_dir.join("sessions").join(session.to_hex())
 }
@@ -1317,6 +1675,7 @@ async fn answer(
     relays: &[RelayUrl],
     keys: &Keys,
     event: &Event,
+    mandate: &Mandate,
     job: Job,
     share_dir: &Path,
     config: &KeygenConfig,
@@ -1331,21 +1690,24 @@ async fn answer(
             }
             // Saved before the announcement, so that a maintainer who saw all N announcements
             // knows every member holds its share; removed again if the members disagree.
-            let mut saved = None;
+            let mut saved = Vec::new();
             let result = run_dkg_with(relays, keys, event, config, |share| {
+                // The repository first: a share without it could never be refreshed.
+                record_repository(share_dir, &share.quorum(), &mandate.repo)?;
+                saved.push(repository_path(share_dir, &share.quorum()));
                 let path = share_path(share_dir, &share.quorum());
                 store::save(&path, share)?;
-                saved = Some(path);
+                saved.push(path);
                 Ok(())
             })
             .await;
-            match (result, saved) {
-                (Ok(share), _) => {
+            match result {
+                Ok(share) => {
                     let path = share_path(share_dir, &share.quorum());
                     Ok((share, path))
                 }
-                (Err(e), saved) => {
-                    if let Some(path) = saved {
+                Err(e) => {
+                    for path in saved {
                         let _ = std::fs::remove_file(path);
                     }
                     Err(e)
@@ -1371,6 +1733,19 @@ async fn answer(
                 .await
                 .and_then(|share| {
                     let path = share_path(share_dir, &share.quorum());
+                    // Another session may have stored a share of this key meanwhile; a delivery
+                    // never replaces one (nor the repository it is held for).
+                    if path.exists() {
+                        return Err(KeygenError::NotApplicable {
+                            id: event.id,
+                            reason: format!(
+                                "a share of quorum {} is stored already; a delivery does not \
+                                 replace it",
+                                share.quorum()
+                            ),
+                        });
+                    }
+                    record_repository(share_dir, &share.quorum(), &mandate.repo)?;
                     store::save(&path, &share)?;
                     Ok((share, path))
                 })
@@ -1502,4 +1877,59 @@ pub fn load_shares(share_dir: &Path) -> ShareBook {
         }
     }
     book
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_limited_per_repository_in_flight_and_per_hour() {
+        let limits = Arc::new(Mutex::new(SessionLimits::new(2, 3)));
+        let t0 = std::time::Instant::now();
+        let (a, b) = ("30617:aa:app", "30617:bb:app");
+        let first = SessionSlot::start(&limits, a, t0).unwrap();
+        let second = SessionSlot::start(&limits, a, t0).unwrap();
+        let err = SessionSlot::start(&limits, a, t0)
+            .err()
+            .expect("a third at once");
+        assert!(err.contains("running already (at most 2)"), "{err}");
+        // Another repository has its own budget.
+        let other = SessionSlot::start(&limits, b, t0).unwrap();
+        // A finished session (or an aborted task) gives its place back...
+        drop(first);
+        let third = SessionSlot::start(&limits, a, t0).unwrap();
+        drop((second, third));
+        // ...but not its place in the hour.
+        let err = SessionSlot::start(&limits, a, t0 + Duration::from_secs(60))
+            .err()
+            .expect("a fourth within the hour");
+        assert!(err.contains("in the last hour (at most 3)"), "{err}");
+        // An hour after the first ones, there is room again.
+        let later = t0 + Duration::from_secs(3600);
+        let _again = SessionSlot::start(&limits, a, later).unwrap();
+        drop(other);
+        // Repositories with nothing running and nothing recent are forgotten.
+        let _ = SessionSlot::start(&limits, a, later).unwrap();
+        assert_eq!(limits.lock().unwrap().repos.len(), 1);
+    }
+
+    #[test]
+    fn the_repository_record_round_trips_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let share_dir = dir.path().join("shares");
+        let quorum = Keys::generate().public_key();
+        assert!(repository_of(&share_dir, &quorum).unwrap().is_none());
+        let repo = RepoCoordinate::new(Keys::generate().public_key(), "app");
+        record_repository(&share_dir, &quorum, &repo).unwrap();
+        assert_eq!(repository_of(&share_dir, &quorum).unwrap(), Some(repo));
+        let path = repository_path(&share_dir, &quorum);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::write(&path, "not a coordinate").unwrap();
+        let err = repository_of(&share_dir, &quorum).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("not a repository coordinate"), "{err}");
+    }
 }

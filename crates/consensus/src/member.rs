@@ -8,6 +8,7 @@
 //! derive byte-identical events.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nostr_sdk::prelude::*;
@@ -53,6 +54,10 @@ pub struct QuorumJob {
     pub wrapped: Option<u16>,
     /// The earliest time the attestation may carry (the latest of its evidence's times).
     pub not_before: Timestamp,
+    /// Where this member records its commitments, one file per job, so that after a restart it
+    /// opens the commitment it already made instead of making another (`agreement::records`).
+    /// `None`: no record (a restarted member would commit again, an equivocation).
+    pub records: Option<PathBuf>,
 }
 
 /// How a member's part ended.
@@ -141,6 +146,7 @@ async fn run(
         &job.result,
         plan,
         &config.agreement,
+        job.records.as_deref(),
     )
     .await?;
     let tallied = Instant::now();

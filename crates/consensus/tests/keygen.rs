@@ -11,7 +11,7 @@ use std::time::Duration;
 use nostr_sdk::prelude::*;
 use quorum_consensus::keygen::{self, KeygenConfig, KeygenError, ServeConfig};
 use quorum_proto::mandate::{self, Keygen, Mandate};
-use quorum_proto::nip34::RepoCoordinate;
+use quorum_proto::nip34::{RepoCoordinate, RepositoryAnnouncement};
 use quorum_proto::quorum_msg::{MessageKind, QuorumMessage, SessionId};
 use quorum_threshold::{KeyShare, Roster};
 
@@ -546,6 +546,10 @@ async fn stored_quorum(
             .join("shares")
             .join(format!("{}.json", share.quorum().to_hex()));
         quorum_threshold::store::save(&path, share).unwrap();
+        // What the member service records when it saves a share itself: the repository the
+        // key is for, without which it refreshes nothing.
+        let repo = Mandate::from_event(&mandate_event).unwrap().repo;
+        keygen::record_repository(&dir.path().join("shares"), &share.quorum(), &repo).unwrap();
     }
     (mandate_event, shares, dirs)
 }
@@ -678,4 +682,181 @@ async fn a_member_without_a_share_refuses_to_refresh() {
         .await
         .expect_err("not a refresh mandate");
     assert!(matches!(err, KeygenError::NotApplicable { .. }), "{err}");
+}
+
+/// How many captured log lines hold all of `needles`.
+fn refusals(needles: &[&str]) -> usize {
+    captured_logs()
+        .lock()
+        .unwrap()
+        .lines()
+        .filter(|line| needles.iter().all(|n| line.contains(n)))
+        .count()
+}
+
+/// The share files' bytes in each member's directory.
+fn share_bytes(dirs: &[tempfile::TempDir]) -> Vec<BTreeMap<String, Vec<u8>>> {
+    dirs.iter()
+        .map(|dir| {
+            std::fs::read_dir(dir.path().join("shares"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .map(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    (name, std::fs::read(&p).unwrap())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Review M2: only a repository's maintainers start key sessions on its members. A stranger
+/// re-signs the live mandate's tags as a refresh, asks for a refresh of the same key under a
+/// repository of its own, and proposes a DKG for the maintainer's repository: each is refused
+/// (logged with the reason) by every member, no share file changes, no session starts and no
+/// round message is sent. Then a co-maintainer (listed in the owner's NIP-34 announcement, so
+/// found only through the relays) asks for a refresh, and it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_start_no_key_session_and_a_maintainer_still_refreshes() {
+    captured_logs();
+    let relay = relay().await;
+    let relays = vec![relay.url.clone()];
+    let owner = Keys::generate();
+    let co_maintainer = Keys::generate();
+    let stranger = Keys::generate();
+    let mut announcement = RepositoryAnnouncement::new("sample");
+    announcement.maintainers = vec![co_maintainer.public_key()];
+    let announcement = announcement
+        .to_event_builder()
+        .sign_with_keys(&owner)
+        .unwrap();
+    publish(&relay.url, &announcement).await;
+    let keys: Vec<Keys> = (0..3).map(|_| Keys::generate()).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let services = Services::start(&relays, &keys, &dirs);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The owner deals a key through the services; each records the repository with its share.
+    let live = keygen::deal_and_publish(&relays, &owner, mandate(&owner, &keys, 2), &fast())
+        .await
+        .unwrap();
+    let live_mandate = Mandate::from_event(&live).unwrap();
+    let quorum = live_mandate.quorum.unwrap();
+    for dir in &dirs {
+        let share_dir = dir.path().join("shares");
+        wait_for_share(&share_dir, &quorum).await;
+        assert_eq!(
+            keygen::repository_of(&share_dir, &quorum).unwrap(),
+            Some(live_mandate.repo.clone())
+        );
+    }
+    let before = share_bytes(&dirs);
+
+    // 1. The live mandate's tags, re-signed by the stranger as a refresh.
+    let mut resigned = live_mandate.clone();
+    resigned.keygen = Keygen::Refresh;
+    // 2. A refresh of the same key under the stranger's own repository (it is that
+    //    repository's owner, so the maintainer check alone would pass).
+    let mut own_repo = resigned.clone();
+    own_repo.repo = RepoCoordinate::new(stranger.public_key(), "sample");
+    // 3. A DKG proposal for the owner's repository.
+    let mut dkg = mandate(&owner, &keys, 2);
+    dkg.content = "a stranger's DKG".into();
+    let attempts: Vec<(Event, &str)> = [
+        (resigned, "who is not a maintainer"),
+        (own_repo, "but this member holds that key for"),
+        (dkg, "who is not a maintainer"),
+    ]
+    .into_iter()
+    .map(|(m, reason)| {
+        let event = m
+            .to_event_builder()
+            .unwrap()
+            .sign_with_keys(&stranger)
+            .unwrap();
+        (event, reason)
+    })
+    .collect();
+    for (event, _) in &attempts {
+        publish(&relay.url, event).await;
+    }
+    // Every member refuses each, saying why.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for (event, reason) in &attempts {
+        let id = event.id.to_hex();
+        while refusals(&[&id, "refused", reason]) < keys.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not every member refused {id} ({reason})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        share_bytes(&dirs),
+        before,
+        "a stranger changed a share file"
+    );
+    for dir in &dirs {
+        let share_dir = dir.path().join("shares");
+        assert_eq!(
+            keygen::load_shares(&share_dir).len(),
+            1,
+            "a stranger's DKG made a share"
+        );
+        for (event, _) in &attempts {
+            let marker = share_dir.join("sessions").join(event.id.to_hex());
+            assert!(!marker.exists(), "a session started for {}", event.id);
+        }
+    }
+
+    // A maintainer other than the owner refreshes: the services find it in the announcement.
+    let refresh = keygen::propose_refresh(&relays, &co_maintainer, live_mandate.clone())
+        .await
+        .unwrap();
+    let members: Vec<PublicKey> = keys.iter().map(Keys::public_key).collect();
+    let announced = keygen::await_group_key(&relays, refresh.id, &members, Duration::from_secs(60))
+        .await
+        .expect("the maintainer's refresh runs");
+    assert_eq!(announced, quorum);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for (i, dir) in dirs.iter().enumerate() {
+        let name = format!("{}.json", quorum.to_hex());
+        while share_bytes(std::slice::from_ref(dir))[0][&name] == before[i][&name] {
+            assert!(tokio::time::Instant::now() < deadline, "never refreshed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    services.stop().await;
+
+    // No member sent a round message in a stranger's session.
+    let client = Client::default();
+    client.add_relay(relay.url.clone()).await.unwrap();
+    client.connect().await;
+    let rounds = client
+        .fetch_events(
+            Filter::new()
+                .kinds([
+                    quorum_proto::quorum_msg::DKG_ROUND1,
+                    quorum_proto::quorum_msg::DKG_ROUND2,
+                    quorum_proto::quorum_msg::DKG_DONE,
+                ])
+                .authors(members.clone()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    client.shutdown().await;
+    let sessions: std::collections::BTreeSet<SessionId> = rounds
+        .iter()
+        .map(|e| QuorumMessage::from_event(e).unwrap().session)
+        .collect();
+    assert_eq!(
+        sessions,
+        [SessionId::from_event_id(&refresh.id)]
+            .into_iter()
+            .collect(),
+        "round messages only in the maintainer's session"
+    );
 }

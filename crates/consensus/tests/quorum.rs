@@ -10,7 +10,7 @@ use quorum_consensus::agreement::{self, AgreementConfig};
 use quorum_consensus::channel::Channel;
 use quorum_consensus::member::{self, MemberConfig, MemberOutcome, QuorumJob};
 use quorum_consensus::signing::{self, SigningConfig, SigningError};
-use quorum_proto::agreement::BuildResult;
+use quorum_proto::agreement::{BuildResult, Commitment, Reveal, Salt, SignedCommitment};
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::mandate::{Keygen, Mandate, Member};
 use quorum_proto::nip34::RepoCoordinate;
@@ -141,6 +141,7 @@ fn job(q: &Quorum, job: EventId, result: BuildResult) -> QuorumJob {
         mandate_id: q.mandate_id,
         commit: "a".repeat(40),
         result,
+        records: None,
     }
 }
 
@@ -422,6 +423,7 @@ async fn a_member_silent_in_round_two_is_replaced() {
                 job.job,
                 &job.result,
                 &config.agreement,
+                None,
             )
             .await
             .unwrap();
@@ -444,8 +446,95 @@ async fn a_member_silent_in_round_two_is_replaced() {
     assert_fresh_nonces(&round_messages(&relay.url, &q).await);
 }
 
+/// A member whose reveal lists none of the other commitments as `seen` (and reveals another
+/// result) cannot stop the two honest members of a 2-of-3 quorum: it is one voice of two against
+/// each of them, so neither is late; they agree and sign, and its result is counted and
+/// disagrees. (Before the majority rule, any one omission made a member late, and this quorum
+/// signed nothing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copycat_that_commits_after_a_reveal_does_not_count() {
+async fn a_member_that_lists_no_commitment_as_seen_cannot_block_the_others() {
+    let relay = relay().await;
+    let q = quorum(2, 3);
+    let id = job_id(11);
+    let (liar_keys, liar_share) = q.members[2].clone();
+    let liar_pk = liar_keys.public_key();
+    let relays = vec![relay.url.clone()];
+    let lie = other_result(9);
+    let liar = async {
+        let channel = Channel::open(&relays, liar_keys.clone(), vec![agreement::filter(&id)])
+            .await
+            .unwrap();
+        let salt = Salt::random();
+        let expiration = Timestamp::now() + 3600u64;
+        let commitment =
+            Commitment::new(&liar_pk, id, liar_share.quorum(), &salt, &lie, expiration);
+        let commitment = channel
+            .publish(commitment.to_event_builder())
+            .await
+            .unwrap();
+        // Reveals on time, once both honest members have committed, naming none of them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        channel
+            .wait_for(deadline, |seen| {
+                let others = seen
+                    .iter()
+                    .filter(|e| e.kind == quorum_proto::agreement::COMMITMENT)
+                    .filter(|e| e.pubkey != liar_pk)
+                    .count();
+                (others == 2).then_some(())
+            })
+            .await
+            .expect("the honest members commit");
+        let reveal = Reveal::new(
+            &SignedCommitment::from_event(&commitment).unwrap(),
+            salt,
+            lie.clone(),
+            expiration,
+        );
+        assert!(reveal.seen.is_empty());
+        channel
+            .publish(reveal.to_event_builder().unwrap())
+            .await
+            .unwrap();
+        channel.close().await;
+    };
+    let honest_members = [(0, result(1)), (1, result(1))];
+    let (_, honest) = tokio::join!(liar, run_members(&relay.url, &q, &honest_members, id));
+    let honest_keys: BTreeSet<PublicKey> = [0, 1]
+        .iter()
+        .map(|i| q.members[*i].0.public_key())
+        .collect();
+    let mut ids = BTreeSet::new();
+    for outcome in &honest {
+        let agreement = &outcome.agreement;
+        assert!(agreement.late.is_empty(), "{outcome:?}");
+        assert!(
+            agreement.tally.revealed.contains_key(&liar_pk),
+            "the liar's reveal was counted: {outcome:?}"
+        );
+        assert!(
+            agreement.tally.disagreed.contains_key(&liar_pk),
+            "{outcome:?}"
+        );
+        assert_eq!(agreement.tally.agreed, honest_keys);
+        let attestation = outcome.attestation().expect("the honest two sign");
+        assert_quorum_signed(attestation, &q);
+        assert_eq!(agreed_in(attestation), honest_keys);
+        let honest_hash = hex::encode([1u8; 32]);
+        assert!(
+            attestation
+                .tags
+                .iter()
+                .any(|t| t.as_slice().get(1) == Some(&honest_hash)),
+            "{attestation:?}"
+        );
+        ids.insert(attestation.id);
+    }
+    assert_eq!(ids.len(), 1, "both end with the same event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copycat_that_commits_after_the_reveals_does_not_count() {
     let relay = relay().await;
     let q = quorum(2, 3);
     let id = job_id(6);
@@ -454,20 +543,24 @@ async fn a_copycat_that_commits_after_a_reveal_does_not_count() {
     let copycat_share = q.members[2].1.clone();
     let relays = vec![relay.url.clone()];
     let copycat = async {
-        // Never builds: waits for someone's reveal, then commits to what it saw.
+        // Never builds: waits for the honest members' reveals, then commits to what it saw.
+        // (Both: a member is late when most of the other revealing members had not seen it
+        // commit, and one honest reveal of two is not most.)
         let channel = Channel::open(&relays, copycat_keys.clone(), vec![agreement::filter(&id)])
             .await
             .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let copied = channel
             .wait_for(deadline, |seen| {
-                seen.iter()
-                    .find(|e| e.kind == quorum_proto::agreement::REVEAL)
-                    .and_then(|e| quorum_proto::agreement::Reveal::from_event(e).ok())
-                    .map(|r| r.result)
+                let reveals: Vec<quorum_proto::agreement::Reveal> = seen
+                    .iter()
+                    .filter(|e| e.kind == quorum_proto::agreement::REVEAL)
+                    .filter_map(|e| quorum_proto::agreement::Reveal::from_event(e).ok())
+                    .collect();
+                (reveals.len() == 2).then(|| reveals[0].result.clone())
             })
             .await
-            .expect("a reveal to copy");
+            .expect("reveals to copy");
         channel.close().await;
         member::take_part(
             &relays,
@@ -552,6 +645,176 @@ async fn an_equivocating_member_is_proven_and_ignored() {
         .unwrap();
     assert!(!proofs.is_empty(), "an equivocation proof was published");
     client.shutdown().await;
+}
+
+/// A member's part as its own task, recording its commitment in `records` (as a runner does in
+/// `DATA/shares/agreements`): the test can kill it and start it again on the same directory.
+fn spawn_recorded_member(
+    relay: &RelayUrl,
+    q: &Quorum,
+    i: usize,
+    job_id: EventId,
+    result: BuildResult,
+    records: &std::path::Path,
+) -> tokio::task::JoinHandle<Result<MemberOutcome, member::MemberError>> {
+    let (keys, share) = q.members[i].clone();
+    let mut job = job(q, job_id, result);
+    job.records = Some(records.to_path_buf());
+    let relays = vec![relay.clone()];
+    tokio::spawn(async move {
+        member::take_part(&relays, &keys, &share, &job, &fast(), |_| Vec::new()).await
+    })
+}
+
+/// Waits until the relay holds an event matching `filter`.
+async fn wait_for_stored(relay: &RelayUrl, filter: Filter) -> Event {
+    let client = observer(relay).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        let events = client
+            .fetch_events(filter.clone(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        if let Some(event) = events.into_iter().next() {
+            break event;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never stored: {filter:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    client.shutdown().await;
+    found
+}
+
+/// Starts member `victim` alone (it commits and then waits for the others), kills it as soon as
+/// its commitment is on the relay, and returns that commitment.
+async fn commit_and_kill(
+    relay: &RelayUrl,
+    q: &Quorum,
+    victim: usize,
+    id: EventId,
+    records: &std::path::Path,
+) -> Event {
+    let handle = spawn_recorded_member(relay, q, victim, id, result(1), records);
+    let commitment = wait_for_stored(
+        relay,
+        Filter::new()
+            .kind(quorum_proto::agreement::COMMITMENT)
+            .author(q.members[victim].0.public_key())
+            .event(id),
+    )
+    .await;
+    handle.abort();
+    let joined = handle.await;
+    assert!(joined.unwrap_err().is_cancelled(), "killed mid-job");
+    commitment
+}
+
+/// What a member published for `id`: (commitments, reveals), and every equivocation proof.
+async fn published_by(relay: &RelayUrl, member: PublicKey, id: EventId) -> (usize, usize, usize) {
+    let mine = fetch(relay, agreement::filter(&id).author(member)).await;
+    let count = |kind| mine.iter().filter(|e| e.kind == kind).count();
+    let proofs = fetch(
+        relay,
+        Filter::new().kind(quorum_proto::agreement::EQUIVOCATION_PROOF),
+    )
+    .await;
+    (
+        count(quorum_proto::agreement::COMMITMENT),
+        count(quorum_proto::agreement::REVEAL),
+        proofs.len(),
+    )
+}
+
+/// A member killed right after publishing its commitment and started again on the same record
+/// directory publishes that same commitment again (no second digest, so nobody can prove an
+/// equivocation), reveals with the recorded salt, and is named as agreeing in the attestation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_after_committing_opens_the_same_commitment() {
+    let relay = relay().await;
+    let q = quorum(2, 3);
+    let id = job_id(12);
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("agreements");
+    let victim = 2;
+    let victim_pk = q.members[victim].0.public_key();
+    let first = commit_and_kill(&relay.url, &q, victim, id, &records).await;
+
+    let restarted = spawn_recorded_member(&relay.url, &q, victim, id, result(1), &records);
+    let others = run_members(&relay.url, &q, &[(0, result(1)), (1, result(1))], id).await;
+    let restarted = tokio::time::timeout(Duration::from_secs(60), restarted)
+        .await
+        .expect("finished in time")
+        .unwrap()
+        .expect("the restarted member ran");
+    let everyone: BTreeSet<PublicKey> = q.members.iter().map(|(k, _)| k.public_key()).collect();
+    let mut ids = BTreeSet::new();
+    for outcome in others.iter().chain([&restarted]) {
+        let tally = &outcome.agreement.tally;
+        assert!(tally.equivocated.is_empty(), "{outcome:?}");
+        assert_eq!(tally.agreed, everyone, "{outcome:?}");
+        let attestation = outcome.attestation().expect("attested");
+        assert_quorum_signed(attestation, &q);
+        assert_eq!(agreed_in(attestation), everyone);
+        ids.insert(attestation.id);
+    }
+    assert_eq!(ids.len(), 1, "everyone ends with the same event");
+    // The victim's counted reveal opens the commitment it made before it was killed.
+    let counted = &others[0].agreement.tally.revealed[&victim_pk];
+    let reveal = fetch(&relay.url, Filter::new().id(counted.reveal)).await;
+    assert_eq!(
+        quorum_proto::agreement::Reveal::from_event(&reveal[0])
+            .unwrap()
+            .commitment,
+        first.id
+    );
+    let (commitments, _, proofs) = published_by(&relay.url, victim_pk, id).await;
+    assert_eq!(commitments, 1, "one commitment, published twice");
+    assert_eq!(proofs, 0, "no equivocation proof");
+}
+
+/// A member restarted on the same record directory whose rebuilt result is not the one it
+/// committed to before commits nothing new, reveals nothing and says why; the other two agree
+/// and sign without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_member_whose_result_changed_commits_nothing_new() {
+    let relay = relay().await;
+    let q = quorum(2, 3);
+    let id = job_id(13);
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("agreements");
+    let victim = 2;
+    let victim_pk = q.members[victim].0.public_key();
+    commit_and_kill(&relay.url, &q, victim, id, &records).await;
+
+    let restarted = spawn_recorded_member(&relay.url, &q, victim, id, result(2), &records);
+    let others = run_members(&relay.url, &q, &[(0, result(1)), (1, result(1))], id).await;
+    let err = restarted
+        .await
+        .unwrap()
+        .expect_err("a changed result after a restart");
+    assert!(
+        err.to_string().contains(
+            "my rebuilt result differs from the commitment I made before a restart; \
+             not committing again"
+        ),
+        "{err}"
+    );
+    let two: BTreeSet<PublicKey> = [0, 1]
+        .iter()
+        .map(|i| q.members[*i].0.public_key())
+        .collect();
+    for outcome in &others {
+        let tally = &outcome.agreement.tally;
+        assert!(tally.equivocated.is_empty(), "{outcome:?}");
+        assert!(tally.silent.contains(&victim_pk), "{outcome:?}");
+        assert_eq!(tally.agreed, two);
+        assert_quorum_signed(outcome.attestation().expect("the two sign"), &q);
+    }
+    let (commitments, reveals, proofs) = published_by(&relay.url, victim_pk, id).await;
+    assert_eq!((commitments, reveals, proofs), (1, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

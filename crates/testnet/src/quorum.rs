@@ -57,8 +57,14 @@ pub async fn deal(
         .expect("the share is saved");
     }
     let owner = Keys::generate();
+    let repo = RepoCoordinate::new(owner.public_key(), spec.identifier);
+    for i in 0..spec.n {
+        // As the key service does: the share serves the repository it was made for.
+        quorum_consensus::keygen::record_repository(&share_dir(i), &group.quorum(), &repo)
+            .expect("the repository is recorded");
+    }
     let mandate = Mandate {
-        repo: RepoCoordinate::new(owner.public_key(), spec.identifier),
+        repo,
         pipeline: ".quorum/pipeline.yml".into(),
         jobs: spec.jobs.iter().map(|j| j.to_string()).collect(),
         quorum: Some(group.quorum()),

@@ -245,6 +245,7 @@ async fn tour(
     let options = quorum_router::release::ReleaseOptions {
         version: None,
         mirrors: super::run::mirrored_urls(&mirrors),
+        bundle_uploader: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
     };
     let release = if outcome.succeeded {
         quorum_router::release::publish_release_with(&client, &plan, &context, &outcome, &options)

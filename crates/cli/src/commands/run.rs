@@ -247,6 +247,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             .ok()
             .and_then(|tags| tags.lines().next().map(str::to_string)),
         mirrors: mirrored_urls(&mirrors),
+        bundle_uploader: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
     };
     let release = match quorum_router::release::publish_release_with(
         &client, &plan, &context, &outcome, &options,
