@@ -153,6 +153,8 @@ pub struct Bubblewrap {
     /// How steps with network get theirs; `None` with the reason in `network_off`.
     network: Option<NetPlan>,
     network_off: Option<String>,
+    /// See [`Bubblewrap::unhardened_for_benchmarks`].
+    unhardened: bool,
 }
 
 impl Bubblewrap {
@@ -181,6 +183,12 @@ impl Bubblewrap {
 
     /// Like [`detect`](Self::detect) with an explicit bwrap binary.
     pub fn detect_at(bwrap: impl Into<PathBuf>) -> Result<Self, SandboxError> {
+        Self::detect_with(bwrap, BUILD_USER)
+    }
+
+    /// Like [`detect_at`](Self::detect_at) with another build user than [`BUILD_USER`] (used
+    /// only when the DVM runs as root).
+    pub fn detect_with(bwrap: impl Into<PathBuf>, build_user: &str) -> Result<Self, SandboxError> {
         let bwrap = bwrap.into();
         let unavailable = |reason: String| SandboxError::Unavailable { reason };
         let out = Command::new(&bwrap)
@@ -205,17 +213,17 @@ impl Bubblewrap {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let build_ids = if root {
-            let ids = lookup_user(BUILD_USER).ok_or_else(|| {
+            let ids = lookup_user(build_user).ok_or_else(|| {
                 unavailable(format!(
                     "the DVM runs as root and build steps must never run as host root, but the \
-                     unprivileged build user {BUILD_USER:?} does not exist; create it with \
+                     unprivileged build user {build_user:?} does not exist; create it with \
                      `useradd --system --no-create-home --home-dir /nonexistent --shell \
-                     /usr/sbin/nologin {BUILD_USER}` (or run the DVM as an ordinary user)"
+                     /usr/sbin/nologin {build_user}` (or run the DVM as an ordinary user)"
                 ))
             })?;
             if ids.0 == 0 || ids.1 == 0 {
                 return Err(unavailable(format!(
-                    "the build user {BUILD_USER:?} has uid or gid 0; it must be unprivileged"
+                    "the build user {build_user:?} has uid or gid 0; it must be unprivileged"
                 )));
             }
             fs::create_dir_all(STAGE_DIR)
@@ -242,6 +250,7 @@ impl Bubblewrap {
             seccomp,
             network,
             network_off,
+            unhardened: false,
         };
         if let Err(first) = me.trial(false) {
             if !me.disable_userns {
@@ -296,6 +305,18 @@ impl Bubblewrap {
         if let Some(plan) = &mut self.network {
             plan.allow = allow;
         }
+        self
+    }
+
+    /// Benchmarks only: the flags this backend used before the hardening (steps as the DVM's
+    /// own uid, so host root for a root DVM; no seccomp; `/proc/sys` and the host-global proc
+    /// files as the kernel leaves them), so that `benches/startup.rs` can measure what the
+    /// hardening costs in the same run. Never use it to run steps.
+    #[doc(hidden)]
+    pub fn unhardened_for_benchmarks(mut self) -> Self {
+        self.build_ids = None;
+        self.seccomp = Arc::new(Vec::new());
+        self.unhardened = true;
         self
     }
 
@@ -451,21 +472,12 @@ impl Bubblewrap {
         // TZ=UTC is set too; this is for tools that read /etc/localtime directly.
         push(&[&"--symlink", &"/usr/share/zoneinfo/UTC", &"/etc/localtime"]);
         push(&[&"--proc", &"/proc"]);
-        // bwrap covers /proc/sys only if it looks writable to it; as the build user it does
-        // not, which is no reason to leave it to the kernel's owner checks alone.
-        push(&[&"--ro-bind", &"/proc/sys", &"/proc/sys"]);
-        for f in PROC_MASKED {
-            let p = Path::new("/proc").join(f);
-            if p.exists() {
-                push(&[&"--ro-bind", &"/dev/null", &p]);
-            }
+        if !self.unhardened {
+            self.proc_hardening(&mut a);
         }
-        for d in PROC_HIDDEN {
-            let p = Path::new("/proc").join(d);
-            if p.is_dir() {
-                push(&[&"--perms", &"0555", &"--tmpfs", &p, &"--remount-ro", &p]);
-            }
-        }
+        let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+            a.extend(items.iter().map(|i| i.as_ref().to_owned()));
+        };
         push(&[&"--dev", &"/dev"]);
         let tmp_size = spec.limits.tmp_bytes.to_string();
         if self.tmp_size {
@@ -510,6 +522,28 @@ impl Bubblewrap {
             &spec.script,
         ]);
         a
+    }
+
+    /// `/proc/sys` read-only and the host-global proc files masked.
+    fn proc_hardening(&self, a: &mut Vec<OsString>) {
+        let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+            a.extend(items.iter().map(|i| i.as_ref().to_owned()));
+        };
+        // bwrap covers /proc/sys only if it looks writable to it; as the build user it does
+        // not, which is no reason to leave it to the kernel's owner checks alone.
+        push(&[&"--ro-bind", &"/proc/sys", &"/proc/sys"]);
+        for f in PROC_MASKED {
+            let p = Path::new("/proc").join(f);
+            if p.exists() {
+                push(&[&"--ro-bind", &"/dev/null", &p]);
+            }
+        }
+        for d in PROC_HIDDEN {
+            let p = Path::new("/proc").join(d);
+            if p.is_dir() {
+                push(&[&"--perms", &"0555", &"--tmpfs", &p, &"--remount-ro", &p]);
+            }
+        }
     }
 
     async fn run_step(
