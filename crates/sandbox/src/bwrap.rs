@@ -387,7 +387,10 @@ impl Bubblewrap {
                         Ok(())
                     } else {
                         let text: Vec<String> = log.iter().map(|l| l.text.clone()).collect();
-                        Err(format!("a trial step failed ({out:?}): {}", text.join("; ")))
+                        Err(format!(
+                            "a trial step failed ({out:?}): {}",
+                            text.join("; ")
+                        ))
                     }
                 })
         })
@@ -431,7 +434,13 @@ impl Bubblewrap {
         env
     }
 
-    fn args(&self, spec: &StepSpec, src: &Sources, env: &[(String, String)], fds: &RunFds) -> Vec<OsString> {
+    fn args(
+        &self,
+        spec: &StepSpec,
+        src: &Sources,
+        env: &[(String, String)],
+        fds: &RunFds,
+    ) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
             a.extend(items.iter().map(|i| i.as_ref().to_owned()));
@@ -467,7 +476,13 @@ impl Bubblewrap {
         }
         let resolv = fds.resolv.map(|fd| fd.to_string());
         if let Some(fd) = &resolv {
-            push(&[&"--perms", &"0444", &"--ro-bind-data", fd, &"/etc/resolv.conf"]);
+            push(&[
+                &"--perms",
+                &"0444",
+                &"--ro-bind-data",
+                fd,
+                &"/etc/resolv.conf",
+            ]);
         }
         // TZ=UTC is set too; this is for tools that read /etc/localtime directly.
         push(&[&"--symlink", &"/usr/share/zoneinfo/UTC", &"/etc/localtime"]);
@@ -590,7 +605,8 @@ impl Bubblewrap {
             fds.secrets = Some(keep(secrets_memfd(spec)?, &mut inherit_fds));
         }
         for program in self.seccomp.iter() {
-            fds.seccomp.push(keep(memfd("quorum-seccomp", program)?, &mut inherit_fds));
+            fds.seccomp
+                .push(keep(memfd("quorum-seccomp", program)?, &mut inherit_fds));
         }
         let mut network = None;
         if let Some(plan) = &self.network
@@ -615,7 +631,10 @@ impl Bubblewrap {
         let (src, stage) = if self.build_ids.is_some() {
             let mut binds = Vec::new();
             let mut staged = Vec::new();
-            for (i, dir) in std::iter::once(&work_dir).chain(&self.toolchain).enumerate() {
+            for (i, dir) in std::iter::once(&work_dir)
+                .chain(&self.toolchain)
+                .enumerate()
+            {
                 if !dir.is_dir() {
                     return Err(SandboxError::Setup {
                         reason: format!("{} is not a directory", dir.display()),
@@ -647,11 +666,12 @@ impl Bubblewrap {
         };
         let env = self.env(spec);
         let args = self.args(spec, &src, &env, &fds);
-        let cgroup = if self.cgroups.has_pids() || self.cgroups.has_memory() || self.cgroups.has_cpu() {
-            Some(self.cgroups.create(&spec.limits)?)
-        } else {
-            None
-        };
+        let cgroup =
+            if self.cgroups.has_pids() || self.cgroups.has_memory() || self.cgroups.has_cpu() {
+                Some(self.cgroups.create(&spec.limits)?)
+            } else {
+                None
+            };
         let launch = Launch {
             program: self.bwrap.clone(),
             args,
@@ -720,7 +740,13 @@ fn lookup_user(name: &str) -> Option<(u32, u32)> {
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call; buf outlives the use of pw's strings.
     let rc = unsafe {
-        libc::getpwnam_r(cname.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out)
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
     };
     (rc == 0 && !out.is_null()).then_some((pw.pw_uid, pw.pw_gid))
 }

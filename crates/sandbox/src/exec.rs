@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::cgroup::RunCgroup;
-use crate::net::NetLaunch;
 use crate::log::{LineSplitter, LogGate, RawLine, Redactor};
+use crate::net::NetLaunch;
 use crate::{LogSink, SandboxError, StepOutcome, StepSpec, Stream};
 
 /// How long we keep reading after the step ended or was killed, for output still in the pipes.
@@ -360,7 +360,11 @@ pub(crate) async fn execute(
 
     let (process_limit_hit, memory_limit_hit, cpu_throttled) =
         guard.cgroup.as_ref().map_or((false, false, false), |c| {
-            (c.process_limit_hit(), c.memory_limit_hit(), c.cpu_throttled())
+            (
+                c.process_limit_hit(),
+                c.memory_limit_hit(),
+                c.cpu_throttled(),
+            )
         });
     let disk_limit_hit = disk_full(&spec.work_dir);
     // Kill whatever is left and remove the cgroups; this can sleep briefly, so off the runtime.
@@ -406,9 +410,7 @@ pub(crate) async fn execute(
         ));
     }
     if disk_limit_hit {
-        gate.system(
-            "disk limit reached: the work dir's file system is full; writes failed".into(),
-        );
+        gate.system("disk limit reached: the work dir's file system is full; writes failed".into());
     }
     if gate.truncated {
         gate.system(format!(

@@ -356,7 +356,9 @@ pub(crate) async fn attach(n: NetLaunch) -> Result<NetGuard, SandboxError> {
             )));
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(setup("pasta did not bring the step's network up in 10 s".into()));
+            return Err(setup(
+                "pasta did not bring the step's network up in 10 s".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -466,7 +468,10 @@ mod tests {
         let ten: Ipv4Cidr = "10.0.0.0/8".parse().unwrap();
         assert!(ten.contains(&"10.213.7.2".parse().unwrap()));
         assert!(!ten.contains(&"11.0.0.1".parse().unwrap()));
-        assert_eq!("192.168.1.7/16".parse::<Ipv4Cidr>().unwrap().to_string(), "192.168.0.0/16");
+        assert_eq!(
+            "192.168.1.7/16".parse::<Ipv4Cidr>().unwrap().to_string(),
+            "192.168.0.0/16"
+        );
         assert!("10.0.0.0/33".parse::<Ipv4Cidr>().is_err());
         assert!("example.com".parse::<Ipv4Cidr>().is_err());
         let link_local: Ipv4Cidr = "169.254.0.0/16".parse().unwrap();
@@ -476,15 +481,35 @@ mod tests {
     #[test]
     fn the_host_and_private_ranges_are_blocked_unless_allowed() {
         let b = blocked(&[]);
-        for addr in ["127.0.0.1", "10.1.2.3", "172.20.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1"] {
+        for addr in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.20.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+        ] {
             let a: Ipv4Addr = addr.parse().unwrap();
             assert!(b.iter().any(|c| c.contains_addr(a)), "{addr} not blocked");
         }
-        assert!(!b.iter().any(|c| c.contains_addr("198.51.100.2".parse().unwrap())));
+        assert!(
+            !b.iter()
+                .any(|c| c.contains_addr("198.51.100.2".parse().unwrap()))
+        );
         let allowed = blocked(&["10.0.0.0/8".parse().unwrap()]);
-        assert!(!allowed.iter().any(|c| c.contains_addr("10.1.2.3".parse().unwrap())));
+        assert!(
+            !allowed
+                .iter()
+                .any(|c| c.contains_addr("10.1.2.3".parse().unwrap()))
+        );
         let script = ip_script(&["10.9.0.0/16".parse().unwrap()]);
-        assert!(script.contains("route replace unreachable 10.0.0.0/8"), "{script}");
-        assert!(script.contains("route replace 10.9.0.0/16 dev eth0"), "{script}");
+        assert!(
+            script.contains("route replace unreachable 10.0.0.0/8"),
+            "{script}"
+        );
+        assert!(
+            script.contains("route replace 10.9.0.0/16 dev eth0"),
+            "{script}"
+        );
     }
 }

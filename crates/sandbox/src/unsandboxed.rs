@@ -53,11 +53,12 @@ impl Unsandboxed {
         for (k, v) in &spec.secrets {
             env.push((k.clone(), v.expose().to_owned()));
         }
-        let cgroup = if self.cgroups.has_pids() || self.cgroups.has_memory() || self.cgroups.has_cpu() {
-            Some(self.cgroups.create(&spec.limits)?)
-        } else {
-            None
-        };
+        let cgroup =
+            if self.cgroups.has_pids() || self.cgroups.has_memory() || self.cgroups.has_cpu() {
+                Some(self.cgroups.create(&spec.limits)?)
+            } else {
+                None
+            };
         let launch = Launch {
             program: Path::new("/bin/sh").to_owned(),
             args: vec![

@@ -90,18 +90,25 @@ impl WorkVolume {
 impl Drop for WorkVolume {
     fn drop(&mut self) {
         if let Err(e) = umount(&self.dir) {
-            tracing::warn!("cannot unmount the work volume at {}: {e}", self.dir.display());
+            tracing::warn!(
+                "cannot unmount the work volume at {}: {e}",
+                self.dir.display()
+            );
         }
     }
 }
 
 fn make_and_mount(image: &Path, dir: &Path, bytes: u64) -> Result<(), SandboxError> {
     let io = |what: String, e| SandboxError::io(what, e);
-    let file = fs::File::create(image).map_err(|e| io(format!("creating {}", image.display()), e))?;
+    let file =
+        fs::File::create(image).map_err(|e| io(format!("creating {}", image.display()), e))?;
     file.set_len(bytes)
         .map_err(|e| io(format!("sizing {}", image.display()), e))?;
     drop(file);
-    run(Command::new(tool("mkfs.ext4")).args(["-q", "-F", "-m", "0", "-O", "^has_journal"]).args(["-E", "nodiscard,root_owner=0:0"]).arg(image))?;
+    run(Command::new(tool("mkfs.ext4"))
+        .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
+        .args(["-E", "nodiscard,root_owner=0:0"])
+        .arg(image))?;
     run(Command::new(tool("mount"))
         .args(["-t", "ext4", "-o", "loop,nosuid,nodev"])
         .arg(image)

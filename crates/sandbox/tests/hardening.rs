@@ -28,8 +28,14 @@ fn root_without_build_user_is_refused_with_the_fix() {
     let err = quorum_sandbox::Bubblewrap::detect_with("/usr/bin/bwrap", "quorum-no-such-user")
         .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, quorum_sandbox::SandboxError::Unavailable { .. }), "{err:?}");
-    assert!(text.contains("useradd") && text.contains("quorum-no-such-user"), "{text}");
+    assert!(
+        matches!(err, quorum_sandbox::SandboxError::Unavailable { .. }),
+        "{err:?}"
+    );
+    assert!(
+        text.contains("useradd") && text.contains("quorum-no-such-user"),
+        "{text}"
+    );
 }
 
 /// C2: the step is not host uid 0, no `/proc/sys` file opens for writing, host-global proc
@@ -39,7 +45,9 @@ async fn step_is_not_host_root_and_cannot_write_sysctls() {
     let _machine = MACHINE.read().await;
     assert!(am_root(), "CI runs these tests as root");
     let sb = bwrap();
-    let (uid, _) = sb.build_ids().expect("a root DVM runs steps as the build user");
+    let (uid, _) = sb
+        .build_ids()
+        .expect("a root DVM runs steps as the build user");
     assert_ne!(uid, 0);
     let work = tempfile::tempdir().unwrap();
     let script = r#"
@@ -89,7 +97,10 @@ grep ' /build ' /proc/self/mountinfo
     let meta = std::fs::metadata(work.path().join("owned")).unwrap();
     assert_eq!(meta.uid(), uid, "host owner of a file the step wrote");
     assert_ne!(meta.uid(), 0);
-    let _ = stdout.lines().find(|l| l.contains(" /build ")).expect("the /build mount");
+    let _ = stdout
+        .lines()
+        .find(|l| l.contains(" /build "))
+        .expect("the /build mount");
 }
 
 /// On a work volume, mountinfo shows the work dir as a path of that file system only.
@@ -100,11 +111,18 @@ async fn mountinfo_does_not_show_the_host_path_on_a_volume() {
     let volume = WorkVolume::mount(data.path().join("work"), 32 << 20).unwrap();
     let job = volume.dir().join("job-1/src");
     std::fs::create_dir_all(&job).unwrap();
-    let (out, log) = run(&bwrap(), &spec("grep ' /build ' /proc/self/mountinfo", &job)).await;
+    let (out, log) = run(
+        &bwrap(),
+        &spec("grep ' /build ' /proc/self/mountinfo", &job),
+    )
+    .await;
     let stdout = text(&log, Stream::Stdout);
     assert_eq!(out.exit_code, Some(0), "{}", all(&log));
     assert!(stdout.contains(" /job-1/src /build "), "{stdout}");
-    assert!(!stdout.contains(&data.path().display().to_string()), "{stdout}");
+    assert!(
+        !stdout.contains(&data.path().display().to_string()),
+        "{stdout}"
+    );
 }
 
 const SYSCALLS_C: &str = r#"
@@ -169,7 +187,11 @@ async fn seccomp_filter_denies_each_listed_syscall() {
         .arg(work.path().join("sys.c"))
         .output()
         .expect("gcc is needed for this test");
-    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
     let (out, log) = run(&bwrap(), &spec("./sys", work.path())).await;
     let stdout = text(&log, Stream::Stdout);
     assert_eq!(out.exit_code, Some(0), "{}", all(&log));
@@ -224,7 +246,10 @@ const PRIVATE: &str = "10.213.7.2";
 const LINK_LOCAL: &str = "169.254.77.2";
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
     assert!(
         out.status.success(),
         "ip {args:?}: {}",
@@ -241,7 +266,9 @@ impl Internet {
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
         ip(&["netns", "add", &name]);
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &peer]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+        ]);
         ip(&["link", "set", &peer, "netns", &name]);
         ip(&["link", "set", &host_if, "up"]);
         for cmd in [
@@ -268,7 +295,10 @@ impl Internet {
         let count = accepted.clone();
         std::thread::spawn(move || {
             // SAFETY: setns on this thread only (network namespaces are per thread).
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
             let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
             tx.send(l.local_addr().unwrap().port()).unwrap();
             l.set_nonblocking(true).unwrap();
@@ -296,8 +326,12 @@ impl Internet {
 
 impl Drop for Internet {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -310,7 +344,13 @@ fn host_address() -> Option<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.contains("qsbh"))
-        .find_map(|l| l.split_whitespace().nth(3)?.split('/').next().map(str::to_owned))
+        .find_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .split('/')
+                .next()
+                .map(str::to_owned)
+        })
 }
 
 fn probe(label: &str, addr: &str, port: u16) -> String {
@@ -357,9 +397,15 @@ async fn network_is_the_steps_own() {
     assert_eq!(out.exit_code, Some(0), "{}", all(&log));
     assert!(stdout.contains("public REACHED"), "{stdout}");
     for blocked in ["private", "linklocal", "loopback", "hostaddr", "gateway"] {
-        assert!(stdout.contains(&format!("{blocked} BLOCKED")), "{blocked}: {stdout}");
+        assert!(
+            stdout.contains(&format!("{blocked} BLOCKED")),
+            "{blocked}: {stdout}"
+        );
     }
-    assert!(local.accept().is_err() && any.accept().is_err(), "a host service was reached");
+    assert!(
+        local.accept().is_err() && any.accept().is_err(),
+        "a host service was reached"
+    );
     assert_eq!(inet.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 
     // The operator allows the private range: now that address is reachable too.
@@ -368,12 +414,20 @@ async fn network_is_the_steps_own() {
     s.network = true;
     let (out, log) = run(&allowed, &s).await;
     assert_eq!(out.exit_code, Some(0), "{}", all(&log));
-    assert!(text(&log, Stream::Stdout).contains("private REACHED"), "{}", all(&log));
+    assert!(
+        text(&log, Stream::Stdout).contains("private REACHED"),
+        "{}",
+        all(&log)
+    );
 
     // Without network: no interface but lo, nothing reached.
     let s = spec(&probe("public", PUBLIC, inet.port), work.path());
     let (_, log) = run(&sb, &s).await;
-    assert!(text(&log, Stream::Stdout).contains("public BLOCKED"), "{}", all(&log));
+    assert!(
+        text(&log, Stream::Stdout).contains("public BLOCKED"),
+        "{}",
+        all(&log)
+    );
 }
 
 /// M7: a step that writes past the disk cap fails, says so, and the runner's data dir is
@@ -399,17 +453,28 @@ async fn writing_past_the_disk_cap_fails_the_step_and_spares_the_host() {
     .await;
     assert!(!out.success(), "{out:?}");
     assert!(out.disk_limit_hit, "{out:?}");
-    assert!(text(&log, Stream::System).contains("disk limit reached"), "{}", all(&log));
+    assert!(
+        text(&log, Stream::System).contains("disk limit reached"),
+        "{}",
+        all(&log)
+    );
     assert!(!text(&log, Stream::Stdout).contains("ALL-WRITTEN"));
     // The host side is fine: the journal is intact and can still be written.
-    assert_eq!(std::fs::read_to_string(data.path().join("journal")).unwrap(), "precious");
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("journal")).unwrap(),
+        "precious"
+    );
     std::fs::write(data.path().join("journal"), "still writable").unwrap();
     std::fs::remove_dir_all(volume.dir().join("job-1")).unwrap();
 
     // The next job on the same volume runs and its artifact is collected as before.
     let job = volume.dir().join("job-2/src");
     std::fs::create_dir_all(&job).unwrap();
-    let (out, log) = run(&sb, &spec("mkdir -p out && echo artifact > out/a.txt", &job)).await;
+    let (out, log) = run(
+        &sb,
+        &spec("mkdir -p out && echo artifact > out/a.txt", &job),
+    )
+    .await;
     assert!(out.success(), "{}", all(&log));
     assert!(!out.disk_limit_hit);
     let packed_dir = data.path().join("packed");
@@ -428,7 +493,10 @@ async fn writing_past_the_disk_cap_fails_the_step_and_spares_the_host() {
     let dir = volume.dir().to_owned();
     drop(volume);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(&dir.display().to_string()), "volume still mounted");
+    assert!(
+        !mounts.contains(&dir.display().to_string()),
+        "volume still mounted"
+    );
 }
 
 /// M7: a CPU hog and a fork bomb run at the same time, each is held by its cap, and another
@@ -442,7 +510,10 @@ async fn cpu_hog_and_fork_bomb_are_contained_while_another_job_finishes() {
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let mut hog = spec("for i in 1 2 3 4; do (while :; do :; done) & done; wait", w1.path());
+    let mut hog = spec(
+        "for i in 1 2 3 4; do (while :; do :; done) & done; wait",
+        w1.path(),
+    );
     hog.limits.cpu_millicores = 500;
     hog.timeout = Duration::from_secs(6);
     let mut bomb = spec(
@@ -458,12 +529,18 @@ async fn cpu_hog_and_fork_bomb_are_contained_while_another_job_finishes() {
 
     let (out, log) = run(
         &*sb,
-        &spec("python3 -c 'print(sum(range(100000)))' && echo other-job-done", w3.path()),
+        &spec(
+            "python3 -c 'print(sum(range(100000)))' && echo other-job-done",
+            w3.path(),
+        ),
     )
     .await;
     assert!(out.success(), "{}", all(&log));
     assert!(text(&log, Stream::Stdout).contains("other-job-done"));
-    assert!(!hog_task.is_finished() && !bomb_task.is_finished(), "the other job was not concurrent");
+    assert!(
+        !hog_task.is_finished() && !bomb_task.is_finished(),
+        "the other job was not concurrent"
+    );
 
     let (hog_out, _) = hog_task.await.unwrap();
     assert!(hog_out.timed_out, "{hog_out:?}");
