@@ -392,9 +392,23 @@ pub struct RunnerArgs {
     #[arg(long, default_value_t = 3600)]
     pub max_timeout: u64,
 
-    /// Refuse steps that ask for network access.
+    /// Give steps that ask for it a network of their own (outbound only: the host's loopback,
+    /// private, link-local and own networks stay unreachable). Off by default.
     #[arg(long)]
-    pub no_network: bool,
+    pub allow_network: bool,
+
+    /// Also let steps with network reach this IPv4 network (CIDR, e.g. 10.8.0.0/16; repeat).
+    #[arg(
+        long = "allow-network-to",
+        value_name = "CIDR",
+        requires = "allow_network"
+    )]
+    pub allow_network_to: Vec<quorum_sandbox::Ipv4Cidr>,
+
+    /// Size cap of the work dir in MiB (a loop-mounted file system under DATA/work, as root);
+    /// a step that writes past it fails. 0 leaves the work dir on the data dir's file system.
+    #[arg(long, default_value_t = 20480)]
+    pub work_disk_mib: u64,
 
     /// Allow file:// and local-path repositories (the embedded network and tests only).
     #[arg(long)]

@@ -49,7 +49,8 @@ pub struct RunnerConfig {
     pub max_timeout: Duration,
     /// Limits for every step; a job may ask for less memory or fewer processes, never more.
     pub limits: ResourceLimits,
-    /// Whether steps may ask for network access.
+    /// Whether steps may ask for network access (a namespace of their own with outbound access
+    /// only; see `quorum_sandbox::bwrap`). Off unless the operator enables it.
     pub allow_network: bool,
     /// Jobs at once (announced; the runtime enforces it).
     pub concurrency: u32,
@@ -67,7 +68,7 @@ impl RunnerConfig {
             git: GitPolicy::default(),
             max_timeout: Duration::from_secs(3600),
             limits: ResourceLimits::default(),
-            allow_network: true,
+            allow_network: false,
             concurrency: 2,
             max_request_bytes: 64 * 1024,
             toolchains: vec!["sh".into(), "git".into()],
@@ -370,7 +371,7 @@ impl JobHandler for Runner {
                     "none".into()
                 },
                 toolchains: self.config.toolchains.clone(),
-                network: self.config.allow_network,
+                network: self.config.allow_network && info.network,
             },
             price: Price {
                 msats_per_job: self.config.price_msats,

@@ -5,9 +5,10 @@
 //! | path | what |
 //! |---|---|
 //! | `/usr`, `/bin`, `/sbin`, `/lib*` | the host toolchain, read-only (symlinks kept as symlinks) |
-//! | `/etc/{passwd,group,hosts,ssl,alternatives,ld.so.cache,...}` | read-only, only what ordinary tools read; `resolv.conf` only with network |
+//! | `/etc/{passwd,group,hosts,ssl,alternatives,ld.so.cache,...}` | read-only, only what ordinary tools read; with network a `resolv.conf` naming pasta's DNS forwarder |
 //! | configured toolchain dirs | read-only at their host paths (e.g. `/root/.rustup`) |
-//! | `/proc`, `/dev` | fresh, for the new pid namespace; minimal devices |
+//! | `/proc` | fresh, for the new pid namespace; `/proc/sys` read-only; `kcore`, `keys`, `timer_list` and other host-global files masked |
+//! | `/dev` | minimal devices |
 //! | `/tmp` (and `/var/tmp` → `/tmp`) | private tmpfs of [`ResourceLimits::tmp_bytes`](crate::ResourceLimits), gone afterwards |
 //! | `/build` | the work dir, read-write, current directory |
 //! | `/run/quorum/secrets` | only with secrets: the step's secrets, read-only |
@@ -15,23 +16,36 @@
 //! Nothing else of the host is visible: not `/root`, `/home`, `/var`, `/run`, `/sys`, nor the
 //! DVM's key and data dirs. We deliberately never `--ro-bind / /`.
 //!
-//! Namespaces: all of them (`--unshare-all`, so user, pid, net, ipc, uts, cgroup), with the
-//! network shared only when the step asks for it; no capabilities (`--cap-drop ALL`); no nested
-//! user namespaces (`--disable-userns`); `--die-with-parent` and `--new-session` (no TIOCSTI
-//! into our terminal). Killing bwrap kills the pid namespace's init and with it every process of
-//! the step, however it daemonised.
+//! **Never host root.** When the DVM runs as root, bwrap itself is started as the unprivileged
+//! build user [`BUILD_USER`] (`setgroups`/`setresgid`/`setresuid` between fork and exec), so
+//! the user namespace it makes maps the step onto that uid, not onto host uid 0: the kernel's
+//! owner checks (sysctls, root-owned files bound in) then treat the step as a stranger. The
+//! work dir is chowned to the build user before the step. Because the build user usually
+//! cannot traverse a root DVM's data dir, the work dir and toolchain dirs are opened as root
+//! and bound, in a private mount namespace of bwrap's parent process only, under
+//! [`STAGE_DIR`]. [`Bubblewrap::detect`] refuses to work as root if the build user does not
+//! exist, and says how to create it.
 //!
-//! Limits: a per-run control group caps processes (`pids.max`) and memory, and lets us kill
-//! every process of the step. `RLIMIT_NPROC` is no substitute when the DVM runs as root: the
-//! kernel skips that check for the root user, and bwrap maps the sandbox uid onto the invoking
-//! uid, so a fork bomb under `prlimit --nproc=20` still spawns hundreds of processes (measured).
-//! Without a writable cgroup we fall back to rlimits (effective for a non-root DVM) and say so
-//! in [`SandboxInfo::notes`](crate::SandboxInfo::notes). `RLIMIT_FSIZE` and `RLIMIT_CORE=0`
-//! always apply; the private `/tmp` is a size-limited tmpfs.
+//! Namespaces: all of them (`--unshare-all`, so user, pid, net, ipc, uts, cgroup); no
+//! capabilities (`--cap-drop ALL`); no nested user namespaces (`--disable-userns` and the
+//! seccomp filter); `--die-with-parent` and `--new-session` (no TIOCSTI into our terminal).
+//! Killing bwrap kills the pid namespace's init and with it every process of the step,
+//! however it daemonised. The [`seccomp`](crate::seccomp) filter denies mount, new user
+//! namespaces, keyrings, bpf, perf, userfaultfd, io_uring, module and kexec calls and ptrace.
 //!
-//! After the step, setuid/setgid bits are cleared in the work dir: the step runs as the DVM's
-//! uid, and a `chmod 4755` by a root DVM's step would otherwise leave a setuid-root file on the
-//! host.
+//! Network: a step without network has a namespace with only `lo`. A step with network gets
+//! its own namespace too, connected to the internet through pasta, with the host's loopback,
+//! private, link-local and own networks unreachable: see [`net`](crate::net).
+//!
+//! Limits: a per-run control group caps processes (`pids.max`), memory and CPU (`cpu.max`),
+//! and lets us kill every process of the step. `RLIMIT_NPROC` is no substitute when the DVM
+//! runs as root without a build user: the kernel skips that check for root. Without a writable
+//! cgroup we fall back to rlimits and say so in [`SandboxInfo::notes`](crate::SandboxInfo::notes).
+//! `RLIMIT_FSIZE` and `RLIMIT_CORE=0` always apply; the private `/tmp` is a size-limited tmpfs;
+//! the work dir is size-capped when it lives on a [`WorkVolume`](crate::volume::WorkVolume).
+//!
+//! After the step, setuid/setgid bits are cleared in the work dir, so that no file the step
+//! made can be run with the build user's (or a non-root DVM's) ids by anyone else.
 //!
 //! Environment and secrets: bwrap itself runs with an *empty* environment. The public
 //! environment is given with `--setenv` (it is public data anyway); secrets never go on a
@@ -39,19 +53,48 @@
 //! would then run code in bwrap, outside the sandbox). They travel in a memfd that bwrap mounts
 //! at `/run/quorum/secrets`, which a two-line prelude sources before `exec`ing the step's shell.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::fs;
 use std::io::{Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cgroup::CgroupPlan;
-use crate::exec::{self, Launch, Rlimit};
+use crate::exec::{self, Launch, Rlimit, Stage};
+use crate::net::{Ipv4Cidr, NetLaunch, NetPlan};
 use crate::{
     BUILD_DIR, BoxFuture, LogSink, Sandbox, SandboxError, SandboxInfo, StepOutcome, StepSpec,
 };
+
+/// The unprivileged user a root DVM runs steps as.
+pub const BUILD_USER: &str = "quorum-build";
+
+/// Where a root DVM shows bwrap the directories it binds (in a private mount namespace; on the
+/// host this stays an empty directory).
+pub const STAGE_DIR: &str = "/run/quorum-sandbox";
+
+/// `/proc` files that tell about or act on the whole host; masked with `/dev/null`.
+const PROC_MASKED: &[&str] = &[
+    "kcore",
+    "keys",
+    "key-users",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "kpagecount",
+    "kpageflags",
+    "kpagecgroup",
+    "kallsyms",
+    "config.gz",
+    "sysrq-trigger",
+];
+
+/// `/proc` directories of host hardware; hidden under an empty read-only tmpfs.
+const PROC_HIDDEN: &[&str] = &["acpi", "scsi", "driver"];
 
 /// Host name inside the sandbox, fixed so that it never ends up differing in artifacts.
 pub const HOSTNAME: &str = "quorum-build";
@@ -103,6 +146,15 @@ pub struct Bubblewrap {
     disable_userns: bool,
     tmp_size: bool,
     notes: Vec<String>,
+    /// The build user's uid and gid when the DVM is root.
+    build_ids: Option<(u32, u32)>,
+    /// Compiled seccomp programs (see [`crate::seccomp`]).
+    seccomp: Arc<Vec<Vec<u8>>>,
+    /// How steps with network get theirs; `None` with the reason in `network_off`.
+    network: Option<NetPlan>,
+    network_off: Option<String>,
+    /// See [`Bubblewrap::unhardened_for_benchmarks`].
+    unhardened: bool,
 }
 
 impl Bubblewrap {
@@ -131,6 +183,12 @@ impl Bubblewrap {
 
     /// Like [`detect`](Self::detect) with an explicit bwrap binary.
     pub fn detect_at(bwrap: impl Into<PathBuf>) -> Result<Self, SandboxError> {
+        Self::detect_with(bwrap, BUILD_USER)
+    }
+
+    /// Like [`detect_at`](Self::detect_at) with another build user than [`BUILD_USER`] (used
+    /// only when the DVM runs as root).
+    pub fn detect_with(bwrap: impl Into<PathBuf>, build_user: &str) -> Result<Self, SandboxError> {
         let bwrap = bwrap.into();
         let unavailable = |reason: String| SandboxError::Unavailable { reason };
         let out = Command::new(&bwrap)
@@ -147,7 +205,39 @@ impl Bubblewrap {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
+        if !help.contains("--add-seccomp-fd") || !help.contains("--block-fd") {
+            return Err(unavailable(format!(
+                "bwrap {version} lacks --add-seccomp-fd/--block-fd: bubblewrap 0.5 or newer needed"
+            )));
+        }
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let build_ids = if root {
+            let ids = lookup_user(build_user).ok_or_else(|| {
+                unavailable(format!(
+                    "the DVM runs as root and build steps must never run as host root, but the \
+                     unprivileged build user {build_user:?} does not exist; create it with \
+                     `useradd --system --no-create-home --home-dir /nonexistent --shell \
+                     /usr/sbin/nologin {build_user}` (or run the DVM as an ordinary user)"
+                ))
+            })?;
+            if ids.0 == 0 || ids.1 == 0 {
+                return Err(unavailable(format!(
+                    "the build user {build_user:?} has uid or gid 0; it must be unprivileged"
+                )));
+            }
+            fs::create_dir_all(STAGE_DIR)
+                .map_err(|e| unavailable(format!("cannot create {STAGE_DIR}: {e}")))?;
+            Some(ids)
+        } else {
+            None
+        };
+        let seccomp = Arc::new(crate::seccomp::programs()?);
         let (cgroups, mut notes) = CgroupPlan::detect();
+        let (network, network_off) = match NetPlan::detect(build_ids.map(|i| i.0)) {
+            Ok(plan) => (Some(plan), None),
+            Err(why) => (None, Some(why)),
+        };
         let mut me = Bubblewrap {
             bwrap,
             version,
@@ -156,15 +246,30 @@ impl Bubblewrap {
             disable_userns: help.contains("--disable-userns"),
             tmp_size: help.contains("--size"),
             notes: Vec::new(),
+            build_ids,
+            seccomp,
+            network,
+            network_off,
+            unhardened: false,
         };
-        if let Err(first) = me.trial() {
+        if let Err(first) = me.trial(false) {
             if !me.disable_userns {
                 return Err(unavailable(first));
             }
-            // Some kernels refuse the sysctl write behind --disable-userns; run without it.
+            // Some kernels refuse the sysctl write behind --disable-userns; run without it
+            // (the seccomp filter still refuses new user namespaces).
             me.disable_userns = false;
-            me.trial().map_err(|_| unavailable(first))?;
-            notes.push("nested user namespaces are not disabled (--disable-userns failed)".into());
+            me.trial(false).map_err(|_| unavailable(first))?;
+            notes.push("--disable-userns failed; nested user namespaces are refused by the seccomp filter only".into());
+        }
+        if me.network.is_some()
+            && let Err(why) = me.trial(true)
+        {
+            me.network = None;
+            me.network_off = Some(why);
+        }
+        if let Some(why) = &me.network_off {
+            notes.push(format!("steps cannot have network: {why}"));
         }
         if !me.tmp_size {
             notes.push(format!(
@@ -172,10 +277,8 @@ impl Bubblewrap {
                 me.version
             ));
         }
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
         if !me.cgroups.has_pids() {
-            notes.push(if root {
+            notes.push(if root && me.build_ids.is_none() {
                 "no pids cgroup and running as root: RLIMIT_NPROC does not bind root, so a fork \
                  bomb is stopped only by the timeout; give the DVM a writable pids cgroup"
                     .into()
@@ -186,11 +289,45 @@ impl Bubblewrap {
         if !me.cgroups.has_memory() {
             notes.push("no memory cgroup: memory limited per process by RLIMIT_AS".into());
         }
+        if !me.cgroups.has_cpu() {
+            notes.push("no cpu cgroup: a step's CPU use is not capped".into());
+        }
         for n in &notes {
             tracing::warn!("bubblewrap sandbox: {n}");
         }
         me.notes = notes;
         Ok(me)
+    }
+
+    /// Steps with network may also reach these networks, which are otherwise unreachable
+    /// (loopback, private, link-local and the host's own networks; see [`crate::net`]).
+    pub fn with_network_allowed(mut self, allow: Vec<Ipv4Cidr>) -> Self {
+        if let Some(plan) = &mut self.network {
+            plan.allow = allow;
+        }
+        self
+    }
+
+    /// Benchmarks only: the flags this backend used before the hardening (steps as the DVM's
+    /// own uid, so host root for a root DVM; no seccomp; `/proc/sys` and the host-global proc
+    /// files as the kernel leaves them), so that `benches/startup.rs` can measure what the
+    /// hardening costs in the same run. Never use it to run steps.
+    #[doc(hidden)]
+    pub fn unhardened_for_benchmarks(mut self) -> Self {
+        self.build_ids = None;
+        self.seccomp = Arc::new(Vec::new());
+        self.unhardened = true;
+        self
+    }
+
+    /// Whether steps may have network here (pasta and its tools were found and work).
+    pub fn network_available(&self) -> bool {
+        self.network.is_some()
+    }
+
+    /// The uid and gid steps run as on the host, when the DVM is root.
+    pub fn build_ids(&self) -> Option<(u32, u32)> {
+        self.build_ids
     }
 
     /// Also bind `path` read-only at the same path inside the sandbox (a toolchain such as
@@ -227,49 +364,54 @@ impl Bubblewrap {
         &self.toolchain
     }
 
-    /// Start `true` in a sandbox exactly like a step; explain what to fix if it fails.
-    fn trial(&self) -> Result<(), String> {
+    /// Start `true` in a sandbox exactly like a step (with network if asked); explain what to
+    /// fix if it fails.
+    fn trial(&self, network: bool) -> Result<(), String> {
         let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
         let mut spec = StepSpec::new("true", dir.path());
         spec.limits.tmp_bytes = 1 << 20;
-        let env = self.env(&spec);
-        let mut child = Command::new(&self.bwrap)
-            .args(self.args(&spec, dir.path(), &env, None, None))
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.bwrap.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err("a trial sandbox did not finish within 10 s".into());
-                }
-            }
-        };
-        if status.success() {
-            return Ok(());
+        spec.network = network;
+        spec.timeout = Duration::from_secs(10);
+        // Its own thread and runtime: detect() may be called from inside a runtime.
+        let me = self.clone();
+        let result = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start a runtime: {e}"))?;
+            let mut log: Vec<crate::LogLine> = Vec::new();
+            rt.block_on(me.run_step(&spec, &mut log))
+                .map_err(|e| e.to_string())
+                .and_then(|out| {
+                    if out.success() {
+                        Ok(())
+                    } else {
+                        let text: Vec<String> = log.iter().map(|l| l.text.clone()).collect();
+                        Err(format!(
+                            "a trial step failed ({out:?}): {}",
+                            text.join("; ")
+                        ))
+                    }
+                })
+        })
+        .join()
+        .map_err(|_| "the trial sandbox panicked".to_string())?;
+        if network {
+            return result.map_err(|e| format!("a trial step with network failed: {e}"));
         }
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        Err(format!(
-            "bwrap cannot start a sandbox here ({status}): {}. bwrap needs user namespaces: as \
-             non-root enable unprivileged ones (sysctl kernel.unprivileged_userns_clone=1 and \
-             user.max_user_namespaces>0; on Ubuntu 24.04+ also \
-             kernel.apparmor_restrict_unprivileged_userns=0), in a container allow \
-             unshare/CLONE_NEWUSER (seccomp/AppArmor profile), or run the DVM as root",
-            err.trim()
-        ))
+        result.map_err(|e| {
+            format!(
+                "bwrap cannot start a sandbox here: {e}. bwrap needs user namespaces for {}: \
+                 enable unprivileged ones (sysctl kernel.unprivileged_userns_clone=1 and \
+                 user.max_user_namespaces>0; on Ubuntu 24.04+ also \
+                 kernel.apparmor_restrict_unprivileged_userns=0), or in a container allow \
+                 unshare/CLONE_NEWUSER (seccomp/AppArmor profile)",
+                match self.build_ids {
+                    Some(_) => format!("the build user {BUILD_USER}"),
+                    None => "this user".into(),
+                }
+            )
+        })
     }
 
     /// The public environment plus the toolchain's `bin` dirs on `PATH`.
@@ -295,19 +437,16 @@ impl Bubblewrap {
     fn args(
         &self,
         spec: &StepSpec,
-        work_dir: &Path,
+        src: &Sources,
         env: &[(String, String)],
-        status_fd: Option<RawFd>,
-        secrets_fd: Option<RawFd>,
+        fds: &RunFds,
     ) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
             a.extend(items.iter().map(|i| i.as_ref().to_owned()));
         };
+        // Always a network namespace of its own; with network, pasta attaches to it.
         push(&[&"--unshare-all", &"--unshare-user"]);
-        if spec.network {
-            push(&[&"--share-net"]);
-        }
         push(&[
             &"--die-with-parent",
             &"--new-session",
@@ -331,17 +470,30 @@ impl Bubblewrap {
                 _ => {}
             }
         }
-        let mut etc: Vec<&str> = ETC.to_vec();
-        if spec.network {
-            etc.push("resolv.conf");
-        }
-        for e in etc {
+        for e in ETC {
             let p = Path::new("/etc").join(e);
             push(&[&"--ro-bind-try", &p, &p]);
         }
+        let resolv = fds.resolv.map(|fd| fd.to_string());
+        if let Some(fd) = &resolv {
+            push(&[
+                &"--perms",
+                &"0444",
+                &"--ro-bind-data",
+                fd,
+                &"/etc/resolv.conf",
+            ]);
+        }
         // TZ=UTC is set too; this is for tools that read /etc/localtime directly.
         push(&[&"--symlink", &"/usr/share/zoneinfo/UTC", &"/etc/localtime"]);
-        push(&[&"--proc", &"/proc", &"--dev", &"/dev"]);
+        push(&[&"--proc", &"/proc"]);
+        if !self.unhardened {
+            self.proc_hardening(&mut a);
+        }
+        let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+            a.extend(items.iter().map(|i| i.as_ref().to_owned()));
+        };
+        push(&[&"--dev", &"/dev"]);
         let tmp_size = spec.limits.tmp_bytes.to_string();
         if self.tmp_size {
             push(&[&"--size", &tmp_size]);
@@ -349,11 +501,11 @@ impl Bubblewrap {
         push(&[&"--tmpfs", &"/tmp"]);
         push(&[&"--dir", &"/var", &"--symlink", &"../tmp", &"/var/tmp"]);
         // After /tmp, so that a toolchain living under /tmp is not hidden by the tmpfs.
-        for t in &self.toolchain {
-            push(&[&"--ro-bind", t, t]);
+        for (t, from) in self.toolchain.iter().zip(&src.toolchain) {
+            push(&[&"--ro-bind", from, t]);
         }
-        push(&[&"--bind", &work_dir, &BUILD_DIR]);
-        let secrets_fd = secrets_fd.map(|fd| fd.to_string());
+        push(&[&"--bind", &src.work, &BUILD_DIR]);
+        let secrets_fd = fds.secrets.map(|fd| fd.to_string());
         if let Some(fd) = &secrets_fd {
             push(&[&"--perms", &"0400", &"--ro-bind-data", fd, &SECRETS_PATH]);
         }
@@ -363,9 +515,18 @@ impl Bubblewrap {
         for (k, v) in env {
             push(&[&"--setenv", k, v]);
         }
-        let status_fd = status_fd.map(|fd| fd.to_string());
+        let numbered: Vec<String> = fds.seccomp.iter().map(|fd| fd.to_string()).collect();
+        for fd in &numbered {
+            push(&[&"--add-seccomp-fd", fd]);
+        }
+        let status_fd = fds.status.map(|fd| fd.to_string());
         if let Some(fd) = &status_fd {
             push(&[&"--json-status-fd", fd]);
+        }
+        let info = fds.info.map(|fd| fd.to_string());
+        let block = fds.block.map(|fd| fd.to_string());
+        if let (Some(info), Some(block)) = (&info, &block) {
+            push(&[&"--info-fd", info, &"--block-fd", block]);
         }
         push(&[
             &"--",
@@ -378,35 +539,139 @@ impl Bubblewrap {
         a
     }
 
+    /// `/proc/sys` read-only and the host-global proc files masked.
+    fn proc_hardening(&self, a: &mut Vec<OsString>) {
+        let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+            a.extend(items.iter().map(|i| i.as_ref().to_owned()));
+        };
+        // bwrap covers /proc/sys only if it looks writable to it; as the build user it does
+        // not, which is no reason to leave it to the kernel's owner checks alone.
+        push(&[&"--ro-bind", &"/proc/sys", &"/proc/sys"]);
+        for f in PROC_MASKED {
+            let p = Path::new("/proc").join(f);
+            if p.exists() {
+                push(&[&"--ro-bind", &"/dev/null", &p]);
+            }
+        }
+        for d in PROC_HIDDEN {
+            let p = Path::new("/proc").join(d);
+            if p.is_dir() {
+                push(&[&"--perms", &"0555", &"--tmpfs", &p, &"--remount-ro", &p]);
+            }
+        }
+    }
+
     async fn run_step(
         &self,
         spec: &StepSpec,
         log: &mut dyn LogSink,
     ) -> Result<StepOutcome, SandboxError> {
         spec.validate()?;
+        if spec.network && self.network.is_none() {
+            return Err(SandboxError::Unavailable {
+                reason: format!(
+                    "the step asks for network, which this sandbox cannot give: {}",
+                    self.network_off.as_deref().unwrap_or("no network support")
+                ),
+            });
+        }
         let work_dir = spec
             .work_dir
             .canonicalize()
             .map_err(|e| SandboxError::io(format!("work dir {}", spec.work_dir.display()), e))?;
-        let (status_r, status_w) = pipe()?;
-        let mut inherit_fds = vec![status_w.as_raw_fd()];
-        let mut close_after_spawn = vec![status_w];
-        let secrets_fd = if spec.secrets.is_empty() {
-            None
-        } else {
-            let fd = secrets_memfd(spec)?;
-            inherit_fds.push(fd.as_raw_fd());
+        if let Some((uid, gid)) = self.build_ids {
+            let dir = work_dir.clone();
+            tokio::task::spawn_blocking(move || chown_tree(&dir, uid, gid))
+                .await
+                .map_err(|e| SandboxError::io("preparing the work dir", std::io::Error::other(e)))?
+                .map_err(|e| {
+                    SandboxError::io(format!("giving {} to {BUILD_USER}", work_dir.display()), e)
+                })?;
+        }
+        let mut inherit_fds = Vec::new();
+        let mut close_after_spawn = Vec::new();
+        let mut keep = |fd: OwnedFd, inherit: &mut Vec<RawFd>| -> RawFd {
             let raw = fd.as_raw_fd();
+            inherit.push(raw);
             close_after_spawn.push(fd);
-            Some(raw)
+            raw
+        };
+        let (status_r, status_w) = pipe()?;
+        let mut fds = RunFds {
+            status: Some(keep(status_w, &mut inherit_fds)),
+            ..RunFds::default()
+        };
+        if !spec.secrets.is_empty() {
+            fds.secrets = Some(keep(secrets_memfd(spec)?, &mut inherit_fds));
+        }
+        for program in self.seccomp.iter() {
+            fds.seccomp
+                .push(keep(memfd("quorum-seccomp", program)?, &mut inherit_fds));
+        }
+        let mut network = None;
+        if let Some(plan) = &self.network
+            && spec.network
+        {
+            fds.resolv = Some(keep(
+                memfd("quorum-resolv", crate::net::resolv_conf().as_bytes())?,
+                &mut inherit_fds,
+            ));
+            let (info_r, info_w) = pipe()?;
+            let (block_r, block_w) = pipe()?;
+            fds.info = Some(keep(info_w, &mut inherit_fds));
+            fds.block = Some(keep(block_r, &mut inherit_fds));
+            network = Some(NetLaunch {
+                plan: plan.clone(),
+                info: info_r,
+                block: block_w,
+                ids: self.build_ids,
+            });
+        }
+        // As root: show bwrap the work dir and toolchains through the staging mounts.
+        let (src, stage) = if self.build_ids.is_some() {
+            let mut binds = Vec::new();
+            let mut staged = Vec::new();
+            for (i, dir) in std::iter::once(&work_dir)
+                .chain(&self.toolchain)
+                .enumerate()
+            {
+                if !dir.is_dir() {
+                    return Err(SandboxError::Setup {
+                        reason: format!("{} is not a directory", dir.display()),
+                    });
+                }
+                let target = Path::new(STAGE_DIR).join(i.to_string());
+                binds.push((path_cstring(dir)?, path_cstring(&target)?));
+                staged.push(target);
+            }
+            let work = staged.remove(0);
+            (
+                Sources {
+                    work,
+                    toolchain: staged,
+                },
+                Some(Stage {
+                    dir: path_cstring(Path::new(STAGE_DIR))?,
+                    binds,
+                }),
+            )
+        } else {
+            (
+                Sources {
+                    work: work_dir.clone(),
+                    toolchain: self.toolchain.clone(),
+                },
+                None,
+            )
         };
         let env = self.env(spec);
-        let args = self.args(spec, &work_dir, &env, Some(inherit_fds[0]), secrets_fd);
-        let cgroup = if self.cgroups.has_pids() || self.cgroups.has_memory() {
-            Some(self.cgroups.create(&spec.limits)?)
-        } else {
-            None
-        };
+        let args = self.args(spec, &src, &env, &fds);
+        let cgroup =
+            if self.cgroups.has_pids() || self.cgroups.has_memory() || self.cgroups.has_cpu() {
+                Some(self.cgroups.create(&spec.limits)?)
+            } else {
+                None
+            };
         let launch = Launch {
             program: self.bwrap.clone(),
             args,
@@ -418,6 +683,9 @@ impl Bubblewrap {
             bwrap_status: Some(status_r),
             rlimits: rlimits(spec, &self.cgroups),
             cgroup,
+            drop_to: self.build_ids,
+            stage,
+            network,
         };
         let outcome = exec::execute(launch, spec, log).await;
         // Every process of the step is dead now, so nothing can race this walk.
@@ -428,6 +696,64 @@ impl Bubblewrap {
             .map_err(|e| SandboxError::io(format!("checking {}", work_dir.display()), e))?;
         outcome
     }
+}
+
+/// Where bwrap finds the host directories it binds.
+struct Sources {
+    work: PathBuf,
+    /// In the order of [`Bubblewrap::toolchain`].
+    toolchain: Vec<PathBuf>,
+}
+
+/// Descriptors bwrap inherits for one run.
+#[derive(Default)]
+struct RunFds {
+    status: Option<RawFd>,
+    secrets: Option<RawFd>,
+    seccomp: Vec<RawFd>,
+    resolv: Option<RawFd>,
+    info: Option<RawFd>,
+    block: Option<RawFd>,
+}
+
+/// Give the work dir to the build user (symlinks themselves, never their targets), so that the
+/// step can write its checkout.
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            chown_tree(&path, uid, gid)?;
+        } else {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// The uid and gid of a user, from the system's user database.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let cname = CString::new(name).ok()?;
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 << 10];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf outlives the use of pw's strings.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    (rc == 0 && !out.is_null()).then_some((pw.pw_uid, pw.pw_gid))
+}
+
+fn path_cstring(p: &Path) -> Result<CString, SandboxError> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| SandboxError::InvalidSpec(format!("{} contains a NUL byte", p.display())))
 }
 
 /// Clear setuid/setgid bits on regular files in the work dir.
@@ -456,6 +782,7 @@ impl Sandbox for Bubblewrap {
             name: "bubblewrap".into(),
             isolated: true,
             version: self.version.clone(),
+            network: self.network.is_some(),
             notes: self.notes.clone(),
         }
     }
@@ -497,6 +824,23 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     }
     // SAFETY: pipe2 just returned these two fresh descriptors, owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `data` in an anonymous in-memory file, offset 0 (what bwrap reads from `--ro-bind-data` and
+/// `--add-seccomp-fd`).
+fn memfd(name: &str, data: &[u8]) -> Result<OwnedFd, SandboxError> {
+    let err = |e| SandboxError::io(format!("creating the {name} memfd"), e);
+    let cname = CString::new(name).expect("no NUL");
+    // SAFETY: the name is a valid NUL-terminated string.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: memfd_create just returned this fresh descriptor.
+    let mut file = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(data).map_err(err)?;
+    file.rewind().map_err(err)?;
+    Ok(OwnedFd::from(file))
 }
 
 /// The secrets as a shell file (`NAME='value'` lines) in an anonymous in-memory file, offset 0.

@@ -28,6 +28,7 @@ use crate::{ResourceLimits, SandboxError};
 enum Kind {
     Pids,
     Memory,
+    Cpu,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +47,14 @@ pub(crate) struct CgroupPlan {
 
 static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The CFS period for the CPU cap (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Quota per period; at least 1 ms, the kernel's minimum.
+fn cpu_quota_us(limits: &ResourceLimits) -> u64 {
+    (limits.cpu_millicores * CPU_PERIOD_US / 1000).max(1000)
+}
+
 impl CgroupPlan {
     /// Probe: find our cgroups and check that a child group can be made with the right files.
     /// Returns the plan and one note per controller that is not available.
@@ -54,7 +63,7 @@ impl CgroupPlan {
         let mut plan = CgroupPlan::default();
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        for kind in [Kind::Pids, Kind::Memory] {
+        for kind in [Kind::Pids, Kind::Memory, Kind::Cpu] {
             match find(kind, &mountinfo, &own).and_then(probe) {
                 Ok(c) => plan.controllers.push(c),
                 Err(why) => notes.push(why),
@@ -69,6 +78,10 @@ impl CgroupPlan {
 
     pub(crate) fn has_memory(&self) -> bool {
         self.controllers.iter().any(|c| c.kind == Kind::Memory)
+    }
+
+    pub(crate) fn has_cpu(&self) -> bool {
+        self.controllers.iter().any(|c| c.kind == Kind::Cpu)
     }
 
     /// Create the groups for one run and set their limits.
@@ -115,6 +128,20 @@ impl CgroupPlan {
                         write(&memsw, &bytes)?;
                     }
                 }
+                // CPU time per period: `cpu_millicores` 1000 is one core's worth, however many
+                // threads the step runs; the rest of the machine (the DVM, other jobs) keeps
+                // the remainder.
+                (Kind::Cpu, true) => write(
+                    &dir.join("cpu.max"),
+                    &format!("{} {CPU_PERIOD_US}", cpu_quota_us(limits)),
+                )?,
+                (Kind::Cpu, false) => {
+                    write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    write(
+                        &dir.join("cpu.cfs_quota_us"),
+                        &cpu_quota_us(limits).to_string(),
+                    )?;
+                }
             }
             let procs = dir.join("cgroup.procs");
             let f = OpenOptions::new()
@@ -145,6 +172,12 @@ impl RunCgroup {
     pub(crate) fn process_limit_hit(&self) -> bool {
         self.group(Kind::Pids)
             .is_some_and(|d| counter(&d.join("pids.events"), "max") > 0)
+    }
+
+    /// Whether the CPU cap held the step back at least once (`nr_throttled` > 0).
+    pub(crate) fn cpu_throttled(&self) -> bool {
+        self.group(Kind::Cpu)
+            .is_some_and(|d| counter(&d.join("cpu.stat"), "nr_throttled") > 0)
     }
 
     /// Whether the OOM killer ran in the group.
@@ -261,6 +294,7 @@ fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Pids => "pids",
         Kind::Memory => "memory",
+        Kind::Cpu => "cpu",
     }
 }
 
@@ -355,6 +389,8 @@ fn probe(mut c: Controller) -> Result<Controller, String> {
         (Kind::Pids, _) => "pids.max",
         (Kind::Memory, true) => "memory.max",
         (Kind::Memory, false) => "memory.limit_in_bytes",
+        (Kind::Cpu, true) => "cpu.max",
+        (Kind::Cpu, false) => "cpu.cfs_quota_us",
     };
     if c.v2 && !enabled_for_children(&c.base, name) {
         let ctl = c.base.join("cgroup.subtree_control");

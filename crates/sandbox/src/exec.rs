@@ -2,7 +2,7 @@
 //! the timeout, and make sure nothing it started survives the step.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::cgroup::RunCgroup;
 use crate::log::{LineSplitter, LogGate, RawLine, Redactor};
+use crate::net::NetLaunch;
 use crate::{LogSink, SandboxError, StepOutcome, StepSpec, Stream};
 
 /// How long we keep reading after the step ended or was killed, for output still in the pipes.
@@ -51,6 +52,83 @@ pub(crate) struct Launch {
     pub bwrap_status: Option<OwnedFd>,
     pub rlimits: Vec<Rlimit>,
     pub cgroup: Option<RunCgroup>,
+    /// Become this uid/gid (no supplementary groups) right before `exec`: set when the DVM
+    /// runs as root, so that nothing of the step is ever host uid 0.
+    pub drop_to: Option<(u32, u32)>,
+    /// Host directories to show bwrap under a staging dir (see [`Stage`]).
+    pub stage: Option<Stage>,
+    /// The step's own network, attached once bwrap has made its namespaces.
+    pub network: Option<NetLaunch>,
+}
+
+/// Directories bwrap must bind although the unprivileged build user cannot reach their host
+/// paths (a root DVM's data dir is usually `0700`): in the child, before dropping root, a
+/// private mount namespace gets a small tmpfs at `dir` with each directory bound at
+/// `dir/<i>`. It all disappears with the child; the host never sees these mounts.
+pub(crate) struct Stage {
+    pub dir: CString,
+    /// `(host directory, where it appears)`
+    pub binds: Vec<(CString, CString)>,
+}
+
+/// `setgroups([])`, `setresgid`, `setresuid`: drop every root id for good. Async-signal-safe.
+pub(crate) fn become_user(uid: u32, gid: u32) -> std::io::Result<()> {
+    // SAFETY: plain syscalls.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(gid, gid, gid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The staging mounts; runs in the child between fork and exec (async-signal-safe calls only).
+fn stage_mounts(stage: &Stage) -> std::io::Result<()> {
+    let err = || Err(std::io::Error::last_os_error());
+    // SAFETY: plain syscalls on NUL-terminated strings prepared before the fork.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return err();
+        }
+        // Nothing we mount here may propagate back to the host.
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return err();
+        }
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            stage.dir.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=0755,size=64k".as_ptr().cast(),
+        ) != 0
+        {
+            return err();
+        }
+        for (source, target) in &stage.binds {
+            if libc::mkdir(target.as_ptr(), 0o755) != 0
+                || libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return err();
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Kills what is left if the run future is dropped half way.
@@ -94,6 +172,9 @@ pub(crate) async fn execute(
         bwrap_status,
         rlimits,
         cgroup,
+        drop_to,
+        stage,
+        network,
     } = launch;
     let bwrap_mode = bwrap_status.is_some();
 
@@ -115,7 +196,8 @@ pub(crate) async fn execute(
         .map(RunCgroup::procs_fds)
         .unwrap_or_default();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe syscalls
-    // (write, setrlimit, umask, fcntl) on values prepared before the fork; no allocation.
+    // (write, setrlimit, unshare, mount, mkdir, setres[ug]id, umask, fcntl) on values prepared
+    // before the fork; no allocation.
     unsafe {
         cmd.pre_exec(move || {
             for &fd in &cg_fds {
@@ -140,6 +222,12 @@ pub(crate) async fn execute(
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            if let Some(stage) = &stage {
+                stage_mounts(stage)?;
+            }
+            if let Some((uid, gid)) = drop_to {
+                become_user(uid, gid)?;
+            }
             libc::umask(0o022);
             for &fd in &inherit_fds {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
@@ -159,6 +247,11 @@ pub(crate) async fn execute(
     drop(close_after_spawn);
     let pid = child.id().map(|p| p as i32);
     let mut guard = Guard { pgid: pid, cgroup };
+    // bwrap waits (--block-fd) until the step's network is attached.
+    let _net = match network {
+        Some(n) => Some(crate::net::attach(n).await?),
+        None => None,
+    };
 
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
@@ -265,9 +358,15 @@ pub(crate) async fn execute(
             .map_err(|e| SandboxError::io("waiting for the step", e))?,
     };
 
-    let (process_limit_hit, memory_limit_hit) = guard.cgroup.as_ref().map_or((false, false), |c| {
-        (c.process_limit_hit(), c.memory_limit_hit())
-    });
+    let (process_limit_hit, memory_limit_hit, cpu_throttled) =
+        guard.cgroup.as_ref().map_or((false, false, false), |c| {
+            (
+                c.process_limit_hit(),
+                c.memory_limit_hit(),
+                c.cpu_throttled(),
+            )
+        });
+    let disk_limit_hit = disk_full(&spec.work_dir);
     // Kill whatever is left and remove the cgroups; this can sleep briefly, so off the runtime.
     guard.pgid = None;
     let cg = guard.cgroup.take();
@@ -310,6 +409,9 @@ pub(crate) async fn execute(
             limits.max_memory_bytes
         ));
     }
+    if disk_limit_hit {
+        gate.system("disk limit reached: the work dir's file system is full; writes failed".into());
+    }
     if gate.truncated {
         gate.system(format!(
             "log truncated: {} bytes dropped after the {} byte limit",
@@ -326,7 +428,22 @@ pub(crate) async fn execute(
         log_dropped_bytes: gate.dropped,
         process_limit_hit,
         memory_limit_hit,
+        cpu_throttled,
+        disk_limit_hit,
     })
+}
+
+/// Whether the file system holding `dir` has less than 1 MiB left for unprivileged writers.
+fn disk_full(dir: &std::path::Path) -> bool {
+    let Ok(c) = CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: zeroed statvfs is a valid out-parameter; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    (st.f_bavail as u128) * (st.f_frsize as u128) < (1 << 20)
 }
 
 /// The `exit-code` record bwrap writes once the sandboxed command has exited.

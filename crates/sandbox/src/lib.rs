@@ -10,10 +10,12 @@
 //!
 //! - [`Bubblewrap`] (the default, design section 7): a read-only view of the system toolchain,
 //!   the work dir read-write at the fixed path `/build`, a private size-limited `/tmp`, new
-//!   user/pid/net/ipc/uts/cgroup namespaces, no capabilities, and no view of the DVM's keys,
-//!   config, `/root`, `/home`, `/run` or `/sys`. Processes and memory are capped with a per-run
-//!   control group where one can be created (see [`bwrap`] for why rlimits alone do not stop a
-//!   fork bomb when the DVM runs as root).
+//!   user/pid/net/ipc/uts/cgroup namespaces, never host root (a root DVM runs steps as the
+//!   build user), no capabilities, a seccomp filter, and no view of the DVM's keys, config,
+//!   `/root`, `/home`, `/run` or `/sys`. A step with network gets a network namespace of its
+//!   own behind a user-mode stack, which reaches the internet but not the host's loopback or
+//!   private networks. Processes, memory and CPU are capped with a per-run control group where
+//!   one can be created; the work dir's size with a [`volume::WorkVolume`].
 //! - [`Unsandboxed`]: a plain child process with the same environment, timeout and log handling,
 //!   for development only; it says so loudly on construction and on every run.
 //!
@@ -23,11 +25,14 @@ mod cgroup;
 mod error;
 mod exec;
 mod log;
+mod net;
+mod seccomp;
 mod spec;
 
 pub mod bwrap;
 pub mod pack;
 pub mod unsandboxed;
+pub mod volume;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +41,7 @@ use std::time::Duration;
 pub use bwrap::Bubblewrap;
 pub use error::SandboxError;
 pub use log::{FnSink, LogLine, LogSink, Stream};
+pub use net::{DNS_ADDR, Ipv4Cidr};
 pub use spec::{BUILD_DIR, MAX_SCRIPT_BYTES, ResourceLimits, SecretString, StepSpec};
 pub use unsandboxed::Unsandboxed;
 
@@ -53,6 +59,9 @@ pub struct SandboxInfo {
     pub isolated: bool,
     /// Version of the isolation tool (e.g. `"0.8.0"` for bwrap), or of this crate.
     pub version: String,
+    /// Whether steps may ask for network here. For bubblewrap: a network namespace of the
+    /// step's own with outbound access only (see [`bwrap`] and `net`).
+    pub network: bool,
     /// Which limits are actually enforced here and anything degraded, one sentence each.
     pub notes: Vec<String>,
 }
@@ -81,6 +90,11 @@ pub struct StepOutcome {
     pub process_limit_hit: bool,
     /// The memory limit triggered the OOM killer (known only with a memory cgroup).
     pub memory_limit_hit: bool,
+    /// The CPU cap held the step back at least once (known only with a cpu cgroup).
+    pub cpu_throttled: bool,
+    /// The work dir's file system was full when the step ended: a write past the disk cap
+    /// failed (known only where the work dir is on a size-capped [`volume`]).
+    pub disk_limit_hit: bool,
 }
 
 impl StepOutcome {

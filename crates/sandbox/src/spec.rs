@@ -91,6 +91,10 @@ pub struct ResourceLimits {
     /// CPU seconds per process (`RLIMIT_CPU`); a backstop behind the wall-clock timeout.
     /// Default none.
     pub cpu_seconds: Option<u64>,
+    /// CPU share of the whole step in thousandths of a core (cgroup `cpu.max`; 1500 = one and
+    /// a half cores, however many threads it runs). Default: all cores but one (at least one
+    /// core), so that a CPU hog leaves room for the DVM and other jobs.
+    pub cpu_millicores: u64,
 }
 
 impl Default for ResourceLimits {
@@ -103,8 +107,14 @@ impl Default for ResourceLimits {
             max_line_bytes: 16 << 10,
             tmp_bytes: 1 << 30,
             cpu_seconds: None,
+            cpu_millicores: default_cpu_millicores(),
         }
     }
+}
+
+fn default_cpu_millicores() -> u64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    cores.saturating_sub(1).max(1) * 1000
 }
 
 /// One build step to run.
@@ -119,6 +129,9 @@ pub struct StepSpec {
     /// Host directory with the checkout; read-write at [`BUILD_DIR`] in the sandbox.
     pub work_dir: PathBuf,
     /// Whether the step may use the network. Off: a fresh network namespace with only `lo`.
+    /// On (bubblewrap): its own network namespace with outbound IPv4 through a user-mode stack
+    /// (pasta); the host's loopback, private, link-local and other local addresses stay
+    /// unreachable (see [`bwrap`](crate::bwrap)).
     pub network: bool,
     /// Wall-clock limit; on expiry every process of the step is killed.
     pub timeout: Duration,

@@ -53,11 +53,12 @@ impl Unsandboxed {
         for (k, v) in &spec.secrets {
             env.push((k.clone(), v.expose().to_owned()));
         }
-        let cgroup = if self.cgroups.has_pids() || self.cgroups.has_memory() {
-            Some(self.cgroups.create(&spec.limits)?)
-        } else {
-            None
-        };
+        let cgroup =
+            if self.cgroups.has_pids() || self.cgroups.has_memory() || self.cgroups.has_cpu() {
+                Some(self.cgroups.create(&spec.limits)?)
+            } else {
+                None
+            };
         let launch = Launch {
             program: Path::new("/bin/sh").to_owned(),
             args: vec![
@@ -73,6 +74,9 @@ impl Unsandboxed {
             bwrap_status: None,
             rlimits: crate::bwrap::rlimits(spec, &self.cgroups),
             cgroup,
+            drop_to: None,
+            stage: None,
+            network: None,
         };
         let outcome = exec::execute(launch, spec, log).await;
         drop(home);
@@ -92,6 +96,7 @@ impl Sandbox for Unsandboxed {
             name: "unsandboxed".into(),
             isolated: false,
             version: env!("CARGO_PKG_VERSION").into(),
+            network: true,
             notes: vec![WARNING.into()],
         }
     }

@@ -140,6 +140,8 @@ impl Network {
         sandbox: Arc<dyn quorum_sandbox::Sandbox>,
     ) -> Dvm {
         let mut config = RunnerConfig::new(data.join("work"), vec![self.blossom.clone()]);
+        // Tests ask for network steps; the sandbox keeps them off the host's loopback.
+        config.allow_network = true;
         config.git = GitPolicy {
             allow_local,
             timeout: Some(Duration::from_secs(30)),

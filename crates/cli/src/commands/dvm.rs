@@ -201,14 +201,46 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::install().context("cannot install signal handlers")?;
     let relays = super::relay_urls(&args.relays)?;
     let keys = quorum_dvm::keyfile::load_or_create(&args.key)?;
-    let sandbox = sandbox(args.unsandboxed)?;
+    let sandbox: Arc<dyn Sandbox> = if args.unsandboxed {
+        sandbox(true)?
+    } else {
+        let bwrap = quorum_sandbox::Bubblewrap::detect()
+            .context(
+                "bubblewrap is needed to run build steps safely (apt-get install bubblewrap); \
+                 --unsandboxed exists for development only",
+            )?
+            .with_network_allowed(args.allow_network_to.clone());
+        if args.allow_network && !bwrap.network_available() {
+            anyhow::bail!(
+                "--allow-network: this machine cannot give steps a network of their own ({})",
+                bwrap.describe().notes.join("; ")
+            );
+        }
+        Arc::new(bwrap)
+    };
+    // The work dirs on a size-capped file system, so that no step can fill the data dir's disk.
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?) == 0;
+    let _volume = if args.work_disk_mib > 0 && !args.unsandboxed && root {
+        Some(
+            quorum_sandbox::volume::WorkVolume::mount(
+                args.data.join("work"),
+                args.work_disk_mib << 20,
+            )
+            .context("cannot set up the size-capped work dir (--work-disk-mib 0 turns it off)")?,
+        )
+    } else {
+        if args.work_disk_mib > 0 {
+            tracing::warn!("work dir not size-capped: that needs root (loop mount)");
+        }
+        None
+    };
     let setup = RunnerSetup {
         relays: relays.clone(),
         blossom: args.blossom.clone(),
         data: args.data.clone(),
         concurrency: args.concurrency,
         max_timeout: Duration::from_secs(args.max_timeout),
-        allow_network: !args.no_network,
+        allow_network: args.allow_network,
         allow_local_repos: args.allow_local_repos,
         price_msats: args.price_msats,
         operator: operator(args.operator.as_deref())?,
