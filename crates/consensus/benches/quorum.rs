@@ -24,7 +24,7 @@ use quorum_consensus::channel::Channel;
 use quorum_consensus::keygen::{self, ServeConfig};
 use quorum_consensus::member;
 use quorum_consensus::signing::{self, SigningConfig};
-use quorum_proto::agreement::{BuildResult, QuorumAttestation};
+use quorum_proto::agreement::{AttestationBasis, BuildResult, QuorumAttestation};
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::mandate::{Keygen, Mandate};
 use quorum_proto::nip34::RepoCoordinate;
@@ -166,14 +166,19 @@ async fn one_step(url: &RelayUrl, n: usize, t: u16, salt: u8) -> (f64, f64) {
             let started = Instant::now();
             let roster = member::roster_of(share);
             let agreement =
-                agreement::commit_and_reveal(channel, &roster, job, &result, &config, None)
+                agreement::commit_and_reveal(channel, &roster, job, &result, None, &config, None)
                     .await
                     .unwrap();
             let agreed_at = started.elapsed();
             let (attestation, created_at) = QuorumAttestation::from_tally(
                 &agreement.tally,
-                EventId::all_zeros(),
-                "a".repeat(40),
+                &AttestationBasis {
+                    mandate: EventId::all_zeros(),
+                    commit: "a".repeat(40),
+                    evidence: None,
+                    wrapped: None,
+                    not_before: Timestamp::from(0),
+                },
             )
             .unwrap();
             let event = attestation.unsigned(share.quorum(), created_at).unwrap();

@@ -494,7 +494,7 @@ mod tests {
     }
 
     fn tally(events: &[Event], roster: &Roster) -> Agreement {
-        tally_events(events, roster, JOB, EventId::all_zeros())
+        tally_events(events, roster, JOB, None, EventId::all_zeros())
     }
 
     fn keys_of(keys: &[Keys], idx: &[usize]) -> BTreeSet<PublicKey> {

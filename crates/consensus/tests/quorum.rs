@@ -141,6 +141,9 @@ fn job(q: &Quorum, job: EventId, result: BuildResult) -> QuorumJob {
         mandate_id: q.mandate_id,
         commit: "a".repeat(40),
         result,
+        evidence: None,
+        wrapped: None,
+        not_before: quorum_proto::nostr::Timestamp::from(0),
         records: None,
     }
 }
@@ -422,6 +425,7 @@ async fn a_member_silent_in_round_two_is_replaced() {
                 &member::roster_of(&share),
                 job.job,
                 &job.result,
+                None,
                 &config.agreement,
                 None,
             )
@@ -979,7 +983,7 @@ async fn messages_replayed_from_an_earlier_job_change_nothing() {
     assert_eq!(b_agreement.len(), 6);
     let roster = member::roster_of(&q.members[0].1);
     let mixed: Vec<Event> = a_agreement.iter().chain(&b_agreement).cloned().collect();
-    let replayed = agreement::tally_events(&mixed, &roster, job_b, b[0].agreement.my_reveal);
+    let replayed = agreement::tally_events(&mixed, &roster, job_b, None, b[0].agreement.my_reveal);
     let ignored: BTreeSet<EventId> = replayed.tally.ignored.iter().map(|(id, _)| *id).collect();
     let a_agreement_ids: BTreeSet<EventId> = a_agreement.iter().map(|e| e.id).collect();
     assert_eq!(ignored, a_agreement_ids, "{:?}", replayed.tally.ignored);

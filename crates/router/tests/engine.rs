@@ -719,10 +719,29 @@ async fn a_released_artifact_verifies_and_a_tampered_one_does_not() {
     let file = dir.path().join("hello.txt");
     std::fs::write(&file, &bytes).unwrap();
     let verifier = network.client().await;
-    let verified = quorum_router::verify::verify_file(&verifier, &file)
+    let single = quorum_router::verify::Expectation {
+        repo: context.repo_id.clone(),
+        allow_single_builder: true,
+        ..Default::default()
+    };
+    let verified = quorum_router::verify::verify_file(Some(&verifier), &file, None, &single)
         .await
         .unwrap();
     assert!(verified.ok, "{verified:?}");
+    // By default a single builder's word is not enough, and saying so is the verdict.
+    let strict = quorum_router::verify::Expectation {
+        repo: context.repo_id.clone(),
+        ..Default::default()
+    };
+    let refused = quorum_router::verify::verify_file(Some(&verifier), &file, None, &strict)
+        .await
+        .unwrap();
+    assert!(!refused.ok);
+    assert!(
+        refused.problems[0].contains("not by a quorum"),
+        "{:?}",
+        refused.problems
+    );
     assert_eq!(verified.release, Some(release.binding.to_hex()));
     assert_eq!(verified.commit.as_deref(), Some(commit.as_str()));
     assert_eq!(verified.attested_by, vec![runner.public_key().to_hex()]);
@@ -733,7 +752,7 @@ async fn a_released_artifact_verifies_and_a_tampered_one_does_not() {
     let mut tampered = bytes.to_vec();
     tampered[0] ^= 1;
     std::fs::write(&file, &tampered).unwrap();
-    let refused = quorum_router::verify::verify_file(&verifier, &file)
+    let refused = quorum_router::verify::verify_file(Some(&verifier), &file, None, &single)
         .await
         .unwrap();
     assert!(!refused.ok);

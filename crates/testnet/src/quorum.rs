@@ -100,3 +100,53 @@ pub async fn deal(
         mandate: event,
     }
 }
+
+impl DealtQuorum {
+    /// The repository the mandate is for.
+    pub fn repo(&self) -> RepoCoordinate {
+        RepoCoordinate::new(self.owner.public_key(), self.identifier())
+    }
+
+    fn identifier(&self) -> String {
+        quorum_proto::mandate::Mandate::from_event(&self.mandate)
+            .expect("our own mandate parses")
+            .repo
+            .identifier
+    }
+
+    /// Publishes, as the owner, the repository's announcement (with `clone_url`) and a state
+    /// in which `ref_name` points at `commit`: the evidence members require before they build
+    /// (protocol §16). Returns both events.
+    pub async fn publish_repository(
+        &self,
+        relay: &RelayUrl,
+        clone_url: &str,
+        ref_name: &str,
+        commit: &str,
+    ) -> (Event, Event) {
+        use quorum_proto::nip34::{RepositoryAnnouncement, RepositoryState};
+        let mut announcement = RepositoryAnnouncement::new(self.identifier());
+        announcement.clone = vec![clone_url.to_string()];
+        let announcement = announcement
+            .to_event_builder()
+            .sign_with_keys(&self.owner)
+            .expect("signed");
+        let state = RepositoryState::new(self.identifier())
+            .with_ref(ref_name, commit)
+            .expect("a valid ref")
+            .to_event_builder()
+            .sign_with_keys(&self.owner)
+            .expect("signed");
+        let client = JobClient::connect(std::slice::from_ref(relay), Keys::generate())
+            .await
+            .expect("the client connects");
+        for event in [&announcement, &state] {
+            client
+                .publish_signed(event)
+                .await
+                .expect("the repository event is published");
+        }
+        client.shutdown().await;
+        (announcement, state)
+    }
+}

@@ -306,38 +306,6 @@ fn duration(text: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(total))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use quorum_proto::nostr::nips::nip19::{Nip19Coordinate, ToBech32};
-    use quorum_proto::nostr::{Kind, RelayUrl};
-
-    #[test]
-    fn durations() {
-        assert_eq!(duration("90d").unwrap(), Duration::from_secs(90 * 86_400));
-        assert_eq!(duration("12h").unwrap(), Duration::from_secs(12 * 3600));
-        assert_eq!(duration("45").unwrap(), Duration::from_secs(45));
-        assert!(duration("0d").is_err());
-        assert!(duration("3y").is_err());
-        assert!(duration("d").is_err());
-    }
-
-    #[test]
-    fn repositories() {
-        let owner = quorum_proto::nostr::Keys::generate().public_key();
-        let coordinate = format!("30617:{}:app", owner.to_hex());
-        assert_eq!(repo(&coordinate).unwrap().identifier, "app");
-        assert!(repo("30618:abc:app").is_err());
-        let naddr = Nip19Coordinate::new(
-            Coordinate::new(Kind::Custom(30617), owner).identifier("app"),
-            Vec::<RelayUrl>::new(),
-        )
-        .to_bech32()
-        .unwrap();
-        assert_eq!(repo(&naddr).unwrap().to_string(), coordinate);
-    }
-}
-
 /// The mandate's rules from `--requester`, `--source` and `--inner`.
 fn rules(args: &MandateCreateArgs) -> anyhow::Result<MandateRules> {
     let key = |flag: &str, text: &str| {
@@ -364,4 +332,29 @@ fn rules(args: &MandateCreateArgs) -> anyhow::Result<MandateRules> {
         }
     }
     Ok(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("90d").unwrap(), Duration::from_secs(90 * 86_400));
+        assert_eq!(duration("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(duration("45").unwrap(), Duration::from_secs(45));
+        assert!(duration("0d").is_err());
+        assert!(duration("3y").is_err());
+        assert!(duration("d").is_err());
+    }
+
+    #[test]
+    fn repositories() {
+        let owner = quorum_proto::nostr::Keys::generate().public_key();
+        let coordinate = format!("30617:{}:app", owner.to_hex());
+        assert_eq!(repo(&coordinate).unwrap().identifier, "app");
+        assert!(repo("30618:abc:app").is_err());
+        let naddr = RepoCoordinate::new(owner, "app").to_naddr();
+        assert_eq!(repo(&naddr).unwrap().to_string(), coordinate);
+    }
 }
