@@ -61,7 +61,9 @@ async fn watcher(args: WatcherArgs) -> anyhow::Result<ExitCode> {
         data: args.data.clone(),
         git: GitPolicy {
             allow_local: args.allow_local_repos,
+            allow_private: args.allow_private_git,
             timeout: Some(Duration::from_secs(600)),
+            ..GitPolicy::default()
         },
         quorum,
     };
@@ -104,6 +106,7 @@ async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {
         runners,
         max_run: Duration::from_secs(args.max_run),
         allow_local_repos: args.allow_local_repos,
+        allow_private_git: args.allow_private_git,
     };
     let dvm = start_router(setup, keys.clone()).await?;
     super::announce(&format!("router: {}", keys.public_key().to_hex()));
@@ -119,6 +122,7 @@ pub struct RouterSetup {
     pub runners: Vec<quorum_proto::nostr::PublicKey>,
     pub max_run: Duration,
     pub allow_local_repos: bool,
+    pub allow_private_git: bool,
 }
 
 /// Starts a router DVM; its job client signs with the same key, so that it recognises its own
@@ -133,7 +137,9 @@ pub async fn start_router(
             work_root: setup.data.join("work"),
             git: GitPolicy {
                 allow_local: setup.allow_local_repos,
+                allow_private: setup.allow_private_git,
                 timeout: Some(Duration::from_secs(600)),
+                ..GitPolicy::default()
             },
             runners: setup.runners,
             max_run: setup.max_run,
@@ -159,6 +165,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         max_timeout: Duration::from_secs(args.max_timeout),
         allow_network: !args.no_network,
         allow_local_repos: args.allow_local_repos,
+        allow_private_git: args.allow_private_git,
         price_msats: args.price_msats,
     };
     let dvm = start_runner(setup, keys.clone(), sandbox).await?;
@@ -201,6 +208,7 @@ pub struct RunnerSetup {
     pub max_timeout: Duration,
     pub allow_network: bool,
     pub allow_local_repos: bool,
+    pub allow_private_git: bool,
     pub price_msats: u64,
 }
 
@@ -213,7 +221,9 @@ pub async fn start_runner(
     let mut config = RunnerConfig::new(setup.data.join("work"), setup.blossom);
     config.git = GitPolicy {
         allow_local: setup.allow_local_repos,
+        allow_private: setup.allow_private_git,
         timeout: Some(Duration::from_secs(600)),
+        ..GitPolicy::default()
     };
     config.max_timeout = setup.max_timeout;
     config.allow_network = setup.allow_network;

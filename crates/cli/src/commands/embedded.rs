@@ -102,6 +102,7 @@ impl Embedded {
                 runners: runners.iter().map(Dvm::public_key).collect(),
                 max_run: std::time::Duration::from_secs(6 * 3600),
                 allow_local_repos: true,
+                allow_private_git: true,
             };
             Some(super::dvm::start_router(setup, keys).await?)
         };
@@ -180,6 +181,7 @@ async fn start_runners(
             allow_network: true,
             // The embedded network is one person's machine: local repositories are theirs.
             allow_local_repos: true,
+            allow_private_git: true,
             price_msats: 0,
         };
         dvms.push(super::dvm::start_runner(setup, keys, sandbox.clone()).await?);
