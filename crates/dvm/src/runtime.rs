@@ -128,7 +128,10 @@ impl Dvm {
             return Err(DvmError::NotAJobKind(bad.as_u16()));
         }
         let mut journal = Journal::open(&config.data_dir.join("jobs.jsonl"))?;
-        journal.compact(journal_retention(&config))?;
+        if let Err(err) = journal.compact(journal_retention(&config)) {
+            // A journal that could not be rewritten is still whole: serve, and try again later.
+            tracing::warn!("cannot compact the job journal: {err}");
+        }
 
         let client = Client::builder()
             .signer(keys.clone())

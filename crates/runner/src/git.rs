@@ -469,8 +469,9 @@ async fn run_git(
             .id()
             .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?)),
     );
-    let stdout = read_capped(child.stdout.take(), STDOUT_CAP);
-    let stderr = read_capped(child.stderr.take(), STDERR_CAP);
+    // Read both pipes while git runs: a git that fills a pipe nobody reads never exits.
+    let stdout = tokio::spawn(read_capped(child.stdout.take(), STDOUT_CAP));
+    let stderr = tokio::spawn(read_capped(child.stderr.take(), STDERR_CAP));
     let too_large = |max| GitError::TooLarge {
         url: shown_url.to_string(),
         max,
@@ -496,6 +497,7 @@ async fn run_git(
         }
     };
     let (stdout, stderr) = tokio::join!(stdout, stderr);
+    let (stdout, stderr) = (stdout.unwrap_or_default(), stderr.unwrap_or_default());
     if let Some((path, max)) = limits.watch
         && dir_size(path).await > max
     {

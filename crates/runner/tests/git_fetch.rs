@@ -315,6 +315,24 @@ async fn allowed_private_hosts_are_fetched_through_the_checked_address() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("served");
         let commit = bare_repo(dir.path(), &root, "app");
+        // Enough tags that a listing overflows a pipe buffer (git must be read while it runs).
+        let tags: String = (0..2000)
+            .map(|i| format!("create refs/tags/release-{i:05} {commit}\n"))
+            .collect();
+        let mut update = std::process::Command::new("git")
+            .args(["update-ref", "--stdin"])
+            .current_dir(root.join("app.git"))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        update
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(tags.as_bytes())
+            .unwrap();
+        assert!(update.wait().unwrap().success());
         let daemon = git_daemon(&root).await;
         let http = http_server(&root, None).await;
         for (i, url) in [
@@ -338,6 +356,7 @@ async fn allowed_private_hosts_are_fetched_through_the_checked_address() {
             );
             let refs = git::ls_remote(url, &private()).await.unwrap();
             assert_eq!(refs.get("refs/heads/main"), Some(&commit), "{url}");
+            assert_eq!(refs.len(), 2001, "{url}");
         }
         assert!(http.requests.load(Ordering::SeqCst) > 0);
     })
