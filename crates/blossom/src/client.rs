@@ -160,6 +160,15 @@ impl BlossomClient {
         }
     }
 
+    /// The same client (HTTP settings, token shape) signing as someone else: e.g. a throwaway
+    /// key, so that what it uploads is not listed under the main key (BUD-12).
+    pub fn with_signer(&self, signer: impl IntoNostrSigner) -> Self {
+        Self {
+            signer: signer.into_nostr_signer(),
+            ..self.clone()
+        }
+    }
+
     /// Uses this HTTP client (timeouts, proxies, TLS roots).
     pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
         self.http = http;

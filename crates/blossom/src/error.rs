@@ -33,6 +33,12 @@ pub enum BlossomError {
         /// The configured maximum.
         max: u64,
     },
+    /// The uploader would own more than its quota allows (bytes or blobs).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Storing this would leave less free disk space than the server keeps in reserve.
+    #[error("the server is short of disk space; try another server")]
+    InsufficientStorage,
     /// The body's hash is not the announced one (`X-SHA-256`, or the mirror token's `x`).
     #[error("body hash {actual} does not match the announced {expected}")]
     HashMismatch {
@@ -83,7 +89,10 @@ impl BlossomError {
             BlossomError::BadRequest(_) | BlossomError::Truncated => StatusCode::BAD_REQUEST,
             BlossomError::NotFound => StatusCode::NOT_FOUND,
             BlossomError::LengthRequired(_) => StatusCode::LENGTH_REQUIRED,
-            BlossomError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BlossomError::TooLarge { .. } | BlossomError::QuotaExceeded(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            BlossomError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             BlossomError::HashMismatch { .. } => StatusCode::CONFLICT,
             BlossomError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             BlossomError::Origin(_) => StatusCode::BAD_GATEWAY,
@@ -139,7 +148,7 @@ impl IntoResponse for BlossomError {
     }
 }
 
-/// Why a server refused a request, by status (BUD-02/06/07).
+/// Why a server refused a request, by status (BUD-02/06/07, and WebDAV's 507).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// 400.
@@ -164,6 +173,8 @@ pub enum Refusal {
     RateLimited,
     /// 502: the server could not reach its origin (mirror).
     BadGateway,
+    /// 507: the server is short of disk space.
+    InsufficientStorage,
     /// Anything else.
     Other,
 }
@@ -183,6 +194,7 @@ impl Refusal {
             415 => Refusal::UnsupportedType,
             429 => Refusal::RateLimited,
             502 => Refusal::BadGateway,
+            507 => Refusal::InsufficientStorage,
             _ => Refusal::Other,
         }
     }

@@ -6,6 +6,8 @@
 //! descriptor) live in [`quorum_proto::blossom`] so that other crates can read them without
 //! pulling in an HTTP stack.
 //!
+//! - [`address`]: the SSRF guard (which hosts a server may reach for a stranger), shared
+//!   with the runners' git fetches.
 //! - [`store`]: the blob store on disk (atomic publish, metadata sidecars, owners).
 //! - [`server`]: the axum router (BUD-01/02/04/06/11/12) around a store.
 //! - [`client`]: uploads, downloads with re-hashing, mirror, preflight, multi-server upload.
@@ -14,6 +16,7 @@
 //! Blobs never sit whole in memory: uploads, mirrors and downloads stream through a hashing
 //! writer ([`sink`]) whose hashing and disk writes run on their own threads.
 
+pub mod address;
 pub mod client;
 pub mod error;
 pub mod server;
@@ -23,4 +26,4 @@ pub mod store;
 pub use client::{BlossomClient, ServerOutcome, Uploaded};
 pub use error::{BlossomError, ClientError};
 pub use server::{BlossomConfig, BlossomServer};
-pub use store::{BlobMeta, BlobStore};
+pub use store::{BlobMeta, BlobStore, Quota, Usage};

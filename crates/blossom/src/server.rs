@@ -11,13 +11,17 @@
 //! | `GET /list/<pubkey>` | 12 | `list` by that pubkey, only with `require_auth_for_list` |
 //! | `DELETE /<sha256>` | 12 | `delete` with `x`, by an owner |
 //!
+//! Uploads and mirrors are bounded three ways: per blob (`max_blob_bytes`, 413), per uploader
+//! (`quota`: bytes and blobs one key may own, 413; anonymous uploads share one allowance), and
+//! per disk (`min_free_bytes`: refused with 507 before the data directory's filesystem gets
+//! that full, checked before and while receiving). A refused upload leaves nothing behind.
+//!
 //! Every response carries `Access-Control-Allow-Origin: *`; `OPTIONS` answers the preflight.
 //! Errors answer with the status the BUDs assign and a human-readable `X-Reason` built from our
 //! own text only (see [`BlossomError`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,9 +42,11 @@ use quorum_proto::nostr::{PublicKey, Timestamp};
 use serde::Deserialize;
 use url::Url;
 
+pub use crate::address::is_public;
+use crate::address::{AddressError, resolve_checked};
 use crate::error::BlossomError;
 use crate::sink::file_stream;
-use crate::store::{BlobMeta, BlobStore, RemoveOutcome, Staged};
+use crate::store::{BlobMeta, BlobStore, Quota, RemoveOutcome, Staged, Usage};
 
 /// Server policy. `Default` is a private-by-default server: authenticated uploads, public reads.
 #[derive(Debug, Clone)]
@@ -58,8 +64,16 @@ pub struct BlossomConfig {
     pub require_auth_for_upload: bool,
     /// `GET`/`HEAD` of blobs need a `get` token.
     pub require_auth_for_get: bool,
-    /// `GET /list/<pubkey>` needs a `list` token signed by that pubkey.
+    /// `GET /list/<pubkey>` needs a `list` token signed by that pubkey (private listing: who
+    /// uploaded what is then nobody else's business).
     pub require_auth_for_list: bool,
+    /// What one uploader may own here (bytes and blobs); unlimited by default, since keys cost
+    /// nothing to make: against a stranger with many keys, `allowed_uploaders` and
+    /// `min_free_bytes` are what protect the disk.
+    pub quota: Quota,
+    /// Free space the data directory's filesystem keeps: an upload or mirror that would leave
+    /// less is refused with 507, before and while its bytes arrive. 0 = no reserve.
+    pub min_free_bytes: u64,
     /// Let `PUT /mirror` fetch from loopback, private, link-local and other non-public
     /// addresses. Off by default: a mirror request must not become a probe of our network.
     pub allow_private_mirror_targets: bool,
@@ -78,6 +92,8 @@ impl Default for BlossomConfig {
             require_auth_for_upload: true,
             require_auth_for_get: false,
             require_auth_for_list: false,
+            quota: Quota::default(),
+            min_free_bytes: 1 << 30,
             allow_private_mirror_targets: false,
             mirror_timeout: Duration::from_secs(600),
             fsync: true,
@@ -95,8 +111,37 @@ pub struct BlossomServer {
 struct Inner {
     config: BlossomConfig,
     store: BlobStore,
+    /// Bytes and blobs each uploader (`None`: anonymous) is sending right now, by declared
+    /// length, so that concurrent uploads of one key cannot pass its quota together.
+    in_flight: std::sync::Mutex<HashMap<Option<PublicKey>, Usage>>,
 }
 
+/// An upload's share of its uploader's quota while its bytes arrive; returned on drop.
+struct Reservation {
+    server: BlossomServer,
+    owner: Option<PublicKey>,
+    usage: Usage,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.usage == Usage::default() {
+            return;
+        }
+        let mut in_flight = self.server.in_flight();
+        if let Some(held) = in_flight.get_mut(&self.owner) {
+            held.bytes = held.bytes.saturating_sub(self.usage.bytes);
+            held.blobs = held.blobs.saturating_sub(self.usage.blobs);
+            if *held == Usage::default() {
+                in_flight.remove(&self.owner);
+            }
+        }
+    }
+}
+
+/// How often (in received bytes) a running upload re-checks the free disk space (one
+/// `statvfs` per MiB costs nothing next to writing the MiB).
+const DISK_CHECK_EVERY: u64 = 1 << 20;
 /// Largest JSON body accepted by `PUT /mirror`.
 const MIRROR_BODY_LIMIT: usize = 16 * 1024;
 /// Redirects followed when mirroring (each hop is re-checked against the address policy).
@@ -110,7 +155,11 @@ impl BlossomServer {
     pub async fn open(config: BlossomConfig, data_dir: &Path) -> Result<Self, BlossomError> {
         let store = BlobStore::open(data_dir, config.fsync).await?;
         Ok(Self {
-            inner: Arc::new(Inner { config, store }),
+            inner: Arc::new(Inner {
+                config,
+                store,
+                in_flight: std::sync::Mutex::new(HashMap::new()),
+            }),
         })
     }
 
@@ -199,6 +248,76 @@ impl BlossomServer {
         };
         let expect = Expectation::new(verb, host, Timestamp::now()).with_sha256(sha256);
         Ok(Some(blossom::validate_header(value, &expect)?))
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<Option<PublicKey>, Usage>> {
+        // Plain counters: a panic elsewhere cannot leave them half-updated.
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// 507 when receiving `incoming` more bytes would leave less than `min_free_bytes` free.
+    fn check_disk(&self, incoming: u64) -> Result<(), BlossomError> {
+        let reserve = self.inner.config.min_free_bytes;
+        if reserve == 0 {
+            return Ok(());
+        }
+        let free = self.inner.store.free_space()?;
+        if free < reserve.saturating_add(incoming) {
+            tracing::warn!(
+                free,
+                reserve,
+                incoming,
+                "refusing an upload: disk reserve reached"
+            );
+            return Err(BlossomError::InsufficientStorage);
+        }
+        Ok(())
+    }
+
+    /// Admits an upload of `size` bytes (0 when unknown) by `owner` before any byte is
+    /// received: disk reserve and quota (counting the owner's other uploads in flight). A blob
+    /// the owner already has costs no quota. The final quota check happens at publish.
+    fn admit(
+        &self,
+        owner: Option<PublicKey>,
+        sha: Option<Sha256Hex>,
+        size: u64,
+    ) -> Result<Reservation, BlossomError> {
+        self.check_disk(size)?;
+        let quota = &self.inner.config.quota;
+        let free_of_charge = *quota == Quota::default()
+            || sha.is_some_and(|sha| self.inner.store.owned_by(&sha, owner.as_ref()));
+        let usage = if free_of_charge {
+            Usage::default()
+        } else {
+            Usage {
+                bytes: size,
+                blobs: 1,
+            }
+        };
+        if !free_of_charge {
+            let stored = self.inner.store.usage(owner.as_ref());
+            let mut in_flight = self.in_flight();
+            let sending = in_flight.get(&owner).copied().unwrap_or_default();
+            quota.admits(
+                Usage {
+                    bytes: stored.bytes.saturating_add(sending.bytes),
+                    blobs: stored.blobs.saturating_add(sending.blobs),
+                },
+                size,
+            )?;
+            let held = in_flight.entry(owner).or_default();
+            held.bytes = held.bytes.saturating_add(usage.bytes);
+            held.blobs = held.blobs.saturating_add(usage.blobs);
+        }
+        Ok(Reservation {
+            server: self.clone(),
+            owner,
+            usage,
+        })
     }
 
     fn check_uploader(&self, auth: Option<&Authorized>) -> Result<(), BlossomError> {
@@ -482,12 +601,15 @@ async fn upload(
     }
     let mime =
         clean_mime(header_str(&headers, "content-type")).unwrap_or_else(|| DEFAULT_MIME.to_owned());
+    let owner = auth.as_ref().map(|a| a.pubkey);
+    let _reservation = server.admit(owner, announced, declared)?;
 
     // The stream is bounded by the limit and by the declared length: a body that lies about
     // its length is cut off, not stored. (hyper enforces Content-Length framing on real
     // connections; this also holds for bodies that reach the router by other means.)
     let mut ingest = server.inner.store.begin(config.max_blob_bytes)?;
     let mut stream = body.into_data_stream();
+    let mut next_disk_check = DISK_CHECK_EVERY;
     while let Some(chunk) = stream.next().await {
         // A body error is a client that went away or broke framing: the temp file goes with
         // `ingest`.
@@ -504,15 +626,23 @@ async fn upload(
             ));
         }
         ingest.write_bytes(chunk).await?;
+        // Other uploads share the disk: re-check the reserve as the bytes arrive.
+        if ingest.len() >= next_disk_check {
+            server.check_disk(declared - ingest.len())?;
+            next_disk_check = ingest.len() + DISK_CHECK_EVERY;
+        }
     }
     if ingest.len() != declared {
         return Err(BlossomError::Truncated);
     }
     let staged = ingest.finish().await?;
     check_hash(&staged, announced, auth.as_ref())?;
-    let owner = auth.map(|a| a.pubkey);
     let sha = staged.sha256;
-    let (meta, created) = server.inner.store.publish(staged, mime, owner).await?;
+    let (meta, created) = server
+        .inner
+        .store
+        .publish(staged, mime, owner, &config.quota)
+        .await?;
     Ok(descriptor_response(&server, &base, sha, meta, created))
 }
 
@@ -585,6 +715,7 @@ async fn upload_requirements(
         config.require_auth_for_upload,
     )?;
     server.check_uploader(auth.as_ref())?;
+    server.admit(auth.map(|a| a.pubkey), Some(sha), len)?;
     Ok(StatusCode::OK)
 }
 
@@ -626,10 +757,14 @@ async fn mirror(
     let url_hash = Sha256Hex::from_url_path(source.path());
     let owner = auth.as_ref().map(|a| a.pubkey);
 
-    // Already here and authorised: no need to fetch anything.
+    // Already here *for this caller*: nothing to fetch, nothing changes. A blob that is here
+    // but not theirs is fetched like a new one: ownership (a place in their list, the right to
+    // delete, a share of their quota) goes only to a caller whose URL really serves the bytes,
+    // never to one who merely names a hash it saw somewhere.
     if let Some(h) = url_hash
         && auth.as_ref().is_none_or(|a| a.allows(&h))
-        && let Some(meta) = server.inner.store.add_owner(&h, owner).await?
+        && server.inner.store.owned_by(&h, owner.as_ref())
+        && let Some(meta) = server.inner.store.get(&h)
     {
         return Ok(descriptor_response(&server, &base, h, meta, false));
     }
@@ -654,12 +789,19 @@ async fn mirror(
             .and_then(|v| v.to_str().ok()),
     )
     .unwrap_or_else(|| DEFAULT_MIME.to_owned());
+    let expected = response.content_length().unwrap_or(0);
+    let _reservation = server.admit(owner, None, expected)?;
 
     let mut ingest = server.inner.store.begin(config.max_blob_bytes)?;
     let mut stream = response.bytes_stream();
+    let mut next_disk_check = DISK_CHECK_EVERY;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| BlossomError::Origin(format!("{final_url}: {e}")))?;
         ingest.write_bytes(chunk).await?;
+        if ingest.len() >= next_disk_check {
+            server.check_disk(expected.saturating_sub(ingest.len()))?;
+            next_disk_check = ingest.len() + DISK_CHECK_EVERY;
+        }
     }
     let staged = ingest.finish().await?;
     // BUD-04: the bytes must hash to what the token authorised (or, anonymously, to the hash
@@ -681,7 +823,11 @@ async fn mirror(
         });
     }
     let sha = staged.sha256;
-    let (meta, created) = server.inner.store.publish(staged, mime, owner).await?;
+    let (meta, created) = server
+        .inner
+        .store
+        .publish(staged, mime, owner, &config.quota)
+        .await?;
     Ok(descriptor_response(&server, &base, sha, meta, created))
 }
 
@@ -707,22 +853,19 @@ async fn fetch_origin(
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let addrs: Vec<SocketAddr> = tokio::time::timeout(
+        let addrs = resolve_checked(
+            &host,
+            port,
+            config.allow_private_mirror_targets,
             Duration::from_secs(10),
-            tokio::net::lookup_host((lookup_host.as_str(), port)),
         )
         .await
-        .map_err(|_| BlossomError::Origin(format!("{host}: DNS timeout")))?
-        .map_err(|e| BlossomError::Origin(format!("{host}: {e}")))?
-        .collect();
-        if addrs.is_empty() {
-            return Err(BlossomError::Origin(format!("{host}: no addresses")));
-        }
-        if !config.allow_private_mirror_targets && addrs.iter().any(|a| !is_public(a.ip())) {
-            return Err(BlossomError::Forbidden(
+        .map_err(|e| match e {
+            AddressError::NotPublic { .. } => BlossomError::Forbidden(
                 "mirror url resolves to a loopback, private or link-local address",
-            ));
-        }
+            ),
+            other => BlossomError::Origin(other.to_string()),
+        })?;
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .resolve_to_addrs(&lookup_host, &addrs)
@@ -748,42 +891,6 @@ async fn fetch_origin(
         return Ok((response, url));
     }
     Err(BlossomError::Origin("too many redirects".into()))
-}
-
-/// Whether an address is on the public internet (not loopback, private, link-local, CGNAT,
-/// documentation, multicast, unspecified, …).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 CGNAT
-                || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18/15 benchmarking
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0/24 protocol assignments
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link local
-                || (s[0] & 0xffc0) == 0xfec0 // site local (deprecated)
-                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || (s[0] == 0x64 && s[1] == 0xff9b)) // NAT64 may reach private v4
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -956,28 +1063,5 @@ mod tests {
         assert_eq!(extension_for(DEFAULT_MIME), "bin");
         assert_eq!(extension_for("application/pdf"), "pdf");
         assert_eq!(extension_for("x-unknown/thing"), "bin");
-    }
-
-    #[test]
-    fn public_addresses() {
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.1.1",
-            "172.16.0.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "224.0.0.1",
-        ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
-        }
-        for public in ["1.1.1.1", "8.8.8.8", "2606:4700:4700::1111"] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
-        }
     }
 }

@@ -61,6 +61,51 @@ impl BlobMeta {
     }
 }
 
+/// How much one uploader owns; see [`BlobStore::usage`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Sum of the sizes of the blobs it owns.
+    pub bytes: u64,
+    /// Number of blobs it owns.
+    pub blobs: u64,
+}
+
+/// Per-uploader limits, checked when a blob gains an owner. Anonymous uploads count as one
+/// uploader. A blob counts in full for each of its owners (each could be the last one, and a
+/// blob goes only when its last owner deletes it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Most bytes one uploader may own; `None` = no limit.
+    pub max_bytes: Option<u64>,
+    /// Most blobs one uploader may own; `None` = no limit.
+    pub max_blobs: Option<u64>,
+}
+
+impl Quota {
+    /// Whether `used` plus one more blob of `size` bytes stays within the limits; the refusal
+    /// says which limit and how much is in use.
+    pub fn admits(&self, used: Usage, size: u64) -> Result<(), BlossomError> {
+        if let Some(max) = self.max_blobs
+            && used.blobs.saturating_add(1) > max
+        {
+            return Err(BlossomError::QuotaExceeded(format!(
+                "upload quota exceeded: this uploader already stores {} blobs, the limit is {max}",
+                used.blobs
+            )));
+        }
+        if let Some(max) = self.max_bytes
+            && used.bytes.saturating_add(size) > max
+        {
+            return Err(BlossomError::QuotaExceeded(format!(
+                "upload quota exceeded: {size} more bytes would pass this uploader's {max} bytes \
+                 ({} in use)",
+                used.bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// What happened on [`BlobStore::remove_owner`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoveOutcome {
@@ -83,6 +128,7 @@ pub struct BlobStore {
 
 #[derive(Debug)]
 struct Inner {
+    root: PathBuf,
     blobs: PathBuf,
     tmp: PathBuf,
     fsync: bool,
@@ -240,6 +286,7 @@ impl BlobStore {
         }
         tracing::debug!(blobs = index.len(), dir = %dir.display(), "blob store open");
         Ok(Inner {
+            root: dir.to_path_buf(),
             blobs,
             tmp,
             fsync,
@@ -330,17 +377,57 @@ impl BlobStore {
         })
     }
 
-    /// Publishes a received blob, or merges `owner` into an existing one. Returns the
-    /// metadata and whether the blob is new.
+    /// What `owner` (`None`: anonymous uploads) owns here. A scan of the index: cheap next to
+    /// receiving a blob, and never out of step with it.
+    pub fn usage(&self, owner: Option<&PublicKey>) -> Usage {
+        let key = owner.map(PublicKey::to_hex);
+        self.read_index()
+            .values()
+            .filter(|meta| match &key {
+                Some(key) => meta.owners.contains_key(key),
+                None => meta.anonymous,
+            })
+            .fold(Usage::default(), |used, meta| Usage {
+                bytes: used.bytes.saturating_add(meta.size),
+                blobs: used.blobs + 1,
+            })
+    }
+
+    /// Whether `owner` (`None`: anonymous) already owns the stored blob `sha`, so that storing
+    /// it again for them changes nothing.
+    pub fn owned_by(&self, sha: &Sha256Hex, owner: Option<&PublicKey>) -> bool {
+        self.get(sha).is_some_and(|meta| match owner {
+            Some(o) => meta.is_owner(o),
+            None => meta.anonymous,
+        })
+    }
+
+    /// Bytes available to unprivileged writers on the filesystem of the data directory.
+    pub fn free_space(&self) -> Result<u64, BlossomError> {
+        let stat = rustix::fs::statvfs(&self.inner.root).map_err(|errno| BlossomError::Io {
+            context: "reading the free space of the data directory",
+            source: std::io::Error::from(errno),
+        })?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// Publishes a received blob, or merges `owner` into an existing one, if `owner` stays
+    /// within `quota` (checked under the metadata lock, so concurrent uploads cannot pass it
+    /// together). Returns the metadata and whether the blob is new. On any error the received
+    /// bytes are removed with `staged`.
     pub async fn publish(
         &self,
         staged: Staged,
         mime_type: String,
         owner: Option<PublicKey>,
+        quota: &Quota,
     ) -> Result<(BlobMeta, bool), BlossomError> {
         let _guard = self.inner.meta_lock.lock().await;
         let sha = staged.sha256;
         let now = now_secs();
+        if !self.owned_by(&sha, owner.as_ref()) {
+            quota.admits(self.usage(owner.as_ref()), staged.size)?;
+        }
         if let Some(existing) = self.get(&sha) {
             // Same bytes already here: the temp file is dropped (and removed) with `staged`.
             let meta = self.merge_owner(sha, existing, owner, now).await?;
@@ -383,22 +470,6 @@ impl BlobStore {
         .map_err(BlossomError::io("publishing a blob"))?;
         self.write_index().insert(sha, meta.clone());
         Ok((meta, true))
-    }
-
-    /// Adds `owner` to a stored blob (used when a mirror or upload finds the bytes already
-    /// here). Returns `None` when the blob is not stored.
-    pub async fn add_owner(
-        &self,
-        sha: &Sha256Hex,
-        owner: Option<PublicKey>,
-    ) -> Result<Option<BlobMeta>, BlossomError> {
-        let _guard = self.inner.meta_lock.lock().await;
-        match self.get(sha) {
-            Some(existing) => Ok(Some(
-                self.merge_owner(*sha, existing, owner, now_secs()).await?,
-            )),
-            None => Ok(None),
-        }
     }
 
     /// Caller holds `meta_lock`.

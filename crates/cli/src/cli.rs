@@ -318,6 +318,11 @@ pub struct WatcherArgs {
     #[arg(long)]
     pub allow_local_repos: bool,
 
+    /// Allow repositories on loopback, private and link-local addresses (a git server on
+    /// your own network; by default only public addresses are fetched from).
+    #[arg(long)]
+    pub allow_private_git: bool,
+
     /// Watch as a member of a watcher quorum under this mandate (kind 8704 event id, which
     /// must allow kinds 8708 and 5700): the quorum key, not this watcher, signs each run
     /// request once enough watchers agreed on the commit. Shares are kept in DATA/shares.
@@ -362,6 +367,11 @@ pub struct RouterArgs {
     /// confirms it with `quorum operator publish --dvm THIS_DVM`.
     #[arg(long, value_name = "NPUB_OR_HEX")]
     pub operator: Option<String>,
+
+    /// Allow repositories on loopback, private and link-local addresses (a git server on
+    /// your own network; by default only public addresses are fetched from).
+    #[arg(long)]
+    pub allow_private_git: bool,
 }
 
 /// Options of `quorum dvm runner`.
@@ -413,6 +423,11 @@ pub struct RunnerArgs {
     /// Allow file:// and local-path repositories (the embedded network and tests only).
     #[arg(long)]
     pub allow_local_repos: bool,
+
+    /// Allow repositories on loopback, private and link-local addresses (a git server on
+    /// your own network; by default only public addresses are fetched from).
+    #[arg(long)]
+    pub allow_private_git: bool,
 
     /// DEVELOPMENT ONLY: run steps as plain processes that can read this machine's keys.
     #[arg(long)]
@@ -474,6 +489,11 @@ pub struct WrapperArgs {
     /// network only.
     #[arg(long)]
     pub allow_local_repos: bool,
+
+    /// Let quorum jobs name repositories on loopback, private and link-local addresses (read
+    /// for their pipeline; by default only public addresses are fetched from).
+    #[arg(long)]
+    pub allow_private_git: bool,
 
     /// Who runs this DVM (npub or hex), named in its NIP-89 announcement. The operator
     /// confirms it with `quorum operator publish --dvm THIS_DVM`.
@@ -858,6 +878,26 @@ pub struct BlossomOptions {
     /// Let BUD-04 mirror requests fetch from loopback and private addresses (tests only).
     #[arg(long)]
     pub allow_private_mirror: bool,
+
+    /// Most bytes one uploader (key) may store; anonymous uploads share one allowance.
+    /// Default: no limit (keys cost nothing; --allow-uploader and --min-free-space protect
+    /// the disk from strangers).
+    #[arg(long, value_name = "SIZE")]
+    pub quota_bytes: Option<ByteSize>,
+
+    /// Most blobs one uploader (key) may store. Default: no limit.
+    #[arg(long, value_name = "N")]
+    pub quota_blobs: Option<u64>,
+
+    /// Refuse uploads (HTTP 507) that would leave less free space than this on the data
+    /// directory's filesystem.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    pub min_free_space: ByteSize,
+
+    /// `GET /list/<pubkey>` only for that key (a BUD-11 `list` token): who stored what is
+    /// nobody else's business.
+    #[arg(long)]
+    pub private_list: bool,
 }
 
 impl Default for BlossomOptions {
@@ -868,6 +908,10 @@ impl Default for BlossomOptions {
             allowed_uploaders: Vec::new(),
             anonymous_uploads: false,
             allow_private_mirror: false,
+            quota_bytes: None,
+            quota_blobs: None,
+            min_free_space: bytesize::ByteSize::gib(1),
+            private_list: false,
         }
     }
 }
@@ -926,6 +970,10 @@ mod tests {
         assert_eq!(
             parsed.blossom.max_blob_size,
             BlossomOptions::default().max_blob_size
+        );
+        assert_eq!(
+            parsed.blossom.min_free_space,
+            BlossomOptions::default().min_free_space
         );
         assert_eq!(parsed.relay.auth, RelayOptions::default().auth);
     }

@@ -43,7 +43,9 @@ pub enum JobOutcome {
         provider: PublicKey,
         content: String,
     },
-    /// A provider answered with `error` feedback.
+    /// A provider answered with `error` feedback; for an encrypted request it is opened
+    /// (decrypted with the customer's key): `extra` holds the reason and `content` the log tail,
+    /// in the clear.
     Error {
         request: Event,
         provider: PublicKey,
@@ -490,8 +492,18 @@ impl JobClient {
     ) -> Option<JobOutcome> {
         let provider = answer.pubkey;
         if answer.kind == quorum_proto::kinds::JOB_FEEDBACK {
-            let feedback = JobFeedback::from_event(answer).ok()?;
+            let mut feedback = JobFeedback::from_event(answer).ok()?;
             if feedback.status == FeedbackStatus::Error {
+                if feedback.encrypted {
+                    // The reason of an encrypted job's failure travels encrypted (NIP-90: the
+                    // content of feedback on an encrypted request is encrypted too).
+                    match feedback.decrypt(self.keys.secret_key(), &provider) {
+                        Ok(clear) => crate::runtime::open_error(&mut feedback, clear),
+                        Err(err) => {
+                            tracing::warn!(provider = %provider, "cannot decrypt error feedback: {err}")
+                        }
+                    }
+                }
                 return Some(JobOutcome::Error {
                     request: request.clone(),
                     provider,

@@ -6,6 +6,15 @@
 //! acting, queues it (bounded), runs it under a concurrency limit, streams `partial` feedback,
 //! and publishes the result or `error` feedback to every relay with per-relay tracking. A DVM
 //! stopped mid-job resumes the job on restart unless a result of its own is already out.
+//!
+//! Replays: a request is taken only while its `created_at` lies in the replay window (at most
+//! `max_request_age` old, at most `max_request_future` ahead), and the journal remembers a
+//! finished request for `max_request_age + max_request_future` after it finished, which is
+//! longer than any request it finished can stay inside the window.
+//!
+//! An encrypted request's failure is as private as its result: its `error` feedback says only
+//! [`SEALED_ERROR`] in the clear and carries the reason with the log tail in the NIP-44
+//! encrypted `content` (see [`seal_error`]; our client opens it).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -46,6 +55,9 @@ pub struct DvmConfig {
     /// Requests created longer ago than this are ignored: replay protection, and the bound on
     /// how much history the journal must remember.
     pub max_request_age: Duration,
+    /// Requests dated further ahead than this are ignored (clock skew allowance): a request
+    /// from the far future would stay in the replay window after the journal forgot it.
+    pub max_request_future: Duration,
     /// Least time between two `partial` feedbacks of one job.
     pub partial_interval: Duration,
     /// Most bytes of a `partial` feedback's content (the tail is kept).
@@ -70,6 +82,8 @@ impl DvmConfig {
             queue_capacity: 64,
             max_request_bytes: 64 * 1024,
             max_request_age: Duration::from_secs(3600),
+            // What relays commonly accept (our relay's own bound).
+            max_request_future: Duration::from_secs(900),
             partial_interval: Duration::from_millis(500),
             partial_max_bytes: 4096,
             heartbeat: Duration::from_secs(30),
@@ -117,7 +131,11 @@ impl Dvm {
         {
             return Err(DvmError::NotAJobKind(bad.as_u16()));
         }
-        let journal = Journal::open(&config.data_dir.join("jobs.jsonl"))?;
+        let mut journal = Journal::open(&config.data_dir.join("jobs.jsonl"))?;
+        if let Err(err) = journal.compact(journal_retention(&config)) {
+            // A journal that could not be rewritten is still whole: serve, and try again later.
+            tracing::warn!("cannot compact the job journal: {err}");
+        }
 
         let client = Client::builder()
             .signer(keys.clone())
@@ -260,6 +278,59 @@ async fn work<H: JobHandler>(shared: Arc<Shared<H>>, mut queue: mpsc::Receiver<E
     while tasks.join_next().await.is_some() {}
 }
 
+/// How long the journal remembers a finished request: a request it finished was dated at
+/// most `max_request_future` after it arrived, so `max_request_age` after that it is out of
+/// the replay window for good.
+fn journal_retention(config: &DvmConfig) -> u64 {
+    config
+        .max_request_age
+        .as_secs()
+        .saturating_add(config.max_request_future.as_secs())
+}
+
+/// The clear `status` extra of `error` feedback on an encrypted request.
+pub const SEALED_ERROR: &str = "the job failed; the reason is in the encrypted content";
+
+/// The encrypted content of `error` feedback on an encrypted request.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SealedError {
+    reason: String,
+    #[serde(default)]
+    log_tail: String,
+}
+
+/// `error` feedback on `request` with a reason and a log tail (possibly empty). For a clear
+/// request they go in the `status` extra and the content; for an encrypted one, both go
+/// NIP-44 encrypted in the content as `{"reason": …, "log_tail": …}` and the extra says only
+/// [`SEALED_ERROR`]: a failure reason (a repository URL, a path, a test name) is a detail of
+/// the job.
+pub fn seal_error(request: &Event, reason: impl Into<String>, log_tail: String) -> JobFeedback {
+    let feedback = JobFeedback::new(FeedbackStatus::Error, request);
+    if !feedback.encrypted {
+        return feedback.with_extra(reason).with_content(log_tail);
+    }
+    let sealed = SealedError {
+        reason: reason.into(),
+        log_tail,
+    };
+    let content = serde_json::to_string(&sealed).expect("two strings serialise");
+    feedback.with_extra(SEALED_ERROR).with_content(content)
+}
+
+/// Puts the decrypted content `clear` of `error` feedback on an encrypted request back in
+/// place: the reason in `extra`, the log tail in `content` (content that is not our sealed
+/// form, from another DVM, becomes the content as is).
+pub(crate) fn open_error(feedback: &mut JobFeedback, clear: String) {
+    match serde_json::from_str::<SealedError>(&clear) {
+        Ok(sealed) => {
+            feedback.extra = Some(sealed.reason);
+            feedback.content = sealed.log_tail;
+        }
+        Err(_) => feedback.content = clear,
+    }
+    feedback.encrypted = false;
+}
+
 /// Why a request is not taken, for the log. Only [`Refusal::Answer`] is told to the customer.
 enum Refusal {
     Ignore(&'static str),
@@ -369,10 +440,11 @@ impl<H: JobHandler> Shared<H> {
                     Err(err) => {
                         tracing::error!("cannot journal request {}: {err}", event.id);
                         // Without a durable record we cannot promise to run it exactly once.
-                        self.send_feedback(
-                            JobFeedback::new(FeedbackStatus::Error, &event)
-                                .with_extra("the DVM cannot record jobs right now; try another"),
-                        )
+                        self.send_feedback(seal_error(
+                            &event,
+                            "the DVM cannot record jobs right now; try another",
+                            String::new(),
+                        ))
                         .await;
                     }
                 }
@@ -408,6 +480,10 @@ impl<H: JobHandler> Shared<H> {
         if event.created_at.as_secs() + self.config.max_request_age.as_secs() < now {
             return Err(Refusal::Ignore("older than the replay window"));
         }
+        if event.created_at.as_secs() > now.saturating_add(self.config.max_request_future.as_secs())
+        {
+            return Err(Refusal::Ignore("dated too far in the future"));
+        }
         let size = event.as_json().len();
         if size > self.config.max_request_bytes {
             return Err(Refusal::Answer(format!(
@@ -432,7 +508,7 @@ impl<H: JobHandler> Shared<H> {
             }
         }
         self.record(event.id, Outcome::Error);
-        self.send_feedback_detached(JobFeedback::new(FeedbackStatus::Error, event).with_extra(why));
+        self.send_feedback_detached(seal_error(event, why, String::new()));
     }
 
     /// Publishes feedback in the background, for the intake path that must not wait on relays.
@@ -692,33 +768,34 @@ impl<H: JobHandler> Shared<H> {
 
     async fn finish_failure(&self, request: &Event, failure: JobFailure) {
         tracing::info!(request = %request.id, "job failed: {}", failure.message);
-        self.send_feedback(
-            JobFeedback::new(FeedbackStatus::Error, request)
-                .with_extra(failure.message)
-                .with_content(tail(&failure.content, self.config.partial_max_bytes)),
-        )
+        self.send_feedback(seal_error(
+            request,
+            failure.message,
+            tail(&failure.content, self.config.partial_max_bytes),
+        ))
         .await;
         self.record(request.id, Outcome::Error);
     }
 
     async fn finish_cancelled(&self, request: &Event) {
-        self.send_feedback(
-            JobFeedback::new(FeedbackStatus::Error, request)
-                .with_extra("cancelled by the customer"),
-        )
+        self.send_feedback(seal_error(
+            request,
+            "cancelled by the customer",
+            String::new(),
+        ))
         .await;
         self.record(request.id, Outcome::Cancelled);
     }
 
     fn record(&self, id: EventId, outcome: Outcome) {
         self.running.lock().expect("running lock").remove(&id);
-        if let Err(err) = self
-            .journal
-            .lock()
-            .expect("journal lock")
-            .finish(id, outcome)
-        {
+        let mut journal = self.journal.lock().expect("journal lock");
+        if let Err(err) = journal.finish(id, outcome) {
             tracing::error!("cannot record the end of job {id}: {err}");
+        }
+        // Forget what can no longer be replayed, so the journal does not grow for ever.
+        if let Err(err) = journal.compact(journal_retention(&self.config)) {
+            tracing::warn!("cannot compact the job journal: {err}");
         }
     }
 

@@ -89,7 +89,15 @@ async fn start_relay(dir: &Path) -> TestRelay {
 }
 
 async fn start_relay_at(dir: &Path, addr: &str) -> TestRelay {
-    let relay = quorum_relay::Relay::open(quorum_relay::RelayConfig::default(), dir)
+    start_relay_on(dir, addr, quorum_relay::RelayConfig::default()).await
+}
+
+async fn start_relay_with(dir: &Path, config: quorum_relay::RelayConfig) -> TestRelay {
+    start_relay_on(dir, "127.0.0.1:0", config).await
+}
+
+async fn start_relay_on(dir: &Path, addr: &str, config: quorum_relay::RelayConfig) -> TestRelay {
+    let relay = quorum_relay::Relay::open(config, dir)
         .await
         .expect("relay opens");
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
@@ -618,6 +626,133 @@ async fn the_job_client_can_send_the_same_request_twice_in_a_second() {
         }
     }
     assert_eq!(handler.runs.load(Ordering::SeqCst), 2, "both requests ran");
+    client.shutdown().await;
+    dvm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dated_far_in_the_future_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    // A relay that stores anything, however far ahead it is dated.
+    let relay = start_relay_with(
+        &dir.path().join("relay"),
+        quorum_relay::RelayConfig {
+            limits: quorum_relay::config::Limits {
+                max_future_secs: 30 * 86_400,
+                ..quorum_relay::config::Limits::default()
+            },
+            ..quorum_relay::RelayConfig::default()
+        },
+    )
+    .await;
+    let handler = Echo::default();
+    let dvm = Dvm::start(
+        config(&relay, &dir.path().join("dvm")),
+        Keys::generate(),
+        handler.clone(),
+    )
+    .await
+    .unwrap();
+    let mut customer = Customer::connect(&relay).await;
+    // A day ahead: it would still be inside the replay window long after the journal forgot
+    // it, so it is never taken.
+    let far = customer
+        .send(
+            echo_request("from the future")
+                .to_event_builder()
+                .custom_created_at(Timestamp::now() + 86_400),
+        )
+        .await;
+    customer.silence(far.id, Duration::from_millis(1500)).await;
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 0);
+    // A little clock skew is fine.
+    let skewed = customer
+        .send(
+            echo_request("a bit early")
+                .to_event_builder()
+                .custom_created_at(Timestamp::now() + 60),
+        )
+        .await;
+    let (_, result) = customer.result(skewed.id).await;
+    assert_eq!(result.content, "A BIT EARLY");
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 1);
+    dvm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_jobs_failure_is_not_readable_in_the_clear() {
+    use quorum_dvm::client::{JobClient, JobOutcome, Quiet};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(&dir.path().join("relay")).await;
+    let dvm_keys = Keys::generate();
+    let dvm = Dvm::start(
+        config(&relay, &dir.path().join("dvm")),
+        dvm_keys.clone(),
+        Echo::default(),
+    )
+    .await
+    .unwrap();
+    let mut customer = Customer::connect(&relay).await;
+    let secret = "cannot fetch https://git.internal/secret-project.git";
+    let request = customer
+        .send(
+            echo_request("x")
+                .param("fail", secret)
+                .provider(dvm.public_key())
+                .to_encrypted_event_builder(customer.keys.secret_key())
+                .unwrap(),
+        )
+        .await;
+    let event = customer
+        .next(request.id, |e| {
+            e.kind.as_u16() == 7000
+                && JobFeedback::from_event(e).is_ok_and(|f| f.status == FeedbackStatus::Error)
+        })
+        .await;
+    // Nothing of the reason or the log in the clear, anywhere in the event.
+    let raw = event.as_json();
+    assert!(!raw.contains("secret-project"), "{raw}");
+    assert!(!raw.contains("last log line"), "{raw}");
+    let feedback = JobFeedback::from_event(&event).unwrap();
+    assert_eq!(
+        feedback.extra.as_deref(),
+        Some(quorum_dvm::runtime::SEALED_ERROR)
+    );
+    assert!(feedback.encrypted);
+    // The customer's key opens it.
+    let clear = feedback
+        .decrypt(customer.keys.secret_key(), &dvm_keys.public_key())
+        .unwrap();
+    let sealed: serde_json::Value = serde_json::from_str(&clear).unwrap();
+    assert_eq!(sealed["reason"], secret);
+    assert_eq!(sealed["log_tail"], "last log line");
+
+    // Our job client reads it back as an ordinary failure; refusals are sealed the same way.
+    let client = JobClient::connect(std::slice::from_ref(&relay.url), Keys::generate())
+        .await
+        .unwrap();
+    for (request, reason, log) in [
+        (
+            echo_request("y").param("fail", secret),
+            secret.to_string(),
+            "last log line",
+        ),
+        (
+            echo_request(&"z".repeat(5000)),
+            "this DVM accepts at most 4096".to_string(),
+            "",
+        ),
+    ] {
+        let request = request.provider(dvm.public_key());
+        match client.run(&request, true, WAIT, &mut Quiet).await.unwrap() {
+            JobOutcome::Error { feedback, .. } => {
+                let extra = feedback.extra.unwrap_or_default();
+                assert!(extra.contains(&reason), "{extra}");
+                assert_eq!(feedback.content, log);
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
     client.shutdown().await;
     dvm.shutdown().await;
 }

@@ -97,7 +97,7 @@ async fn sandbox_startups(sandbox: &dyn Sandbox, dir: &Path) -> Vec<f64> {
 async fn git_fetches(repo: &Path, commit: &str, dir: &Path) -> Vec<f64> {
     let policy = GitPolicy {
         allow_local: true,
-        timeout: None,
+        ..GitPolicy::default()
     };
     let mut samples = Vec::new();
     for i in 0..SAMPLES {

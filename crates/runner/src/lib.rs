@@ -8,6 +8,11 @@
 //! that could not run (bad request, unreachable repository, no Blossom server took the
 //! artifacts) is `error` feedback.
 //!
+//! The blobs of an encrypted job are uploaded under a throwaway key made for that job, so
+//! that no Blossom list (BUD-12 `GET /list/<pubkey>`, public on most servers) links them to
+//! this runner or to each other. Their bytes stay in the clear on the servers: whoever learns
+//! a hash (it travels only in the encrypted result) can fetch the blob.
+//!
 //! A request that names a quorum mandate (`QuorumJobParams`) is one that several runners build
 //! independently. Before building, this runner admits it ([`QuorumMember::admit`]: the mandate,
 //! the requester, the maintainer-signed evidence of the source) and derives the step from the
@@ -190,8 +195,14 @@ impl Runner {
         dir: &Path,
         admission: Option<&Admission>,
     ) -> Result<(StepReport, Option<derive::Derived>), JobFailure> {
-        let asked = StepJob::from_request(&job.request, JobRequest::is_encrypted(&job.event))
+        let encrypted = JobRequest::is_encrypted(&job.event);
+        let asked = StepJob::from_request(&job.request, encrypted)
             .map_err(|e| JobFailure::new(format!("invalid run-step request: {e}")))?;
+        let uploader = if encrypted {
+            self.blossom.with_signer(nostr_sdk::Keys::generate())
+        } else {
+            self.blossom.clone()
+        };
         let src = dir.join("src");
         let source_date_epoch =
             git::fetch_commit(&asked.repo, &asked.commit, &src, &self.config.git)
@@ -268,7 +279,7 @@ impl Runner {
             .map_err(|e| JobFailure::new(format!("artifacts: {e}")).with_content(tail.clone()))?;
             let mut refs = Vec::with_capacity(packed.len());
             for artifact in packed {
-                let blob = self.upload(&artifact.path).await?;
+                let blob = self.upload(&uploader, &artifact.path).await?;
                 if blob.sha256 != artifact.sha256 {
                     return Err(JobFailure::new(format!(
                         "artifact {} changed while uploading",
@@ -284,7 +295,7 @@ impl Runner {
         } else {
             Vec::new()
         };
-        let log = self.upload(&log_path).await?;
+        let log = self.upload(&uploader, &log_path).await?;
         let info = self.sandbox.describe();
         let report = StepReport {
             commit: step.commit,
@@ -305,9 +316,8 @@ impl Runner {
     }
 
     /// Uploads one file to every configured server; succeeds if at least one stored it.
-    async fn upload(&self, path: &Path) -> Result<BlobRef, JobFailure> {
-        let outcomes = self
-            .blossom
+    async fn upload(&self, uploader: &BlossomClient, path: &Path) -> Result<BlobRef, JobFailure> {
+        let outcomes = uploader
             .upload_to_many(&self.config.blossom, path)
             .await
             .map_err(|e| JobFailure::new(format!("cannot read {}: {e}", path.display())))?;

@@ -307,6 +307,26 @@ async fn secrets_arrive_encrypted_and_never_appear_in_logs_or_results() {
     let log = String::from_utf8(download(&report.log.urls[0]).await).unwrap();
     assert!(log.contains("token is ***"), "{log}");
     assert!(!log.contains("s3cr3t-v4lue"));
+    // An encrypted job's blobs went up under a throwaway key: the runner's public Blossom
+    // list (BUD-12) does not show them, while it shows those of a clear job.
+    let clear = customer
+        .submit(&build_step(&repo, &commit), keys.public_key(), false)
+        .await;
+    let clear = customer.outcome(&clear, &keys).await.unwrap();
+    let listed: Vec<serde_json::Value> = reqwest::get(
+        network
+            .blossom
+            .join(&format!("list/{}", keys.public_key().to_hex()))
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let listed: Vec<&str> = listed.iter().filter_map(|d| d["sha256"].as_str()).collect();
+    assert!(listed.contains(&clear.log.sha256.as_str()), "{listed:?}");
+    assert!(!listed.contains(&report.log.sha256.as_str()), "{listed:?}");
     dvm.shutdown().await;
 }
 

@@ -144,7 +144,10 @@ impl Network {
         config.allow_network = true;
         config.git = GitPolicy {
             allow_local,
+            // Test repositories are served on loopback.
+            allow_private: true,
             timeout: Some(Duration::from_secs(30)),
+            ..GitPolicy::default()
         };
         let mut runner = Runner::new(
             config,
@@ -172,7 +175,9 @@ impl Network {
                 work_root: data.join("work"),
                 git: GitPolicy {
                     allow_local: true,
+                    allow_private: true,
                     timeout: Some(Duration::from_secs(30)),
+                    ..GitPolicy::default()
                 },
                 runners: Vec::new(),
                 max_run: Duration::from_secs(600),

@@ -104,6 +104,7 @@ async fn watcher(
         git: GitPolicy {
             allow_local: true,
             timeout: Some(Duration::from_secs(30)),
+            ..GitPolicy::default()
         },
         quorum: Some(WatcherQuorum {
             mandate: q.mandate,

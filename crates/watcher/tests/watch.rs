@@ -35,6 +35,7 @@ async fn a_new_commit_on_a_triggered_branch_starts_exactly_one_run() {
         git: GitPolicy {
             allow_local: true,
             timeout: Some(Duration::from_secs(30)),
+            ..GitPolicy::default()
         },
         quorum: None,
     };
@@ -165,6 +166,7 @@ async fn only_state_signed_by_a_maintainer_starts_a_run() {
         git: GitPolicy {
             allow_local: true,
             timeout: Some(Duration::from_secs(30)),
+            ..GitPolicy::default()
         },
         quorum: None,
     };

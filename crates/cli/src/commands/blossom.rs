@@ -70,6 +70,12 @@ fn config(options: &BlossomOptions, public_url: Url) -> anyhow::Result<BlossomCo
         allowed_uploaders,
         require_auth_for_upload: !options.anonymous_uploads,
         allow_private_mirror_targets: options.allow_private_mirror,
+        quota: quorum_blossom::Quota {
+            max_bytes: options.quota_bytes.map(|size| size.as_u64()),
+            max_blobs: options.quota_blobs,
+        },
+        min_free_bytes: options.min_free_space.as_u64(),
+        require_auth_for_list: options.private_list,
         ..BlossomConfig::default()
     })
 }

@@ -70,7 +70,9 @@ async fn watcher(args: WatcherArgs) -> anyhow::Result<ExitCode> {
         data: args.data.clone(),
         git: GitPolicy {
             allow_local: args.allow_local_repos,
+            allow_private: args.allow_private_git,
             timeout: Some(Duration::from_secs(600)),
+            ..GitPolicy::default()
         },
         quorum,
     };
@@ -152,6 +154,7 @@ async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {
         max_run: Duration::from_secs(args.max_run),
         allow_local_repos: args.allow_local_repos,
         operator: operator(args.operator.as_deref())?,
+        allow_private_git: args.allow_private_git,
     };
     let dvm = start_router(setup, keys.clone()).await?;
     super::announce(&format!("router: {}", keys.public_key().to_hex()));
@@ -169,6 +172,7 @@ pub struct RouterSetup {
     pub allow_local_repos: bool,
     /// Who runs the router, named in its announcement.
     pub operator: Option<quorum_proto::nostr::PublicKey>,
+    pub allow_private_git: bool,
 }
 
 /// Starts a router DVM; its job client signs with the same key, so that it recognises its own
@@ -183,7 +187,9 @@ pub async fn start_router(
             work_root: setup.data.join("work"),
             git: GitPolicy {
                 allow_local: setup.allow_local_repos,
+                allow_private: setup.allow_private_git,
                 timeout: Some(Duration::from_secs(600)),
+                ..GitPolicy::default()
             },
             runners: setup.runners,
             max_run: setup.max_run,
@@ -242,6 +248,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         max_timeout: Duration::from_secs(args.max_timeout),
         allow_network: args.allow_network,
         allow_local_repos: args.allow_local_repos,
+        allow_private_git: args.allow_private_git,
         price_msats: args.price_msats,
         operator: operator(args.operator.as_deref())?,
     };
@@ -285,6 +292,7 @@ pub struct RunnerSetup {
     pub max_timeout: Duration,
     pub allow_network: bool,
     pub allow_local_repos: bool,
+    pub allow_private_git: bool,
     pub price_msats: u64,
     /// Who runs the runner, named in its announcement.
     pub operator: Option<quorum_proto::nostr::PublicKey>,
@@ -299,7 +307,9 @@ pub async fn start_runner(
     let mut config = RunnerConfig::new(setup.data.join("work"), setup.blossom);
     config.git = GitPolicy {
         allow_local: setup.allow_local_repos,
+        allow_private: setup.allow_private_git,
         timeout: Some(Duration::from_secs(600)),
+        ..GitPolicy::default()
     };
     config.max_timeout = setup.max_timeout;
     config.allow_network = setup.allow_network;

@@ -111,6 +111,7 @@ impl Embedded {
                 max_run: std::time::Duration::from_secs(6 * 3600),
                 allow_local_repos: true,
                 operator: Some(operator.public_key()),
+                allow_private_git: true,
             };
             Some(super::dvm::start_router(setup, keys).await?)
         };
@@ -234,6 +235,7 @@ async fn start_runners(
             allow_network: true,
             // The embedded network is one person's machine: local repositories are theirs.
             allow_local_repos: true,
+            allow_private_git: true,
             price_msats: 0,
             operator: Some(operator),
         };

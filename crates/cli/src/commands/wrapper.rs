@@ -30,7 +30,8 @@ pub async fn run(args: WrapperArgs) -> anyhow::Result<ExitCode> {
     let mut config = WrapperConfig::new(inner_kind, relays.clone(), args.data.join("work"));
     config.git = quorum_runner::GitPolicy {
         allow_local: args.allow_local_repos,
-        timeout: Some(Duration::from_secs(600)),
+        allow_private: args.allow_private_git,
+        ..quorum_runner::GitPolicy::default()
     };
     config.kind = args.kind.map_or(inner_kind, Kind::from_u16);
     config.inner_providers = inner_providers;
