@@ -300,6 +300,9 @@ mod tests {
         held.clear();
         assert_eq!(per_ip.open(ip), 0);
         assert!(matches!(per_ip.admit(ip, 2), Admission::Serve(_)));
-        assert!(matches!(per_ip.admit(ip, 0), Admission::Serve(_)), "0 = unlimited");
+        assert!(
+            matches!(per_ip.admit(ip, 0), Admission::Serve(_)),
+            "0 = unlimited"
+        );
     }
 }

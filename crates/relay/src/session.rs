@@ -428,11 +428,15 @@ pub(crate) async fn run(
             let _ = out.flush().await;
         }
         End::ReadTimeout => {
-            out.close(1008, "read timeout: no frame from the client, not even a pong")
-                .await;
+            out.close(
+                1008,
+                "read timeout: no frame from the client, not even a pong",
+            )
+            .await;
         }
         End::Idle => {
-            out.close(1000, "idle: no subscription and no message").await;
+            out.close(1000, "idle: no subscription and no message")
+                .await;
         }
         End::SendTimeout | End::Socket(_) => {}
     }

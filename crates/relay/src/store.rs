@@ -108,7 +108,12 @@ impl Store {
             // Several filters may overlap: count distinct ids.
             let mut seen: HashSet<EventId> = HashSet::new();
             for filter in filters {
-                seen.extend(db.negentropy_items(filter).await?.into_iter().map(|(id, _)| id));
+                seen.extend(
+                    db.negentropy_items(filter)
+                        .await?
+                        .into_iter()
+                        .map(|(id, _)| id),
+                );
             }
             Ok(seen.len())
         })
@@ -376,7 +381,11 @@ mod tests {
         let mut saves = Vec::new();
         for i in 0..30u64 {
             let keys = if i % 2 == 0 { &alice } else { &bob };
-            let kind = if i % 3 == 0 { Kind::TextNote } else { Kind::Custom(30) };
+            let kind = if i % 3 == 0 {
+                Kind::TextNote
+            } else {
+                Kind::Custom(30)
+            };
             let e = EventBuilder::new(kind, &big)
                 .custom_created_at(Timestamp::from(now - 1000 + i / 2))
                 .sign_with_keys(keys)
@@ -404,10 +413,7 @@ mod tests {
         }
         let got: Vec<&StoredEvent> = batches.iter().flatten().collect();
         assert_eq!(got.len(), expected.len(), "each matching event once");
-        assert_eq!(
-            got.iter().map(|e| e.id).collect::<HashSet<_>>(),
-            expected
-        );
+        assert_eq!(got.iter().map(|e| e.id).collect::<HashSet<_>>(), expected);
         for pair in got.windows(2) {
             let (a, b) = (pair[0], pair[1]);
             assert!(
@@ -415,7 +421,10 @@ mod tests {
                 "newest first, ties by id"
             );
         }
-        let unlimited: Vec<Filter> = filters.into_iter().map(|f| Filter { limit: None, ..f }).collect();
+        let unlimited: Vec<Filter> = filters
+            .into_iter()
+            .map(|f| Filter { limit: None, ..f })
+            .collect();
         assert_eq!(store.count(unlimited).await.expect("count"), expected.len());
     }
 

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use common::{Raw, STEP, TestRelay, note, raise_fd_limit, tcp_from};
-use futures_util::stream::{self, StreamExt};
 use futures_util::SinkExt;
+use futures_util::stream::{self, StreamExt};
 use nostr::prelude::*;
 use quorum_relay::{Limits, RelayConfig};
 use serde_json::json;
@@ -99,7 +99,9 @@ async fn a_thousand_idle_sockets_do_not_lock_out_a_new_client() {
     assert_eq!(idle.len() + refused + dropped, 1000);
     assert!(refused > 0, "refusals are answered while they are few");
     assert!(
-        refusal.contains(&format!("too many connections from {ATTACKER} (limit {cap}")),
+        refusal.contains(&format!(
+            "too many connections from {ATTACKER} (limit {cap}"
+        )),
         "{refusal}"
     );
     sessions(&relay, cap).await;

@@ -282,7 +282,11 @@ pub fn raise_fd_limit(want: u64) {
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
     unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0, "getrlimit");
+        assert_eq!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit),
+            0,
+            "getrlimit"
+        );
         if limit.rlim_cur >= want {
             return;
         }
