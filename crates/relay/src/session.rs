@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{FuturesUnordered, SplitSink};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use nostr::filter::MatchEventOptions;
 use nostr::message::MachineReadablePrefix;
 use nostr::nips::nip19::ToBech32;
@@ -368,20 +368,9 @@ pub(crate) async fn run(
                     }
                     step
                 }
-                msg = stream.next(), if reading => match msg {
-                    None => Err(End::ClientClosed),
-                    Some(Err(e)) => Err(End::Socket(e)),
-                    Some(Ok(msg)) => {
-                        let nostr = matches!(msg, Message::Text(_) | Message::Binary(_));
-                        let step = session.on_message(msg, &mut out, &mut pending).await;
-                        if nostr {
-                            clock.spoke();
-                        } else {
-                            clock.heard();
-                        }
-                        step
-                    }
-                },
+                msg = stream.next(), if reading => {
+                    session.on_frame(msg, &mut out, &mut pending, &mut clock).await
+                }
                 received = recv_live(&mut session.live), if session.live.is_some() => {
                     let had_subs = !session.subs.is_empty();
                     let step = session.on_live(received, &mut out).await;
@@ -397,7 +386,11 @@ pub(crate) async fn run(
                         clock.pinged = true;
                         out.ping().await
                     }
-                    Due::ReadTimeout => Err(End::ReadTimeout),
+                    // A frame may have arrived while the relay was busy writing: it counts.
+                    Due::ReadTimeout => match stream.next().now_or_never() {
+                        Some(msg) => session.on_frame(msg, &mut out, &mut pending, &mut clock).await,
+                        None => Err(End::ReadTimeout),
+                    },
                     Due::Idle => Err(End::Idle),
                 },
             };
@@ -495,6 +488,31 @@ impl Session {
             challenge: Cow::Borrowed(&self.challenge),
         })
         .await
+    }
+
+    /// One read from the socket: a message to answer, or the end of the connection.
+    async fn on_frame(
+        &mut self,
+        msg: Option<Result<Message, axum::Error>>,
+        out: &mut Out,
+        pending: &mut Pending,
+        clock: &mut Clock,
+    ) -> Step {
+        match msg {
+            None => Err(End::ClientClosed),
+            Some(Err(e)) => Err(End::Socket(e)),
+            Some(Ok(msg)) => {
+                let nostr = matches!(msg, Message::Text(_) | Message::Binary(_));
+                let step = self.on_message(msg, out, pending).await;
+                // After the answer: time spent answering is not the client's silence.
+                if nostr {
+                    clock.spoke();
+                } else {
+                    clock.heard();
+                }
+                step
+            }
+        }
     }
 
     async fn on_message(&mut self, msg: Message, out: &mut Out, pending: &mut Pending) -> Step {
