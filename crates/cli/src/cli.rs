@@ -661,7 +661,7 @@ pub struct RelayOptions {
     pub idle_timeout: Option<u64>,
 
     /// Most stored events one REQ returns, in bytes; past it the REQ gets CLOSED naming the
-    /// `until` to continue from. [default: 32MiB]
+    /// `until` to continue from; 0 = unlimited. [default: 32MiB]
     #[arg(long, value_name = "SIZE")]
     pub max_req_size: Option<ByteSize>,
 

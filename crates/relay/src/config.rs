@@ -86,10 +86,11 @@ pub struct Limits {
     /// Most bytes of stored events (as sent: whole `EVENT` messages) one `REQ` returns. Stored
     /// events are streamed, so this bounds the work one `REQ` causes, not the relay's memory; a
     /// `REQ` that reaches it gets `CLOSED "error: ..."` naming the `until` to continue from,
-    /// instead of `EOSE`.
+    /// instead of `EOSE`. 0 = unlimited.
     pub max_req_bytes: usize,
     /// Most store reads (`REQ` planning, batches of stored events, `COUNT`) running at once,
     /// relay-wide; more wait their turn. Bounds the memory heavy concurrent queries take.
+    /// 0 = unlimited.
     pub max_concurrent_queries: usize,
     /// How far in the future an event's `created_at` may be, in seconds (clock skew between
     /// build machines, not time travel).

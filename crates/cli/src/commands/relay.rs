@@ -94,7 +94,7 @@ fn config(options: &RelayOptions) -> anyhow::Result<RelayConfig> {
     if let Some(size) = options.max_req_size {
         limits.max_req_bytes = to_usize(size, "--max-req-size")?;
     }
-    if limits.max_req_bytes < limits.max_event_bytes {
+    if limits.max_req_bytes != 0 && limits.max_req_bytes < limits.max_event_bytes {
         bail!(
             "--max-req-size ({} bytes) is smaller than the largest event (--max-event-size, {} \
              bytes): such an event could never be read",
@@ -206,6 +206,8 @@ mod tests {
         assert!(error_of(&["--handshake-timeout", "0"]).contains("at least 1 second"));
         let small = error_of(&["--max-req-size", "1KiB"]);
         assert!(small.contains("smaller than the largest event"), "{small}");
+        let unlimited = config_of(&["--max-req-size", "0"]).expect("0 = unlimited");
+        assert_eq!(unlimited.limits.max_req_bytes, 0);
     }
 
     #[test]
