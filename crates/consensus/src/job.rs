@@ -370,17 +370,12 @@ impl QuorumMember {
             mandate: id,
             reason: e.to_string(),
         };
-        let client = Client::builder().build();
-        for relay in &self.relays {
-            client
-                .add_relay(relay.clone())
-                .await
-                .map_err(|e| QuorumJobError::Lookup {
-                    mandate: id,
-                    reason: e.to_string(),
-                })?;
-        }
-        client.connect().await;
+        let client = crate::channel::connect(&self.relays, None)
+            .await
+            .map_err(|e| QuorumJobError::Lookup {
+                mandate: id,
+                reason: e.to_string(),
+            })?;
         let timeout = self.lookup_timeout;
         let looked_up = async {
             let mut lookup = Lookup::default();
