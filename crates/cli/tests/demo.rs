@@ -10,8 +10,15 @@ use serde_json::Value;
 fn run_printed(command: &str) -> (Option<i32>, String) {
     let words: Vec<&str> = command.split_whitespace().collect();
     assert_eq!(words[..2], ["quorum", "verify"], "{command}");
-    assert!(words.contains(&"--repo"), "the command names the repository: {command}");
-    let out = run(env!("CARGO_BIN_EXE_quorum"), &words[1..], Duration::from_secs(60));
+    assert!(
+        words.contains(&"--repo"),
+        "the command names the repository: {command}"
+    );
+    let out = run(
+        env!("CARGO_BIN_EXE_quorum"),
+        &words[1..],
+        Duration::from_secs(60),
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -73,7 +80,11 @@ fn the_demo_runs_approves_releases_and_verifies() {
     // The released file was fetched from Blossom and kept for `quorum verify`, with the
     // release's verification bundle beside it.
     assert!(data.join("hello.txt").exists());
-    assert_eq!(report["bundle"]["sha256"].as_str().map(str::len), Some(64), "{report}");
+    assert_eq!(
+        report["bundle"]["sha256"].as_str().map(str::len),
+        Some(64),
+        "{report}"
+    );
     assert_eq!(report["verified_offline"], true, "{report}");
     // The embedded network is gone: the printed offline check works with nothing running.
     let later = &report["check_later"];
@@ -85,7 +96,10 @@ fn the_demo_runs_approves_releases_and_verifies() {
     assert!(offline.contains("--bundle"), "{offline}");
     let (code, text) = run_printed(offline);
     assert_eq!(code, Some(0), "{offline}:\n{text}");
-    assert!(text.contains("verified: these bytes are a release"), "{text}");
+    assert!(
+        text.contains("verified: these bytes are a release"),
+        "{text}"
+    );
 }
 
 #[test]
