@@ -495,6 +495,12 @@ pub struct WrapperArgs {
     #[arg(long)]
     pub allow_private_git: bool,
 
+    /// Fetch the files an inner DVM's result claims from loopback, private and link-local
+    /// addresses too (by default only public addresses; the wrapper hashes every claimed file
+    /// before it commits to it).
+    #[arg(long)]
+    pub allow_private_downloads: bool,
+
     /// Who runs this DVM (npub or hex), named in its NIP-89 announcement. The operator
     /// confirms it with `quorum operator publish --dvm THIS_DVM`.
     #[arg(long, value_name = "NPUB_OR_HEX")]
