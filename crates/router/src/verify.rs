@@ -456,10 +456,13 @@ pub fn judge(digest: &Sha256Hex, pool: &[Event], expect: &Expectation) -> Verifi
     };
     let others = verdicts.len() - 1;
     let chosen = verdicts.swap_remove(index);
+    // The warnings about other repositories' releases, then the chosen release's own.
+    let mut warnings = verification.warnings;
+    warnings.extend(chosen.warnings.iter().cloned());
     let mut chosen = Verification {
         candidates: verification.candidates,
         urls: verification.urls,
-        warnings: verification.warnings,
+        warnings,
         ..chosen
     };
     if others > 0 {
