@@ -20,9 +20,11 @@
 //! 4. **Mandate.** A maintainer's mandate authorised this quorum key for the repository when
 //!    the attestation was made (not superseded, not revoked, not expired), covering the job and
 //!    allowing releases; it admitted the request's author.
-//! 5. **Members.** At least `t` members agreed; their own commitments and reveals (8705/8706),
-//!    counted only if dated no later than the attestation, tell who agreed, disagreed, was
-//!    silent or late. A member named as agreeing that contradicted itself is a failure.
+//! 5. **Members.** At least `t` members agreed, each a member of the mandate. A member named
+//!    as agreeing whose own commitments and reveals (8705/8706) dated no later than the
+//!    attestation contradict it (two commitments, another plan, other bytes) is a failure;
+//!    what anyone publishes later is no evidence against the release. The other members are
+//!    reported from everything on record: disagreed, silent or late.
 //! 6. **Policy.** What the user requires: a minimum threshold, keys made by DKG, and by
 //!    default a quorum at all (a single builder's release fails unless allowed).
 
@@ -33,14 +35,14 @@ use std::time::Duration;
 use quorum_dvm::client::{ClientError, JobClient};
 use quorum_proto::agreement::{
     BuildResult, COMMITMENT, QUORUM_ATTESTATION, QuorumAttestation, REVEAL, SignedCommitment,
-    SignedReveal, Tally,
+    SignedReveal, Tally, TallyOutcome,
 };
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::bundle::{self, MAX_BUNDLE_BYTES, VerificationBundle};
 use quorum_proto::mandate::{Keygen, MANDATE, Mandate, select_mandate};
 use quorum_proto::nip34::{REPO_ANNOUNCEMENT, REPO_STATE, RepoCoordinate, maintainer_set};
 use quorum_proto::nip90::{JobRequest, JobResult};
-use quorum_proto::nostr::{Alphabet, Event, EventId, Filter, Kind, SingleLetterTag};
+use quorum_proto::nostr::{Alphabet, Event, EventId, Filter, Kind, SingleLetterTag, Timestamp};
 use quorum_proto::quorum_job::{QuorumJobParams, hex_list};
 use quorum_proto::release::{FILE_METADATA, FileMetadata, RELEASE_BINDING, ReleaseBinding};
 use quorum_proto::step::StepReport;
@@ -173,7 +175,7 @@ pub struct Verification {
     /// Members with no reveal on record.
     pub silent: Vec<String>,
     /// Members the attestation does not name whose reveal matches it (they revealed after the
-    /// quorum signed).
+    /// quorum tallied, usually after it signed).
     pub late: Vec<String>,
     /// The verification bundles read (sha256).
     pub bundles: Vec<String>,
@@ -1088,68 +1090,77 @@ fn check_members(
         return;
     };
     // Only what was said before the quorum signed is evidence about the agreement: a member
-    // cannot be framed, or poison a release, by publishing something later.
+    // cannot be framed, or poison a release, by publishing something later. What the other
+    // members said at any time is only reported (a member that revealed the same bytes after
+    // the quorum signed is late, not silent).
     let at = attestation_event.created_at;
-    let said: Vec<&Event> = pool
-        .events
-        .iter()
-        .copied()
-        .filter(|e| e.kind == COMMITMENT || e.kind == REVEAL)
-        .filter(|e| e.created_at <= at)
-        .collect();
-    let commitments: Vec<SignedCommitment> = said
-        .iter()
-        .filter(|e| e.kind == COMMITMENT)
-        .filter_map(|e| SignedCommitment::from_event(e).ok())
-        .collect();
-    let reveals: Vec<SignedReveal> = said
-        .iter()
-        .filter(|e| e.kind == REVEAL)
-        .filter_map(|e| SignedReveal::from_event(e).ok())
-        .collect();
-    let members = roster.members().clone();
     let plan = attestation.evidence.as_ref().map(|e| e.plan_hash);
-    let outcome = Tally::new(roster, attestation.job)
-        .expecting_plan(plan)
-        .evaluate(&commitments, &reveals);
-    let (mut disagreed, mut silent, mut late) = (Vec::new(), Vec::new(), Vec::new());
-    for member in &members {
-        let differs = outcome
-            .revealed
-            .get(member)
-            .map(|r| (r.reveal, differences(&r.result, &attestation.files)));
-        let other_plan = outcome.disagreed.get(member).and_then(|d| {
+    let tally = |until: Option<Timestamp>| {
+        let said: Vec<&Event> = pool
+            .events
+            .iter()
+            .copied()
+            .filter(|e| e.kind == COMMITMENT || e.kind == REVEAL)
+            .filter(|e| until.is_none_or(|until| e.created_at <= until))
+            .collect();
+        let commitments: Vec<SignedCommitment> = said
+            .iter()
+            .filter(|e| e.kind == COMMITMENT)
+            .filter_map(|e| SignedCommitment::from_event(e).ok())
+            .collect();
+        let reveals: Vec<SignedReveal> = said
+            .iter()
+            .filter(|e| e.kind == REVEAL)
+            .filter_map(|e| SignedReveal::from_event(e).ok())
+            .collect();
+        Tally::new(roster.clone(), attestation.job)
+            .expecting_plan(plan)
+            .evaluate(&commitments, &reveals)
+    };
+    let before = tally(Some(at));
+    let ever = tally(None);
+    let other_plan = |outcome: &TallyOutcome, member| {
+        outcome.disagreed.get(member).and_then(|d| {
             d.get(quorum_proto::agreement::PLAN_ENTRY)
                 .map(|plan| plan.map_or("none".to_string(), |p| p.to_hex()))
-        });
+        })
+    };
+    let differs = |outcome: &TallyOutcome, member| {
+        outcome
+            .revealed
+            .get(member)
+            .map(|r| (r.reveal, differences(&r.result, &attestation.files)))
+    };
+    let (mut disagreed, mut silent, mut late) = (Vec::new(), Vec::new(), Vec::new());
+    for member in roster.members() {
         if attestation.agreed.contains(member) {
             // A member the quorum names must not contradict it in its own signed events. (A
             // reveal that no longer opens anything, e.g. its commitment expired from the
             // relays, is no evidence either way.)
-            if outcome.equivocated.contains_key(member) {
+            if before.equivocated.contains_key(member) {
                 verification.problem(format!(
                     "{}, named as agreeing, equivocated: it committed twice for job {}",
                     member.to_hex(),
                     attestation.job
                 ));
-            } else if let Some(plan) = other_plan {
+            } else if let Some(plan) = other_plan(&before, member) {
                 verification.problem(format!(
                     "{}, named as agreeing, revealed another plan ({plan})",
                     member.to_hex()
                 ));
-            } else if let Some((reveal, Some(diff))) = differs {
+            } else if let Some((reveal, Some(diff))) = differs(&before, member) {
                 verification.problem(format!(
                     "{}, named as agreeing, revealed otherwise in {reveal}: {diff}",
                     member.to_hex()
                 ));
             }
-        } else if outcome.equivocated.contains_key(member)
-            || outcome.invalid.contains_key(member)
-            || other_plan.is_some()
+        } else if ever.equivocated.contains_key(member)
+            || ever.invalid.contains_key(member)
+            || other_plan(&ever, member).is_some()
         {
             disagreed.push(member.to_hex());
         } else {
-            match differs {
+            match differs(&ever, member) {
                 Some((_, Some(_))) => disagreed.push(member.to_hex()),
                 Some((_, None)) => late.push(member.to_hex()),
                 None => silent.push(member.to_hex()),
