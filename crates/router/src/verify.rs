@@ -783,7 +783,7 @@ fn check_quorum(
             }
         ));
     }
-    check_policy(pool, &quorum, &mandate, expect, verification);
+    check_policy(pool, binding, &quorum, &mandate, expect, verification);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1174,6 +1174,7 @@ fn check_members(
 
 fn check_policy(
     pool: &Pool<'_>,
+    binding: &ReleaseBinding,
     quorum: &quorum_proto::nostr::PublicKey,
     mandate: &Mandate,
     expect: &Expectation,
@@ -1189,12 +1190,21 @@ fn check_policy(
             mandate.n()
         ));
     }
-    // How the key was made: the earliest mandate on record for it that says (a refresh keeps
-    // the key, so it does not say).
+    // How the key was made: the earliest of the maintainers' mandates for it that says (a
+    // refresh keeps the key, so it does not say). Anyone can publish a mandate naming any key:
+    // only the maintainers' count, or a stranger could date one earlier and claim a DKG.
+    let maintainers = maintainer_set(
+        &binding.repo.owner,
+        &binding.repo.identifier,
+        &pool.owned(&[REPO_ANNOUNCEMENT]),
+    );
     let origin = pool
         .of_kind(MANDATE)
+        .filter(|e| maintainers.contains(&e.pubkey))
         .filter_map(|e| Mandate::from_event(e).ok().map(|m| (e, m)))
-        .filter(|(_, m)| m.quorum == Some(*quorum) && m.keygen != Keygen::Refresh)
+        .filter(|(_, m)| {
+            m.repo == binding.repo && m.quorum == Some(*quorum) && m.keygen != Keygen::Refresh
+        })
         .min_by_key(|(e, _)| (e.created_at, e.id))
         .map(|(_, m)| m.keygen);
     let keygen = match origin.or(Some(mandate.keygen).filter(|k| *k != Keygen::Refresh)) {
