@@ -45,7 +45,7 @@ use quorum_proto::nip90::{JobRequest, JobResult};
 use quorum_proto::nostr::{Alphabet, Event, EventId, Filter, Kind, SingleLetterTag, Timestamp};
 use quorum_proto::quorum_job::{QuorumJobParams, hex_list};
 use quorum_proto::release::{FILE_METADATA, FileMetadata, RELEASE_BINDING, ReleaseBinding};
-use quorum_proto::step::StepReport;
+use quorum_proto::step::{StepJob, StepReport};
 use quorum_proto::{operator, source};
 use serde::Serialize;
 
@@ -850,13 +850,7 @@ fn check_mandate(
         }
     }
     let at = attestation_event.created_at;
-    if at < mandate_event.created_at {
-        verification.problem(format!(
-            "attestation {id} was made at {}, before mandate {mandate_id} was signed ({})",
-            at.as_secs(),
-            mandate_event.created_at.as_secs()
-        ));
-    }
+    back_dated(attestation_event, "mandate", mandate_event, verification);
     if at >= mandate.expiration {
         verification.problem(format!(
             "mandate {mandate_id} had expired ({}) when attestation {id} was made ({})",
@@ -939,6 +933,7 @@ fn check_source(
         return;
     };
     verification.requester = Some(request_event.pubkey.to_hex());
+    back_dated(attestation_event, "job request", request_event, verification);
     let params = JobRequest::from_event(request_event)
         .map_err(|e| e.to_string())
         .and_then(|request| {
@@ -993,6 +988,20 @@ fn check_source(
             "attestation {id} names other source evidence than the request it answers"
         ));
     }
+    // A run step fetches its `repo` input: it must be the URL the evidence vouches for.
+    if request.kind == StepJob::kind() {
+        match StepJob::from_request(&request, false) {
+            Ok(step) if step.repo == named.url => {}
+            Ok(step) => verification.problem(format!(
+                "job request {} fetches {}, not {}, the URL its source evidence names",
+                attestation.job, step.repo, named.url
+            )),
+            Err(err) => verification.problem(format!(
+                "job request {} is not a run step: {err}",
+                attestation.job
+            )),
+        }
+    }
     match &params.release {
         Some(release)
             if release.repo == binding.repo
@@ -1042,24 +1051,28 @@ fn check_source(
                     attestation.commit, evidence.state
                 ));
             }
-            let at = attestation_event.created_at;
             for (what, event) in [
-                ("job request", request_event),
                 ("announcement", checked.announcement),
                 ("state", checked.state),
             ] {
-                if at < event.created_at {
-                    verification.problem(format!(
-                        "attestation {id} is dated {}, before the {what} {} it relies on ({}): \
-                         back-dated",
-                        at.as_secs(),
-                        event.id,
-                        event.created_at.as_secs()
-                    ));
-                }
+                back_dated(attestation_event, what, event, verification);
             }
         }
         Err(err) => verification.problem(format!("source: {err}")),
+    }
+}
+
+/// A problem if the attestation is dated before `event`, evidence it relies on: its time is
+/// the signers' choice, and the mandate that counted is judged at that time.
+fn back_dated(attestation: &Event, what: &str, event: &Event, verification: &mut Verification) {
+    if attestation.created_at < event.created_at {
+        verification.problem(format!(
+            "attestation {} is dated {}, before the {what} {} it relies on ({}): back-dated",
+            attestation.id,
+            attestation.created_at.as_secs(),
+            event.id,
+            event.created_at.as_secs()
+        ));
     }
 }
 
