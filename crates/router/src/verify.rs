@@ -51,6 +51,11 @@ use serde::Serialize;
 
 /// How long one relay query may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long fetching one bundle from one URL may take: release events name bundles, and
+/// anyone can publish release events, so a slow server must not hold the verdict up.
+const BUNDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The most bundles fetched for one verification (the first named; duplicates count once).
+const MAX_BUNDLES: usize = 8;
 /// NIP-82 software asset, which may name a bundle too.
 const SOFTWARE_ASSET: Kind = Kind::Custom(3063);
 
@@ -291,9 +296,14 @@ pub async fn gather(
         .filter(|e| e.kind == FILE_METADATA || e.kind == SOFTWARE_ASSET)
         .flat_map(bundle::bundles_named)
         .collect();
+    let mut tried = BTreeSet::new();
     for (sha, urls) in named {
-        if bundles.contains(&sha) {
+        if bundles.contains(&sha) || !tried.insert(sha) {
             continue;
+        }
+        if tried.len() > MAX_BUNDLES {
+            tracing::info!(%sha, "not fetched: {MAX_BUNDLES} named bundles were tried already");
+            break;
         }
         match fetch_bundle(&sha, &urls).await {
             Ok(found) if found.covers(digest) => {
@@ -1293,12 +1303,15 @@ async fn fetch_bundle(sha: &Sha256Hex, urls: &[String]) -> Result<VerificationBu
         let Ok(parsed) = url::Url::parse(url) else {
             continue;
         };
-        match client.download_url(&parsed, *sha, &dest).await {
-            Ok(_) => {
+        match tokio::time::timeout(BUNDLE_TIMEOUT, client.download_url(&parsed, *sha, &dest))
+            .await
+        {
+            Ok(Ok(_)) => {
                 let bytes = std::fs::read(&dest).map_err(|e| e.to_string())?;
                 return VerificationBundle::from_json(&bytes).map_err(|e| e.to_string());
             }
-            Err(err) => last = format!("{url}: {err}"),
+            Ok(Err(err)) => last = format!("{url}: {err}"),
+            Err(_) => last = format!("{url}: no answer within {BUNDLE_TIMEOUT:?}"),
         }
     }
     Err(last)
