@@ -943,7 +943,12 @@ fn check_source(
         return;
     };
     verification.requester = Some(request_event.pubkey.to_hex());
-    back_dated(attestation_event, "job request", request_event, verification);
+    back_dated(
+        attestation_event,
+        "job request",
+        request_event,
+        verification,
+    );
     let params = JobRequest::from_event(request_event)
         .map_err(|e| e.to_string())
         .and_then(|request| {
@@ -1303,8 +1308,7 @@ async fn fetch_bundle(sha: &Sha256Hex, urls: &[String]) -> Result<VerificationBu
         let Ok(parsed) = url::Url::parse(url) else {
             continue;
         };
-        match tokio::time::timeout(BUNDLE_TIMEOUT, client.download_url(&parsed, *sha, &dest))
-            .await
+        match tokio::time::timeout(BUNDLE_TIMEOUT, client.download_url(&parsed, *sha, &dest)).await
         {
             Ok(Ok(_)) => {
                 let bytes = std::fs::read(&dest).map_err(|e| e.to_string())?;
@@ -1336,4 +1340,606 @@ async fn add_ids(
     }
     pool.extend(fetch(client, Filter::new().ids(missing)).await?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! [`judge`] on hand-made chains of signed events, where a relay could not hold the case
+    //! (an expired mandate, a forged event) or the pure rule is the point. The quorum key is a
+    //! plain key here: judging looks at signatures, not at how they were made.
+
+    use quorum_proto::agreement::{
+        Commitment, JobEvidence, QuorumAttestation, Reveal, Salt, SignedCommitment,
+    };
+    use quorum_proto::approval::ArtifactDigest;
+    use quorum_proto::mandate::{Keygen, Mandate, Member, SourceRule};
+    use quorum_proto::nip34::{RepositoryAnnouncement, RepositoryState};
+    use quorum_proto::nip90::JobParam;
+    use quorum_proto::nostr::{EventBuilder, Keys, UnsignedEvent};
+    use quorum_proto::quorum_job::{ReleaseParams, SourceRef, release_binding};
+    use quorum_proto::release::Attestation;
+
+    use super::*;
+
+    const T: u64 = 1_800_000_000;
+    const URL: &str = "https://git.example/app.git";
+    const PIPELINE: &str = ".quorum/pipeline.yml";
+    const BYTES: &[u8] = b"app\n";
+
+    fn keys(byte: u8) -> Keys {
+        Keys::parse(&format!("{byte:02x}").repeat(32)).unwrap()
+    }
+
+    fn at(offset: i64) -> Timestamp {
+        Timestamp::from(T.saturating_add_signed(offset))
+    }
+
+    fn signed(builder: EventBuilder, keys: &Keys, offset: i64) -> Event {
+        builder
+            .custom_created_at(at(offset))
+            .sign_with_keys(keys)
+            .unwrap()
+    }
+
+    fn digest() -> Sha256Hex {
+        Sha256Hex::from_bytes(sha2_digest(BYTES))
+    }
+
+    /// A repository, a 2-of-3 quorum (key `quorum`), and the honest chain of a release of
+    /// [`BYTES`]: each event a public field, so that a case can replace one.
+    struct Chain {
+        owner: Keys,
+        quorum: Keys,
+        members: Vec<Keys>,
+        repo: RepoCoordinate,
+        commit: String,
+        plan: Sha256Hex,
+        announcement: Event,
+        state: Event,
+        mandate: Event,
+        request: Event,
+        votes: Vec<Event>,
+        attestation: QuorumAttestation,
+        attestation_event: Event,
+        binding: Event,
+    }
+
+    impl Chain {
+        fn new() -> Chain {
+            Chain::with(|_| {}, |_| {})
+        }
+
+        /// The honest chain with the mandate and the attestation changed before signing.
+        fn with(
+            mandate: impl FnOnce(&mut Mandate),
+            attest: impl FnOnce(&mut QuorumAttestation),
+        ) -> Chain {
+            let owner = keys(1);
+            let quorum = keys(2);
+            let members: Vec<Keys> = (3..6).map(keys).collect();
+            let requester = keys(6);
+            let repo = RepoCoordinate::new(owner.public_key(), "app");
+            let commit = "3f1c".repeat(10);
+            let plan = Sha256Hex::from_bytes([7; 32]);
+            let mut announcement = RepositoryAnnouncement::new("app");
+            announcement.clone = vec![URL.into()];
+            let announcement = signed(announcement.to_event_builder(), &owner, -1000);
+            let state = signed(
+                RepositoryState::new("app")
+                    .with_ref("refs/heads/main", &commit)
+                    .unwrap()
+                    .to_event_builder(),
+                &owner,
+                -900,
+            );
+            let mut terms = Mandate {
+                repo: repo.clone(),
+                pipeline: PIPELINE.into(),
+                jobs: vec!["build".into()],
+                quorum: Some(quorum.public_key()),
+                members: members
+                    .iter()
+                    .zip(1..)
+                    .map(|(k, i)| Member::new(k.public_key(), i))
+                    .collect(),
+                threshold: 2,
+                keygen: Keygen::Dealer { dealer: None },
+                allow: [8700u16, 8708].into_iter().collect(),
+                expiration: at(86_400),
+                rules: Default::default(),
+                content: String::new(),
+            };
+            mandate(&mut terms);
+            let mandate = signed(terms.to_event_builder().unwrap(), &owner, -600);
+            let release = ReleaseParams {
+                repo: repo.clone(),
+                run: quorum_pipeline::run_id(URL, &commit, &plan.to_hex()),
+                job: "build".into(),
+            };
+            let mut step = StepJob::new(URL, commit.clone(), "make");
+            step.artifacts = vec!["out/app".into()];
+            let mut request = step.to_request();
+            request
+                .params
+                .push(JobParam::new(quorum_pipeline::dispatch::PARAM_JOB, "build"));
+            QuorumJobParams {
+                mandate: mandate.id,
+                commit: commit.clone(),
+                release: Some(release.clone()),
+                source: Some(SourceRef {
+                    announcement: announcement.id,
+                    state: state.id,
+                    url: URL.into(),
+                }),
+            }
+            .apply(&mut request);
+            let request = signed(request.to_event_builder(), &requester, -400);
+            let files = BuildResult::new().with_file("out/app", digest());
+            let mut votes = Vec::new();
+            for (i, member) in members.iter().take(2).enumerate() {
+                let salt = Salt::from_bytes([i as u8; 32]);
+                let commitment = signed(
+                    Commitment::new(
+                        &member.public_key(),
+                        request.id,
+                        quorum.public_key(),
+                        &salt,
+                        &files,
+                        at(3600),
+                    )
+                    .to_event_builder(),
+                    member,
+                    -300,
+                );
+                let parsed = SignedCommitment::from_event(&commitment).unwrap();
+                let reveal = Reveal::new(&parsed, salt, files.clone(), at(3600))
+                    .with_plan(Some(plan))
+                    .to_event_builder()
+                    .unwrap();
+                votes.push(commitment);
+                votes.push(signed(reveal, member, -200));
+            }
+            let mut attestation = QuorumAttestation {
+                job: request.id,
+                mandate: mandate.id,
+                commit: commit.clone(),
+                files: files.clone(),
+                agreed: members.iter().take(2).map(Keys::public_key).collect(),
+                evidence: Some(JobEvidence {
+                    announcement: announcement.id,
+                    state: state.id,
+                    pipeline: PIPELINE.into(),
+                    plan_hash: plan,
+                    job: "build".into(),
+                }),
+                wrapped: None,
+            };
+            attest(&mut attestation);
+            let unsigned = attestation.unsigned(quorum.public_key(), at(-200)).unwrap();
+            let binding = release_binding(&release, &commit, &files, &unsigned).unwrap();
+            let attestation_event = unsigned.sign_with_keys(&quorum).unwrap();
+            let binding = binding.sign_with_keys(&quorum).unwrap();
+            Chain {
+                owner,
+                quorum,
+                members,
+                repo,
+                commit,
+                plan,
+                announcement,
+                state,
+                mandate,
+                request,
+                votes,
+                attestation,
+                attestation_event,
+                binding,
+            }
+        }
+
+        fn pool(&self) -> Vec<Event> {
+            let mut pool = vec![
+                self.announcement.clone(),
+                self.state.clone(),
+                self.mandate.clone(),
+                self.request.clone(),
+                self.attestation_event.clone(),
+                self.binding.clone(),
+            ];
+            pool.extend(self.votes.iter().cloned());
+            pool
+        }
+
+        fn expect(&self) -> Expectation {
+            Expectation {
+                repo: Some(self.repo.clone()),
+                ..Expectation::default()
+            }
+        }
+
+        fn judge(&self, pool: &[Event]) -> Verification {
+            judge(&digest(), pool, &self.expect())
+        }
+
+        /// A binding of these bytes signed by the quorum key at `offset`, naming `results`.
+        fn binding_naming(&self, results: Vec<Attestation>, offset: i64) -> Event {
+            let binding = ReleaseBinding::new(
+                self.repo.clone(),
+                self.commit.clone(),
+                quorum_pipeline::run_id(URL, &self.commit, &self.plan.to_hex()),
+                vec![ArtifactDigest::new("build/out/app", digest())],
+                results,
+            )
+            .unwrap();
+            signed(
+                binding.to_event_builder(at(offset)).unwrap(),
+                &self.quorum,
+                offset,
+            )
+        }
+    }
+
+    fn problems(verification: &Verification) -> Vec<&str> {
+        assert!(!verification.ok, "{verification:#?}");
+        verification.problems.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn the_honest_chain_verifies() {
+        let chain = Chain::new();
+        let verified = chain.judge(&chain.pool());
+        assert!(verified.ok, "{verified:#?}");
+        assert_eq!(verified.agreed.len(), 2);
+        assert_eq!(
+            verified.silent,
+            vec![chain.members[2].public_key().to_hex()]
+        );
+        assert_eq!(verified.keygen.as_deref(), Some("dealer"));
+    }
+
+    #[test]
+    fn a_mandate_expired_when_the_quorum_attested_is_refused() {
+        // No relay would serve it (or accept it now): only a bundle can carry it.
+        let chain = Chain::with(|m| m.expiration = at(-250), |_| {});
+        assert_eq!(
+            problems(&chain.judge(&chain.pool())),
+            vec![format!(
+                "mandate {} had expired ({}) when attestation {} was made ({})",
+                chain.mandate.id,
+                T - 250,
+                chain.attestation_event.id,
+                T - 200
+            )]
+        );
+    }
+
+    #[test]
+    fn forged_events_are_no_evidence() {
+        let chain = Chain::new();
+        let mut pool = chain.pool();
+        let forged = pool
+            .iter_mut()
+            .find(|e| e.id == chain.attestation_event.id)
+            .unwrap();
+        forged.content = "forged".into();
+        assert_eq!(
+            problems(&chain.judge(&pool)),
+            vec![format!(
+                "quorum attestation {} not found",
+                chain.attestation_event.id
+            )]
+        );
+    }
+
+    #[test]
+    fn under_the_ancestor_rule_a_commit_below_a_tip_is_a_warning_not_a_failure() {
+        // The state the request names has main at another commit.
+        let tip = "9a9b".repeat(10);
+        let chain = |rule: SourceRule| {
+            let mut chain = Chain::with(|m| m.rules.source = rule, |_| {});
+            chain.state = signed(
+                RepositoryState::new("app")
+                    .with_ref("refs/heads/main", &tip)
+                    .unwrap()
+                    .to_event_builder(),
+                &chain.owner,
+                -900,
+            );
+            // Rebuild the request and attestation around that state.
+            Chain::rebuild_around_state(chain)
+        };
+        let ancestor = chain(SourceRule::Ancestor);
+        let verified = ancestor.judge(&ancestor.pool());
+        assert!(verified.ok, "{verified:#?}");
+        assert!(
+            verified
+                .warnings
+                .iter()
+                .any(|w| w.contains("`ancestor` rule")),
+            "{verified:#?}"
+        );
+        assert_eq!(verified.source.unwrap().refs, Vec::<String>::new());
+        let tip_rule = chain(SourceRule::Tip);
+        assert_eq!(
+            problems(&tip_rule.judge(&tip_rule.pool())),
+            vec![format!(
+                "source: commit {} is not the tip of any ref in maintainer-signed state {}",
+                tip_rule.commit, tip_rule.state.id
+            )]
+        );
+    }
+
+    impl Chain {
+        /// The request, votes, attestation and binding again, naming the current `state`.
+        fn rebuild_around_state(self) -> Chain {
+            let state = self.state.clone();
+            let rules = Mandate::from_event(&self.mandate).unwrap().rules;
+            let mut chain = Chain::with(
+                |m| m.rules = rules,
+                |a| {
+                    if let Some(evidence) = a.evidence.as_mut() {
+                        evidence.state = state.id;
+                    }
+                },
+            );
+            // The request must name that state too: re-sign it and everything after it.
+            let mut request = JobRequest::from_event(&chain.request).unwrap();
+            let mut params = QuorumJobParams::from_request(&request).unwrap().unwrap();
+            params.source.as_mut().unwrap().state = state.id;
+            params.apply(&mut request);
+            chain.request = signed(request.to_event_builder(), &keys(6), -400);
+            chain.state = state;
+            chain.resign_from_request()
+        }
+
+        /// Votes, attestation and binding for the current request.
+        fn resign_from_request(mut self) -> Chain {
+            let files = self.attestation.files.clone();
+            self.votes.clear();
+            for (i, member) in self.members.iter().take(2).enumerate() {
+                let salt = Salt::from_bytes([i as u8; 32]);
+                let commitment = signed(
+                    Commitment::new(
+                        &member.public_key(),
+                        self.request.id,
+                        self.quorum.public_key(),
+                        &salt,
+                        &files,
+                        at(3600),
+                    )
+                    .to_event_builder(),
+                    member,
+                    -300,
+                );
+                let parsed = SignedCommitment::from_event(&commitment).unwrap();
+                let reveal = Reveal::new(&parsed, salt, files.clone(), at(3600))
+                    .with_plan(Some(self.plan))
+                    .to_event_builder()
+                    .unwrap();
+                self.votes.push(commitment);
+                self.votes.push(signed(reveal, member, -200));
+            }
+            self.attestation.job = self.request.id;
+            let unsigned: UnsignedEvent = self
+                .attestation
+                .unsigned(self.quorum.public_key(), at(-200))
+                .unwrap();
+            let release = ReleaseParams {
+                repo: self.repo.clone(),
+                run: quorum_pipeline::run_id(URL, &self.commit, &self.plan.to_hex()),
+                job: "build".into(),
+            };
+            self.binding = release_binding(&release, &self.commit, &files, &unsigned)
+                .unwrap()
+                .sign_with_keys(&self.quorum)
+                .unwrap();
+            self.attestation_event = unsigned.sign_with_keys(&self.quorum).unwrap();
+            self
+        }
+    }
+
+    #[test]
+    fn of_several_releases_of_the_repository_one_that_verifies_is_enough() {
+        let chain = Chain::new();
+        // The quorum key also signed a newer binding of the same bytes that names an
+        // attestation nobody has.
+        let missing = EventId::from_byte_array([9; 32]);
+        let newer = chain.binding_naming(
+            vec![Attestation {
+                result: missing,
+                builder: chain.quorum.public_key(),
+            }],
+            -100,
+        );
+        let mut pool = chain.pool();
+        pool.push(newer.clone());
+        let verified = chain.judge(&pool);
+        assert!(verified.ok, "{verified:#?}");
+        assert_eq!(verified.release, Some(chain.binding.id.to_hex()));
+        assert_eq!(verified.candidates.len(), 2);
+        assert_eq!(verified.candidates[0].release, newer.id.to_hex());
+        assert!(verified.warnings.contains(&format!(
+            "1 other release(s) of {} list these bytes too (not needed for the verdict)",
+            chain.repo
+        )));
+
+        // When none verifies, the newest is reported, with a word on the others.
+        pool.retain(|e| e.id != chain.attestation_event.id);
+        let verified = chain.judge(&pool);
+        assert_eq!(verified.release, Some(newer.id.to_hex()));
+        assert_eq!(
+            problems(&verified),
+            vec![format!("quorum attestation {missing} not found")]
+        );
+        assert!(verified.warnings.contains(&format!(
+            "1 other release(s) of {} list these bytes too; none verifies either",
+            chain.repo
+        )));
+    }
+
+    #[test]
+    fn a_quorum_binding_names_exactly_its_own_attestation() {
+        let chain = Chain::new();
+        let two = chain.binding_naming(
+            vec![
+                Attestation {
+                    result: chain.attestation_event.id,
+                    builder: chain.quorum.public_key(),
+                },
+                Attestation {
+                    result: chain.request.id,
+                    builder: chain.members[0].public_key(),
+                },
+            ],
+            -200,
+        );
+        let mut pool = chain.pool();
+        pool.retain(|e| e.id != chain.binding.id);
+        pool.push(two);
+        assert_eq!(
+            problems(&chain.judge(&pool)),
+            vec![
+                "a quorum-signed release names one attestation, its quorum's; this one names 2"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn an_attestation_without_evidence_or_enough_members_is_refused() {
+        let bare = Chain::with(|_| {}, |a| a.evidence = None);
+        assert_eq!(
+            problems(&bare.judge(&bare.pool())),
+            vec![format!(
+                "attestation {} names no evidence of its source (announcement, state, \
+                 pipeline, job): nothing shows the quorum built the maintainers' code",
+                bare.attestation_event.id
+            )]
+        );
+
+        let outsider = keys(9).public_key();
+        let chain = Chain::with(
+            |_| {},
+            |a| {
+                let first = *a.agreed.iter().next().unwrap();
+                a.agreed = [first, outsider].into_iter().collect();
+            },
+        );
+        let verified = chain.judge(&chain.pool());
+        assert_eq!(
+            problems(&verified),
+            vec![format!(
+                "attestation {} names {} as agreeing, who is not a member of the mandate",
+                chain.attestation_event.id,
+                outsider.to_hex()
+            )]
+        );
+
+        let lone = Chain::with(
+            |_| {},
+            |a| {
+                let first = *a.agreed.iter().next().unwrap();
+                a.agreed = [first].into_iter().collect();
+            },
+        );
+        assert_eq!(
+            problems(&lone.judge(&lone.pool())),
+            vec![format!(
+                "attestation {} names 1 agreeing members; the mandate needs 2",
+                lone.attestation_event.id
+            )]
+        );
+    }
+
+    #[test]
+    fn a_mandate_that_does_not_cover_the_job_is_refused() {
+        let chain = Chain::with(|m| m.jobs = vec!["test".into()], |_| {});
+        assert_eq!(
+            problems(&chain.judge(&chain.pool())),
+            vec![format!(
+                "mandate {} does not cover job build (it covers test)",
+                chain.mandate.id
+            )]
+        );
+    }
+
+    #[test]
+    fn a_request_that_is_not_a_quorum_request_is_refused() {
+        let mut chain = Chain::new();
+        let mut step = StepJob::new(URL, chain.commit.clone(), "make");
+        step.artifacts = vec!["out/app".into()];
+        chain.request = signed(step.to_request().to_event_builder(), &keys(6), -400);
+        let chain = chain.resign_from_request();
+        assert_eq!(
+            problems(&chain.judge(&chain.pool())),
+            vec![format!(
+                "job request {} does not parse as a quorum request: it is not a quorum request",
+                chain.request.id
+            )]
+        );
+    }
+
+    #[test]
+    fn a_refreshed_key_keeps_the_keygen_of_the_mandate_that_made_it() {
+        for (origin, expected) in [
+            (Keygen::Dkg, "dkg"),
+            (Keygen::Dealer { dealer: None }, "dealer"),
+        ] {
+            let chain = Chain::with(|m| m.keygen = Keygen::Refresh, |_| {});
+            let mut made = Mandate::from_event(&chain.mandate).unwrap();
+            made.keygen = origin;
+            let made = signed(made.to_event_builder().unwrap(), &chain.owner, -700);
+            let mut pool = chain.pool();
+            pool.push(made);
+            let verified = chain.judge(&pool);
+            assert!(verified.ok, "{verified:#?}");
+            assert_eq!(verified.keygen.as_deref(), Some(expected));
+            // Without the mandate that made it, nothing on record says.
+            let alone = chain.judge(&chain.pool());
+            assert_eq!(alone.keygen.as_deref(), Some("unknown"));
+            let require = Expectation {
+                require_dkg: true,
+                ..chain.expect()
+            };
+            assert_eq!(
+                problems(&judge(&digest(), &chain.pool(), &require)),
+                vec![
+                    "the quorum key was not shown to be made by DKG (keygen: unknown); \
+                     --require-dkg refuses it"
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn release_artifacts_of_a_quorum_are_named_job_slash_name() {
+        let chain = Chain::new();
+        let binding = ReleaseBinding::new(
+            chain.repo.clone(),
+            chain.commit.clone(),
+            quorum_pipeline::run_id(URL, &chain.commit, &chain.plan.to_hex()),
+            vec![ArtifactDigest::new("app", digest())],
+            vec![Attestation {
+                result: chain.attestation_event.id,
+                builder: chain.quorum.public_key(),
+            }],
+        )
+        .unwrap();
+        let binding = signed(
+            binding.to_event_builder(at(-200)).unwrap(),
+            &chain.quorum,
+            -200,
+        );
+        let mut pool = chain.pool();
+        pool.retain(|e| e.id != chain.binding.id);
+        pool.push(binding);
+        let verified = chain.judge(&pool);
+        assert!(verified.attested_by.is_empty());
+        assert_eq!(
+            problems(&verified),
+            vec![
+                "release artifact \"app\" is not named JOB/NAME, as a quorum's release names them"
+            ]
+        );
+    }
 }

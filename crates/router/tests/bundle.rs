@@ -139,7 +139,12 @@ async fn a_quorum_release_stores_a_bundle_that_verifies_the_artifact_offline() {
     );
 
     // The 1063 and the 3063 of the artifact both name the bundle.
-    let named: Vec<EventId> = release.files.iter().chain(&release.assets).copied().collect();
+    let named: Vec<EventId> = release
+        .files
+        .iter()
+        .chain(&release.assets)
+        .copied()
+        .collect();
     assert_eq!(named.len(), 2);
     let events = client
         .fetch(Filter::new().ids(named.clone()), Duration::from_secs(5))
@@ -204,14 +209,19 @@ async fn a_quorum_release_stores_a_bundle_that_verifies_the_artifact_offline() {
     assert_eq!(verified.quorum, Some(dealt.quorum.to_hex()));
     assert_eq!(verified.commit, Some(commit.clone()));
     assert_eq!(verified.mandate, Some(dealt.mandate.id.to_hex()));
-    assert_eq!(verified.source.as_ref().map(|s| s.url.as_str()), Some(url.as_str()));
+    assert_eq!(
+        verified.source.as_ref().map(|s| s.url.as_str()),
+        Some(url.as_str())
+    );
     assert_eq!(verified.job.as_deref(), Some("build"));
     assert_eq!(verified.plan_hash, Some(plan.plan_hash()));
     assert_eq!(verified.bundles, vec![bundle_sha.to_hex()]);
     assert!(verified.agreed.len() >= 2, "{verified:#?}");
     // The relay's verifier finds the same bundle through the release events.
     let online = quorum_testnet::Network::client(&network).await;
-    let verified = verify_file(Some(&online), &file, None, &expect).await.unwrap();
+    let verified = verify_file(Some(&online), &file, None, &expect)
+        .await
+        .unwrap();
     assert!(verified.ok, "{verified:#?}");
     assert_eq!(verified.bundles, vec![bundle_sha.to_hex()]);
     online.shutdown().await;

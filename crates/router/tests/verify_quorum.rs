@@ -30,8 +30,7 @@ use quorum_proto::quorum_job::{QuorumJobParams, ReleaseParams, SourceRef, releas
 use quorum_proto::release::{Attestation, FileMetadata, ReleaseBinding};
 use quorum_proto::step::{ArtifactRef, BlobRef, SandboxRef, StepJob, StepReport};
 use quorum_router::verify::{
-    Candidate, Expectation, SourceReport, Threshold, Verification, VerifyError, gather,
-    verify_file,
+    Candidate, Expectation, SourceReport, Threshold, Verification, VerifyError, gather, verify_file,
 };
 use quorum_testnet::Network;
 use quorum_threshold::sign::{SigningRequest, aggregate, commit, sign};
@@ -303,9 +302,10 @@ impl World {
     /// The request of `ask`, signed by `signer` at `offset`, p-tagging every member.
     async fn publish_ask(&self, ask: &Ask, signer: &Keys, offset: i64) -> Event {
         let mut request = ask.step.to_request();
-        request
-            .params
-            .push(JobParam::new(quorum_pipeline::dispatch::PARAM_JOB, &ask.job));
+        request.params.push(JobParam::new(
+            quorum_pipeline::dispatch::PARAM_JOB,
+            &ask.job,
+        ));
         request.providers = self.members.iter().map(Keys::public_key).collect();
         ask.params.apply(&mut request);
         let event = request
@@ -538,7 +538,9 @@ impl World {
     }
 
     async fn verify_with(&self, bytes: &[u8], expect: &Expectation) -> Verification {
-        verify_at(&self.net, bytes, expect, None, true).await.unwrap()
+        verify_at(&self.net, bytes, expect, None, true)
+            .await
+            .unwrap()
     }
 
     fn hex(&self, members: &[usize]) -> Vec<String> {
@@ -641,10 +643,7 @@ async fn a_quorum_release_verifies_and_names_its_evidence_and_who_agreed() {
     assert_eq!(verified.name.as_deref(), Some("build/out/app"));
     assert_eq!(verified.attested_by, vec![world.quorum().to_hex()]);
     assert_eq!(verified.quorum, Some(world.quorum().to_hex()));
-    assert_eq!(
-        verified.attestation,
-        Some(released.attestation.id.to_hex())
-    );
+    assert_eq!(verified.attestation, Some(released.attestation.id.to_hex()));
     assert_eq!(verified.request, Some(released.request.id.to_hex()));
     assert_eq!(
         verified.requester,
@@ -1098,7 +1097,13 @@ async fn what_members_publish_after_the_attestation_does_not_turn_the_verdict() 
     // restarted member, or one poisoning the release), and member 1 reveals other bytes
     // under a new commitment: neither is evidence about the agreement that was signed.
     world
-        .take_part_at(released.request.id, &[(0, OTHER), (1, OTHER)], true, -100, -50)
+        .take_part_at(
+            released.request.id,
+            &[(0, OTHER), (1, OTHER)],
+            true,
+            -100,
+            -50,
+        )
         .await;
 
     let verified = world.verify(RELEASED).await;
@@ -1152,7 +1157,9 @@ async fn another_repositorys_release_does_not_verify_and_without_repo_nothing_do
 
     // Without --repo nothing verifies, even the attacker's genuine release: verify says what
     // it found and that the user must name the repository.
-    let verified = attacker.verify_with(RELEASED, &Expectation::default()).await;
+    let verified = attacker
+        .verify_with(RELEASED, &Expectation::default())
+        .await;
     refused(
         &verified,
         &[format!(
@@ -1362,9 +1369,11 @@ async fn a_one_of_one_dealer_quorum_is_reported_and_refused_when_the_user_requir
         .await;
     refused(
         &verified,
-        &["the quorum needs only 1 of 1 members to agree; at least 2 were required \
+        &[
+            "the quorum needs only 1 of 1 members to agree; at least 2 were required \
            (--min-threshold)"
-            .into()],
+                .into(),
+        ],
     );
     let verified = world
         .verify_with(
@@ -1377,9 +1386,11 @@ async fn a_one_of_one_dealer_quorum_is_reported_and_refused_when_the_user_requir
         .await;
     refused(
         &verified,
-        &["the quorum key was not shown to be made by DKG (keygen: dealer); --require-dkg \
+        &[
+            "the quorum key was not shown to be made by DKG (keygen: dealer); --require-dkg \
            refuses it"
-            .into()],
+                .into(),
+        ],
     );
     nostr_tools_verify(&world.net, &world.quorum(), 2);
 }
@@ -1425,9 +1436,11 @@ async fn require_dkg_takes_the_maintainers_word_for_the_keygen_and_no_strangers(
     assert_eq!(verified.keygen.as_deref(), Some("dealer"));
     refused(
         &verified,
-        &["the quorum key was not shown to be made by DKG (keygen: dealer); --require-dkg \
+        &[
+            "the quorum key was not shown to be made by DKG (keygen: dealer); --require-dkg \
            refuses it"
-            .into()],
+                .into(),
+        ],
     );
 }
 
@@ -1608,7 +1621,10 @@ async fn evidence_that_does_not_tie_the_release_to_the_maintainers_code_is_refus
         .await;
     refused(
         &world.verify(&bytes).await,
-        &[format!("job request {} does not name job {JOB}", request.id)],
+        &[format!(
+            "job request {} does not name job {JOB}",
+            request.id
+        )],
     );
 
     // An attestation naming other source evidence than the request it answers.
@@ -1846,9 +1862,11 @@ async fn min_operators_counts_the_distinct_confirmed_operators_of_the_agreeing_m
         .await;
     refused(
         &verified,
-        &["the 2 members that agreed are run by 2 distinct confirmed operator(s); at least 3 \
+        &[
+            "the 2 members that agreed are run by 2 distinct confirmed operator(s); at least 3 \
            were required (--min-operators)"
-            .into()],
+                .into(),
+        ],
     );
 
     // B's newer list no longer names member 1: its claim alone proves nothing.
@@ -1858,10 +1876,12 @@ async fn min_operators_counts_the_distinct_confirmed_operators_of_the_agreeing_m
     assert_eq!(verified.operators[&m1.public_key().to_hex()], None);
     refused(
         &verified,
-        &["the 2 members that agreed are run by 1 distinct confirmed operator(s); at least 2 \
+        &[
+            "the 2 members that agreed are run by 1 distinct confirmed operator(s); at least 2 \
            were required (--min-operators): a member counts only when its announcement names \
            an operator and that operator's signed list names it"
-            .into()],
+                .into(),
+        ],
     );
 }
 
@@ -1881,7 +1901,11 @@ async fn make_bundle(world: &World, bytes: &[u8]) -> (PathBuf, Vec<u8>) {
     .unwrap();
     verifier.shutdown().await;
     let json = VerificationBundle::new([sha(bytes)], pool).to_json();
-    let path = world.net.dir.path().join(format!("bundle-{}.json", sha(bytes)));
+    let path = world
+        .net
+        .dir
+        .path()
+        .join(format!("bundle-{}.json", sha(bytes)));
     std::fs::write(&path, &json).unwrap();
     (path, json)
 }
@@ -1892,9 +1916,7 @@ async fn an_expired_mandate_gone_from_the_relay_still_verifies_from_the_bundle()
     // A mandate that expires a few seconds from now (NIP-40: the relay drops it then).
     let mut short = world.mandate();
     short.expiration = at(4);
-    let mandate = world
-        .publish_mandate(&short, &world.maintainer, -600)
-        .await;
+    let mandate = world.publish_mandate(&short, &world.maintainer, -600).await;
     let released = world.release_bytes(&mandate, RELEASED).await;
     assert!(world.verify(RELEASED).await.ok);
     let (bundle, json) = make_bundle(&world, RELEASED).await;
@@ -1916,12 +1938,13 @@ async fn an_expired_mandate_gone_from_the_relay_still_verifies_from_the_bundle()
 
     // The maintainer moves main on: the relay replaces the state the release names.
     let newer = hex::encode(rand::random::<[u8; 20]>());
-    world
-        .publish_state(&world.maintainer, &newer, -10)
-        .await;
+    world.publish_state(&world.maintainer, &newer, -10).await;
     refused(
         &world.verify(RELEASED).await,
-        &[format!("source: state {} is not on the relays", world.state.id)],
+        &[format!(
+            "source: state {} is not on the relays",
+            world.state.id
+        )],
     );
 
     // Once the mandate expired, the relay no longer serves it.
@@ -1966,7 +1989,7 @@ async fn an_expired_mandate_gone_from_the_relay_still_verifies_from_the_bundle()
     )
     .unwrap()
     .to_event_builder()
-    .tag(bundle_tag(&sha(&json), &[stored.descriptor.url.clone()]))
+    .tag(bundle_tag(&sha(&json), std::slice::from_ref(&stored.descriptor.url)))
     .sign_with_keys(&world.requester)
     .unwrap();
     world.net.publish(&metadata).await;
@@ -1979,9 +2002,15 @@ async fn an_expired_mandate_gone_from_the_relay_still_verifies_from_the_bundle()
     forged["events"][0]["content"] = "tampered".into();
     let forged_path = world.net.dir.path().join("forged-bundle.json");
     std::fs::write(&forged_path, serde_json::to_vec(&forged).unwrap()).unwrap();
-    let err = verify_at(&world.net, RELEASED, &world.expect(), Some(&forged_path), false)
-        .await
-        .unwrap_err();
+    let err = verify_at(
+        &world.net,
+        RELEASED,
+        &world.expect(),
+        Some(&forged_path),
+        false,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&err, VerifyError::Bundle { reason, .. } if reason.contains("invalid id or signature")),
         "{err}"
@@ -1996,9 +2025,7 @@ async fn a_revocation_published_after_the_bundle_was_made_is_seen_online_only() 
     // Later, a maintainer publishes a revocation dated before the attestation.
     let mut revocation = world.mandate();
     revocation.allow.clear();
-    let revocation = world
-        .publish_mandate(&revocation, &world.owner, -500)
-        .await;
+    let revocation = world.publish_mandate(&revocation, &world.owner, -500).await;
 
     let offline = verify_at(&world.net, RELEASED, &world.expect(), Some(&bundle), false)
         .await
