@@ -4,7 +4,7 @@
 //! Verification is a pure judgement ([`judge`]) over a pool of signed events, gathered from the
 //! relays ([`gather`]) and/or read from a verification bundle (`quorum_proto::bundle`), so it
 //! works the same online and offline, years later, after relays dropped the expired mandate.
-//! It re-checks the whole trust chain (docs/protocol.md §16) for the repository the user names
+//! It re-checks the whole trust chain (docs/protocol.md §11) for the repository the user names
 //! (`--repo`); without one it reports what it found and fails closed:
 //!
 //! 1. **Bindings.** Every release binding (8700) that lists the file's sha256 is a candidate;
@@ -25,8 +25,10 @@
 //!    attestation contradict it (two commitments, another plan, other bytes) is a failure;
 //!    what anyone publishes later is no evidence against the release. The other members are
 //!    reported from everything on record: disagreed, silent or late.
-//! 6. **Policy.** What the user requires: a minimum threshold, keys made by DKG, and by
-//!    default a quorum at all (a single builder's release fails unless allowed).
+//! 6. **Policy.** What the user requires: a minimum threshold, keys made by DKG (as the
+//!    maintainers' mandate that made the key says), a minimum of distinct confirmed operators
+//!    among the agreeing members, and by default a quorum at all (a single builder's release
+//!    fails unless allowed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
