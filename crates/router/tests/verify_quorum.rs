@@ -1989,7 +1989,10 @@ async fn an_expired_mandate_gone_from_the_relay_still_verifies_from_the_bundle()
     )
     .unwrap()
     .to_event_builder()
-    .tag(bundle_tag(&sha(&json), std::slice::from_ref(&stored.descriptor.url)))
+    .tag(bundle_tag(
+        &sha(&json),
+        std::slice::from_ref(&stored.descriptor.url),
+    ))
     .sign_with_keys(&world.requester)
     .unwrap();
     world.net.publish(&metadata).await;
