@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use nostr_sdk::prelude::*;
@@ -120,6 +121,9 @@ struct World {
     plan: Sha256Hex,
     announcement: Event,
     state: Event,
+    /// How many requests [`World::ask`] made: each is named after its number, so that two
+    /// requests are two jobs even when they are dated the same second.
+    requests: AtomicI64,
 }
 
 /// What a requester asks: the step, the job it names and the quorum params.
@@ -197,6 +201,7 @@ impl World {
             threshold: t,
             commit,
             plan: Sha256Hex::from_bytes(rand::random()),
+            requests: AtomicI64::new(0),
             state: announcement.clone(),
             announcement,
         };
@@ -279,6 +284,10 @@ impl World {
     fn ask(&self, mandate: &Event) -> Ask {
         let mut step = StepJob::new(URL, self.commit.clone(), SCRIPT);
         step.artifacts = vec![FILE.into()];
+        step.name = Some(format!(
+            "build {}",
+            self.requests.fetch_add(1, Ordering::Relaxed)
+        ));
         Ask {
             step,
             job: JOB.into(),
@@ -1913,9 +1922,10 @@ async fn make_bundle(world: &World, bytes: &[u8]) -> (PathBuf, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_mandate_gone_from_the_relay_still_verifies_from_the_bundle() {
     let world = World::start().await;
-    // A mandate that expires a few seconds from now (NIP-40: the relay drops it then).
+    // A mandate that expires seconds from now (NIP-40: the relay drops it then), time enough
+    // to release and make the bundle first.
     let mut short = world.mandate();
-    short.expiration = at(4);
+    short.expiration = at(20);
     let mandate = world.publish_mandate(&short, &world.maintainer, -600).await;
     let released = world.release_bytes(&mandate, RELEASED).await;
     assert!(world.verify(RELEASED).await.ok);
@@ -1948,7 +1958,11 @@ async fn an_expired_mandate_gone_from_the_relay_still_verifies_from_the_bundle()
     );
 
     // Once the mandate expired, the relay no longer serves it.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let left = short
+        .expiration
+        .as_secs()
+        .saturating_sub(Timestamp::now().as_secs());
+    tokio::time::sleep(Duration::from_secs(left + 1)).await;
     let online = world.verify(RELEASED).await;
     refused(
         &online,
