@@ -2064,3 +2064,42 @@ async fn a_revocation_published_after_the_bundle_was_made_is_seen_online_only() 
         )],
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_server_that_never_answers_does_not_hold_the_verdict_up() {
+    let (world, mandate) = World::mandated().await;
+    world.release_bytes(&mandate, RELEASED).await;
+    // Anyone may publish a 1063 naming a "bundle" on a server that accepts connections and
+    // never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let nowhere = Sha256Hex::from_bytes([0x42; 32]);
+    let metadata = FileMetadata::for_artifact(
+        &[format!("https://blossom.example/{}", sha(RELEASED))],
+        "application/octet-stream",
+        sha(RELEASED),
+        RELEASED.len() as u64,
+    )
+    .unwrap()
+    .to_event_builder()
+    .tag(bundle_tag(
+        &nowhere,
+        &[format!("http://{address}/{nowhere}")],
+    ))
+    .sign_with_keys(&Keys::generate())
+    .unwrap();
+    world.net.publish(&metadata).await;
+
+    let verified = tokio::time::timeout(Duration::from_secs(60), world.verify(RELEASED))
+        .await
+        .expect("verify gives up on a silent bundle server");
+    assert!(verified.ok, "{verified:#?}");
+    assert!(verified.bundles.is_empty());
+    held.abort();
+}
