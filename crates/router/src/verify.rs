@@ -1581,6 +1581,67 @@ mod tests {
         }
     }
 
+    impl Chain {
+        /// The same chain built on `state`: the request and the attestation name it.
+        fn naming_state(mut self, state: Event) -> Chain {
+            let mut request = JobRequest::from_event(&self.request).unwrap();
+            let mut params = QuorumJobParams::from_request(&request).unwrap().unwrap();
+            params.source.as_mut().unwrap().state = state.id;
+            params.apply(&mut request);
+            self.request = signed(request.to_event_builder(), &keys(6), -400);
+            if let Some(evidence) = self.attestation.evidence.as_mut() {
+                evidence.state = state.id;
+            }
+            self.state = state;
+            self.resign_from_request()
+        }
+
+        /// Votes, attestation and binding for the current request.
+        fn resign_from_request(mut self) -> Chain {
+            let files = self.attestation.files.clone();
+            self.votes.clear();
+            for (i, member) in self.members.iter().take(2).enumerate() {
+                let salt = Salt::from_bytes([i as u8; 32]);
+                let commitment = signed(
+                    Commitment::new(
+                        &member.public_key(),
+                        self.request.id,
+                        self.quorum.public_key(),
+                        &salt,
+                        &files,
+                        at(3600),
+                    )
+                    .to_event_builder(),
+                    member,
+                    -300,
+                );
+                let parsed = SignedCommitment::from_event(&commitment).unwrap();
+                let reveal = Reveal::new(&parsed, salt, files.clone(), at(3600))
+                    .with_plan(Some(self.plan))
+                    .to_event_builder()
+                    .unwrap();
+                self.votes.push(commitment);
+                self.votes.push(signed(reveal, member, -200));
+            }
+            self.attestation.job = self.request.id;
+            let unsigned: UnsignedEvent = self
+                .attestation
+                .unsigned(self.quorum.public_key(), at(-200))
+                .unwrap();
+            let release = ReleaseParams {
+                repo: self.repo.clone(),
+                run: quorum_pipeline::run_id(URL, &self.commit, &self.plan.to_hex()),
+                job: "build".into(),
+            };
+            self.binding = release_binding(&release, &self.commit, &files, &unsigned)
+                .unwrap()
+                .sign_with_keys(&self.quorum)
+                .unwrap();
+            self.attestation_event = unsigned.sign_with_keys(&self.quorum).unwrap();
+            self
+        }
+    }
+
     fn problems(verification: &Verification) -> Vec<&str> {
         assert!(!verification.ok, "{verification:#?}");
         verification.problems.iter().map(String::as_str).collect()
@@ -1638,8 +1699,8 @@ mod tests {
         // The state the request names has main at another commit.
         let tip = "9a9b".repeat(10);
         let chain = |rule: SourceRule| {
-            let mut chain = Chain::with(|m| m.rules.source = rule, |_| {});
-            chain.state = signed(
+            let chain = Chain::with(|m| m.rules.source = rule, |_| {});
+            let state = signed(
                 RepositoryState::new("app")
                     .with_ref("refs/heads/main", &tip)
                     .unwrap()
@@ -1647,8 +1708,7 @@ mod tests {
                 &chain.owner,
                 -900,
             );
-            // Rebuild the request and attestation around that state.
-            Chain::rebuild_around_state(chain)
+            chain.naming_state(state)
         };
         let ancestor = chain(SourceRule::Ancestor);
         let verified = ancestor.judge(&ancestor.pool());
@@ -1669,75 +1729,6 @@ mod tests {
                 tip_rule.commit, tip_rule.state.id
             )]
         );
-    }
-
-    impl Chain {
-        /// The request, votes, attestation and binding again, naming the current `state`.
-        fn rebuild_around_state(self) -> Chain {
-            let state = self.state.clone();
-            let rules = Mandate::from_event(&self.mandate).unwrap().rules;
-            let mut chain = Chain::with(
-                |m| m.rules = rules,
-                |a| {
-                    if let Some(evidence) = a.evidence.as_mut() {
-                        evidence.state = state.id;
-                    }
-                },
-            );
-            // The request must name that state too: re-sign it and everything after it.
-            let mut request = JobRequest::from_event(&chain.request).unwrap();
-            let mut params = QuorumJobParams::from_request(&request).unwrap().unwrap();
-            params.source.as_mut().unwrap().state = state.id;
-            params.apply(&mut request);
-            chain.request = signed(request.to_event_builder(), &keys(6), -400);
-            chain.state = state;
-            chain.resign_from_request()
-        }
-
-        /// Votes, attestation and binding for the current request.
-        fn resign_from_request(mut self) -> Chain {
-            let files = self.attestation.files.clone();
-            self.votes.clear();
-            for (i, member) in self.members.iter().take(2).enumerate() {
-                let salt = Salt::from_bytes([i as u8; 32]);
-                let commitment = signed(
-                    Commitment::new(
-                        &member.public_key(),
-                        self.request.id,
-                        self.quorum.public_key(),
-                        &salt,
-                        &files,
-                        at(3600),
-                    )
-                    .to_event_builder(),
-                    member,
-                    -300,
-                );
-                let parsed = SignedCommitment::from_event(&commitment).unwrap();
-                let reveal = Reveal::new(&parsed, salt, files.clone(), at(3600))
-                    .with_plan(Some(self.plan))
-                    .to_event_builder()
-                    .unwrap();
-                self.votes.push(commitment);
-                self.votes.push(signed(reveal, member, -200));
-            }
-            self.attestation.job = self.request.id;
-            let unsigned: UnsignedEvent = self
-                .attestation
-                .unsigned(self.quorum.public_key(), at(-200))
-                .unwrap();
-            let release = ReleaseParams {
-                repo: self.repo.clone(),
-                run: quorum_pipeline::run_id(URL, &self.commit, &self.plan.to_hex()),
-                job: "build".into(),
-            };
-            self.binding = release_binding(&release, &self.commit, &files, &unsigned)
-                .unwrap()
-                .sign_with_keys(&self.quorum)
-                .unwrap();
-            self.attestation_event = unsigned.sign_with_keys(&self.quorum).unwrap();
-            self
-        }
     }
 
     #[test]
