@@ -299,11 +299,10 @@ struct Bundled<'a> {
 }
 
 impl Bundled<'_> {
-    /// The `bundle` tag for `artifact`, if the bundle covers it.
-    fn tag_for(&self, artifact: &ArtifactRef) -> Option<quorum_proto::nostr::Tag> {
+    /// The `bundle` tag of an artifact's events. Callers pass a bundle only for the
+    /// quorum-released artifacts, each of which the bundle covers.
+    fn tag(&self) -> Option<quorum_proto::nostr::Tag> {
         let (sha, urls) = self.bundle?;
-        let covered = Sha256Hex::parse(&artifact.blob.sha256).ok()?;
-        let _ = covered;
         Some(quorum_proto::bundle::bundle_tag(sha, urls))
     }
 }
@@ -411,7 +410,7 @@ async fn publish_metadata(
         artifact.blob.size,
     )
     .ok_or_else(|| format!("artifact {} is on no Blossom server", artifact.name))?;
-    let builder = metadata.to_event_builder().tags(bundled.tag_for(artifact));
+    let builder = metadata.to_event_builder().tags(bundled.tag());
     let event = client
         .publish_event(builder)
         .await
@@ -476,7 +475,7 @@ async fn publish_nip82(
         };
         let mut builder = asset.to_event_builder().map_err(|e| e.to_string())?;
         if record.quorum.is_some() {
-            builder = builder.tags(bundled.tag_for(artifact));
+            builder = builder.tags(bundled.tag());
         }
         let event = client
             .publish_event(builder)

@@ -4,7 +4,7 @@
 //! Verification is a pure judgement ([`judge`]) over a pool of signed events, gathered from the
 //! relays ([`gather`]) and/or read from a verification bundle (`quorum_proto::bundle`), so it
 //! works the same online and offline, years later, after relays dropped the expired mandate.
-//! It re-checks the whole trust chain (docs/protocol.md §16) for the repository the user names
+//! It re-checks the whole trust chain (docs/protocol.md §11) for the repository the user names
 //! (`--repo`); without one it reports what it found and fails closed:
 //!
 //! 1. **Bindings.** Every release binding (8700) that lists the file's sha256 is a candidate;
@@ -20,11 +20,15 @@
 //! 4. **Mandate.** A maintainer's mandate authorised this quorum key for the repository when
 //!    the attestation was made (not superseded, not revoked, not expired), covering the job and
 //!    allowing releases; it admitted the request's author.
-//! 5. **Members.** At least `t` members agreed; their own commitments and reveals (8705/8706),
-//!    counted only if dated no later than the attestation, tell who agreed, disagreed, was
-//!    silent or late. A member named as agreeing that contradicted itself is a failure.
-//! 6. **Policy.** What the user requires: a minimum threshold, keys made by DKG, and by
-//!    default a quorum at all (a single builder's release fails unless allowed).
+//! 5. **Members.** At least `t` members agreed, each a member of the mandate. A member named
+//!    as agreeing whose own commitments and reveals (8705/8706) dated no later than the
+//!    attestation contradict it (two commitments, another plan, other bytes) is a failure;
+//!    what anyone publishes later is no evidence against the release. The other members are
+//!    reported from everything on record: disagreed, silent or late.
+//! 6. **Policy.** What the user requires: a minimum threshold, keys made by DKG (as the
+//!    maintainers' mandate that made the key says), a minimum of distinct confirmed operators
+//!    among the agreeing members, and by default a quorum at all (a single builder's release
+//!    fails unless allowed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -33,22 +37,27 @@ use std::time::Duration;
 use quorum_dvm::client::{ClientError, JobClient};
 use quorum_proto::agreement::{
     BuildResult, COMMITMENT, QUORUM_ATTESTATION, QuorumAttestation, REVEAL, SignedCommitment,
-    SignedReveal, Tally,
+    SignedReveal, Tally, TallyOutcome,
 };
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::bundle::{self, MAX_BUNDLE_BYTES, VerificationBundle};
 use quorum_proto::mandate::{Keygen, MANDATE, Mandate, select_mandate};
 use quorum_proto::nip34::{REPO_ANNOUNCEMENT, REPO_STATE, RepoCoordinate, maintainer_set};
 use quorum_proto::nip90::{JobRequest, JobResult};
-use quorum_proto::nostr::{Alphabet, Event, EventId, Filter, Kind, SingleLetterTag};
+use quorum_proto::nostr::{Alphabet, Event, EventId, Filter, Kind, SingleLetterTag, Timestamp};
 use quorum_proto::quorum_job::{QuorumJobParams, hex_list};
 use quorum_proto::release::{FILE_METADATA, FileMetadata, RELEASE_BINDING, ReleaseBinding};
-use quorum_proto::step::StepReport;
+use quorum_proto::step::{StepJob, StepReport};
 use quorum_proto::{operator, source};
 use serde::Serialize;
 
 /// How long one relay query may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long fetching one bundle from one URL may take: release events name bundles, and
+/// anyone can publish release events, so a slow server must not hold the verdict up.
+const BUNDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The most bundles fetched for one verification (the first named; duplicates count once).
+const MAX_BUNDLES: usize = 8;
 /// NIP-82 software asset, which may name a bundle too.
 const SOFTWARE_ASSET: Kind = Kind::Custom(3063);
 
@@ -173,7 +182,7 @@ pub struct Verification {
     /// Members with no reveal on record.
     pub silent: Vec<String>,
     /// Members the attestation does not name whose reveal matches it (they revealed after the
-    /// quorum signed).
+    /// quorum tallied, usually after it signed).
     pub late: Vec<String>,
     /// The verification bundles read (sha256).
     pub bundles: Vec<String>,
@@ -289,9 +298,14 @@ pub async fn gather(
         .filter(|e| e.kind == FILE_METADATA || e.kind == SOFTWARE_ASSET)
         .flat_map(bundle::bundles_named)
         .collect();
+    let mut tried = BTreeSet::new();
     for (sha, urls) in named {
-        if bundles.contains(&sha) {
+        if bundles.contains(&sha) || !tried.insert(sha) {
             continue;
+        }
+        if tried.len() > MAX_BUNDLES {
+            tracing::info!(%sha, "not fetched: {MAX_BUNDLES} named bundles were tried already");
+            break;
         }
         match fetch_bundle(&sha, &urls).await {
             Ok(found) if found.covers(digest) => {
@@ -456,10 +470,13 @@ pub fn judge(digest: &Sha256Hex, pool: &[Event], expect: &Expectation) -> Verifi
     };
     let others = verdicts.len() - 1;
     let chosen = verdicts.swap_remove(index);
+    // The warnings about other repositories' releases, then the chosen release's own.
+    let mut warnings = verification.warnings;
+    warnings.extend(chosen.warnings.iter().cloned());
     let mut chosen = Verification {
         candidates: verification.candidates,
         urls: verification.urls,
-        warnings: verification.warnings,
+        warnings,
         ..chosen
     };
     if others > 0 {
@@ -778,7 +795,7 @@ fn check_quorum(
             }
         ));
     }
-    check_policy(pool, &quorum, &mandate, expect, verification);
+    check_policy(pool, binding, &quorum, &mandate, expect, verification);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -845,13 +862,7 @@ fn check_mandate(
         }
     }
     let at = attestation_event.created_at;
-    if at < mandate_event.created_at {
-        verification.problem(format!(
-            "attestation {id} was made at {}, before mandate {mandate_id} was signed ({})",
-            at.as_secs(),
-            mandate_event.created_at.as_secs()
-        ));
-    }
+    back_dated(attestation_event, "mandate", mandate_event, verification);
     if at >= mandate.expiration {
         verification.problem(format!(
             "mandate {mandate_id} had expired ({}) when attestation {id} was made ({})",
@@ -934,6 +945,12 @@ fn check_source(
         return;
     };
     verification.requester = Some(request_event.pubkey.to_hex());
+    back_dated(
+        attestation_event,
+        "job request",
+        request_event,
+        verification,
+    );
     let params = JobRequest::from_event(request_event)
         .map_err(|e| e.to_string())
         .and_then(|request| {
@@ -988,6 +1005,20 @@ fn check_source(
             "attestation {id} names other source evidence than the request it answers"
         ));
     }
+    // A run step fetches its `repo` input: it must be the URL the evidence vouches for.
+    if request.kind == StepJob::kind() {
+        match StepJob::from_request(&request, false) {
+            Ok(step) if step.repo == named.url => {}
+            Ok(step) => verification.problem(format!(
+                "job request {} fetches {}, not {}, the URL its source evidence names",
+                attestation.job, step.repo, named.url
+            )),
+            Err(err) => verification.problem(format!(
+                "job request {} is not a run step: {err}",
+                attestation.job
+            )),
+        }
+    }
     match &params.release {
         Some(release)
             if release.repo == binding.repo
@@ -1037,24 +1068,28 @@ fn check_source(
                     attestation.commit, evidence.state
                 ));
             }
-            let at = attestation_event.created_at;
             for (what, event) in [
-                ("job request", request_event),
                 ("announcement", checked.announcement),
                 ("state", checked.state),
             ] {
-                if at < event.created_at {
-                    verification.problem(format!(
-                        "attestation {id} is dated {}, before the {what} {} it relies on ({}): \
-                         back-dated",
-                        at.as_secs(),
-                        event.id,
-                        event.created_at.as_secs()
-                    ));
-                }
+                back_dated(attestation_event, what, event, verification);
             }
         }
         Err(err) => verification.problem(format!("source: {err}")),
+    }
+}
+
+/// A problem if the attestation is dated before `event`, evidence it relies on: its time is
+/// the signers' choice, and the mandate that counted is judged at that time.
+fn back_dated(attestation: &Event, what: &str, event: &Event, verification: &mut Verification) {
+    if attestation.created_at < event.created_at {
+        verification.problem(format!(
+            "attestation {} is dated {}, before the {what} {} it relies on ({}): back-dated",
+            attestation.id,
+            attestation.created_at.as_secs(),
+            event.id,
+            event.created_at.as_secs()
+        ));
     }
 }
 
@@ -1085,68 +1120,77 @@ fn check_members(
         return;
     };
     // Only what was said before the quorum signed is evidence about the agreement: a member
-    // cannot be framed, or poison a release, by publishing something later.
+    // cannot be framed, or poison a release, by publishing something later. What the other
+    // members said at any time is only reported (a member that revealed the same bytes after
+    // the quorum signed is late, not silent).
     let at = attestation_event.created_at;
-    let said: Vec<&Event> = pool
-        .events
-        .iter()
-        .copied()
-        .filter(|e| e.kind == COMMITMENT || e.kind == REVEAL)
-        .filter(|e| e.created_at <= at)
-        .collect();
-    let commitments: Vec<SignedCommitment> = said
-        .iter()
-        .filter(|e| e.kind == COMMITMENT)
-        .filter_map(|e| SignedCommitment::from_event(e).ok())
-        .collect();
-    let reveals: Vec<SignedReveal> = said
-        .iter()
-        .filter(|e| e.kind == REVEAL)
-        .filter_map(|e| SignedReveal::from_event(e).ok())
-        .collect();
-    let members = roster.members().clone();
     let plan = attestation.evidence.as_ref().map(|e| e.plan_hash);
-    let outcome = Tally::new(roster, attestation.job)
-        .expecting_plan(plan)
-        .evaluate(&commitments, &reveals);
-    let (mut disagreed, mut silent, mut late) = (Vec::new(), Vec::new(), Vec::new());
-    for member in &members {
-        let differs = outcome
-            .revealed
-            .get(member)
-            .map(|r| (r.reveal, differences(&r.result, &attestation.files)));
-        let other_plan = outcome.disagreed.get(member).and_then(|d| {
+    let tally = |until: Option<Timestamp>| {
+        let said: Vec<&Event> = pool
+            .events
+            .iter()
+            .copied()
+            .filter(|e| e.kind == COMMITMENT || e.kind == REVEAL)
+            .filter(|e| until.is_none_or(|until| e.created_at <= until))
+            .collect();
+        let commitments: Vec<SignedCommitment> = said
+            .iter()
+            .filter(|e| e.kind == COMMITMENT)
+            .filter_map(|e| SignedCommitment::from_event(e).ok())
+            .collect();
+        let reveals: Vec<SignedReveal> = said
+            .iter()
+            .filter(|e| e.kind == REVEAL)
+            .filter_map(|e| SignedReveal::from_event(e).ok())
+            .collect();
+        Tally::new(roster.clone(), attestation.job)
+            .expecting_plan(plan)
+            .evaluate(&commitments, &reveals)
+    };
+    let before = tally(Some(at));
+    let ever = tally(None);
+    let other_plan = |outcome: &TallyOutcome, member| {
+        outcome.disagreed.get(member).and_then(|d| {
             d.get(quorum_proto::agreement::PLAN_ENTRY)
                 .map(|plan| plan.map_or("none".to_string(), |p| p.to_hex()))
-        });
+        })
+    };
+    let differs = |outcome: &TallyOutcome, member| {
+        outcome
+            .revealed
+            .get(member)
+            .map(|r| (r.reveal, differences(&r.result, &attestation.files)))
+    };
+    let (mut disagreed, mut silent, mut late) = (Vec::new(), Vec::new(), Vec::new());
+    for member in roster.members() {
         if attestation.agreed.contains(member) {
             // A member the quorum names must not contradict it in its own signed events. (A
             // reveal that no longer opens anything, e.g. its commitment expired from the
             // relays, is no evidence either way.)
-            if outcome.equivocated.contains_key(member) {
+            if before.equivocated.contains_key(member) {
                 verification.problem(format!(
                     "{}, named as agreeing, equivocated: it committed twice for job {}",
                     member.to_hex(),
                     attestation.job
                 ));
-            } else if let Some(plan) = other_plan {
+            } else if let Some(plan) = other_plan(&before, member) {
                 verification.problem(format!(
                     "{}, named as agreeing, revealed another plan ({plan})",
                     member.to_hex()
                 ));
-            } else if let Some((reveal, Some(diff))) = differs {
+            } else if let Some((reveal, Some(diff))) = differs(&before, member) {
                 verification.problem(format!(
                     "{}, named as agreeing, revealed otherwise in {reveal}: {diff}",
                     member.to_hex()
                 ));
             }
-        } else if outcome.equivocated.contains_key(member)
-            || outcome.invalid.contains_key(member)
-            || other_plan.is_some()
+        } else if ever.equivocated.contains_key(member)
+            || ever.invalid.contains_key(member)
+            || other_plan(&ever, member).is_some()
         {
             disagreed.push(member.to_hex());
         } else {
-            match differs {
+            match differs(&ever, member) {
                 Some((_, Some(_))) => disagreed.push(member.to_hex()),
                 Some((_, None)) => late.push(member.to_hex()),
                 None => silent.push(member.to_hex()),
@@ -1160,6 +1204,7 @@ fn check_members(
 
 fn check_policy(
     pool: &Pool<'_>,
+    binding: &ReleaseBinding,
     quorum: &quorum_proto::nostr::PublicKey,
     mandate: &Mandate,
     expect: &Expectation,
@@ -1175,12 +1220,21 @@ fn check_policy(
             mandate.n()
         ));
     }
-    // How the key was made: the earliest mandate on record for it that says (a refresh keeps
-    // the key, so it does not say).
+    // How the key was made: the earliest of the maintainers' mandates for it that says (a
+    // refresh keeps the key, so it does not say). Anyone can publish a mandate naming any key:
+    // only the maintainers' count, or a stranger could date one earlier and claim a DKG.
+    let maintainers = maintainer_set(
+        &binding.repo.owner,
+        &binding.repo.identifier,
+        &pool.owned(&[REPO_ANNOUNCEMENT]),
+    );
     let origin = pool
         .of_kind(MANDATE)
+        .filter(|e| maintainers.contains(&e.pubkey))
         .filter_map(|e| Mandate::from_event(e).ok().map(|m| (e, m)))
-        .filter(|(_, m)| m.quorum == Some(*quorum) && m.keygen != Keygen::Refresh)
+        .filter(|(_, m)| {
+            m.repo == binding.repo && m.quorum == Some(*quorum) && m.keygen != Keygen::Refresh
+        })
         .min_by_key(|(e, _)| (e.created_at, e.id))
         .map(|(_, m)| m.keygen);
     let keygen = match origin.or(Some(mandate.keygen).filter(|k| *k != Keygen::Refresh)) {
@@ -1256,12 +1310,14 @@ async fn fetch_bundle(sha: &Sha256Hex, urls: &[String]) -> Result<VerificationBu
         let Ok(parsed) = url::Url::parse(url) else {
             continue;
         };
-        match client.download_url(&parsed, *sha, &dest).await {
-            Ok(_) => {
+        match tokio::time::timeout(BUNDLE_TIMEOUT, client.download_url(&parsed, *sha, &dest)).await
+        {
+            Ok(Ok(_)) => {
                 let bytes = std::fs::read(&dest).map_err(|e| e.to_string())?;
                 return VerificationBundle::from_json(&bytes).map_err(|e| e.to_string());
             }
-            Err(err) => last = format!("{url}: {err}"),
+            Ok(Err(err)) => last = format!("{url}: {err}"),
+            Err(_) => last = format!("{url}: no answer within {BUNDLE_TIMEOUT:?}"),
         }
     }
     Err(last)
@@ -1286,4 +1342,597 @@ async fn add_ids(
     }
     pool.extend(fetch(client, Filter::new().ids(missing)).await?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! [`judge`] on hand-made chains of signed events, where a relay could not hold the case
+    //! (an expired mandate, a forged event) or the pure rule is the point. The quorum key is a
+    //! plain key here: judging looks at signatures, not at how they were made.
+
+    use quorum_proto::agreement::{
+        Commitment, JobEvidence, QuorumAttestation, Reveal, Salt, SignedCommitment,
+    };
+    use quorum_proto::approval::ArtifactDigest;
+    use quorum_proto::mandate::{Keygen, Mandate, Member, SourceRule};
+    use quorum_proto::nip34::{RepositoryAnnouncement, RepositoryState};
+    use quorum_proto::nip90::JobParam;
+    use quorum_proto::nostr::{EventBuilder, Keys, UnsignedEvent};
+    use quorum_proto::quorum_job::{ReleaseParams, SourceRef, release_binding};
+    use quorum_proto::release::Attestation;
+
+    use super::*;
+
+    const T: u64 = 1_800_000_000;
+    const URL: &str = "https://git.example/app.git";
+    const PIPELINE: &str = ".quorum/pipeline.yml";
+    const BYTES: &[u8] = b"app\n";
+
+    fn keys(byte: u8) -> Keys {
+        Keys::parse(&format!("{byte:02x}").repeat(32)).unwrap()
+    }
+
+    fn at(offset: i64) -> Timestamp {
+        Timestamp::from(T.saturating_add_signed(offset))
+    }
+
+    fn signed(builder: EventBuilder, keys: &Keys, offset: i64) -> Event {
+        builder
+            .custom_created_at(at(offset))
+            .sign_with_keys(keys)
+            .unwrap()
+    }
+
+    fn digest() -> Sha256Hex {
+        Sha256Hex::from_bytes(sha2_digest(BYTES))
+    }
+
+    /// A repository, a 2-of-3 quorum (key `quorum`), and the honest chain of a release of
+    /// [`BYTES`]: each event a public field, so that a case can replace one.
+    struct Chain {
+        owner: Keys,
+        quorum: Keys,
+        members: Vec<Keys>,
+        repo: RepoCoordinate,
+        commit: String,
+        plan: Sha256Hex,
+        announcement: Event,
+        state: Event,
+        mandate: Event,
+        request: Event,
+        votes: Vec<Event>,
+        attestation: QuorumAttestation,
+        attestation_event: Event,
+        binding: Event,
+    }
+
+    impl Chain {
+        fn new() -> Chain {
+            Chain::with(|_| {}, |_| {})
+        }
+
+        /// The honest chain with the mandate and the attestation changed before signing.
+        fn with(
+            mandate: impl FnOnce(&mut Mandate),
+            attest: impl FnOnce(&mut QuorumAttestation),
+        ) -> Chain {
+            let owner = keys(1);
+            let quorum = keys(2);
+            let members: Vec<Keys> = (3..6).map(keys).collect();
+            let requester = keys(6);
+            let repo = RepoCoordinate::new(owner.public_key(), "app");
+            let commit = "3f1c".repeat(10);
+            let plan = Sha256Hex::from_bytes([7; 32]);
+            let mut announcement = RepositoryAnnouncement::new("app");
+            announcement.clone = vec![URL.into()];
+            let announcement = signed(announcement.to_event_builder(), &owner, -1000);
+            let state = signed(
+                RepositoryState::new("app")
+                    .with_ref("refs/heads/main", &commit)
+                    .unwrap()
+                    .to_event_builder(),
+                &owner,
+                -900,
+            );
+            let mut terms = Mandate {
+                repo: repo.clone(),
+                pipeline: PIPELINE.into(),
+                jobs: vec!["build".into()],
+                quorum: Some(quorum.public_key()),
+                members: members
+                    .iter()
+                    .zip(1..)
+                    .map(|(k, i)| Member::new(k.public_key(), i))
+                    .collect(),
+                threshold: 2,
+                keygen: Keygen::Dealer { dealer: None },
+                allow: [8700u16, 8708].into_iter().collect(),
+                expiration: at(86_400),
+                rules: Default::default(),
+                content: String::new(),
+            };
+            mandate(&mut terms);
+            let mandate = signed(terms.to_event_builder().unwrap(), &owner, -600);
+            let release = ReleaseParams {
+                repo: repo.clone(),
+                run: quorum_pipeline::run_id(URL, &commit, &plan.to_hex()),
+                job: "build".into(),
+            };
+            let mut step = StepJob::new(URL, commit.clone(), "make");
+            step.artifacts = vec!["out/app".into()];
+            let mut request = step.to_request();
+            request
+                .params
+                .push(JobParam::new(quorum_pipeline::dispatch::PARAM_JOB, "build"));
+            QuorumJobParams {
+                mandate: mandate.id,
+                commit: commit.clone(),
+                release: Some(release.clone()),
+                source: Some(SourceRef {
+                    announcement: announcement.id,
+                    state: state.id,
+                    url: URL.into(),
+                }),
+            }
+            .apply(&mut request);
+            let request = signed(request.to_event_builder(), &requester, -400);
+            let files = BuildResult::new().with_file("out/app", digest());
+            let mut votes = Vec::new();
+            for (i, member) in members.iter().take(2).enumerate() {
+                let salt = Salt::from_bytes([i as u8; 32]);
+                let commitment = signed(
+                    Commitment::new(
+                        &member.public_key(),
+                        request.id,
+                        quorum.public_key(),
+                        &salt,
+                        &files,
+                        at(3600),
+                    )
+                    .to_event_builder(),
+                    member,
+                    -300,
+                );
+                let parsed = SignedCommitment::from_event(&commitment).unwrap();
+                let reveal = Reveal::new(&parsed, salt, files.clone(), at(3600))
+                    .with_plan(Some(plan))
+                    .to_event_builder()
+                    .unwrap();
+                votes.push(commitment);
+                votes.push(signed(reveal, member, -200));
+            }
+            let mut attestation = QuorumAttestation {
+                job: request.id,
+                mandate: mandate.id,
+                commit: commit.clone(),
+                files: files.clone(),
+                agreed: members.iter().take(2).map(Keys::public_key).collect(),
+                evidence: Some(JobEvidence {
+                    announcement: announcement.id,
+                    state: state.id,
+                    pipeline: PIPELINE.into(),
+                    plan_hash: plan,
+                    job: "build".into(),
+                }),
+                wrapped: None,
+            };
+            attest(&mut attestation);
+            let unsigned = attestation.unsigned(quorum.public_key(), at(-200)).unwrap();
+            let binding = release_binding(&release, &commit, &files, &unsigned).unwrap();
+            let attestation_event = unsigned.sign_with_keys(&quorum).unwrap();
+            let binding = binding.sign_with_keys(&quorum).unwrap();
+            Chain {
+                owner,
+                quorum,
+                members,
+                repo,
+                commit,
+                plan,
+                announcement,
+                state,
+                mandate,
+                request,
+                votes,
+                attestation,
+                attestation_event,
+                binding,
+            }
+        }
+
+        fn pool(&self) -> Vec<Event> {
+            let mut pool = vec![
+                self.announcement.clone(),
+                self.state.clone(),
+                self.mandate.clone(),
+                self.request.clone(),
+                self.attestation_event.clone(),
+                self.binding.clone(),
+            ];
+            pool.extend(self.votes.iter().cloned());
+            pool
+        }
+
+        fn expect(&self) -> Expectation {
+            Expectation {
+                repo: Some(self.repo.clone()),
+                ..Expectation::default()
+            }
+        }
+
+        fn judge(&self, pool: &[Event]) -> Verification {
+            judge(&digest(), pool, &self.expect())
+        }
+
+        /// A binding of these bytes signed by the quorum key at `offset`, naming `results`.
+        fn binding_naming(&self, results: Vec<Attestation>, offset: i64) -> Event {
+            let binding = ReleaseBinding::new(
+                self.repo.clone(),
+                self.commit.clone(),
+                quorum_pipeline::run_id(URL, &self.commit, &self.plan.to_hex()),
+                vec![ArtifactDigest::new("build/out/app", digest())],
+                results,
+            )
+            .unwrap();
+            signed(
+                binding.to_event_builder(at(offset)).unwrap(),
+                &self.quorum,
+                offset,
+            )
+        }
+    }
+
+    impl Chain {
+        /// The same chain built on `state`: the request and the attestation name it.
+        fn naming_state(mut self, state: Event) -> Chain {
+            let mut request = JobRequest::from_event(&self.request).unwrap();
+            let mut params = QuorumJobParams::from_request(&request).unwrap().unwrap();
+            params.source.as_mut().unwrap().state = state.id;
+            params.apply(&mut request);
+            self.request = signed(request.to_event_builder(), &keys(6), -400);
+            if let Some(evidence) = self.attestation.evidence.as_mut() {
+                evidence.state = state.id;
+            }
+            self.state = state;
+            self.resign_from_request()
+        }
+
+        /// Votes, attestation and binding for the current request.
+        fn resign_from_request(mut self) -> Chain {
+            let files = self.attestation.files.clone();
+            self.votes.clear();
+            for (i, member) in self.members.iter().take(2).enumerate() {
+                let salt = Salt::from_bytes([i as u8; 32]);
+                let commitment = signed(
+                    Commitment::new(
+                        &member.public_key(),
+                        self.request.id,
+                        self.quorum.public_key(),
+                        &salt,
+                        &files,
+                        at(3600),
+                    )
+                    .to_event_builder(),
+                    member,
+                    -300,
+                );
+                let parsed = SignedCommitment::from_event(&commitment).unwrap();
+                let reveal = Reveal::new(&parsed, salt, files.clone(), at(3600))
+                    .with_plan(Some(self.plan))
+                    .to_event_builder()
+                    .unwrap();
+                self.votes.push(commitment);
+                self.votes.push(signed(reveal, member, -200));
+            }
+            self.attestation.job = self.request.id;
+            let unsigned: UnsignedEvent = self
+                .attestation
+                .unsigned(self.quorum.public_key(), at(-200))
+                .unwrap();
+            let release = ReleaseParams {
+                repo: self.repo.clone(),
+                run: quorum_pipeline::run_id(URL, &self.commit, &self.plan.to_hex()),
+                job: "build".into(),
+            };
+            self.binding = release_binding(&release, &self.commit, &files, &unsigned)
+                .unwrap()
+                .sign_with_keys(&self.quorum)
+                .unwrap();
+            self.attestation_event = unsigned.sign_with_keys(&self.quorum).unwrap();
+            self
+        }
+    }
+
+    fn problems(verification: &Verification) -> Vec<&str> {
+        assert!(!verification.ok, "{verification:#?}");
+        verification.problems.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn the_honest_chain_verifies() {
+        let chain = Chain::new();
+        let verified = chain.judge(&chain.pool());
+        assert!(verified.ok, "{verified:#?}");
+        assert_eq!(verified.agreed.len(), 2);
+        assert_eq!(
+            verified.silent,
+            vec![chain.members[2].public_key().to_hex()]
+        );
+        assert_eq!(verified.keygen.as_deref(), Some("dealer"));
+    }
+
+    #[test]
+    fn a_mandate_expired_when_the_quorum_attested_is_refused() {
+        // No relay would serve it (or accept it now): only a bundle can carry it.
+        let chain = Chain::with(|m| m.expiration = at(-250), |_| {});
+        assert_eq!(
+            problems(&chain.judge(&chain.pool())),
+            vec![format!(
+                "mandate {} had expired ({}) when attestation {} was made ({})",
+                chain.mandate.id,
+                T - 250,
+                chain.attestation_event.id,
+                T - 200
+            )]
+        );
+    }
+
+    #[test]
+    fn forged_events_are_no_evidence() {
+        let chain = Chain::new();
+        let mut pool = chain.pool();
+        let forged = pool
+            .iter_mut()
+            .find(|e| e.id == chain.attestation_event.id)
+            .unwrap();
+        forged.content = "forged".into();
+        assert_eq!(
+            problems(&chain.judge(&pool)),
+            vec![format!(
+                "quorum attestation {} not found",
+                chain.attestation_event.id
+            )]
+        );
+    }
+
+    #[test]
+    fn under_the_ancestor_rule_a_commit_below_a_tip_is_a_warning_not_a_failure() {
+        // The state the request names has main at another commit.
+        let tip = "9a9b".repeat(10);
+        let chain = |rule: SourceRule| {
+            let chain = Chain::with(|m| m.rules.source = rule, |_| {});
+            let state = signed(
+                RepositoryState::new("app")
+                    .with_ref("refs/heads/main", &tip)
+                    .unwrap()
+                    .to_event_builder(),
+                &chain.owner,
+                -900,
+            );
+            chain.naming_state(state)
+        };
+        let ancestor = chain(SourceRule::Ancestor);
+        let verified = ancestor.judge(&ancestor.pool());
+        assert!(verified.ok, "{verified:#?}");
+        assert!(
+            verified
+                .warnings
+                .iter()
+                .any(|w| w.contains("`ancestor` rule")),
+            "{verified:#?}"
+        );
+        assert_eq!(verified.source.unwrap().refs, Vec::<String>::new());
+        let tip_rule = chain(SourceRule::Tip);
+        assert_eq!(
+            problems(&tip_rule.judge(&tip_rule.pool())),
+            vec![format!(
+                "source: commit {} is not the tip of any ref in maintainer-signed state {}",
+                tip_rule.commit, tip_rule.state.id
+            )]
+        );
+    }
+
+    #[test]
+    fn of_several_releases_of_the_repository_one_that_verifies_is_enough() {
+        let chain = Chain::new();
+        // The quorum key also signed a newer binding of the same bytes that names an
+        // attestation nobody has.
+        let missing = EventId::from_byte_array([9; 32]);
+        let newer = chain.binding_naming(
+            vec![Attestation {
+                result: missing,
+                builder: chain.quorum.public_key(),
+            }],
+            -100,
+        );
+        let mut pool = chain.pool();
+        pool.push(newer.clone());
+        let verified = chain.judge(&pool);
+        assert!(verified.ok, "{verified:#?}");
+        assert_eq!(verified.release, Some(chain.binding.id.to_hex()));
+        assert_eq!(verified.candidates.len(), 2);
+        assert_eq!(verified.candidates[0].release, newer.id.to_hex());
+        assert!(verified.warnings.contains(&format!(
+            "1 other release(s) of {} list these bytes too (not needed for the verdict)",
+            chain.repo
+        )));
+
+        // When none verifies, the newest is reported, with a word on the others.
+        pool.retain(|e| e.id != chain.attestation_event.id);
+        let verified = chain.judge(&pool);
+        assert_eq!(verified.release, Some(newer.id.to_hex()));
+        assert_eq!(
+            problems(&verified),
+            vec![format!("quorum attestation {missing} not found")]
+        );
+        assert!(verified.warnings.contains(&format!(
+            "1 other release(s) of {} list these bytes too; none verifies either",
+            chain.repo
+        )));
+    }
+
+    #[test]
+    fn a_quorum_binding_names_exactly_its_own_attestation() {
+        let chain = Chain::new();
+        let two = chain.binding_naming(
+            vec![
+                Attestation {
+                    result: chain.attestation_event.id,
+                    builder: chain.quorum.public_key(),
+                },
+                Attestation {
+                    result: chain.request.id,
+                    builder: chain.members[0].public_key(),
+                },
+            ],
+            -200,
+        );
+        let mut pool = chain.pool();
+        pool.retain(|e| e.id != chain.binding.id);
+        pool.push(two);
+        assert_eq!(
+            problems(&chain.judge(&pool)),
+            vec![
+                "a quorum-signed release names one attestation, its quorum's; this one names 2"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn an_attestation_without_evidence_or_enough_members_is_refused() {
+        let bare = Chain::with(|_| {}, |a| a.evidence = None);
+        assert_eq!(
+            problems(&bare.judge(&bare.pool())),
+            vec![format!(
+                "attestation {} names no evidence of its source (announcement, state, \
+                 pipeline, job): nothing shows the quorum built the maintainers' code",
+                bare.attestation_event.id
+            )]
+        );
+
+        let outsider = keys(9).public_key();
+        let chain = Chain::with(
+            |_| {},
+            |a| {
+                let first = *a.agreed.iter().next().unwrap();
+                a.agreed = [first, outsider].into_iter().collect();
+            },
+        );
+        let verified = chain.judge(&chain.pool());
+        assert_eq!(
+            problems(&verified),
+            vec![format!(
+                "attestation {} names {} as agreeing, who is not a member of the mandate",
+                chain.attestation_event.id,
+                outsider.to_hex()
+            )]
+        );
+
+        let lone = Chain::with(
+            |_| {},
+            |a| {
+                let first = *a.agreed.iter().next().unwrap();
+                a.agreed = [first].into_iter().collect();
+            },
+        );
+        assert_eq!(
+            problems(&lone.judge(&lone.pool())),
+            vec![format!(
+                "attestation {} names 1 agreeing members; the mandate needs 2",
+                lone.attestation_event.id
+            )]
+        );
+    }
+
+    #[test]
+    fn a_mandate_that_does_not_cover_the_job_is_refused() {
+        let chain = Chain::with(|m| m.jobs = vec!["test".into()], |_| {});
+        assert_eq!(
+            problems(&chain.judge(&chain.pool())),
+            vec![format!(
+                "mandate {} does not cover job build (it covers test)",
+                chain.mandate.id
+            )]
+        );
+    }
+
+    #[test]
+    fn a_request_that_is_not_a_quorum_request_is_refused() {
+        let mut chain = Chain::new();
+        let mut step = StepJob::new(URL, chain.commit.clone(), "make");
+        step.artifacts = vec!["out/app".into()];
+        chain.request = signed(step.to_request().to_event_builder(), &keys(6), -400);
+        let chain = chain.resign_from_request();
+        assert_eq!(
+            problems(&chain.judge(&chain.pool())),
+            vec![format!(
+                "job request {} does not parse as a quorum request: it is not a quorum request",
+                chain.request.id
+            )]
+        );
+    }
+
+    #[test]
+    fn a_refreshed_key_keeps_the_keygen_of_the_mandate_that_made_it() {
+        for (origin, expected) in [
+            (Keygen::Dkg, "dkg"),
+            (Keygen::Dealer { dealer: None }, "dealer"),
+        ] {
+            let chain = Chain::with(|m| m.keygen = Keygen::Refresh, |_| {});
+            let mut made = Mandate::from_event(&chain.mandate).unwrap();
+            made.keygen = origin;
+            let made = signed(made.to_event_builder().unwrap(), &chain.owner, -700);
+            let mut pool = chain.pool();
+            pool.push(made);
+            let verified = chain.judge(&pool);
+            assert!(verified.ok, "{verified:#?}");
+            assert_eq!(verified.keygen.as_deref(), Some(expected));
+            // Without the mandate that made it, nothing on record says.
+            let alone = chain.judge(&chain.pool());
+            assert_eq!(alone.keygen.as_deref(), Some("unknown"));
+            let require = Expectation {
+                require_dkg: true,
+                ..chain.expect()
+            };
+            assert_eq!(
+                problems(&judge(&digest(), &chain.pool(), &require)),
+                vec![
+                    "the quorum key was not shown to be made by DKG (keygen: unknown); \
+                     --require-dkg refuses it"
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn release_artifacts_of_a_quorum_are_named_job_slash_name() {
+        let chain = Chain::new();
+        let binding = ReleaseBinding::new(
+            chain.repo.clone(),
+            chain.commit.clone(),
+            quorum_pipeline::run_id(URL, &chain.commit, &chain.plan.to_hex()),
+            vec![ArtifactDigest::new("app", digest())],
+            vec![Attestation {
+                result: chain.attestation_event.id,
+                builder: chain.quorum.public_key(),
+            }],
+        )
+        .unwrap();
+        let binding = signed(
+            binding.to_event_builder(at(-200)).unwrap(),
+            &chain.quorum,
+            -200,
+        );
+        let mut pool = chain.pool();
+        pool.retain(|e| e.id != chain.binding.id);
+        pool.push(binding);
+        let verified = chain.judge(&pool);
+        assert!(verified.attested_by.is_empty());
+        assert_eq!(
+            problems(&verified),
+            vec![
+                "release artifact \"app\" is not named JOB/NAME, as a quorum's release names them"
+            ]
+        );
+    }
 }
