@@ -2353,7 +2353,7 @@ mod tests {
         let with_plan = |m: &Member, plan: Option<Sha256Hex>| {
             let reveal = Reveal::new(
                 &m.commitment,
-                m.salt.clone(),
+                m.salt,
                 m.result.clone(),
                 Timestamp::from(NOW + 3600),
             )

@@ -4,7 +4,7 @@
 //! Verification is a pure judgement ([`judge`]) over a pool of signed events, gathered from the
 //! relays ([`gather`]) and/or read from a verification bundle (`quorum_proto::bundle`), so it
 //! works the same online and offline, years later, after relays dropped the expired mandate.
-//! It re-checks the whole trust chain (docs/protocol.md §11) for the repository the user names
+//! It re-checks the whole trust chain (docs/protocol.md §16; §11 lists what `quorum verify` checks) for the repository the user names
 //! (`--repo`); without one it reports what it found and fails closed:
 //!
 //! 1. **Bindings.** Every release binding (8700) that lists the file's sha256 is a candidate;
