@@ -204,10 +204,21 @@ impl Runner {
             self.blossom.clone()
         };
         let src = dir.join("src");
-        let source_date_epoch =
-            git::fetch_commit(&asked.repo, &asked.commit, &src, &self.config.git)
-                .await
-                .map_err(|e| JobFailure::new(e.to_string()))?;
+        // A quorum member fetches from the clone URL the owner announced (admitted above), never
+        // from a URL only the request names: a request whose step fetches elsewhere is refused
+        // by `derive`, without this runner contacting what a stranger points it at.
+        let (fetch_url, fetch_commit) = match admission.and_then(|a| {
+            a.params
+                .source
+                .as_ref()
+                .map(|source| (source.url.as_str(), a.params.commit.as_str()))
+        }) {
+            Some(admitted) => admitted,
+            None => (asked.repo.as_str(), asked.commit.as_str()),
+        };
+        let source_date_epoch = git::fetch_commit(fetch_url, fetch_commit, &src, &self.config.git)
+            .await
+            .map_err(|e| JobFailure::new(e.to_string()))?;
         let (step, derived) = match admission {
             None => (asked, None),
             Some(admission) => {
