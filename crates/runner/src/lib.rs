@@ -17,8 +17,8 @@
 //! independently. Before building, this runner admits it ([`QuorumMember::admit`]: the mandate,
 //! the requester, the maintainer-signed evidence of the source), fetches the commit from the
 //! clone URL that evidence names, and derives the step from the pipeline at the commit
-//! ([`derive`]), running the plan's step, never the request's word; a
-//! request that fails a check gets `error` feedback naming it, and nothing is built or signed.
+//! ([`derive`]), running the plan's step, never the request's word; a request that fails a
+//! check gets `error` feedback naming it, and nothing is built or signed.
 //! After a successful build it takes part in the agreement and signing with its share, and its
 //! report says how that went (`StepReport::quorum`).
 
