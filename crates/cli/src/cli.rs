@@ -495,6 +495,12 @@ pub struct WrapperArgs {
     #[arg(long)]
     pub allow_private_git: bool,
 
+    /// Fetch the files an inner DVM's result claims from loopback, private and link-local
+    /// addresses too (by default only public addresses; the wrapper hashes every claimed file
+    /// before it commits to it).
+    #[arg(long)]
+    pub allow_private_downloads: bool,
+
     /// Who runs this DVM (npub or hex), named in its NIP-89 announcement. The operator
     /// confirms it with `quorum operator publish --dvm THIS_DVM`.
     #[arg(long, value_name = "NPUB_OR_HEX")]
@@ -811,9 +817,44 @@ pub struct RelayOptions {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Most simultaneous connections from one address (IPv6: one /64); 0 = unlimited. Behind
+    /// a reverse proxy every client has the proxy's address. [default: 256]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Seconds a new connection has to send its HTTP request (the WebSocket upgrade).
+    /// [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub handshake_timeout: Option<u64>,
+
+    /// Seconds without any frame from a client (it is pinged halfway) before it is closed;
+    /// 0 = never. [default: 120]
+    #[arg(long, value_name = "SECS")]
+    pub read_timeout: Option<u64>,
+
+    /// Seconds a connection without subscriptions may stay silent before it is closed;
+    /// 0 = never. [default: 300]
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+
+    /// Most stored events one REQ returns, in bytes; past it the REQ gets CLOSED naming the
+    /// `until` to continue from; 0 = unlimited. [default: 32MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub max_req_size: Option<ByteSize>,
+
     /// NIP-42 authentication.
     #[arg(long, value_enum, default_value_t = AuthArg::Off)]
     pub auth: AuthArg,
+
+    /// The URL clients use to reach this relay (wss://relay.example.org), checked against the
+    /// `relay` tag of NIP-42 AUTH events. Without it the client's Host header is trusted.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<url::Url>,
+
+    /// With --auth write or read: only connections authenticated as one of these keys (npub or
+    /// hex; repeat) may publish. Default: any authenticated key.
+    #[arg(long = "allow-writer", value_name = "PUBKEY")]
+    pub allowed_writers: Vec<String>,
 
     /// Relay name in the NIP-11 document.
     #[arg(long)]

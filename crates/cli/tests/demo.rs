@@ -5,6 +5,28 @@ use std::time::Duration;
 use quorum_testkit::daemon::run;
 use serde_json::Value;
 
+/// Runs one of the commands the demo prints for checking the file later (`quorum verify …`,
+/// paths without spaces) with this build's binary; returns its exit code and output.
+fn run_printed(command: &str) -> (Option<i32>, String) {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(words[..2], ["quorum", "verify"], "{command}");
+    assert!(
+        words.contains(&"--repo"),
+        "the command names the repository: {command}"
+    );
+    let out = run(
+        env!("CARGO_BIN_EXE_quorum"),
+        &words[1..],
+        Duration::from_secs(60),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
 #[test]
 fn the_demo_runs_approves_releases_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,8 +77,29 @@ fn the_demo_runs_approves_releases_and_verifies() {
     assert_eq!(report["verified"]["signer"], quorum, "{report}");
     let sha = report["artifacts"][0]["sha256"].as_str().unwrap();
     assert_eq!(report["verified"]["sha256"], sha);
-    // The released file was fetched from Blossom and kept for `quorum verify`.
+    // The released file was fetched from Blossom and kept for `quorum verify`, with the
+    // release's verification bundle beside it.
     assert!(data.join("hello.txt").exists());
+    assert_eq!(
+        report["bundle"]["sha256"].as_str().map(str::len),
+        Some(64),
+        "{report}"
+    );
+    assert_eq!(report["verified_offline"], true, "{report}");
+    // The embedded network is gone: the printed offline check works with nothing running.
+    let later = &report["check_later"];
+    assert!(
+        later["relay"][1].as_str().unwrap().contains("--repo"),
+        "{later}"
+    );
+    let offline = later["offline"].as_str().expect("an offline command");
+    assert!(offline.contains("--bundle"), "{offline}");
+    let (code, text) = run_printed(offline);
+    assert_eq!(code, Some(0), "{offline}:\n{text}");
+    assert!(
+        text.contains("verified: these bytes are a release"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -104,5 +147,10 @@ fn the_demo_runs_on_an_existing_network() {
         serde_json::json!([operator]),
         "{report}"
     );
+    // The printed check, against the network that is still up.
+    let command = report["check_later"]["relay"][0].as_str().unwrap();
+    assert!(command.contains(&relay), "{command}");
+    let (code, text) = run_printed(command);
+    assert_eq!(code, Some(0), "{command}:\n{text}");
     assert!(up.terminate().success());
 }

@@ -171,6 +171,34 @@ async fn job_build_runs_on_a_runner_and_reports_json() {
         report["message"].as_str().unwrap().contains("repository"),
         "{report}"
     );
+
+    // A quorum request naming a mandate nobody published, without the maintainer's evidence
+    // of its source: refused with the reason, nothing built.
+    let mandate = "ab".repeat(32);
+    let (code, report) = job(&[
+        "job",
+        "submit",
+        "--relay",
+        &fleet.relay,
+        "--kind",
+        "5702",
+        "--input",
+        &format!("url#repo:{repo_url}"),
+        "--param",
+        &format!("commit={commit}"),
+        "--param",
+        "run=sh build.sh",
+        "--param",
+        &format!("mandate={mandate}"),
+        "--provider",
+        &fleet.runner,
+        "--json",
+    ]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["status"], "error");
+    let message = report["message"].as_str().unwrap();
+    assert!(message.starts_with("refused: "), "{report}");
+    assert!(message.contains(&mandate), "{report}");
 }
 
 #[test]

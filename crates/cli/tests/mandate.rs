@@ -129,6 +129,28 @@ fn mandate_create_makes_a_2_of_3_key_among_three_runners_by_dkg_and_by_dealer() 
     for (_, pubkey, _) in &runners {
         args.extend(["--member", pubkey.as_str()]);
     }
+    // Two wrappers may not forward to one inner DVM: refused before anything is published.
+    let inner_dvm = quorum_proto::nostr::Keys::generate().public_key().to_hex();
+    let mut same_inner = args.clone();
+    let pairs: Vec<String> = dvms[..2]
+        .iter()
+        .map(|dvm| format!("{dvm}={inner_dvm}"))
+        .collect();
+    for pair in &pairs {
+        same_inner.extend(["--inner", pair.as_str()]);
+    }
+    let out = run(QUORUM, &same_inner, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{inner_dvm} is named for two members: each wrapper must forward to a different DVM"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was published"), "{stderr}");
+    assert!(out.stdout.is_empty());
+
     // One operator could sign alone: refused, saying whose each member is and what to do.
     let out = run(QUORUM, &args, Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -195,8 +217,23 @@ fn mandate_create_makes_a_2_of_3_key_among_three_runners_by_dkg_and_by_dealer() 
     );
     assert_shares(&runners, &quorum);
 
-    // Dealer mode: the output says plainly that this machine held the whole key.
-    args.push("--dealer");
+    // Dealer mode: the output says plainly that this machine held the whole key. This mandate
+    // also says who may ask (an npub), that ancestors of the signed tips may be built, and which
+    // ordinary DVM each member forwards to.
+    let requester = quorum_proto::nostr::Keys::generate().public_key();
+    let npub = quorum_proto::nostr::ToBech32::to_bech32(&requester).unwrap();
+    let inner: Vec<(String, String)> = dvms
+        .iter()
+        .map(|dvm| {
+            let inner = quorum_proto::nostr::Keys::generate().public_key().to_hex();
+            (dvm.to_string(), inner)
+        })
+        .collect();
+    let pairs: Vec<String> = inner.iter().map(|(m, i)| format!("{m}={i}")).collect();
+    args.extend(["--dealer", "--requester", &npub, "--source", "ancestor"]);
+    for pair in &pairs {
+        args.extend(["--inner", pair.as_str()]);
+    }
     let out = run(QUORUM, &args, Duration::from_secs(180));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -209,6 +246,32 @@ fn mandate_create_makes_a_2_of_3_key_among_three_runners_by_dkg_and_by_dealer() 
     let dealt = PublicKey::from_hex(printed["quorum"].as_str().unwrap()).unwrap();
     assert_ne!(dealt, quorum);
     assert_shares(&runners, &dealt);
+    let id = printed["mandate"].as_str().unwrap();
+    let mandate = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(fetch_event(&url, id));
+    let tags: Vec<Vec<String>> = mandate.tags.iter().map(|t| t.as_slice().to_vec()).collect();
+    assert!(
+        tags.contains(&vec!["requester".into(), requester.to_hex()]),
+        "{tags:?}"
+    );
+    assert!(
+        tags.contains(&vec!["source".into(), "ancestor".into()]),
+        "{tags:?}"
+    );
+    for (member, inner) in &inner {
+        assert!(
+            tags.contains(&vec!["inner".into(), member.clone(), inner.clone()]),
+            "{tags:?}"
+        );
+    }
+    let parsed = quorum_proto::mandate::Mandate::from_event(&mandate).unwrap();
+    assert_eq!(parsed.rules.requesters, [requester]);
+    assert_eq!(
+        parsed.rules.source,
+        quorum_proto::mandate::SourceRule::Ancestor
+    );
+    assert_eq!(parsed.rules.inner.len(), 3);
 
     for (daemon, _, _) in runners {
         assert!(daemon.terminate().success(), "runner exits 0 on SIGTERM");
@@ -334,6 +397,23 @@ async fn mandate_create_signs_through_a_nip46_bunker() {
     for (daemon, _, _) in runners {
         assert!(daemon.terminate().success(), "runner exits 0 on SIGTERM");
     }
+}
+
+/// The event `id` (hex) from the relay at `url`.
+async fn fetch_event(url: &str, id: &str) -> quorum_proto::nostr::Event {
+    let client = nostr_sdk::Client::default();
+    client.add_relay(url).await.unwrap();
+    client.connect().await;
+    let id = quorum_proto::nostr::EventId::from_hex(id).unwrap();
+    let events = client
+        .fetch_events(
+            quorum_proto::nostr::Filter::new().id(id),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    client.shutdown().await;
+    events.first().cloned().expect("the event is on the relay")
 }
 
 /// Each runner saved its share of exactly `quorum`, readable by its owner only.

@@ -31,6 +31,30 @@ pub enum ChannelError {
     },
 }
 
+/// A client connected to `relays` (signing with `keys`, if given), waited for briefly: the
+/// one way this crate opens relays, for sessions and for lookups alike.
+pub async fn connect(relays: &[RelayUrl], keys: Option<&Keys>) -> Result<Client, ChannelError> {
+    if relays.is_empty() {
+        return Err(ChannelError::NoRelays);
+    }
+    let client = match keys {
+        Some(keys) => Client::builder().signer(keys.clone()).build(),
+        None => Client::builder().build(),
+    };
+    for url in relays {
+        client
+            .add_relay(url.clone())
+            .await
+            .map_err(|e| ChannelError::Relay {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    client.connect().await;
+    client.wait_for_connection(Duration::from_secs(5)).await;
+    Ok(client)
+}
+
 /// A connection to the session's relays with the events seen so far.
 pub struct Channel {
     client: Client,
@@ -54,21 +78,7 @@ impl Channel {
         keys: Keys,
         filters: Vec<Filter>,
     ) -> Result<Channel, ChannelError> {
-        if relays.is_empty() {
-            return Err(ChannelError::NoRelays);
-        }
-        let client = Client::builder().signer(keys.clone()).build();
-        for url in relays {
-            client
-                .add_relay(url.clone())
-                .await
-                .map_err(|e| ChannelError::Relay {
-                    url: url.to_string(),
-                    reason: e.to_string(),
-                })?;
-        }
-        client.connect().await;
-        client.wait_for_connection(Duration::from_secs(5)).await;
+        let client = connect(relays, Some(&keys)).await?;
         let seen = Arc::new(Mutex::new(Store::default()));
         let changed = Arc::new(Notify::new());
         // Subscribe before anything is published, so nothing slips past.

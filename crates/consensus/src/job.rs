@@ -370,17 +370,12 @@ impl QuorumMember {
             mandate: id,
             reason: e.to_string(),
         };
-        let client = Client::builder().build();
-        for relay in &self.relays {
-            client
-                .add_relay(relay.clone())
-                .await
-                .map_err(|e| QuorumJobError::Lookup {
-                    mandate: id,
-                    reason: e.to_string(),
-                })?;
-        }
-        client.connect().await;
+        let client = crate::channel::connect(&self.relays, None)
+            .await
+            .map_err(|e| QuorumJobError::Lookup {
+                mandate: id,
+                reason: e.to_string(),
+            })?;
         let timeout = self.lookup_timeout;
         let looked_up = async {
             let mut lookup = Lookup::default();
@@ -616,5 +611,181 @@ pub fn report(quorum: &PublicKey, mandate: EventId, outcome: &MemberOutcome) -> 
                 .collect::<BTreeSet<_>>(),
         ),
         failure: outcome.failure.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quorum_proto::mandate::{Keygen, MandateRules, Member};
+    use quorum_proto::nip34::{RepositoryAnnouncement, RepositoryState};
+    use quorum_proto::quorum_job::SourceRef;
+
+    use super::*;
+
+    const URL: &str = "https://git.example/app.git";
+    const COMMIT: &str = "1111111111111111111111111111111111111111";
+
+    struct World {
+        owner: Keys,
+        members: Vec<Keys>,
+        router: Keys,
+        lookup: Lookup,
+        params: QuorumJobParams,
+    }
+
+    fn world(rules: MandateRules) -> World {
+        let owner = Keys::generate();
+        let members: Vec<Keys> = (0..3).map(|_| Keys::generate()).collect();
+        let router = Keys::generate();
+        let repo = RepoCoordinate::new(owner.public_key(), "app");
+        let mandate = Mandate {
+            repo: repo.clone(),
+            pipeline: ".quorum/pipeline.yml".into(),
+            jobs: vec!["build".into()],
+            quorum: Some(Keys::generate().public_key()),
+            members: members
+                .iter()
+                .enumerate()
+                .map(|(i, k)| Member::new(k.public_key(), i as u16 + 1))
+                .collect(),
+            threshold: 2,
+            keygen: Keygen::Dkg,
+            allow: [8708u16, 8700].into_iter().collect(),
+            expiration: Timestamp::now() + 3600u64,
+            rules,
+            content: String::new(),
+        };
+        let mandate = mandate
+            .to_event_builder()
+            .unwrap()
+            .sign_with_keys(&owner)
+            .unwrap();
+        let mut announcement = RepositoryAnnouncement::new("app");
+        announcement.clone = vec![URL.into()];
+        let announcement = announcement
+            .to_event_builder()
+            .sign_with_keys(&owner)
+            .unwrap();
+        let state = RepositoryState::new("app")
+            .with_ref("refs/heads/main", COMMIT)
+            .unwrap()
+            .to_event_builder()
+            .sign_with_keys(&owner)
+            .unwrap();
+        let params = QuorumJobParams {
+            mandate: mandate.id,
+            commit: COMMIT.into(),
+            release: None,
+            source: Some(SourceRef {
+                announcement: announcement.id,
+                state: state.id,
+                url: URL.into(),
+            }),
+        };
+        World {
+            owner,
+            members,
+            router,
+            lookup: Lookup {
+                named: Some(mandate.clone()),
+                mandates: vec![mandate],
+                announcements: vec![announcement],
+                states: vec![state],
+            },
+            params,
+        }
+    }
+
+    fn admit(
+        w: &World,
+        author: &Keys,
+        params: &QuorumJobParams,
+    ) -> Result<Admission, QuorumJobError> {
+        admit_events(
+            &w.members[0].public_key(),
+            &author.public_key(),
+            params,
+            Some("build"),
+            &[QUORUM_ATTESTATION],
+            Sourced::FromRepository,
+            &w.lookup,
+            Timestamp::now(),
+        )
+    }
+
+    #[test]
+    fn the_maintainers_own_request_is_admitted_with_its_evidence() {
+        let w = world(MandateRules::default());
+        let admission = admit(&w, &w.router, &w.params).unwrap();
+        let source = admission.source.unwrap();
+        assert_eq!(source.refs, ["refs/heads/main"]);
+        assert!(source.ancestry.is_empty());
+        assert_eq!(admission.quorum, admission.mandate.quorum.unwrap());
+    }
+
+    #[test]
+    fn each_failed_check_is_named() {
+        // Requester: a mandate naming its router refuses a stranger, not the router.
+        let w = world(MandateRules {
+            requesters: vec![Keys::generate().public_key()],
+            ..MandateRules::default()
+        });
+        let err = admit(&w, &w.router, &w.params).unwrap_err().to_string();
+        assert!(err.starts_with("requester:"), "{err}");
+
+        let w = world(MandateRules::default());
+        // Source: none named; a fork URL; a commit no state names.
+        let mut none = w.params.clone();
+        none.source = None;
+        let err = admit(&w, &w.router, &none).unwrap_err().to_string();
+        assert!(
+            err.starts_with("source:") && err.contains("names no evidence"),
+            "{err}"
+        );
+        let mut fork = w.params.clone();
+        fork.source.as_mut().unwrap().url = "https://evil.example/app.git".into();
+        let err = admit(&w, &w.router, &fork).unwrap_err().to_string();
+        assert!(err.contains("not one of the clone URLs"), "{err}");
+        let mut other = w.params.clone();
+        other.commit = "2".repeat(40);
+        let err = admit(&w, &w.router, &other).unwrap_err().to_string();
+        assert!(err.contains("not the tip of any ref"), "{err}");
+
+        // Mandate: a stranger's mandate for the maintainer's repository counts for nothing.
+        let mut w = world(MandateRules::default());
+        let stranger = Keys::generate();
+        let forged = Mandate::from_event(w.lookup.named.as_ref().unwrap())
+            .unwrap()
+            .to_event_builder()
+            .unwrap()
+            .sign_with_keys(&stranger)
+            .unwrap();
+        w.params.mandate = forged.id;
+        w.lookup.named = Some(forged);
+        let err = admit(&w, &w.router, &w.params).unwrap_err().to_string();
+        assert!(err.contains("not a maintainer"), "{err}");
+        let _ = &w.owner;
+    }
+
+    #[test]
+    fn a_watcher_anchor_needs_no_source_and_no_requester() {
+        let w = world(MandateRules {
+            requesters: vec![Keys::generate().public_key()],
+            ..MandateRules::default()
+        });
+        let mut params = w.params.clone();
+        params.source = None;
+        let admission = admit_events(
+            &w.members[1].public_key(),
+            &w.members[1].public_key(),
+            &params,
+            None,
+            &[QUORUM_ATTESTATION],
+            Sourced::Anchor,
+            &w.lookup,
+            Timestamp::now(),
+        )
+        .unwrap();
+        assert!(admission.source.is_none());
     }
 }

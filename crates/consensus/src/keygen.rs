@@ -1398,18 +1398,7 @@ struct Lookup {
 
 impl Lookup {
     async fn connect(relays: &[RelayUrl], timeout: Duration) -> Result<Lookup, KeygenError> {
-        let client = Client::builder().build();
-        for url in relays {
-            client
-                .add_relay(url.clone())
-                .await
-                .map_err(|e| ChannelError::Relay {
-                    url: url.to_string(),
-                    reason: e.to_string(),
-                })?;
-        }
-        client.connect().await;
-        client.wait_for_connection(Duration::from_secs(5)).await;
+        let client = crate::channel::connect(relays, None).await?;
         Ok(Lookup {
             client,
             permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LOOKUPS)),

@@ -257,12 +257,17 @@ pub async fn sign_together(
             }
         }
 
-        // Everyone else: the request of this attempt, from its coordinator.
+        // Everyone else: the request of this attempt, from its coordinator. A request whose
+        // payload for me does not hash to its public digest means the coordinator sent the
+        // members different requests (to split their views): it is excluded at once.
         let request = match sent_request {
-            Some(request) => Some(request),
+            Some(request) => Some(Ok(request)),
             None => {
                 channel
                     .wait_for(deadline, |seen| {
+                        if split_request(seen, channel, session, &coordinator) {
+                            return Some(Err(()));
+                        }
                         rounds(seen, channel, session, &signers)
                             .into_iter()
                             .find_map(|(sender, round)| match round {
@@ -272,7 +277,7 @@ pub async fn sign_together(
                                     subset,
                                     commitments,
                                 } if a == attempt && sender == coordinator => {
-                                    Some((proposed, subset, commitments))
+                                    Some(Ok((proposed, subset, commitments)))
                                 }
                                 _ => None,
                             })
@@ -280,7 +285,17 @@ pub async fn sign_together(
                     .await
             }
         };
-        let Some((proposed, subset, commitments)) = request else {
+        if let Some(Err(())) = request {
+            excluded.insert(
+                coordinator,
+                format!(
+                    "sent the members different signing requests in attempt {attempt} (its \
+                     payload for me does not match the request's public digest)"
+                ),
+            );
+            continue;
+        }
+        let Some(Ok((proposed, subset, commitments))) = request else {
             excluded.insert(
                 coordinator,
                 format!("coordinated attempt {attempt} but sent no signing request in time"),
@@ -419,6 +434,26 @@ pub async fn sign_together(
 
 /// Every round message of this session from a signer, decrypted, in arrival order; the first
 /// message of each kind per sender and attempt wins, so a replay changes nothing.
+/// Whether `coordinator` published a signing request in `session` whose payload for this
+/// member does not hash to its public digest: proof that it sealed different requests for
+/// different members.
+fn split_request(
+    seen: &[Event],
+    channel: &Channel,
+    session: SessionId,
+    coordinator: &PublicKey,
+) -> bool {
+    seen.iter()
+        .filter(|e| e.kind == quorum_msg::SIGNING_REQUEST && e.pubkey == *coordinator)
+        .filter(|e| QuorumMessage::from_event(e).is_ok_and(|m| m.session == session))
+        .any(|e| {
+            matches!(
+                QuorumMessage::open(e, channel.keys()),
+                Err(quorum_msg::QuorumMsgError::DigestMismatch(_))
+            )
+        })
+}
+
 fn rounds(
     seen: &[Event],
     channel: &Channel,

@@ -133,7 +133,7 @@
 //! | `kind` | DVM | the NIP-90 request kind, 5000–5999, outside Quorum CI's own block 5700–5719 |
 //! | `inputs` | DVM | a list of `{ type: text\|url\|event\|job, value, marker? }` (NIP-90 `i` tags); `event`/`job` values are 64-hex ids or expressions |
 //! | `params` | DVM | map of NIP-90 `param`s; values may hold expressions |
-//! | `provider` | DVM | npub or hex key of the DVM to ask; default: any DVM serving `kind` |
+//! | `provider` | DVM | npub or hex key of the DVM to ask; default: any DVM serving `kind`. Not in `mode: quorum`: there each wrapper member forwards to the inner DVM the mandate names for it |
 //! | `approval` | approval | `{ required: t, from: [npub/hex…], show: [job ids] }`: t ≥ 1 approvals from `from` (default: the repository's maintainers); `show` lists jobs (which it must need) whose artifacts and results approvers see, default its direct `needs` |
 //!
 //! ## Expressions

@@ -44,6 +44,7 @@ const TAG_SESSION: &str = "session";
 const TAG_QUORUM: &str = "quorum";
 const TAG_RECIPIENT: &str = "p";
 const TAG_EXPIRATION: &str = "expiration";
+const TAG_DIGEST: &str = "digest";
 
 /// Why a quorum message cannot be built, parsed or opened. No variant ever holds plaintext.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,6 +74,12 @@ pub enum QuorumMsgError {
     },
     #[error("cannot sign the message: {0}")]
     Sign(String),
+    #[error(
+        "the payload sealed for this recipient does not hash to the message's `digest`: {} sent \
+         different recipients different plaintexts",
+        .0.to_hex()
+    )]
+    DigestMismatch(PublicKey),
 }
 
 type Result<T> = std::result::Result<T, QuorumMsgError>;
@@ -257,6 +264,9 @@ pub struct QuorumMessage {
     pub recipients: BTreeSet<PublicKey>,
     pub created_at: Timestamp,
     pub expiration: Timestamp,
+    /// For a broadcast (one plaintext for everyone, sealed for each): the sha256 of that
+    /// plaintext, in the clear, so that every recipient can tell it got what the others got.
+    pub digest: Option<[u8; 32]>,
     /// Recipient → NIP-44 v2 ciphertext.
     ciphertexts: BTreeMap<PublicKey, String>,
 }
@@ -317,7 +327,9 @@ impl QuorumMessage {
     }
 
     /// [`QuorumMessage::seal`] with the same plaintext for every recipient (DKG round 1,
-    /// signing round 1 and 2, signing request, DKG done), still sealed separately for each.
+    /// signing round 1 and 2, signing request, DKG done), still sealed separately for each, and
+    /// its sha256 in a clear `digest` tag: a sender cannot give different recipients different
+    /// plaintexts without each of them but one noticing ([`QuorumMsgError::DigestMismatch`]).
     pub fn seal_broadcast(
         keys: &Keys,
         kind: MessageKind,
@@ -331,7 +343,16 @@ impl QuorumMessage {
             .iter()
             .map(|r| (*r, plaintext.to_string()))
             .collect();
-        Self::seal(keys, kind, session, quorum, &payloads, expiration)
+        Self::seal_with(
+            keys,
+            kind,
+            session,
+            quorum,
+            &payloads,
+            expiration,
+            Timestamp::now(),
+            Some(sha256(plaintext)),
+        )
     }
 
     /// [`QuorumMessage::seal`] dated `created_at`.
@@ -343,6 +364,23 @@ impl QuorumMessage {
         payloads: &BTreeMap<PublicKey, String>,
         expiration: Timestamp,
         created_at: Timestamp,
+    ) -> Result<Event> {
+        Self::seal_with(
+            keys, kind, session, quorum, payloads, expiration, created_at, None,
+        )
+    }
+
+    /// The sealing itself; `digest` is the broadcast's plaintext hash, if any.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_with(
+        keys: &Keys,
+        kind: MessageKind,
+        session: SessionId,
+        quorum: Option<PublicKey>,
+        payloads: &BTreeMap<PublicKey, String>,
+        expiration: Timestamp,
+        created_at: Timestamp,
+        digest: Option<[u8; 32]>,
     ) -> Result<Event> {
         if payloads.is_empty() {
             return Err(QuorumMsgError::MissingTag("p"));
@@ -378,6 +416,9 @@ impl QuorumMessage {
             tags.push(custom_tag(TAG_QUORUM, [quorum.to_hex()]));
         }
         tags.extend(payloads.keys().map(|r| Tag::public_key(*r)));
+        if let Some(digest) = digest {
+            tags.push(custom_tag(TAG_DIGEST, [hex::encode(digest)]));
+        }
         tags.push(Tag::expiration(expiration));
         EventBuilder::new(kind.kind(), content)
             .tags(tags)
@@ -427,6 +468,15 @@ impl QuorumMessage {
                 format!("{expiration:?} is not a Unix timestamp"),
             )
         })?;
+        let digest = optional_value(event, TAG_DIGEST)?
+            .map(|hex| {
+                let mut out = [0u8; 32];
+                if !is_hex64(&hex) || hex::decode_to_slice(&hex, &mut out).is_err() {
+                    return Err(malformed("digest", format!("{hex:?} is not a sha256")));
+                }
+                Ok(out)
+            })
+            .transpose()?;
         let map: BTreeMap<String, String> = serde_json::from_str(&event.content).map_err(|e| {
             QuorumMsgError::MalformedContent(format!(
                 "expected a JSON object of recipient hex → NIP-44 ciphertext: {e}"
@@ -459,6 +509,7 @@ impl QuorumMessage {
             recipients,
             created_at: event.created_at,
             expiration,
+            digest,
             ciphertexts,
         })
     }
@@ -487,6 +538,12 @@ impl QuorumMessage {
             .ok_or(QuorumMsgError::NotARecipient(my_key))?;
         let plaintext = nip44::decrypt(me.secret_key(), &message.sender, ciphertext)
             .map_err(|e| QuorumMsgError::Decrypt(e.to_string()))?;
+        if message
+            .digest
+            .is_some_and(|digest| digest != sha256(&plaintext))
+        {
+            return Err(QuorumMsgError::DigestMismatch(message.sender));
+        }
         Ok(Opened {
             id: message.id,
             sender: message.sender,
@@ -497,6 +554,11 @@ impl QuorumMessage {
             plaintext,
         })
     }
+}
+
+fn sha256(text: &str) -> [u8; 32] {
+    use nostr::hashes::{Hash, sha256};
+    sha256::Hash::hash(text.as_bytes()).to_byte_array()
 }
 
 #[cfg(test)]
@@ -784,5 +846,56 @@ mod tests {
         assert_eq!(SessionId::parse(&s.to_hex()), Some(s));
         assert!("zz".parse::<SessionId>().is_err());
         assert_ne!(SessionId::random(), SessionId::random());
+    }
+
+    #[test]
+    fn a_broadcast_carries_its_digest_and_a_split_is_caught() {
+        let sender = key(1);
+        let (a, b) = (key(2), key(3));
+        let quorum = Some(key(9).public_key());
+        let plaintext = r#"{"type":"request","attempt":0}"#;
+        let event = QuorumMessage::seal_broadcast(
+            &sender,
+            MessageKind::SigningRequest,
+            session(),
+            quorum,
+            &[a.public_key(), b.public_key()],
+            plaintext,
+            Timestamp::now() + 300u64,
+        )
+        .unwrap();
+        assert!(QuorumMessage::from_event(&event).unwrap().digest.is_some());
+        for me in [&a, &b] {
+            assert_eq!(
+                QuorumMessage::open(&event, me).unwrap().plaintext,
+                plaintext
+            );
+        }
+        // A coordinator that seals another plaintext for `b` under the same digest: the
+        // envelope is its own signed event, so `b` sees the mismatch and who caused it.
+        let mut payloads = BTreeMap::new();
+        payloads.insert(a.public_key(), plaintext.to_string());
+        payloads.insert(
+            b.public_key(),
+            r#"{"type":"request","attempt":9}"#.to_string(),
+        );
+        let split = QuorumMessage::seal_with(
+            &sender,
+            MessageKind::SigningRequest,
+            session(),
+            quorum,
+            &payloads,
+            Timestamp::now() + 300u64,
+            Timestamp::now(),
+            Some(sha256(plaintext)),
+        )
+        .unwrap();
+        assert!(QuorumMessage::open(&split, &a).is_ok());
+        let err = QuorumMessage::open(&split, &b).unwrap_err();
+        assert_eq!(err, QuorumMsgError::DigestMismatch(sender.public_key()));
+        assert!(
+            !err.to_string().contains("attempt"),
+            "no plaintext in errors"
+        );
     }
 }

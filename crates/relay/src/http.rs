@@ -2,6 +2,9 @@
 //! typed into the relay URL. It dispatches a request to a WebSocket session, the NIP-11
 //! document, a CORS preflight answer or a short text page; and it enforces the connection
 //! limit before upgrading, so that a full relay says 503 instead of accepting and dropping.
+//! The same handler serves [`crate::Relay::router`] and the accept loop of
+//! [`crate::Relay::serve`] (`accept`), which also answers connections over their address's
+//! cap here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +27,19 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
 }
 
 async fn root(State(inner): State<Arc<Inner>>, request: Request) -> Response {
+    let remote = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    respond(inner, remote, request).await
+}
+
+/// Answers one HTTP request from `remote`.
+pub(crate) async fn respond(
+    inner: Arc<Inner>,
+    remote: Option<SocketAddr>,
+    request: Request,
+) -> Response {
     let (mut parts, _body) = request.into_parts();
     match parts.method {
         Method::OPTIONS => return cors(StatusCode::NO_CONTENT.into_response()),
@@ -35,10 +51,6 @@ async fn root(State(inner): State<Arc<Inner>>, request: Request) -> Response {
             Ok(upgrade) => upgrade,
             Err(rejection) => return rejection.into_response(),
         };
-        let remote = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
         let host = request_host(&parts.headers);
         return upgrade_session(inner, upgrade, remote, host);
     }
@@ -106,6 +118,20 @@ fn upgrade_session(
             let _slot = slot;
             session::run(inner, socket, conn, host).await;
         })
+}
+
+/// The answer to a connection over its address's cap (`Limits::max_connections_per_ip`).
+pub(crate) fn refuse_per_ip(inner: &Inner, remote: SocketAddr) -> Response {
+    let cap = inner.config.limits.max_connections_per_ip;
+    tracing::debug!(%remote, cap, "connection refused: per-address cap");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "too many connections from {} (limit {cap} per address)\n",
+            remote.ip()
+        ),
+    )
+        .into_response()
 }
 
 /// Holds one of the `max_connections` slots.

@@ -88,7 +88,7 @@ impl InformationDocument {
                 max_content_length: limits.max_event_bytes,
                 auth_required: config.auth == AuthMode::RequiredForRead,
                 payment_required: false,
-                restricted_writes: has_write_policies || config.auth.required_for_write(),
+                restricted_writes: has_write_policies || config.auth_required_for_write(),
                 created_at_upper_limit: limits.max_future_secs,
                 default_limit: limits.default_filter_limit,
             },

@@ -19,10 +19,12 @@
 //! ```
 //!
 //! Modules: [`config`] (limits, NIP-11 identity, auth mode), [`info`] (the NIP-11 document),
-//! [`policy`] (the seam for Quorum CI's own admission rules), `session` (one WebSocket
-//! connection), `http` (routing), `store` (queries and NIP-40 on top of the store), `limits`
+//! [`policy`] (the seam for Quorum CI's own admission rules), `accept` (TCP connections:
+//! per-address caps and the handshake deadline), `http` (routing), `session` (one WebSocket
+//! connection), `store` (bounded reads and NIP-40 on top of the store), `limits`
 //! (per-connection rate limiting), [`error`].
 
+mod accept;
 pub mod config;
 pub mod error;
 mod http;
@@ -33,7 +35,6 @@ mod session;
 mod store;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
@@ -63,7 +64,7 @@ impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
             .field("config", &self.inner.config)
-            .field("db", &self.inner.db.backend())
+            .field("db", &self.inner.store.db().backend())
             .finish_non_exhaustive()
     }
 }
@@ -71,7 +72,7 @@ impl std::fmt::Debug for Relay {
 /// State shared by every connection of one relay.
 pub(crate) struct Inner {
     pub(crate) config: RelayConfig,
-    pub(crate) db: Arc<dyn NostrDatabase>,
+    pub(crate) store: store::Store,
     /// Every accepted event, for live subscriptions. Bounded: a receiver that falls
     /// `live_buffer` events behind gets `Lagged` and its subscriptions are closed.
     pub(crate) live: broadcast::Sender<Arc<session::LiveEvent>>,
@@ -81,7 +82,8 @@ pub(crate) struct Inner {
     pub(crate) active: watch::Sender<usize>,
     /// Cancelled when [`Relay::serve`]'s shutdown future completes: sessions close.
     pub(crate) shutdown: CancellationToken,
-    pub(crate) expiry: store::ExpiryIndex,
+    /// Open TCP connections per address (see [`Limits::max_connections_per_ip`]).
+    pub(crate) per_ip: Arc<accept::PerIp>,
     pub(crate) next_conn_id: AtomicU64,
 }
 
@@ -111,16 +113,17 @@ impl Relay {
     pub fn with_database(config: RelayConfig, db: Arc<dyn NostrDatabase>) -> Relay {
         let (live, _) = broadcast::channel(config.limits.live_buffer.max(1));
         let (active, _) = watch::channel(0);
+        let store = store::Store::new(db, config.limits.max_concurrent_queries);
         Relay {
             inner: Arc::new(Inner {
                 config,
-                db,
+                store,
                 live,
                 write_policies: RwLock::new(Vec::new()),
                 query_policies: RwLock::new(Vec::new()),
                 active,
                 shutdown: CancellationToken::new(),
-                expiry: store::ExpiryIndex::default(),
+                per_ip: Arc::default(),
                 next_conn_id: AtomicU64::new(1),
             }),
         }
@@ -160,7 +163,7 @@ impl Relay {
 
     /// The store (for tools that read it directly, such as the CLI's export).
     pub fn database(&self) -> &Arc<dyn NostrDatabase> {
-        &self.inner.db
+        self.inner.store.db()
     }
 
     /// The NIP-11 document as currently served.
@@ -176,7 +179,8 @@ impl Relay {
     /// The HTTP router: `GET` on any path is a WebSocket upgrade, the NIP-11 document (with
     /// `Accept: application/nostr+json`), or a short text page. Serve it with connect info
     /// (`into_make_service_with_connect_info::<SocketAddr>()`) to give policies the peer
-    /// address; [`Relay::serve`] does.
+    /// address. [`Relay::serve`] does not use it: it serves the same handler behind its own
+    /// connection limits (per-address cap, handshake deadline), which a router alone lacks.
     pub fn router(&self) -> axum::Router {
         http::router(Arc::clone(&self.inner))
     }
@@ -184,6 +188,9 @@ impl Relay {
     /// Serves the relay on `listener` until `shutdown` completes, then stops accepting,
     /// closes every session with a WebSocket close frame (1001, going away), waits up to a
     /// few seconds for them to finish, and returns. Events already acknowledged are durable.
+    ///
+    /// Each TCP connection counts against [`Limits::max_connections_per_ip`] for as long as it
+    /// is open, and must complete its HTTP request within [`Limits::handshake_timeout`].
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -193,25 +200,14 @@ impl Relay {
         tracing::debug!(%addr, "relay listening");
         let token = self.inner.shutdown.clone();
         let sweeper = tokio::spawn(sweep_expired(Arc::clone(&self.inner)));
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
         let stop = token.clone();
-        // Relay messages are small and latency-bound (a quorum's signing round is several
-        // request-answer exchanges): without TCP_NODELAY, Nagle's algorithm meets the peer's
-        // delayed ACK and holds a message back for about 40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {err}");
-            }
+        let signal = tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
         });
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                stop.cancel();
-            })
-            .await;
-        // The server may also have stopped on its own (an error): close sessions either way.
+        let served = accept::serve(Arc::clone(&self.inner), listener).await;
+        signal.abort();
+        // The accept loop may also have stopped on its own (an error): close sessions either way.
         token.cancel();
         let mut active = self.inner.active.subscribe();
         if tokio::time::timeout(SESSION_DRAIN, active.wait_for(|n| *n == 0))
@@ -261,7 +257,7 @@ async fn sweep_expired(inner: Arc<Inner>) {
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
-            _ = tick.tick() => store::sweep(&inner.db, &inner.expiry).await,
+            _ = tick.tick() => inner.store.sweep().await,
         }
     }
 }

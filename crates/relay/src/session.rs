@@ -20,6 +20,11 @@
 //!   re-subscribe (with `since`) and loses nothing silently.
 //! - A socket that does not accept a message within `send_timeout` ends the session, so a
 //!   client that stopped reading holds nothing; other connections never wait on it.
+//! - A client that sends no frame for `read_timeout` (it is pinged halfway) is closed (1008),
+//!   and so is one with no subscription and nothing in flight that sends no Nostr message for
+//!   `idle_timeout` (1000): a connection slot is held only by a client that uses it.
+//! - A `REQ`'s stored events are streamed batch by batch from the store, never gathered whole,
+//!   and stop at `max_req_bytes` with a `CLOSED` that says where to continue.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -27,9 +32,10 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{FuturesUnordered, SplitSink};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use nostr::filter::MatchEventOptions;
 use nostr::message::MachineReadablePrefix;
+use nostr::nips::nip19::ToBech32;
 use nostr::{Event, EventId, Filter, JsonUtil, Kind, RelayMessage, SubscriptionId, Timestamp};
 use nostr_database::{DatabaseError, DatabaseEventStatus, NostrDatabase, RejectedReason};
 use serde::Deserialize;
@@ -38,12 +44,12 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Inner;
 use crate::limits::RateLimiter;
 use crate::policy::{BoxFuture, ConnectionInfo};
-use crate::store;
 
 /// Most saves one connection may have waiting for the store; beyond it the connection's
 /// messages are not read until a save completes (back-pressure on that client only).
@@ -75,6 +81,10 @@ enum End {
     ClientClosed,
     Shutdown,
     SendTimeout,
+    /// No frame from the client for `read_timeout`, though it was pinged.
+    ReadTimeout,
+    /// No subscription, nothing in flight and no Nostr message for `idle_timeout`.
+    Idle,
     Socket(axum::Error),
 }
 
@@ -117,6 +127,11 @@ impl Out {
 
     async fn flush(&mut self) -> Step {
         self.with_deadline(|sink| sink.flush()).await
+    }
+
+    async fn ping(&mut self) -> Step {
+        self.with_deadline(|sink| sink.send(Message::Ping(Default::default())))
+            .await
     }
 
     async fn msg(&mut self, msg: RelayMessage<'_>) -> Step {
@@ -168,6 +183,83 @@ impl Out {
             },
             _ = cancel.cancelled() => Err(End::Shutdown),
         }
+    }
+}
+
+/// When the client was last heard from, for the read and idle timeouts.
+struct Clock {
+    /// Last frame from the client, or the end of the relay's own work on its behalf (time
+    /// spent answering a message, or not reading because of back-pressure, is not silence).
+    heard: Instant,
+    /// Last Nostr message (text or binary frame; pings and pongs do not count).
+    spoke: Instant,
+    /// Whether a ping went out since `heard`.
+    pinged: bool,
+    read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// What the clock says to do now.
+enum Due {
+    Nothing,
+    Ping,
+    ReadTimeout,
+    Idle,
+}
+
+impl Clock {
+    fn new(limits: &crate::Limits) -> Clock {
+        let now = Instant::now();
+        Clock {
+            heard: now,
+            spoke: now,
+            pinged: false,
+            read_timeout: limits.read_timeout,
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+
+    fn heard(&mut self) {
+        self.heard = Instant::now();
+        self.pinged = false;
+    }
+
+    fn spoke(&mut self) {
+        self.heard();
+        self.spoke = self.heard;
+    }
+
+    /// The next instant something is due: a ping, the read timeout (only while the session
+    /// reads), the idle timeout (only while `idle`).
+    fn next(&self, reading: bool, idle: bool) -> Option<Instant> {
+        let read = (reading && !self.read_timeout.is_zero()).then(|| {
+            if self.pinged {
+                self.heard + self.read_timeout
+            } else {
+                self.heard + self.read_timeout / 2
+            }
+        });
+        let idle = (idle && !self.idle_timeout.is_zero()).then(|| self.spoke + self.idle_timeout);
+        match (read, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn due(&self, reading: bool, idle: bool) -> Due {
+        let now = Instant::now();
+        if idle && !self.idle_timeout.is_zero() && now >= self.spoke + self.idle_timeout {
+            return Due::Idle;
+        }
+        if reading && !self.read_timeout.is_zero() {
+            if self.pinged && now >= self.heard + self.read_timeout {
+                return Due::ReadTimeout;
+            }
+            if !self.pinged && now >= self.heard + self.read_timeout / 2 {
+                return Due::Ping;
+            }
+        }
+        Due::Nothing
     }
 }
 
@@ -228,8 +320,7 @@ pub(crate) async fn run(
     let expected_host = inner
         .config
         .public_url
-        .as_deref()
-        .and_then(|u| url::Url::parse(u).ok())
+        .as_ref()
         .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
         .or(host);
     let mut session = Session {
@@ -246,6 +337,9 @@ pub(crate) async fn run(
     tracing::debug!(conn = id, remote = ?session.conn.remote, "session opened");
 
     let cancel = session.inner.shutdown.clone();
+    let mut clock = Clock::new(&session.inner.config.limits);
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
     let end: End = 'session: {
         if session.inner.config.auth.challenges_on_connect()
             && let Err(end) = session.send_challenge(&mut out).await
@@ -253,21 +347,51 @@ pub(crate) async fn run(
             break 'session end;
         }
         loop {
+            let reading = pending.len() < MAX_IN_FLIGHT;
+            let idle = session.subs.is_empty() && pending.is_empty();
+            let due = clock.next(reading, idle);
+            if let Some(at) = due
+                && timer.deadline() != at
+            {
+                timer.as_mut().reset(at);
+            }
             // Unbiased: a client flooding messages must not starve its own live delivery, nor
             // a busy live feed the client's messages.
             let step = tokio::select! {
                 _ = cancel.cancelled() => Err(End::Shutdown),
                 Some(saved) = pending.next(), if !pending.is_empty() => {
-                    session.finish_save(saved, &mut out).await
+                    let step = session.finish_save(saved, &mut out).await;
+                    if !reading {
+                        // The relay was not reading: that silence was its own.
+                        clock.heard();
+                    }
+                    step
                 }
-                msg = stream.next(), if pending.len() < MAX_IN_FLIGHT => match msg {
-                    None => Err(End::ClientClosed),
-                    Some(Err(e)) => Err(End::Socket(e)),
-                    Some(Ok(msg)) => session.on_message(msg, &mut out, &mut pending).await,
-                },
+                msg = stream.next(), if reading => {
+                    session.on_frame(msg, &mut out, &mut pending, &mut clock).await
+                }
                 received = recv_live(&mut session.live), if session.live.is_some() => {
-                    session.on_live(received, &mut out).await
+                    let had_subs = !session.subs.is_empty();
+                    let step = session.on_live(received, &mut out).await;
+                    if had_subs && session.subs.is_empty() {
+                        // The relay ended the subscriptions (too slow): idle counts from now.
+                        clock.spoke();
+                    }
+                    step
                 }
+                () = &mut timer, if due.is_some() => match clock.due(reading, idle) {
+                    Due::Nothing => Ok(()),
+                    Due::Ping => {
+                        clock.pinged = true;
+                        out.ping().await
+                    }
+                    // A frame may have arrived while the relay was busy writing: it counts.
+                    Due::ReadTimeout => match stream.next().now_or_never() {
+                        Some(msg) => session.on_frame(msg, &mut out, &mut pending, &mut clock).await,
+                        None => Err(End::ReadTimeout),
+                    },
+                    Due::Idle => Err(End::Idle),
+                },
             };
             if let Err(end) = step {
                 break 'session end;
@@ -295,13 +419,24 @@ pub(crate) async fn run(
         End::ClientClosed => {
             let _ = out.flush().await;
         }
+        End::ReadTimeout => {
+            out.close(
+                1008,
+                "read timeout: no frame from the client, not even a pong",
+            )
+            .await;
+        }
+        End::Idle => {
+            out.close(1000, "idle: no subscription and no message")
+                .await;
+        }
         End::SendTimeout | End::Socket(_) => {}
     }
     // Accepted events whose save is under way must still reach live subscribers.
     let drain = async {
         while let Some(saved) = pending.next().await {
             if let Ok(Stored::New) = saved.result {
-                session.inner.expiry.track(&saved.event);
+                session.inner.store.expiry.track(&saved.event);
                 session.publish(saved.event);
             }
         }
@@ -352,6 +487,31 @@ impl Session {
             challenge: Cow::Borrowed(&self.challenge),
         })
         .await
+    }
+
+    /// One read from the socket: a message to answer, or the end of the connection.
+    async fn on_frame(
+        &mut self,
+        msg: Option<Result<Message, axum::Error>>,
+        out: &mut Out,
+        pending: &mut Pending,
+        clock: &mut Clock,
+    ) -> Step {
+        match msg {
+            None => Err(End::ClientClosed),
+            Some(Err(e)) => Err(End::Socket(e)),
+            Some(Ok(msg)) => {
+                let nostr = matches!(msg, Message::Text(_) | Message::Binary(_));
+                let step = self.on_message(msg, out, pending).await;
+                // After the answer: time spent answering is not the client's silence.
+                if nostr {
+                    clock.spoke();
+                } else {
+                    clock.heard();
+                }
+                step
+            }
+        }
     }
 
     async fn on_message(&mut self, msg: Message, out: &mut Out, pending: &mut Pending) -> Step {
@@ -525,11 +685,28 @@ impl Session {
                 "kind 22242 events are sent with AUTH, not EVENT",
             )));
         }
-        if self.inner.config.auth.required_for_write() && self.conn.authenticated.is_empty() {
+        if self.inner.config.auth_required_for_write() && self.conn.authenticated.is_empty() {
             self.send_challenge(out).await?;
             return Ok(Some(prefixed(
                 AuthRequired,
                 "authenticate (NIP-42) to publish to this relay",
+            )));
+        }
+        if let Some(allowed) = &self.inner.config.allowed_writers
+            && !self.conn.authenticated.iter().any(|k| allowed.contains(k))
+        {
+            let keys: Vec<String> = self
+                .conn
+                .authenticated
+                .iter()
+                .map(|k| k.to_bech32().unwrap_or_else(|_| k.to_hex()))
+                .collect();
+            return Ok(Some(prefixed(
+                Restricted,
+                format!(
+                    "{} may not publish to this relay (it admits listed writers only)",
+                    keys.join(", ")
+                ),
             )));
         }
         // NIP-70: a protected event may only be published by its authenticated author.
@@ -580,7 +757,7 @@ impl Session {
                 self.finish_save(saved, out).await?;
             }
         }
-        let db = Arc::clone(&self.inner.db);
+        let db = Arc::clone(self.inner.store.db());
         pending.push(Box::pin(persist(db, event)));
         Ok(())
     }
@@ -592,7 +769,7 @@ impl Session {
             Ok(Stored::New) => {
                 // Stored: others get it even if its publisher is gone by now.
                 let answered = out.ok(id, true, "").await;
-                self.inner.expiry.track(&saved.event);
+                self.inner.store.expiry.track(&saved.event);
                 self.publish(saved.event);
                 answered
             }
@@ -760,27 +937,52 @@ impl Session {
             .filter(|f| f.limit != Some(0))
             .cloned()
             .collect();
-        let events = if wanted.is_empty() {
-            Vec::new()
-        } else {
-            match store::query(&self.inner.db, wanted).await {
-                Ok(events) => events,
-                Err(e) => {
-                    tracing::warn!(conn = self.conn.id, error = %e, "query failed");
-                    self.drop_live_if_idle();
-                    return out
-                        .closed(&sub, prefixed(Error, "could not query the store"))
-                        .await;
+        let cap = self.limits().max_req_bytes;
+        let (mut sent, mut bytes) = (0usize, 0usize);
+        // The created_at of the first stored event that did not fit under the cap.
+        let mut cut_at: Option<Timestamp> = None;
+        if !wanted.is_empty() {
+            let inner = Arc::clone(&self.inner);
+            let mut stored = inner.store.stored_events(wanted);
+            'stream: loop {
+                let batch = match stored.next_batch().await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(conn = self.conn.id, error = %e, "query failed");
+                        self.drop_live_if_idle();
+                        return out
+                            .closed(&sub, prefixed(Error, "could not query the store"))
+                            .await;
+                    }
+                };
+                for event in batch {
+                    let msg = event_message(&sub, &event.json);
+                    if cap > 0 && bytes + msg.len() > cap {
+                        cut_at = Some(event.created_at);
+                        break 'stream;
+                    }
+                    bytes += msg.len();
+                    sent += 1;
+                    out.feed(msg).await?;
                 }
+                // Each batch reaches the client before the next is read from the store.
+                out.flush().await?;
             }
-        };
-        tracing::debug!(conn = self.conn.id, sub = %sub, stored = events.len(), "REQ");
-        for event in events {
-            let msg = RelayMessage::Event {
-                subscription_id: Cow::Borrowed(&sub),
-                event: Cow::Owned(event),
-            };
-            out.feed(msg.as_json()).await?;
+        }
+        tracing::debug!(conn = self.conn.id, sub = %sub, stored = sent, bytes, "REQ");
+        if let Some(until) = cut_at {
+            out.flush().await?;
+            self.drop_live_if_idle();
+            let msg = prefixed(
+                Error,
+                format!(
+                    "the stored events for this REQ exceed {cap} bytes, the relay's limit per \
+                     REQ; {sent} sent, newest first: REQ again with until={} for the older ones",
+                    until.as_secs()
+                ),
+            );
+            return out.closed(&sub, msg).await;
         }
         out.feed(RelayMessage::EndOfStoredEvents(Cow::Borrowed(&sub)).as_json())
             .await?;
@@ -802,7 +1004,7 @@ impl Session {
                 f
             })
             .collect();
-        match store::count(&self.inner.db, filters).await {
+        match self.inner.store.count(filters).await {
             Ok(count) => {
                 out.msg(RelayMessage::Count {
                     subscription_id: Cow::Owned(sub),

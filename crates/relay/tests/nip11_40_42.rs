@@ -277,3 +277,138 @@ async fn auth_available_sends_a_challenge_and_requires_nothing() {
     let mut raw = off.raw().await;
     assert!(raw.try_recv(Duration::from_millis(200)).await.is_none());
 }
+
+/// AUTH on a connection to `relay` whose WebSocket request carried `host` as its Host header
+/// (a relay in the middle forwarding a user's AUTH sends whatever Host it likes), with the
+/// given `relay` tag. Returns the OK (accepted, message).
+async fn auth_with_host(relay: &TestRelay, host: &str, keys: &Keys, tag: &str) -> (bool, String) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = relay.url.as_str().into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("host", host.parse().expect("header value"));
+    let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let mut raw = common::Raw::from_inner(ws);
+    let challenge = raw.recv_kind("AUTH").await[1]
+        .as_str()
+        .expect("challenge")
+        .to_owned();
+    let auth = signed(
+        keys,
+        EventBuilder::auth(challenge, RelayUrl::parse(tag).expect("url")),
+    );
+    raw.send(json!(["AUTH", auth])).await;
+    raw.ok_for(&auth.id.to_hex()).await
+}
+
+/// Security review L2: with a public URL, the `relay` tag must name it, whatever Host header
+/// the connection came with; without one, the Host header decides (which a forwarder
+/// controls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nip42_public_url_decides_the_relay_tag() {
+    let keys = Keys::generate();
+    let public = TestRelay::start(RelayConfig {
+        auth: AuthMode::RequiredForWrite,
+        public_url: Some("wss://relay.example.org/".parse().expect("url")),
+        ..RelayConfig::default()
+    })
+    .await;
+    // The real name is accepted, also on a connection whose Host says otherwise.
+    let (ok, msg) = auth_with_host(&public, "127.0.0.1", &keys, "wss://relay.example.org").await;
+    assert!(ok, "{msg}");
+    // A forwarder's name is refused even when it sets Host to match its own tag.
+    let (ok, msg) = auth_with_host(&public, "evil.example", &keys, "wss://evil.example").await;
+    assert!(!ok);
+    assert_eq!(
+        msg,
+        "invalid: relay tag names evil.example, this relay is relay.example.org"
+    );
+    // So is the address the client actually connected to.
+    let (ok, msg) = auth_with_host(&public, "127.0.0.1", &keys, &public.url).await;
+    assert!(!ok && msg.contains("relay tag names 127.0.0.1"), "{msg}");
+
+    // Without a public URL the Host header is all the relay knows: the forwarder gets in.
+    let fallback = TestRelay::start(RelayConfig {
+        auth: AuthMode::RequiredForWrite,
+        ..RelayConfig::default()
+    })
+    .await;
+    let (ok, msg) = auth_with_host(&fallback, "evil.example", &keys, "wss://evil.example").await;
+    assert!(ok, "Host fallback: {msg}");
+}
+
+/// Security review L2: `allowed_writers` admits only connections authenticated as a listed
+/// key; the event's own author does not matter (a listed member may publish a quorum-signed
+/// event). Reading stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nip42_allowed_writers_admit_only_listed_keys() {
+    let (alice, bob, quorum) = (Keys::generate(), Keys::generate(), Keys::generate());
+    let relay = TestRelay::start(RelayConfig {
+        auth: AuthMode::RequiredForWrite,
+        allowed_writers: Some([alice.public_key()].into_iter().collect()),
+        ..RelayConfig::default()
+    })
+    .await;
+    assert!(
+        relay
+            .relay
+            .information_document()
+            .limitation
+            .restricted_writes
+    );
+    let url = RelayUrl::parse(&relay.url).expect("url");
+    let authenticated = |keys: Keys| {
+        let relay_url = relay.url.clone();
+        let url = url.clone();
+        async move {
+            let mut raw = common::Raw::connect(&relay_url).await;
+            let challenge = raw.recv_kind("AUTH").await[1]
+                .as_str()
+                .expect("challenge")
+                .to_owned();
+            let auth = signed(&keys, EventBuilder::auth(challenge, url));
+            raw.send(json!(["AUTH", auth])).await;
+            let (ok, msg) = raw.ok_for(&auth.id.to_hex()).await;
+            assert!(ok, "AUTH itself succeeds for any key: {msg}");
+            raw
+        }
+    };
+
+    // Unauthenticated: asked to authenticate.
+    let mut anonymous = relay.raw().await;
+    let (ok, msg) = anonymous.publish(&note(&bob, "anonymous")).await;
+    assert!(!ok && msg.starts_with("auth-required:"), "{msg}");
+
+    // Authenticated as an unlisted key: refused, naming the key.
+    let mut as_bob = authenticated(bob.clone()).await;
+    let refused = note(&bob, "bob is not listed");
+    let (ok, msg) = as_bob.publish(&refused).await;
+    assert!(!ok);
+    assert_eq!(
+        msg,
+        format!(
+            "restricted: {} may not publish to this relay (it admits listed writers only)",
+            bob.public_key().to_bech32().expect("npub")
+        )
+    );
+    assert!(relay.stored(Filter::new().id(refused.id)).await.is_empty());
+    // Reading is not restricted.
+    as_bob
+        .req("read", vec![json!({"kinds": [1]})])
+        .await
+        .expect("read");
+
+    // Authenticated as the listed key: its own event and one signed by another key.
+    let mut as_alice = authenticated(alice.clone()).await;
+    for event in [
+        note(&alice, "listed"),
+        note(&quorum, "signed by the quorum key"),
+    ] {
+        let (ok, msg) = as_alice.publish(&event).await;
+        assert!(ok, "{msg}");
+        assert_eq!(relay.stored(Filter::new().id(event.id)).await.len(), 1);
+    }
+}

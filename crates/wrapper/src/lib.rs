@@ -19,6 +19,7 @@
 //! and hashed before the wrapper commits to them, and the attestation says wrappers built them.
 
 pub mod canonical;
+pub mod fetch;
 pub mod forward;
 
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport};
 use quorum_runner::GitPolicy;
 
 use canonical::Canonical;
+pub use fetch::DownloadPolicy;
 
 pub use quorum_consensus::job::QuorumMember;
 pub use quorum_consensus::member::MemberConfig;
@@ -88,6 +90,9 @@ pub struct WrapperConfig {
     pub work_root: PathBuf,
     /// Which repositories may be fetched for that.
     pub git: GitPolicy,
+    /// Where and how much of the files an inner DVM's result claims may be fetched to hash
+    /// them ([`fetch`]).
+    pub downloads: DownloadPolicy,
 }
 
 impl WrapperConfig {
@@ -109,6 +114,7 @@ impl WrapperConfig {
             price_msats: 0,
             work_root,
             git: GitPolicy::default(),
+            downloads: DownloadPolicy::default(),
         }
     }
 
@@ -336,31 +342,42 @@ impl Wrapper {
     }
 
     /// The result to commit to for an inner DVM's `content`: its bytes' hash, or the files it
-    /// claims once each was fetched and hashed here.
+    /// claims once each was fetched ([`fetch`], under the operator's [`DownloadPolicy`]) and
+    /// its bytes hashed to the claimed sha256.
     async fn committed_result(&self, content: &str) -> Result<BuildResult, String> {
         let canonical = canonical::canonical_result(content);
         if let Canonical::Claimed(files) = &canonical {
-            let scratch = tempfile::tempdir()
-                .map_err(|e| format!("cannot make a scratch dir for the claimed files: {e}"))?;
-            let client = quorum_blossom::client::BlossomClient::new(Keys::generate());
-            for (n, file) in files.iter().enumerate() {
-                let dest = scratch.path().join(n.to_string());
-                let mut fetched = Err(format!("{}: no URL served it", file.name));
+            let policy = &self.config.downloads;
+            let deadline = tokio::time::Instant::now() + policy.timeout;
+            let mut budget = policy.max_bytes;
+            for file in files {
+                let mut failures = Vec::new();
+                let mut fetched = false;
                 for url in &file.urls {
                     let Ok(parsed) = url::Url::parse(url) else {
+                        failures.push(format!("{url}: not a URL"));
                         continue;
                     };
-                    match client.download_url(&parsed, file.sha256, &dest).await {
-                        Ok(_) => {
-                            fetched = Ok(());
+                    match fetch::sha256_of(&parsed, policy, budget, deadline).await {
+                        Ok(got) if got.sha256 == file.sha256 => {
+                            budget -= got.size;
+                            fetched = true;
                             break;
                         }
-                        Err(err) => fetched = Err(format!("{} from {url}: {err}", file.name)),
+                        Ok(got) => failures.push(format!(
+                            "{url}: its bytes hash to {}, not the claimed {}",
+                            got.sha256, file.sha256
+                        )),
+                        Err(err) => failures.push(format!("{url}: {err}")),
                     }
                 }
-                fetched.map_err(|e| {
-                    format!("the inner DVM claims files whose bytes do not check out: {e}")
-                })?;
+                if !fetched {
+                    return Err(format!(
+                        "the inner DVM claims files whose bytes do not check out: {}: {}",
+                        file.name,
+                        failures.join("; ")
+                    ));
+                }
             }
         }
         Ok(canonical.result())

@@ -1,9 +1,13 @@
-//! Wrapper DVMs over a real relay on loopback, each delegating to its own `interop/dvm-digest.mjs`:
-//! a NIP-90 DVM written with nostr-tools in Node that knows nothing of Quorum CI. Three wrappers
-//! hold 2-of-3 shares of a quorum key and agree on what their inner DVMs answered; the quorum
-//! attestation is checked as plain BIP-340 here and by nostr-tools.
+//! Wrapper DVMs over a real relay and Blossom server on loopback, each delegating to its own
+//! `interop/dvm-digest.mjs`: a NIP-90 DVM written with nostr-tools in Node that knows nothing of
+//! Quorum CI. Three wrappers hold 2-of-3 shares of a quorum key; the maintainer's repository (a
+//! `file://` git repository) has a `uses: dvm` quorum job in its pipeline, its announcement and
+//! state are published, and the mandate names each wrapper's inner DVM. The engine
+//! (`quorum_router::execute`) sends the quorum request as it does for any run; the quorum
+//! attestation is checked here and by nostr-tools.
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nostr_sdk::prelude::*;
@@ -12,20 +16,33 @@ use quorum_consensus::signing::SigningConfig;
 use quorum_dvm::client::{JobClient, JobOutcome, Quiet};
 use quorum_dvm::{Dvm, DvmConfig};
 use quorum_proto::agreement::{QUORUM_ATTESTATION, QuorumAttestation};
+use quorum_proto::mandate::Mandate;
 use quorum_proto::nip90::{JobInput, JobRequest};
-use quorum_proto::quorum_job::QuorumJobParams;
+use quorum_proto::quorum_job::QuorumReport;
+use quorum_router::quorum::QuorumContext;
+use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunOutcome, RunReporter};
 use quorum_testkit::daemon::Daemon;
+use quorum_testkit::git::git;
+use quorum_testnet::Network;
+use quorum_testnet::quorum::{DealtQuorum, QuorumSpec};
 use quorum_wrapper::{MemberConfig, QuorumMember, Wrapper, WrapperConfig};
 use sha2::{Digest, Sha256};
 
 const KIND: u16 = 5050;
 const TEXT: &str = "the quick brown fox jumps over the lazy dog";
+const IDENTIFIER: &str = "digests";
 /// Every wait in these tests ends within this.
 const PATIENCE: Duration = Duration::from_secs(90);
 
-/// A relay (and a Blossom server nobody here uses) on loopback, stopped when dropped.
-async fn network(dir: &Path) -> quorum_testnet::Network {
-    quorum_testnet::Network::start(dir).await
+/// The maintainer's pipeline: one DVM job of the inner kind, run by the quorum. `output`, when
+/// given, is passed to the inner DVMs as the `output` param (`blossom`: answer with a file).
+fn pipeline(output: Option<&str>) -> String {
+    let params = output.map_or_else(String::new, |o| format!("    params:\n      output: {o}\n"));
+    format!(
+        "on: [push]\njobs:\n  digest:\n    uses: dvm\n    kind: {KIND}\n    inputs:\n      \
+         - type: text\n        value: \"{TEXT}\"\n{params}    mode: quorum\n    replicas: 3\n    \
+         threshold: 2\n"
+    )
 }
 
 /// Starts `node interop/dvm-digest.mjs <relay> [args]` (killed on drop) and returns its key.
@@ -54,10 +71,10 @@ fn honest_digest(text: &str) -> String {
     )
 }
 
-fn fast() -> MemberConfig {
+fn member_config(commit_wait: Duration) -> MemberConfig {
     MemberConfig {
         agreement: AgreementConfig {
-            commit_wait: Duration::from_secs(20),
+            commit_wait,
             straggler_wait: Duration::from_secs(2),
             reveal_wait: Duration::from_secs(6),
             lifetime: Duration::from_secs(3600),
@@ -69,50 +86,38 @@ fn fast() -> MemberConfig {
     }
 }
 
-/// A 2-of-3 quorum dealt to three wrapper keys, each share stored in `dir/<n>/shares`, and
-/// the mandate (signed by the repository's owner) published on the relay.
-struct Quorum {
-    members: Vec<Keys>,
-    quorum: PublicKey,
-    mandate: EventId,
+/// A wrapper of kind [`KIND`] jobs forwarding to `inner` (several: in turn; none: the open
+/// market, then of `inner_kind`), reading quorum jobs' pipelines from `file://` repositories
+/// and fetching claimed files from loopback.
+fn config(relay: &RelayUrl, dir: &Path, inner_kind: u16, inner: &[PublicKey]) -> WrapperConfig {
+    let mut config = WrapperConfig::new(
+        Kind::from_u16(inner_kind),
+        vec![relay.clone()],
+        dir.join("work"),
+    );
+    config.kind = Kind::from_u16(KIND);
+    config.inner_providers = inner.to_vec();
+    config.timeout = Duration::from_secs(30);
+    config.git.allow_local = true;
+    config.downloads.allow_private = true;
+    config
 }
 
-async fn quorum(relay: &RelayUrl, dir: &Path) -> Quorum {
-    let dealt = quorum_testnet::quorum::deal(
-        relay,
-        quorum_testnet::quorum::QuorumSpec {
-            n: 3,
-            t: 2,
-            identifier: "digests",
-            jobs: &[],
-            allow: &[QUORUM_ATTESTATION.as_u16()],
-        },
-        |n| dir.join(n.to_string()).join("shares"),
-    )
-    .await;
-    Quorum {
-        members: dealt.members,
-        quorum: dealt.quorum,
-        mandate: dealt.mandate.id,
-    }
-}
-
-/// Starts a wrapper DVM serving `config.kind` with `keys`, a quorum member when `shares` is
-/// given.
+/// Starts a wrapper DVM with `keys`, a quorum member when `shares` is given.
 async fn wrapper(
     relay: &RelayUrl,
     keys: &Keys,
     config: WrapperConfig,
     dir: &Path,
-    shares: Option<&Path>,
+    shares: Option<(&Path, MemberConfig)>,
 ) -> Dvm {
     let mut wrapper = Wrapper::connect(config, keys.clone())
         .await
         .expect("the wrapper connects");
-    if let Some(shares) = shares {
+    if let Some((shares, member)) = shares {
         wrapper = wrapper.with_quorum(
             QuorumMember::new(vec![relay.clone()], keys.clone(), shares.to_path_buf())
-                .with_config(fast()),
+                .with_config(member),
         );
     }
     let config = DvmConfig::new(vec![relay.clone()], dir.join("dvm"), "quorum-wrapper");
@@ -121,118 +126,178 @@ async fn wrapper(
         .expect("the wrapper DVM starts")
 }
 
-/// The three wrappers of `q`, each delegating to its own dvm-digest (`liar` started with
-/// `--lie`), each with its share in `dir/<n>/shares`.
-struct Members {
-    dvms: Vec<Dvm>,
-    _inner: Vec<Daemon>,
+struct Silent;
+
+impl RunReporter for Silent {
+    fn job_started(&mut self, _: &quorum_pipeline::PlannedJob) {}
+    fn job_progress(&mut self, _: &str, _: &PublicKey, _: &str) {}
+    fn job_finished(&mut self, _: &JobRecord) {}
 }
 
-impl Members {
-    async fn shutdown(self) {
-        for dvm in self.dvms {
-            dvm.shutdown().await;
+/// The maintainer's side: a repository whose commits carry the pipeline, a 2-of-3 quorum key
+/// dealt to three wrapper keys (shares in `dir/<n>/shares`), and a mandate that names each
+/// wrapper's inner DVM.
+struct Maintainer {
+    dir: PathBuf,
+    relay: RelayUrl,
+    repo: PathBuf,
+    url: String,
+    dealt: DealtQuorum,
+    /// The mandate the runs use (the newest: it names the inner DVMs).
+    mandate: Event,
+    /// The newest state published, so that the next one is newer.
+    state: Option<Event>,
+}
+
+impl Maintainer {
+    async fn new(network: &Network, dir: &Path) -> Maintainer {
+        let dealt = quorum_testnet::quorum::deal(
+            &network.relay,
+            QuorumSpec {
+                n: 3,
+                t: 2,
+                identifier: IDENTIFIER,
+                jobs: &[],
+                allow: &[QUORUM_ATTESTATION.as_u16()],
+            },
+            |n| dir.join(n.to_string()).join("shares"),
+        )
+        .await;
+        let repo = dir.join("repo");
+        std::fs::create_dir_all(repo.join(".quorum")).unwrap();
+        git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+        git(&repo, &["config", "user.name", "Maintainer"]);
+        git(
+            &repo,
+            &["config", "user.email", "maintainer@example.invalid"],
+        );
+        Maintainer {
+            dir: dir.to_path_buf(),
+            relay: network.relay.clone(),
+            url: format!("file://{}", repo.display()),
+            repo,
+            mandate: dealt.mandate.clone(),
+            dealt,
+            state: None,
         }
     }
-}
 
-async fn start_members(relay: &RelayUrl, q: &Quorum, dir: &Path, liar: Option<usize>) -> Members {
-    let mut inner = Vec::new();
-    let mut dvms = Vec::new();
-    for (n, keys) in q.members.iter().enumerate() {
-        let args: &[&str] = if liar == Some(n) { &["--lie"] } else { &[] };
-        let (daemon, key) = digest_dvm(relay, args);
-        inner.push(daemon);
-        let member_dir = dir.join(n.to_string());
-        let shares = member_dir.join("shares");
-        dvms.push(
-            wrapper(
-                relay,
-                keys,
-                inner_config(relay, key),
-                &member_dir,
-                Some(&shares),
-            )
-            .await,
-        );
+    fn members(&self) -> &[Keys] {
+        &self.dealt.members
     }
-    Members {
-        dvms,
-        _inner: inner,
+
+    fn shares(&self, n: usize) -> PathBuf {
+        self.dir.join(n.to_string()).join("shares")
     }
-}
 
-fn inner_config(relay: &RelayUrl, inner: PublicKey) -> WrapperConfig {
-    let mut config = WrapperConfig::new(Kind::from_u16(KIND), vec![relay.clone()]);
-    config.inner_providers = vec![inner];
-    config.timeout = Duration::from_secs(30);
-    config
-}
-
-async fn customer(relay: &RelayUrl) -> JobClient {
-    JobClient::connect(std::slice::from_ref(relay), Keys::generate())
-        .await
-        .unwrap()
-}
-
-/// Waits until `filter` matches at least `n` events and returns them.
-async fn wait_for(client: &JobClient, filter: Filter, n: usize) -> Vec<Event> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let events = client
-            .fetch(filter.clone(), Duration::from_secs(2))
+    /// Signs and publishes a newer mandate for the same quorum naming `inner` (member → inner
+    /// DVM); later runs use it.
+    async fn name_inner(&mut self, inner: BTreeMap<PublicKey, PublicKey>) {
+        let mut mandate = Mandate::from_event(&self.mandate).unwrap();
+        mandate.rules.inner = inner;
+        // Members take the newest mandate: this one must be dated after the dealt one.
+        while Timestamp::now() <= self.mandate.created_at {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let event = mandate
+            .to_event_builder()
+            .expect("a valid mandate")
+            .sign_with_keys(&self.dealt.owner)
+            .unwrap();
+        let client = JobClient::connect(std::slice::from_ref(&self.relay), Keys::generate())
             .await
             .unwrap();
-        if events.len() >= n {
-            return events;
+        client.publish_signed(&event).await.unwrap();
+        client.shutdown().await;
+        self.mandate = event;
+    }
+
+    /// Commits `pipeline` and publishes the owner's announcement and a state whose `main` is
+    /// that commit; returns the commit.
+    async fn push(&mut self, pipeline: &str) -> String {
+        std::fs::write(self.repo.join(".quorum/pipeline.yml"), pipeline).unwrap();
+        git(&self.repo, &["add", "."]);
+        git(&self.repo, &["commit", "--quiet", "-m", "pipeline"]);
+        let commit = git(&self.repo, &["rev-parse", "HEAD"]);
+        // A state replaces the one before only if it is newer.
+        while let Some(last) = &self.state
+            && Timestamp::now() <= last.created_at
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {n} events for {filter:?} within {PATIENCE:?}",
-            events.len()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_, state) = self
+            .dealt
+            .publish_repository(&self.relay, &self.url, "refs/heads/main", &commit)
+            .await;
+        self.state = Some(state);
+        commit
+    }
+
+    /// Runs the pipeline at `commit` with the engine, as `quorum run --mandate` does.
+    async fn run(&self, client: &JobClient, pipeline: &str, commit: &str) -> RunOutcome {
+        let plan = quorum_pipeline::parse(".quorum/pipeline.yml", pipeline)
+            .unwrap_or_else(|d| panic!("{d}"));
+        let quorum = QuorumContext::new(self.mandate.clone())
+            .unwrap()
+            .with_source(client, &self.url, commit)
+            .await;
+        assert!(quorum.source.is_ok(), "{:?}", quorum.source);
+        let context = RunContext {
+            repo: self.url.clone(),
+            commit: commit.to_string(),
+            repo_id: Some(self.dealt.repo()),
+            quorum: Some(quorum),
+            ..RunContext::default()
+        };
+        quorum_router::execute(
+            client,
+            &plan,
+            &context,
+            &EngineConfig::default(),
+            Vec::new(),
+            &mut Silent,
+        )
+        .await
     }
 }
 
-/// One quorum request to the three wrappers; returns their results (one per wrapper) and the
-/// quorum attestation.
-async fn quorum_job(relay: &RelayUrl, q: &Quorum) -> (JobClient, Event, Vec<Event>, Option<Event>) {
-    let client = customer(relay).await;
-    let mut request = JobRequest::new(Kind::from_u16(KIND))
-        .unwrap()
-        .input(JobInput::text(TEXT));
-    request.providers = q.members.iter().map(Keys::public_key).collect();
-    QuorumJobParams {
-        mandate: q.mandate,
-        commit: "c".repeat(40),
-        release: None,
-    }
-    .apply(&mut request);
-    let event = client.submit(&request, false).await.unwrap();
-    let results = wait_for(
-        &client,
-        Filter::new()
-            .kind(Kind::from_u16(KIND + 1000))
-            .event(event.id),
-        3,
-    )
-    .await;
-    let attestations = client
+/// Every wrapper's result for the request of `record`, by wrapper.
+async fn results(client: &JobClient, record: &JobRecord) -> BTreeMap<PublicKey, Event> {
+    let request = EventId::from_hex(record.request.as_ref().expect("a request went out")).unwrap();
+    let events = client
         .fetch(
-            Filter::new().kind(QUORUM_ATTESTATION).event(event.id),
+            Filter::new()
+                .kind(Kind::from_u16(KIND + 1000))
+                .event(request),
             Duration::from_secs(3),
         )
         .await
         .unwrap();
-    (client, event, results, attestations.into_iter().next())
+    events.into_iter().map(|e| (e.pubkey, e)).collect()
 }
 
-fn result_of<'a>(results: &'a [Event], member: &Keys) -> &'a Event {
-    results
-        .iter()
-        .find(|e| e.pubkey == member.public_key())
-        .unwrap_or_else(|| panic!("no result from {}", member.public_key()))
+fn report(results: &BTreeMap<PublicKey, Event>, member: &Keys) -> QuorumReport {
+    let result = results
+        .get(&member.public_key())
+        .unwrap_or_else(|| panic!("no result from {}", member.public_key()));
+    quorum_wrapper::report_of(result).expect("a quorum report")
+}
+
+/// The attestation the engine found for `record`, parsed.
+async fn attestation(client: &JobClient, record: &JobRecord) -> (Event, QuorumAttestation) {
+    let quorum = record.quorum.as_ref().expect("a quorum record");
+    let id = EventId::from_hex(quorum.attestation.as_ref().expect("an attestation")).unwrap();
+    let events = client
+        .fetch(Filter::new().id(id), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let event = events
+        .into_iter()
+        .next()
+        .expect("the attestation is on the relay");
+    event.verify().expect("plain BIP-340 under the quorum key");
+    let parsed = QuorumAttestation::from_event(&event).unwrap();
+    (event, parsed)
 }
 
 fn tag_values<'a>(event: &'a Event, name: &str) -> Vec<&'a [String]> {
@@ -244,129 +309,294 @@ fn tag_values<'a>(event: &'a Event, name: &str) -> Vec<&'a [String]> {
         .collect()
 }
 
+/// Two wrappers with honest inner DVMs and one whose inner DVM lies. The digest as content:
+/// the honest two agree, the quorum signs an attestation that says wrappers did the job
+/// (`["wrapper", KIND]`) and names its evidence, and the liar is named as disagreeing. The
+/// digest as a file on Blossom: the liar's DVM claims the honest file's hash but serves other
+/// bytes, so its wrapper, which fetches and hashes every claimed file, commits to nothing and
+/// says why; the honest two agree on the file they fetched. nostr-tools verifies every event
+/// the quorum signed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_wrappers_of_a_nostr_tools_dvm_get_the_quorum_to_sign() {
+async fn wrappers_of_nostr_tools_dvms_agree_on_checked_results_and_a_liar_is_caught() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = network(dir.path()).await;
-    let q = quorum(&relay.relay, dir.path()).await;
-    let members = start_members(&relay.relay, &q, dir.path(), None).await;
+    let network = Network::start(dir.path()).await;
+    let mut maintainer = Maintainer::new(&network, dir.path()).await;
+    let blossom = network.blossom.as_str().trim_end_matches('/');
+    let inner: Vec<(Daemon, PublicKey)> = (0..3)
+        .map(|n| {
+            let mut args = vec!["--blossom", blossom];
+            if n == 2 {
+                args.push("--lie");
+            }
+            digest_dvm(&network.relay, &args)
+        })
+        .collect();
+    maintainer
+        .name_inner(
+            maintainer
+                .members()
+                .iter()
+                .zip(&inner)
+                .map(|(m, (_, dvm))| (m.public_key(), *dvm))
+                .collect(),
+        )
+        .await;
+    let mut wrappers = Vec::new();
+    for (n, keys) in maintainer.members().iter().enumerate() {
+        let data = dir.path().join(n.to_string());
+        let config = config(&network.relay, &data, KIND, &[inner[n].1]);
+        let shares = maintainer.shares(n);
+        let member = member_config(Duration::from_secs(20));
+        wrappers.push(wrapper(&network.relay, keys, config, &data, Some((&shares, member))).await);
+    }
+    let client = network.client().await;
+    let honest: BTreeSet<PublicKey> = maintainer.members()[..2]
+        .iter()
+        .map(Keys::public_key)
+        .collect();
+    let liar = maintainer.members()[2].clone();
 
-    let (client, request, results, attestation) = quorum_job(&relay.relay, &q).await;
-
-    let expected = honest_digest(TEXT);
-    for member in &q.members {
-        let result = result_of(&results, member);
-        let (_, content) = client
-            .open_result(result)
-            .expect("an ordinary NIP-90 result");
-        assert_eq!(content, expected, "the inner content, unchanged");
-        assert_eq!(tag_values(result, "quorum"), [[q.quorum.to_hex()]]);
-        let report = quorum_wrapper::report_of(result).expect("a quorum report");
+    // 1. The digest as the result's content.
+    let text = pipeline(None);
+    let commit = maintainer.push(&text).await;
+    let outcome = maintainer.run(&client, &text, &commit).await;
+    let record = &outcome.jobs[0];
+    assert!(outcome.succeeded, "{:?}", record.state);
+    assert_eq!(
+        record.content.as_deref(),
+        Some(honest_digest(TEXT).as_str())
+    );
+    let (event, attested) = attestation(&client, record).await;
+    assert_eq!(event.pubkey, maintainer.dealt.quorum);
+    assert_eq!(attested.mandate, maintainer.mandate.id);
+    assert_eq!(attested.commit, commit);
+    assert_eq!(attested.agreed, honest, "exactly the two honest wrappers");
+    assert_eq!(
+        quorum_wrapper::canonical::canonical_result(&honest_digest(TEXT)).result(),
+        attested.files,
+        "the quorum signed the sha256 of the honest content"
+    );
+    assert_eq!(
+        attested.wrapped,
+        Some(KIND),
+        "the attestation says wrappers did it"
+    );
+    assert_eq!(tag_values(&event, "wrapper"), [[KIND.to_string()]]);
+    let evidence = attested.evidence.as_ref().expect("the evidence is named");
+    assert_eq!(evidence.job, "digest");
+    assert_eq!(evidence.pipeline, ".quorum/pipeline.yml");
+    assert_eq!(
+        Some(evidence.state),
+        maintainer.state.as_ref().map(|s| s.id)
+    );
+    let answers = results(&client, record).await;
+    for member in &maintainer.members()[..2] {
+        let result = &answers[&member.public_key()];
+        assert_eq!(
+            client.open_result(result).unwrap().1,
+            honest_digest(TEXT),
+            "the inner content, unchanged"
+        );
+        assert_eq!(
+            tag_values(result, "quorum"),
+            [[maintainer.dealt.quorum.to_hex()]]
+        );
+        let report = report(&answers, member);
         assert_eq!(report.failure, None, "{report:?}");
-        assert_eq!(report.agreed.len(), 3, "{report:?}");
-        let attestation = attestation
-            .as_ref()
-            .expect("the quorum signed an attestation");
-        assert_eq!(report.attestation, Some(attestation.id.to_hex()));
+        assert_eq!(report.attestation, Some(event.id.to_hex()), "{report:?}");
+        assert_eq!(report.disagreed, [liar.public_key().to_hex()], "{report:?}");
         assert!(
             tag_values(result, "e")
-                .contains(&&[attestation.id.to_hex(), String::new(), "attestation".into()][..]),
+                .contains(&&[event.id.to_hex(), String::new(), "attestation".into()][..]),
             "{result:?}"
         );
     }
-
-    let attestation = attestation.unwrap();
-    attestation
-        .verify()
-        .expect("plain BIP-340 under the quorum key");
-    assert_eq!(attestation.pubkey, q.quorum);
-    let parsed = QuorumAttestation::from_event(&attestation).unwrap();
-    assert_eq!(parsed.job, request.id);
-    assert_eq!(parsed.mandate, q.mandate);
-    assert_eq!(
-        parsed.files,
-        quorum_wrapper::canonical::canonical_result(&expected),
-        "the quorum signed the sha256 of the inner content"
-    );
-    assert_eq!(parsed.agreed.len(), 3);
-
-    // nostr-tools verifies the attestation as the relay serves it.
-    let filter = serde_json::json!({ "ids": [attestation.id.to_hex()] }).to_string();
-    let out = quorum_testkit::node::run_script_ok(
-        "relay-verify.mjs",
-        &[relay.relay.as_str(), &filter],
-        Duration::from_secs(30),
-    );
-    let verdict: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(verdict["count"], 1, "{out}");
-    assert_eq!(verdict["valid"], 1, "{out}");
-
-    client.shutdown().await;
-    members.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_wrapper_whose_inner_dvm_lies_is_named_as_disagreeing() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = network(dir.path()).await;
-    let q = quorum(&relay.relay, dir.path()).await;
-    let members = start_members(&relay.relay, &q, dir.path(), Some(2)).await;
-
-    let (client, request, results, attestation) = quorum_job(&relay.relay, &q).await;
-
-    let attestation = attestation.expect("the two honest wrappers got the quorum to sign");
-    attestation.verify().unwrap();
-    assert_eq!(attestation.pubkey, q.quorum);
-    let parsed = QuorumAttestation::from_event(&attestation).unwrap();
-    assert_eq!(parsed.job, request.id);
-    let honest: std::collections::BTreeSet<PublicKey> =
-        q.members[..2].iter().map(Keys::public_key).collect();
-    assert_eq!(
-        parsed.agreed, honest,
-        "exactly the two honest wrappers agreed"
-    );
-    assert_eq!(
-        parsed.files,
-        quorum_wrapper::canonical::canonical_result(&honest_digest(TEXT))
-    );
-
-    let liar = &q.members[2];
-    let lie = client.open_result(result_of(&results, liar)).unwrap().1;
+    let lie = client.open_result(&answers[&liar.public_key()]).unwrap().1;
     assert_ne!(
         lie,
         honest_digest(TEXT),
         "the liar's content is passed on as it is"
     );
-    let report = quorum_wrapper::report_of(result_of(&results, liar)).unwrap();
-    assert_eq!(report.disagreed, [liar.public_key().to_hex()], "{report:?}");
-    assert_eq!(report.attestation, None, "{report:?}");
-    for member in &q.members[..2] {
-        let report = quorum_wrapper::report_of(result_of(&results, member)).unwrap();
+    let report_of_liar = report(&answers, &liar);
+    assert_eq!(report_of_liar.attestation, None, "{report_of_liar:?}");
+    assert_eq!(report_of_liar.disagreed, [liar.public_key().to_hex()]);
+    assert_eq!(
+        record.quorum.as_ref().unwrap().disagreed,
+        [liar.public_key().to_hex()]
+    );
+
+    // 2. The digest as a file the inner DVMs store on Blossom; the liar's claims the honest hash.
+    let text = pipeline(Some("blossom"));
+    let commit = maintainer.push(&text).await;
+    let outcome = maintainer.run(&client, &text, &commit).await;
+    let record = &outcome.jobs[0];
+    assert!(outcome.succeeded, "{:?}", record.state);
+    let (file_event, attested) = attestation(&client, record).await;
+    assert_eq!(attested.agreed, honest);
+    let sha = hex::encode(Sha256::digest(honest_digest(TEXT).as_bytes()));
+    let files: Vec<(String, String)> = attested
+        .files
+        .files
+        .iter()
+        .map(|(name, sha)| (name.to_string(), sha.to_string()))
+        .collect();
+    assert_eq!(files, [("digest.txt".to_string(), sha.clone())]);
+    assert_eq!(tag_values(&file_event, "wrapper"), [[KIND.to_string()]]);
+    let answers = results(&client, record).await;
+    let content: serde_json::Value =
+        serde_json::from_str(&client.open_result(&answers[&liar.public_key()]).unwrap().1).unwrap();
+    assert_eq!(
+        content["artifacts"][0]["sha256"], sha,
+        "the liar claimed the honest file's hash"
+    );
+    let report_of_liar = report(&answers, &liar);
+    let failure = report_of_liar.failure.clone().unwrap_or_default();
+    assert!(failure.contains("do not check out"), "{report_of_liar:?}");
+    assert_eq!(report_of_liar.attestation, None);
+    for member in &maintainer.members()[..2] {
         assert_eq!(
-            report.attestation,
-            Some(attestation.id.to_hex()),
-            "{report:?}"
+            report(&answers, member).attestation,
+            Some(file_event.id.to_hex())
         );
-        assert_eq!(report.disagreed, [liar.public_key().to_hex()], "{report:?}");
     }
 
+    // nostr-tools verifies every event the quorum key signed, as the relay serves them.
+    let filter = serde_json::json!({ "authors": [maintainer.dealt.quorum.to_hex()] }).to_string();
+    let out = quorum_testkit::node::run_script_ok(
+        "relay-verify.mjs",
+        &[network.relay.as_str(), &filter],
+        Duration::from_secs(30),
+    );
+    let verdict: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(verdict["count"], 2, "two attestations: {out}");
+    assert_eq!(verdict["valid"], 2, "{out}");
+
     client.shutdown().await;
-    members.shutdown().await;
+    for dvm in wrappers {
+        dvm.shutdown().await;
+    }
+}
+
+/// Review finding H4: a wrapper forwards a quorum job only to the inner DVM the mandate names
+/// for it. One whose operator configured another inner DVM, and one whose mandate names none
+/// (configured for the open market), refuse the job with the reason and forward nothing; the
+/// one left cannot get the quorum to sign alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrapper_forwards_a_quorum_job_only_to_the_inner_dvm_its_mandate_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let mut maintainer = Maintainer::new(&network, dir.path()).await;
+    // A and C serve the job's kind, D serves 5051 to anyone who asks; B runs nowhere.
+    let (_a, a) = digest_dvm(&network.relay, &[]);
+    let (_c, c) = digest_dvm(&network.relay, &[]);
+    let (_d, _) = digest_dvm(&network.relay, &["--kind", "5051"]);
+    let b = Keys::generate().public_key();
+    let members: Vec<Keys> = maintainer.members().to_vec();
+    // The mandate: member 0 → A, member 1 → B, member 2 → none.
+    maintainer
+        .name_inner(BTreeMap::from([
+            (members[0].public_key(), a),
+            (members[1].public_key(), b),
+        ]))
+        .await;
+    let configs = [
+        config(&network.relay, &dir.path().join("0"), KIND, &[a]),
+        // Its operator chose C, not the mandate's B.
+        config(&network.relay, &dir.path().join("1"), KIND, &[c]),
+        // The open market of kind 5051: never for a quorum job.
+        config(&network.relay, &dir.path().join("2"), 5051, &[]),
+    ];
+    let mut wrappers = Vec::new();
+    for (n, config) in configs.into_iter().enumerate() {
+        let data = dir.path().join(n.to_string());
+        let shares = maintainer.shares(n);
+        // Member 0 waits for commitments that never come: not long.
+        let member = member_config(Duration::from_secs(5));
+        wrappers.push(
+            wrapper(
+                &network.relay,
+                &members[n],
+                config,
+                &data,
+                Some((&shares, member)),
+            )
+            .await,
+        );
+    }
+    let client = network.client().await;
+    let text = pipeline(None);
+    let commit = maintainer.push(&text).await;
+    let outcome = maintainer.run(&client, &text, &commit).await;
+    let record = &outcome.jobs[0];
+    let JobState::Failed { reason } = &record.state else {
+        panic!("the job must fail: {:?}", record.state)
+    };
+    assert!(
+        reason.contains("the quorum signed no attestation"),
+        "{reason}"
+    );
+    let short = |k: &Keys| k.public_key().to_hex()[..12].to_string();
+    let refused = |k: &Keys, why: &str| {
+        reason.split("; ").any(|part| {
+            part.contains(&short(k)) && part.contains("refused: inner: ") && part.contains(why)
+        })
+    };
+    assert!(
+        refused(&members[1], "which its operator did not configure"),
+        "{reason}"
+    );
+    assert!(
+        refused(&members[2], "names no inner DVM for this wrapper"),
+        "{reason}"
+    );
+    assert!(record.quorum.as_ref().unwrap().attestation.is_none());
+
+    // Only member 0 forwarded, to A; no inner request went to the open market.
+    let requests = client
+        .fetch(
+            Filter::new().kinds([Kind::from_u16(KIND), Kind::from_u16(5051)]),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    let mut forwarded = Vec::new();
+    for event in &requests {
+        let request = JobRequest::from_event(event).unwrap();
+        assert!(
+            !request.providers.is_empty(),
+            "a request to the open market: {event:?}"
+        );
+        if members.iter().any(|m| m.public_key() == event.pubkey) {
+            forwarded.push((event.pubkey, request.providers));
+        }
+    }
+    assert_eq!(forwarded, [(members[0].public_key(), vec![a])]);
+    let signed = client
+        .fetch(
+            Filter::new().author(maintainer.dealt.quorum),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    assert!(signed.is_empty(), "the quorum key signed: {signed:?}");
+
+    client.shutdown().await;
+    for dvm in wrappers {
+        dvm.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_quorum_params_a_wrapper_is_a_proxy_to_the_open_market() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = network(dir.path()).await;
+    let network = Network::start(dir.path()).await;
     // The inner DVM serves 5051; the wrapper sells it as 5050 and forwards to whoever takes it.
-    let (_inner, inner_key) = digest_dvm(&relay.relay, &["--kind", "5051"]);
+    let (_inner, inner_key) = digest_dvm(&network.relay, &["--kind", "5051"]);
     let keys = Keys::generate();
-    let mut config = WrapperConfig::new(Kind::from_u16(5051), vec![relay.relay.clone()]);
-    config.kind = Kind::from_u16(KIND);
-    config.timeout = Duration::from_secs(30);
-    let dvm = wrapper(&relay.relay, &keys, config, dir.path(), None).await;
+    let config = config(&network.relay, dir.path(), 5051, &[]);
+    let dvm = wrapper(&network.relay, &keys, config, dir.path(), None).await;
 
-    let client = customer(&relay.relay).await;
+    let client = network.client().await;
     let (request, outcome) = ask(&client, &keys, JobInput::text(TEXT)).await;
     let JobOutcome::Result {
         provider,
@@ -420,15 +650,14 @@ async fn without_quorum_params_a_wrapper_is_a_proxy_to_the_open_market() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_inner_error_is_passed_on_and_the_next_provider_is_tried() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = network(dir.path()).await;
-    let (_inner, inner_key) = digest_dvm(&relay.relay, &[]);
+    let network = Network::start(dir.path()).await;
+    let (_inner, inner_key) = digest_dvm(&network.relay, &[]);
     let nobody = Keys::generate().public_key();
     let keys = Keys::generate();
-    let mut config = inner_config(&relay.relay, nobody);
-    config.inner_providers.push(inner_key);
+    let mut config = config(&network.relay, dir.path(), KIND, &[nobody, inner_key]);
     config.patience.until_taken = Duration::from_secs(3);
-    let dvm = wrapper(&relay.relay, &keys, config, dir.path(), None).await;
-    let client = customer(&relay.relay).await;
+    let dvm = wrapper(&network.relay, &keys, config, dir.path(), None).await;
+    let client = network.client().await;
 
     // Nobody answers for the first provider: the second one does.
     let (_, outcome) = ask(&client, &keys, JobInput::text(TEXT)).await;

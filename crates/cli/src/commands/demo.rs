@@ -5,7 +5,9 @@
 //! build by a 2-of-3 quorum of runner DVMs whose key they made by DKG, an approval gate, a
 //! release signed by the quorum key), approves as the demo maintainer
 //! (and says so: in real use a maintainer runs `quorum approve` with their own key or bunker),
-//! downloads the released file from Blossom and verifies it, and prints how to do that again.
+//! downloads the released file from Blossom and verifies it (from the relay, then again with no
+//! relay from the release's verification bundle, saved beside the file), and prints how to do
+//! that again.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -15,6 +17,7 @@ use anyhow::{Context, bail};
 use quorum_dvm::client::JobClient;
 use quorum_pipeline::PlannedJob;
 use quorum_proto::approval::{APPROVAL_REQUEST, ApprovalRequest, Decision, Verdict};
+use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::{Filter, Keys, PublicKey, Timestamp};
 use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter};
@@ -257,7 +260,10 @@ async fn tour(
 
     // Fetch what was released, as a user would, and verify it.
     let mut verified = None;
+    let mut verified_offline = None;
+    let mut bundle = None;
     let released_file = data.join("hello.txt");
+    let bundle_file = data.join("hello.txt.bundle.json");
     if let Some(release) = &release {
         say(&format!(
             "released    {} signed by the quorum key{}",
@@ -303,11 +309,51 @@ async fn tour(
             say(&format!("            ! {problem}"));
         }
         verified = Some(verification);
+        // The verification bundle, kept beside the file: it verifies with no relay at all.
+        match &release.bundle {
+            Some((sha, urls)) => {
+                bundle = Some(save_bundle(*sha, urls, &bundle_file).await?);
+                let offline = quorum_router::verify::verify_file(
+                    None,
+                    &released_file,
+                    Some(&bundle_file),
+                    &expect,
+                )
+                .await
+                .map_err(anyhow::Error::msg)?;
+                say(&format!(
+                    "bundle      {sha}: the release's signed events, saved as {}; verified from it \
+                     with no relay: {}",
+                    bundle_file.display(),
+                    if offline.ok { "ok" } else { "NOT OK" }
+                ));
+                for problem in &offline.problems {
+                    say(&format!("            ! {problem}"));
+                }
+                verified_offline = Some(offline.ok);
+            }
+            None => say(&format!(
+                "bundle      none stored: {}",
+                release.bundle_error.as_deref().unwrap_or("no reason given")
+            )),
+        }
     }
     client.shutdown().await;
     maintainer_client.shutdown().await;
 
-    let ok = outcome.succeeded && verified.as_ref().is_some_and(|v| v.ok);
+    let ok = outcome.succeeded
+        && verified.as_ref().is_some_and(|v| v.ok)
+        && verified_offline != Some(false);
+    let repo_id = RepoCoordinate::new(maintainer.public_key(), IDENTIFIER);
+    let later = release.as_ref().map(|_| {
+        check_later(
+            data,
+            &released_file,
+            &repo_id,
+            &args.relays,
+            bundle.as_ref().map(|_| bundle_file.as_path()),
+        )
+    });
     if args.json {
         let value = json!({
             "status": if ok { "success" } else { "failure" },
@@ -333,6 +379,11 @@ async fn tour(
             }),
             "mandate": quorum.mandate_event.id.to_hex(),
             "verified": verified,
+            "verified_offline": verified_offline,
+            "bundle": bundle.as_ref().map(|(sha, urls)| json!({
+                "sha256": sha.to_string(), "urls": urls, "file": bundle_file,
+            })),
+            "check_later": later.as_ref().map(|l| json!({"relay": l.relay, "offline": l.offline})),
             "data": data,
         });
         println!("{value}");
@@ -342,22 +393,15 @@ async fn tour(
                 println!("{}  {}", artifact.blob.sha256, artifact.name);
             }
         }
-        if release.is_some() {
-            let repo = RepoCoordinate::new(maintainer.public_key(), IDENTIFIER);
+        if let Some(later) = &later {
             println!();
             println!("To check the released file again later:");
-            if args.relays.is_empty() {
-                println!("  quorum up --data {}", data.join("network").display());
-                println!(
-                    "  quorum verify {} --repo {repo} --relay <the relay URL quorum up prints>",
-                    released_file.display()
-                );
-            } else {
-                println!(
-                    "  quorum verify {} --repo {repo} --relay {}",
-                    released_file.display(),
-                    args.relays.join(" --relay ")
-                );
+            for command in &later.relay {
+                println!("  {command}");
+            }
+            if let Some(offline) = &later.offline {
+                println!("or with nothing running, from the release's verification bundle:");
+                println!("  {offline}");
             }
         }
     }
@@ -366,6 +410,68 @@ async fn tour(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// How to check the released file again once the demo is over.
+struct CheckLater {
+    /// With the demo's relay: on the embedded network, restarted by `quorum up` first.
+    relay: Vec<String>,
+    /// From the verification bundle, with nothing running.
+    offline: Option<String>,
+}
+
+fn check_later(
+    data: &Path,
+    file: &Path,
+    repo: &RepoCoordinate,
+    relays: &[String],
+    bundle: Option<&Path>,
+) -> CheckLater {
+    let verify = format!("quorum verify {} --repo {repo}", file.display());
+    let relay = if relays.is_empty() {
+        vec![
+            format!("quorum up --data {}", data.join("network").display()),
+            format!("{verify} --relay <the relay URL quorum up prints>"),
+        ]
+    } else {
+        vec![format!("{verify} --relay {}", relays.join(" --relay "))]
+    };
+    CheckLater {
+        relay,
+        offline: bundle.map(|b| format!("{verify} --bundle {}", b.display())),
+    }
+}
+
+/// Downloads the verification bundle `sha` from the first of `urls` that serves exactly those
+/// bytes into `dest`.
+async fn save_bundle(
+    sha: Sha256Hex,
+    urls: &[String],
+    dest: &Path,
+) -> anyhow::Result<(Sha256Hex, Vec<String>)> {
+    let client = quorum_blossom::client::BlossomClient::new(Keys::generate());
+    let mut failures = Vec::new();
+    for url in urls {
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                failures.push(format!("{url}: {err}"));
+                continue;
+            }
+        };
+        match client.download_url(&parsed, sha, dest).await {
+            Ok(_) => return Ok((sha, urls.to_vec())),
+            Err(err) => failures.push(format!("{url}: {err}")),
+        }
+    }
+    bail!(
+        "cannot download the verification bundle {sha}: {}",
+        if failures.is_empty() {
+            "the release names no URL".to_string()
+        } else {
+            failures.join("; ")
+        }
+    )
 }
 
 /// Waits for the approval request and approves it with the demo maintainer's key, saying

@@ -56,8 +56,19 @@ impl Embedded {
     pub async fn start(spec: EmbeddedSpec<'_>) -> anyhow::Result<Embedded> {
         std::fs::create_dir_all(&spec.data)
             .with_context(|| format!("cannot create data directory {}", spec.data.display()))?;
-        let (relay, relay_listener, relay_url) =
-            super::relay::start(spec.relay, &spec.data.join("relay"), spec.relay_listen).await?;
+        // With an --allow-writer list, the network's own DVMs must still publish.
+        let own_writers = if spec.relay.allowed_writers.is_empty() {
+            Vec::new()
+        } else {
+            own_keys(&spec.data, spec.runners)?
+        };
+        let (relay, relay_listener, relay_url) = super::relay::start(
+            spec.relay,
+            &spec.data.join("relay"),
+            spec.relay_listen,
+            &own_writers,
+        )
+        .await?;
         let (blossom, blossom_listener, blossom_url) = super::blossom::start(
             spec.blossom,
             &spec.data.join("blossom"),
@@ -242,6 +253,18 @@ async fn start_runners(
         dvms.push(super::dvm::start_runner(setup, keys, sandbox.clone()).await?);
     }
     Ok(dvms)
+}
+
+/// Public keys of the runner DVMs and the router DVM this network runs (created if new).
+fn own_keys(data: &Path, runners: usize) -> anyhow::Result<Vec<PublicKey>> {
+    let mut keys = Vec::with_capacity(runners + 1);
+    for n in 1..=runners {
+        let file = runner_dir(data, n).join("runner.nsec");
+        keys.push(quorum_dvm::keyfile::load_or_create(&file)?.public_key());
+    }
+    let router = data.join("router").join("router.nsec");
+    keys.push(quorum_dvm::keyfile::load_or_create(&router)?.public_key());
+    Ok(keys)
 }
 
 fn runner_dir(data: &Path, n: usize) -> PathBuf {

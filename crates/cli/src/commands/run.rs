@@ -267,6 +267,12 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    if let Some(error) = release.as_ref().and_then(|r| r.bundle_error.as_deref()) {
+        eprintln!(
+            "! no verification bundle stored (the release verifies from the relays only): {}",
+            super::sanitize(error)
+        );
+    }
     if let Some(release) = &release
         && !args.json
     {
@@ -282,6 +288,15 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
                 super::sanitize(&release.version),
                 id.to_hex(),
                 release.assets.len()
+            );
+        }
+        if let Some((sha, urls)) = &release.bundle {
+            eprintln!(
+                "  verification bundle {sha}{} (`quorum verify FILE --repo REPO --bundle IT` \
+                 needs no relay)",
+                urls.first()
+                    .map(|url| format!(" at {}", super::sanitize(url)))
+                    .unwrap_or_default()
             );
         }
     }
@@ -317,6 +332,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             "artifacts": artifacts,
             "release": release.as_ref().map(|r| r.binding.to_hex()),
             "nip82": release.as_ref().map(nip82_json),
+            "bundle": release.as_ref().and_then(bundle_json),
             "mirrors": mirrors,
             "quorum": context.quorum.as_ref().map(|q| json!({
                 "pubkey": q.quorum().to_hex(),
@@ -474,6 +490,15 @@ pub(super) fn nip82_json(release: &Release) -> serde_json::Value {
         "release": release.software_release.map(|id| id.to_hex()),
         "application": release.application.map(|id| id.to_hex()),
     })
+}
+
+/// The verification bundle of a release (sha256 and where to download it), for the JSON
+/// outcome: with it, `quorum verify --bundle` needs no relay.
+pub(super) fn bundle_json(release: &Release) -> Option<serde_json::Value> {
+    release
+        .bundle
+        .as_ref()
+        .map(|(sha, urls)| json!({ "sha256": sha.to_string(), "urls": urls }))
 }
 
 /// A quorum of the embedded runners for the run's quorum jobs, made by DKG and mandated by a

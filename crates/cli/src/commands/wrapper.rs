@@ -33,6 +33,7 @@ pub async fn run(args: WrapperArgs) -> anyhow::Result<ExitCode> {
         allow_private: args.allow_private_git,
         ..quorum_runner::GitPolicy::default()
     };
+    config.downloads.allow_private = args.allow_private_downloads;
     config.kind = args.kind.map_or(inner_kind, Kind::from_u16);
     config.inner_providers = inner_providers;
     config.timeout = Duration::from_secs(args.timeout.max(1));

@@ -129,6 +129,32 @@ impl Raw {
         Raw { ws }
     }
 
+    /// Connects from a chosen loopback address (any of 127.0.0.0/8 works on Linux), to be
+    /// counted as another client by per-address limits.
+    pub async fn connect_from(url: &str, local: std::net::IpAddr) -> Raw {
+        let (ws, _) = tokio::time::timeout(STEP, Raw::handshake_from(url, local))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+        Raw { ws }
+    }
+
+    /// A WebSocket handshake from `local`, returning the relay's answer as it is (an HTTP
+    /// refusal is `Err(tungstenite::Error::Http(..))`).
+    pub async fn handshake_from(
+        url: &str,
+        local: std::net::IpAddr,
+    ) -> Result<
+        (
+            WebSocketStream<MaybeTlsStream<TcpStream>>,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        let stream = tcp_from(url, local).await?;
+        tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await
+    }
+
     pub async fn send_text(&mut self, text: impl Into<String>) {
         self.ws
             .send(Message::Text(text.into().into()))
@@ -225,6 +251,65 @@ impl Raw {
 
     pub fn into_inner(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
         self.ws
+    }
+
+    pub fn from_inner(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Raw {
+        Raw { ws }
+    }
+
+    pub fn ws_mut(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        &mut self.ws
+    }
+}
+
+/// A TCP connection to the relay at `url` (ws://ip:port) from the address `local`.
+pub async fn tcp_from(url: &str, local: std::net::IpAddr) -> std::io::Result<TcpStream> {
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("ws://")
+        .parse()
+        .expect("ws://ip:port");
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(local, 0))?;
+    socket.connect(addr).await
+}
+
+/// Raises this process's open-file limit to at least `want` (up to the hard limit, or beyond
+/// it where allowed, as for root), for tests that open many sockets.
+pub fn raise_fd_limit(want: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        assert_eq!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit),
+            0,
+            "getrlimit"
+        );
+        if limit.rlim_cur >= want {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: limit.rlim_max.max(want),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            let capped = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            assert_eq!(
+                libc::setrlimit(libc::RLIMIT_NOFILE, &capped),
+                0,
+                "setrlimit"
+            );
+            assert!(
+                limit.rlim_max >= want,
+                "this test needs {want} open files; the hard limit is {}",
+                limit.rlim_max
+            );
+        }
     }
 }
 
