@@ -1,6 +1,10 @@
 //! Quorum jobs through the engine, end to end on loopback: three runner DVMs with bubblewrap
 //! hold shares of one quorum key; a `mode: quorum` build goes to all of them as one request,
 //! and the job succeeds only on an attestation (and release binding) signed by the quorum key.
+//!
+//! Members derive every job from the maintainer's code (protocol §16): each test commits its
+//! pipeline to the repository, and the owner publishes the announcement (with the `file://`
+//! URL the engine uses) and a state naming the commit, which the engine names as the source.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,12 +14,11 @@ use quorum_consensus::agreement::AgreementConfig;
 use quorum_consensus::member::MemberConfig;
 use quorum_consensus::signing::SigningConfig;
 use quorum_dvm::Dvm;
-use quorum_proto::nip34::RepoCoordinate;
 use quorum_router::quorum::QuorumContext;
 use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, execute};
-use quorum_testkit::git::sample_repo;
+use quorum_testkit::git::{commit_file, sample_repo};
 use quorum_testnet::Network;
-use quorum_testnet::quorum::QuorumSpec;
+use quorum_testnet::quorum::{DealtQuorum, QuorumSpec};
 
 struct Quiet;
 
@@ -44,8 +47,8 @@ fn fast() -> MemberConfig {
 /// mandate for it signed by the repository's owner and published.
 struct Fleet {
     runners: Vec<Dvm>,
-    context: QuorumContext,
-    owner: Keys,
+    dealt: DealtQuorum,
+    relay: RelayUrl,
 }
 
 async fn fleet(network: &Network, dir: &Path, allow: &[u16]) -> Fleet {
@@ -102,19 +105,45 @@ async fn fleet_with(network: &Network, dir: &Path, allow: &[u16], tampers: &[fn(
     }
     Fleet {
         runners,
-        context: QuorumContext::new(dealt.mandate).unwrap(),
-        owner: dealt.owner,
+        dealt,
+        relay: network.relay.clone(),
     }
 }
 
 impl Fleet {
-    /// A run of `repo` at `commit` under this fleet's mandate, named as the owner's repository.
-    fn run_context(&self, repo: &Path, commit: String) -> RunContext {
+    fn quorum(&self) -> PublicKey {
+        self.dealt.quorum
+    }
+
+    fn mandate(&self) -> &Event {
+        &self.dealt.mandate
+    }
+
+    /// Commits `pipeline` as the repository's `.quorum/pipeline.yml`, has the owner publish the
+    /// repository's announcement and a state naming that commit, and returns the run of it
+    /// under this fleet's mandate, named as the owner's repository, with its source looked up
+    /// as the engine does.
+    async fn run_context(
+        &self,
+        client: &quorum_dvm::client::JobClient,
+        repo: &Path,
+        pipeline: &str,
+    ) -> RunContext {
+        let commit = commit_file(repo, ".quorum/pipeline.yml", pipeline, "pipeline");
+        let url = format!("file://{}", repo.display());
+        self.dealt
+            .publish_repository(&self.relay, &url, "refs/heads/main", &commit)
+            .await;
+        let quorum = QuorumContext::new(self.mandate().clone())
+            .unwrap()
+            .with_source(client, &url, &commit)
+            .await;
+        assert!(quorum.source.is_ok(), "{:?}", quorum.source);
         RunContext {
-            repo: format!("file://{}", repo.display()),
+            repo: url,
             commit,
-            repo_id: Some(RepoCoordinate::new(self.owner.public_key(), "sample")),
-            quorum: Some(self.context.clone()),
+            repo_id: Some(self.dealt.repo()),
+            quorum: Some(quorum),
             ..RunContext::default()
         }
     }
@@ -122,10 +151,7 @@ impl Fleet {
     /// Nothing under the quorum key exists on the relay.
     async fn assert_nothing_signed(&self, client: &quorum_dvm::client::JobClient) {
         let signed = client
-            .fetch(
-                Filter::new().author(self.context.quorum()),
-                Duration::from_secs(3),
-            )
+            .fetch(Filter::new().author(self.quorum()), Duration::from_secs(3))
             .await
             .unwrap();
         assert!(signed.is_empty(), "the quorum key signed: {signed:?}");
@@ -161,12 +187,13 @@ const PIPELINE: &str = "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    a
 async fn a_quorum_of_runners_signs_the_release_of_what_they_all_built() {
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
-    let (repo, commit) = sample_repo(dir.path());
+    let (repo, _) = sample_repo(dir.path());
     let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
-    let quorum = fleet.context.quorum();
+    let quorum = fleet.quorum();
     let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
-    let context = fleet.run_context(&repo, commit.clone());
     let client = network.client().await;
+    let context = fleet.run_context(&client, &repo, PIPELINE).await;
+    let commit = context.commit.clone();
     let outcome = run(&client, &plan, &context).await;
     let build = &outcome.jobs[0];
     assert!(outcome.succeeded, "{:?}", build.state);
@@ -174,7 +201,7 @@ async fn a_quorum_of_runners_signs_the_release_of_what_they_all_built() {
     assert_eq!(record.pubkey, quorum.to_hex());
     assert_eq!(record.threshold, 2);
     assert_eq!(record.members.len(), 3);
-    assert_eq!(record.mandate, fleet.context.mandate_event.id.to_hex());
+    assert_eq!(record.mandate, fleet.mandate().id.to_hex());
     assert!(record.agreed.len() >= 2, "{record:?}");
     assert!(record.disagreed.is_empty(), "{record:?}");
     let provider = build.provider.as_ref().unwrap();
@@ -221,21 +248,16 @@ async fn a_quorum_of_runners_signs_the_release_of_what_they_all_built() {
 async fn builds_that_all_differ_sign_nothing_and_the_job_fails_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
-    let (repo, commit) = sample_repo(dir.path());
+    let (repo, _) = sample_repo(dir.path());
     let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
     // Every runner writes different bytes: nanoseconds of its own clock.
-    let plan = quorum_pipeline::parse(
-        ".quorum/pipeline.yml",
-        "on: [push]\njobs:\n  build:\n    run: mkdir -p out && date +%s%N > out/t\n    artifacts: [out/t]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n",
-    )
-    .unwrap();
-    let context = RunContext {
-        repo: format!("file://{}", repo.display()),
-        commit,
-        quorum: Some(fleet.context.clone()),
-        ..RunContext::default()
-    };
+    let pipeline = "on: [push]\njobs:\n  build:\n    run: mkdir -p out && date +%s%N > out/t\n    artifacts: [out/t]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n";
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", pipeline).unwrap();
     let client = network.client().await;
+    let context = RunContext {
+        repo_id: None,
+        ..fleet.run_context(&client, &repo, pipeline).await
+    };
     let outcome = execute(
         &client,
         &plan,
@@ -295,9 +317,9 @@ async fn a_quorum_job_without_a_fitting_mandate_is_refused_before_anything_runs(
     };
     assert!(reason.contains("the run has no mandate"), "{reason}");
 
-    // A mandate for 2 of 3 does not serve a job that asks for 3 of 5.
+    // A mandate for 2 of 3 does not serve a job that asks for 3 of 5 (its source is in order).
     let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
-    context.quorum = Some(fleet.context.clone());
+    context = fleet.run_context(&client, &repo, PIPELINE).await;
     let five = quorum_pipeline::parse(
         ".quorum/pipeline.yml",
         &PIPELINE
@@ -327,12 +349,12 @@ async fn a_quorum_job_without_a_fitting_mandate_is_refused_before_anything_runs(
 async fn members_refuse_a_mandate_that_does_not_allow_release_bindings() {
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
-    let (repo, commit) = sample_repo(dir.path());
+    let (repo, _) = sample_repo(dir.path());
     // The maintainer allowed attestations only.
     let fleet = fleet(&network, dir.path(), &[8708]).await;
     let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
-    let context = fleet.run_context(&repo, commit);
     let client = network.client().await;
+    let context = fleet.run_context(&client, &repo, PIPELINE).await;
     let outcome = run(&client, &plan, &context).await;
     let JobState::Failed { reason } = &outcome.jobs[0].state else {
         panic!("{:?}", outcome.jobs[0].state)
@@ -349,12 +371,12 @@ async fn one_backdoored_builder_of_three_is_outvoted_and_named_and_the_release_h
  {
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
-    let (repo, commit) = sample_repo(dir.path());
+    let (repo, _) = sample_repo(dir.path());
     let fleet = fleet_with(&network, dir.path(), &[8708, 8700], &[backdoor]).await;
     let liar = fleet.runners[0].public_key().to_hex();
     let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
-    let context = fleet.run_context(&repo, commit);
     let client = network.client().await;
+    let context = fleet.run_context(&client, &repo, PIPELINE).await;
     let outcome = run(&client, &plan, &context).await;
     let build = &outcome.jobs[0];
     assert!(outcome.succeeded, "{:?}", build.state);
@@ -373,7 +395,7 @@ async fn one_backdoored_builder_of_three_is_outvoted_and_named_and_the_release_h
         .unwrap();
     let parsed = quorum_proto::release::ReleaseBinding::from_event(&events[0]).unwrap();
     assert_eq!(parsed.artifacts[0].sha256.to_string(), honest);
-    assert_eq!(events[0].pubkey, fleet.context.quorum());
+    assert_eq!(events[0].pubkey, fleet.quorum());
     assert_eq!(
         build.report.as_ref().unwrap().artifacts[0].blob.sha256,
         honest,
@@ -386,7 +408,7 @@ async fn one_backdoored_builder_of_three_is_outvoted_and_named_and_the_release_h
 async fn two_independently_backdoored_builders_of_three_get_nothing_signed() {
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
-    let (repo, commit) = sample_repo(dir.path());
+    let (repo, _) = sample_repo(dir.path());
     let fleet = fleet_with(
         &network,
         dir.path(),
@@ -395,8 +417,8 @@ async fn two_independently_backdoored_builders_of_three_get_nothing_signed() {
     )
     .await;
     let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
-    let context = fleet.run_context(&repo, commit);
     let client = network.client().await;
+    let context = fleet.run_context(&client, &repo, PIPELINE).await;
     let outcome = run(&client, &plan, &context).await;
     assert!(!outcome.succeeded);
     let build = &outcome.jobs[0];
@@ -424,22 +446,25 @@ async fn a_router_dvm_runs_a_quorum_job_under_the_mandate_its_request_names() {
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
     let (repo, _) = sample_repo(dir.path());
-    std::fs::create_dir_all(repo.join(".quorum")).unwrap();
-    std::fs::write(
-        repo.join(".quorum/pipeline.yml"),
-        PIPELINE.replace("    release: true\n", ""),
-    )
-    .unwrap();
-    quorum_testkit::git::git(&repo, &["add", "."]);
-    quorum_testkit::git::git(&repo, &["commit", "--quiet", "-m", "pipeline"]);
-    let commit = quorum_testkit::git::git(&repo, &["rev-parse", "HEAD"]);
+    let commit = commit_file(
+        &repo,
+        ".quorum/pipeline.yml",
+        &PIPELINE.replace("    release: true\n", ""),
+        "pipeline",
+    );
     let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
+    // The router names the maintainer-signed evidence the owner published for this URL.
+    let url = format!("file://{}", repo.display());
+    fleet
+        .dealt
+        .publish_repository(&network.relay, &url, "refs/heads/main", &commit)
+        .await;
     let router_keys = Keys::generate();
     let router = network
         .router(&dir.path().join("router"), &router_keys)
         .await;
-    let mut run = quorum_proto::run::RunRequest::new(format!("file://{}", repo.display()), &commit);
-    run.mandate = Some(fleet.context.mandate_event.id);
+    let mut run = quorum_proto::run::RunRequest::new(url, &commit);
+    run.mandate = Some(fleet.mandate().id);
     run.runners = fleet.runners.iter().map(Dvm::public_key).collect();
     let client = network.client().await;
     let outcome = client
@@ -461,7 +486,7 @@ async fn a_router_dvm_runs_a_quorum_job_under_the_mandate_its_request_names() {
         .fetch(
             Filter::new()
                 .kind(quorum_proto::agreement::QUORUM_ATTESTATION)
-                .author(fleet.context.quorum()),
+                .author(fleet.quorum()),
             Duration::from_secs(5),
         )
         .await
@@ -471,7 +496,7 @@ async fn a_router_dvm_runs_a_quorum_job_under_the_mandate_its_request_names() {
     let attestation =
         quorum_proto::agreement::QuorumAttestation::from_event(&attestations[0]).unwrap();
     assert_eq!(attestation.job, request);
-    assert_eq!(attestation.mandate, fleet.context.mandate_event.id);
+    assert_eq!(attestation.mandate, fleet.mandate().id);
     client.shutdown().await;
     router.shutdown().await;
     for runner in fleet.runners {
@@ -488,12 +513,12 @@ const CHAIN: &str = "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    arti
 async fn a_quorum_chain_stops_where_the_mandate_does_not_let_the_quorum_hand_it_on() {
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
-    let (repo, commit) = sample_repo(dir.path());
+    let (repo, _) = sample_repo(dir.path());
     // No 5702 in `allow`: the quorum may not sign the next step's request.
     let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
     let plan = quorum_pipeline::parse(".quorum/pipeline.yml", CHAIN).unwrap();
-    let context = fleet.run_context(&repo, commit);
     let client = network.client().await;
+    let context = fleet.run_context(&client, &repo, CHAIN).await;
     let outcome = run(&client, &plan, &context).await;
     assert!(!outcome.succeeded);
     let JobState::Failed { reason } = &outcome.jobs[0].state else {
@@ -517,12 +542,12 @@ async fn a_quorum_chain_stops_where_the_mandate_does_not_let_the_quorum_hand_it_
 async fn in_a_quorum_chain_the_quorum_key_signs_the_next_steps_request() {
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
-    let (repo, commit) = sample_repo(dir.path());
+    let (repo, _) = sample_repo(dir.path());
     let fleet = fleet(&network, dir.path(), &[8708, 8700, 5702]).await;
-    let quorum = fleet.context.quorum();
+    let quorum = fleet.quorum();
     let plan = quorum_pipeline::parse(".quorum/pipeline.yml", CHAIN).unwrap();
-    let context = fleet.run_context(&repo, commit);
     let client = network.client().await;
+    let context = fleet.run_context(&client, &repo, CHAIN).await;
     let outcome = run(&client, &plan, &context).await;
     assert!(
         outcome.succeeded,

@@ -15,9 +15,10 @@
 //!
 //! A request that names a quorum mandate (`QuorumJobParams`) is one that several runners build
 //! independently. Before building, this runner admits it ([`QuorumMember::admit`]: the mandate,
-//! the requester, the maintainer-signed evidence of the source) and derives the step from the
-//! pipeline at the commit ([`derive`]), running the plan's step, never the request's word; a
-//! request that fails a check gets `error` feedback naming it, and nothing is built or signed.
+//! the requester, the maintainer-signed evidence of the source), fetches the commit from the
+//! clone URL that evidence names, and derives the step from the pipeline at the commit
+//! ([`derive`]), running the plan's step, never the request's word; a request that fails a
+//! check gets `error` feedback naming it, and nothing is built or signed.
 //! After a successful build it takes part in the agreement and signing with its share, and its
 //! report says how that went (`StepReport::quorum`).
 
@@ -204,10 +205,21 @@ impl Runner {
             self.blossom.clone()
         };
         let src = dir.join("src");
-        let source_date_epoch =
-            git::fetch_commit(&asked.repo, &asked.commit, &src, &self.config.git)
-                .await
-                .map_err(|e| JobFailure::new(e.to_string()))?;
+        // A quorum member fetches from the clone URL the owner announced (admitted above), never
+        // from a URL only the request names: a request whose step fetches elsewhere is refused
+        // by `derive`, without this runner contacting what a stranger points it at.
+        let (fetch_url, fetch_commit) = match admission.and_then(|a| {
+            a.params
+                .source
+                .as_ref()
+                .map(|source| (source.url.as_str(), a.params.commit.as_str()))
+        }) {
+            Some(admitted) => admitted,
+            None => (asked.repo.as_str(), asked.commit.as_str()),
+        };
+        let source_date_epoch = git::fetch_commit(fetch_url, fetch_commit, &src, &self.config.git)
+            .await
+            .map_err(|e| JobFailure::new(e.to_string()))?;
         let (step, derived) = match admission {
             None => (asked, None),
             Some(admission) => {

@@ -1,4 +1,5 @@
-//! Small git repositories made by tests with the real git CLI.
+//! Small git repositories made by tests with the real git CLI, and `git daemon` serving them
+//! over git:// on loopback.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,4 +56,99 @@ pub fn sample_repo(dir: &Path) -> (PathBuf, String) {
     git(&repo, &["commit", "--quiet", "-m", "sample"]);
     let commit = git(&repo, &["rev-parse", "HEAD"]);
     (repo, commit)
+}
+
+/// Writes `text` to `file` (relative to `repo`, directories made), commits everything with
+/// `message` and returns the new commit id.
+pub fn commit_file(repo: &Path, file: &str, text: &str, message: &str) -> String {
+    let path = repo.join(file);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("creating the file's directory");
+    }
+    std::fs::write(&path, text).expect("writing the file");
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "--quiet", "-m", message]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+/// A bare clone of `repo` at `root/NAME` (e.g. `app.git`), the way a git host keeps it; the
+/// maintainer pushes to it with [`push`]. Returns its path.
+pub fn bare_clone(repo: &Path, root: &Path, name: &str) -> PathBuf {
+    std::fs::create_dir_all(root).expect("creating the served directory");
+    let bare = root.join(name);
+    git(
+        root,
+        &[
+            "clone",
+            "--quiet",
+            "--bare",
+            repo.to_str().expect("a UTF-8 path"),
+            bare.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    bare
+}
+
+/// Pushes `refspec` (e.g. `main`, or `HEAD:refs/heads/other`) of `repo` to the bare repository
+/// `bare`.
+pub fn push(repo: &Path, bare: &Path, refspec: &str) {
+    git(
+        repo,
+        &[
+            "push",
+            "--quiet",
+            "--force",
+            bare.to_str().expect("a UTF-8 path"),
+            refspec,
+        ],
+    );
+}
+
+/// `git daemon` serving every repository under a directory over git:// on 127.0.0.1 (read
+/// only, `--export-all`), on a free port. Killed when dropped.
+pub struct GitDaemon {
+    pub port: u16,
+    _daemon: crate::daemon::Daemon,
+}
+
+impl GitDaemon {
+    /// Starts the daemon for `root` and waits (up to 10 s) until it accepts connections.
+    pub fn start(root: &Path) -> GitDaemon {
+        std::fs::create_dir_all(root).expect("creating the served directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        // `git daemon` runs `git-daemon` as a child that would outlive a kill of `git`: start
+        // the daemon itself, so that dropping it stops it.
+        let exec_path = git(root, &["--exec-path"]);
+        let daemon = crate::daemon::Daemon::spawn(
+            &format!("{exec_path}/git-daemon"),
+            &[
+                "--reuseaddr",
+                "--export-all",
+                &format!("--base-path={}", root.display()),
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                root.to_str().expect("a UTF-8 path"),
+            ],
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon did not listen on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        GitDaemon {
+            port,
+            _daemon: daemon,
+        }
+    }
+
+    /// The git:// URL of the repository `name` (a path under the served directory).
+    pub fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
 }

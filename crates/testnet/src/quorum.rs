@@ -2,11 +2,16 @@
 //! share is saved where that member's DVM looks for it, and a mandate for the key, signed by a
 //! fresh repository owner, is published. Dealing keeps tests fast and deterministic; the DKG
 //! over relays has tests of its own (`quorum-consensus`, `quorum-cli`).
+//!
+//! The owner also publishes, when a test asks, what members require before they build
+//! (protocol §16): the repository's announcement and maintainer-signed states
+//! ([`DealtQuorum::publish_repository`], [`DealtQuorum::publish_state`]), and newer mandates
+//! with other rules ([`DealtQuorum::publish_mandate`]).
 
 use std::path::PathBuf;
 
 use quorum_dvm::client::JobClient;
-use quorum_proto::mandate::{Keygen, Mandate, Member};
+use quorum_proto::mandate::{Keygen, Mandate, MandateRules, Member};
 use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::{Event, Keys, PublicKey, RelayUrl, Timestamp};
 
@@ -137,16 +142,64 @@ impl DealtQuorum {
             .to_event_builder()
             .sign_with_keys(&self.owner)
             .expect("signed");
-        let client = JobClient::connect(std::slice::from_ref(relay), Keys::generate())
-            .await
-            .expect("the client connects");
-        for event in [&announcement, &state] {
-            client
-                .publish_signed(event)
-                .await
-                .expect("the repository event is published");
-        }
-        client.shutdown().await;
+        publish(relay, &[&announcement, &state]).await;
         (announcement, state)
     }
+
+    /// Publishes, as the owner, a newer repository state with `refs` (name, commit): the
+    /// maintainer moving the refs. Signed after the clock's second ticked, so that it is newer
+    /// than any state published before (relays keep only the newest).
+    pub async fn publish_state(&self, relay: &RelayUrl, refs: &[(&str, &str)]) -> Event {
+        let mut state = quorum_proto::nip34::RepositoryState::new(self.identifier());
+        for (name, commit) in refs {
+            state = state.with_ref(*name, *commit).expect("a valid ref");
+        }
+        next_second().await;
+        let state = state
+            .to_event_builder()
+            .sign_with_keys(&self.owner)
+            .expect("signed");
+        publish(relay, &[&state]).await;
+        state
+    }
+
+    /// Publishes, as the owner, a newer mandate for the same quorum and repository with
+    /// `rules` (requesters, source rule), which supersedes the current one; it becomes
+    /// [`DealtQuorum::mandate`] and is returned.
+    pub async fn publish_mandate(&mut self, relay: &RelayUrl, rules: MandateRules) -> Event {
+        let mut mandate = Mandate::from_event(&self.mandate).expect("our own mandate parses");
+        mandate.rules = rules;
+        next_second().await;
+        let event = mandate
+            .to_event_builder()
+            .expect("a valid mandate")
+            .sign_with_keys(&self.owner)
+            .expect("signed");
+        publish(relay, &[&event]).await;
+        self.mandate = event.clone();
+        event
+    }
+}
+
+/// Waits until the clock's second ticks: an event signed after this is newer (`created_at`)
+/// than any signed before.
+pub async fn next_second() {
+    let now = Timestamp::now();
+    while Timestamp::now() <= now {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes `events` on `relay` through a throwaway client.
+pub async fn publish(relay: &RelayUrl, events: &[&Event]) {
+    let client = JobClient::connect(std::slice::from_ref(relay), Keys::generate())
+        .await
+        .expect("the client connects");
+    for event in events {
+        client
+            .publish_signed(event)
+            .await
+            .expect("the event is published");
+    }
+    client.shutdown().await;
 }

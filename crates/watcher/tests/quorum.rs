@@ -1,6 +1,10 @@
 //! Git watchers as a quorum (protocol §15.10), on loopback: three watchers hold shares of a
 //! dealt 2-of-3 key and poll the same repository; the quorum key, not any one watcher, signs the
 //! run-pipeline request once two of them agreed on the commit and plan hash.
+//!
+//! A polling quorum dates its request with the commit's time; one that follows the
+//! maintainers' signed NIP-34 state dates it with that state, so that a router takes it however
+//! old the commit is (the sample commits are dated 2026-01-02).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,7 +20,7 @@ use quorum_proto::run::RunRequest;
 use quorum_runner::GitPolicy;
 use quorum_testkit::git::{git, sample_repo};
 use quorum_testnet::Network;
-use quorum_testnet::quorum::QuorumSpec;
+use quorum_testnet::quorum::{DealtQuorum, QuorumSpec};
 use quorum_watcher::{Source, StartedRun, WatchConfig, Watcher, WatcherQuorum};
 
 const PIPELINE: &str = "on:\n  push:\n    branches: [main]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n";
@@ -59,6 +63,7 @@ struct Quorum {
     keys: Vec<Keys>,
     quorum: PublicKey,
     mandate: EventId,
+    dealt: DealtQuorum,
 }
 
 async fn quorum(network: &Network, dir: &Path, allow: &[u16]) -> Quorum {
@@ -75,9 +80,10 @@ async fn quorum(network: &Network, dir: &Path, allow: &[u16]) -> Quorum {
     )
     .await;
     Quorum {
-        keys: dealt.members,
+        keys: dealt.members.clone(),
         quorum: dealt.quorum,
         mandate: dealt.mandate.id,
+        dealt,
     }
 }
 
@@ -94,11 +100,24 @@ async fn watcher(
     repo: &Path,
     router: PublicKey,
 ) -> Watcher {
+    watcher_of(network, dir, q, n, repo, router, Source::Poll).await
+}
+
+/// Watcher `n` of `q`, learning where `repo`'s refs are from `source`.
+async fn watcher_of(
+    network: &Network,
+    dir: &Path,
+    q: &Quorum,
+    n: usize,
+    repo: &Path,
+    router: PublicKey,
+    source: Source,
+) -> Watcher {
     let keys = q.keys[n].clone();
     let relays = vec![network.relay.clone()];
     let config = WatchConfig {
         repo: format!("file://{}", repo.display()),
-        source: Source::Poll,
+        source,
         router,
         data: dir.join(format!("watcher{n}")),
         git: GitPolicy {
@@ -345,4 +364,108 @@ async fn a_mandate_that_does_not_allow_run_requests_gets_none_signed() {
     for k in &q.keys {
         assert!(run_requests(&network, k.public_key()).await.is_empty());
     }
+}
+
+/// The router's result (6700) for `request`, within 60 s.
+async fn run_report(network: &Network, request: EventId) -> quorum_proto::run::RunReport {
+    let client = network.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let results = client
+            .fetch(
+                Filter::new().kind(Kind::from_u16(6700)).event(request),
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        if let Some(event) = results.first() {
+            let result = quorum_proto::nip90::JobResult::from_event(event).unwrap();
+            break serde_json::from_str(&result.content).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the router took no run request {request}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    client.shutdown().await;
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_quorum_following_the_signed_state_starts_a_run_the_router_takes_for_an_old_commit()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let repo = repo_with_pipeline(dir.path());
+    let url = format!("file://{}", repo.display());
+    let first = git(&repo, &["rev-parse", "HEAD"]);
+    let q = quorum(&network, dir.path(), &[8708, 5700]).await;
+    q.dealt
+        .publish_repository(&network.relay, &url, "refs/heads/main", &first)
+        .await;
+    let router_keys = Keys::generate();
+    let router = network
+        .router(&dir.path().join("router"), &router_keys)
+        .await;
+    let runner = network.runner(&dir.path().join("runner"), true).await;
+    let source = Source::Nip34 {
+        owner: q.dealt.owner.public_key(),
+        identifier: "sample".into(),
+    };
+    let mut watchers = Vec::new();
+    for n in 0..3 {
+        watchers.push(
+            watcher_of(
+                &network,
+                dir.path(),
+                &q,
+                n,
+                &repo,
+                router_keys.public_key(),
+                source.clone(),
+            )
+            .await,
+        );
+    }
+
+    // The maintainer pushes a commit dated long before a router's replay window (1 h) and
+    // signs a state naming it.
+    let head = commit_change(&repo, "second");
+    let commit_time: u64 = git(&repo, &["show", "-s", "--format=%ct", "HEAD"])
+        .parse()
+        .unwrap();
+    assert!(
+        commit_time + 3600 < Timestamp::now().as_secs(),
+        "the sample commit is older than the router's replay window"
+    );
+    let state = q
+        .dealt
+        .publish_state(&network.relay, &[("refs/heads/main", &head)])
+        .await;
+    let polled = poll_all(watchers).await;
+    assert!(
+        polled.iter().any(|(_, started)| started.len() == 1),
+        "{:?}",
+        polled
+            .iter()
+            .map(|(w, _)| w.not_started().to_vec())
+            .collect::<Vec<_>>()
+    );
+
+    let (request, attestation) =
+        the_signed_request(&network, &q, &repo, &head, router_keys.public_key()).await;
+    assert_eq!(request.pubkey, q.quorum);
+    assert_eq!(
+        request.created_at, state.created_at,
+        "dated with the signed state that moved the ref, not the commit"
+    );
+    assert!(attestation.agreed.len() >= 2, "{attestation:?}");
+
+    // The router takes the quorum's request and runs the pipeline at that commit.
+    let report = run_report(&network, request.id).await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(report.commit, head);
+    router.shutdown().await;
+    runner.shutdown().await;
 }
