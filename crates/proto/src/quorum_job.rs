@@ -276,6 +276,46 @@ pub struct QuorumReport {
     pub failure: Option<String>,
 }
 
+/// The result tag naming the quorum key a member acted for: `["quorum", <quorum hex>]`.
+pub const TAG_QUORUM: &str = "quorum";
+/// The result tag carrying a member's [`QuorumReport`] as JSON (a wrapper's result, whose
+/// content is the inner DVM's and cannot carry it).
+pub const TAG_QUORUM_REPORT: &str = "quorum-report";
+/// The marker of a result's `e` tag naming the quorum attestation (8708).
+pub const MARKER_ATTESTATION: &str = "attestation";
+
+impl QuorumReport {
+    /// The result tags for this report: `quorum` when the mandate named a key, the
+    /// attestation's `e` when one was signed, and the report itself.
+    pub fn to_result_tags(&self) -> Vec<nostr::Tag> {
+        let mut tags = Vec::new();
+        if !self.quorum.is_empty() {
+            tags.push(crate::tags::custom_tag(TAG_QUORUM, [self.quorum.clone()]));
+        }
+        if let Some(attestation) = &self.attestation {
+            tags.push(crate::tags::custom_tag(
+                "e",
+                [
+                    attestation.clone(),
+                    String::new(),
+                    MARKER_ATTESTATION.to_string(),
+                ],
+            ));
+        }
+        if let Ok(json) = serde_json::to_string(self) {
+            tags.push(crate::tags::custom_tag(TAG_QUORUM_REPORT, [json]));
+        }
+        tags
+    }
+
+    /// The report a result event carries in its `quorum-report` tag, if any.
+    pub fn from_result_tags(result: &nostr::Event) -> Option<Self> {
+        crate::tags::first_tag(result, TAG_QUORUM_REPORT)
+            .and_then(|values| values.get(1))
+            .and_then(|json| serde_json::from_str(json).ok())
+    }
+}
+
 /// The per-file result of `(name, sha256 hex)` pairs, as members commit to it.
 pub fn build_result<'a>(
     files: impl IntoIterator<Item = (&'a str, &'a str)>,

@@ -603,13 +603,14 @@ fn provider(outcome: &JobOutcome) -> PublicKey {
     }
 }
 
-/// The member's quorum report, for a runner's result.
+/// The member's quorum report: a runner's step report carries it, a wrapper's result its
+/// `quorum-report` tag.
 fn member_report(outcome: &JobOutcome, runner_job: bool) -> Option<QuorumReport> {
-    let JobOutcome::Result { content, .. } = outcome else {
+    let JobOutcome::Result { content, event, .. } = outcome else {
         return None;
     };
     if !runner_job {
-        return None;
+        return QuorumReport::from_result_tags(event);
     }
     serde_json::from_str::<StepReport>(content).ok()?.quorum
 }

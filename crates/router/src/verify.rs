@@ -264,24 +264,28 @@ pub async fn verify_file(
         bundles.push(Sha256Hex::from_bytes(sha2_digest(&bytes)));
         pool.extend(parsed.events);
     }
+    let mut unread = Vec::new();
     if let Some(client) = client {
-        gather(client, &digest, expect, &mut pool, &mut bundles).await?;
+        unread = gather(client, &digest, expect, &mut pool, &mut bundles).await?;
     }
     let mut verification = judge(&digest, &pool, expect);
     verification.bundles = bundles.iter().map(Sha256Hex::to_hex).collect();
+    verification.warnings.extend(unread);
     Ok(verification)
 }
 
 /// Adds to `pool` every event on the relays that verifying `digest` may need, and the events of
-/// the bundles the release events name (fetched from Blossom, re-hashed).
+/// the bundles the release events name (fetched from Blossom, re-hashed). Returns what it could
+/// not read (named bundles no URL served), for the verdict's warnings.
 pub async fn gather(
     client: &JobClient,
     digest: &Sha256Hex,
     expect: &Expectation,
     pool: &mut Vec<Event>,
     bundles: &mut Vec<Sha256Hex>,
-) -> Result<(), VerifyError> {
+) -> Result<Vec<String>, VerifyError> {
     let sha = digest.to_hex();
+    let mut unread = Vec::new();
     let x = SingleLetterTag::lowercase(Alphabet::X);
     pool.extend(
         fetch(
@@ -304,7 +308,9 @@ pub async fn gather(
             continue;
         }
         if tried.len() > MAX_BUNDLES {
-            tracing::info!(%sha, "not fetched: {MAX_BUNDLES} named bundles were tried already");
+            unread.push(format!(
+                "bundle {sha} was not fetched: {MAX_BUNDLES} named bundles were tried already"
+            ));
             break;
         }
         match fetch_bundle(&sha, &urls).await {
@@ -313,7 +319,13 @@ pub async fn gather(
                 pool.extend(found.events);
             }
             Ok(_) => tracing::debug!(%sha, "a named bundle is for other files"),
-            Err(reason) => tracing::info!(%sha, "cannot read a named bundle: {reason}"),
+            Err(reason) => {
+                tracing::debug!(%sha, "cannot read a named bundle: {reason}");
+                unread.push(format!(
+                    "the verification bundle {sha} the release names could not be read ({reason}); \
+                     if the relays no longer hold what it holds, pass a copy with --bundle"
+                ));
+            }
         }
     }
     let bindings: Vec<ReleaseBinding> = pool
@@ -394,7 +406,7 @@ pub async fn gather(
             pool.extend(fetch(client, operator::list_filter(claimed)).await?);
         }
     }
-    Ok(())
+    Ok(unread)
 }
 
 /// The verdict on `digest` from the signed events in `pool` (relays, bundles): pure.

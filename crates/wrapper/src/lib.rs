@@ -43,12 +43,7 @@ pub use fetch::DownloadPolicy;
 pub use quorum_consensus::job::QuorumMember;
 pub use quorum_consensus::member::MemberConfig;
 
-/// The result tag naming the quorum key a wrapper acted for: `["quorum", <quorum hex>]`.
-pub const TAG_QUORUM: &str = "quorum";
-/// The result tag carrying the wrapper's [`QuorumReport`] as JSON.
-pub const TAG_QUORUM_REPORT: &str = "quorum-report";
-/// The marker of the result's `e` tag naming the quorum attestation (8708).
-pub const MARKER_ATTESTATION: &str = "attestation";
+pub use quorum_proto::quorum_job::{MARKER_ATTESTATION, TAG_QUORUM, TAG_QUORUM_REPORT};
 
 /// Why a wrapper cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -426,37 +421,14 @@ impl Wrapper {
     }
 }
 
-/// The result tags for a member's report: `quorum` when the mandate named a key, the
-/// attestation's `e` when one was signed, and the report itself.
+/// The result tags for a member's report (`QuorumReport::to_result_tags`).
 pub fn report_tags(report: &QuorumReport) -> Vec<Tag> {
-    let mut tags = Vec::new();
-    if !report.quorum.is_empty() {
-        tags.push(Tag::custom(TAG_QUORUM.into(), [report.quorum.clone()]));
-    }
-    if let Some(attestation) = &report.attestation {
-        tags.push(Tag::custom(
-            "e".into(),
-            [
-                attestation.clone(),
-                String::new(),
-                MARKER_ATTESTATION.to_string(),
-            ],
-        ));
-    }
-    if let Ok(json) = serde_json::to_string(report) {
-        tags.push(Tag::custom(TAG_QUORUM_REPORT.into(), [json]));
-    }
-    tags
+    report.to_result_tags()
 }
 
 /// A wrapper's report from its result event's `quorum-report` tag.
 pub fn report_of(result: &nostr_sdk::prelude::Event) -> Option<QuorumReport> {
-    result
-        .tags
-        .iter()
-        .find(|t| t.kind().as_str() == TAG_QUORUM_REPORT)
-        .and_then(|t| t.content())
-        .and_then(|json| serde_json::from_str(json).ok())
+    QuorumReport::from_result_tags(result)
 }
 
 /// Passes the inner DVM's log tails on as the wrapper's own `partial` feedback.
