@@ -555,6 +555,38 @@ async fn an_approval_gate_waits_for_a_maintainer_and_refuses_others() {
         outcome.jobs[1]
     );
     assert!(matches!(outcome.jobs[2].state, JobState::Skipped { .. }));
+
+    // M6: the pipeline file is written by whoever wrote the commit, so a gate that names a
+    // stranger in `from` asks nobody but maintainers, and with none left it fails at once,
+    // saying so; the stranger never gets to approve.
+    let smuggled = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        &GATED.replace("MAINTAINER", &stranger.public_key().to_hex()),
+    )
+    .unwrap();
+    let mut recorder = Recorder::default();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        execute(
+            &client,
+            &smuggled,
+            &context,
+            &config,
+            Vec::new(),
+            &mut recorder,
+        ),
+    )
+    .await
+    .expect("the gate fails at once, it does not wait for anyone");
+    assert!(!outcome.succeeded);
+    match &outcome.jobs[1].state {
+        JobState::Failed { reason } => {
+            assert!(reason.contains("maintainers of"), "{reason}");
+            assert!(reason.contains(&stranger.public_key().to_hex()), "{reason}");
+        }
+        other => panic!("the gate should fail, not {other:?}"),
+    }
+    assert!(matches!(outcome.jobs[2].state, JobState::Skipped { .. }));
     client.shutdown().await;
     runner.shutdown().await;
     runner2.shutdown().await;

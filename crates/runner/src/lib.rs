@@ -500,3 +500,26 @@ impl LogSink for LogFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(config: RunnerConfig) -> Runner {
+        Runner::new(
+            config,
+            Arc::new(quorum_sandbox::Unsandboxed::new()),
+            BlossomClient::new(nostr_sdk::Keys::generate()),
+        )
+    }
+
+    #[test]
+    fn steps_get_no_network_unless_the_operator_allows_it_and_the_offer_says_which() {
+        let config = RunnerConfig::new("/tmp/w".into(), Vec::new());
+        assert!(!config.allow_network, "network is off by default");
+        assert!(!runner(config.clone()).offer().capabilities.network);
+        let mut open = config;
+        open.allow_network = true;
+        assert!(runner(open).offer().capabilities.network);
+    }
+}
