@@ -423,6 +423,19 @@ impl BlossomClient {
         sha256: Sha256Hex,
         dest: &Path,
     ) -> Result<u64, ClientError> {
+        self.download_url_with_progress(url, sha256, dest, &|_, _| {})
+            .await
+    }
+
+    /// [`BlossomClient::download_url`], calling `progress(bytes so far, total if the server
+    /// said)` as the bytes arrive, for a progress bar.
+    pub async fn download_url_with_progress(
+        &self,
+        url: &Url,
+        sha256: Sha256Hex,
+        dest: &Path,
+        progress: &(dyn Fn(u64, Option<u64>) + Send + Sync),
+    ) -> Result<u64, ClientError> {
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => std::path::PathBuf::from("."),
@@ -443,12 +456,17 @@ impl BlossomClient {
             .map_err(|e| ClientError::io("creating a temp file in", &parent, e))?;
         let mut writer = HashingWriter::new(file, self.max_download, self.fsync);
         let mut response = response;
+        let total = response.content_length();
+        let mut received = 0u64;
+        progress(0, total);
         loop {
             let chunk = response
                 .chunk()
                 .await
                 .map_err(|e| ClientError::transport(url.as_str(), &e))?;
             let Some(chunk) = chunk else { break };
+            received += chunk.len() as u64;
+            progress(received, total);
             writer.write_bytes(chunk).await.map_err(|e| match e {
                 SinkError::TooLarge { limit } => ClientError::TooLarge { limit },
                 SinkError::Io(e) => ClientError::io("writing", temp.path(), e),

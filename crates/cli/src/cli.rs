@@ -49,6 +49,12 @@ pub enum Command {
     /// Run the embedded default network on loopback: a relay, a Blossom server and runner DVMs,
     /// data in one directory; writes DIR/endpoints.json once everything is ready.
     Up(UpArgs),
+    /// Write a first .quorum/pipeline.yml for the project in DIR (Cargo, Go, npm, Python,
+    /// CMake, Make, or a generic one): a test job and a 2-of-3 quorum build that releases.
+    Init(InitArgs),
+    /// Check a pipeline file without running it: every problem with line:col and a hint, the
+    /// same checks `quorum run` and every DVM make. Exit code 1 on errors.
+    Lint(LintArgs),
     /// Run the pipeline of a repository (.quorum/pipeline.yml at HEAD) on DVMs: the embedded
     /// network by default, or the DVMs on --relay.
     Run(RunArgs),
@@ -79,6 +85,9 @@ pub enum Command {
     /// operator (`--operator`) and the operator's list names the DVM.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Print a shell completion script: `quorum completions bash > /etc/bash_completion.d/quorum`
+    /// (zsh: into a directory on $fpath as `_quorum`; fish: ~/.config/fish/completions/quorum.fish).
+    Completions(CompletionsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -619,6 +628,51 @@ pub struct RelayArgs {
     pub options: RelayOptions,
 }
 
+/// Options of `quorum init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The project's root directory.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+
+    /// Replace an existing .quorum/pipeline.yml.
+    #[arg(long)]
+    pub force: bool,
+
+    /// The branch whose pushes run the pipeline (default: the checkout's branch, or main).
+    #[arg(long)]
+    pub branch: Option<String>,
+
+    /// Print what was written as JSON (`path`, `kind`, `name`, `artifact`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `quorum lint`.
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// The pipeline file, or a repository directory (its .quorum/pipeline.yml).
+    #[arg(default_value = ".")]
+    pub file: PathBuf,
+
+    /// Print the result as JSON: `ok`, `errors` (file, line, column, message, hint), and for a
+    /// clean file its `plan_hash` and `jobs`.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print the pipeline reference (docs/pipeline.md) instead.
+    #[arg(long, conflicts_with = "json")]
+    pub reference: bool,
+}
+
+/// Options of `quorum completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
 /// Options of `quorum demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -734,9 +788,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "GIT_URL")]
     pub repo: Option<String>,
 
-    /// Data directory of the embedded network (default: a temporary directory).
+    /// Data directory of the embedded network (default: a new directory under
+    /// $XDG_DATA_HOME/quorum/runs, printed at the start; `quorum up --data` serves it again).
     #[arg(long)]
     pub data: Option<PathBuf>,
+
+    /// Download every artifact of the run into DIR (each checked against its sha256), with the
+    /// release's verification bundle, before the embedded network stops.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 
     /// A secret the pipeline uses: NAME takes the value of the environment variable NAME
     /// (NAME=VALUE also works, but shows the value to other users of this machine). Repeat.

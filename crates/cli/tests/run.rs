@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use quorum_testkit::daemon::run;
+use quorum_testkit::daemon::run_with_env;
 use quorum_testkit::git::{git, sample_repo};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -23,7 +23,12 @@ fn commit_pipeline(repo: &Path, pipeline: &str) -> String {
 fn quorum_run(repo: &Path, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec!["run", repo.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let out = run(QUORUM, &args, RUN_TIMEOUT);
+    // The embedded network's data stays beside the repository, not in the real home.
+    let xdg = repo
+        .parent()
+        .expect("the repository has a parent")
+        .join("xdg");
+    let out = run_with_env(QUORUM, &args, &[("XDG_DATA_HOME", &xdg)], RUN_TIMEOUT);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),

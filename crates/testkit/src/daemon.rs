@@ -98,8 +98,20 @@ impl Drop for Daemon {
 
 /// Runs `program args…` to completion with a time limit.
 pub fn run(program: &str, args: &[&str], timeout: Duration) -> Output {
+    run_with_env(program, args, &[], timeout)
+}
+
+/// [`run`] with extra environment variables (e.g. `XDG_DATA_HOME` pointed into a test's
+/// temporary directory, so that nothing a test runs writes to the real home).
+pub fn run_with_env(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &std::path::Path)],
+    timeout: Duration,
+) -> Output {
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

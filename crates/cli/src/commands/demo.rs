@@ -449,29 +449,8 @@ async fn save_bundle(
     urls: &[String],
     dest: &Path,
 ) -> anyhow::Result<(Sha256Hex, Vec<String>)> {
-    let client = quorum_blossom::client::BlossomClient::new(Keys::generate());
-    let mut failures = Vec::new();
-    for url in urls {
-        let parsed = match reqwest::Url::parse(url) {
-            Ok(parsed) => parsed,
-            Err(err) => {
-                failures.push(format!("{url}: {err}"));
-                continue;
-            }
-        };
-        match client.download_url(&parsed, sha, dest).await {
-            Ok(_) => return Ok((sha, urls.to_vec())),
-            Err(err) => failures.push(format!("{url}: {err}")),
-        }
-    }
-    bail!(
-        "cannot download the verification bundle {sha}: {}",
-        if failures.is_empty() {
-            "the release names no URL".to_string()
-        } else {
-            failures.join("; ")
-        }
-    )
+    super::download::fetch_verified(sha, urls, dest, "verification bundle", false).await?;
+    Ok((sha, urls.to_vec()))
 }
 
 /// Waits for the approval request and approves it with the demo maintainer's key, saying

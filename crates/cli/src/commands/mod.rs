@@ -3,9 +3,12 @@
 mod approve;
 mod blossom;
 mod demo;
+mod download;
 mod dvm;
 mod embedded;
+mod init;
 mod job;
+mod lint;
 mod mandate;
 mod operator;
 mod relay;
@@ -25,6 +28,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Relay(args) => relay::run(args).await,
         Command::Blossom(args) => blossom::run(args).await,
         Command::Up(args) => up::run(args).await,
+        Command::Init(args) => init::run(args),
+        Command::Lint(args) => lint::run(args),
         Command::Run(args) => run::run(args, color).await,
         Command::Verify(args) => verify::run(args).await,
         Command::Demo(args) => demo::run(args).await,
@@ -36,6 +41,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(command) => job::run(command).await,
         Command::Mandate(command) => mandate::run(command).await,
         Command::Operator(command) => operator::run(command).await,
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(args.shell, &mut command, "quorum", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -39,6 +39,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
         Ok(plan) => plan,
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
+            eprintln!("{}", super::lint::REFERENCE_HINT);
             bail!(
                 "the pipeline has {} error(s)",
                 diagnostics.diagnostics.len()
@@ -105,14 +106,19 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             _ => None,
         })
         .collect();
-    let (embedded, _temp, relays, runners) = if args.relays.is_empty() {
-        let (data, temp) = match &args.data {
-            Some(data) => (data.clone(), None),
-            None => {
-                let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
-                (temp.path().to_path_buf(), Some(temp))
-            }
+    let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
+    let (embedded, relays, runners) = if args.relays.is_empty() {
+        let data = match &args.data {
+            Some(data) => data.clone(),
+            None => default_data_dir(&run_id)?,
         };
+        if !args.json {
+            eprintln!(
+                "embedded network data: {} (`quorum up --data` serves it again; delete it when \
+                 done)",
+                data.display()
+            );
+        }
         let relay_options = RelayOptions::default();
         let blossom_options = BlossomOptions::default();
         let network = Embedded::start(EmbeddedSpec {
@@ -130,9 +136,9 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
         .await?;
         let relays = super::relay_urls(std::slice::from_ref(&network.relay_url))?;
         let runners: Vec<PublicKey> = network.runners.iter().map(|d| d.public_key()).collect();
-        (Some(network), temp, relays, runners)
+        (Some(network), relays, runners)
     } else {
-        (None, None, super::relay_urls(&args.relays)?, Vec::new())
+        (None, super::relay_urls(&args.relays)?, Vec::new())
     };
     let keys = match &args.key {
         Some(path) => quorum_dvm::keyfile::load_or_create(path)?,
@@ -212,7 +218,6 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
         eprintln!("! the quorum jobs will not run: {reason}");
     }
 
-    let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
     let config = EngineConfig {
         runners,
         ..EngineConfig::default()
@@ -300,6 +305,14 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    // Before the embedded network stops: its Blossom server is where the bytes are.
+    let saved = match &args.out {
+        Some(out) => save_outputs(out, &outcome.jobs, release.as_ref(), !args.json).await,
+        None => Vec::new(),
+    };
+    if saved.iter().any(|file| file.error.is_some()) {
+        succeeded = false;
+    }
     client.shutdown().await;
     if let Some(network) = embedded {
         network.shutdown().await?;
@@ -327,6 +340,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             "status": if succeeded { "success" } else { "failure" },
             "run": run_id,
             "repo": context.repo,
+            "repository": context.repo_id.as_ref().map(|r| r.to_string()),
             "commit": context.commit,
             "jobs": outcome.jobs.iter().map(job_json).collect::<Vec<_>>(),
             "artifacts": artifacts,
@@ -340,16 +354,164 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
                 "members": q.members().iter().map(|m| m.to_hex()).collect::<Vec<_>>(),
             })),
             "mandate": context.quorum.as_ref().map(|q| q.mandate_event.id.to_hex()),
+            "out": args.out.as_ref().map(|_| &saved),
         });
         println!("{value}");
     } else {
         print_summary(&outcome.jobs);
+        print_saved(&saved, context.repo_id.as_ref());
     }
     Ok(if succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Where the embedded network of a run keeps its data unless `--data` says: a new directory
+/// per run under `$XDG_DATA_HOME/quorum/runs` (or `~/.local/share/quorum/runs`), so that what
+/// the run published can be served again after it ends.
+fn default_data_dir(run_id: &str) -> anyhow::Result<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(
+            std::env::var_os("HOME")
+                .context("neither XDG_DATA_HOME nor HOME is set: pass --data DIR")?,
+        )
+        .join(".local/share"),
+    };
+    let seconds = quorum_proto::nostr::Timestamp::now().as_secs();
+    let dir = base
+        .join("quorum/runs")
+        .join(format!("{seconds}-{}", &run_id[..12]));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the run's data directory {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// One file `--out` saved, or why it could not.
+#[derive(Debug, serde::Serialize)]
+struct SavedFile {
+    /// `artifact` or `bundle`.
+    what: &'static str,
+    job: Option<String>,
+    name: String,
+    sha256: String,
+    path: std::path::PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Downloads every artifact of the succeeded jobs into `out` (by file name; `JOB/PATH` when
+/// two jobs' artifacts share a name), each checked against its sha256, and the release's
+/// verification bundle as `verification-bundle.json`.
+async fn save_outputs(
+    out: &Path,
+    jobs: &[JobRecord],
+    release: Option<&Release>,
+    progress: bool,
+) -> Vec<SavedFile> {
+    let artifacts: Vec<(&JobRecord, &ArtifactRef)> = jobs
+        .iter()
+        .filter(|job| job.succeeded())
+        .flat_map(|job| {
+            job.report
+                .iter()
+                .flat_map(|r| &r.artifacts)
+                .map(move |a| (job, a))
+        })
+        .collect();
+    let base_name = |name: &str| name.rsplit('/').next().unwrap_or(name).to_string();
+    let mut count = std::collections::HashMap::new();
+    for (_, artifact) in &artifacts {
+        *count.entry(base_name(&artifact.name)).or_insert(0) += 1;
+    }
+    // Each file: what it is, the job, its name, sha256, URLs, and where it goes.
+    struct Wanted {
+        what: &'static str,
+        job: Option<String>,
+        name: String,
+        sha256: String,
+        urls: Vec<String>,
+        path: std::path::PathBuf,
+    }
+    let mut wanted: Vec<Wanted> = artifacts
+        .iter()
+        .map(|(job, artifact)| {
+            let base = base_name(&artifact.name);
+            let path = if count[&base] > 1 {
+                out.join(&job.id).join(&artifact.name)
+            } else {
+                out.join(base)
+            };
+            Wanted {
+                what: "artifact",
+                job: Some(job.id.clone()),
+                name: artifact.name.clone(),
+                sha256: artifact.blob.sha256.clone(),
+                urls: artifact.blob.urls.clone(),
+                path,
+            }
+        })
+        .collect();
+    if let Some((sha, urls)) = release.and_then(|r| r.bundle.as_ref()) {
+        wanted.push(Wanted {
+            what: "bundle",
+            job: None,
+            name: "verification bundle".to_string(),
+            sha256: sha.to_string(),
+            urls: urls.clone(),
+            path: out.join("verification-bundle.json"),
+        });
+    }
+    let mut saved = Vec::new();
+    for file in wanted {
+        let result = async {
+            let sha = quorum_proto::blossom::Sha256Hex::parse(&file.sha256)
+                .map_err(|e| anyhow::anyhow!("the run reported a bad sha256: {e}"))?;
+            if let Some(parent) = file.path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            super::download::fetch_verified(sha, &file.urls, &file.path, &file.name, progress).await
+        }
+        .await;
+        saved.push(SavedFile {
+            what: file.what,
+            job: file.job,
+            name: file.name,
+            sha256: file.sha256,
+            path: file.path,
+            error: result.err().map(|e| format!("{e:#}")),
+        });
+    }
+    saved
+}
+
+/// What `--out` saved, and how to verify it.
+fn print_saved(saved: &[SavedFile], repo: Option<&quorum_proto::nip34::RepoCoordinate>) {
+    let bundle = saved
+        .iter()
+        .find(|f| f.what == "bundle" && f.error.is_none());
+    for file in saved {
+        match &file.error {
+            Some(error) => eprintln!("✘ not saved: {} ({})", file.name, super::sanitize(error)),
+            None if file.what == "artifact" => {
+                eprintln!("saved {} ({})", file.path.display(), &file.sha256[..16]);
+                if let (Some(repo), Some(bundle)) = (repo, bundle) {
+                    eprintln!(
+                        "  verify: quorum verify {} --repo {repo} --bundle {}",
+                        file.path.display(),
+                        bundle.path.display()
+                    );
+                }
+            }
+            None => eprintln!(
+                "saved {} (the release's verification bundle)",
+                file.path.display()
+            ),
+        }
+    }
 }
 
 /// Parses `--blossom` URLs.

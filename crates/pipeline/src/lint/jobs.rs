@@ -10,7 +10,7 @@ use crate::expr::{self, Reference};
 use crate::plan::{DvmInput, InputType, JobSpec, Mode};
 use crate::yaml::{Node, Scalar};
 
-const JOB_KEYS: &[&str] = &[
+pub(super) const JOB_KEYS: &[&str] = &[
     "name",
     "needs",
     "run",
@@ -33,10 +33,10 @@ const JOB_KEYS: &[&str] = &[
 ];
 /// The most jobs a pipeline may have.
 pub const MAX_JOBS: usize = 256;
-const STEP_KEYS: &[&str] = &["name", "run"];
-const DVM_INPUT_KEYS: &[&str] = &["type", "value", "marker"];
-const APPROVAL_KEYS: &[&str] = &["required", "from", "show"];
-const MODES: &[&str] = &["naive", "router", "quorum"];
+pub(super) const STEP_KEYS: &[&str] = &["name", "run"];
+pub(super) const DVM_INPUT_KEYS: &[&str] = &["type", "value", "marker"];
+pub(super) const APPROVAL_KEYS: &[&str] = &["required", "from", "show"];
+pub(super) const MODES: &[&str] = &["naive", "router", "quorum"];
 
 /// What sort of job a job is, decided by which of `run`/`steps`, `uses`, `approval` it has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,6 +32,22 @@ const PUSH_KEYS: &[&str] = &["branches", "tags"];
 const MANUAL_KEYS: &[&str] = &["inputs"];
 const MANUAL_INPUT_KEYS: &[&str] = &["description", "required", "default"];
 
+/// Every key the linter accepts, by where it may appear (the headings of the pipeline
+/// reference, `docs/pipeline.md`): the reference is tested against this list so that a key
+/// added here cannot go undocumented.
+pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    ("top level", TOP_KEYS),
+    ("on", ON_KEYS),
+    ("on.push", PUSH_KEYS),
+    ("on.manual", MANUAL_KEYS),
+    ("on.manual.inputs.<name>", MANUAL_INPUT_KEYS),
+    ("jobs.<id>", jobs::JOB_KEYS),
+    ("jobs.<id>.steps[]", jobs::STEP_KEYS),
+    ("jobs.<id>.inputs[]", jobs::DVM_INPUT_KEYS),
+    ("jobs.<id>.approval", jobs::APPROVAL_KEYS),
+    ("jobs.<id>.mode", jobs::MODES),
+];
+
 /// The entries of one mapping, first occurrence of each allowed key.
 struct Fields<'n> {
     found: BTreeMap<&'n str, (&'n Scalar, &'n Node)>,
