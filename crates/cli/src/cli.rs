@@ -771,6 +771,11 @@ pub struct VerdictArgs {
     /// A comment (for a rejection: why).
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub comment: String,
+
+    /// Print the signed verdict as JSON (`decision`, `verdict`, `request`, `repository`,
+    /// `commit`, `artifacts`) on stdout; what is approved is still shown on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `quorum run`.

@@ -64,7 +64,7 @@ async fn only_an_asked_maintainer_can_approve_and_only_after_confirming() {
     client.send_event(&event).await.unwrap();
     let id = event.id.to_hex();
 
-    let approve = |key: &str, yes: bool| {
+    let approve = |key: &str, yes: bool, json: bool| {
         let mut args = vec![
             "approve",
             id.as_str(),
@@ -76,15 +76,18 @@ async fn only_an_asked_maintainer_can_approve_and_only_after_confirming() {
         if yes {
             args.push("--yes");
         }
+        if json {
+            args.push("--json");
+        }
         run(QUORUM, &args, Duration::from_secs(60))
     };
     let stranger_key = key_file(dir.path(), "stranger", &stranger);
-    let out = approve(&stranger_key, true);
+    let out = approve(&stranger_key, true, false);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not among the maintainers"));
 
     let maintainer_key = key_file(dir.path(), "maintainer", &maintainer);
-    let out = approve(&maintainer_key, false);
+    let out = approve(&maintainer_key, false, false);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -97,13 +100,17 @@ async fn only_an_asked_maintainer_can_approve_and_only_after_confirming() {
     );
     assert!(stderr.contains("pass --yes"), "{stderr}");
 
-    let out = approve(&maintainer_key, true);
+    let out = approve(&maintainer_key, true, true);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("approved: "));
+    let printed: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("--json prints one JSON object");
+    assert_eq!(printed["decision"], "approved");
+    assert_eq!(printed["request"], id.as_str());
+    assert_eq!(printed["artifacts"][0]["sha256"], "ef".repeat(32));
 
     let verdicts = client
         .fetch_events(
@@ -119,6 +126,7 @@ async fn only_an_asked_maintainer_can_approve_and_only_after_confirming() {
         1,
         "only the maintainer's verdict was signed"
     );
+    assert_eq!(printed["verdict"], verdicts[0].id.to_hex());
     let tally = ApprovalTally::evaluate(
         &event,
         &verdicts,

@@ -112,6 +112,20 @@ pub async fn run(args: VerdictArgs, decision: Decision) -> anyhow::Result<ExitCo
         Decision::Approve => "approved",
         Decision::Reject => "rejected",
     };
-    super::announce(&format!("{done}: {}", signed.id.to_hex()));
+    if args.json {
+        let value = serde_json::json!({
+            "decision": done,
+            "verdict": signed.id.to_hex(),
+            "request": event.id.to_hex(),
+            "repository": request.repo.to_string(),
+            "commit": request.commit,
+            "artifacts": request.artifacts.iter().map(|a| serde_json::json!({
+                "name": a.name, "sha256": a.sha256.to_hex(),
+            })).collect::<Vec<_>>(),
+        });
+        super::announce(&value.to_string());
+    } else {
+        super::announce(&format!("{done}: {}", signed.id.to_hex()));
+    }
     Ok(ExitCode::SUCCESS)
 }
