@@ -152,5 +152,25 @@ fn the_demo_runs_on_an_existing_network() {
     assert!(command.contains(&relay), "{command}");
     let (code, text) = run_printed(command);
     assert_eq!(code, Some(0), "{command}:\n{text}");
+
+    // Again on the same relays with the same maintainer: the relays hold the first run's
+    // approval request, and the demo answers only its own run's.
+    let again = run(
+        env!("CARGO_BIN_EXE_quorum"),
+        &[
+            "demo",
+            "--relay",
+            &relay,
+            "--data",
+            dir.path().join("demo").to_str().unwrap(),
+            "--json",
+        ],
+        Duration::from_secs(300),
+    );
+    assert!(
+        again.status.success(),
+        "the second demo on the same relays: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     assert!(up.terminate().success());
 }

@@ -231,11 +231,33 @@ async fn tour(
     let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
     let jobs = u32::try_from(plan.jobs.len()).unwrap_or(u32::MAX);
     quorum_router::status::publish_progress(&client, &context, &run_id, jobs, started_at).await;
-    let (outcome, approval) = tokio::join!(
-        quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut reporter),
-        approve_as_demo_maintainer(&maintainer_client, &maintainer, args.json),
-    );
-    approval?;
+    // The demo maintainer answers this run's approval request while the run goes; a run that
+    // ends first (a failed job: no request will ever come) ends the waiting with it, and a
+    // request that cannot be approved ends the run rather than leave the gate waiting.
+    let engine_key = keys.public_key();
+    let outcome = {
+        let execution =
+            quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut reporter);
+        let approving = approve_as_demo_maintainer(
+            &maintainer_client,
+            &maintainer,
+            &engine_key,
+            &run_id,
+            started_at,
+            args.json,
+        );
+        tokio::pin!(execution, approving);
+        let mut approved = false;
+        loop {
+            tokio::select! {
+                outcome = &mut execution => break outcome,
+                result = &mut approving, if !approved => {
+                    result?;
+                    approved = true;
+                }
+            }
+        }
+    };
     if let Err(err) =
         quorum_router::status::publish_ci_status(&client, &context, &run_id, &outcome, started_at)
             .await
@@ -459,17 +481,28 @@ async fn save_bundle(
 
 /// Waits for the approval request and approves it with the demo maintainer's key, saying
 /// plainly that this is the demo signing for its own maintainer.
+/// Approves this run's approval request as the demo maintainer: only a request signed by this
+/// run's engine key, for this run id, since the run started (relays reused from an earlier
+/// demo hold earlier runs' requests).
 async fn approve_as_demo_maintainer(
     client: &JobClient,
     maintainer: &Keys,
+    engine: &PublicKey,
+    run_id: &str,
+    started_at: Timestamp,
     quiet: bool,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let filter = Filter::new()
+        .kind(APPROVAL_REQUEST)
+        .author(*engine)
+        .since(started_at - 60);
     let event = loop {
-        let found = client
-            .fetch(Filter::new().kind(APPROVAL_REQUEST), Duration::from_secs(2))
-            .await?;
-        if let Some(event) = found.into_iter().next() {
+        let found = client.fetch(filter.clone(), Duration::from_secs(2)).await?;
+        let ours = found.into_iter().find(|event| {
+            ApprovalRequest::from_event(event).is_ok_and(|request| request.run == run_id)
+        });
+        if let Some(event) = ours {
             break event;
         }
         if tokio::time::Instant::now() > deadline {
