@@ -85,6 +85,10 @@ pub enum Command {
     /// operator (`--operator`) and the operator's list names the DVM.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// A maintainer's NIP-34 events: announce a repository (30617), push and publish the
+    /// state of its refs (30618), which is what watchers follow.
+    #[command(subcommand)]
+    Repo(RepoCommand),
     /// Print a shell completion script: `quorum completions bash > /etc/bash_completion.d/quorum`
     /// (zsh: into a directory on $fpath as `_quorum`; fish: ~/.config/fish/completions/quorum.fish).
     Completions(CompletionsArgs),
@@ -626,6 +630,116 @@ pub struct RelayArgs {
 
     #[command(flatten)]
     pub options: RelayOptions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Sign and publish the repository's announcement (kind 30617): clone URLs (default: the
+    /// remotes' URLs), the relays it is followed on, its maintainers, its earliest commit.
+    Announce(RepoAnnounceArgs),
+    /// `git push`, then sign and publish the state (kind 30618) of every branch and tag the
+    /// remote now holds: what watchers build from.
+    Push(RepoPushArgs),
+}
+
+/// Who signs a maintainer's event: `--key FILE` or `--bunker URI`.
+#[derive(Debug, Args)]
+pub struct MaintainerSigner {
+    /// Your maintainer key file (nsec or hex, mode 0600).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "bunker",
+        conflicts_with = "bunker"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// Sign through a NIP-46 remote signer instead (`bunker://…`): no key on this machine.
+    #[arg(long, value_name = "URI")]
+    pub bunker: Option<String>,
+}
+
+/// Options of `quorum repo announce`.
+#[derive(Debug, Args)]
+pub struct RepoAnnounceArgs {
+    /// The repository (a git work tree).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+
+    /// Relay to publish on (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    #[command(flatten)]
+    pub signer: MaintainerSigner,
+
+    /// The repository's id (`d` tag; default: the directory's name).
+    #[arg(long, value_name = "D")]
+    pub identifier: Option<String>,
+
+    /// A display name.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// A one-line description.
+    #[arg(long)]
+    pub description: Option<String>,
+
+    /// A clone URL (repeat; default: the fetch URLs of the repository's remotes). Runners
+    /// build only from these.
+    #[arg(long = "clone", value_name = "GIT_URL")]
+    pub clone: Vec<String>,
+
+    /// A web page of the repository (repeat).
+    #[arg(long = "web", value_name = "URL")]
+    pub web: Vec<String>,
+
+    /// A relay the repository is followed on, named in the announcement (repeat; default: the
+    /// --relay URLs).
+    #[arg(long = "repo-relay", value_name = "URL")]
+    pub repo_relays: Vec<String>,
+
+    /// Another maintainer, npub or hex (repeat): their signed states count too.
+    #[arg(long = "maintainer", value_name = "NPUB")]
+    pub maintainers: Vec<String>,
+
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `quorum repo push`.
+#[derive(Debug, Args)]
+pub struct RepoPushArgs {
+    /// The repository (a git work tree).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+
+    /// The remote to push to.
+    #[arg(long, default_value = "origin")]
+    pub remote: String,
+
+    /// What to push (git refspecs; default: the current branch).
+    pub refspecs: Vec<String>,
+
+    /// Relay to publish the state on (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    #[command(flatten)]
+    pub signer: MaintainerSigner,
+
+    /// The repository's id (`d` tag; default: the directory's name), as announced.
+    #[arg(long, value_name = "D")]
+    pub identifier: Option<String>,
+
+    /// Publish the remote's state without pushing first.
+    #[arg(long)]
+    pub no_push: bool,
+
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `quorum init`.

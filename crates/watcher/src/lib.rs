@@ -19,6 +19,8 @@
 //! quorum signs the attestation and that request together. The router then sees a run request
 //! that `t` watchers vouched for.
 
+pub mod maintainer;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -12,6 +12,7 @@ mod lint;
 mod mandate;
 mod operator;
 mod relay;
+mod repo;
 mod run;
 mod signer;
 mod up;
@@ -41,6 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(command) => job::run(command).await,
         Command::Mandate(command) => mandate::run(command).await,
         Command::Operator(command) => operator::run(command).await,
+        Command::Repo(command) => repo::run(command).await,
         Command::Completions(args) => {
             use clap::CommandFactory;
             let mut command = Cli::command();
