@@ -34,6 +34,10 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     crate::net::which(name)
 }
 
+/// Exit code of the trial child when it could not become the build user (so that this is not
+/// mistaken for the kernel refusing the namespace).
+const CANNOT_SWITCH: i32 = 125;
+
 /// Create a user namespace in a child process, as `as_user` (uid, gid) when given: what bwrap
 /// does first. `Err` carries the kernel's answer (typically `EPERM` when unprivileged user
 /// namespaces are disabled, `ENOSPC` when `user.max_user_namespaces` is 0).
@@ -47,8 +51,10 @@ pub fn user_namespaces(as_user: Option<(u32, u32)>) -> Result<(), std::io::Error
     // SAFETY: only async-signal-safe syscalls on values prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some((uid, gid)) = as_user {
-                crate::exec::become_user(uid, gid)?;
+            if let Some((uid, gid)) = as_user
+                && crate::exec::become_user(uid, gid).is_err()
+            {
+                libc::_exit(CANNOT_SWITCH);
             }
             if libc::unshare(libc::CLONE_NEWUSER) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -60,6 +66,12 @@ pub fn user_namespaces(as_user: Option<(u32, u32)>) -> Result<(), std::io::Error
     let status = cmd.status()?;
     if status.success() {
         Ok(())
+    } else if status.code() == Some(CANNOT_SWITCH)
+        && let Some((uid, gid)) = as_user
+    {
+        Err(std::io::Error::other(format!(
+            "this process cannot switch to uid {uid}, gid {gid} (not really root?)"
+        )))
     } else {
         Err(std::io::Error::other(format!(
             "the trial process in a new user namespace ended with {status}"
