@@ -212,8 +212,9 @@ async fn up_writes_endpoints_and_stops_cleanly() {
 
 #[test]
 fn every_command_has_help() {
-    let commands: [&[&str]; 16] = [
+    let commands: [&[&str]; 17] = [
         &["demo", "--help"],
+        &["doctor", "--help"],
         &["verify", "--help"],
         &["approve", "--help"],
         &["reject", "--help"],

@@ -3,6 +3,7 @@
 mod approve;
 mod blossom;
 mod demo;
+mod doctor;
 mod dvm;
 mod embedded;
 mod job;
@@ -36,6 +37,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(command) => job::run(command).await,
         Command::Mandate(command) => mandate::run(command).await,
         Command::Operator(command) => operator::run(command).await,
+        Command::Doctor(args) => doctor::run(args).await,
     }
 }
 
