@@ -149,8 +149,16 @@ impl Check {
         self
     }
 
+    /// `target` is a URL as given, except that a password in it is masked: reports are
+    /// printed and logged.
     fn with_target(mut self, target: &str) -> Self {
-        self.target = Some(target.to_owned());
+        let masked = url::Url::parse(target).ok().and_then(|mut url| {
+            url.password().is_some().then(|| {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            })
+        });
+        self.target = Some(masked.unwrap_or_else(|| target.to_owned()));
         self
     }
 
@@ -964,5 +972,10 @@ mod tests {
             ]
         );
         assert_eq!(checks[0].target.as_deref(), Some("http://not-a-relay"));
+        let masked = Check::skipped(RELAY, "x").with_target("wss://me:hunter2@relay.example");
+        assert_eq!(
+            masked.target.as_deref(),
+            Some("wss://me:***@relay.example/")
+        );
     }
 }
