@@ -80,6 +80,10 @@ pub enum Command {
     /// for a pipeline.
     #[command(subcommand)]
     Mandate(MandateCommand),
+    /// Check what runs need on this machine (bubblewrap and a trial sandbox, the build user,
+    /// user namespaces, cgroups, pasta, git, free disk) and reach relays and Blossom servers;
+    /// prints each check with the command that fixes it. Exit code 0 unless a check failed.
+    Doctor(DoctorArgs),
     /// DVM operators: sign the list of the DVMs you run (NIP-51, kind 30000), and see which
     /// DVMs an operator confirms. A DVM is an operator's only when its announcement names the
     /// operator (`--operator`) and the operator's list names the DVM.
@@ -92,6 +96,26 @@ pub enum Command {
     /// Print a shell completion script: `quorum completions bash > /etc/bash_completion.d/quorum`
     /// (zsh: into a directory on $fpath as `_quorum`; fish: ~/.config/fish/completions/quorum.fish).
     Completions(CompletionsArgs),
+}
+
+/// Options of `quorum doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Relay to reach, and to compare this machine's clock with (repeat for several).
+    #[arg(long = "relay", value_name = "URL")]
+    pub relays: Vec<String>,
+
+    /// Blossom server to reach (repeat for several).
+    #[arg(long = "blossom", value_name = "URL")]
+    pub blossoms: Vec<String>,
+
+    /// The data directory whose file system's free space is checked.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub data: PathBuf,
+
+    /// Print one JSON object on stdout instead of text: `{"ok": …, "checks": […]}`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -212,8 +212,15 @@ async fn up_writes_endpoints_and_stops_cleanly() {
 
 #[test]
 fn every_command_has_help() {
-    let commands: [&[&str]; 16] = [
+    let commands: [&[&str]; 23] = [
         &["demo", "--help"],
+        &["init", "--help"],
+        &["lint", "--help"],
+        &["repo", "announce", "--help"],
+        &["repo", "push", "--help"],
+        &["completions", "--help"],
+        &["mandate", "create", "--help"],
+        &["doctor", "--help"],
         &["verify", "--help"],
         &["approve", "--help"],
         &["reject", "--help"],

@@ -23,6 +23,7 @@
 //! report says how that went (`StepReport::quorum`).
 
 pub mod derive;
+pub mod doctor;
 pub mod git;
 
 use std::path::{Path, PathBuf};

@@ -164,14 +164,7 @@ impl Bubblewrap {
     /// Also probes for a writable pids/memory cgroup; what is missing is logged as a warning
     /// and listed in [`SandboxInfo::notes`].
     pub fn detect() -> Result<Self, SandboxError> {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .chain([PathBuf::from("/usr/bin")])
-            .map(|d| d.join("bwrap"))
-            .find(|p| p.is_file());
-        match found {
+        match find_bwrap() {
             Some(p) => Self::detect_at(p),
             None => Err(SandboxError::Unavailable {
                 reason: "bwrap not found on PATH; install bubblewrap \
@@ -323,6 +316,16 @@ impl Bubblewrap {
     /// Whether steps may have network here (pasta and its tools were found and work).
     pub fn network_available(&self) -> bool {
         self.network.is_some()
+    }
+
+    /// Why steps cannot have network here, when they cannot.
+    pub fn network_unavailable_reason(&self) -> Option<&str> {
+        self.network_off.as_deref()
+    }
+
+    /// The bwrap binary in use.
+    pub fn program(&self) -> &Path {
+        &self.bwrap
     }
 
     /// The uid and gid steps run as on the host, when the DVM is root.
@@ -732,8 +735,20 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where [`Bubblewrap::detect`] finds bwrap: on `PATH`, else `/usr/bin` (a service's `PATH`
+/// can be minimal).
+pub(crate) fn find_bwrap() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+}
+
 /// The uid and gid of a user, from the system's user database.
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
+pub(crate) fn lookup_user(name: &str) -> Option<(u32, u32)> {
     let cname = CString::new(name).ok()?;
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 << 10];

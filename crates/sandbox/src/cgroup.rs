@@ -32,7 +32,7 @@ enum Kind {
 }
 
 #[derive(Debug, Clone)]
-struct Controller {
+pub(crate) struct Controller {
     kind: Kind,
     /// Our own cgroup in this hierarchy; run groups are created below it.
     base: PathBuf,
@@ -61,10 +61,8 @@ impl CgroupPlan {
     pub(crate) fn detect() -> (CgroupPlan, Vec<String>) {
         let mut notes = Vec::new();
         let mut plan = CgroupPlan::default();
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        for kind in [Kind::Pids, Kind::Memory, Kind::Cpu] {
-            match find(kind, &mountinfo, &own).and_then(probe) {
+        for (_, found) in probe_all() {
+            match found {
                 Ok(c) => plan.controllers.push(c),
                 Err(why) => notes.push(why),
             }
@@ -152,6 +150,22 @@ impl CgroupPlan {
         }
         Ok(run)
     }
+}
+
+/// Each controller we cap with (pids, memory, cpu, by name), found and tried: a trial child
+/// group is made and removed. Shared by [`CgroupPlan::detect`] and [`crate::probe`].
+pub(crate) fn probe_all() -> Vec<(&'static str, Result<Controller, String>)> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    [Kind::Pids, Kind::Memory, Kind::Cpu]
+        .into_iter()
+        .map(|kind| {
+            (
+                kind_name(kind),
+                find(kind, &mountinfo, &own).and_then(probe),
+            )
+        })
+        .collect()
 }
 
 /// The groups of one run. Dropping it kills whatever is still inside and removes the groups.

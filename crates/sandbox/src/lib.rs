@@ -31,6 +31,7 @@ mod spec;
 
 pub mod bwrap;
 pub mod pack;
+pub mod probe;
 pub mod unsandboxed;
 pub mod volume;
 

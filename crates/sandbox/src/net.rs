@@ -200,22 +200,8 @@ impl NetPlan {
         )?;
         let nsenter = which("nsenter").ok_or("nsenter not found (package util-linux)")?;
         let ip = which("ip").ok_or("ip not found (package iproute2)")?;
-        // pasta opens /dev/net/tun as itself; as a non-root user that needs the device to be
-        // world read-writable, which is the distributions' default (creating an interface
-        // still needs CAP_NET_ADMIN in a namespace).
-        if build_uid.is_some() || unsafe { libc::geteuid() } != 0 {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata("/dev/net/tun")
-                .map(|m| m.permissions().mode())
-                .map_err(|e| format!("/dev/net/tun: {e} (modprobe tun)"))?;
-            if mode & 0o006 != 0o006 {
-                return Err(format!(
-                    "/dev/net/tun is mode {:o}: pasta runs unprivileged and needs it \
-                     read-writable for all (chmod 0666 /dev/net/tun, the usual default)",
-                    mode & 0o777
-                ));
-            }
-        }
+        // SAFETY: geteuid has no preconditions.
+        tun_usable(build_uid.is_some() || unsafe { libc::geteuid() } != 0)?;
         Ok(NetPlan {
             pasta,
             nsenter,
@@ -223,6 +209,25 @@ impl NetPlan {
             allow: Vec::new(),
         })
     }
+}
+
+/// Whether pasta can open `/dev/net/tun`. pasta opens it as itself; as a non-root user
+/// (`unprivileged`: a non-root DVM, or a root DVM's build user) that needs the device to be
+/// world read-writable, which is the distributions' default (creating an interface still needs
+/// CAP_NET_ADMIN in a namespace).
+pub(crate) fn tun_usable(unprivileged: bool) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata("/dev/net/tun")
+        .map(|m| m.permissions().mode())
+        .map_err(|e| format!("/dev/net/tun: {e} (modprobe tun)"))?;
+    if unprivileged && mode & 0o006 != 0o006 {
+        return Err(format!(
+            "/dev/net/tun is mode {:o}: pasta runs unprivileged and needs it \
+             read-writable for all (chmod 0666 /dev/net/tun, the usual default)",
+            mode & 0o777
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn which(name: &str) -> Option<PathBuf> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quorum_dvm::{Dvm, DvmConfig};
-use quorum_runner::{GitPolicy, Runner, RunnerConfig};
+use quorum_runner::{GitPolicy, Runner, RunnerConfig, doctor};
 use quorum_sandbox::Sandbox;
 
 use crate::cli::{DvmCommand, RouterArgs, RunnerArgs, WatcherArgs};
@@ -207,14 +207,50 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::install().context("cannot install signal handlers")?;
     let relays = super::relay_urls(&args.relays)?;
     let keys = quorum_dvm::keyfile::load_or_create(&args.key)?;
+    // The doctor's machine checks (`quorum doctor`): every problem is logged, and a failure of
+    // something this runner needs refuses the start. A sandboxed runner then uses the sandbox
+    // the bubblewrap check ran its trial step in.
+    let needs = doctor::Needs {
+        sandbox: !args.unsandboxed,
+        network: args.allow_network,
+    };
+    let data = args.data.clone();
+    let machine = tokio::task::spawn_blocking(move || doctor::check_machine(&data, needs))
+        .await
+        .context("the machine checks crashed")?;
+    super::doctor::log(&machine.checks);
+    if let Some(refusal) = super::doctor::refusal(&machine.checks) {
+        let bwrap_failed = machine
+            .checks
+            .iter()
+            .any(|c| c.name == doctor::BUBBLEWRAP && c.status == doctor::Status::Fail);
+        if bwrap_failed {
+            anyhow::bail!("{refusal}; --unsandboxed exists for development only");
+        }
+        anyhow::bail!("{refusal}");
+    }
+    // Relays and Blossom servers may well come up after the runner: their reachability and
+    // this clock against the relays' are only logged, from the background.
+    tokio::spawn({
+        let relays = args.relays.clone();
+        let blossom: Vec<String> = args.blossom.iter().map(|u| u.to_string()).collect();
+        async move {
+            let mut checks =
+                doctor::check_endpoints(&relays, &blossom, doctor::ENDPOINT_TIMEOUT).await;
+            for check in &mut checks {
+                if check.status == doctor::Status::Fail {
+                    check.status = doctor::Status::Warn;
+                }
+            }
+            super::doctor::log(&checks);
+        }
+    });
     let sandbox: Arc<dyn Sandbox> = if args.unsandboxed {
         sandbox(true)?
     } else {
-        let bwrap = quorum_sandbox::Bubblewrap::detect()
-            .context(
-                "bubblewrap is needed to run build steps safely (apt-get install bubblewrap); \
-                 --unsandboxed exists for development only",
-            )?
+        let bwrap = machine
+            .bubblewrap
+            .context("the bubblewrap check passed without keeping its sandbox")?
             .with_network_allowed(args.allow_network_to.clone());
         if args.allow_network && !bwrap.network_available() {
             anyhow::bail!(

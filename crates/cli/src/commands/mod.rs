@@ -3,6 +3,7 @@
 mod approve;
 mod blossom;
 mod demo;
+mod doctor;
 mod download;
 mod dvm;
 mod embedded;
@@ -42,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(command) => job::run(command).await,
         Command::Mandate(command) => mandate::run(command).await,
         Command::Operator(command) => operator::run(command).await,
+        Command::Doctor(args) => doctor::run(args).await,
         Command::Repo(command) => repo::run(command).await,
         Command::Completions(args) => {
             use clap::CommandFactory;
