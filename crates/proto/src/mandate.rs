@@ -647,6 +647,34 @@ pub fn select_mandate<'a>(
         })
 }
 
+/// The mandate a repository's maintainers currently give for the quorum jobs `jobs` of the
+/// pipeline file `pipeline`, when a run names none: for each quorum key, the mandate that
+/// counts for it ([`select_mandate`]: a newer one supersedes or revokes); of those that cover
+/// every job and allow every kind in `kinds`, the newest.
+pub fn current_mandate_for<'a>(
+    events: &'a [Event],
+    repo: &RepoCoordinate,
+    maintainers: &BTreeSet<PublicKey>,
+    now: Timestamp,
+    pipeline: &str,
+    jobs: &[&str],
+    kinds: &[Kind],
+) -> Option<(&'a Event, Mandate)> {
+    let quorums: BTreeSet<PublicKey> = events
+        .iter()
+        .filter(|e| e.kind == MANDATE)
+        .filter_map(|e| Mandate::from_event(e).ok()?.quorum)
+        .collect();
+    quorums
+        .iter()
+        .filter_map(|quorum| select_mandate(events, repo, quorum, maintainers, now))
+        .filter(|(_, m)| jobs.iter().all(|job| m.covers(pipeline, job)))
+        .filter(|(_, m)| kinds.iter().all(|kind| m.allows(*kind)))
+        .max_by(|(x, _), (y, _)| {
+            (x.created_at, std::cmp::Reverse(x.id)).cmp(&(y.created_at, std::cmp::Reverse(y.id)))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use nostr::Keys;
@@ -996,6 +1024,59 @@ mod tests {
         assert_eq!(
             Mandate::from_event(&wrong),
             Err(MandateError::WrongKind { found: 1 })
+        );
+    }
+
+    #[test]
+    fn a_run_that_names_no_mandate_gets_the_newest_that_covers_its_jobs_and_kinds() {
+        let owner = key(0x10);
+        let stranger = key(0x12);
+        let maintainers: BTreeSet<PublicKey> = [owner.public_key()].into_iter().collect();
+        let at = Timestamp::from(NOW);
+        let build = sample(&owner);
+        let repo = build.repo.clone();
+        let find = |events: &[Event], jobs: &[&str], kinds: &[Kind]| {
+            current_mandate_for(
+                events,
+                &repo,
+                &maintainers,
+                at,
+                ".quorum/pipeline.yml",
+                jobs,
+                kinds,
+            )
+            .map(|(e, _)| e.id)
+        };
+        let release = [Kind::Custom(8708), Kind::Custom(8700)];
+        let build_event = sign(&build, &owner, NOW - 100);
+
+        // A watcher quorum's mandate (another key, other jobs, no release bindings) is newer
+        // but covers nothing the build needs.
+        let mut watchers = sample(&owner);
+        watchers.quorum = Some(key(8).public_key());
+        watchers.jobs = vec!["watch".into()];
+        watchers.allow = [8708, 5700].into_iter().collect();
+        let watchers = sign(&watchers, &owner, NOW - 10);
+        // A stranger's newer mandate for yet another key does not count at all.
+        let mut hijack = sample(&owner);
+        hijack.quorum = Some(key(7).public_key());
+        let hijack = sign(&hijack, &stranger, NOW - 5);
+        let events = [build_event.clone(), watchers.clone(), hijack];
+        assert_eq!(find(&events, &["build"], &release), Some(build_event.id));
+        assert_eq!(find(&events, &["build", "deploy"], &release), None);
+        assert_eq!(
+            find(&events, &["build"], &[Kind::Custom(5700)]),
+            None,
+            "the build mandate does not let its quorum sign run requests"
+        );
+
+        // The build quorum's own newer mandate without `allow` revokes it: nothing is left.
+        let mut revoke = build.clone();
+        revoke.allow.clear();
+        let revoke = sign(&revoke, &owner, NOW - 1);
+        assert_eq!(
+            find(&[build_event, watchers, revoke], &["build"], &release),
+            None
         );
     }
 

@@ -70,6 +70,92 @@ impl Router {
         QuorumContext::new(event).map_err(|e| JobFailure::new(format!("mandate {id}: {e}")))
     }
 
+    /// The mandate in force for the plan's quorum jobs when the request names none (a watcher
+    /// names none): the newest by a maintainer of `repo_id` that covers every quorum job and
+    /// allows attestations (and release bindings when a quorum job releases) — the rule
+    /// `quorum verify` applies. `None` when the plan has no quorum job.
+    async fn current_mandate(
+        &self,
+        repo_id: Option<&RepoCoordinate>,
+        plan: &quorum_pipeline::Plan,
+    ) -> Result<Option<QuorumContext>, JobFailure> {
+        use quorum_proto::mandate::{MANDATE, current_mandate_for};
+        let quorum_jobs: Vec<&PlannedJob> = plan
+            .jobs
+            .iter()
+            .filter(|job| job.quorum_size().is_some())
+            .collect();
+        if quorum_jobs.is_empty() {
+            return Ok(None);
+        }
+        let names: Vec<&str> = quorum_jobs.iter().map(|job| job.id.as_str()).collect();
+        let Some(repo_id) = repo_id else {
+            return Err(JobFailure::new(format!(
+                "the pipeline has quorum jobs ({}) but the request names neither a mandate nor                  the repository (`repo-id`) whose mandate to take",
+                names.join(", ")
+            )));
+        };
+        let mut kinds = vec![quorum_proto::agreement::QUORUM_ATTESTATION];
+        if quorum_jobs.iter().any(|job| job.release) {
+            kinds.push(quorum_proto::release::RELEASE_BINDING);
+        }
+        let lookup = |e: quorum_dvm::client::ClientError| {
+            JobFailure::new(format!("cannot look up the mandates of {repo_id}: {e}"))
+        };
+        let announcements = self
+            .client
+            .fetch(
+                Filter::new()
+                    .kind(nip34::REPO_ANNOUNCEMENT)
+                    .author(repo_id.owner)
+                    .identifier(repo_id.identifier.clone()),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(lookup)?;
+        let maintainers =
+            nip34::maintainer_set(&repo_id.owner, &repo_id.identifier, &announcements);
+        let mandates = self
+            .client
+            .fetch(
+                Filter::new()
+                    .kind(MANDATE)
+                    .authors(maintainers.iter().copied())
+                    .custom_tag(
+                        quorum_proto::nostr::SingleLetterTag::lowercase(
+                            quorum_proto::nostr::Alphabet::A,
+                        ),
+                        repo_id.to_string(),
+                    ),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(lookup)?;
+        let Some((event, _)) = current_mandate_for(
+            &mandates,
+            repo_id,
+            &maintainers,
+            quorum_proto::nostr::Timestamp::now(),
+            quorum_pipeline::PIPELINE_PATH,
+            &names,
+            &kinds,
+        ) else {
+            return Err(JobFailure::new(format!(
+                "the pipeline has quorum jobs ({}) and no maintainer of {repo_id} has a mandate in                  force that covers them and allows kinds {}: make one with `quorum mandate create                  --repo {repo_id} …`",
+                names.join(", "),
+                kinds
+                    .iter()
+                    .map(|k| k.as_u16().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )));
+        };
+        tracing::info!(repository = %repo_id, mandate = %event.id, "took the repository's mandate in force");
+        QuorumContext::new(event.clone())
+            .map(Some)
+            .map_err(|e| JobFailure::new(format!("mandate {}: {e}", event.id)))
+    }
+
     /// The maintainers approval gates ask: those the request names, each checked against the
     /// repository's maintainer set (the owner and whom the owner's 30617 announcement lists,
     /// §10), or that whole set when the request names nobody. A requester cannot make itself
@@ -154,9 +240,12 @@ impl Router {
             return Err(JobFailure::new("no runner DVM is known or announced"));
         }
         let quorum = match run.mandate {
-            Some(id) => Some(
-                self.mandate(id)
-                    .await?
+            Some(id) => Some(self.mandate(id).await?),
+            None => self.current_mandate(run.repo_id.as_ref(), &plan).await?,
+        };
+        let quorum = match quorum {
+            Some(quorum) => Some(
+                quorum
                     .with_source(&self.client, &run.repo, &run.commit)
                     .await,
             ),

@@ -443,6 +443,18 @@ async fn two_independently_backdoored_builders_of_three_get_nothing_signed() {
 /// The same quorum job through the router DVM: the run-pipeline request names the mandate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_dvm_runs_a_quorum_job_under_the_mandate_its_request_names() {
+    router_runs_a_quorum_job(true).await;
+}
+
+/// A request that names no mandate (as a watcher's does) but names the repository: the router
+/// takes the maintainers' mandate in force for the pipeline's quorum jobs, and the quorum key
+/// of that mandate signs the attestation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_dvm_takes_the_repositorys_mandate_when_the_request_names_none() {
+    router_runs_a_quorum_job(false).await;
+}
+
+async fn router_runs_a_quorum_job(name_the_mandate: bool) {
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
     let (repo, _) = sample_repo(dir.path());
@@ -464,7 +476,14 @@ async fn a_router_dvm_runs_a_quorum_job_under_the_mandate_its_request_names() {
         .router(&dir.path().join("router"), &router_keys)
         .await;
     let mut run = quorum_proto::run::RunRequest::new(url, &commit);
-    run.mandate = Some(fleet.mandate().id);
+    if name_the_mandate {
+        run.mandate = Some(fleet.mandate().id);
+    } else {
+        run.repo_id = Some(quorum_proto::nip34::RepoCoordinate::new(
+            fleet.dealt.owner.public_key(),
+            "sample",
+        ));
+    }
     run.runners = fleet.runners.iter().map(Dvm::public_key).collect();
     let client = network.client().await;
     let outcome = client
