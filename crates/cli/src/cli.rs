@@ -58,6 +58,9 @@ pub enum Command {
     /// Run the pipeline of a repository (.quorum/pipeline.yml at HEAD) on DVMs: the embedded
     /// network by default, or the DVMs on --relay.
     Run(RunArgs),
+    /// Follow a run from the relays alone, from any machine: its jobs, log lines, approvals
+    /// and outcome. Exit code 0 if the run succeeded, 1 if it failed, 2 on --timeout.
+    Follow(FollowArgs),
     /// A complete tour on this machine: a sample project in a temporary git repository, its
     /// maintainer's signed NIP-34 state, a pipeline (test, build on the runners, approval by
     /// the demo maintainer, release), and the verification of what was released.
@@ -876,6 +879,52 @@ pub struct VerifyArgs {
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Options of `quorum follow`.
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    /// The run: its run-pipeline request's event id (64 hex, note1… or nevent1…, as the
+    /// watcher logs it); or a repository (30617:<owner hex>:<d> or naddr1…) to follow its run
+    /// in progress, else its next one.
+    #[arg(value_name = "RUN|REPO")]
+    pub target: String,
+
+    /// Relay to read the run from (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// Print one JSON object per line on stdout (each thing that happened, the outcome
+    /// last) instead of progress lines.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Give up after this long (e.g. 90s, 10m, 2h; bare numbers are seconds), waiting for
+    /// the run included, with exit code 2.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// A duration as people write it: `90`, `90s`, `10m`, `2h`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "{text:?}: use a number with s, m or h (e.g. 90s, 10m)"
+            ));
+        }
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: use a number with s, m or h (e.g. 90s, 10m)"))?;
+    Ok(std::time::Duration::from_secs(value.saturating_mul(scale)))
 }
 
 /// Options of `quorum approve` and `quorum reject`.

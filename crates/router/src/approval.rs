@@ -192,11 +192,7 @@ async fn ask(
     lock(reporter).job_progress(
         &job.id,
         &client.public_key(),
-        &format!(
-            "waiting for {} approval(s): quorum approve {}",
-            gate.required,
-            event.id.to_hex()
-        ),
+        &crate::progress::approval_wait(gate.required, &event.id.to_hex()),
     );
     let filter = Filter::new().kinds([APPROVAL, REJECTION]).event(event.id);
     loop {

@@ -376,7 +376,8 @@ impl JobHandler for Router {
     }
 }
 
-/// Reports run progress as `partial` feedback: one line per job event, the latest lines.
+/// Reports run progress as `partial` feedback: one line per job transition
+/// ([`crate::progress`]), the latest 40 lines.
 struct Partial {
     ctx: JobContext,
     lines: Arc<Mutex<Vec<String>>>,
@@ -396,7 +397,7 @@ impl Partial {
 
 impl RunReporter for Partial {
     fn job_started(&mut self, job: &PlannedJob) {
-        self.push(format!("▶ {}", job.id));
+        self.push(crate::progress::started_line(&job.id));
     }
 
     fn job_progress(&mut self, _job: &str, _provider: &PublicKey, _line: &str) {
@@ -404,11 +405,9 @@ impl RunReporter for Partial {
     }
 
     fn job_finished(&mut self, record: &JobRecord) {
-        let line = match &record.state {
-            JobState::Succeeded => format!("✔ {}", record.id),
-            JobState::Failed { reason } => format!("✘ {}: {reason}", record.id),
-            JobState::Skipped { reason } => format!("– {} skipped: {reason}", record.id),
-        };
-        self.push(line);
+        // The lines `quorum run` prints, so that `quorum follow` (which reads them back) shows
+        // a routed run as `quorum run` shows a local one: who ran each job, and for a quorum
+        // job how many members agreed.
+        self.push(crate::progress::finished_line(record));
     }
 }

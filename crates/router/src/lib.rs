@@ -16,6 +16,8 @@ mod approval;
 mod chain;
 pub use chain::Resume;
 pub mod dvm;
+pub mod follow;
+pub mod progress;
 pub mod quorum;
 pub mod release;
 pub mod status;

@@ -599,13 +599,16 @@ struct Lines {
 impl RunReporter for Lines {
     fn job_started(&mut self, job: &PlannedJob) {
         if !self.quiet {
-            eprintln!("▶ {}", job.id);
+            eprintln!("{}", quorum_router::progress::started_line(&job.id));
         }
     }
 
     fn job_progress(&mut self, job: &str, _provider: &PublicKey, line: &str) {
         if !self.quiet {
-            eprintln!("  {job} | {}", super::sanitize(line));
+            eprintln!(
+                "{}",
+                super::sanitize(&quorum_router::progress::job_line(job, line))
+            );
         }
     }
 
@@ -613,13 +616,9 @@ impl RunReporter for Lines {
         if self.quiet {
             return;
         }
-        let on = super::done_by(record);
-        match &record.state {
-            JobState::Succeeded => eprintln!("✔ {}{on}", record.id),
-            JobState::Failed { reason } => {
-                eprintln!("✘ {}{on}: {}", record.id, super::sanitize(reason))
-            }
-            JobState::Skipped { reason } => eprintln!("– {} skipped: {reason}", record.id),
-        }
+        eprintln!(
+            "{}",
+            super::sanitize(&quorum_router::progress::finished_line(record))
+        );
     }
 }

@@ -7,6 +7,7 @@ mod doctor;
 mod download;
 mod dvm;
 mod embedded;
+mod follow;
 mod init;
 mod job;
 mod lint;
@@ -34,6 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lint(args) => lint::run(args),
         Command::Run(args) => run::run(args, color).await,
         Command::Verify(args) => verify::run(args).await,
+        Command::Follow(args) => follow::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Approve(args) => {
             approve::run(args, quorum_proto::approval::Decision::Approve).await
@@ -102,32 +104,4 @@ pub(crate) fn secret(spec: &str) -> anyhow::Result<(String, String)> {
             Ok((spec.to_string(), value))
         }
     }
-}
-
-/// Who did a job, for a progress line: " on RUNNER", or for a quorum job " by quorum KEY
-/// (A of N agreed)" and who disagreed or was silent.
-pub fn done_by(record: &quorum_router::JobRecord) -> String {
-    let short = |key: &str| key.get(..12).unwrap_or(key).to_string();
-    if let Some(quorum) = &record.quorum {
-        let mut text = format!(
-            " by quorum {} ({} of {} agreed, {} needed",
-            short(&quorum.pubkey),
-            quorum.agreed.len(),
-            quorum.members.len(),
-            quorum.threshold
-        );
-        for (label, keys) in [("disagreed", &quorum.disagreed), ("silent", &quorum.silent)] {
-            if !keys.is_empty() {
-                let keys: Vec<String> = keys.iter().map(|k| short(k)).collect();
-                text.push_str(&format!("; {label}: {}", keys.join(", ")));
-            }
-        }
-        text.push(')');
-        return text;
-    }
-    record
-        .provider
-        .as_deref()
-        .map(|p| format!(" on {}", short(p)))
-        .unwrap_or_default()
 }

@@ -836,7 +836,7 @@ impl RunReporter for Progress {
                 bar.enable_steady_tick(Duration::from_millis(120));
                 self.running.insert(job.id.clone(), bar);
             }
-            None => eprintln!("▶ {}", job.id),
+            None => eprintln!("{}", quorum_router::progress::started_line(&job.id)),
         }
     }
 
@@ -846,7 +846,10 @@ impl RunReporter for Progress {
         }
         match self.running.get(job) {
             Some(bar) => bar.set_message(super::sanitize(line)),
-            None => eprintln!("  {job} | {}", super::sanitize(line)),
+            None => eprintln!(
+                "{}",
+                super::sanitize(&quorum_router::progress::job_line(job, line))
+            ),
         }
     }
 
@@ -857,22 +860,12 @@ impl RunReporter for Progress {
         if let Some(bar) = self.running.remove(&record.id) {
             bar.finish_and_clear();
         }
-        let on = super::done_by(record);
-        match &record.state {
-            JobState::Succeeded => self.line(&format!("✔ {}{on}", record.id)),
-            JobState::Failed { reason } => {
-                self.line(&format!("✘ {}{on}: {}", record.id, super::sanitize(reason)));
-                if let Some(report) = &record.report {
-                    for line in report.log_tail.lines() {
-                        self.line(&format!("  {} | {}", record.id, super::sanitize(line)));
-                    }
-                    if let Some(url) = report.log.urls.first() {
-                        self.line(&format!("  full log: {}", super::sanitize(url)));
-                    }
-                }
-            }
-            JobState::Skipped { reason } => {
-                self.line(&format!("– {} skipped: {reason}", record.id))
+        self.line(&super::sanitize(&quorum_router::progress::finished_line(
+            record,
+        )));
+        if let (JobState::Failed { .. }, Some(report)) = (&record.state, &record.report) {
+            for line in quorum_router::progress::failure_details(&record.id, report) {
+                self.line(&super::sanitize(&line));
             }
         }
     }
