@@ -261,6 +261,33 @@ pub struct RunReport {
     /// `success` or `failure`.
     pub status: String,
     pub jobs: Vec<JobSummary>,
+    /// What the run published: the release binding (8700), its NIP-94 file events (1063), the
+    /// NIP-82 release (30063) and the concluding CI status (9842), as hex ids. Absent in
+    /// reports of routers that published nothing.
+    #[serde(default, skip_serializing_if = "Published::is_empty")]
+    pub published: Published,
+}
+
+/// The ids of the events a run published after its jobs ([`RunReport::published`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub software_release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_status: Option<String>,
+    /// Why the release or the CI status could not be published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+impl Published {
+    pub fn is_empty(&self) -> bool {
+        *self == Published::default()
+    }
 }
 
 impl RunReport {

@@ -18,12 +18,14 @@ use quorum_proto::nip34::{self, RepoCoordinate};
 use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
 use quorum_proto::nip90::JobRequest;
 use quorum_proto::nostr::{EventId, Filter, Kind, PublicKey};
-use quorum_proto::run::{JobSummary, RunReport, RunRequest};
+use quorum_proto::run::{JobSummary, Published, RunReport, RunRequest};
 use quorum_proto::step::StepJob;
 use quorum_runner::GitPolicy;
 
+use crate::pipeline_run::PipelineRun;
 use crate::quorum::QuorumContext;
-use crate::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, recover, resume, run_id};
+use crate::release::ReleaseOptions;
+use crate::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, recover};
 
 /// How a router is set up by its operator.
 #[derive(Clone)]
@@ -35,6 +37,9 @@ pub struct RouterConfig {
     pub runners: Vec<PublicKey>,
     /// Longest a whole run may take.
     pub max_run: Duration,
+    /// Stores the verification bundle of each release on the Blossom servers that hold its
+    /// files, signing with the router's key; `None`: releases get no bundle.
+    pub bundle_store: Option<quorum_blossom::client::BlossomClient>,
 }
 
 /// The router role. Its job client must sign with the router DVM's own key, so that the
@@ -298,22 +303,40 @@ impl Router {
             ctx: ctx.clone(),
             lines: Arc::new(Mutex::new(Vec::new())),
         };
-        let outcome = tokio::select! {
-            outcome = resume(&self.client, &plan, &context, &config, prior, &mut reporter) => outcome,
+        // The same run object `quorum run` drives: progress, jobs, release and CI status,
+        // all signed by the router's key (the quorum signs its own binding).
+        let pipeline_run =
+            PipelineRun::new(&self.client, &plan, &context, &config).with_release(ReleaseOptions {
+                version: None,
+                mirrors: Default::default(),
+                bundle_uploader: self.config.bundle_store.clone(),
+            });
+        let end = tokio::select! {
+            end = pipeline_run.run(prior, &mut reporter) => end,
             () = ctx.cancelled() => return Err(JobFailure::new("cancelled")),
         };
+        let mut published = Published::default();
+        match &end.release {
+            Ok(Some(release)) => {
+                published.release = Some(release.binding.to_hex());
+                published.files = release.files.iter().map(|id| id.to_hex()).collect();
+                published.software_release = release.software_release.map(|id| id.to_hex());
+            }
+            Ok(None) => {}
+            Err(reason) => published.problems.push(format!("no release: {reason}")),
+        }
+        match &end.ci_status {
+            Ok(id) => published.ci_status = id.map(|id| id.to_hex()),
+            Err(reason) => published.problems.push(format!("no CI status: {reason}")),
+        }
         Ok(RunReport {
-            run: run_id(&run.repo, &run.commit, &plan),
+            run: end.run,
             repo: run.repo,
             commit: run.commit,
             plan_hash,
-            status: if outcome.succeeded {
-                "success"
-            } else {
-                "failure"
-            }
-            .into(),
-            jobs: outcome.jobs.iter().map(summary).collect(),
+            status: if end.succeeded { "success" } else { "failure" }.into(),
+            jobs: end.outcome.jobs.iter().map(summary).collect(),
+            published,
         })
     }
 }

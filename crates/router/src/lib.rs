@@ -17,6 +17,7 @@ mod chain;
 pub use chain::Resume;
 pub mod dvm;
 pub mod follow;
+pub mod pipeline_run;
 pub mod progress;
 pub mod quorum;
 pub mod release;
@@ -174,6 +175,8 @@ pub trait RunReporter: Send {
     /// A line of feedback about a job (status changes, new log lines).
     fn job_progress(&mut self, job: &str, provider: &PublicKey, line: &str);
     fn job_finished(&mut self, record: &JobRecord);
+    /// A released file was copied to another Blossom server, or could not be.
+    fn mirrored(&mut self, _report: &pipeline_run::MirrorReport) {}
 }
 
 /// Runs every job of `plan` that can run, and reports how each ended. Jobs in `prior` that

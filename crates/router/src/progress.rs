@@ -121,6 +121,30 @@ impl Transition {
     }
 }
 
+/// A released file copied to another Blossom server (BUD-04), or why not:
+/// `✔ mirrored build/out/app to URL` / `✘ mirror of build/out/app to SERVER: refused (HTTP
+/// 413): too large`.
+pub fn mirrored_line(report: &crate::pipeline_run::MirrorReport) -> String {
+    match &report.url {
+        Some(url) => format!("✔ mirrored {} to {url}", report.name),
+        None => format!(
+            "✘ mirror of {} to {}: {}{}{}",
+            report.name,
+            report.server,
+            report.status,
+            report
+                .http_status
+                .map(|s| format!(" (HTTP {s})"))
+                .unwrap_or_default(),
+            report
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

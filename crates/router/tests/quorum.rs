@@ -448,7 +448,9 @@ async fn a_router_dvm_runs_a_quorum_job_under_the_mandate_its_request_names() {
 
 /// A request that names no mandate (as a watcher's does) but names the repository: the router
 /// takes the maintainers' mandate in force for the pipeline's quorum jobs, and the quorum key
-/// of that mandate signs the attestation.
+/// of that mandate signs the attestation. The router publishes what `quorum run` publishes —
+/// the release (NIP-94 with download URLs, the quorum's binding, NIP-82) and the CI status —
+/// and `quorum verify`'s code accepts the released bytes for the repository, with URLs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_dvm_takes_the_repositorys_mandate_when_the_request_names_none() {
     router_runs_a_quorum_job(false).await;
@@ -458,12 +460,13 @@ async fn router_runs_a_quorum_job(name_the_mandate: bool) {
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
     let (repo, _) = sample_repo(dir.path());
-    let commit = commit_file(
-        &repo,
-        ".quorum/pipeline.yml",
-        &PIPELINE.replace("    release: true\n", ""),
-        "pipeline",
-    );
+    // The mandate-naming variant builds without releasing; the other releases.
+    let pipeline = if name_the_mandate {
+        PIPELINE.replace("    release: true\n", "")
+    } else {
+        PIPELINE.to_string()
+    };
+    let commit = commit_file(&repo, ".quorum/pipeline.yml", &pipeline, "pipeline");
     let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
     // The router names the maintainer-signed evidence the owner published for this URL.
     let url = format!("file://{}", repo.display());
@@ -516,6 +519,69 @@ async fn router_runs_a_quorum_job(name_the_mandate: bool) {
         quorum_proto::agreement::QuorumAttestation::from_event(&attestations[0]).unwrap();
     assert_eq!(attestation.job, request);
     assert_eq!(attestation.mandate, fleet.mandate().id);
+    if !name_the_mandate {
+        let published = &report.published;
+        assert!(published.problems.is_empty(), "{published:?}");
+        let binding = published.release.as_deref().expect("a release binding");
+        assert!(published.software_release.is_some(), "{published:?}");
+        assert!(published.ci_status.is_some(), "{published:?}");
+        let events = client
+            .fetch(
+                Filter::new().kinds([
+                    quorum_proto::release::FILE_METADATA,
+                    quorum_proto::release::RELEASE_BINDING,
+                    quorum_proto::nipc1::CI_WORKFLOW_RESULT,
+                ]),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        let signed_by = |kind: Kind| {
+            events
+                .iter()
+                .filter(|e| e.kind == kind)
+                .map(|e| e.pubkey)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            signed_by(quorum_proto::release::RELEASE_BINDING),
+            vec![fleet.quorum()],
+            "the quorum signs the binding"
+        );
+        assert_eq!(
+            signed_by(quorum_proto::release::FILE_METADATA),
+            vec![router_keys.public_key()],
+            "the router signs the file metadata"
+        );
+        assert_eq!(
+            signed_by(quorum_proto::nipc1::CI_WORKFLOW_RESULT),
+            vec![router_keys.public_key()]
+        );
+        assert!(events.iter().any(|e| e.id.to_hex() == binding));
+
+        // The released bytes, fetched from a URL the run reported, verify for the repository.
+        let artifact = &report.jobs[0].artifacts[0];
+        let bytes = reqwest::get(&artifact.blob.urls[0])
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let file = dir.path().join("hello.txt");
+        std::fs::write(&file, &bytes).unwrap();
+        let expect = quorum_router::verify::Expectation {
+            repo: run.repo_id.clone(),
+            ..Default::default()
+        };
+        let verification = quorum_router::verify::verify_file(Some(&client), &file, None, &expect)
+            .await
+            .unwrap();
+        assert!(verification.ok, "{:?}", verification.problems);
+        assert!(
+            !verification.urls.is_empty(),
+            "verify finds the download URLs"
+        );
+    }
     client.shutdown().await;
     router.shutdown().await;
     for runner in fleet.runners {

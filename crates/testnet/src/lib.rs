@@ -181,6 +181,7 @@ impl Network {
                 },
                 runners: Vec::new(),
                 max_run: Duration::from_secs(600),
+                bundle_store: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
             },
             Arc::new(client),
         );

@@ -228,16 +228,23 @@ async fn tour(
     let mirror_servers = super::run::blossom_urls(&args.blossoms)?;
     let mut reporter = Lines { quiet: args.json };
     let started_at = Timestamp::now();
-    let run_id = quorum_router::run_id(&context.repo, &context.commit, &plan);
-    let jobs = u32::try_from(plan.jobs.len()).unwrap_or(u32::MAX);
-    quorum_router::status::publish_progress(&client, &context, &run_id, jobs, started_at).await;
+    // Copies on the `--blossom` servers first, so that the release's events list them.
+    let blossom = quorum_blossom::client::BlossomClient::new(keys.clone());
+    let pipeline_run =
+        quorum_router::pipeline_run::PipelineRun::new(&client, &plan, &context, &config)
+            .with_release(quorum_router::release::ReleaseOptions {
+                version: None,
+                mirrors: Default::default(),
+                bundle_uploader: Some(blossom.clone()),
+            })
+            .with_mirrors(blossom, mirror_servers);
+    let run_id = pipeline_run.id();
     // The demo maintainer answers this run's approval request while the run goes; a run that
     // ends first (a failed job: no request will ever come) ends the waiting with it, and a
     // request that cannot be approved ends the run rather than leave the gate waiting.
     let engine_key = keys.public_key();
-    let outcome = {
-        let execution =
-            quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut reporter);
+    let end = {
+        let execution = pipeline_run.run(quorum_router::Recovered::default(), &mut reporter);
         let approving = approve_as_demo_maintainer(
             &maintainer_client,
             &maintainer,
@@ -250,7 +257,7 @@ async fn tour(
         let mut approved = false;
         loop {
             tokio::select! {
-                outcome = &mut execution => break outcome,
+                end = &mut execution => break end,
                 result = &mut approving, if !approved => {
                     result?;
                     approved = true;
@@ -258,27 +265,12 @@ async fn tour(
             }
         }
     };
-    if let Err(err) =
-        quorum_router::status::publish_ci_status(&client, &context, &run_id, &outcome, started_at)
-            .await
-    {
+    if let Err(err) = &end.ci_status {
         eprintln!("CI status not published: {err}");
     }
-    // Copies on the `--blossom` servers first, so that the release's events list them.
-    let released = quorum_router::release::released_artifacts(&plan, &outcome);
-    let mirrors = super::run::mirror_released(&keys, &mirror_servers, &released, args.json).await;
-    let options = quorum_router::release::ReleaseOptions {
-        version: None,
-        mirrors: super::run::mirrored_urls(&mirrors),
-        bundle_uploader: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
-    };
-    let release = if outcome.succeeded {
-        quorum_router::release::publish_release_with(&client, &plan, &context, &outcome, &options)
-            .await
-            .map_err(anyhow::Error::msg)?
-    } else {
-        None
-    };
+    let outcome = end.outcome;
+    let mirrors = end.mirrors;
+    let release = end.release.map_err(anyhow::Error::msg)?;
 
     // Fetch what was released, as a user would, and verify it.
     let mut verified = None;
@@ -620,5 +612,14 @@ impl RunReporter for Lines {
             "{}",
             super::sanitize(&quorum_router::progress::finished_line(record))
         );
+    }
+
+    fn mirrored(&mut self, report: &quorum_router::pipeline_run::MirrorReport) {
+        if !self.quiet {
+            eprintln!(
+                "{}",
+                super::sanitize(&quorum_router::progress::mirrored_line(report))
+            );
+        }
     }
 }

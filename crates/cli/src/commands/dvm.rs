@@ -193,6 +193,7 @@ pub async fn start_router(
             },
             runners: setup.runners,
             max_run: setup.max_run,
+            bundle_store: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
         },
         Arc::new(client),
     );

@@ -11,9 +11,10 @@ use quorum_pipeline::{JobSpec, Mode, PlannedJob, TriggerEvent};
 use quorum_proto::mandate::MANDATE;
 use quorum_proto::nostr::{EventId, Filter, Keys, PublicKey};
 use quorum_proto::step::{ArtifactRef, StepJob};
+use quorum_router::pipeline_run::PipelineRun;
 use quorum_router::quorum::QuorumContext;
 use quorum_router::release::{Release, ReleaseOptions};
-use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter};
+use quorum_router::{EngineConfig, JobRecord, JobState, Recovered, RunContext, RunReporter};
 use serde_json::json;
 
 use super::embedded::{Embedded, EmbeddedSpec, QuorumRequest, form_quorum, wait_for_shares};
@@ -231,37 +232,30 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             &context.commit[..12]
         );
     }
-    let started_at = quorum_proto::nostr::Timestamp::now();
-    let jobs = u32::try_from(plan.jobs.len()).unwrap_or(u32::MAX);
-    quorum_router::status::publish_progress(&client, &context, &run_id, jobs, started_at).await;
-    let outcome =
-        quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut reporter).await;
-    let mut succeeded = outcome.succeeded;
-    if let Err(err) =
-        quorum_router::status::publish_ci_status(&client, &context, &run_id, &outcome, started_at)
-            .await
-    {
+    // Copies go first, so that the release's events list them (the embedded Blossom, the
+    // source, is still up).
+    let blossom = quorum_blossom::client::BlossomClient::new(keys.clone());
+    let end = PipelineRun::new(&client, &plan, &context, &config)
+        .with_release(ReleaseOptions {
+            version: git(&dir, &["tag", "--points-at", "HEAD", "--sort=-v:refname"])
+                .ok()
+                .and_then(|tags| tags.lines().next().map(str::to_string)),
+            mirrors: Default::default(),
+            bundle_uploader: Some(blossom.clone()),
+        })
+        .with_mirrors(blossom, mirror_servers)
+        .run(Recovered::default(), &mut reporter)
+        .await;
+    if let Err(err) = &end.ci_status {
         eprintln!("CI status not published: {err}");
     }
-    // Copies first, so that the release's events list them (the embedded Blossom, the
-    // source, is still up).
-    let released = quorum_router::release::released_artifacts(&plan, &outcome);
-    let mirrors = mirror_released(&keys, &mirror_servers, &released, args.json).await;
-    let options = ReleaseOptions {
-        version: git(&dir, &["tag", "--points-at", "HEAD", "--sort=-v:refname"])
-            .ok()
-            .and_then(|tags| tags.lines().next().map(str::to_string)),
-        mirrors: mirrored_urls(&mirrors),
-        bundle_uploader: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
-    };
-    let release = match quorum_router::release::publish_release_with(
-        &client, &plan, &context, &outcome, &options,
-    )
-    .await
-    {
+    let mut succeeded = end.succeeded;
+    let outcome = end.outcome;
+    let mirrors = end.mirrors;
+    let release = match end.release {
         Ok(release) => release,
-        // Without the repository's identity nothing can name the release: say so, and fail
-        // the run only if the identity was given and publishing still failed.
+        // Without the repository's identity nothing can name the release: say so (the run
+        // object fails the run only when the identity was known).
         Err(reason) if context.repo_id.is_none() => {
             eprintln!("no release published: {reason}");
             None
@@ -526,124 +520,6 @@ pub(super) fn blossom_urls(urls: &[String]) -> anyhow::Result<Vec<reqwest::Url>>
         .collect()
 }
 
-/// One BUD-04 mirror of a released artifact to a `--blossom` server, as reported.
-#[derive(Debug, serde::Serialize)]
-pub(super) struct MirrorReport {
-    /// The server asked to copy.
-    pub server: String,
-    /// `job/path` of the artifact.
-    pub name: String,
-    pub sha256: String,
-    /// `stored`, `refused` (an HTTP error status), `unreachable`, `mismatch` (the server
-    /// named other bytes) or `failed`.
-    pub status: &'static str,
-    /// The server's HTTP status, for a refusal.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_status: Option<u16>,
-    /// Why it did not work.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Where the server now serves the blob.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-}
-
-/// Asks every server to copy every released artifact from its first URL (BUD-04), signing
-/// the upload tokens with `keys`, and reports each outcome (on stderr unless `quiet`).
-pub(super) async fn mirror_released(
-    keys: &Keys,
-    servers: &[reqwest::Url],
-    released: &[(&JobRecord, &ArtifactRef)],
-    quiet: bool,
-) -> Vec<MirrorReport> {
-    use quorum_blossom::ClientError;
-    let client = quorum_blossom::BlossomClient::new(keys.clone());
-    let mut reports = Vec::new();
-    for server in servers {
-        for (job, artifact) in released {
-            let mut report = MirrorReport {
-                server: server.to_string(),
-                name: format!("{}/{}", job.id, artifact.name),
-                sha256: artifact.blob.sha256.clone(),
-                status: "failed",
-                http_status: None,
-                reason: None,
-                url: None,
-            };
-            let source = artifact
-                .blob
-                .urls
-                .first()
-                .and_then(|url| reqwest::Url::parse(url).ok());
-            let sha = quorum_proto::blossom::Sha256Hex::parse(&artifact.blob.sha256).ok();
-            match (source, sha) {
-                (Some(source), Some(sha)) => match client.mirror(server, &source, sha).await {
-                    Ok(uploaded) => {
-                        report.status = "stored";
-                        report.url = Some(uploaded.descriptor.url);
-                    }
-                    Err(ClientError::Status { status, reason, .. }) => {
-                        report.status = "refused";
-                        report.http_status = Some(status);
-                        report.reason = reason;
-                    }
-                    Err(error @ ClientError::Transport { .. }) => {
-                        report.status = "unreachable";
-                        report.reason = Some(error.to_string());
-                    }
-                    Err(error @ ClientError::DescriptorMismatch { .. }) => {
-                        report.status = "mismatch";
-                        report.reason = Some(error.to_string());
-                    }
-                    Err(error) => report.reason = Some(error.to_string()),
-                },
-                _ => report.reason = Some("the artifact has no Blossom URL or sha256".into()),
-            }
-            if !quiet {
-                match &report.url {
-                    Some(url) => eprintln!(
-                        "✔ mirrored {} to {}",
-                        super::sanitize(&report.name),
-                        super::sanitize(url)
-                    ),
-                    None => eprintln!(
-                        "✘ mirror of {} to {}: {}{}{}",
-                        super::sanitize(&report.name),
-                        report.server,
-                        report.status,
-                        report
-                            .http_status
-                            .map(|s| format!(" (HTTP {s})"))
-                            .unwrap_or_default(),
-                        report
-                            .reason
-                            .as_deref()
-                            .map(|r| format!(": {}", super::sanitize(r)))
-                            .unwrap_or_default()
-                    ),
-                }
-            }
-            reports.push(report);
-        }
-    }
-    reports
-}
-
-/// The URLs of the copies that worked, by sha256, for [`ReleaseOptions::mirrors`].
-pub(super) fn mirrored_urls(
-    mirrors: &[MirrorReport],
-) -> std::collections::BTreeMap<String, Vec<String>> {
-    let mut urls: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for mirror in mirrors {
-        if let Some(url) = &mirror.url {
-            urls.entry(mirror.sha256.clone())
-                .or_default()
-                .push(url.clone());
-        }
-    }
-    urls
-}
-
 /// The NIP-82 events of a release, for the JSON outcome.
 pub(super) fn nip82_json(release: &Release) -> serde_json::Value {
     json!({
@@ -867,6 +743,14 @@ impl RunReporter for Progress {
             for line in quorum_router::progress::failure_details(&record.id, report) {
                 self.line(&super::sanitize(&line));
             }
+        }
+    }
+
+    fn mirrored(&mut self, report: &quorum_router::pipeline_run::MirrorReport) {
+        if !self.quiet {
+            self.line(&super::sanitize(&quorum_router::progress::mirrored_line(
+                report,
+            )));
         }
     }
 }

@@ -1,0 +1,219 @@
+//! One run of a pipeline from plan to outcome, the same whoever drives it — `quorum run` and
+//! `quorum demo` on a maintainer's machine, or the router DVM with nobody at a keyboard:
+//!
+//! 1. the CI progress event (NIP-C1 39842) saying the run has started;
+//! 2. the jobs, in dependency order (approvals, quorums, chains included: [`crate::resume`]);
+//! 3. copies of the released files on more Blossom servers (BUD-04 mirror), when asked;
+//! 4. the release: NIP-94 per file, the release binding (a quorum's own, or this run's key's),
+//!    NIP-82, and the verification bundle on Blossom;
+//! 5. the CI status that concludes the run (9841 per job, 9842).
+//!
+//! Steps 1, 3 and 5 are for display and their failures are reported, not fatal. A release that
+//! could not be published fails the run when the run knows its repository (it was meant to
+//! exist); without the repository's identity nothing can name a release, which is said.
+
+use quorum_blossom::ClientError;
+use quorum_blossom::client::BlossomClient;
+use quorum_dvm::client::JobClient;
+use quorum_pipeline::Plan;
+use quorum_proto::nostr::{EventId, Timestamp};
+use quorum_proto::step::ArtifactRef;
+use serde::Serialize;
+use url::Url;
+
+use crate::release::{Release, ReleaseOptions};
+use crate::{EngineConfig, JobRecord, Recovered, RunContext, RunOutcome, RunReporter, run_id};
+
+/// A run about to start: what runs, where, and what to do with what it releases.
+pub struct PipelineRun<'a> {
+    client: &'a JobClient,
+    plan: &'a Plan,
+    context: &'a RunContext,
+    config: &'a EngineConfig,
+    release: ReleaseOptions,
+    mirrors: Option<(BlossomClient, Vec<Url>)>,
+}
+
+/// How a run ended, everything it published included.
+pub struct RunEnd {
+    /// The run id (`run_id` of repository URL, commit and plan).
+    pub run: String,
+    pub outcome: RunOutcome,
+    /// Whether the run succeeded: every job did, and its release (if it has one and knows its
+    /// repository) was published.
+    pub succeeded: bool,
+    /// The concluding CI status (9842), `None` without a repository identity.
+    pub ci_status: Result<Option<EventId>, String>,
+    /// One report per (server, released file) copy asked for.
+    pub mirrors: Vec<MirrorReport>,
+    /// The release, `None` when the pipeline releases nothing or the run failed.
+    pub release: Result<Option<Release>, String>,
+}
+
+/// One BUD-04 copy of a released file onto another Blossom server.
+#[derive(Debug, Clone, Serialize)]
+pub struct MirrorReport {
+    /// The server asked to copy.
+    pub server: String,
+    /// `job/path` of the artifact.
+    pub name: String,
+    pub sha256: String,
+    /// `stored`, `refused` (an HTTP error status), `unreachable`, `mismatch` (the server
+    /// named other bytes) or `failed`.
+    pub status: &'static str,
+    /// The server's HTTP status, for a refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// Why it did not work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Where the server now serves the blob.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl<'a> PipelineRun<'a> {
+    pub fn new(
+        client: &'a JobClient,
+        plan: &'a Plan,
+        context: &'a RunContext,
+        config: &'a EngineConfig,
+    ) -> Self {
+        PipelineRun {
+            client,
+            plan,
+            context,
+            config,
+            release: ReleaseOptions::default(),
+            mirrors: None,
+        }
+    }
+
+    /// The version, extra URLs and bundle store of the release.
+    pub fn with_release(mut self, options: ReleaseOptions) -> Self {
+        self.release = options;
+        self
+    }
+
+    /// Has `servers` copy every released file (BUD-04) before the release is published, so
+    /// that its events list the copies; `blossom` signs the requests.
+    pub fn with_mirrors(mut self, blossom: BlossomClient, servers: Vec<Url>) -> Self {
+        if !servers.is_empty() {
+            self.mirrors = Some((blossom, servers));
+        }
+        self
+    }
+
+    /// The run id this run has.
+    pub fn id(&self) -> String {
+        run_id(&self.context.repo, &self.context.commit, self.plan)
+    }
+
+    /// Runs the pipeline (resuming `recovered`: what a restarted router found done) and
+    /// publishes what the run publishes; progress goes to `reporter`.
+    pub async fn run(&self, recovered: Recovered, reporter: &mut dyn RunReporter) -> RunEnd {
+        let run = self.id();
+        let started_at = Timestamp::now();
+        let jobs = u32::try_from(self.plan.jobs.len()).unwrap_or(u32::MAX);
+        crate::status::publish_progress(self.client, self.context, &run, jobs, started_at).await;
+        let outcome = crate::resume(
+            self.client,
+            self.plan,
+            self.context,
+            self.config,
+            recovered,
+            reporter,
+        )
+        .await;
+        let ci_status =
+            crate::status::publish_ci_status(self.client, self.context, &run, &outcome, started_at)
+                .await;
+        let mut mirrors = Vec::new();
+        if let Some((blossom, servers)) = &self.mirrors {
+            let released = crate::release::released_artifacts(self.plan, &outcome);
+            for server in servers {
+                for (job, artifact) in &released {
+                    let report = mirror(blossom, server, job, artifact).await;
+                    reporter.mirrored(&report);
+                    mirrors.push(report);
+                }
+            }
+        }
+        let mut options = self.release.clone();
+        for report in &mirrors {
+            if let Some(url) = &report.url {
+                options
+                    .mirrors
+                    .entry(report.sha256.clone())
+                    .or_default()
+                    .push(url.clone());
+            }
+        }
+        let release = crate::release::publish_release_with(
+            self.client,
+            self.plan,
+            self.context,
+            &outcome,
+            &options,
+        )
+        .await;
+        let succeeded = outcome.succeeded && (release.is_ok() || self.context.repo_id.is_none());
+        RunEnd {
+            run,
+            outcome,
+            succeeded,
+            ci_status,
+            mirrors,
+            release,
+        }
+    }
+}
+
+/// Asks `server` to copy `artifact` from its first URL (BUD-04).
+async fn mirror(
+    blossom: &BlossomClient,
+    server: &Url,
+    job: &JobRecord,
+    artifact: &ArtifactRef,
+) -> MirrorReport {
+    let mut report = MirrorReport {
+        server: server.to_string(),
+        name: format!("{}/{}", job.id, artifact.name),
+        sha256: artifact.blob.sha256.clone(),
+        status: "failed",
+        http_status: None,
+        reason: None,
+        url: None,
+    };
+    let source = artifact
+        .blob
+        .urls
+        .first()
+        .and_then(|url| Url::parse(url).ok());
+    let sha = quorum_proto::blossom::Sha256Hex::parse(&artifact.blob.sha256).ok();
+    let (Some(source), Some(sha)) = (source, sha) else {
+        report.reason = Some("the artifact has no Blossom URL or sha256".into());
+        return report;
+    };
+    match blossom.mirror(server, &source, sha).await {
+        Ok(uploaded) => {
+            report.status = "stored";
+            report.url = Some(uploaded.descriptor.url);
+        }
+        Err(ClientError::Status { status, reason, .. }) => {
+            report.status = "refused";
+            report.http_status = Some(status);
+            report.reason = reason;
+        }
+        Err(error @ ClientError::Transport { .. }) => {
+            report.status = "unreachable";
+            report.reason = Some(error.to_string());
+        }
+        Err(error @ ClientError::DescriptorMismatch { .. }) => {
+            report.status = "mismatch";
+            report.reason = Some(error.to_string());
+        }
+        Err(error) => report.reason = Some(error.to_string()),
+    }
+    report
+}
