@@ -268,9 +268,15 @@ pub struct MandateCreateArgs {
     #[arg(long, value_name = "DURATION", default_value = "30d")]
     pub expires_in: String,
 
-    /// An event kind the quorum may sign (repeat).
-    #[arg(long = "allow", value_name = "KIND", default_values_t = [8708u16])]
+    /// An event kind the quorum may sign (repeat). Default: what the quorum jobs it covers
+    /// sign, read from the pipeline file in --dir (8708 attestations; 8700 when one releases;
+    /// 5702 for a quorum chain); 8708 when there is no such file.
+    #[arg(long = "allow", value_name = "KIND")]
     pub allow: Vec<u16>,
+
+    /// The repository checkout whose pipeline file (--pipeline) sets the default --allow.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
 
     /// How long to wait for all members to announce the key they derived, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600)]

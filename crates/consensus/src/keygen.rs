@@ -832,25 +832,48 @@ fn check_done(
     Ok(c.opened.len())
 }
 
+/// How long the organiser waits for every member to show it took part at all (any 8710/8711/
+/// 8712 of the session) before it gives up on the silent ones: a member that is online and
+/// serves key generation answers within seconds; waiting the whole timeout for one that is
+/// offline helps nobody.
+pub const ANSWER_WINDOW: Duration = Duration::from_secs(30);
+
 /// The organiser's side of a DKG: watches the members' 8712 announcements for `proposal_id`
 /// (their `quorum` tag is in clear) and returns the key once all of `members` announced the
-/// same one. Errors name the members that were silent, or the keys each announced.
+/// same one. Errors name the members that were silent, or the keys each announced; members
+/// that sent nothing at all for the session within [`ANSWER_WINDOW`] fail it at once.
 pub async fn await_group_key(
     relays: &[RelayUrl],
     proposal_id: EventId,
     members: &[PublicKey],
     timeout: Duration,
 ) -> Result<PublicKey, KeygenError> {
+    await_group_key_within(relays, proposal_id, members, timeout, ANSWER_WINDOW).await
+}
+
+/// [`await_group_key`] with the window in which every member must have answered.
+pub async fn await_group_key_within(
+    relays: &[RelayUrl],
+    proposal_id: EventId,
+    members: &[PublicKey],
+    timeout: Duration,
+    answer_window: Duration,
+) -> Result<PublicKey, KeygenError> {
     let members: BTreeSet<PublicKey> = members.iter().copied().collect();
     if members.is_empty() {
         return Err(KeygenError::NoMembers);
     }
     let filter = Filter::new()
-        .kind(quorum_msg::DKG_DONE)
+        .kinds([
+            quorum_msg::DKG_ROUND1,
+            quorum_msg::DKG_ROUND2,
+            quorum_msg::DKG_DONE,
+        ])
         .authors(members.iter().copied());
     let channel = Channel::open(relays, Keys::generate(), vec![filter]).await?;
     let session = SessionId::from_event_id(&proposal_id);
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let outcome = channel
         .wait_for(deadline, |events| {
             let announced = match announcements(events, session, &members) {
@@ -861,8 +884,21 @@ pub async fn await_group_key(
             if keys.len() > 1 {
                 return Some(Err(KeygenError::Split { announced }));
             }
-            let agreed = keys.into_iter().next();
-            agreed.filter(|_| announced.len() == members.len()).map(Ok)
+            if let Some(agreed) = keys.into_iter().next()
+                && announced.len() == members.len()
+            {
+                return Some(Ok(agreed));
+            }
+            if started.elapsed() >= answer_window {
+                let silent = silent_members(events, session, &members);
+                if !silent.is_empty() {
+                    return Some(Err(KeygenError::Silent {
+                        kind: MessageKind::DkgRound1,
+                        members: silent,
+                    }));
+                }
+            }
+            None
         })
         .await;
     let events = channel.events();
@@ -881,6 +917,24 @@ pub async fn await_group_key(
             })
         }
     }
+}
+
+/// The members that sent no message of `session` at all.
+fn silent_members(
+    events: &[Event],
+    session: SessionId,
+    members: &BTreeSet<PublicKey>,
+) -> Vec<PublicKey> {
+    let answered: BTreeSet<PublicKey> = events
+        .iter()
+        .filter(|e| quorum_msg::QuorumMessage::from_event(e).is_ok_and(|m| m.session == session))
+        .map(|e| e.pubkey)
+        .collect();
+    members
+        .iter()
+        .filter(|pk| !answered.contains(pk))
+        .copied()
+        .collect()
 }
 
 /// The quorum key each member announced in clear for `session` (its earliest announcement);

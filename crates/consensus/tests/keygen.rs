@@ -153,6 +153,42 @@ async fn dkg_3_of_5_over_a_relay_signs_under_the_group_key() {
     dkg_among(5, 3).await;
 }
 
+/// One member of three is offline: the organiser does not wait out its whole timeout but
+/// names the member that sent nothing for the session once the answer window is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_organiser_names_a_member_that_never_answers_without_waiting_the_timeout() {
+    let relay = relay().await;
+    let relays = vec![relay.url.clone()];
+    let maintainer = Keys::generate();
+    let keys: Vec<Keys> = (0..3).map(|_| Keys::generate()).collect();
+    let proposal = keygen::propose_dkg(&relays, &maintainer, mandate(&maintainer, &keys, 2))
+        .await
+        .expect("proposal published");
+    let members: Vec<PublicKey> = keys.iter().map(Keys::public_key).collect();
+    // Two members take part; the third never comes online.
+    for k in &keys[..2] {
+        let (relays, k, proposal) = (relays.clone(), k.clone(), proposal.clone());
+        tokio::spawn(async move { keygen::run_dkg(&relays, &k, &proposal, &fast()).await });
+    }
+    let started = std::time::Instant::now();
+    let result = keygen::await_group_key_within(
+        &relays,
+        proposal.id,
+        &members,
+        Duration::from_secs(120),
+        Duration::from_secs(3),
+    )
+    .await;
+    let waited = started.elapsed();
+    match result {
+        Err(KeygenError::Silent { members, .. }) => {
+            assert_eq!(members, vec![keys[2].public_key()], "only the offline one")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(waited < Duration::from_secs(60), "gave up after {waited:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_silent_in_round_2_is_named_by_the_others() {
     let relay = relay().await;

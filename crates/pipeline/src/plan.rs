@@ -218,6 +218,41 @@ fn any_match(patterns: &[String], name: &str) -> bool {
 }
 
 impl Plan {
+    /// The event kinds a quorum mandated for the quorum jobs `covered` (empty: all of them) is
+    /// asked to sign: attestations (8708) for each, release bindings (8700) when one releases,
+    /// and run-step requests (5702) when one hands on to the next (a quorum chain, where the
+    /// quorum key signs the next step's request). What `quorum mandate create` allows unless
+    /// told otherwise.
+    pub fn quorum_signing_kinds(&self, covered: &[String]) -> std::collections::BTreeSet<u16> {
+        let is_covered = |job: &PlannedJob| {
+            job.quorum_size().is_some() && (covered.is_empty() || covered.contains(&job.id))
+        };
+        let quorum_jobs: Vec<&PlannedJob> = self.jobs.iter().filter(|j| is_covered(j)).collect();
+        let mut kinds = std::collections::BTreeSet::new();
+        if quorum_jobs.is_empty() {
+            return kinds;
+        }
+        kinds.insert(quorum_proto::agreement::QUORUM_ATTESTATION.as_u16());
+        if quorum_jobs.iter().any(|job| job.release) {
+            kinds.insert(quorum_proto::release::RELEASE_BINDING.as_u16());
+        }
+        let chained = quorum_jobs.iter().any(|job| {
+            !job.needs.is_empty()
+                && job
+                    .needs
+                    .iter()
+                    .all(|need| quorum_jobs.iter().any(|q| &q.id == need))
+        });
+        if chained {
+            kinds.insert(
+                quorum_proto::kinds::JobKind::RunStep
+                    .request_kind()
+                    .as_u16(),
+            );
+        }
+        kinds
+    }
+
     /// Whether `event` starts this pipeline.
     pub fn triggered_by(&self, event: &TriggerEvent) -> bool {
         match event {

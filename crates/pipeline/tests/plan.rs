@@ -272,3 +272,43 @@ fn deep_block_nesting_does_not_overflow() {
     }
     let _ = parse("p.yml", &indented);
 }
+
+#[test]
+fn a_mandate_allows_what_the_quorum_jobs_it_covers_sign() {
+    let release = quorum_pipeline::parse(
+        "p.yml",
+        "on: push\njobs:\n  test:\n    run: make test\n  build:\n    needs: test\n    run: make\n    artifacts: [app]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n    release: true\n",
+    )
+    .unwrap();
+    assert_eq!(
+        release
+            .quorum_signing_kinds(&[])
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![8700, 8708]
+    );
+    let chain = quorum_pipeline::parse(
+        "p.yml",
+        "on: push\njobs:\n  build:\n    run: make\n    artifacts: [app]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n  package:\n    needs: build\n    run: make dist\n    artifacts: [dist]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n",
+    )
+    .unwrap();
+    assert_eq!(
+        chain
+            .quorum_signing_kinds(&[])
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![5702, 8708],
+        "a quorum chain's quorum signs the next step's request"
+    );
+    assert_eq!(
+        chain
+            .quorum_signing_kinds(&["build".to_string()])
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![8708],
+        "a mandate for the first job alone hands nothing on"
+    );
+    let plain =
+        quorum_pipeline::parse("p.yml", "on: push\njobs:\n  build:\n    run: make\n").unwrap();
+    assert!(plain.quorum_signing_kinds(&[]).is_empty());
+}

@@ -25,6 +25,50 @@ pub async fn run(command: MandateCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The kinds the quorum may sign: `--allow`, or what the covered quorum jobs of the pipeline in
+/// `--dir` sign (said on stderr), or attestations alone without a pipeline file there.
+fn allowed_kinds(args: &MandateCreateArgs) -> anyhow::Result<std::collections::BTreeSet<u16>> {
+    if !args.allow.is_empty() {
+        return Ok(args.allow.iter().copied().collect());
+    }
+    let path = args.dir.join(&args.pipeline);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!(
+            "note: no {} here: the quorum may sign attestations (8708) only; pass --allow 8700 \
+             for releases",
+            path.display()
+        );
+        return Ok([quorum_proto::agreement::QUORUM_ATTESTATION.as_u16()].into());
+    };
+    let plan = quorum_pipeline::parse(&args.pipeline, &text).map_err(|diagnostics| {
+        anyhow::anyhow!(
+            "{diagnostics}\n(the pipeline sets what the quorum may sign; or pass --allow)"
+        )
+    })?;
+    let kinds = plan.quorum_signing_kinds(&args.jobs);
+    if kinds.is_empty() {
+        bail!(
+            "{} has no quorum job{}: nothing for a quorum to sign",
+            path.display(),
+            if args.jobs.is_empty() {
+                String::new()
+            } else {
+                format!(" among {}", args.jobs.join(", "))
+            }
+        );
+    }
+    eprintln!(
+        "allow: {} (what the quorum jobs of {} sign)",
+        kinds
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        path.display()
+    );
+    Ok(kinds)
+}
+
 /// Publishes the current mandate again with `keygen refresh` and waits until every member
 /// announced the refreshed key, which must be the same.
 async fn refresh(args: MandateRefreshArgs) -> anyhow::Result<ExitCode> {
@@ -110,7 +154,7 @@ async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
         members: keygen::new_members(&pubkeys),
         threshold: args.threshold,
         keygen: Keygen::Dkg,
-        allow: args.allow.iter().copied().collect(),
+        allow: allowed_kinds(&args)?,
         expiration: Timestamp::now() + lifetime.as_secs(),
         rules: rules(&args)?,
         content: format!("quorum for {}", args.pipeline),
@@ -154,7 +198,10 @@ async fn create(args: MandateCreateArgs) -> anyhow::Result<ExitCode> {
             Duration::from_secs(args.wait),
         )
         .await
-        .context("the members did not agree on a quorum key; no mandate was signed")?;
+        .context(
+            "no quorum key was made and no mandate was signed (a member that sends nothing is \
+             offline, does not serve key generation, or refused the proposal: see its log)",
+        )?;
         mandate.quorum = Some(quorum);
         let event = sign_and_publish(&relays, &signer, &mandate)
             .await
