@@ -178,7 +178,7 @@ pub struct OperatorShowArgs {
 pub enum MandateCommand {
     /// Make a quorum key among the member DVMs (a DKG by default: nobody ever holds the whole
     /// key) and publish the mandate that authorises it.
-    Create(MandateCreateArgs),
+    Create(Box<MandateCreateArgs>),
     /// Ask a quorum's members to refresh their shares: same quorum key, new shares that do not
     /// combine with the old ones. Publishes the mandate again with `keygen refresh`.
     Refresh(MandateRefreshArgs),

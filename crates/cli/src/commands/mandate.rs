@@ -20,7 +20,7 @@ use crate::cli::{MandateCommand, MandateCreateArgs, MandateRefreshArgs};
 
 pub async fn run(command: MandateCommand) -> anyhow::Result<ExitCode> {
     match command {
-        MandateCommand::Create(args) => create(args).await,
+        MandateCommand::Create(args) => create(*args).await,
         MandateCommand::Refresh(args) => refresh(args).await,
     }
 }
