@@ -1025,7 +1025,9 @@ pub struct RunArgs {
 
     /// The key this run signs its requests with: a file holding an nsec or 64 hex characters,
     /// mode 0600 (created if missing). A mandate that names who may request its quorum's jobs
-    /// (`quorum mandate create --requester`) must name this key. Default: a fresh key.
+    /// (`quorum mandate create --requester`) must name this key. Default: your run identity,
+    /// $XDG_CONFIG_HOME/quorum/run.nsec (~/.config/quorum/run.nsec), created on first use, so
+    /// that your runs, releases and CI statuses are signed by one key others can recognise.
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
 

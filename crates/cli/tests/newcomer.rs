@@ -210,12 +210,19 @@ fn an_initialised_make_project_runs_and_out_leaves_files_that_verify_offline() {
 
     let out = root.path().join("dist");
     let xdg = root.path().join("xdg");
+    let config = root.path().join("config");
     let output = run_with_env(
         QUORUM,
         &["run", dir_arg, "--out", out.to_str().unwrap(), "--json"],
-        &[("XDG_DATA_HOME", &xdg)],
+        &[("XDG_DATA_HOME", &xdg), ("XDG_CONFIG_HOME", &config)],
         RUN_TIMEOUT,
     );
+    // The run signed with the identity it made in the config directory, readable by its owner.
+    let identity = config.join("quorum/run.nsec");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&identity).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{}", identity.display());
     let stdout = String::from_utf8(output.stdout).unwrap();
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nostr_sdk::prelude::{Client, Keys};
 use quorum_proto::nip34::{RepositoryAnnouncement, RepositoryState};
-use quorum_testkit::daemon::{Daemon, run};
+use quorum_testkit::daemon::Daemon;
 use quorum_testkit::git::{git, sample_repo};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -23,7 +23,14 @@ const IDENTIFIER: &str = "sample";
 
 /// Runs `quorum ARGS…` with a time limit; returns the exit code, stdout and stderr.
 fn quorum(args: &[&str], timeout: Duration) -> (i32, String, String) {
-    let out = run(QUORUM, args, timeout);
+    // `quorum run`'s default identity goes to a temporary config directory, not the home.
+    let config = tempfile::tempdir().unwrap();
+    let out = quorum_testkit::daemon::run_with_env(
+        QUORUM,
+        args,
+        &[("XDG_CONFIG_HOME", config.path())],
+        timeout,
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),

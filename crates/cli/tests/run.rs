@@ -28,7 +28,16 @@ fn quorum_run(repo: &Path, extra: &[&str]) -> (i32, String, String) {
         .parent()
         .expect("the repository has a parent")
         .join("xdg");
-    let out = run_with_env(QUORUM, &args, &[("XDG_DATA_HOME", &xdg)], RUN_TIMEOUT);
+    let config = repo
+        .parent()
+        .expect("the repository has a parent")
+        .join("config");
+    let out = run_with_env(
+        QUORUM,
+        &args,
+        &[("XDG_DATA_HOME", &xdg), ("XDG_CONFIG_HOME", &config)],
+        RUN_TIMEOUT,
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use quorum_dvm::client::JobClient;
 use quorum_pipeline::{JobSpec, Mode, PlannedJob, TriggerEvent};
 use quorum_proto::mandate::MANDATE;
-use quorum_proto::nostr::{EventId, Filter, Keys, PublicKey};
+use quorum_proto::nostr::{EventId, Filter, PublicKey};
 use quorum_proto::step::{ArtifactRef, StepJob};
 use quorum_router::pipeline_run::PipelineRun;
 use quorum_router::quorum::QuorumContext;
@@ -141,10 +141,18 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     } else {
         (None, super::relay_urls(&args.relays)?, Vec::new())
     };
-    let keys = match &args.key {
-        Some(path) => quorum_dvm::keyfile::load_or_create(path)?,
-        None => Keys::generate(),
+    let key_path = match &args.key {
+        Some(path) => path.clone(),
+        None => default_identity()?,
     };
+    let keys = quorum_dvm::keyfile::load_or_create(&key_path)?;
+    if !args.json {
+        eprintln!(
+            "signing as {} (key {})",
+            quorum_proto::nostr::ToBech32::to_bech32(&keys.public_key()).unwrap_or_default(),
+            key_path.display()
+        );
+    }
     let client = JobClient::connect(&relays, keys.clone()).await?;
     let runners = if embedded.is_some() {
         runners
@@ -360,6 +368,21 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The key `quorum run` signs with unless `--key` says: one per user, in the config directory.
+fn default_identity() -> anyhow::Result<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(
+            std::env::var_os("HOME")
+                .context("neither XDG_CONFIG_HOME nor HOME is set: pass --key FILE")?,
+        )
+        .join(".config"),
+    };
+    let dir = base.join("quorum");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir.join("run.nsec"))
 }
 
 /// Where the embedded network of a run keeps its data unless `--data` says: a new directory
