@@ -1122,3 +1122,114 @@ async fn a_naive_chain_interrupted_by_a_router_restart_goes_on_from_its_unfinish
     r1.shutdown().await;
     r2.shutdown().await;
 }
+
+/// Parity of the two ways a pipeline runs: the engine on a maintainer's machine (what `quorum
+/// run --relay` drives) and the router DVM (what a watcher's request starts) drive the same run
+/// object, so they publish the same kinds of events — CI progress and status, the release's
+/// NIP-94, binding and NIP-82 events, the run-step requests — each signed by the key that ran
+/// the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_publishes_the_same_kinds_of_events_from_the_engine_and_from_the_router_dvm() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, commit) = committed_pipeline(
+        dir.path(),
+        "on: [push]\njobs:\n  test:\n    run: test -f build.sh\n  build:\n    needs: test\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    release: true\n",
+    );
+    let runner = network.runner(&dir.path().join("runner"), true).await;
+    let owner = Keys::generate();
+    let repo_id = quorum_proto::nip34::RepoCoordinate::new(owner.public_key(), "sample");
+
+    // Kinds of the events `key` signed.
+    let kinds_by = |events: &Events, key: PublicKey| {
+        events
+            .iter()
+            .filter(|e| e.pubkey == key)
+            .map(|e| e.kind.as_u16())
+            .collect::<std::collections::BTreeSet<u16>>()
+    };
+    let (client, customer_keys, mut notifications) = customer(&network).await;
+
+    // 1. The engine, as `quorum run --relay` runs it.
+    let engine_keys = Keys::generate();
+    let engine = JobClient::connect(std::slice::from_ref(&network.relay), engine_keys.clone())
+        .await
+        .unwrap();
+    let plan = quorum_pipeline::parse(
+        quorum_pipeline::PIPELINE_PATH,
+        &std::fs::read_to_string(
+            dir.path()
+                .join("sample")
+                .join(quorum_pipeline::PIPELINE_PATH),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let context = RunContext {
+        repo: repo.clone(),
+        commit: commit.clone(),
+        repo_id: Some(repo_id.clone()),
+        maintainers: vec![owner.public_key()],
+        ..RunContext::default()
+    };
+    let config = EngineConfig {
+        runners: vec![runner.public_key()],
+        ..EngineConfig::default()
+    };
+    let end = quorum_router::pipeline_run::PipelineRun::new(&engine, &plan, &context, &config)
+        .with_release(quorum_router::release::ReleaseOptions {
+            bundle_uploader: Some(quorum_blossom::client::BlossomClient::new(
+                engine_keys.clone(),
+            )),
+            ..Default::default()
+        })
+        .run(
+            quorum_router::Recovered::default(),
+            &mut Recorder::default(),
+        )
+        .await;
+    assert!(end.succeeded, "{:?}", end.release);
+    engine.shutdown().await;
+
+    // 2. The router DVM, as a watcher's request starts it.
+    let router_keys = Keys::generate();
+    let router = network
+        .router(&dir.path().join("router"), &router_keys)
+        .await;
+    let mut run = quorum_proto::run::RunRequest::new(repo, &commit);
+    run.repo_id = Some(repo_id);
+    run.runners = vec![runner.public_key()];
+    let request = run
+        .to_request()
+        .provider(router_keys.public_key())
+        .to_event_builder()
+        .sign_with_keys(&customer_keys)
+        .unwrap();
+    client.send_event(&request).await.unwrap();
+    let report = run_report(&mut notifications, request.id).await;
+    assert!(report.succeeded(), "{report:?}");
+
+    let events = client
+        .fetch_events(Filter::new(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let from_engine = kinds_by(&events, engine_keys.public_key());
+    let from_router: std::collections::BTreeSet<u16> = kinds_by(&events, router_keys.public_key())
+        .into_iter()
+        // What only a DVM publishes: its NIP-89 offer, its feedback and result on the request.
+        .filter(|kind| ![31990, 7000, 6700].contains(kind))
+        .collect();
+    assert_eq!(
+        from_engine, from_router,
+        "engine {from_engine:?}, router {from_router:?}"
+    );
+    for kind in [5702, 39842, 9841, 9842, 1063, 8700, 30063, 3063, 32267] {
+        assert!(
+            from_router.contains(&kind),
+            "the router publishes {kind}: {from_router:?}"
+        );
+    }
+    client.shutdown().await;
+    router.shutdown().await;
+    runner.shutdown().await;
+}
