@@ -132,7 +132,22 @@ struct State {
     refs: Option<BTreeMap<String, String>>,
     /// `commit:plan_hash` of every run started.
     started: BTreeSet<String>,
+    /// Refs whose new commit started no run because of an error, by ref name: tried again at
+    /// every poll while the ref stays there, up to [`MAX_ATTEMPTS`].
+    #[serde(default)]
+    retry: BTreeMap<String, Retry>,
 }
+
+/// A commit whose run did not start yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Retry {
+    commit: String,
+    attempts: u32,
+}
+
+/// How often a commit whose run could not start is tried (once per poll) before the watcher
+/// gives up on it until its ref moves again.
+pub const MAX_ATTEMPTS: u32 = 20;
 
 /// A watcher of one repository.
 pub struct Watcher {
@@ -167,7 +182,8 @@ impl Watcher {
 
     /// The moved refs of the last [`Watcher::poll`] that started no run because of an error
     /// (a commit the server does not serve, a mandate that does not allow the request, a quorum
-    /// that did not agree), with the reason. Each is retried only if its ref moves again.
+    /// that did not agree), with the reason. Each is tried again at the next polls while its
+    /// ref stays there, up to [`MAX_ATTEMPTS`] times.
     pub fn not_started(&self) -> &[NotStarted] {
         &self.not_started
     }
@@ -192,16 +208,47 @@ impl Watcher {
         };
         let mut started = Vec::new();
         self.not_started.clear();
+        // A retry is for the commit its ref still names; a ref that moved on drops it.
+        self.state
+            .retry
+            .retain(|ref_name, retry| refs.get(ref_name) == Some(&retry.commit));
         for (ref_name, commit) in &refs {
-            if previous.get(ref_name) == Some(commit) {
+            let retrying = self.state.retry.get(ref_name).map(|r| r.attempts);
+            if previous.get(ref_name) == Some(commit) && retrying.is_none() {
                 continue;
             }
             match self.consider(ref_name, commit, moved_at).await {
-                Ok(Some(run)) => started.push(run),
-                Ok(None) => {}
-                // One bad commit must not stop the others; it is retried only if it moves again.
+                Ok(run) => {
+                    self.state.retry.remove(ref_name);
+                    started.extend(run);
+                }
+                // One bad commit must not stop the others; it is tried again next poll (the
+                // server may not serve it yet, a relay may be back), a bounded number of times.
                 Err(err) => {
-                    tracing::warn!(ref_name, commit, "not started: {err}");
+                    let attempts = retrying.unwrap_or(0) + 1;
+                    if attempts >= MAX_ATTEMPTS {
+                        tracing::warn!(
+                            ref_name,
+                            commit,
+                            attempts,
+                            "not started, giving up until the ref moves: {err}"
+                        );
+                        self.state.retry.remove(ref_name);
+                    } else {
+                        tracing::warn!(
+                            ref_name,
+                            commit,
+                            attempts,
+                            "not started, will retry: {err}"
+                        );
+                        self.state.retry.insert(
+                            ref_name.clone(),
+                            Retry {
+                                commit: commit.clone(),
+                                attempts,
+                            },
+                        );
+                    }
                     self.not_started.push(NotStarted {
                         ref_name: ref_name.clone(),
                         commit: commit.clone(),

@@ -195,6 +195,37 @@ async fn only_state_signed_by_a_maintainer_starts_a_run() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     publish(state(&"e".repeat(40)), &owner).await;
     assert!(watcher.poll().await.unwrap().is_empty());
+    assert_eq!(watcher.not_started().len(), 1);
+
+    // A state published before its commit reached the server (another tool's order of
+    // events): nothing starts at first, and the watcher tries again until the server has it.
+    let clone = dir.path().join("clone");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "--quiet",
+            repo.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    git(&clone, &["config", "user.name", "Maintainer"]);
+    git(&clone, &["config", "user.email", "m@example.invalid"]);
+    std::fs::write(clone.join("message.txt"), "late").unwrap();
+    git(&clone, &["commit", "--quiet", "-am", "late"]);
+    let late = git(&clone, &["rev-parse", "HEAD"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    publish(state(&late), &owner).await;
+    assert!(watcher.poll().await.unwrap().is_empty());
+    assert_eq!(watcher.not_started()[0].commit, late);
+    git(
+        &clone,
+        &["push", "--quiet", "origin", "HEAD:refs/heads/incoming"],
+    );
+    let started = watcher.poll().await.unwrap();
+    assert_eq!(started.len(), 1, "the late commit is retried: {started:?}");
+    assert_eq!(started[0].commit, late);
+    assert!(watcher.poll().await.unwrap().is_empty(), "and started once");
 
     publisher.shutdown().await;
     router.shutdown().await;
