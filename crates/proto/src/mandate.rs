@@ -400,6 +400,13 @@ impl Mandate {
             .map(|m| m.index)
     }
 
+    /// Whether this is a watcher quorum's mandate: its quorum may sign run-pipeline requests
+    /// (5700), which is what watchers do and builders never need. A run's builds never run
+    /// under such a mandate, so that builders need not be watchers nor watchers builders.
+    pub fn is_for_watchers(&self) -> bool {
+        self.allows(crate::kinds::JobKind::RunPipeline.request_kind())
+    }
+
     /// Whether the mandate covers job `job` of the pipeline file `pipeline`.
     pub fn covers(&self, pipeline: &str, job: &str) -> bool {
         self.pipeline == pipeline && (self.jobs.is_empty() || self.jobs.iter().any(|j| j == job))
@@ -649,8 +656,9 @@ pub fn select_mandate<'a>(
 
 /// The mandate a repository's maintainers currently give for the quorum jobs `jobs` of the
 /// pipeline file `pipeline`, when a run names none: for each quorum key, the mandate that
-/// counts for it ([`select_mandate`]: a newer one supersedes or revokes); of those that cover
-/// every job and allow every kind in `kinds`, the newest.
+/// counts for it ([`select_mandate`]: a newer one supersedes or revokes); of those that are
+/// not a watcher quorum's ([`Mandate::is_for_watchers`]), cover every job and allow every kind
+/// in `kinds`, the newest.
 pub fn current_mandate_for<'a>(
     events: &'a [Event],
     repo: &RepoCoordinate,
@@ -668,6 +676,7 @@ pub fn current_mandate_for<'a>(
     quorums
         .iter()
         .filter_map(|quorum| select_mandate(events, repo, quorum, maintainers, now))
+        .filter(|(_, m)| !m.is_for_watchers())
         .filter(|(_, m)| jobs.iter().all(|job| m.covers(pipeline, job)))
         .filter(|(_, m)| kinds.iter().all(|kind| m.allows(*kind)))
         .max_by(|(x, _), (y, _)| {
@@ -1050,12 +1059,12 @@ mod tests {
         let release = [Kind::Custom(8708), Kind::Custom(8700)];
         let build_event = sign(&build, &owner, NOW - 100);
 
-        // A watcher quorum's mandate (another key, other jobs, no release bindings) is newer
-        // but covers nothing the build needs.
+        // A watcher quorum's mandate is newer and even covers the job and allows both kinds,
+        // but its quorum signs run requests (5700): builds never run under it.
         let mut watchers = sample(&owner);
         watchers.quorum = Some(key(8).public_key());
-        watchers.jobs = vec!["watch".into()];
-        watchers.allow = [8708, 5700].into_iter().collect();
+        watchers.allow = [8708, 8700, 5700].into_iter().collect();
+        assert!(watchers.is_for_watchers() && !build.is_for_watchers());
         let watchers = sign(&watchers, &owner, NOW - 10);
         // A stranger's newer mandate for yet another key does not count at all.
         let mut hijack = sample(&owner);

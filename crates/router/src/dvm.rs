@@ -246,7 +246,14 @@ impl Router {
         }
         let quorum = match run.mandate {
             Some(id) => Some(self.mandate(id).await?),
-            None => self.current_mandate(run.repo_id.as_ref(), &plan).await?,
+            None => None,
+        };
+        // A watcher quorum's request names the watchers' own mandate, under which builds never
+        // run (its members are watchers, not builders): the run's quorum jobs take the
+        // repository's build mandate, as for a request that names none.
+        let quorum = match quorum {
+            Some(named) if !named.mandate.is_for_watchers() => Some(named),
+            _ => self.current_mandate(run.repo_id.as_ref(), &plan).await?,
         };
         let quorum = match quorum {
             Some(quorum) => Some(
