@@ -156,6 +156,8 @@ pub struct Watcher {
     state: State,
     /// The quorum key of the mandate, once looked up (quorum mode only).
     quorum_key: Option<PublicKey>,
+    /// The repository that mandate is for, whose newer mandates for the key replace it.
+    quorum_repo: Option<quorum_proto::nip34::RepoCoordinate>,
     /// The moved refs of the last poll that started nothing because of an error.
     not_started: Vec<NotStarted>,
 }
@@ -176,6 +178,7 @@ impl Watcher {
             client,
             state,
             quorum_key: None,
+            quorum_repo: None,
             not_started: Vec::new(),
         })
     }
@@ -390,9 +393,10 @@ impl Watcher {
         created_at: Timestamp,
     ) -> Result<EventId, WatchError> {
         let quorum_key = self.quorum_key().await?;
+        let mandate = self.current_mandate(quorum_key).await?;
         let plan_hash = run.plan_hash.clone().unwrap_or_default();
         let plan = Sha256Hex::parse(&plan_hash).map_err(|_| WatchError::PlanHash(plan_hash))?;
-        run.mandate = Some(quorum.mandate);
+        run.mandate = Some(mandate);
         let mut unsigned = run
             .to_request()
             .provider(self.config.router)
@@ -402,7 +406,7 @@ impl Watcher {
         let anchor = unsigned.id();
         let result = agreed_files(&run.commit, plan);
         let params = QuorumJobParams {
-            mandate: quorum.mandate,
+            mandate,
             commit: run.commit.clone(),
             release: None,
             source: None,
@@ -445,6 +449,46 @@ impl Watcher {
         }
     }
 
+    /// The mandate in force for the watcher quorum's key now: the newest a maintainer of its
+    /// repository signed for that key (a refresh, or a new allow list, replaces the one the
+    /// watcher was started with — no restart needed). Falls back to the configured mandate;
+    /// the members check whichever it is fully before they commit to anything.
+    async fn current_mandate(&mut self, quorum_key: PublicKey) -> Result<EventId, WatchError> {
+        let configured = self.config.quorum.as_ref().expect("quorum mode").mandate;
+        let Some(repo) = self.quorum_repo.clone() else {
+            return Ok(configured);
+        };
+        let maintainers = self.maintainers(&repo.owner, &repo.identifier).await?;
+        let mandates = self
+            .client
+            .fetch(
+                Filter::new()
+                    .kind(MANDATE)
+                    .authors(maintainers.iter().copied())
+                    .custom_tag(
+                        quorum_proto::nostr::SingleLetterTag::lowercase(
+                            quorum_proto::nostr::Alphabet::A,
+                        ),
+                        repo.to_string(),
+                    ),
+                Duration::from_secs(5),
+            )
+            .await?;
+        let current = quorum_proto::mandate::select_mandate(
+            &mandates,
+            &repo,
+            &quorum_key,
+            &maintainers,
+            Timestamp::now(),
+        )
+        .map(|(event, _)| event.id)
+        .unwrap_or(configured);
+        if current != configured {
+            tracing::info!(%configured, %current, "the watcher quorum acts under a newer mandate");
+        }
+        Ok(current)
+    }
+
     /// The quorum key the mandate names (looked up once; the member checks the mandate fully
     /// before it commits to anything).
     async fn quorum_key(&mut self) -> Result<PublicKey, WatchError> {
@@ -469,6 +513,7 @@ impl Watcher {
             .quorum
             .ok_or_else(|| refuse("is a DKG proposal, which authorises nothing".into()))?;
         self.quorum_key = Some(key);
+        self.quorum_repo = Some(mandate.repo.clone());
         Ok(key)
     }
 

@@ -364,6 +364,41 @@ async fn a_mandate_that_does_not_allow_run_requests_gets_none_signed() {
     for k in &q.keys {
         assert!(run_requests(&network, k.public_key()).await.is_empty());
     }
+
+    // The owner signs a newer mandate for the same key that allows run requests: the running
+    // watchers act under it at their next poll (they retry the commit), without a restart.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut newer = quorum_proto::mandate::Mandate::from_event(&q.dealt.mandate).unwrap();
+    newer.allow = [8708, 5700].into_iter().collect();
+    let newer = newer
+        .to_event_builder()
+        .unwrap()
+        .sign_with_keys(&q.dealt.owner)
+        .unwrap();
+    let client = network.client().await;
+    client.publish_signed(&newer).await.unwrap();
+    client.shutdown().await;
+    let polled = poll_all(polled.into_iter().map(|(w, _)| w).collect()).await;
+    assert!(
+        polled.iter().any(|(_, started)| started.len() == 1),
+        "{:?}",
+        polled
+            .iter()
+            .map(|(w, _)| w.not_started().to_vec())
+            .collect::<Vec<_>>()
+    );
+    let requests = run_requests(&network, q.quorum).await;
+    assert_eq!(requests.len(), 1);
+    let request = quorum_proto::run::RunRequest::from_request(
+        &quorum_proto::nip90::JobRequest::from_event(&requests[0]).unwrap(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        request.mandate,
+        Some(newer.id),
+        "the request names the mandate in force"
+    );
 }
 
 /// The router's result (6700) for `request`, within 60 s.
