@@ -78,6 +78,19 @@ async fn with_the_maintainer_gone_daemons_take_a_signed_push_to_a_verified_relea
     );
     let relay = up.value_of("relay");
     let router = up.value_of("router");
+    // Another relay, which the repository's announcement lists but no daemon is connected to:
+    // where the repository's followers look.
+    let followers_relay = Daemon::spawn(
+        QUORUM,
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            root.join("followers-relay").to_str().unwrap(),
+        ],
+    );
+    let followers = followers_relay.value_of("relay");
     let endpoints: Value =
         serde_json::from_str(&std::fs::read_to_string(up.value_of("endpoints")).unwrap()).unwrap();
     let runners: Vec<String> = endpoints["runners"]
@@ -133,7 +146,18 @@ async fn with_the_maintainer_gone_daemons_take_a_signed_push_to_a_verified_relea
 
     // An operator's watcher, following the repository the maintainer is about to announce.
     let announced = quorum_json(&[
-        "repo", "announce", work_arg, "--relay", &relay, "--key", &key, "--json",
+        "repo",
+        "announce",
+        work_arg,
+        "--relay",
+        &relay,
+        "--key",
+        &key,
+        "--repo-relay",
+        &relay,
+        "--repo-relay",
+        &followers,
+        "--json",
     ]);
     let repository = announced["repository"].as_str().unwrap().to_string();
     let owner = repository.split(':').nth(1).unwrap().to_string();
@@ -259,6 +283,28 @@ async fn with_the_maintainer_gone_daemons_take_a_signed_push_to_a_verified_relea
         "verify finds the URLs: {verdict}"
     );
 
+    // The release and the CI status reached the relay the announcement lists too.
+    let followers_client = Client::new(Keys::generate());
+    followers_client
+        .add_relay(followers.as_str())
+        .await
+        .unwrap();
+    followers_client.connect().await;
+    let copied = followers_client
+        .fetch_events(
+            Filter::new().kinds([Kind::Custom(8700), Kind::Custom(1063), Kind::Custom(9842)]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    for kind in [8700, 1063, 9842] {
+        assert!(
+            copied.iter().any(|e| e.kind == Kind::Custom(kind)),
+            "kind {kind} on the repository's relay"
+        );
+    }
+    followers_client.shutdown().await;
+
     // A commit dated two hours ago, pushed now, builds too: its time is the state's.
     std::fs::write(work.join("msg"), "again\n").unwrap();
     git(&work, &["add", "."]);
@@ -285,4 +331,5 @@ async fn with_the_maintainer_gone_daemons_take_a_signed_push_to_a_verified_relea
     client.shutdown().await;
     watcher.terminate();
     assert!(up.terminate().success());
+    assert!(followers_relay.terminate().success());
 }

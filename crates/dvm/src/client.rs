@@ -241,6 +241,67 @@ impl JobClient {
         Ok(event)
     }
 
+    /// The relays this client reads from and publishes to.
+    pub async fn relays(&self) -> Vec<RelayUrl> {
+        self.client.relays().await.into_keys().collect()
+    }
+
+    /// Copies `events` (already signed, by anyone) to `relays`, which this client need not be
+    /// connected to — e.g. those a repository's announcement lists, where its followers look.
+    /// Best effort and bounded: everything is over after `timeout`. Returns, per relay that
+    /// did not take every event, why.
+    pub async fn copy_to(
+        events: &[Event],
+        relays: &[RelayUrl],
+        timeout: Duration,
+    ) -> Vec<(RelayUrl, String)> {
+        if events.is_empty() || relays.is_empty() {
+            return Vec::new();
+        }
+        let client = Client::builder().build();
+        let mut failures: std::collections::BTreeMap<RelayUrl, String> = Default::default();
+        for url in relays {
+            if let Err(e) = client.add_relay(url.clone()).await {
+                failures.insert(url.clone(), e.to_string());
+            }
+        }
+        let copy = async {
+            client.connect().await;
+            client.wait_for_connection(timeout / 2).await;
+            for event in events {
+                let targets: Vec<RelayUrl> = relays
+                    .iter()
+                    .filter(|url| !failures.contains_key(*url))
+                    .cloned()
+                    .collect();
+                if targets.is_empty() {
+                    break;
+                }
+                match client.send_event_to(targets.clone(), event).await {
+                    Ok(output) => {
+                        for (url, reason) in output.failed {
+                            failures.entry(url).or_insert(reason);
+                        }
+                    }
+                    Err(e) => {
+                        for url in targets {
+                            failures.entry(url).or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, copy).await.is_err() {
+            for url in relays {
+                failures
+                    .entry(url.clone())
+                    .or_insert_with(|| format!("not done within {timeout:?}"));
+            }
+        }
+        client.shutdown().await;
+        failures.into_iter().collect()
+    }
+
     /// Publishes an event someone else signed (e.g. through a NIP-46 bunker).
     pub async fn publish_signed(&self, event: &Event) -> Result<(), ClientError> {
         publish::publish(&self.client, event, RetryPolicy::default()).await?;

@@ -336,6 +336,13 @@ impl Router {
             Ok(id) => published.ci_status = id.map(|id| id.to_hex()),
             Err(reason) => published.problems.push(format!("no CI status: {reason}")),
         }
+        for (relay, copied) in &end.repository_relays {
+            if let Err(reason) = copied {
+                published.problems.push(format!(
+                    "not copied to the repository's relay {relay}: {reason}"
+                ));
+            }
+        }
         Ok(RunReport {
             run: end.run,
             repo: run.repo,

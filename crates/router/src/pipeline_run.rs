@@ -48,6 +48,9 @@ pub struct RunEnd {
     pub mirrors: Vec<MirrorReport>,
     /// The release, `None` when the pipeline releases nothing or the run failed.
     pub release: Result<Option<Release>, String>,
+    /// The relays the repository's announcement lists that the run was not connected to, and
+    /// whether they took a copy of what the run published for display (status, release).
+    pub repository_relays: Vec<(String, Result<(), String>)>,
 }
 
 /// One BUD-04 copy of a released file onto another Blossom server.
@@ -158,6 +161,7 @@ impl<'a> PipelineRun<'a> {
         )
         .await;
         let succeeded = outcome.succeeded && (release.is_ok() || self.context.repo_id.is_none());
+        let repository_relays = self.copy_to_repository_relays(started_at, &release).await;
         RunEnd {
             run,
             outcome,
@@ -165,7 +169,98 @@ impl<'a> PipelineRun<'a> {
             ci_status,
             mirrors,
             release,
+            repository_relays,
         }
+    }
+
+    /// Copies what the run published for people to see — CI progress and status, the
+    /// release's NIP-94 and NIP-82 events and its bindings — to the relays the repository's
+    /// announcement lists, where clients following the repository look, when this run was not
+    /// connected to them. Bounded (10 s); failures are reported, not fatal.
+    async fn copy_to_repository_relays(
+        &self,
+        started_at: Timestamp,
+        release: &Result<Option<Release>, String>,
+    ) -> Vec<(String, Result<(), String>)> {
+        use quorum_proto::nostr::{Filter, Kind};
+        let Some(repo) = &self.context.repo_id else {
+            return Vec::new();
+        };
+        let timeout = std::time::Duration::from_secs(5);
+        let announcements = self
+            .client
+            .fetch(
+                Filter::new()
+                    .kind(quorum_proto::nip34::REPO_ANNOUNCEMENT)
+                    .author(repo.owner)
+                    .identifier(repo.identifier.clone()),
+                timeout,
+            )
+            .await
+            .unwrap_or_default();
+        let Some((_, announcement)) =
+            quorum_proto::nip34::newest_announcement(repo, &announcements)
+        else {
+            return Vec::new();
+        };
+        let connected = self.client.relays().await;
+        let extra: Vec<_> = announcement
+            .relays
+            .into_iter()
+            .filter(|url| !connected.contains(url))
+            .collect();
+        if extra.is_empty() {
+            return Vec::new();
+        }
+        let display = [
+            quorum_proto::nipc1::CI_WORKFLOW_PROGRESS,
+            quorum_proto::nipc1::CI_JOB_RESULT,
+            quorum_proto::nipc1::CI_WORKFLOW_RESULT,
+            quorum_proto::release::FILE_METADATA,
+            quorum_proto::release::SOFTWARE_APPLICATION,
+            quorum_proto::release::SOFTWARE_RELEASE,
+            quorum_proto::release::SOFTWARE_ASSET,
+            quorum_proto::release::RELEASE_BINDING,
+        ];
+        let mut events = self
+            .client
+            .fetch(
+                Filter::new()
+                    .author(self.client.public_key())
+                    .kinds(display.iter().copied().collect::<Vec<Kind>>())
+                    .since(started_at),
+                timeout,
+            )
+            .await
+            .unwrap_or_default();
+        if let Ok(Some(release)) = release {
+            let quorum_bindings: Vec<_> = release
+                .bindings
+                .iter()
+                .filter(|(_, signer)| *signer != self.client.public_key())
+                .map(|(id, _)| *id)
+                .collect();
+            if !quorum_bindings.is_empty() {
+                events.extend(
+                    self.client
+                        .fetch(Filter::new().ids(quorum_bindings), timeout)
+                        .await
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        let failures =
+            JobClient::copy_to(&events, &extra, std::time::Duration::from_secs(10)).await;
+        extra
+            .into_iter()
+            .map(|url| {
+                let outcome = match failures.iter().find(|(failed, _)| *failed == url) {
+                    Some((_, reason)) => Err(reason.clone()),
+                    None => Ok(()),
+                };
+                (url.to_string(), outcome)
+            })
+            .collect()
     }
 }
 
