@@ -1045,6 +1045,23 @@ pub struct RunArgs {
     #[arg(long = "blossom", value_name = "URL")]
     pub blossoms: Vec<String>,
 
+    /// Sign the release's NIP-82 events (app 32267, release 30063, assets 3063) with this
+    /// maintainer key file (an nsec or 64 hex characters) instead of this run's key: zapstore
+    /// admits publishers by key, so the key it knows must sign them. The release binding and
+    /// the 1063s are signed as before.
+    #[arg(long, value_name = "FILE", conflicts_with = "nip82_bunker")]
+    pub nip82_key: Option<PathBuf>,
+
+    /// Sign the NIP-82 events through a NIP-46 remote signer (`bunker://…`), as zapstore's own
+    /// publisher does in CI.
+    #[arg(long, value_name = "URI")]
+    pub nip82_bunker: Option<String>,
+
+    /// The NIP-82 release channel (`c`): `main`, `beta`, `nightly` or `dev`. Default: `main`,
+    /// or `beta` for a pre-release version (`1.0.0-rc1`, an untagged commit's `0.0.0-g…`).
+    #[arg(long, value_name = "CHANNEL")]
+    pub nip82_channel: Option<String>,
+
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,

@@ -10,7 +10,10 @@
 //! the same event id ([`ReleaseBinding::unsigned`]). `docs/protocol.md` §11 has examples.
 //!
 //! NIP-82 is not upstream; the shapes follow zapstore's publisher (`zsp`, 2026-07) as far as
-//! our digest has them. Unknown tags are ignored everywhere.
+//! our digest has them. Unknown tags are ignored everywhere when reading. When building, the
+//! NIP-82 events refuse what relay.zapstore.dev rejects (a 3063 or 32267 without a platform of
+//! [`ZAPSTORE_PLATFORMS`], a 30063 without a channel), so that a caller learns why at once
+//! instead of publishing an event the relay drops.
 
 use std::str::FromStr;
 
@@ -75,6 +78,11 @@ pub enum ReleaseError {
     MalformedTag { tag: &'static str, reason: String },
     #[error("`{0}` tag given twice")]
     Duplicate(&'static str),
+    #[error(
+        "platform {0:?} is not one zapstore accepts (`f` must be one of {list})",
+        list = ZAPSTORE_PLATFORMS.join(", ")
+    )]
+    UnknownPlatform(String),
 }
 
 type Result<T> = std::result::Result<T, ReleaseError>;
@@ -266,6 +274,84 @@ impl FileMetadata {
 // NIP-82 (zapstore): application 32267, release 30063, asset 3063
 // ---------------------------------------------------------------------------------------------
 
+/// The `f` values relay.zapstore.dev accepts (`PlatformIdentifiers` in zapstore/relay's
+/// `pkg/events/app.go`); it drops any other value, and rejects a 3063 or 32267 left without one.
+pub const ZAPSTORE_PLATFORMS: [&str; 14] = [
+    "android-arm64-v8a",
+    "android-armeabi-v7a",
+    "android-x86",
+    "android-x86_64",
+    "darwin-arm64",
+    "darwin-x86_64",
+    "linux-aarch64",
+    "linux-x86_64",
+    "linux-armv7l",
+    "linux-riscv64",
+    "windows-aarch64",
+    "windows-x86_64",
+    "ios-arm64",
+    "web",
+];
+
+/// Why a machine's platform has no zapstore `f` value we may publish.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PlatformError {
+    #[error("{os}-{arch} has no zapstore platform identifier")]
+    Unknown { os: String, arch: String },
+    /// zapstore requires `version_code` and `apk_certificate_hash` on every Android asset,
+    /// which nothing in a run knows; an Android `f` would only get the asset rejected.
+    #[error(
+        "{0} is an Android platform: zapstore needs `version_code` and `apk_certificate_hash` on it, which Quorum CI does not set"
+    )]
+    Android(&'static str),
+}
+
+/// zapstore's `f` value for a machine announcing Rust's `std::env::consts::{OS, ARCH}` (as our
+/// runners do in their NIP-89 capabilities): `macos` is `darwin`, `aarch64` is `arm64` on
+/// darwin and iOS, 32-bit `arm` on Linux is `armv7l`. A value already spelled zapstore's way
+/// is kept. Android is refused ([`PlatformError::Android`]).
+pub fn zapstore_platform(os: &str, arch: &str) -> std::result::Result<&'static str, PlatformError> {
+    let platform = match (os, arch) {
+        ("linux", "x86_64") => "linux-x86_64",
+        ("linux", "aarch64" | "arm64") => "linux-aarch64",
+        ("linux", "arm" | "armv7" | "armv7l") => "linux-armv7l",
+        ("linux", "riscv64" | "riscv64gc") => "linux-riscv64",
+        ("macos" | "darwin", "aarch64" | "arm64") => "darwin-arm64",
+        ("macos" | "darwin", "x86_64") => "darwin-x86_64",
+        ("windows", "x86_64") => "windows-x86_64",
+        ("windows", "aarch64" | "arm64") => "windows-aarch64",
+        ("ios", "aarch64" | "arm64") => "ios-arm64",
+        ("android", "aarch64" | "arm64" | "arm64-v8a") => "android-arm64-v8a",
+        ("android", "arm" | "armeabi-v7a") => "android-armeabi-v7a",
+        ("android", "x86") => "android-x86",
+        ("android", "x86_64") => "android-x86_64",
+        _ => {
+            return Err(PlatformError::Unknown {
+                os: os.to_string(),
+                arch: arch.to_string(),
+            });
+        }
+    };
+    if platform.starts_with("android-") {
+        return Err(PlatformError::Android(platform));
+    }
+    Ok(platform)
+}
+
+/// Refuses an empty platform list, or a value zapstore would drop.
+fn check_platforms(platforms: &[String]) -> Result<()> {
+    if platforms.is_empty() {
+        return Err(ReleaseError::MissingTag("f"));
+    }
+    match platforms
+        .iter()
+        .find(|f| !ZAPSTORE_PLATFORMS.contains(&f.as_str()))
+    {
+        Some(unknown) => Err(ReleaseError::UnknownPlatform(unknown.clone())),
+        None => Ok(()),
+    }
+}
+
 /// A software application (kind 32267).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SoftwareApplication {
@@ -276,7 +362,7 @@ pub struct SoftwareApplication {
     pub icon: Option<String>,
     pub images: Vec<String>,
     pub hashtags: Vec<String>,
-    /// `f` platform tags (e.g. `linux-x86_64`); at least one is required.
+    /// `f` platform tags (e.g. `linux-x86_64`): at least one, each of [`ZAPSTORE_PLATFORMS`].
     pub platforms: Vec<String>,
     pub license: Option<String>,
     /// Source repository URL.
@@ -310,10 +396,9 @@ impl SoftwareApplication {
         }
     }
 
+    /// The event; fails without a platform, or with one zapstore does not accept.
     pub fn to_event_builder(&self) -> Result<EventBuilder> {
-        if self.platforms.is_empty() {
-            return Err(ReleaseError::MissingTag("f"));
-        }
+        check_platforms(&self.platforms)?;
         let mut tags = vec![Tag::identifier(self.identifier.clone())];
         let optional = [
             (TAG_NAME, &self.name),
@@ -407,6 +492,7 @@ pub struct SoftwareRelease {
     pub app: String,
     pub version: String,
     /// `c`: `main`, `beta`, `nightly` or `dev` (not checked: zapstore may add channels).
+    /// Optional when reading; zapstore requires it, so building refuses a release without it.
     pub channel: Option<String>,
     pub platforms: Vec<String>,
     /// The asset events (3063, or legacy 1063).
@@ -421,15 +507,19 @@ impl SoftwareRelease {
         format!("{}@{}", self.app, self.version)
     }
 
-    pub fn to_event_builder(&self) -> EventBuilder {
+    /// The event; fails without a channel (`c`), which zapstore requires.
+    pub fn to_event_builder(&self) -> Result<EventBuilder> {
+        let channel = self
+            .channel
+            .as_ref()
+            .filter(|c| !c.is_empty())
+            .ok_or(ReleaseError::MissingTag("c"))?;
         let mut tags = vec![
             Tag::identifier(self.identifier()),
             custom_tag(TAG_APP, [self.app.clone()]),
             custom_tag(TAG_VERSION, [self.version.clone()]),
+            custom_tag(TAG_CHANNEL, [channel.clone()]),
         ];
-        if let Some(channel) = &self.channel {
-            tags.push(custom_tag(TAG_CHANNEL, [channel.clone()]));
-        }
         tags.extend(
             self.platforms
                 .iter()
@@ -440,9 +530,9 @@ impl SoftwareRelease {
             values.extend(asset.relay.as_ref().map(|r| r.to_string()));
             custom_tag(TAG_EVENT, values)
         }));
-        EventBuilder::new(SOFTWARE_RELEASE, self.content.clone())
+        Ok(EventBuilder::new(SOFTWARE_RELEASE, self.content.clone())
             .tags(tags)
-            .allow_self_tagging()
+            .allow_self_tagging())
     }
 
     pub fn from_event(event: &Event) -> Result<Self> {
@@ -492,6 +582,7 @@ pub struct SoftwareAsset {
     pub urls: Vec<String>,
     pub mime: String,
     pub size: Option<u64>,
+    /// `f`: at least one, each of [`ZAPSTORE_PLATFORMS`] (when building).
     pub platforms: Vec<String>,
     pub filename: Option<String>,
     pub variant: Option<String>,
@@ -504,10 +595,12 @@ pub struct SoftwareAsset {
 }
 
 impl SoftwareAsset {
+    /// The event; fails without a URL, without a platform or with one zapstore does not accept.
     pub fn to_event_builder(&self) -> Result<EventBuilder> {
         if self.urls.is_empty() {
             return Err(ReleaseError::MissingTag("url"));
         }
+        check_platforms(&self.platforms)?;
         let mut tags = vec![
             custom_tag(TAG_APP, [self.app.clone()]),
             custom_tag(TAG_HASH, [self.sha256.to_hex()]),
@@ -924,7 +1017,7 @@ mod tests {
             }],
             content: "notes".into(),
         };
-        let event = sign(release.to_event_builder(), &keys);
+        let event = sign(release.to_event_builder().unwrap(), &keys);
         assert_eq!(event.tags.identifier(), Some("dev.quorum.app@1.2.3"));
         assert_eq!(SoftwareRelease::from_event(&event).unwrap(), release);
     }
@@ -989,6 +1082,101 @@ mod tests {
         );
         let err = SoftwareAsset::from_event(&bad_commit).unwrap_err();
         assert!(err.to_string().contains("`commit`"), "{err}");
+    }
+
+    #[test]
+    fn runner_platforms_map_to_zapstore_spelling() {
+        let cases = [
+            ("linux", "x86_64", "linux-x86_64"),
+            ("linux", "aarch64", "linux-aarch64"),
+            ("linux", "arm", "linux-armv7l"),
+            ("linux", "riscv64", "linux-riscv64"),
+            ("macos", "aarch64", "darwin-arm64"),
+            ("macos", "x86_64", "darwin-x86_64"),
+            ("darwin", "arm64", "darwin-arm64"),
+            ("windows", "x86_64", "windows-x86_64"),
+            ("windows", "aarch64", "windows-aarch64"),
+            ("ios", "aarch64", "ios-arm64"),
+        ];
+        for (os, arch, expected) in cases {
+            assert_eq!(zapstore_platform(os, arch), Ok(expected), "{os}-{arch}");
+            assert!(ZAPSTORE_PLATFORMS.contains(&expected));
+        }
+        assert!(matches!(
+            zapstore_platform("freebsd", "x86_64"),
+            Err(PlatformError::Unknown { .. })
+        ));
+        assert!(zapstore_platform("linux", "mips").is_err());
+        assert!(zapstore_platform("unknown", "unknown").is_err());
+        // Android assets need tags a run cannot supply: refused with that reason.
+        let err = zapstore_platform("android", "aarch64").unwrap_err();
+        assert_eq!(err, PlatformError::Android("android-arm64-v8a"));
+        assert!(err.to_string().contains("apk_certificate_hash"), "{err}");
+    }
+
+    fn asset_on(platforms: &[&str]) -> SoftwareAsset {
+        SoftwareAsset {
+            app: "dev.quorum.app".into(),
+            sha256: sha(4),
+            version: "1.2.3".into(),
+            urls: vec!["https://a.example/x".into()],
+            mime: "application/x-tar".into(),
+            size: None,
+            platforms: platforms.iter().map(|s| s.to_string()).collect(),
+            filename: None,
+            variant: None,
+            commit: None,
+            min_platform_version: None,
+            target_platform_version: None,
+            apk_certificate_hash: None,
+        }
+    }
+
+    #[test]
+    fn nip82_builders_refuse_what_zapstore_rejects() {
+        // No platform, or one zapstore drops: no 3063, no 32267.
+        assert_eq!(
+            asset_on(&[]).to_event_builder().err(),
+            Some(ReleaseError::MissingTag("f"))
+        );
+        for bad in ["unknown", "macos-aarch64", "linux-arm"] {
+            let err = asset_on(&["linux-x86_64", bad])
+                .to_event_builder()
+                .unwrap_err();
+            assert_eq!(err, ReleaseError::UnknownPlatform(bad.into()));
+            assert!(err.to_string().contains("darwin-arm64"), "{err}");
+            let app = SoftwareApplication::new("x", vec![bad.into()]);
+            assert_eq!(
+                app.to_event_builder().err(),
+                Some(ReleaseError::UnknownPlatform(bad.into()))
+            );
+        }
+        for good in ZAPSTORE_PLATFORMS {
+            assert!(asset_on(&[good]).to_event_builder().is_ok(), "{good}");
+        }
+        // No channel: no 30063 (zapstore requires `c`); with one, it is tagged.
+        let mut release = SoftwareRelease {
+            app: "x".into(),
+            version: "1".into(),
+            channel: None,
+            platforms: vec![],
+            assets: vec![],
+            content: String::new(),
+        };
+        assert_eq!(
+            release.to_event_builder().err(),
+            Some(ReleaseError::MissingTag("c"))
+        );
+        release.channel = Some(String::new());
+        assert!(release.to_event_builder().is_err());
+        release.channel = Some("main".into());
+        let event = sign(release.to_event_builder().unwrap(), &Keys::generate());
+        assert_eq!(
+            all_values(&event, "c"),
+            vec!["main".to_string()],
+            "{:?}",
+            event.tags
+        );
     }
 
     fn sample_binding() -> ReleaseBinding {

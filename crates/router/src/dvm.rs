@@ -314,9 +314,8 @@ impl Router {
         // all signed by the router's key (the quorum signs its own binding).
         let pipeline_run =
             PipelineRun::new(&self.client, &plan, &context, &config).with_release(ReleaseOptions {
-                version: None,
-                mirrors: Default::default(),
                 bundle_uploader: self.config.bundle_store.clone(),
+                ..ReleaseOptions::default()
             });
         let end = tokio::select! {
             end = pipeline_run.run(prior, &mut reporter) => end,
@@ -328,6 +327,9 @@ impl Router {
                 published.release = Some(release.binding.to_hex());
                 published.files = release.files.iter().map(|id| id.to_hex()).collect();
                 published.software_release = release.software_release.map(|id| id.to_hex());
+                if let Some(reason) = &release.nip82_error {
+                    published.problems.push(format!("NIP-82: {reason}"));
+                }
             }
             Ok(None) => {}
             Err(reason) => published.problems.push(format!("no release: {reason}")),

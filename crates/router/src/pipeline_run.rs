@@ -182,7 +182,7 @@ impl<'a> PipelineRun<'a> {
         started_at: Timestamp,
         release: &Result<Option<Release>, String>,
     ) -> Vec<(String, Result<(), String>)> {
-        use quorum_proto::nostr::{Filter, Kind};
+        use quorum_proto::nostr::Filter;
         let Some(repo) = &self.context.repo_id else {
             return Vec::new();
         };
@@ -227,7 +227,7 @@ impl<'a> PipelineRun<'a> {
             .fetch(
                 Filter::new()
                     .author(self.client.public_key())
-                    .kinds(display.iter().copied().collect::<Vec<Kind>>())
+                    .kinds(display.to_vec())
                     .since(started_at),
                 timeout,
             )

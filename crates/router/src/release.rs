@@ -4,6 +4,13 @@
 //! NIP-82 shapes: one asset (3063) per artifact, the release (30063) listing them and the
 //! application (32267) naming the repository (docs/protocol.md §11.5).
 //!
+//! The NIP-82 events are shaped for zapstore, their main reader: a channel (`c`) on the 30063,
+//! and `f` values from zapstore's platform list only. An artifact whose platform is unknown
+//! gets no 3063 (its 1063 and binding are still published) and [`Release::nip82_error`] says
+//! why. zapstore admits publishers by key, so [`ReleaseOptions::nip82_signer`] lets a
+//! maintainer's key (a key file or a NIP-46 bunker) sign the NIP-82 events instead of the key
+//! that ran the pipeline; the binding stays the verifiable record either way.
+//!
 //! A release job run by a quorum (`mode: quorum`) already has its binding, signed by the quorum
 //! key when the members agreed; this module publishes only the file metadata for it, after
 //! storing a verification bundle (`quorum_proto::bundle`: every signed event `quorum verify`
@@ -13,6 +20,7 @@
 //! by the key that ran the pipeline, naming the runner results that attest them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quorum_blossom::client::BlossomClient;
@@ -21,10 +29,10 @@ use quorum_pipeline::Plan;
 use quorum_proto::approval::ArtifactDigest;
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::nip34::RepoCoordinate;
-use quorum_proto::nostr::{EventId, PublicKey, Timestamp};
+use quorum_proto::nostr::{EventBuilder, EventId, NostrSigner, PublicKey, Timestamp};
 use quorum_proto::release::{
     AssetRef, Attestation, FileMetadata, ReleaseBinding, SoftwareApplication, SoftwareAsset,
-    SoftwareRelease,
+    SoftwareRelease, zapstore_platform,
 };
 use quorum_proto::step::{ArtifactRef, StepJob};
 
@@ -32,8 +40,10 @@ use crate::{JobRecord, RunContext, RunOutcome, run_id};
 
 /// How long to look for the runners' NIP-89 announcements (their platform).
 const ANNOUNCEMENT_WAIT: Duration = Duration::from_secs(2);
-/// The NIP-82 platform when no runner announcement says one.
-pub const UNKNOWN_PLATFORM: &str = "unknown";
+/// The NIP-82 channel of a release version (zapstore's publisher defaults to it).
+pub const CHANNEL_MAIN: &str = "main";
+/// The NIP-82 channel of a pre-release version.
+pub const CHANNEL_BETA: &str = "beta";
 
 /// What was published.
 #[derive(Debug, Clone)]
@@ -57,6 +67,16 @@ pub struct Release {
     pub application: Option<EventId>,
     /// The NIP-82 version: [`ReleaseOptions::version`], or [`default_version`].
     pub version: String,
+    /// The NIP-82 channel (`c` of the 30063): [`ReleaseOptions::channel`], or
+    /// [`default_channel`].
+    pub channel: String,
+    /// Who signed the NIP-82 events: [`ReleaseOptions::nip82_signer`]'s key, else the key that
+    /// ran the pipeline; `None` when none was published.
+    pub nip82_signer: Option<PublicKey>,
+    /// Why some or all NIP-82 events were not published (an artifact with no platform zapstore
+    /// accepts, a signer that did not sign, a relay that refused), while the 1063s and the
+    /// binding were.
+    pub nip82_error: Option<String>,
     /// The verification bundle stored for the quorum-signed part of the release: its sha256
     /// and the URLs that serve it.
     pub bundle: Option<(Sha256Hex, Vec<String>)>,
@@ -64,11 +84,19 @@ pub struct Release {
     pub bundle_error: Option<String>,
 }
 
-/// What the caller knows beyond the run: a version, and copies of the artifacts elsewhere.
+/// What the caller knows beyond the run: a version, copies of the artifacts elsewhere, and who
+/// signs the NIP-82 events.
 #[derive(Debug, Clone, Default)]
 pub struct ReleaseOptions {
     /// The version (e.g. the git tag at the commit); default [`default_version`].
     pub version: Option<String>,
+    /// The NIP-82 channel (`main`, `beta`, `nightly`, `dev`); default [`default_channel`].
+    pub channel: Option<String>,
+    /// Signs the NIP-82 events (32267/30063/3063) instead of the key that ran the pipeline:
+    /// zapstore admits publishers by key (an allowlist or web-of-trust rank) and lets one key
+    /// own an app id, so a maintainer's key, local or behind a NIP-46 bunker, publishes there.
+    /// The 1063s and the binding are still signed as before.
+    pub nip82_signer: Option<Arc<dyn NostrSigner>>,
     /// More URLs serving an artifact's bytes (e.g. mirrors made with BUD-04), by sha256 hex:
     /// added as `fallback`s in 1063 and `url`s in 3063, after the runner's own.
     pub mirrors: BTreeMap<String, Vec<String>>,
@@ -82,6 +110,16 @@ pub struct ReleaseOptions {
 /// valid identifier) that sorts below any real version.
 pub fn default_version(commit: &str) -> String {
     format!("0.0.0-g{}", &commit[..commit.len().min(12)])
+}
+
+/// The channel of a version: [`CHANNEL_BETA`] for a semver pre-release (a `-` after the
+/// numbers, as in `1.0.0-rc1` or [`default_version`]'s `0.0.0-g…`), else [`CHANNEL_MAIN`].
+pub fn default_channel(version: &str) -> &'static str {
+    if version.contains('-') {
+        CHANNEL_BETA
+    } else {
+        CHANNEL_MAIN
+    }
 }
 
 /// The MIME type of an artifact, by its name: the tar family by extension, anything else
@@ -245,7 +283,7 @@ pub async fn publish_release_with(
         && let Some(&(binding, signer)) = bindings.first()
     {
         // Every release job ran in quorum mode: the quorums' bindings are the release.
-        let nip82 = publish_nip82(client, &repo, context, bundled, &described).await?;
+        let nip82 = publish_nip82(client, &repo, context, bundled, &described).await;
         return Ok(Some(Release {
             binding,
             signer,
@@ -255,6 +293,9 @@ pub async fn publish_release_with(
             software_release: nip82.release,
             application: nip82.application,
             version: nip82.version,
+            channel: nip82.channel,
+            nip82_signer: nip82.signer,
+            nip82_error: nip82.error,
             bundle,
             bundle_error,
         }));
@@ -276,7 +317,7 @@ pub async fn publish_release_with(
         .map_err(|e| format!("cannot publish the release: {e}"))?;
     bindings.push((event.id, event.pubkey));
     let (binding, signer) = bindings[0];
-    let nip82 = publish_nip82(client, &repo, context, bundled, &described).await?;
+    let nip82 = publish_nip82(client, &repo, context, bundled, &described).await;
     Ok(Some(Release {
         binding,
         signer,
@@ -286,6 +327,9 @@ pub async fn publish_release_with(
         software_release: nip82.release,
         application: nip82.application,
         version: nip82.version,
+        channel: nip82.channel,
+        nip82_signer: nip82.signer,
+        nip82_error: nip82.error,
         bundle,
         bundle_error,
     }))
@@ -424,48 +468,176 @@ struct Nip82 {
     release: Option<EventId>,
     application: Option<EventId>,
     version: String,
+    channel: String,
+    signer: Option<PublicKey>,
+    error: Option<String>,
+}
+
+/// Who signs and publishes the NIP-82 events.
+enum Nip82Signer<'a> {
+    /// The key that ran the pipeline.
+    Client(&'a JobClient),
+    /// A maintainer's signer; `client` only carries the signed events to the relays.
+    Maintainer {
+        client: &'a JobClient,
+        signer: &'a Arc<dyn NostrSigner>,
+        key: PublicKey,
+    },
+}
+
+impl Nip82Signer<'_> {
+    fn key(&self) -> PublicKey {
+        match self {
+            Nip82Signer::Client(client) => client.public_key(),
+            Nip82Signer::Maintainer { key, .. } => *key,
+        }
+    }
+
+    async fn publish(&self, builder: EventBuilder, what: &str) -> Result<EventId, String> {
+        match self {
+            Nip82Signer::Client(client) => client
+                .publish_event(builder)
+                .await
+                .map(|event| event.id)
+                .map_err(|e| format!("cannot publish the {what}: {e}")),
+            Nip82Signer::Maintainer { client, signer, .. } => {
+                let event = builder
+                    .sign(*signer)
+                    .await
+                    .map_err(|e| format!("the NIP-82 signer did not sign the {what}: {e}"))?;
+                client
+                    .publish_signed(&event)
+                    .await
+                    .map_err(|e| format!("cannot publish the {what}: {e}"))?;
+                Ok(event.id)
+            }
+        }
+    }
 }
 
 /// Publishes a 3063 asset per released artifact, the 30063 release listing them and the 32267
-/// application (`d` = the repository's identifier, `a` = the repository). The platform of an
-/// asset is `<os>-<arch>` from the NIP-89 announcement of the runner that built it (the step
-/// report carries none); unknown runners give assets no `f`, and the release and application
-/// `unknown` when no platform is known at all (32267 needs one).
+/// application (`d` = the repository's identifier, `a` = the repository), signed by
+/// [`ReleaseOptions::nip82_signer`] if given. The platform of an asset is zapstore's spelling
+/// of the `<os>-<arch>` in the NIP-89 announcement of the runner that built it (the step
+/// report carries none). An artifact whose runner announced no platform, or one zapstore does
+/// not list, gets no 3063; with no 3063 at all there is no 30063 or 32267 either. Nothing here
+/// fails the release: the 1063s and binding are published, and `error` says what is missing.
 async fn publish_nip82(
     client: &JobClient,
     repo: &RepoCoordinate,
     context: &RunContext,
     bundled: Bundled<'_>,
     described: &[(&JobRecord, &ArtifactRef)],
-) -> Result<Nip82, String> {
+) -> Nip82 {
     let options = bundled.options;
     let version = options
         .version
         .clone()
         .unwrap_or_else(|| default_version(&context.commit));
+    let channel = options
+        .channel
+        .clone()
+        .unwrap_or_else(|| default_channel(&version).to_string());
+    let mut nip82 = Nip82 {
+        assets: Vec::new(),
+        release: None,
+        application: None,
+        version,
+        channel,
+        signer: None,
+        error: None,
+    };
     if described.is_empty() {
-        return Ok(Nip82 {
-            assets: Vec::new(),
-            release: None,
-            application: None,
-            version,
-        });
+        return nip82;
     }
+    let signer = match &options.nip82_signer {
+        None => Nip82Signer::Client(client),
+        Some(signer) => match signer.get_public_key().await {
+            Ok(key) => Nip82Signer::Maintainer {
+                client,
+                signer,
+                key,
+            },
+            Err(e) => {
+                nip82.error = Some(format!(
+                    "no NIP-82 events published: the NIP-82 signer gave no public key: {e}"
+                ));
+                return nip82;
+            }
+        },
+    };
+    let mut problems = Vec::new();
+    if let Err(reason) = publish_nip82_events(
+        &signer,
+        client,
+        repo,
+        context,
+        bundled,
+        described,
+        &mut nip82,
+        &mut problems,
+    )
+    .await
+    {
+        problems.push(reason);
+    }
+    if nip82.release.is_some() || !nip82.assets.is_empty() {
+        nip82.signer = Some(signer.key());
+    }
+    if !problems.is_empty() {
+        let reason = problems.join("; ");
+        tracing::warn!("NIP-82: {reason}");
+        nip82.error = Some(reason);
+    }
+    nip82
+}
+
+/// The events of [`publish_nip82`]: a skipped artifact is pushed to `problems`, a failure to
+/// sign or publish ends the publishing (returned).
+#[allow(clippy::too_many_arguments)]
+async fn publish_nip82_events(
+    signer: &Nip82Signer<'_>,
+    client: &JobClient,
+    repo: &RepoCoordinate,
+    context: &RunContext,
+    bundled: Bundled<'_>,
+    described: &[(&JobRecord, &ArtifactRef)],
+    nip82: &mut Nip82,
+    problems: &mut Vec<String>,
+) -> Result<(), String> {
+    let options = bundled.options;
     let platforms = runner_platforms(client).await;
     let app = repo.identifier.clone();
-    let mut assets = Vec::new();
     let mut all_platforms = BTreeSet::new();
     for (record, artifact) in described {
-        let platform = builder_of(record).and_then(|key| platforms.get(&key).cloned());
-        all_platforms.extend(platform.clone());
+        let announced = builder_of(record).and_then(|key| platforms.get(&key));
+        let platform = match announced {
+            None => Err(
+                "the runner that built it announced no platform (NIP-89), so zapstore's `f` \
+                 is unknown"
+                    .to_string(),
+            ),
+            Some((os, arch)) => zapstore_platform(os, arch).map_err(|e| e.to_string()),
+        };
+        let platform = match platform {
+            Ok(platform) => platform,
+            Err(reason) => {
+                problems.push(format!(
+                    "no NIP-82 asset for {}/{}: {reason}",
+                    record.id, artifact.name
+                ));
+                continue;
+            }
+        };
+        all_platforms.insert(platform.to_string());
         let asset = SoftwareAsset {
             app: app.clone(),
             sha256: Sha256Hex::parse(&artifact.blob.sha256).map_err(|e| e.to_string())?,
-            version: version.clone(),
+            version: nip82.version.clone(),
             urls: artifact_urls(artifact, options),
             mime: artifact_mime(&artifact.name).to_string(),
             size: Some(artifact.blob.size),
-            platforms: platform.into_iter().collect(),
+            platforms: vec![platform.to_string()],
             filename: artifact.name.rsplit('/').next().map(str::to_string),
             variant: None,
             commit: Some(context.commit.clone()),
@@ -477,46 +649,35 @@ async fn publish_nip82(
         if record.quorum.is_some() {
             builder = builder.tags(bundled.tag());
         }
-        let event = client
-            .publish_event(builder)
-            .await
-            .map_err(|e| format!("cannot publish the software asset: {e}"))?;
-        assets.push(event.id);
+        nip82
+            .assets
+            .push(signer.publish(builder, "software asset").await?);
     }
-    let platforms: Vec<String> = if all_platforms.is_empty() {
-        vec![UNKNOWN_PLATFORM.to_string()]
-    } else {
-        all_platforms.into_iter().collect()
-    };
+    if nip82.assets.is_empty() {
+        // A 30063 listing nothing and a 32267 with no platform would only be rejected.
+        return Ok(());
+    }
+    let platforms: Vec<String> = all_platforms.into_iter().collect();
     let release = SoftwareRelease {
         app: app.clone(),
-        version: version.clone(),
-        channel: None,
+        version: nip82.version.clone(),
+        channel: Some(nip82.channel.clone()),
         platforms: platforms.clone(),
-        assets: assets
+        assets: nip82
+            .assets
             .iter()
             .map(|&id| AssetRef { id, relay: None })
             .collect(),
         content: format!("{repo} at {}", context.commit),
     };
-    let release = client
-        .publish_event(release.to_event_builder())
-        .await
-        .map_err(|e| format!("cannot publish the software release: {e}"))?;
+    let builder = release.to_event_builder().map_err(|e| e.to_string())?;
+    nip82.release = Some(signer.publish(builder, "software release").await?);
     let mut application = SoftwareApplication::new(app.clone(), platforms);
     application.name = Some(app);
     application.repo = Some(repo.clone());
     let builder = application.to_event_builder().map_err(|e| e.to_string())?;
-    let application = client
-        .publish_event(builder)
-        .await
-        .map_err(|e| format!("cannot publish the software application: {e}"))?;
-    Ok(Nip82 {
-        assets,
-        release: Some(release.id),
-        application: Some(application.id),
-        version,
-    })
+    nip82.application = Some(signer.publish(builder, "software application").await?);
+    Ok(())
 }
 
 /// The runner whose build counted: the provider, else the first member a quorum named.
@@ -533,14 +694,14 @@ fn builder_of(record: &JobRecord) -> Option<PublicKey> {
         .and_then(|key| PublicKey::parse(key).ok())
 }
 
-/// `<os>-<arch>` of every runner announcing itself (NIP-89) on the client's relays.
-async fn runner_platforms(client: &JobClient) -> HashMap<PublicKey, String> {
+/// `(os, arch)` of every runner announcing itself (NIP-89) on the client's relays.
+async fn runner_platforms(client: &JobClient) -> HashMap<PublicKey, (String, String)> {
     match client.discover(StepJob::kind(), ANNOUNCEMENT_WAIT).await {
         Ok(found) => found
             .into_iter()
             .map(|(key, announcement)| {
                 let caps = &announcement.offer.capabilities;
-                (key, format!("{}-{}", caps.os, caps.arch))
+                (key, (caps.os.clone(), caps.arch.clone()))
             })
             .collect(),
         Err(_) => HashMap::new(),

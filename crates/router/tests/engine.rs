@@ -713,13 +713,15 @@ async fn a_released_artifact_verifies_and_a_tampered_one_does_not() {
     assert_eq!(asset.mime, "application/octet-stream");
     assert_eq!(
         asset.platforms,
-        vec![format!(
-            "{}-{}",
-            std::env::consts::OS,
-            std::env::consts::ARCH
-        )],
-        "the platform of the runner's announcement"
+        vec![
+            quorum_proto::release::zapstore_platform(std::env::consts::OS, std::env::consts::ARCH)
+                .unwrap()
+                .to_string()
+        ],
+        "zapstore's spelling of the runner's announced platform"
     );
+    assert_eq!(release.nip82_error, None);
+    assert_eq!(release.nip82_signer, Some(client.public_key()));
     assert_eq!(
         asset.urls,
         outcome.jobs[0].report.as_ref().unwrap().artifacts[0]
@@ -731,6 +733,11 @@ async fn a_released_artifact_verifies_and_a_tampered_one_does_not() {
     )
     .unwrap();
     assert_eq!(software.identifier(), format!("sample@{version}"));
+    assert_eq!(
+        software.channel.as_deref(),
+        Some("beta"),
+        "an untagged commit's version is a pre-release"
+    );
     assert_eq!(
         software.assets.iter().map(|a| a.id).collect::<Vec<_>>(),
         release.assets
@@ -1232,4 +1239,215 @@ async fn a_run_publishes_the_same_kinds_of_events_from_the_engine_and_from_the_r
     client.shutdown().await;
     router.shutdown().await;
     runner.shutdown().await;
+}
+
+/// A fake runner's NIP-89 announcement of the platform it builds on.
+async fn announce_platform(network: &Network, runner: &Keys, os: &str, arch: &str) {
+    let announcement = quorum_proto::nip89::Announcement {
+        identifier: "runner".into(),
+        name: "runner".into(),
+        about: String::new(),
+        kinds: vec![quorum_proto::step::StepJob::kind()],
+        offer: Offer {
+            capabilities: Capabilities {
+                arch: arch.into(),
+                os: os.into(),
+                sandbox: "none".into(),
+                toolchains: vec![],
+                network: false,
+            },
+            price: Price::default(),
+            limits: JobLimits {
+                concurrency: 1,
+                max_timeout_secs: 60,
+                max_request_bytes: 65536,
+            },
+        },
+        operator: None,
+    };
+    let client = JobClient::connect(std::slice::from_ref(&network.relay), runner.clone())
+        .await
+        .unwrap();
+    client
+        .publish_event(announcement.to_event_builder())
+        .await
+        .unwrap();
+    client.shutdown().await;
+}
+
+/// A successful release job's record, as a runner's result would leave it.
+fn released_job(id: &str, runner: &Keys, byte: u8) -> JobRecord {
+    use quorum_proto::step::{ArtifactRef, BlobRef, SandboxRef, StepReport};
+    let sha = quorum_proto::blossom::Sha256Hex::from_bytes([byte; 32]).to_hex();
+    JobRecord {
+        id: id.into(),
+        name: id.into(),
+        state: JobState::Succeeded,
+        provider: Some(runner.public_key().to_hex()),
+        request: None,
+        result: Some(EventId::from_slice(&[byte; 32]).unwrap().to_hex()),
+        report: Some(StepReport {
+            commit: "ab".repeat(20),
+            exit_code: Some(0),
+            timed_out: false,
+            duration_ms: 1,
+            source_date_epoch: 0,
+            artifacts: vec![ArtifactRef {
+                name: format!("out/{id}.tar"),
+                blob: BlobRef {
+                    urls: vec![format!("https://cdn.example/{sha}.tar")],
+                    sha256: sha,
+                    size: 10,
+                },
+            }],
+            log: BlobRef {
+                sha256: "00".repeat(32),
+                size: 0,
+                urls: vec![],
+            },
+            log_tail: String::new(),
+            sandbox: SandboxRef {
+                name: "none".into(),
+                isolated: false,
+            },
+            quorum: None,
+        }),
+        content: None,
+        tried: vec![runner.public_key().to_hex()],
+        quorum: None,
+    }
+}
+
+/// zapstore accepts the NIP-82 events (issue 10, item 7): a maintainer's key signs them when
+/// the release says so, the 30063 carries a channel, `f` is spelled zapstore's way (a macOS
+/// runner's `macos-aarch64` is `darwin-arm64`), and a file whose runner has no platform zapstore
+/// knows gets no 3063, while its 1063 and the binding are still published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nip82_events_are_signed_by_the_maintainer_with_zapstore_channel_and_platforms() {
+    use quorum_proto::release::{
+        FileMetadata, ReleaseBinding, SoftwareApplication, SoftwareAsset, SoftwareRelease,
+    };
+    use quorum_router::release::{ReleaseOptions, publish_release_with};
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let mac = Keys::generate();
+    let plan9 = Keys::generate();
+    let silent = Keys::generate();
+    announce_platform(&network, &mac, "macos", "aarch64").await;
+    announce_platform(&network, &plan9, "plan9", "mips").await;
+    let plan = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        "on: [push]\njobs:\n  mac:\n    run: make\n    artifacts: [out/mac.tar]\n    release: true\n  plan9:\n    run: make\n    artifacts: [out/plan9.tar]\n    release: true\n  silent:\n    run: make\n    artifacts: [out/silent.tar]\n    release: true\n",
+    )
+    .unwrap();
+    let outcome = quorum_router::RunOutcome {
+        succeeded: true,
+        jobs: vec![
+            released_job("mac", &mac, 1),
+            released_job("plan9", &plan9, 2),
+            released_job("silent", &silent, 3),
+        ],
+    };
+    let context = RunContext {
+        repo: "https://git.example/app.git".into(),
+        commit: "ab".repeat(20),
+        repo_id: Some(quorum_proto::nip34::RepoCoordinate::new(
+            Keys::generate().public_key(),
+            "app",
+        )),
+        ..RunContext::default()
+    };
+    let client = network.client().await;
+    let maintainer = Keys::generate();
+    let options = ReleaseOptions {
+        version: Some("v1.0.0".into()),
+        nip82_signer: Some(std::sync::Arc::new(maintainer.clone())),
+        ..ReleaseOptions::default()
+    };
+    let release = publish_release_with(&client, &plan, &context, &outcome, &options)
+        .await
+        .unwrap()
+        .expect("release jobs make a release");
+    let fetch_one = |id: EventId| {
+        let client = &client;
+        async move {
+            let found = client
+                .fetch(Filter::new().id(id), Duration::from_secs(5))
+                .await
+                .unwrap();
+            found.into_iter().next().expect("published event")
+        }
+    };
+
+    // The 1063s and the binding: every file, signed by the key that ran the pipeline.
+    assert_eq!(release.files.len(), 3);
+    for id in &release.files {
+        let event = fetch_one(*id).await;
+        assert_eq!(event.pubkey, client.public_key());
+        FileMetadata::from_event(&event).unwrap();
+    }
+    let binding_event = fetch_one(release.binding).await;
+    assert_eq!(binding_event.pubkey, client.public_key());
+    assert_eq!(
+        ReleaseBinding::from_event(&binding_event)
+            .unwrap()
+            .artifacts
+            .len(),
+        3
+    );
+
+    // One 3063, for the macOS build only, and the 30063 and 32267: all the maintainer's.
+    assert_eq!(release.nip82_signer, Some(maintainer.public_key()));
+    assert_eq!(release.channel, "main");
+    assert_eq!(release.assets.len(), 1, "{release:?}");
+    let asset_event = fetch_one(release.assets[0]).await;
+    assert_eq!(asset_event.pubkey, maintainer.public_key());
+    let asset = SoftwareAsset::from_event(&asset_event).unwrap();
+    assert_eq!(asset.platforms, vec!["darwin-arm64".to_string()]);
+    assert_eq!(asset.filename.as_deref(), Some("mac.tar"));
+    let release_event = fetch_one(release.software_release.expect("a 30063")).await;
+    assert_eq!(release_event.pubkey, maintainer.public_key());
+    let software = SoftwareRelease::from_event(&release_event).unwrap();
+    assert_eq!(software.channel.as_deref(), Some("main"));
+    assert_eq!(software.platforms, vec!["darwin-arm64".to_string()]);
+    assert_eq!(software.assets.len(), 1);
+    assert_eq!(software.assets[0].id, release.assets[0]);
+    let app_event = fetch_one(release.application.expect("a 32267")).await;
+    assert_eq!(app_event.pubkey, maintainer.public_key());
+    assert_eq!(
+        SoftwareApplication::from_event(&app_event)
+            .unwrap()
+            .platforms,
+        vec!["darwin-arm64".to_string()]
+    );
+
+    // Why the other two got no 3063, by file.
+    let error = release.nip82_error.expect("the skipped files are named");
+    assert!(error.contains("plan9/out/plan9.tar"), "{error}");
+    assert!(error.contains("plan9-mips"), "{error}");
+    assert!(error.contains("silent/out/silent.tar"), "{error}");
+    assert!(error.contains("announced no platform"), "{error}");
+    assert!(!error.contains("mac/out/mac.tar"), "{error}");
+
+    // Nothing at all with a known platform: no 3063, 30063 or 32267, still the 1063s.
+    let only_plan9 = quorum_router::RunOutcome {
+        succeeded: true,
+        jobs: vec![released_job("plan9", &plan9, 4)],
+    };
+    let plan = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        "on: [push]\njobs:\n  plan9:\n    run: make\n    artifacts: [out/plan9.tar]\n    release: true\n",
+    )
+    .unwrap();
+    let release = publish_release_with(&client, &plan, &context, &only_plan9, &options)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(release.files.len(), 1);
+    assert!(release.assets.is_empty());
+    assert_eq!(release.software_release, None);
+    assert_eq!(release.application, None);
+    assert_eq!(release.nip82_signer, None);
+    assert!(release.nip82_error.unwrap().contains("plan9-mips"));
+    client.shutdown().await;
 }

@@ -233,9 +233,8 @@ async fn tour(
     let pipeline_run =
         quorum_router::pipeline_run::PipelineRun::new(&client, &plan, &context, &config)
             .with_release(quorum_router::release::ReleaseOptions {
-                version: None,
-                mirrors: Default::default(),
                 bundle_uploader: Some(blossom.clone()),
+                ..Default::default()
             })
             .with_mirrors(blossom, mirror_servers);
     let run_id = pipeline_run.id();

@@ -153,6 +153,18 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             key_path.display()
         );
     }
+    // Opened before the run, so that a bad key file or bunker URI stops it before any build.
+    let (nip82_signer, nip82_bunker) =
+        match (args.nip82_key.as_deref(), args.nip82_bunker.as_deref()) {
+            (None, None) => (None, None),
+            (key, bunker) => {
+                let signer = super::signer::Signer::open(key, bunker)
+                    .await
+                    .context("--nip82-key/--nip82-bunker")?;
+                let (shared, bunker) = signer.into_shared();
+                (Some(shared), bunker)
+            }
+        };
     let client = JobClient::connect(&relays, keys.clone()).await?;
     let runners = if embedded.is_some() {
         runners
@@ -248,6 +260,8 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             version: git(&dir, &["tag", "--points-at", "HEAD", "--sort=-v:refname"])
                 .ok()
                 .and_then(|tags| tags.lines().next().map(str::to_string)),
+            channel: args.nip82_channel.clone(),
+            nip82_signer: nip82_signer.clone(),
             mirrors: Default::default(),
             bundle_uploader: Some(blossom.clone()),
         })
@@ -280,6 +294,9 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             super::sanitize(error)
         );
     }
+    if let Some(error) = release.as_ref().and_then(|r| r.nip82_error.as_deref()) {
+        eprintln!("! NIP-82 (zapstore): {}", super::sanitize(error));
+    }
     if let Some(release) = &release
         && !args.json
     {
@@ -290,11 +307,16 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
         eprintln!("✔ release {} signed by {signer}", release.binding.to_hex());
         if let (Some(repo), Some(id)) = (&context.repo_id, release.software_release) {
             eprintln!(
-                "  NIP-82 release {}@{} ({}, {} asset(s))",
+                "  NIP-82 release {}@{} on channel {} ({}, {} asset(s), signed by {})",
                 super::sanitize(&repo.identifier),
                 super::sanitize(&release.version),
+                super::sanitize(&release.channel),
                 id.to_hex(),
-                release.assets.len()
+                release.assets.len(),
+                match release.nip82_signer {
+                    Some(key) if key != keys.public_key() => key.to_hex(),
+                    _ => "this run's key".to_string(),
+                }
             );
         }
         if let Some((sha, urls)) = &release.bundle {
@@ -316,6 +338,10 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
         succeeded = false;
     }
     client.shutdown().await;
+    drop(nip82_signer);
+    if let Some(bunker) = nip82_bunker.and_then(|b| std::sync::Arc::try_unwrap(b).ok()) {
+        bunker.shutdown().await;
+    }
     if let Some(network) = embedded {
         network.shutdown().await?;
     }
@@ -547,6 +573,9 @@ pub(super) fn blossom_urls(urls: &[String]) -> anyhow::Result<Vec<reqwest::Url>>
 pub(super) fn nip82_json(release: &Release) -> serde_json::Value {
     json!({
         "version": release.version,
+        "channel": release.channel,
+        "signer": release.nip82_signer.map(|key| key.to_hex()),
+        "error": release.nip82_error,
         "assets": release.assets.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
         "release": release.software_release.map(|id| id.to_hex()),
         "application": release.application.map(|id| id.to_hex()),

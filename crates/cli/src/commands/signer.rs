@@ -52,6 +52,23 @@ impl Signer {
         }
     }
 
+    /// The signer as the router's release takes it (`ReleaseOptions::nip82_signer`), and the
+    /// bunker connection to shut down once the release is published.
+    pub fn into_shared(
+        self,
+    ) -> (
+        std::sync::Arc<dyn quorum_proto::nostr::NostrSigner>,
+        Option<std::sync::Arc<nostr_connect::prelude::NostrConnect>>,
+    ) {
+        match self {
+            Signer::Local(keys) => (std::sync::Arc::new(keys), None),
+            Signer::Bunker(bunker) => {
+                let bunker = std::sync::Arc::new(*bunker);
+                (bunker.clone(), Some(bunker))
+            }
+        }
+    }
+
     /// The local key, for what only a local key can do (dealing shares: NIP-44 from it).
     pub fn local(&self) -> Option<&Keys> {
         match self {
