@@ -26,6 +26,7 @@ const PARAM_SECRET: &str = "secret";
 const PARAM_MANDATE: &str = "mandate";
 const PARAM_REPO_ID: &str = "repo-id";
 const PARAM_MAINTAINER: &str = "maintainer";
+const PARAM_REF: &str = "ref";
 
 /// Why a request is not a valid run-pipeline job.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub enum RunError {
     TwoRepoIds,
     #[error("`maintainer` param {0:?} is not a 64-hex public key")]
     BadMaintainer(String),
+    #[error("`ref` param {0:?} is not a full ref name (refs/heads/… or refs/tags/…)")]
+    BadRef(String),
 }
 
 fn is_hex(text: &str, lengths: &[usize]) -> bool {
@@ -80,6 +83,8 @@ pub struct RunRequest {
     pub repo_id: Option<RepoCoordinate>,
     /// The repository's maintainers, asked by approval gates that list nobody in `from`.
     pub maintainers: Vec<PublicKey>,
+    /// The pushed ref whose move started the run (a watcher's push), for the CI status.
+    pub git_ref: Option<String>,
 }
 
 impl RunRequest {
@@ -94,6 +99,7 @@ impl RunRequest {
             mandate: None,
             repo_id: None,
             maintainers: Vec::new(),
+            git_ref: None,
         }
     }
 
@@ -116,6 +122,9 @@ impl RunRequest {
         }
         for maintainer in &self.maintainers {
             request = request.param(PARAM_MAINTAINER, maintainer.to_hex());
+        }
+        if let Some(git_ref) = &self.git_ref {
+            request = request.param(PARAM_REF, git_ref.clone());
         }
         for (name, values) in [(PARAM_INPUT, &self.inputs), (PARAM_SECRET, &self.secrets)] {
             for (key, value) in values {
@@ -194,6 +203,13 @@ impl RunRequest {
                         run.maintainers.push(key);
                     }
                 }
+                PARAM_REF => {
+                    let git_ref = param.value();
+                    if !(git_ref.starts_with("refs/heads/") || git_ref.starts_with("refs/tags/")) {
+                        return Err(RunError::BadRef(git_ref.to_string()));
+                    }
+                    run.git_ref = Some(git_ref.to_string());
+                }
                 PARAM_SECRET => {
                     if !was_encrypted {
                         return Err(RunError::ClearSecrets);
@@ -221,6 +237,7 @@ impl std::fmt::Debug for RunRequest {
             .field("mandate", &self.mandate)
             .field("repo_id", &self.repo_id)
             .field("maintainers", &self.maintainers)
+            .field("git_ref", &self.git_ref)
             .finish()
     }
 }
@@ -314,6 +331,7 @@ mod tests {
         let maintainer = Keys::generate().public_key();
         run.repo_id = Some(RepoCoordinate::new(maintainer, "app"));
         run.maintainers = vec![maintainer, Keys::generate().public_key()];
+        run.git_ref = Some("refs/heads/main".into());
         assert_eq!(
             RunRequest::from_request(&run.to_request(), false).unwrap(),
             run
@@ -357,6 +375,7 @@ mod tests {
                 with("maintainer", &[&"AB".repeat(32)]),
                 "`maintainer` param",
             ),
+            (with("ref", &["main"]), "`ref` param \"main\""),
         ];
         for (request, needle) in cases {
             let err = RunRequest::from_request(&request, false)

@@ -17,6 +17,7 @@ use quorum_proto::kinds::JobKind;
 use quorum_proto::nip34::{self, RepoCoordinate};
 use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
 use quorum_proto::nip90::JobRequest;
+use quorum_proto::nipc1::Trigger;
 use quorum_proto::nostr::{EventId, Filter, Kind, PublicKey};
 use quorum_proto::run::{JobSummary, Published, RunReport, RunRequest};
 use quorum_proto::step::StepJob;
@@ -25,6 +26,7 @@ use quorum_runner::GitPolicy;
 use crate::pipeline_run::PipelineRun;
 use crate::quorum::QuorumContext;
 use crate::release::ReleaseOptions;
+use crate::status::CiSource;
 use crate::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, recover};
 
 /// How a router is set up by its operator.
@@ -197,6 +199,70 @@ impl Router {
     async fn run_pipeline(&self, job: &Job, ctx: &JobContext) -> Result<RunReport, JobFailure> {
         let run = RunRequest::from_request(&job.request, JobRequest::is_encrypted(&job.event))
             .map_err(|e| JobFailure::new(format!("invalid run-pipeline request: {e}")))?;
+        let mut source = CiSource {
+            git_ref: run.git_ref.clone(),
+            trigger: if run.git_ref.is_some() {
+                Trigger::Push
+            } else {
+                Trigger::Manual
+            },
+            workflow_sha256: None,
+        };
+        let prepared = match self.prepare(job, &run, &mut source).await {
+            Ok(prepared) => prepared,
+            Err(failure) => {
+                self.report_not_started(job, &run, &source, &failure).await;
+                return Err(failure);
+            }
+        };
+        self.execute(job, ctx, run, source, prepared).await
+    }
+
+    /// Says in the repository's CI status why a run could not start, so that a maintainer
+    /// who looks at gitworkshop sees it and not nothing. Only when the request names the
+    /// repository: the events must name it. The run id is the request's id, as there may be
+    /// no plan to derive one from.
+    async fn report_not_started(
+        &self,
+        job: &Job,
+        run: &RunRequest,
+        source: &CiSource,
+        failure: &JobFailure,
+    ) {
+        let Some(repo_id) = &run.repo_id else {
+            return;
+        };
+        let context = RunContext {
+            repo: run.repo.clone(),
+            commit: run.commit.clone(),
+            repo_id: Some(repo_id.clone()),
+            ..RunContext::default()
+        };
+        let mut reason = failure.message.clone();
+        if !failure.content.is_empty() {
+            reason = format!("{reason}\n{}", failure.content);
+        }
+        let published = crate::status::publish_not_started(
+            &self.client,
+            &context,
+            source,
+            &job.event.id.to_hex(),
+            &reason,
+        )
+        .await;
+        if let Err(err) = published {
+            tracing::warn!(request = %job.event.id, "no CI status for a run that did not start: {err}");
+        }
+    }
+
+    /// Everything before the run: the pipeline at the commit, its plan, runners, mandate,
+    /// repository and maintainers. Fills in `source` as it learns the pipeline file.
+    async fn prepare(
+        &self,
+        job: &Job,
+        run: &RunRequest,
+        source: &mut CiSource,
+    ) -> Result<Prepared, JobFailure> {
         let checkout = self.config.work_root.join(job.event.id.to_hex());
         let _ = std::fs::remove_dir_all(&checkout);
         let fetched =
@@ -216,7 +282,9 @@ impl Router {
                 )
             });
         let _ = std::fs::remove_dir_all(&checkout);
-        let plan = quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, &text?).map_err(|d| {
+        let text = text?;
+        *source = CiSource::of_pipeline(&text, run.git_ref.clone());
+        let plan = quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, &text).map_err(|d| {
             JobFailure::new("the pipeline does not lint").with_content(d.to_string())
         })?;
         let plan_hash = plan.plan_hash();
@@ -297,6 +365,29 @@ impl Router {
             parent: Some(job.event.id),
             ..EngineConfig::default()
         };
+        Ok(Prepared {
+            plan,
+            plan_hash,
+            context,
+            config,
+        })
+    }
+
+    /// Runs a prepared run and reports what it did and published.
+    async fn execute(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        run: RunRequest,
+        source: CiSource,
+        prepared: Prepared,
+    ) -> Result<RunReport, JobFailure> {
+        let Prepared {
+            plan,
+            plan_hash,
+            context,
+            config,
+        } = prepared;
         let prior = recover(&self.client, &plan, job.event.id, Duration::from_secs(5)).await;
         if !prior.done.is_empty() || !prior.resume.is_empty() {
             tracing::info!(
@@ -312,11 +403,12 @@ impl Router {
         };
         // The same run object `quorum run` drives: progress, jobs, release and CI status,
         // all signed by the router's key (the quorum signs its own binding).
-        let pipeline_run =
-            PipelineRun::new(&self.client, &plan, &context, &config).with_release(ReleaseOptions {
+        let pipeline_run = PipelineRun::new(&self.client, &plan, &context, &config)
+            .with_release(ReleaseOptions {
                 bundle_uploader: self.config.bundle_store.clone(),
                 ..ReleaseOptions::default()
-            });
+            })
+            .with_ci_source(source);
         let end = tokio::select! {
             end = pipeline_run.run(prior, &mut reporter) => end,
             () = ctx.cancelled() => return Err(JobFailure::new("cancelled")),
@@ -355,6 +447,14 @@ impl Router {
             published,
         })
     }
+}
+
+/// A run ready to go: what [`Router::prepare`] found.
+struct Prepared {
+    plan: quorum_pipeline::Plan,
+    plan_hash: String,
+    context: RunContext,
+    config: EngineConfig,
 }
 
 fn summary(record: &JobRecord) -> JobSummary {

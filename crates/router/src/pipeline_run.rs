@@ -1,7 +1,8 @@
 //! One run of a pipeline from plan to outcome, the same whoever drives it — `quorum run` and
 //! `quorum demo` on a maintainer's machine, or the router DVM with nobody at a keyboard:
 //!
-//! 1. the CI progress event (NIP-C1 39842) saying the run has started;
+//! 1. the CI progress event (NIP-C1 39842) saying the run has started, republished as jobs
+//!    start and finish and renewed every ten minutes (it expires after thirty);
 //! 2. the jobs, in dependency order (approvals, quorums, chains included: [`crate::resume`]);
 //! 3. copies of the released files on more Blossom servers (BUD-04 mirror), when asked;
 //! 4. the release: NIP-94 per file, the release binding (a quorum's own, or this run's key's),
@@ -12,16 +13,21 @@
 //! could not be published fails the run when the run knows its repository (it was meant to
 //! exist); without the repository's identity nothing can name a release, which is said.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use quorum_blossom::ClientError;
 use quorum_blossom::client::BlossomClient;
 use quorum_dvm::client::JobClient;
-use quorum_pipeline::Plan;
-use quorum_proto::nostr::{EventId, Timestamp};
+use quorum_pipeline::{Plan, PlannedJob};
+use quorum_proto::nostr::{EventId, PublicKey, Timestamp};
 use quorum_proto::step::ArtifactRef;
 use serde::Serialize;
 use url::Url;
 
 use crate::release::{Release, ReleaseOptions};
+use crate::status::{CiRun, CiSource};
 use crate::{EngineConfig, JobRecord, Recovered, RunContext, RunOutcome, RunReporter, run_id};
 
 /// A run about to start: what runs, where, and what to do with what it releases.
@@ -32,6 +38,7 @@ pub struct PipelineRun<'a> {
     config: &'a EngineConfig,
     release: ReleaseOptions,
     mirrors: Option<(BlossomClient, Vec<Url>)>,
+    ci: CiSource,
 }
 
 /// How a run ended, everything it published included.
@@ -89,7 +96,15 @@ impl<'a> PipelineRun<'a> {
             config,
             release: ReleaseOptions::default(),
             mirrors: None,
+            ci: CiSource::default(),
         }
+    }
+
+    /// What the CI events say about the run's origin: the pipeline file's hash, the trigger
+    /// and the pushed ref. Without it they say "manual" and carry no file hash.
+    pub fn with_ci_source(mut self, source: CiSource) -> Self {
+        self.ci = source;
+        self
     }
 
     /// The version, extra URLs and bundle store of the release.
@@ -117,20 +132,44 @@ impl<'a> PipelineRun<'a> {
     pub async fn run(&self, recovered: Recovered, reporter: &mut dyn RunReporter) -> RunEnd {
         let run = self.id();
         let started_at = Timestamp::now();
-        let jobs = u32::try_from(self.plan.jobs.len()).unwrap_or(u32::MAX);
-        crate::status::publish_progress(self.client, self.context, &run, jobs, started_at).await;
-        let outcome = crate::resume(
+        let ci = CiRun::new(self.client, self.context, &self.ci, &run, started_at);
+        let running = Running::default();
+        let mut tracking = Tracking {
+            inner: reporter,
+            running: running.clone(),
+        };
+        let jobs = crate::resume(
             self.client,
             self.plan,
             self.context,
             self.config,
             recovered,
-            reporter,
-        )
-        .await;
-        let ci_status =
-            crate::status::publish_ci_status(self.client, self.context, &run, &outcome, started_at)
-                .await;
+            &mut tracking,
+        );
+        let outcome = match &ci {
+            None => jobs.await,
+            Some(ci) => {
+                ci.publish_progress(Vec::new()).await;
+                // The progress event lives 30 minutes: renew it while the jobs run, and
+                // replace it whenever a job starts or ends so its `in-progress` stays true.
+                tokio::pin!(jobs);
+                let every = Duration::from_secs(crate::status::PROGRESS_RENEW_SECS);
+                let mut renew =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        outcome = &mut jobs => break outcome,
+                        _ = renew.tick() => ci.publish_progress(running.ids()).await,
+                        () = running.changed.notified() => ci.publish_progress(running.ids()).await,
+                    }
+                }
+            }
+        };
+        let reporter = tracking.inner;
+        let ci_status = match &ci {
+            Some(ci) => ci.publish_ci_status(&outcome).await.map(Some),
+            None => Ok(None),
+        };
         let mut mirrors = Vec::new();
         if let Some((blossom, servers)) = &self.mirrors {
             let released = crate::release::released_artifacts(self.plan, &outcome);
@@ -261,6 +300,57 @@ impl<'a> PipelineRun<'a> {
                 (url.to_string(), outcome)
             })
             .collect()
+    }
+}
+
+/// The ids of the jobs running now, shared between the reporter that sees them start and end
+/// and the loop that republishes the progress event.
+#[derive(Clone, Default)]
+struct Running {
+    ids: Arc<Mutex<BTreeSet<String>>>,
+    /// Signalled on every change; a change while nobody waits is kept as one permit.
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Running {
+    fn ids(&self) -> Vec<String> {
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter().cloned().collect()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut BTreeSet<String>)) {
+        change(&mut self.ids.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changed.notify_one();
+    }
+}
+
+/// Passes every report on, noting which jobs run.
+struct Tracking<'r> {
+    inner: &'r mut dyn RunReporter,
+    running: Running,
+}
+
+impl RunReporter for Tracking<'_> {
+    fn job_started(&mut self, job: &PlannedJob) {
+        self.running.update(|ids| {
+            ids.insert(job.id.clone());
+        });
+        self.inner.job_started(job);
+    }
+
+    fn job_progress(&mut self, job: &str, provider: &PublicKey, line: &str) {
+        self.inner.job_progress(job, provider, line);
+    }
+
+    fn job_finished(&mut self, record: &JobRecord) {
+        self.running.update(|ids| {
+            ids.remove(&record.id);
+        });
+        self.inner.job_finished(record);
+    }
+
+    fn mirrored(&mut self, report: &MirrorReport) {
+        self.inner.mirrored(report);
     }
 }
 

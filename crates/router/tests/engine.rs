@@ -1451,3 +1451,224 @@ async fn nip82_events_are_signed_by_the_maintainer_with_zapstore_channel_and_pla
     assert!(release.nip82_error.unwrap().contains("plan9-mips"));
     client.shutdown().await;
 }
+
+/// The CI events of repository `repo_id` on `relay`, fetched as gitworkshop fetches them (`#a`).
+async fn ci_events(relay: &RelayUrl, repo_id: &quorum_proto::nip34::RepoCoordinate) -> Vec<Event> {
+    let client = Client::default();
+    client.add_relay(relay.clone()).await.unwrap();
+    client.connect().await;
+    client.wait_for_connection(Duration::from_secs(5)).await;
+    let events = client
+        .fetch_events(
+            Filter::new()
+                .kinds([Kind::Custom(9841), Kind::Custom(9842), Kind::Custom(39842)])
+                .custom_tag(SingleLetterTag::lowercase(Alphabet::A), repo_id.to_string()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    client.shutdown().await;
+    events.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_push_run_publishes_ci_events_that_gitworkshop_and_the_spec_accept() {
+    use quorum_proto::nipc1::{self, CiWorkflowProgress, CiWorkflowResult, ProgressStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let pipeline = "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt, out/dist]\n  second:\n    needs: build\n    run: sleep 2; echo second done\n";
+    let (repo, commit) = committed_pipeline(dir.path(), pipeline);
+    let runner = network.runner(&dir.path().join("runner"), true).await;
+    let router_keys = Keys::generate();
+    let router = network
+        .router(&dir.path().join("router"), &router_keys)
+        .await;
+    let (client, keys, mut notifications) = customer(&network).await;
+    // Every version of the progress event, as a live gitworkshop page would see them.
+    client
+        .subscribe(
+            Filter::new()
+                .kind(nipc1::CI_WORKFLOW_PROGRESS)
+                .author(router_keys.public_key()),
+            None,
+        )
+        .await
+        .unwrap();
+    let repo_id = quorum_proto::nip34::RepoCoordinate::new(Keys::generate().public_key(), "sample");
+    let mut run = quorum_proto::run::RunRequest::new(repo, &commit);
+    run.repo_id = Some(repo_id.clone());
+    run.git_ref = Some("refs/heads/main".into());
+    let request = run
+        .to_request()
+        .provider(router_keys.public_key())
+        .to_event_builder()
+        .sign_with_keys(&keys)
+        .unwrap();
+    client.send_event(&request).await.unwrap();
+
+    let mut progress_versions = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let report = loop {
+        let notification = tokio::time::timeout_at(deadline, notifications.recv())
+            .await
+            .expect("no run result within 120 s")
+            .unwrap();
+        let RelayPoolNotification::Event { event, .. } = notification else {
+            continue;
+        };
+        if event.kind == nipc1::CI_WORKFLOW_PROGRESS {
+            progress_versions.push((*event).clone());
+        } else if event.kind.as_u16() == 6700 && event.tags.event_ids().any(|id| *id == request.id)
+        {
+            let result = quorum_proto::nip90::JobResult::from_event(&event).unwrap();
+            break serde_json::from_str::<quorum_proto::run::RunReport>(&result.content).unwrap();
+        }
+    };
+    assert!(report.succeeded(), "{report:?}");
+
+    let events = ci_events(&network.relay, &repo_id).await;
+    let problems = nipc1::check_gitworkshop_conformance(&events);
+    assert!(problems.is_empty(), "{problems:#?}\n{events:#?}");
+    // Each live version, on its own, conforms too (with the run's job results to quote).
+    let job_results: Vec<Event> = events
+        .iter()
+        .filter(|e| e.kind == nipc1::CI_JOB_RESULT)
+        .cloned()
+        .collect();
+    assert!(
+        progress_versions.len() >= 3,
+        "started, a job started or ended, concluded: {progress_versions:#?}"
+    );
+    for version in &progress_versions {
+        let mut one = job_results.clone();
+        one.push(version.clone());
+        let problems: Vec<String> = nipc1::check_gitworkshop_conformance(&one)
+            .into_iter()
+            // A live version quotes no job results yet: those are published at the end.
+            .filter(|p| !p.contains("no 9842 or 39842 quotes it"))
+            .collect();
+        assert!(problems.is_empty(), "{problems:#?}\n{version:#?}");
+    }
+    // While `second` ran, the progress event named it, not a count.
+    assert!(
+        progress_versions.iter().any(|e| {
+            let p = CiWorkflowProgress::from_event(e).unwrap();
+            p.status == ProgressStatus::InProgress && p.in_progress == ["second"]
+        }),
+        "{progress_versions:#?}"
+    );
+
+    let workflow = events
+        .iter()
+        .find(|e| e.kind == nipc1::CI_WORKFLOW_RESULT)
+        .unwrap();
+    let workflow = CiWorkflowResult::from_event(workflow).unwrap();
+    let file_hash = quorum_proto::blossom::Sha256Hex::from_bytes(
+        <sha2::Sha256 as sha2::Digest>::digest(pipeline.as_bytes()).into(),
+    );
+    let w = workflow.context.workflow.clone().unwrap();
+    assert_eq!(w.path, ".quorum/pipeline.yml");
+    assert_eq!(w.sha256, Some(file_hash), "`w` hashes the file's bytes");
+    assert_eq!(workflow.context.trigger, Some(nipc1::Trigger::Push));
+    assert_eq!(workflow.context.git_ref.as_deref(), Some("refs/heads/main"));
+    assert_eq!(workflow.run_id.as_deref(), Some(report.run.as_str()));
+    let markers: Vec<_> = workflow.jobs.iter().filter_map(|q| q.job.clone()).collect();
+    assert_eq!(markers, ["build", "second"]);
+    let build = events
+        .iter()
+        .filter_map(|e| nipc1::CiJobResult::from_event(e).ok())
+        .find(|j| j.job == "build")
+        .unwrap();
+    let mut files: Vec<_> = build
+        .artifacts
+        .iter()
+        .filter_map(|a| a.filename.clone())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["out/dist.tar", "out/hello.txt"]);
+
+    client.shutdown().await;
+    router.shutdown().await;
+    runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_start_says_why_in_its_ci_status() {
+    use quorum_proto::nipc1::{self, CiWorkflowProgress, CiWorkflowResult, Conclusion};
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let router_keys = Keys::generate();
+    let router = network
+        .router(&dir.path().join("router"), &router_keys)
+        .await;
+    let (client, keys, mut notifications) = customer(&network).await;
+    // A commit without a pipeline, and one whose pipeline does not lint.
+    let (bare, bare_commit) = sample_repo(&dir.path().join("bare"));
+    let (broken, broken_commit) = committed_pipeline(
+        dir.path(),
+        "on: [push]\njobs:\n  build:\n    needs: nobody\n    run: true\n",
+    );
+    let cases = [
+        (
+            format!("file://{}", bare.display()),
+            bare_commit,
+            "has no .quorum/pipeline.yml",
+        ),
+        (broken, broken_commit, "the pipeline does not lint"),
+    ];
+    for (repo, commit, reason) in cases {
+        let repo_id =
+            quorum_proto::nip34::RepoCoordinate::new(Keys::generate().public_key(), "sample");
+        let mut run = quorum_proto::run::RunRequest::new(repo, &commit);
+        run.repo_id = Some(repo_id.clone());
+        let request = run
+            .to_request()
+            .provider(router_keys.public_key())
+            .to_event_builder()
+            .sign_with_keys(&keys)
+            .unwrap();
+        client.send_event(&request).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let notification = tokio::time::timeout_at(deadline, notifications.recv())
+                .await
+                .expect("no refusal within 60 s")
+                .unwrap();
+            if let RelayPoolNotification::Event { event, .. } = notification
+                && let Ok(feedback) = quorum_proto::nip90::JobFeedback::from_event(&event)
+                && feedback.request_id == request.id
+                && feedback.status == quorum_proto::nip90::FeedbackStatus::Error
+            {
+                break;
+            }
+        }
+        let events = ci_events(&network.relay, &repo_id).await;
+        let workflow = events
+            .iter()
+            .find(|e| e.kind == nipc1::CI_WORKFLOW_RESULT)
+            .expect("a workflow result for a run that did not start");
+        let workflow = CiWorkflowResult::from_event(workflow).unwrap();
+        assert_eq!(workflow.conclusion, Conclusion::StartupFailure);
+        assert!(workflow.content.contains(reason), "{}", workflow.content);
+        assert_eq!(workflow.context.commit, commit);
+        assert_eq!(workflow.context.trigger, Some(nipc1::Trigger::Manual));
+        let progress = events
+            .iter()
+            .find(|e| e.kind == nipc1::CI_WORKFLOW_PROGRESS)
+            .unwrap();
+        let progress = CiWorkflowProgress::from_event(progress).unwrap();
+        assert_eq!(progress.conclusion, Some(Conclusion::StartupFailure));
+        assert_eq!(workflow.run_id, Some(progress.identifier));
+        let problems = nipc1::check_gitworkshop_conformance(&events);
+        // No file, no hash to put in `w`: the one thing the spec wants that cannot be had.
+        let expected_missing_hash = usize::from(reason.starts_with("has no")) * 2;
+        assert_eq!(
+            problems.iter().filter(|p| p.contains("`w`")).count(),
+            expected_missing_hash,
+            "{problems:#?}"
+        );
+        assert_eq!(problems.len(), expected_missing_hash, "{problems:#?}");
+    }
+    client.shutdown().await;
+    router.shutdown().await;
+}

@@ -335,6 +335,8 @@ impl Watcher {
         }
         let mut run = RunRequest::new(self.config.repo.clone(), commit);
         run.plan_hash = Some(plan_hash.clone());
+        // The router's CI status names the pushed ref (NIP-C1 `r`, `o` = push).
+        run.git_ref = Some(ref_name.to_string());
         if let Source::Nip34 { owner, identifier } = &self.config.source {
             // The router's approval gates name the repository and ask its maintainers.
             run.repo_id = Some(quorum_proto::nip34::RepoCoordinate::new(*owner, identifier));

@@ -236,7 +236,8 @@ async fn tour(
                 bundle_uploader: Some(blossom.clone()),
                 ..Default::default()
             })
-            .with_mirrors(blossom, mirror_servers);
+            .with_mirrors(blossom, mirror_servers)
+            .with_ci_source(quorum_router::status::CiSource::of_pipeline(PIPELINE, None));
     let run_id = pipeline_run.id();
     // The demo maintainer answers this run's approval request while the run goes; a run that
     // ends first (a failed job: no request will ever come) ends the waiting with it, and a

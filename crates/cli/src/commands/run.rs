@@ -255,7 +255,19 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     // Copies go first, so that the release's events list them (the embedded Blossom, the
     // source, is still up).
     let blossom = quorum_blossom::client::BlossomClient::new(keys.clone());
+    // NIP-C1's `w` hashes the file's bytes, which `git` above trims: read them as they are.
+    let ci_source = Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args(["show", &format!("HEAD:{}", quorum_pipeline::PIPELINE_PATH)])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|raw| quorum_router::status::CiSource::of_pipeline(&raw, None))
+        .unwrap_or_default();
     let end = PipelineRun::new(&client, &plan, &context, &config)
+        .with_ci_source(ci_source)
         .with_release(ReleaseOptions {
             version: git(&dir, &["tag", "--points-at", "HEAD", "--sort=-v:refname"])
                 .ok()
