@@ -7,10 +7,8 @@
 //! from anyone outside the maintainer set, expired or replayed ones, and ones that name other
 //! bytes.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use quorum_dvm::client::JobClient;
 use quorum_pipeline::PlannedJob;
 use quorum_proto::approval::{
     APPROVAL, ApprovalRequest, ApprovalTally, ArtifactDigest, GateStatus, REJECTION,
@@ -19,7 +17,7 @@ use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::nip34::{REPO_ANNOUNCEMENT, maintainer_set};
 use quorum_proto::nostr::{Filter, PublicKey, Timestamp};
 
-use crate::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, lock};
+use crate::{Engine, JobRecord, JobState, lock};
 
 /// An approval job's settings, from the plan.
 pub(crate) struct Gate<'a> {
@@ -31,19 +29,14 @@ pub(crate) struct Gate<'a> {
 /// How often the gate looks for new verdicts.
 const POLL: Duration = Duration::from_millis(500);
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_gate(
-    client: &JobClient,
+    engine: &Engine<'_, '_>,
     job: &PlannedJob,
     gate: Gate<'_>,
-    context: &RunContext,
-    config: &EngineConfig,
-    run: &str,
     finished: &[JobRecord],
-    reporter: &Mutex<&mut dyn RunReporter>,
 ) -> JobRecord {
     let mut record = JobRecord::new(job);
-    match ask(client, job, &gate, context, config, run, finished, reporter).await {
+    match ask(engine, job, &gate, finished).await {
         Ok((request, verdict)) => {
             record.request = Some(request);
             match verdict {
@@ -61,17 +54,19 @@ pub(crate) async fn run_gate(
 
 /// Publishes the request and waits for the tally; the outer error is for a gate that could
 /// not even ask, the inner one for a gate the maintainers did not open.
-#[allow(clippy::too_many_arguments)]
 async fn ask(
-    client: &JobClient,
+    engine: &Engine<'_, '_>,
     job: &PlannedJob,
     gate: &Gate<'_>,
-    context: &RunContext,
-    config: &EngineConfig,
-    run: &str,
     finished: &[JobRecord],
-    reporter: &Mutex<&mut dyn RunReporter>,
 ) -> Result<(String, Result<String, String>), String> {
+    let Engine {
+        client,
+        context,
+        config,
+        reporter,
+        run,
+    } = *engine;
     let named: Vec<PublicKey> = if gate.from.is_empty() {
         context.maintainers.clone()
     } else {

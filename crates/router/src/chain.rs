@@ -4,7 +4,6 @@
 //! Every runner in the chain is trusted, so chains carry no secrets and do not fail over.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use quorum_dvm::client::{ClientError, JobClient, JobOutcome};
@@ -14,8 +13,8 @@ use quorum_proto::nip90::{JobParam, JobRequest};
 use quorum_proto::nostr::{Event, EventId, Filter, Kind, PublicKey};
 
 use crate::{
-    EngineConfig, Forward, JobRecord, JobState, PARAM_JOB, RunContext, RunReporter, Upstream,
-    finish_with_result, first_runner, lock, prepare,
+    Engine, Forward, JobRecord, JobState, PARAM_JOB, Upstream, finish_with_result, first_runner,
+    lock, prepare,
 };
 
 /// The chain that starts at `head`: followed while the next job is a naive script job that
@@ -113,16 +112,19 @@ async fn handed_on(
 }
 
 /// Runs the chain `members` (or, after a restart, picks it up at `resume`).
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_chain(
-    client: &JobClient,
+    engine: &Engine<'_, '_>,
     members: &[&PlannedJob],
-    context: &RunContext,
-    config: &EngineConfig,
     upstream: Upstream,
-    reporter: &Mutex<&mut dyn RunReporter>,
     mut resume: Option<Resume>,
 ) -> Vec<JobRecord> {
+    let Engine {
+        client,
+        context,
+        config,
+        reporter,
+        ..
+    } = *engine;
     let mut records: Vec<JobRecord> = members.iter().map(|job| JobRecord::new(job)).collect();
     let fail_all = |records: &mut Vec<JobRecord>, reason: String| {
         for record in records.iter_mut() {

@@ -213,6 +213,14 @@ pub async fn resume(
     } = recovered;
     let reporter = Mutex::new(reporter);
     let run = run_id(&context.repo, &context.commit, plan);
+    let engine = Engine {
+        client,
+        context,
+        config,
+        reporter: &reporter,
+        run: &run,
+    };
+    let engine = &engine;
     let mut records: HashMap<String, JobRecord> = HashMap::new();
     let mut finished: HashSet<String> = HashSet::new();
     let mut started: HashSet<String> = HashSet::new();
@@ -259,13 +267,9 @@ pub async fn resume(
                 let done: Vec<&JobRecord> =
                     job.needs.iter().filter_map(|n| records.get(n)).collect();
                 let upstream = Upstream::new(&done, context);
-                let reporter = &reporter;
                 let resume = interrupted.remove(&job.id);
                 running.push(Box::pin(async move {
-                    chain::run_chain(
-                        client, &members, context, config, upstream, reporter, resume,
-                    )
-                    .await
+                    chain::run_chain(engine, &members, upstream, resume).await
                 }));
                 continue;
             }
@@ -281,12 +285,8 @@ pub async fn resume(
                 let done: Vec<&JobRecord> =
                     job.needs.iter().filter_map(|n| records.get(n)).collect();
                 let upstream = Upstream::new(&done, context);
-                let (reporter, run) = (&reporter, &run);
                 running.push(Box::pin(async move {
-                    quorum::run_quorum_chain(
-                        client, &members, context, config, upstream, reporter, run, size,
-                    )
-                    .await
+                    quorum::run_quorum_chain(engine, &members, upstream, size).await
                 }));
                 continue;
             }
@@ -301,8 +301,6 @@ pub async fn resume(
                     JobSpec::Approval { .. } => records.values().cloned().collect(),
                     _ => Vec::new(),
                 };
-                let reporter = &reporter;
-                let run = &run;
                 running.push(Box::pin(async move {
                     vec![match &job.spec {
                         JobSpec::Approval {
@@ -315,26 +313,11 @@ pub async fn resume(
                                 from,
                                 show,
                             };
-                            approval::run_gate(
-                                client,
-                                job,
-                                gate,
-                                context,
-                                config,
-                                run,
-                                &finished_records,
-                                reporter,
-                            )
-                            .await
+                            approval::run_gate(engine, job, gate, &finished_records).await
                         }
                         _ => match job.quorum_size() {
-                            Some(size) => {
-                                quorum::run_quorum_job(
-                                    client, job, context, config, upstream, reporter, run, size,
-                                )
-                                .await
-                            }
-                            None => run_job(client, job, context, config, upstream, reporter).await,
+                            Some(size) => quorum::run_quorum_job(engine, job, upstream, size).await,
+                            None => run_job(engine, job, upstream).await,
                         },
                     }]
                 }));
@@ -364,6 +347,18 @@ pub async fn resume(
         succeeded: jobs.iter().all(JobRecord::succeeded),
         jobs,
     }
+}
+
+/// What every job of one run is run with: the client that signs its requests, the run's
+/// context, the engine's settings, where progress goes, and the run id — one bundle, not the
+/// same five parameters on every job runner.
+#[derive(Clone, Copy)]
+pub(crate) struct Engine<'a, 'r> {
+    pub client: &'a JobClient,
+    pub context: &'a RunContext,
+    pub config: &'a EngineConfig,
+    pub reporter: &'a Mutex<&'r mut dyn RunReporter>,
+    pub run: &'a str,
 }
 
 fn lock<'a, 'b>(
@@ -448,14 +443,14 @@ impl Upstream {
     }
 }
 
-async fn run_job(
-    client: &JobClient,
-    job: &PlannedJob,
-    context: &RunContext,
-    config: &EngineConfig,
-    upstream: Upstream,
-    reporter: &Mutex<&mut dyn RunReporter>,
-) -> JobRecord {
+async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) -> JobRecord {
+    let Engine {
+        client,
+        context,
+        config,
+        reporter,
+        ..
+    } = *engine;
     let mut record = JobRecord::new(job);
     if let Err(reason) = supported(job) {
         record.state = JobState::Failed { reason };

@@ -7,7 +7,6 @@
 //! The member reports only say where to look and, when there is no agreement, why.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use quorum_dvm::client::{JobClient, JobOutcome};
@@ -25,7 +24,7 @@ use quorum_proto::step::StepReport;
 use serde::Serialize;
 
 use crate::{
-    EngineConfig, Forward, JobRecord, JobState, PARAM_JOB, RunContext, RunReporter, Upstream,
+    Engine, EngineConfig, Forward, JobRecord, JobState, PARAM_JOB, RunContext, Upstream,
     finish_with_result, lock, prepare,
 };
 
@@ -241,17 +240,19 @@ fn enough(needed: usize, runner_job: bool) -> impl Fn(&[JobOutcome]) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_quorum_job(
-    client: &JobClient,
+    engine: &Engine<'_, '_>,
     job: &PlannedJob,
-    context: &RunContext,
-    config: &EngineConfig,
     upstream: Upstream,
-    reporter: &Mutex<&mut dyn RunReporter>,
-    run: &str,
     size: (u32, u32),
 ) -> JobRecord {
+    let Engine {
+        client,
+        context,
+        config,
+        reporter,
+        run,
+    } = *engine;
     let mut record = JobRecord::new(job);
     let step = match quorum_step(job, context, config, &upstream, run, size) {
         Ok(step) => step,
@@ -284,10 +285,9 @@ pub(crate) async fn run_quorum_job(
     match collected {
         Ok((event, answers)) => {
             evaluate(
-                client,
+                engine,
                 quorum,
                 job,
-                config,
                 record,
                 &event,
                 &answers,
@@ -308,17 +308,19 @@ pub(crate) async fn run_quorum_job(
 /// Runs a quorum chain (`Plan::quorum_chain_from`): the quorum key signs each next step's
 /// request once its members agree on the step before, so nobody else, not this engine either,
 /// can hand the chain on. One record per member, in order.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_quorum_chain(
-    client: &JobClient,
+    engine: &Engine<'_, '_>,
     members: &[&PlannedJob],
-    context: &RunContext,
-    config: &EngineConfig,
     upstream: Upstream,
-    reporter: &Mutex<&mut dyn RunReporter>,
-    run: &str,
     size: (u32, u32),
 ) -> Vec<JobRecord> {
+    let Engine {
+        client,
+        context,
+        config,
+        reporter,
+        run,
+    } = *engine;
     let mut records: Vec<JobRecord> = members.iter().map(|job| JobRecord::new(job)).collect();
     let mut steps = Vec::with_capacity(members.len());
     for job in members {
@@ -398,10 +400,9 @@ pub(crate) async fn run_quorum_chain(
         };
         root = root.or(Some(event.id));
         let (record, attestation) = evaluate(
-            client,
+            engine,
             quorum,
             job,
-            config,
             records[index].clone(),
             &event,
             &answers,
@@ -472,17 +473,16 @@ const CHAIN_HANDOVER: Duration = Duration::from_secs(60);
 /// Judges a quorum step from its members' answers: the attestation signed by the quorum key,
 /// an agreeing member's result for the outputs, the release binding for a release job.
 /// Returns the record and the attestation's id, when there is one.
-#[allow(clippy::too_many_arguments)]
 async fn evaluate(
-    client: &JobClient,
+    engine: &Engine<'_, '_>,
     quorum: &QuorumContext,
     job: &PlannedJob,
-    config: &EngineConfig,
     mut record: JobRecord,
     request_event: &Event,
     answers: &[JobOutcome],
     runner_job: bool,
 ) -> (JobRecord, Option<EventId>) {
+    let (client, config) = (engine.client, engine.config);
     let fail = |mut record: JobRecord, reason: String| {
         record.state = JobState::Failed { reason };
         (record, None)

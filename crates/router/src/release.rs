@@ -485,7 +485,14 @@ enum Nip82Signer<'a> {
     },
 }
 
-impl Nip82Signer<'_> {
+impl<'a> Nip82Signer<'a> {
+    /// The client that carries the events to the relays, whoever signs them.
+    fn client(&self) -> &'a JobClient {
+        match self {
+            Nip82Signer::Client(client) | Nip82Signer::Maintainer { client, .. } => client,
+        }
+    }
+
     fn key(&self) -> PublicKey {
         match self {
             Nip82Signer::Client(client) => client.public_key(),
@@ -569,7 +576,6 @@ async fn publish_nip82(
     let mut problems = Vec::new();
     if let Err(reason) = publish_nip82_events(
         &signer,
-        client,
         repo,
         context,
         bundled,
@@ -594,10 +600,8 @@ async fn publish_nip82(
 
 /// The events of [`publish_nip82`]: a skipped artifact is pushed to `problems`, a failure to
 /// sign or publish ends the publishing (returned).
-#[allow(clippy::too_many_arguments)]
 async fn publish_nip82_events(
     signer: &Nip82Signer<'_>,
-    client: &JobClient,
     repo: &RepoCoordinate,
     context: &RunContext,
     bundled: Bundled<'_>,
@@ -605,6 +609,7 @@ async fn publish_nip82_events(
     nip82: &mut Nip82,
     problems: &mut Vec<String>,
 ) -> Result<(), String> {
+    let client = signer.client();
     let options = bundled.options;
     let platforms = runner_platforms(client).await;
     let app = repo.identifier.clone();

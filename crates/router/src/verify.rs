@@ -758,15 +758,11 @@ fn check_quorum(
         t: mandate.threshold,
         n: u16::try_from(mandate.n()).unwrap_or(u16::MAX),
     });
-    check_mandate(
-        pool,
-        binding,
-        event,
-        mandate_event,
-        &mandate,
-        &jobs,
-        verification,
-    );
+    let mandated = Mandated {
+        event: mandate_event,
+        mandate: &mandate,
+    };
+    check_mandate(pool, binding, event, mandated, &jobs, verification);
 
     // 3. The source: the request, the maintainers' evidence, the pipeline job.
     check_source(
@@ -774,8 +770,7 @@ fn check_quorum(
         binding,
         &attestation,
         event,
-        mandate_event,
-        &mandate,
+        mandated,
         &jobs,
         verification,
     );
@@ -810,16 +805,25 @@ fn check_quorum(
     check_policy(pool, binding, &quorum, &mandate, expect, verification);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A mandate event and what it says.
+#[derive(Clone, Copy)]
+struct Mandated<'a> {
+    event: &'a Event,
+    mandate: &'a Mandate,
+}
+
 fn check_mandate(
     pool: &Pool<'_>,
     binding: &ReleaseBinding,
     attestation_event: &Event,
-    mandate_event: &Event,
-    mandate: &Mandate,
+    mandated: Mandated<'_>,
     jobs: &BTreeSet<&str>,
     verification: &mut Verification,
 ) {
+    let Mandated {
+        event: mandate_event,
+        mandate,
+    } = mandated;
     let quorum = attestation_event.pubkey;
     let mandate_id = mandate_event.id;
     let id = attestation_event.id;
@@ -912,17 +916,19 @@ fn check_mandate(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn check_source(
     pool: &Pool<'_>,
     binding: &ReleaseBinding,
     attestation: &QuorumAttestation,
     attestation_event: &Event,
-    mandate_event: &Event,
-    mandate: &Mandate,
+    mandated: Mandated<'_>,
     jobs: &BTreeSet<&str>,
     verification: &mut Verification,
 ) {
+    let Mandated {
+        event: mandate_event,
+        mandate,
+    } = mandated;
     let id = attestation_event.id;
     let Some(evidence) = &attestation.evidence else {
         verification.problem(format!(
