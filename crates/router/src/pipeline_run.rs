@@ -261,11 +261,20 @@ impl<'a> PipelineRun<'a> {
             quorum_proto::release::SOFTWARE_ASSET,
             quorum_proto::release::RELEASE_BINDING,
         ];
+        // The run's key signed them, or a maintainer signed the NIP-82 ones (`nip82_signer`).
+        let mut authors = vec![self.client.public_key()];
+        if let Ok(Some(Release {
+            nip82_signer: Some(maintainer),
+            ..
+        })) = release
+        {
+            authors.push(*maintainer);
+        }
         let mut events = self
             .client
             .fetch(
                 Filter::new()
-                    .author(self.client.public_key())
+                    .authors(authors)
                     .kinds(display.to_vec())
                     .since(started_at),
                 timeout,
