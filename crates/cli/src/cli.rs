@@ -136,18 +136,8 @@ pub struct OperatorPublishArgs {
     #[arg(long = "relay", value_name = "URL", required = true)]
     pub relays: Vec<String>,
 
-    /// Your operator key file (nsec or hex, mode 0600): it signs the list.
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "bunker",
-        conflicts_with = "bunker"
-    )]
-    pub key: Option<PathBuf>,
-
-    /// Sign through a NIP-46 remote signer instead (`bunker://…`).
-    #[arg(long, value_name = "URI")]
-    pub bunker: Option<String>,
+    #[command(flatten)]
+    pub signer: MaintainerSigner,
 
     /// A DVM you run, npub or hex (repeat, once per DVM): the whole list, replacing the last.
     #[arg(long = "dvm", value_name = "NPUB_OR_HEX", required = true)]
@@ -191,18 +181,8 @@ pub struct MandateRefreshArgs {
     #[arg(long = "relay", value_name = "URL", required = true)]
     pub relays: Vec<String>,
 
-    /// Your maintainer key file (nsec or hex, mode 0600): it signs the refresh mandate.
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "bunker",
-        conflicts_with = "bunker"
-    )]
-    pub key: Option<PathBuf>,
-
-    /// Sign through a NIP-46 remote signer instead (`bunker://…`).
-    #[arg(long, value_name = "URI")]
-    pub bunker: Option<String>,
+    #[command(flatten)]
+    pub signer: MaintainerSigner,
 
     /// The current mandate (kind 8704 event id, hex or nevent) naming the quorum key: its
     /// members, threshold, pipeline, jobs, `allow` and expiration are kept.
@@ -944,18 +924,8 @@ pub struct VerdictArgs {
     #[arg(long = "relay", value_name = "URL", required = true)]
     pub relays: Vec<String>,
 
-    /// Your maintainer key file (nsec or hex, mode 0600).
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "bunker",
-        conflicts_with = "bunker"
-    )]
-    pub key: Option<PathBuf>,
-
-    /// Sign through a NIP-46 remote signer instead (`bunker://…`): no key on this machine.
-    #[arg(long, value_name = "URI")]
-    pub bunker: Option<String>,
+    #[command(flatten)]
+    pub signer: MaintainerSigner,
 
     /// Sign without asking for confirmation (for scripts).
     #[arg(long)]

@@ -398,12 +398,7 @@ impl QuorumMember {
                 .await?
                 .to_vec();
             lookup.mandates = client
-                .fetch_events(
-                    Filter::new()
-                        .kind(MANDATE)
-                        .custom_tag(SingleLetterTag::lowercase(Alphabet::A), repo.to_string()),
-                    timeout,
-                )
+                .fetch_events(quorum_proto::mandate::mandates_of(repo), timeout)
                 .await?
                 .to_vec();
             let maintainers = maintainer_set(&repo.owner, &repo.identifier, &lookup.announcements);

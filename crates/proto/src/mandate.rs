@@ -621,6 +621,15 @@ impl Mandate {
     }
 }
 
+/// The relay filter for every mandate (8704) naming `repo` in its `a` tag, by anyone: the
+/// candidates [`select_mandate`] and [`current_mandate_for`] choose among.
+pub fn mandates_of(repo: &RepoCoordinate) -> nostr::Filter {
+    nostr::Filter::new().kind(MANDATE).custom_tag(
+        nostr::SingleLetterTag::lowercase(nostr::Alphabet::A),
+        repo.to_string(),
+    )
+}
+
 /// The mandate that authorises `quorum` for `repo` at `now`, among `events`: the **newest**
 /// (`created_at`, then lowest id) event that
 ///

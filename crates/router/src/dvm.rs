@@ -86,7 +86,7 @@ impl Router {
         repo_id: Option<&RepoCoordinate>,
         plan: &quorum_pipeline::Plan,
     ) -> Result<Option<QuorumContext>, JobFailure> {
-        use quorum_proto::mandate::{MANDATE, current_mandate_for};
+        use quorum_proto::mandate::current_mandate_for;
         let quorum_jobs: Vec<&PlannedJob> = plan
             .jobs
             .iter()
@@ -125,15 +125,7 @@ impl Router {
         let mandates = self
             .client
             .fetch(
-                Filter::new()
-                    .kind(MANDATE)
-                    .authors(maintainers.iter().copied())
-                    .custom_tag(
-                        quorum_proto::nostr::SingleLetterTag::lowercase(
-                            quorum_proto::nostr::Alphabet::A,
-                        ),
-                        repo_id.to_string(),
-                    ),
+                quorum_proto::mandate::mandates_of(repo_id).authors(maintainers.iter().copied()),
                 Duration::from_secs(5),
             )
             .await

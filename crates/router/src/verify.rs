@@ -358,13 +358,7 @@ pub async fn gather(
     add_ids(client, pool, ids).await?;
     let repos: BTreeSet<RepoCoordinate> = bindings.iter().map(|b| b.repo.clone()).collect();
     for repo in repos {
-        let more = fetch(
-            client,
-            Filter::new()
-                .kind(MANDATE)
-                .custom_tag(SingleLetterTag::lowercase(Alphabet::A), repo.to_string()),
-        )
-        .await?;
+        let more = fetch(client, quorum_proto::mandate::mandates_of(&repo)).await?;
         pool.extend(more);
         let more = fetch(
             client,

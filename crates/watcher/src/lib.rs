@@ -464,15 +464,7 @@ impl Watcher {
         let mandates = self
             .client
             .fetch(
-                Filter::new()
-                    .kind(MANDATE)
-                    .authors(maintainers.iter().copied())
-                    .custom_tag(
-                        quorum_proto::nostr::SingleLetterTag::lowercase(
-                            quorum_proto::nostr::Alphabet::A,
-                        ),
-                        repo.to_string(),
-                    ),
+                quorum_proto::mandate::mandates_of(&repo).authors(maintainers.iter().copied()),
                 Duration::from_secs(5),
             )
             .await?;

@@ -21,7 +21,7 @@ pub async fn run(args: VerdictArgs, decision: Decision) -> anyhow::Result<ExitCo
     let id = EventId::parse(&args.request)
         .with_context(|| format!("{:?} is not an event id (hex or nevent)", args.request))?;
     let relays = super::relay_urls(&args.relays)?;
-    let signer = Signer::open(args.key.as_deref(), args.bunker.as_deref()).await?;
+    let signer = Signer::from_args(&args.signer).await?;
     let me = signer.public_key().await?;
     let client = JobClient::connect(&relays, Keys::generate()).await?;
     let found = client

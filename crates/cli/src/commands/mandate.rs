@@ -97,7 +97,7 @@ async fn refresh(args: MandateRefreshArgs) -> anyhow::Result<ExitCode> {
     if mandate.expiration <= Timestamp::now() {
         bail!("mandate {id} has expired: create a new quorum instead");
     }
-    let signer = Signer::open(args.key.as_deref(), args.bunker.as_deref()).await?;
+    let signer = Signer::from_args(&args.signer).await?;
     mandate.keygen = Keygen::Refresh;
     let published = sign_and_publish(&relays, &signer, &mandate).await;
     signer.shutdown().await;

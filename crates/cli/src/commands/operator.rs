@@ -45,7 +45,7 @@ async fn publish(args: OperatorPublishArgs) -> anyhow::Result<ExitCode> {
         }
         dvms.push(dvm);
     }
-    let signer = Signer::open(args.key.as_deref(), args.bunker.as_deref()).await?;
+    let signer = Signer::from_args(&args.signer).await?;
     let signed = async {
         let operator = signer.public_key().await?;
         let event = signer

@@ -50,7 +50,7 @@ async fn announce(args: RepoAnnounceArgs) -> anyhow::Result<ExitCode> {
         maintainers,
     };
     let announcement = repo.announcement(&options)?;
-    let signer = Signer::open(args.signer.key.as_deref(), args.signer.bunker.as_deref()).await?;
+    let signer = Signer::from_args(&args.signer).await?;
     let owner = signer.public_key().await?;
     let event = signer.sign(announcement.to_event_builder()).await?;
     signer.shutdown().await;
@@ -94,7 +94,7 @@ async fn push(args: RepoPushArgs) -> anyhow::Result<ExitCode> {
         .identifier
         .clone()
         .unwrap_or_else(|| repo.default_identifier());
-    let signer = Signer::open(args.signer.key.as_deref(), args.signer.bunker.as_deref()).await?;
+    let signer = Signer::from_args(&args.signer).await?;
     let owner = signer.public_key().await?;
     if !args.no_push {
         repo.push(&args.remote, &args.refspecs)?;

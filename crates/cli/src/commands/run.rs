@@ -410,15 +410,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
 
 /// The key `quorum run` signs with unless `--key` says: one per user, in the config directory.
 fn default_identity() -> anyhow::Result<std::path::PathBuf> {
-    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => std::path::PathBuf::from(dir),
-        None => std::path::PathBuf::from(
-            std::env::var_os("HOME")
-                .context("neither XDG_CONFIG_HOME nor HOME is set: pass --key FILE")?,
-        )
-        .join(".config"),
-    };
-    let dir = base.join("quorum");
+    let dir = xdg_dir("XDG_CONFIG_HOME", ".config", "--key FILE")?.join("quorum");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir.join("run.nsec"))
 }
@@ -427,21 +419,24 @@ fn default_identity() -> anyhow::Result<std::path::PathBuf> {
 /// per run under `$XDG_DATA_HOME/quorum/runs` (or `~/.local/share/quorum/runs`), so that what
 /// the run published can be served again after it ends.
 fn default_data_dir(run_id: &str) -> anyhow::Result<std::path::PathBuf> {
-    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => std::path::PathBuf::from(dir),
-        None => std::path::PathBuf::from(
-            std::env::var_os("HOME")
-                .context("neither XDG_DATA_HOME nor HOME is set: pass --data DIR")?,
-        )
-        .join(".local/share"),
-    };
     let seconds = quorum_proto::nostr::Timestamp::now().as_secs();
-    let dir = base
+    let dir = xdg_dir("XDG_DATA_HOME", ".local/share", "--data DIR")?
         .join("quorum/runs")
         .join(format!("{seconds}-{}", &run_id[..12]));
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the run's data directory {}", dir.display()))?;
     Ok(dir)
+}
+
+/// The XDG base directory `var` names, or `$HOME/fallback`; `flag` is what to pass instead
+/// when neither is set.
+fn xdg_dir(var: &str, fallback: &str, flag: &str) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+        return Ok(std::path::PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME")
+        .with_context(|| format!("neither {var} nor HOME is set: pass {flag}"))?;
+    Ok(std::path::PathBuf::from(home).join(fallback))
 }
 
 /// One file `--out` saved, or why it could not.

@@ -31,6 +31,11 @@ impl Signer {
         }
     }
 
+    /// The signer `--key FILE | --bunker URI` of a maintainer's command names.
+    pub async fn from_args(args: &crate::cli::MaintainerSigner) -> anyhow::Result<Signer> {
+        Signer::open(args.key.as_deref(), args.bunker.as_deref()).await
+    }
+
     pub async fn public_key(&self) -> anyhow::Result<PublicKey> {
         use quorum_proto::nostr::NostrSigner;
         match self {
