@@ -382,6 +382,27 @@ pub fn newest_announcement<'a>(
         .max_by(|(x, _), (y, _)| newest_first(x, y))
 }
 
+/// The relay filter for `repo`'s announcements by its owner (30617), whose newest one names
+/// the other maintainers ([`maintainer_set`]) and the clone URLs.
+pub fn announcements_of(repo: &RepoCoordinate) -> nostr::Filter {
+    nostr::Filter::new()
+        .kind(REPO_ANNOUNCEMENT)
+        .author(repo.owner)
+        .identifier(repo.identifier.clone())
+}
+
+/// The relay filter for `repo`'s states (30618) signed by `maintainers`: anyone may publish a
+/// state with the repository's `d`, and only theirs count ([`newest_state`]).
+pub fn states_of(
+    repo: &RepoCoordinate,
+    maintainers: impl IntoIterator<Item = PublicKey>,
+) -> nostr::Filter {
+    nostr::Filter::new()
+        .kind(REPO_STATE)
+        .authors(maintainers)
+        .identifier(repo.identifier.clone())
+}
+
 /// The newest valid state (30618) of `repo` signed by one of `maintainers` among `events`.
 /// Anyone may publish a 30618 with the repository's `d`: only the maintainers' count.
 pub fn newest_state<'a>(

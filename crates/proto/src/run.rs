@@ -27,6 +27,7 @@ const PARAM_MANDATE: &str = "mandate";
 const PARAM_REPO_ID: &str = "repo-id";
 const PARAM_MAINTAINER: &str = "maintainer";
 const PARAM_REF: &str = "ref";
+const PARAM_MANUAL_TRIGGER: &str = "manual-trigger";
 
 /// Why a request is not a valid run-pipeline job.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub enum RunError {
     BadMaintainer(String),
     #[error("`ref` param {0:?} is not a full ref name (refs/heads/… or refs/tags/…)")]
     BadRef(String),
+    #[error("`manual-trigger` {0:?} is not an event id")]
+    BadManualTrigger(String),
 }
 
 fn is_hex(text: &str, lengths: &[usize]) -> bool {
@@ -85,6 +88,9 @@ pub struct RunRequest {
     pub maintainers: Vec<PublicKey>,
     /// The pushed ref whose move started the run (a watcher's push), for the CI status.
     pub git_ref: Option<String>,
+    /// The maintainer's manual trigger (NIP-C1 9840) this run replays; the router checks it
+    /// again and quotes it in the run's CI status, whose trigger is then `manual`.
+    pub manual_trigger: Option<EventId>,
 }
 
 impl RunRequest {
@@ -100,6 +106,7 @@ impl RunRequest {
             repo_id: None,
             maintainers: Vec::new(),
             git_ref: None,
+            manual_trigger: None,
         }
     }
 
@@ -125,6 +132,9 @@ impl RunRequest {
         }
         if let Some(git_ref) = &self.git_ref {
             request = request.param(PARAM_REF, git_ref.clone());
+        }
+        if let Some(trigger) = &self.manual_trigger {
+            request = request.param(PARAM_MANUAL_TRIGGER, trigger.to_hex());
         }
         for (name, values) in [(PARAM_INPUT, &self.inputs), (PARAM_SECRET, &self.secrets)] {
             for (key, value) in values {
@@ -210,6 +220,11 @@ impl RunRequest {
                     }
                     run.git_ref = Some(git_ref.to_string());
                 }
+                PARAM_MANUAL_TRIGGER => {
+                    let id = EventId::from_hex(param.value())
+                        .map_err(|_| RunError::BadManualTrigger(param.value().to_string()))?;
+                    run.manual_trigger = Some(id);
+                }
                 PARAM_SECRET => {
                     if !was_encrypted {
                         return Err(RunError::ClearSecrets);
@@ -238,6 +253,7 @@ impl std::fmt::Debug for RunRequest {
             .field("repo_id", &self.repo_id)
             .field("maintainers", &self.maintainers)
             .field("git_ref", &self.git_ref)
+            .field("manual_trigger", &self.manual_trigger)
             .finish()
     }
 }
@@ -332,6 +348,7 @@ mod tests {
         run.repo_id = Some(RepoCoordinate::new(maintainer, "app"));
         run.maintainers = vec![maintainer, Keys::generate().public_key()];
         run.git_ref = Some("refs/heads/main".into());
+        run.manual_trigger = Some(EventId::from_hex(&"cd".repeat(32)).unwrap());
         assert_eq!(
             RunRequest::from_request(&run.to_request(), false).unwrap(),
             run
@@ -362,6 +379,7 @@ mod tests {
         let cases = [
             (with("commit", &["HEAD"]), "not a full"),
             (with("plan", &["abc"]), "plan hash"),
+            (with("manual-trigger", &["retry"]), "`manual-trigger`"),
             (with("runner", &["bob"]), "public key"),
             (with("input", &["only-a-name"]), "a name and a value"),
             (with("mandate", &["not-an-id"]), "64-hex event id"),

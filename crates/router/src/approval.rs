@@ -14,7 +14,7 @@ use quorum_proto::approval::{
     APPROVAL, ApprovalRequest, ApprovalTally, ArtifactDigest, GateStatus, REJECTION,
 };
 use quorum_proto::blossom::Sha256Hex;
-use quorum_proto::nip34::{REPO_ANNOUNCEMENT, maintainer_set};
+use quorum_proto::nip34::maintainer_set;
 use quorum_proto::nostr::{Filter, PublicKey, Timestamp};
 
 use crate::{Engine, JobRecord, JobState, lock};
@@ -91,10 +91,7 @@ async fn ask(
     // whoever wrote the commit, so `from` may narrow the electorate, never widen it.
     let announcements = client
         .fetch(
-            Filter::new()
-                .kind(REPO_ANNOUNCEMENT)
-                .author(repo.owner)
-                .identifier(repo.identifier.clone()),
+            quorum_proto::nip34::announcements_of(&repo),
             Duration::from_secs(5),
         )
         .await

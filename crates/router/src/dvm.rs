@@ -112,10 +112,7 @@ impl Router {
         let announcements = self
             .client
             .fetch(
-                Filter::new()
-                    .kind(nip34::REPO_ANNOUNCEMENT)
-                    .author(repo_id.owner)
-                    .identifier(repo_id.identifier.clone()),
+                quorum_proto::nip34::announcements_of(repo_id),
                 Duration::from_secs(5),
             )
             .await
@@ -155,6 +152,45 @@ impl Router {
             .map_err(|e| JobFailure::new(format!("mandate {}: {e}", event.id)))
     }
 
+    /// The manual trigger (9840) a request replays, checked as the trigger inbox checks it:
+    /// anyone may name a trigger in a request, so its author, repository and commit are
+    /// checked here again, and they must be the request's.
+    async fn manual_trigger(
+        &self,
+        id: EventId,
+        run: &RunRequest,
+    ) -> Result<crate::trigger::AcceptedTrigger, JobFailure> {
+        let found = self
+            .client
+            .fetch(
+                Filter::new()
+                    .id(id)
+                    .kind(quorum_proto::nipc1::CI_MANUAL_TRIGGER),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| JobFailure::new(format!("cannot look up manual trigger {id}: {e}")))?;
+        let event = found
+            .into_iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| JobFailure::new(format!("manual trigger {id} is not on the relays")))?;
+        let accepted = crate::trigger::check(&self.client, &event, &self.client.public_key())
+            .await
+            .map_err(|reason| JobFailure::new(format!("manual trigger {id}: {reason}")))?;
+        if accepted.trigger.context.commit != run.commit
+            || run
+                .repo_id
+                .as_ref()
+                .is_some_and(|repo| *repo != accepted.repo)
+        {
+            return Err(JobFailure::new(format!(
+                "manual trigger {id} is for {} at {}, not this request's repository and commit",
+                accepted.repo, accepted.trigger.context.commit
+            )));
+        }
+        Ok(accepted)
+    }
+
     /// The maintainers approval gates ask: those the request names, each checked against the
     /// repository's maintainer set (the owner and whom the owner's 30617 announcement lists,
     /// §10), or that whole set when the request names nobody. A requester cannot make itself
@@ -167,10 +203,7 @@ impl Router {
         let announcements = self
             .client
             .fetch(
-                Filter::new()
-                    .kind(nip34::REPO_ANNOUNCEMENT)
-                    .author(repo_id.owner)
-                    .identifier(repo_id.identifier.clone()),
+                quorum_proto::nip34::announcements_of(repo_id),
                 Duration::from_secs(5),
             )
             .await
@@ -188,6 +221,19 @@ impl Router {
         }
     }
 
+    /// Starts serving: the DVM runtime for run-pipeline requests, and the inbox that turns
+    /// maintainers' manual triggers (9840) addressed to this router into such requests.
+    pub async fn start(
+        self,
+        config: quorum_dvm::DvmConfig,
+        keys: quorum_proto::nostr::Keys,
+    ) -> Result<RunningRouter, quorum_dvm::DvmError> {
+        let inbox = crate::trigger::TriggerInbox::new(self.client.clone());
+        let dvm = quorum_dvm::Dvm::start(config, keys, self).await?;
+        let inbox = tokio::spawn(inbox.serve(std::future::pending()));
+        Ok(RunningRouter { dvm, inbox })
+    }
+
     async fn run_pipeline(&self, job: &Job, ctx: &JobContext) -> Result<RunReport, JobFailure> {
         let run = RunRequest::from_request(&job.request, JobRequest::is_encrypted(&job.event))
             .map_err(|e| JobFailure::new(format!("invalid run-pipeline request: {e}")))?;
@@ -199,6 +245,7 @@ impl Router {
                 Trigger::Manual
             },
             workflow_sha256: None,
+            manual_trigger: None,
         };
         let prepared = match self.prepare(job, &run, &mut source).await {
             Ok(prepared) => prepared,
@@ -255,6 +302,10 @@ impl Router {
         run: &RunRequest,
         source: &mut CiSource,
     ) -> Result<Prepared, JobFailure> {
+        let replay = match run.manual_trigger {
+            Some(id) => Some(self.manual_trigger(id, run).await?),
+            None => None,
+        };
         let checkout = self.config.work_root.join(job.event.id.to_hex());
         let _ = std::fs::remove_dir_all(&checkout);
         let fetched =
@@ -276,6 +327,22 @@ impl Router {
         let _ = std::fs::remove_dir_all(&checkout);
         let text = text?;
         *source = CiSource::of_pipeline(&text, run.git_ref.clone());
+        if let Some(accepted) = replay {
+            *source = source.clone().replayed_by(accepted.quote());
+            let named = accepted.trigger.context.workflow.and_then(|w| w.sha256);
+            if named != source.workflow_sha256 {
+                return Err(JobFailure::new(format!(
+                    "the manual trigger names workflow sha256 {}, but {} at {} has {}",
+                    named.map(|h| h.to_hex()).unwrap_or_default(),
+                    quorum_pipeline::PIPELINE_PATH,
+                    run.commit,
+                    source
+                        .workflow_sha256
+                        .map(|h| h.to_hex())
+                        .unwrap_or_default()
+                )));
+            }
+        }
         let plan = quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, &text).map_err(|d| {
             JobFailure::new("the pipeline does not lint").with_content(d.to_string())
         })?;
@@ -438,6 +505,26 @@ impl Router {
             jobs: end.outcome.jobs.iter().map(summary).collect(),
             published,
         })
+    }
+}
+
+/// A router serving: its DVM and its manual-trigger inbox.
+pub struct RunningRouter {
+    dvm: quorum_dvm::Dvm,
+    inbox: tokio::task::JoinHandle<()>,
+}
+
+impl RunningRouter {
+    pub fn public_key(&self) -> PublicKey {
+        self.dvm.public_key()
+    }
+
+    /// Stops both; runs in progress stay in the journal and resume at the next start.
+    pub async fn shutdown(self) {
+        // The inbox keeps nothing of its own: a trigger it had not turned into a request yet
+        // is found again by the next start's first look.
+        self.inbox.abort();
+        self.dvm.shutdown().await;
     }
 }
 

@@ -33,6 +33,8 @@ pub struct CiSource {
     pub trigger: Trigger,
     /// The pushed ref, `refs/heads/…` or `refs/tags/…`.
     pub git_ref: Option<String>,
+    /// The maintainer's 9840 a re-run answers, quoted (`manual-trigger`) on its 39842 and 9842.
+    pub manual_trigger: Option<Quote>,
 }
 
 impl Default for CiSource {
@@ -42,6 +44,7 @@ impl Default for CiSource {
             workflow_sha256: None,
             trigger: Trigger::Manual,
             git_ref: None,
+            manual_trigger: None,
         }
     }
 }
@@ -58,7 +61,16 @@ impl CiSource {
                 Trigger::Manual
             },
             git_ref,
+            manual_trigger: None,
         }
+    }
+
+    /// The same source, as the replay a maintainer's manual trigger asked for: `o` is
+    /// `manual` and the events quote the trigger.
+    pub fn replayed_by(mut self, trigger: Quote) -> Self {
+        self.trigger = Trigger::Manual;
+        self.manual_trigger = Some(trigger);
+        self
     }
 
     /// The common tags of a run of `context`; `None` without a NIP-34 identity.
@@ -83,6 +95,7 @@ pub struct CiRun<'a> {
     client: &'a JobClient,
     run: String,
     context: CiContext,
+    manual_trigger: Option<Quote>,
     started_at: Timestamp,
     /// The `created_at` of the last progress event, so that each replacement is strictly
     /// newer (two of the same second would be a tie a relay may settle either way).
@@ -102,6 +115,7 @@ impl<'a> CiRun<'a> {
             client,
             run: run.to_string(),
             context: source.ci_context(context)?,
+            manual_trigger: source.manual_trigger.clone(),
             started_at,
             last: Mutex::new(None),
         })
@@ -126,7 +140,7 @@ impl<'a> CiRun<'a> {
             queued_at: Some(self.started_at),
             started_at: Some(self.started_at),
             jobs: Vec::new(),
-            manual_trigger: None,
+            manual_trigger: self.manual_trigger.clone(),
             // The spec: `queue` is for queued runs, left out once a job started.
             queue: None,
             in_progress,
@@ -253,7 +267,7 @@ impl<'a> CiRun<'a> {
             queued_at: Some(self.started_at),
             started_at: Some(self.started_at),
             jobs,
-            manual_trigger: None,
+            manual_trigger: self.manual_trigger.clone(),
             content,
         };
         let builder = workflow.to_event_builder().map_err(|e| e.to_string())?;

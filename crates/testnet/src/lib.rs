@@ -166,7 +166,7 @@ impl Network {
     }
 
     /// A router DVM signing with `keys` (pass the same keys to restart "the same" router).
-    pub async fn router(&self, data: &Path, keys: &Keys) -> Dvm {
+    pub async fn router(&self, data: &Path, keys: &Keys) -> quorum_router::dvm::RunningRouter {
         let client = JobClient::connect(std::slice::from_ref(&self.relay), keys.clone())
             .await
             .expect("the router's client connects");
@@ -186,7 +186,8 @@ impl Network {
             Arc::new(client),
         );
         let config = DvmConfig::new(vec![self.relay.clone()], data.join("dvm"), "router");
-        Dvm::start(config, keys.clone(), router)
+        router
+            .start(config, keys.clone())
             .await
             .expect("the router starts")
     }

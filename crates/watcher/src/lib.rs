@@ -17,7 +17,9 @@
 //! moved the ref — a time every watcher reads alike, and a current one, so that routers take it
 //! however old the commit is), they agree on the commit and plan hash by commit-reveal, and the
 //! quorum signs the attestation and that request together. The router then sees a run request
-//! that `t` watchers vouched for.
+//! that `t` watchers vouched for. A watcher following NIP-34 state needs no flag for this: at
+//! each poll it looks for the watcher mandate of its repository in force that lists it, and
+//! signs its requests itself only while there is none.
 
 pub mod maintainer;
 
@@ -89,16 +91,19 @@ pub struct WatchConfig {
     /// Where the watcher keeps its state and scratch checkouts.
     pub data: PathBuf,
     pub git: GitPolicy,
-    /// When set, the watcher is one member of a quorum of watchers and the quorum key signs
-    /// the run requests (§15.10).
+    /// When set, the watcher may be one member of a quorum of watchers whose key signs the
+    /// run requests (§15.10): under the mandate it names, or, when it names none, under the
+    /// watcher mandate in force that lists this watcher (none: the watcher signs them).
     pub quorum: Option<WatcherQuorum>,
 }
 
 /// What a watcher needs to act as a member of a watcher quorum.
 #[derive(Debug, Clone)]
 pub struct WatcherQuorum {
-    /// The mandate (8704) the quorum acts under; it must allow kinds 8708 and 5700.
-    pub mandate: EventId,
+    /// The mandate (8704) the quorum acts under; it must allow kinds 8708 and 5700. `None`:
+    /// the watcher looks at each poll for a watcher mandate of its repository (NIP-34 source
+    /// only) that names it, and signs its requests itself while there is none.
+    pub mandate: Option<EventId>,
     /// Where the watcher keeps its shares (`<quorum hex>.json`).
     pub share_dir: PathBuf,
     pub member: MemberConfig,
@@ -149,6 +154,15 @@ struct Retry {
 /// gives up on it until its ref moves again.
 pub const MAX_ATTEMPTS: u32 = 20;
 
+/// Who signs the run requests of a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signing {
+    /// The watcher, with its own key.
+    Own,
+    /// The watcher quorum's key, under `mandate`.
+    Quorum { key: PublicKey, mandate: EventId },
+}
+
 /// A watcher of one repository.
 pub struct Watcher {
     config: WatchConfig,
@@ -158,6 +172,8 @@ pub struct Watcher {
     quorum_key: Option<PublicKey>,
     /// The repository that mandate is for, whose newer mandates for the key replace it.
     quorum_repo: Option<quorum_proto::nip34::RepoCoordinate>,
+    /// Who signed at the last poll, when no mandate is pinned (to log changes once).
+    discovered: Option<Signing>,
     /// The moved refs of the last poll that started nothing because of an error.
     not_started: Vec<NotStarted>,
 }
@@ -179,6 +195,7 @@ impl Watcher {
             state,
             quorum_key: None,
             quorum_repo: None,
+            discovered: None,
             not_started: Vec::new(),
         })
     }
@@ -323,9 +340,10 @@ impl Watcher {
         }
         let plan_hash = plan.plan_hash();
         let key = format!("{commit}:{plan_hash}");
+        let signing = self.signing().await?;
         let mut authors = vec![self.client.public_key()];
-        if self.config.quorum.is_some() {
-            authors.push(self.quorum_key().await?);
+        if let Signing::Quorum { key, .. } = signing {
+            authors.push(key);
         }
         if self.state.started.contains(&key)
             || self.already_requested(&authors, commit, &plan_hash).await
@@ -346,12 +364,8 @@ impl Watcher {
                 .into_iter()
                 .collect();
         }
-        let request = match &self.config.quorum {
-            None => {
-                let request = run.to_request().provider(self.config.router);
-                self.client.submit(&request, false).await?.id
-            }
-            Some(quorum) => {
+        let request = match (signing, &self.config.quorum) {
+            (Signing::Quorum { key, mandate }, Some(quorum)) => {
                 let quorum = quorum.clone();
                 // Nothing local or clock-dependent (§15.5): the state that moved the ref dates
                 // the request. Polling has no such event; the commit's own time is all the
@@ -371,7 +385,12 @@ impl Watcher {
                     }
                     at
                 });
-                self.quorum_request(&quorum, run, created_at).await?
+                self.quorum_request(&quorum, key, mandate, run, created_at)
+                    .await?
+            }
+            _ => {
+                let request = run.to_request().provider(self.config.router);
+                self.client.submit(&request, false).await?.id
             }
         };
         self.state.started.insert(key);
@@ -391,11 +410,11 @@ impl Watcher {
     async fn quorum_request(
         &mut self,
         quorum: &WatcherQuorum,
+        quorum_key: PublicKey,
+        mandate: EventId,
         mut run: RunRequest,
         created_at: Timestamp,
     ) -> Result<EventId, WatchError> {
-        let quorum_key = self.quorum_key().await?;
-        let mandate = self.current_mandate(quorum_key).await?;
         let plan_hash = run.plan_hash.clone().unwrap_or_default();
         let plan = Sha256Hex::parse(&plan_hash).map_err(|_| WatchError::PlanHash(plan_hash))?;
         run.mandate = Some(mandate);
@@ -451,23 +470,68 @@ impl Watcher {
         }
     }
 
+    /// Who signs this poll's run requests: the quorum of the pinned mandate (as a newer
+    /// mandate for its key replaces it), else the watcher quorum a maintainer put this watcher
+    /// in ([`quorum_proto::mandate::watcher_mandate_for`]), else the watcher itself. Looked up
+    /// at each poll, so a new mandate takes effect without a restart; a lookup that fails is
+    /// an error (the commit is tried again), never a silent fall back to the watcher's key.
+    async fn signing(&mut self) -> Result<Signing, WatchError> {
+        let Some(quorum) = &self.config.quorum else {
+            return Ok(Signing::Own);
+        };
+        if let Some(pinned) = quorum.mandate {
+            let key = self.quorum_key(pinned).await?;
+            let mandate = self.current_mandate(pinned, key).await?;
+            return Ok(Signing::Quorum { key, mandate });
+        }
+        let Source::Nip34 { owner, identifier } = &self.config.source else {
+            return Ok(Signing::Own);
+        };
+        let repo = quorum_proto::nip34::RepoCoordinate::new(*owner, identifier);
+        let (maintainers, mandates) = self.mandates(&repo).await?;
+        let found = quorum_proto::mandate::watcher_mandate_for(
+            &mandates,
+            &repo,
+            &maintainers,
+            Timestamp::now(),
+            &self.client.public_key(),
+        );
+        let signing = match found {
+            Some((event, mandate)) => Signing::Quorum {
+                key: mandate.quorum.expect("a selected mandate names its key"),
+                mandate: event.id,
+            },
+            None => Signing::Own,
+        };
+        if self.discovered != Some(signing) {
+            match signing {
+                Signing::Quorum { key, mandate } => tracing::info!(
+                    %mandate, quorum = %key,
+                    "a member of the repository's watcher quorum: its key signs the run requests"
+                ),
+                Signing::Own => tracing::info!(
+                    "no watcher mandate of the repository names this watcher: it signs its own \
+                     run requests"
+                ),
+            }
+            self.discovered = Some(signing);
+        }
+        Ok(signing)
+    }
+
     /// The mandate in force for the watcher quorum's key now: the newest a maintainer of its
     /// repository signed for that key (a refresh, or a new allow list, replaces the one the
     /// watcher was started with — no restart needed). Falls back to the configured mandate;
     /// the members check whichever it is fully before they commit to anything.
-    async fn current_mandate(&mut self, quorum_key: PublicKey) -> Result<EventId, WatchError> {
-        let configured = self.config.quorum.as_ref().expect("quorum mode").mandate;
+    async fn current_mandate(
+        &mut self,
+        configured: EventId,
+        quorum_key: PublicKey,
+    ) -> Result<EventId, WatchError> {
         let Some(repo) = self.quorum_repo.clone() else {
             return Ok(configured);
         };
-        let maintainers = self.maintainers(&repo.owner, &repo.identifier).await?;
-        let mandates = self
-            .client
-            .fetch(
-                quorum_proto::mandate::mandates_of(&repo).authors(maintainers.iter().copied()),
-                Duration::from_secs(5),
-            )
-            .await?;
+        let (maintainers, mandates) = self.mandates(&repo).await?;
         let current = quorum_proto::mandate::select_mandate(
             &mandates,
             &repo,
@@ -485,11 +549,10 @@ impl Watcher {
 
     /// The quorum key the mandate names (looked up once; the member checks the mandate fully
     /// before it commits to anything).
-    async fn quorum_key(&mut self) -> Result<PublicKey, WatchError> {
+    async fn quorum_key(&mut self, id: EventId) -> Result<PublicKey, WatchError> {
         if let Some(key) = self.quorum_key {
             return Ok(key);
         }
-        let id = self.config.quorum.as_ref().expect("quorum mode").mandate;
         let refuse = |reason: String| WatchError::Mandate {
             mandate: id,
             reason,
@@ -517,18 +580,29 @@ impl Watcher {
         owner: &PublicKey,
         identifier: &str,
     ) -> Result<std::collections::BTreeSet<PublicKey>, WatchError> {
-        use quorum_proto::nip34::{REPO_ANNOUNCEMENT, maintainer_set};
+        use quorum_proto::nip34::{RepoCoordinate, announcements_of, maintainer_set};
+        let repo = RepoCoordinate::new(*owner, identifier);
         let announcements = self
             .client
+            .fetch(announcements_of(&repo), Duration::from_secs(5))
+            .await?;
+        Ok(maintainer_set(owner, identifier, &announcements))
+    }
+
+    /// The repository's maintainer set and the mandates they signed for it.
+    async fn mandates(
+        &self,
+        repo: &quorum_proto::nip34::RepoCoordinate,
+    ) -> Result<(BTreeSet<PublicKey>, Vec<quorum_proto::nostr::Event>), WatchError> {
+        let maintainers = self.maintainers(&repo.owner, &repo.identifier).await?;
+        let mandates = self
+            .client
             .fetch(
-                Filter::new()
-                    .kind(REPO_ANNOUNCEMENT)
-                    .author(*owner)
-                    .identifier(identifier),
+                quorum_proto::mandate::mandates_of(repo).authors(maintainers.iter().copied()),
                 Duration::from_secs(5),
             )
             .await?;
-        Ok(maintainer_set(owner, identifier, &announcements))
+        Ok((maintainers, mandates))
     }
 
     /// The refs of the newest repository state signed by one of the repository's maintainers,
@@ -538,20 +612,16 @@ impl Watcher {
         owner: &PublicKey,
         identifier: &str,
     ) -> Result<(BTreeMap<String, String>, Option<Timestamp>), WatchError> {
-        use quorum_proto::nip34::{REPO_STATE, RepoCoordinate, newest_state};
-        let timeout = Duration::from_secs(5);
+        use quorum_proto::nip34::{RepoCoordinate, newest_state, states_of};
         let maintainers = self.maintainers(owner, identifier).await?;
+        let repo = RepoCoordinate::new(*owner, identifier);
         let states = self
             .client
             .fetch(
-                Filter::new()
-                    .kind(REPO_STATE)
-                    .authors(maintainers.iter().copied())
-                    .identifier(identifier),
-                timeout,
+                states_of(&repo, maintainers.iter().copied()),
+                Duration::from_secs(5),
             )
             .await?;
-        let repo = RepoCoordinate::new(*owner, identifier);
         Ok(match newest_state(&repo, &maintainers, &states) {
             Some((event, state)) => (state.refs, Some(event.created_at)),
             None => (BTreeMap::new(), None),
