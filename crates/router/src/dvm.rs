@@ -191,6 +191,52 @@ impl Router {
         Ok(accepted)
     }
 
+    /// Lets a pull-request run go on: at once when a maintainer proposed the commit, else
+    /// once a maintainer approved this commit and pipeline file (the run waits, and says how
+    /// to approve in its partial feedback).
+    async fn approve_pull_request(
+        &self,
+        ctx: &JobContext,
+        run: &RunRequest,
+        pr: &quorum_proto::nipc1::PullRequestContext,
+        repo_id: Option<&RepoCoordinate>,
+        plan_hash: &str,
+        source: &CiSource,
+    ) -> Result<(), JobFailure> {
+        let repo_id = repo_id.ok_or_else(|| {
+            JobFailure::new("a pull-request run names the repository it proposes to (`repo-id`)")
+        })?;
+        let maintainers = self.maintainers(repo_id, &[]).await?;
+        if maintainers.contains(&pr.trigger_author) {
+            return Ok(());
+        }
+        let pipeline_sha256 = source
+            .workflow_sha256
+            .ok_or_else(|| JobFailure::new("the pull request's pipeline file was not read"))?;
+        let gate = crate::approval::PullRequestGate {
+            repo: repo_id.clone(),
+            run: quorum_pipeline::run_id(&run.repo, &run.commit, plan_hash),
+            commit: run.commit.clone(),
+            pipeline_sha256,
+            maintainers,
+            wait: EngineConfig::default().approval_wait,
+        };
+        tracing::info!(commit = %run.commit, contributor = %pr.trigger_author, "a pull request by a contributor waits for a maintainer's approval");
+        match gate
+            .ask(&self.client, |line| ctx.partial(line.to_string()))
+            .await
+        {
+            Ok((_, Ok(approved))) => {
+                tracing::info!(commit = %run.commit, "pull-request run {approved}");
+                Ok(())
+            }
+            Ok((request, Err(reason))) => Err(JobFailure::new(format!(
+                "the pull-request run was not approved ({reason}; request {request})"
+            ))),
+            Err(reason) => Err(JobFailure::new(reason)),
+        }
+    }
+
     /// The maintainers approval gates ask: those the request names, each checked against the
     /// repository's maintainer set (the owner and whom the owner's 30617 announcement lists,
     /// §10), or that whole set when the request names nobody. A requester cannot make itself
@@ -246,8 +292,12 @@ impl Router {
             },
             workflow_sha256: None,
             manual_trigger: None,
+            pull_request: None,
         };
-        let prepared = match self.prepare(job, &run, &mut source).await {
+        if let Some(pr) = &run.pull_request {
+            source = source.for_pull_request(pr.clone());
+        }
+        let prepared = match self.prepare(job, ctx, &run, &mut source).await {
             Ok(prepared) => prepared,
             Err(failure) => {
                 self.report_not_started(job, &run, &source, &failure).await;
@@ -299,9 +349,16 @@ impl Router {
     async fn prepare(
         &self,
         job: &Job,
+        ctx: &JobContext,
         run: &RunRequest,
         source: &mut CiSource,
     ) -> Result<Prepared, JobFailure> {
+        if run.pull_request.is_some() && !run.secrets.is_empty() {
+            return Err(JobFailure::new(
+                "a pull-request run gets no secrets: its pipeline file and commit are a \
+                 contributor's",
+            ));
+        }
         let replay = match run.manual_trigger {
             Some(id) => Some(self.manual_trigger(id, run).await?),
             None => None,
@@ -327,6 +384,9 @@ impl Router {
         let _ = std::fs::remove_dir_all(&checkout);
         let text = text?;
         *source = CiSource::of_pipeline(&text, run.git_ref.clone());
+        if let Some(pr) = &run.pull_request {
+            *source = source.clone().for_pull_request(pr.clone());
+        }
         if let Some(accepted) = replay {
             *source = source.clone().replayed_by(accepted.quote());
             let named = accepted.trigger.context.workflow.and_then(|w| w.sha256);
@@ -355,6 +415,32 @@ impl Router {
                 run.commit
             )));
         }
+        let plan = match &run.pull_request {
+            None => plan,
+            Some(_) => {
+                if !plan.triggered_by(&quorum_pipeline::TriggerEvent::PullRequest) {
+                    return Err(JobFailure::new(format!(
+                        "the pipeline at {} does not run on pull requests (`on.pull_request`)",
+                        run.commit
+                    )));
+                }
+                let (narrow, left_out) = plan.for_pull_request();
+                for (id, reason) in &left_out {
+                    tracing::info!(request = %job.event.id, job = %id, "left out of the pull-request run: {reason}");
+                }
+                if narrow.jobs.is_empty() {
+                    return Err(JobFailure::new(format!(
+                        "a pull-request run leaves out every job: {}",
+                        left_out
+                            .iter()
+                            .map(|(id, reason)| format!("{id} ({reason})"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                narrow
+            }
+        };
         let runners = if !run.runners.is_empty() {
             run.runners.clone()
         } else if !self.config.runners.is_empty() {
@@ -372,8 +458,9 @@ impl Router {
             return Err(JobFailure::new("no runner DVM is known or announced"));
         }
         let quorum = match run.mandate {
-            Some(id) => Some(self.mandate(id).await?),
-            None => None,
+            // A pull-request run has no quorum job left to run under a mandate.
+            Some(id) if run.pull_request.is_none() => Some(self.mandate(id).await?),
+            _ => None,
         };
         // A watcher quorum's request names the watchers' own mandate, under which builds never
         // run (its members are watchers, not builders): the run's quorum jobs take the
@@ -410,6 +497,10 @@ impl Router {
                 ));
             }
         };
+        if let Some(pr) = &run.pull_request {
+            self.approve_pull_request(ctx, run, pr, repo_id.as_ref(), &plan_hash, source)
+                .await?;
+        }
         let context = RunContext {
             repo: run.repo.clone(),
             commit: run.commit.clone(),

@@ -11,7 +11,8 @@ use quorum_dvm::client::JobClient;
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::nipc1::{
     CiArtifact, CiContext, CiJobResult, CiWorkflowProgress, CiWorkflowResult, Conclusion,
-    PROGRESS_MAX_LIFETIME_SECS, ProgressStatus, Quote, RunAddress, Trigger, Workflow,
+    PROGRESS_MAX_LIFETIME_SECS, ProgressStatus, PullRequestContext, Quote, RunAddress, Trigger,
+    Workflow,
 };
 use quorum_proto::nostr::{EventBuilder, EventId, Timestamp};
 use sha2::{Digest, Sha256};
@@ -35,6 +36,9 @@ pub struct CiSource {
     pub git_ref: Option<String>,
     /// The maintainer's 9840 a re-run answers, quoted (`manual-trigger`) on its 39842 and 9842.
     pub manual_trigger: Option<Quote>,
+    /// The pull request a PR run builds: its NIP-22 context goes on every event, so that
+    /// gitworkshop shows the run on the pull request's page.
+    pub pull_request: Option<PullRequestContext>,
 }
 
 impl Default for CiSource {
@@ -45,6 +49,7 @@ impl Default for CiSource {
             trigger: Trigger::Manual,
             git_ref: None,
             manual_trigger: None,
+            pull_request: None,
         }
     }
 }
@@ -62,7 +67,17 @@ impl CiSource {
             },
             git_ref,
             manual_trigger: None,
+            pull_request: None,
         }
+    }
+
+    /// The same source, as a run of pull request `pr`: `o` is `pull_request`, the events carry
+    /// its context and no pushed ref.
+    pub fn for_pull_request(mut self, pr: PullRequestContext) -> Self {
+        self.trigger = Trigger::PullRequest;
+        self.git_ref = None;
+        self.pull_request = Some(pr);
+        self
     }
 
     /// The same source, as the replay a maintainer's manual trigger asked for: `o` is
@@ -82,6 +97,7 @@ impl CiSource {
         });
         ci.trigger = Some(self.trigger);
         ci.git_ref = self.git_ref.clone();
+        ci.pull_request = self.pull_request.clone();
         Some(ci)
     }
 }

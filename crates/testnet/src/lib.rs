@@ -192,6 +192,39 @@ impl Network {
             .expect("the router starts")
     }
 
+    /// The report of the router's result (6700) for run request `request`, waiting up to
+    /// `within` for it.
+    pub async fn run_report(
+        &self,
+        request: quorum_proto::nostr::EventId,
+        within: Duration,
+    ) -> quorum_proto::run::RunReport {
+        use quorum_proto::nostr::{Filter, Kind};
+        let client = self.client().await;
+        let deadline = tokio::time::Instant::now() + within;
+        let report = loop {
+            let results = client
+                .fetch(
+                    Filter::new().kind(Kind::from_u16(6700)).event(request),
+                    Duration::from_secs(2),
+                )
+                .await
+                .expect("the relay answers");
+            if let Some(event) = results.first() {
+                let result = quorum_proto::nip90::JobResult::from_event(event)
+                    .expect("a router's result parses");
+                break serde_json::from_str(&result.content).expect("a router's report parses");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no router finished run {request} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        client.shutdown().await;
+        report
+    }
+
     /// A job client with fresh keys.
     pub async fn client(&self) -> JobClient {
         JobClient::connect(std::slice::from_ref(&self.relay), Keys::generate())

@@ -35,6 +35,7 @@ use quorum_proto::agreement::{BuildResult, QUORUM_ATTESTATION};
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::kinds::JobKind;
 use quorum_proto::mandate::{MANDATE, Mandate};
+use quorum_proto::nip34::ProposedCommit;
 use quorum_proto::nip90::JobRequest;
 use quorum_proto::nostr::{EventId, Filter, Keys, PublicKey, RelayUrl, Timestamp};
 use quorum_proto::quorum_job::QuorumJobParams;
@@ -66,6 +67,8 @@ pub enum WatchError {
     Quorum(#[from] QuorumJobError),
     #[error("the quorum signed no run request: {0}")]
     NotSigned(String),
+    #[error("pull request {id}: {reason}")]
+    Proposal { id: EventId, reason: String },
 }
 
 /// Where the watcher learns the refs.
@@ -141,6 +144,13 @@ struct State {
     /// every poll while the ref stays there, up to [`MAX_ATTEMPTS`].
     #[serde(default)]
     retry: BTreeMap<String, Retry>,
+    /// The pull requests and updates (event ids, hex) decided on: run, not for this pipeline,
+    /// or given up on; `None` before the first look, which replays none.
+    #[serde(default)]
+    proposals: Option<BTreeSet<String>>,
+    /// Proposals whose run could not start yet, with the attempts so far.
+    #[serde(default)]
+    proposal_retry: BTreeMap<String, u32>,
 }
 
 /// A commit whose run did not start yet.
@@ -217,6 +227,12 @@ impl Watcher {
             ),
             Source::Nip34 { owner, identifier } => self.signed_refs(owner, identifier).await?,
         };
+        let mut started = Vec::new();
+        self.not_started.clear();
+        if let Source::Nip34 { owner, identifier } = &self.config.source {
+            let repo = quorum_proto::nip34::RepoCoordinate::new(*owner, identifier);
+            started.extend(self.poll_proposals(&repo).await?);
+        }
         let Some(previous) = self.state.refs.replace(refs.clone()) else {
             tracing::info!(
                 refs = refs.len(),
@@ -224,10 +240,8 @@ impl Watcher {
                 self.config.repo
             );
             self.save()?;
-            return Ok(Vec::new());
+            return Ok(started);
         };
-        let mut started = Vec::new();
-        self.not_started.clear();
         // A retry is for the commit its ref still names; a ref that moved on drops it.
         self.state
             .retry
@@ -279,6 +293,152 @@ impl Watcher {
         }
         self.save()?;
         Ok(started)
+    }
+
+    /// The pull requests (1618) and updates (1619) proposed to `repo` that the watcher has not
+    /// decided on: each whose pipeline runs on `pull_request` starts one run, signed by the
+    /// watcher itself (a contributor's commit is no maintainer-signed state a watcher quorum
+    /// could vouch for), with the pull request's context; the router narrows it, gives it no
+    /// secrets and, for a contributor who is no maintainer, waits for a maintainer's approval.
+    /// The first look only records what is there.
+    async fn poll_proposals(
+        &mut self,
+        repo: &quorum_proto::nip34::RepoCoordinate,
+    ) -> Result<Vec<StartedRun>, WatchError> {
+        let mut events = self
+            .client
+            .fetch(
+                quorum_proto::nip34::proposals_to(repo),
+                Duration::from_secs(5),
+            )
+            .await?;
+        events.sort_by_key(|e| (e.created_at, e.id));
+        let Some(mut decided) = self.state.proposals.take() else {
+            self.state.proposals = Some(events.iter().map(|e| e.id.to_hex()).collect());
+            return Ok(Vec::new());
+        };
+        let mut started = Vec::new();
+        for event in &events {
+            let id = event.id.to_hex();
+            if decided.contains(&id) {
+                continue;
+            }
+            match self.consider_proposal(repo, event).await {
+                Ok(run) => {
+                    decided.insert(id.clone());
+                    self.state.proposal_retry.remove(&id);
+                    started.extend(run);
+                }
+                Err(err) => {
+                    let attempts = self.state.proposal_retry.get(&id).copied().unwrap_or(0) + 1;
+                    tracing::warn!(proposal = %id, attempts, "pull-request run not started: {err}");
+                    if attempts >= MAX_ATTEMPTS {
+                        decided.insert(id.clone());
+                        self.state.proposal_retry.remove(&id);
+                    } else {
+                        self.state.proposal_retry.insert(id.clone(), attempts);
+                    }
+                    self.not_started.push(NotStarted {
+                        ref_name: format!("pull request {id}"),
+                        commit: ProposedCommit::from_event(event)
+                            .map(|p| p.commit)
+                            .unwrap_or_default(),
+                        reason: err.to_string(),
+                    });
+                }
+            }
+        }
+        self.state.proposals = Some(decided);
+        self.save()?;
+        Ok(started)
+    }
+
+    /// Starts the run of one proposal, or decides it needs none (not for `repo`, no pipeline,
+    /// a pipeline that does not run on pull requests).
+    async fn consider_proposal(
+        &mut self,
+        repo: &quorum_proto::nip34::RepoCoordinate,
+        event: &quorum_proto::nostr::Event,
+    ) -> Result<Option<StartedRun>, WatchError> {
+        let refuse = |reason: String| WatchError::Proposal {
+            id: event.id,
+            reason,
+        };
+        event
+            .verify()
+            .map_err(|_| refuse("its signature does not verify".into()))?;
+        let proposed = ProposedCommit::from_event(event).map_err(|e| refuse(e.to_string()))?;
+        if !proposed.repos.contains(repo) {
+            return Ok(None);
+        }
+        let checkout = self.config.data.join("checkout");
+        let mut fetched = None;
+        let mut errors = Vec::new();
+        for url in &proposed.clone {
+            let _ = std::fs::remove_dir_all(&checkout);
+            match quorum_runner::git::fetch_commit(
+                url,
+                &proposed.commit,
+                &checkout,
+                &self.config.git,
+            )
+            .await
+            {
+                Ok(_) => {
+                    fetched = Some(url.clone());
+                    break;
+                }
+                Err(err) => errors.push(format!("{url}: {err}")),
+            }
+        }
+        let text = std::fs::read_to_string(checkout.join(quorum_pipeline::PIPELINE_PATH));
+        let _ = std::fs::remove_dir_all(&checkout);
+        let Some(url) = fetched else {
+            return Err(refuse(format!(
+                "commit {} cannot be fetched: {}",
+                proposed.commit,
+                errors.join("; ")
+            )));
+        };
+        let Ok(text) = text else {
+            tracing::debug!(proposal = %event.id, "no pipeline in the proposed commit");
+            return Ok(None);
+        };
+        let plan = match quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, &text) {
+            Ok(plan) => plan,
+            Err(diagnostics) => {
+                tracing::warn!(proposal = %event.id, "the proposed pipeline does not lint:\n{diagnostics}");
+                return Ok(None);
+            }
+        };
+        if !plan.triggered_by(&TriggerEvent::PullRequest) {
+            return Ok(None);
+        }
+        let plan_hash = plan.plan_hash();
+        let key = format!("pull-request:{}:{plan_hash}", event.id.to_hex());
+        if self.state.started.contains(&key) {
+            return Ok(None);
+        }
+        let mut run = RunRequest::new(url, proposed.commit.clone());
+        run.plan_hash = Some(plan_hash.clone());
+        run.repo_id = Some(repo.clone());
+        run.maintainers = self
+            .maintainers(&repo.owner, &repo.identifier)
+            .await?
+            .into_iter()
+            .collect();
+        run.pull_request = Some(proposed.context.clone());
+        let request = run.to_request().provider(self.config.router);
+        let request = self.client.submit(&request, false).await?.id;
+        self.state.started.insert(key);
+        self.save()?;
+        tracing::info!(proposal = %event.id, commit = %proposed.commit, %request, "pull-request run started");
+        Ok(Some(StartedRun {
+            ref_name: format!("pull request {}", proposed.context.root.to_hex()),
+            commit: proposed.commit,
+            plan_hash,
+            request: request.to_hex(),
+        }))
     }
 
     /// Polls every `interval` until `stop` resolves.

@@ -422,32 +422,6 @@ async fn a_mandate_that_does_not_allow_run_requests_gets_none_signed() {
     );
 }
 
-/// The router's result (6700) for `request`, within 60 s.
-async fn run_report(network: &Network, request: EventId) -> quorum_proto::run::RunReport {
-    let client = network.client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let report = loop {
-        let results = client
-            .fetch(
-                Filter::new().kind(Kind::from_u16(6700)).event(request),
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap();
-        if let Some(event) = results.first() {
-            let result = quorum_proto::nip90::JobResult::from_event(event).unwrap();
-            break serde_json::from_str(&result.content).unwrap();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the router took no run request {request}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    client.shutdown().await;
-    report
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_quorum_following_the_signed_state_starts_a_run_the_router_takes_for_an_old_commit()
  {
@@ -519,7 +493,9 @@ async fn a_watcher_quorum_following_the_signed_state_starts_a_run_the_router_tak
     assert!(attestation.agreed.len() >= 2, "{attestation:?}");
 
     // The router takes the quorum's request and runs the pipeline at that commit.
-    let report = run_report(&network, request.id).await;
+    let report = network
+        .run_report(request.id, Duration::from_secs(120))
+        .await;
     assert!(report.succeeded(), "{report:?}");
     assert_eq!(report.commit, head);
     router.shutdown().await;
@@ -622,7 +598,9 @@ async fn a_watcher_quorum_starts_a_quorum_build_under_the_build_mandate() {
     )
     .await;
 
-    let report = run_report(&network, request.id).await;
+    let report = network
+        .run_report(request.id, Duration::from_secs(120))
+        .await;
     assert!(report.succeeded(), "{report:?}");
     assert_eq!(report.commit, head);
     let release = report
