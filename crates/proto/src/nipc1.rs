@@ -584,8 +584,13 @@ impl fmt::Display for RunAddress {
     }
 }
 
+/// The run-step request param naming the run's progress event (`["param", "ci-run",
+/// "39842:<coordinator hex>:<run id>"]`): a runner that gets it signs the job's 9841 itself.
+pub const PARAM_CI_RUN: &str = "ci-run";
+
 impl RunAddress {
-    fn parse(value: &str) -> Result<Self> {
+    /// Parses `39842:<coordinator hex>:<run id>`.
+    pub fn parse(value: &str) -> Result<Self> {
         let bad = || malformed("q", format!("{value:?} is not a 39842 address"));
         let mut parts = value.splitn(3, ':');
         let (Some("39842"), Some(pubkey), Some(run)) = (parts.next(), parts.next(), parts.next())
@@ -603,6 +608,55 @@ impl RunAddress {
 }
 
 impl CiJobResult {
+    /// The 9841 of job `job` (named `name`) whose runner reported `report`, in the context of
+    /// run `workflow_run`. `runs_on` names the runner. The one spelling of a job result, used
+    /// by the runner that signs its own and by a coordinator signing for one that did not.
+    pub fn of_step(
+        context: CiContext,
+        job: &str,
+        name: Option<String>,
+        report: &crate::step::StepReport,
+        workflow_run: RunAddress,
+        runs_on: Vec<String>,
+    ) -> Self {
+        let conclusion = if report.succeeded() {
+            Conclusion::Success
+        } else if report.timed_out {
+            Conclusion::TimedOut
+        } else {
+            Conclusion::Failure
+        };
+        let omitted = report.log.size.saturating_sub(report.log_tail.len() as u64);
+        CiJobResult {
+            context,
+            job: job.to_string(),
+            conclusion,
+            // gitworkshop links the full log.
+            logs: report.log.urls.first().cloned().unwrap_or_default(),
+            name,
+            // One tag per file the job produced. A directory artifact is one `.tar` file to
+            // us, so it is listed as that file.
+            artifacts: report
+                .artifacts
+                .iter()
+                .filter_map(|a| {
+                    Some(CiArtifact {
+                        url: a.blob.urls.first()?.clone(),
+                        filename: Some(a.name.clone()),
+                        name: Some(a.name.clone()),
+                    })
+                })
+                .collect(),
+            workflow_run: Some(workflow_run),
+            queued_at: None,
+            started_at: None,
+            exit_code: report.exit_code,
+            runs_on,
+            log_tail: report.log_tail.clone(),
+            log_omitted: (omitted > 0).then_some(omitted),
+        }
+    }
+
     pub fn to_event_builder(&self) -> Result<EventBuilder> {
         let mut tags = self.context.to_tags()?;
         tags.push(custom_tag(TAG_JOB, [self.job.clone()]));

@@ -450,7 +450,7 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
         context,
         config,
         reporter,
-        ..
+        run,
     } = *engine;
     let mut record = JobRecord::new(job);
     if let Err(reason) = supported(job) {
@@ -488,6 +488,18 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
         request
             .params
             .push(JobParam::new(PARAM_JOB, job.id.clone()));
+        // A run with a NIP-34 identity publishes CI status: the runner signs the job's
+        // result (9841) itself, in the context of the run's progress event.
+        if context.repo_id.is_some() && prepared.runner_job {
+            let address = quorum_proto::nipc1::RunAddress {
+                coordinator: client.public_key(),
+                run: run.to_string(),
+            };
+            request.params.push(JobParam::new(
+                quorum_proto::nipc1::PARAM_CI_RUN,
+                address.to_string(),
+            ));
+        }
         let encrypt = prepared.encrypt && provider.is_some();
         if prepared.encrypt && provider.is_none() {
             record.state = JobState::Failed {

@@ -10,11 +10,11 @@ use std::sync::Mutex;
 use quorum_dvm::client::JobClient;
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::nipc1::{
-    CiArtifact, CiContext, CiJobResult, CiWorkflowProgress, CiWorkflowResult, Conclusion,
+    CiContext, CiJobResult, CiWorkflowProgress, CiWorkflowResult, Conclusion,
     PROGRESS_MAX_LIFETIME_SECS, ProgressStatus, PullRequestContext, Quote, RunAddress, Trigger,
     Workflow,
 };
-use quorum_proto::nostr::{EventBuilder, EventId, Timestamp};
+use quorum_proto::nostr::{EventBuilder, EventId, PublicKey, Timestamp};
 use sha2::{Digest, Sha256};
 
 use crate::{JobState, RunContext, RunOutcome};
@@ -194,47 +194,61 @@ impl<'a> CiRun<'a> {
                 JobState::Failed { .. } => Conclusion::Failure,
             };
             conclusions.push(conclusion);
-            let report = job.report.as_ref();
-            let log_omitted = report.and_then(|r| {
-                let omitted = r.log.size.saturating_sub(r.log_tail.len() as u64);
-                (omitted > 0).then_some(omitted)
+            // The runner signed the job's result itself (it got the run's `ci-run`): quote
+            // that one, under the runner's key, as the spec wants.
+            let signed_by_runner = job.report.as_ref().and_then(|r| {
+                let id = EventId::from_hex(r.ci_job_result.as_deref()?).ok()?;
+                let runner = job
+                    .provider
+                    .as_deref()
+                    .and_then(|p| PublicKey::parse(p).ok())?;
+                Some((id, runner))
             });
-            let result = CiJobResult {
-                context: self.context.clone(),
-                job: job.id.clone(),
-                conclusion,
-                // gitworkshop links the full log; a job without a runner log has none to link.
-                logs: report
-                    .and_then(|r| r.log.urls.first().cloned())
-                    .unwrap_or_default(),
-                name: Some(job.name.clone()),
-                // One tag per file the job produced. A directory artifact is one `.tar` file
-                // to us, so it is listed as that file.
-                artifacts: report
-                    .map(|r| {
-                        r.artifacts
-                            .iter()
-                            .filter_map(|a| {
-                                Some(CiArtifact {
-                                    url: a.blob.urls.first()?.clone(),
-                                    filename: Some(a.name.clone()),
-                                    name: Some(a.name.clone()),
-                                })
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                workflow_run: Some(RunAddress {
-                    coordinator,
-                    run: self.run.clone(),
-                }),
-                queued_at: Some(self.started_at),
-                started_at: Some(self.started_at),
-                exit_code: report.and_then(|r| r.exit_code),
-                runs_on: job.provider.iter().cloned().collect(),
-                log_tail: report.map(|r| r.log_tail.clone()).unwrap_or_default(),
-                log_omitted,
+            if let Some((id, runner)) = signed_by_runner {
+                quotes.push(Quote {
+                    id,
+                    relay: None,
+                    author: Some(runner),
+                    job: Some(job.id.clone()),
+                });
+                continue;
+            }
+            let address = RunAddress {
+                coordinator,
+                run: self.run.clone(),
             };
+            let mut result = match job.report.as_ref() {
+                Some(report) => CiJobResult::of_step(
+                    self.context.clone(),
+                    &job.id,
+                    Some(job.name.clone()),
+                    report,
+                    address,
+                    job.provider.iter().cloned().collect(),
+                ),
+                // A job without a runner's report (a DVM call, an approval gate, a skipped
+                // job) has no log or files to link.
+                None => CiJobResult {
+                    context: self.context.clone(),
+                    job: job.id.clone(),
+                    conclusion,
+                    logs: String::new(),
+                    name: Some(job.name.clone()),
+                    artifacts: Vec::new(),
+                    workflow_run: Some(address),
+                    queued_at: None,
+                    started_at: None,
+                    exit_code: None,
+                    runs_on: job.provider.iter().cloned().collect(),
+                    log_tail: String::new(),
+                    log_omitted: None,
+                },
+            };
+            // The run's verdict on the job, which may differ from the step's own exit (a
+            // quorum that did not agree fails a job whose step succeeded).
+            result.conclusion = conclusion;
+            result.queued_at = Some(self.started_at);
+            result.started_at = Some(self.started_at);
             let builder = match result.to_event_builder() {
                 Ok(builder) => builder,
                 Err(err) => {
