@@ -33,6 +33,8 @@
   }
 
   wireSigner();
+  // A signer extension may load after the page: it can ask for the buttons again.
+  window.quorumUi = { wireSigner: wireSigner };
   if (!main || !main.getAttribute("data-live") || !window.EventSource) { say("", ""); return; }
   var source = new EventSource(main.getAttribute("data-live"));
   source.onopen = function () { say("live", "on"); };

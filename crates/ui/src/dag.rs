@@ -36,10 +36,13 @@ pub fn svg(run: &RunView) -> String {
             job.needs
                 .iter()
                 .filter_map(|need| run.job_of_request(need))
+                .chain(job.need_jobs.iter().map(String::as_str))
                 .filter_map(|need| index.get(need).copied())
                 .filter(move |from| *from != to)
                 .map(move |from| (from, to))
         })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
     // Depth: longest path from a job without needs (bounded, so a cycle cannot hang us).
     let mut depth = vec![0usize; run.jobs.len()];

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quorum_dvm::client::JobClient;
+use quorum_proto::approval::ApprovalRequest;
 use quorum_proto::kinds::JobKind;
 use quorum_proto::nip90::{InputType, JobRequest};
 use quorum_proto::nostr::{Event, EventId, Filter, Timestamp};
@@ -128,6 +129,8 @@ pub struct JobView {
     pub requests: Vec<EventId>,
     /// The requests it needs (NIP-90 `job` inputs), resolved to jobs when drawn.
     pub needs: Vec<EventId>,
+    /// Jobs it needs, known otherwise: an approval gate shows their artifacts (`JOB/PATH`).
+    pub need_jobs: Vec<String>,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
     /// How the router told its end.
@@ -147,6 +150,7 @@ impl JobView {
             providers: Vec::new(),
             requests: Vec::new(),
             needs: Vec::new(),
+            need_jobs: Vec::new(),
             started_at: None,
             finished_at: None,
             line: None,
@@ -156,9 +160,12 @@ impl JobView {
         }
     }
 
-    /// How long it ran: the runner's own measure when it reported one, else wall time seen.
+    /// How long it ran: the runner's own measure of its step when one runner ran it, else the
+    /// time from its request to its end (a quorum's agreement and signing included).
     pub fn duration_ms(&self) -> Option<u64> {
-        if let Some(report) = &self.report {
+        if let Some(report) = &self.report
+            && self.mode != Mode::Quorum
+        {
             return Some(report.duration_ms);
         }
         let start = self.started_at?;
@@ -192,6 +199,9 @@ pub struct RunView {
     pub finished_at: Option<Timestamp>,
     /// Why the run cannot be followed.
     pub error: Option<String>,
+    /// An approval request not yet placed on a job: the follower may report it before the
+    /// router's line that the gate started.
+    pub pending_gate: Option<Gate>,
 }
 
 impl RunView {
@@ -223,6 +233,14 @@ impl RunView {
                 .or_else(|| git_ref.strip_prefix("refs/tags/"))
                 .unwrap_or(git_ref),
         )
+    }
+
+    /// The repository in few words: its NIP-34 identifier and owner, else its URL.
+    pub fn repository_label(&self) -> String {
+        match &self.run.repo_id {
+            Some(repo) => format!("{} (owner {}…)", repo.identifier, &repo.owner.to_hex()[..8]),
+            None => self.run.repo.clone(),
+        }
     }
 
     /// The repository as people name it: its NIP-34 coordinate, else its URL.
@@ -270,9 +288,21 @@ impl RunView {
                 providers,
                 request,
             } => {
+                let gate = if request.is_none() {
+                    self.pending_gate.take()
+                } else {
+                    None
+                };
                 let view = self.job_mut(&job);
                 view.providers = providers;
                 view.started_at.get_or_insert(now);
+                if let Some(gate) = gate {
+                    let id = gate.request;
+                    view.mode = Mode::Approval;
+                    view.status = Status::Waiting;
+                    view.gate = Some(gate);
+                    return Some((job, id));
+                }
                 let id = request.and_then(|r| EventId::from_hex(&r).ok());
                 if let Some(id) = id {
                     view.requests.push(id);
@@ -317,24 +347,45 @@ impl RunView {
                 let Ok(id) = EventId::from_hex(&request) else {
                     return None;
                 };
-                // The request names no job: a gate the follower could not place gets its own.
-                let job = job.unwrap_or_else(|| "approval".to_string());
-                let view = self.job_mut(&job);
-                view.mode = Mode::Approval;
-                view.status = Status::Waiting;
-                view.started_at.get_or_insert(now);
-                view.gate = Some(Gate {
+                let gate = Gate {
                     request: id,
                     required,
                     maintainers,
                     verdicts: Vec::new(),
-                });
+                };
+                // The request names no job: the gate is the one job that started without a
+                // request, which the router may not have said yet.
+                let Some(job) = job.or_else(|| {
+                    let waiting: Vec<&JobView> = self
+                        .jobs
+                        .iter()
+                        .filter(|j| j.requests.is_empty() && j.status == Status::Running)
+                        .collect();
+                    match waiting.as_slice() {
+                        [one] => Some(one.id.clone()),
+                        _ => None,
+                    }
+                }) else {
+                    self.pending_gate = Some(gate);
+                    return None;
+                };
+                let view = self.job_mut(&job);
+                view.mode = Mode::Approval;
+                view.status = Status::Waiting;
+                view.started_at.get_or_insert(now);
+                view.gate = Some(gate);
+                return Some((job, id));
             }
             FollowEvent::Verdict {
                 request,
                 maintainer,
                 approved,
             } => {
+                if let Some(gate) = &mut self.pending_gate
+                    && gate.request.to_hex() == request
+                {
+                    gate.verdicts.push((maintainer.clone(), approved));
+                }
                 for job in &mut self.jobs {
                     if let Some(gate) = &mut job.gate
                         && gate.request.to_hex() == request
@@ -383,6 +434,7 @@ impl RunView {
                 self.reason = reason;
                 self.finished_at = Some(now);
                 if let Some(report) = &report {
+                    self.run_id.get_or_insert_with(|| report.run.clone());
                     for job in &report.jobs {
                         let view = self.job_mut(&job.id);
                         if view.provider_missing() {
@@ -512,6 +564,7 @@ impl Hub {
                     report: None,
                     finished_at: None,
                     error: None,
+                    pending_gate: None,
                 },
             );
             while runs.len() > MAX_RUNS {
@@ -558,7 +611,11 @@ impl Hub {
     }
 
     /// Reads each job request the follower names, for the job's mode and needs.
-    async fn read_requests(self, run: EventId, mut ids: mpsc::UnboundedReceiver<(String, EventId)>) {
+    async fn read_requests(
+        self,
+        run: EventId,
+        mut ids: mpsc::UnboundedReceiver<(String, EventId)>,
+    ) {
         while let Some((job, id)) = ids.recv().await {
             let event = match self.client.fetch(Filter::new().id(id), FETCH).await {
                 Ok(found) => found.into_iter().find(|e| e.id == id),
@@ -576,12 +633,22 @@ impl Hub {
                     if job.requests.first() == Some(&id) {
                         job.started_at = Some(event.created_at);
                     }
+                    if let Ok(ask) = ApprovalRequest::from_event(&event) {
+                        for artifact in &ask.artifacts {
+                            if let Some((need, _)) = artifact.name.split_once('/')
+                                && !job.need_jobs.iter().any(|n| n == need)
+                            {
+                                job.need_jobs.push(need.to_string());
+                            }
+                        }
+                    }
                     if let Some(request) = &parsed {
                         if job.mode == Mode::Unknown {
                             job.mode = Mode::of_request(request);
                         }
                         for input in &request.inputs {
-                            let upstream = matches!(input.marker.as_deref(), Some("needs" | "upstream"));
+                            let upstream =
+                                matches!(input.marker.as_deref(), Some("needs" | "upstream"));
                             if input.input_type == InputType::Job
                                 && upstream
                                 && let Some(need) = input.event_id()

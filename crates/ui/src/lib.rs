@@ -140,7 +140,11 @@ impl Dashboard {
             return Err(format!("HTTP {}", response.status().as_u16()));
         }
         let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| format!("cut off: {e}"))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("cut off: {e}"))?
+        {
             if bytes.len() + chunk.len() > max {
                 return Err(format!("larger than {max} bytes"));
             }
@@ -155,12 +159,22 @@ impl Dashboard {
 
     /// A job's full log from Blossom, re-hashed, as text.
     pub async fn full_log(&self, log: &BlobRef) -> Result<String, String> {
-        if let Some(text) = self.logs.lock().unwrap_or_else(|e| e.into_inner()).get(&log.sha256) {
+        if let Some(text) = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&log.sha256)
+        {
             return Ok(text.clone());
         }
-        let sha = Sha256Hex::parse(&log.sha256).map_err(|_| "the log's sha256 is malformed".to_string())?;
+        let sha = Sha256Hex::parse(&log.sha256)
+            .map_err(|_| "the log's sha256 is malformed".to_string())?;
         if log.size as usize > MAX_LOG_BYTES {
-            return Err(format!("it is {} bytes; download it from {}", log.size, log.urls.join(", ")));
+            return Err(format!(
+                "it is {} bytes; download it from {}",
+                log.size,
+                log.urls.join(", ")
+            ));
         }
         let mut failures = Vec::new();
         for url in self.blob_urls(&log.sha256, &log.urls) {
@@ -185,14 +199,24 @@ impl Dashboard {
 
     /// The verdict on a released file, once computed (computing starts on the first ask; the
     /// live page shows it when it is ready).
-    pub fn verdict(&self, repo: &RepoCoordinate, binding: &EventId, sha: &Sha256Hex) -> Option<views::FileVerdict> {
+    pub fn verdict(
+        &self,
+        repo: &RepoCoordinate,
+        binding: &EventId,
+        sha: &Sha256Hex,
+    ) -> Option<views::FileVerdict> {
         let slot_key = (*binding, sha.to_hex());
         let mut verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
         let stale = match verdicts.get(&slot_key) {
             Some(VerdictSlot::Pending) => return None,
             Some(VerdictSlot::Done(at, verdict)) => {
-                let settled = verdict.verification.ok && verdict.mirrors.iter().any(|(_, r)| r.is_ok());
-                let ttl = if settled { VERDICT_TTL } else { UNSETTLED_VERDICT_TTL };
+                let settled =
+                    verdict.verification.ok && verdict.mirrors.iter().any(|(_, r)| r.is_ok());
+                let ttl = if settled {
+                    VERDICT_TTL
+                } else {
+                    UNSETTLED_VERDICT_TTL
+                };
                 if at.elapsed() < ttl {
                     return Some(verdict.clone());
                 }
@@ -226,16 +250,22 @@ impl Dashboard {
         };
         let mut pool = Vec::new();
         let mut bundles = Vec::new();
-        let warnings = verify::gather(&self.hub.client, sha, &expect, &mut pool, &mut bundles).await;
+        let warnings =
+            verify::gather(&self.hub.client, sha, &expect, &mut pool, &mut bundles).await;
         let mut verification = verify::judge(sha, &pool, &expect);
         verification.bundles = bundles.iter().map(Sha256Hex::to_hex).collect();
         match warnings {
             Ok(unread) => verification.warnings.extend(unread),
-            Err(err) => verification.problems.push(format!("cannot read the relays: {err}")),
+            Err(err) => verification
+                .problems
+                .push(format!("cannot read the relays: {err}")),
         }
         let mut mirrors = Vec::new();
         for url in self.blob_urls(&sha.to_hex(), &verification.urls) {
-            let result = self.download(&url, sha, MAX_ARTIFACT_BYTES).await.map(|_| ());
+            let result = self
+                .download(&url, sha, MAX_ARTIFACT_BYTES)
+                .await
+                .map(|_| ());
             // Our own servers that do not hold it are not the release's mirrors: say nothing.
             if result.is_err() && !verification.urls.contains(&url) {
                 continue;

@@ -43,7 +43,10 @@ impl IntoResponse for UiError {
             "Error",
             crate::html::Section::Runs,
             "",
-            &format!("<h1>{}</h1><p><a href=\"/\">Back to the runs</a></p>", esc(&text)),
+            &format!(
+                "<h1>{}</h1><p><a href=\"/\">Back to the runs</a></p>",
+                esc(&text)
+            ),
         );
         (status, Html(body)).into_response()
     }
@@ -53,11 +56,20 @@ impl IntoResponse for UiError {
 /// each page's stream under `/live/…`, `/assets/…`, and `POST /verdict`.
 pub fn router(dashboard: Dashboard) -> Router {
     Router::new()
-        .route("/assets/app.css", get(|| async { asset("text/css", assets::CSS) }))
-        .route("/assets/app.js", get(|| async { asset("text/javascript", assets::JS) }))
+        .route(
+            "/assets/app.css",
+            get(|| async { asset("text/css", assets::CSS) }),
+        )
+        .route(
+            "/assets/app.js",
+            get(|| async { asset("text/javascript", assets::JS) }),
+        )
         .route("/live/{*path}", get(live))
         .route("/live/", get(live_root))
-        .route("/verdict", post(verdict).layer(DefaultBodyLimit::max(64 * 1024)))
+        .route(
+            "/verdict",
+            post(verdict).layer(DefaultBodyLimit::max(64 * 1024)),
+        )
         .fallback(get(page_handler))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(dashboard)
@@ -72,13 +84,25 @@ async fn security_headers(mut response: Response) -> Response {
              connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
         ),
     );
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
 fn asset(mime: &'static str, body: &'static str) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, mime), (header::CACHE_CONTROL, "max-age=300")], body)
+    (
+        [
+            (header::CONTENT_TYPE, mime),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        body,
+    )
 }
 
 async fn page_handler(
@@ -125,27 +149,33 @@ fn stream(
     let changes = dashboard.hub.subscribe();
     let closing = dashboard.closing();
     let state = (dashboard, view, changes, closing, None::<String>);
-    let events = futures_util::stream::unfold(state, |(dashboard, view, mut changes, mut closing, mut last)| async move {
-        loop {
-            if last.is_some() {
-                tokio::select! {
-                    _ = changes.changed() => tokio::time::sleep(SETTLE).await,
-                    _ = tokio::time::sleep(RERENDER) => {}
-                    _ = async { let _ = closing.wait_for(|c| *c).await; } => return None,
+    let events = futures_util::stream::unfold(
+        state,
+        |(dashboard, view, mut changes, mut closing, mut last)| async move {
+            loop {
+                if last.is_some() {
+                    tokio::select! {
+                        _ = changes.changed() => tokio::time::sleep(SETTLE).await,
+                        _ = tokio::time::sleep(RERENDER) => {}
+                        _ = async { let _ = closing.wait_for(|c| *c).await; } => return None,
+                    }
+                    changes.borrow_and_update();
                 }
-                changes.borrow_and_update();
+                let html = match render(&dashboard, &view).await {
+                    Ok(html) => html,
+                    Err(err) => format!(
+                        "<p class=\"alert\" role=\"alert\">{}</p>",
+                        esc(&err.to_string())
+                    ),
+                };
+                if last.as_ref() != Some(&html) {
+                    last = Some(html.clone());
+                    let event = SseEvent::default().data(html);
+                    return Some((Ok(event), (dashboard, view, changes, closing, last)));
+                }
             }
-            let html = match render(&dashboard, &view).await {
-                Ok(html) => html,
-                Err(err) => format!("<p class=\"alert\" role=\"alert\">{}</p>", esc(&err.to_string())),
-            };
-            if last.as_ref() != Some(&html) {
-                last = Some(html.clone());
-                let event = SseEvent::default().data(html);
-                return Some((Ok(event), (dashboard, view, changes, closing, last)));
-            }
-        }
-    });
+        },
+    );
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -155,16 +185,30 @@ fn stream(
 async fn verdict(State(dashboard): State<Dashboard>, body: String) -> Response {
     let event = match Event::from_json(&body) {
         Ok(event) => event,
-        Err(err) => return (StatusCode::BAD_REQUEST, format!("not a Nostr event: {err}")).into_response(),
+        Err(err) => {
+            return (StatusCode::BAD_REQUEST, format!("not a Nostr event: {err}")).into_response();
+        }
     };
     if event.verify().is_err() {
-        return (StatusCode::BAD_REQUEST, "the event's id or signature does not verify").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "the event's id or signature does not verify",
+        )
+            .into_response();
     }
     if event.kind != APPROVAL && event.kind != REJECTION {
-        return (StatusCode::BAD_REQUEST, "not an approval (8702) or rejection (8703)").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "not an approval (8702) or rejection (8703)",
+        )
+            .into_response();
     }
     if let Err(err) = Verdict::from_event(&event) {
-        return (StatusCode::BAD_REQUEST, format!("not a valid verdict: {err}")).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("not a valid verdict: {err}"),
+        )
+            .into_response();
     }
     match dashboard.hub.client.publish_signed(&event).await {
         Ok(()) => {

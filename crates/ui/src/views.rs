@@ -22,7 +22,9 @@ use quorum_proto::mandate::{Keygen, MANDATE, Mandate};
 use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nip89::{Announcement, HANDLER_INFORMATION};
 use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobRequest};
-use quorum_proto::nostr::{Alphabet, Event, EventId, Filter, PublicKey, SingleLetterTag, Timestamp};
+use quorum_proto::nostr::{
+    Alphabet, Event, EventId, Filter, PublicKey, SingleLetterTag, Timestamp,
+};
 use quorum_proto::release::{RELEASE_BINDING, ReleaseBinding};
 use quorum_proto::{kinds, operator};
 use quorum_router::verify::Verification;
@@ -55,7 +57,8 @@ impl View {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let given = |key: &str| query.get(key).filter(|v| !v.is_empty()).cloned();
         let run_id = |text: &str| {
-            EventId::from_hex(text).map_err(|_| UiError::BadRequest(format!("{text:?} is not a run id")))
+            EventId::from_hex(text)
+                .map_err(|_| UiError::BadRequest(format!("{text:?} is not a run id")))
         };
         match parts.as_slice() {
             [""] | ["runs"] => Ok(View::Runs(RunFilter {
@@ -126,23 +129,49 @@ fn dvm_link(key: &str) -> String {
 }
 
 fn key(key: &str) -> String {
-    format!("<code class=\"key\" title=\"{k}\">{s}</code>", k = esc(key), s = esc(short(key)))
+    format!(
+        "<code class=\"key\" title=\"{k}\">{s}</code>",
+        k = esc(key),
+        s = esc(short(key))
+    )
 }
 
 fn runs(dashboard: &Dashboard, filter: &RunFilter) -> String {
     let all = dashboard.hub.runs();
-    let repos: BTreeSet<String> = all.iter().map(RunView::repository).collect();
+    let repos: BTreeMap<String, String> = all
+        .iter()
+        .map(|r| (r.repository(), r.repository_label()))
+        .collect();
     let shown: Vec<&RunView> = all
         .iter()
-        .filter(|r| filter.repo.as_ref().is_none_or(|repo| r.repository() == *repo))
-        .filter(|r| filter.branch.as_ref().is_none_or(|b| r.branch() == Some(b.as_str())))
+        .filter(|r| {
+            filter
+                .repo
+                .as_ref()
+                .is_none_or(|repo| r.repository() == *repo)
+        })
+        .filter(|r| {
+            filter
+                .branch
+                .as_ref()
+                .is_none_or(|b| r.branch() == Some(b.as_str()))
+        })
         .filter(|r| filter.status.as_ref().is_none_or(|s| r.status_class() == s))
         .collect();
     let mut out = String::from("<h1>Runs</h1>");
     out.push_str("<form class=\"filters\" method=\"get\" action=\"/\"><label>Repository <select name=\"repo\"><option value=\"\">all</option>");
-    for repo in &repos {
-        let selected = if filter.repo.as_deref() == Some(repo) { " selected" } else { "" };
-        let _ = write!(out, "<option value=\"{r}\"{selected}>{r}</option>", r = esc(repo));
+    for (repo, label) in &repos {
+        let selected = if filter.repo.as_deref() == Some(repo) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "<option value=\"{r}\"{selected}>{l}</option>",
+            r = esc(repo),
+            l = esc(label)
+        );
     }
     let _ = write!(
         out,
@@ -151,7 +180,11 @@ fn runs(dashboard: &Dashboard, filter: &RunFilter) -> String {
         esc(filter.branch.as_deref().unwrap_or(""))
     );
     for status in ["running", "waiting", "success", "failure"] {
-        let selected = if filter.status.as_deref() == Some(status) { " selected" } else { "" };
+        let selected = if filter.status.as_deref() == Some(status) {
+            " selected"
+        } else {
+            ""
+        };
         let _ = write!(out, "<option{selected}>{status}</option>");
     }
     out.push_str("</select></label><button type=\"submit\">Filter</button></form>");
@@ -161,7 +194,11 @@ fn runs(dashboard: &Dashboard, filter: &RunFilter) -> String {
     }
     out.push_str("<div class=\"scroll\"><table class=\"runs\"><thead><tr><th scope=\"col\">Status</th><th scope=\"col\">Repository</th><th scope=\"col\">Branch</th><th scope=\"col\">Commit</th><th scope=\"col\">Jobs</th><th scope=\"col\">Started</th></tr></thead><tbody>");
     for run in shown {
-        let done = run.jobs.iter().filter(|j| j.status == Status::Success).count();
+        let done = run
+            .jobs
+            .iter()
+            .filter(|j| j.status == Status::Success)
+            .count();
         let id = run.request.id.to_hex();
         let _ = write!(
             out,
@@ -169,7 +206,7 @@ fn runs(dashboard: &Dashboard, filter: &RunFilter) -> String {
              <td>{branch}</td><td><code>{commit}</code></td><td>{done}/{total}</td><td>{started}</td></tr>",
             class = run.status_class(),
             badge = badge(run.status_class(), run.status_label()),
-            repo = esc(&run.repository()),
+            repo = esc(&run.repository_label()),
             branch = esc(run.branch().unwrap_or("—")),
             commit = esc(short(&run.run.commit)),
             total = run.jobs.len(),
@@ -181,24 +218,33 @@ fn runs(dashboard: &Dashboard, filter: &RunFilter) -> String {
 }
 
 fn run(dashboard: &Dashboard, id: &EventId) -> Result<String, UiError> {
-    let run = dashboard
-        .hub
-        .run(id)
-        .ok_or_else(|| UiError::NotFound(format!("run {id} (not among the runs on these relays)")))?;
+    let run = dashboard.hub.run(id).ok_or_else(|| {
+        UiError::NotFound(format!("run {id} (not among the runs on these relays)"))
+    })?;
     let mut out = String::new();
     let _ = write!(
         out,
         "<h1>{repo} <span class=\"muted\">at</span> <code>{commit}</code> {badge}</h1>\
          <dl class=\"facts\"><dt>Request</dt><dd><code>{id}</code></dd>\
-         <dt>Repository</dt><dd>{url}</dd><dt>Branch</dt><dd>{branch}</dd>\
+         <dt>Repository</dt><dd>{url}<br><code>{coordinate}</code></dd><dt>Branch</dt><dd>{branch}</dd>\
          <dt>Router</dt><dd>{router}</dd><dt>Run id</dt><dd>{run_id}</dd><dt>Asked</dt><dd>{at}</dd></dl>",
-        repo = esc(&run.repository()),
+        repo = esc(&run.repository_label()),
         commit = esc(short(&run.run.commit)),
         badge = badge(run.status_class(), run.status_label()),
         id = id.to_hex(),
         url = esc(&run.run.repo),
+        coordinate = esc(&run
+            .run
+            .repo_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()),
         branch = esc(run.branch().unwrap_or("—")),
-        router = run.router.as_deref().map(dvm_link).unwrap_or_else(|| "—".into()),
+        router = run
+            .router
+            .as_deref()
+            .map(dvm_link)
+            .unwrap_or_else(|| "—".into()),
         run_id = run.run_id.as_deref().map(key).unwrap_or_else(|| "—".into()),
         at = time(run.request.created_at.as_secs()),
     );
@@ -206,11 +252,24 @@ fn run(dashboard: &Dashboard, id: &EventId) -> Result<String, UiError> {
         let _ = write!(out, "<p class=\"alert\" role=\"alert\">{}</p>", esc(error));
     }
     if let Some(reason) = &run.reason {
-        let _ = write!(out, "<p class=\"alert\" role=\"alert\">Failed: {}</p>", esc(reason));
+        let _ = write!(
+            out,
+            "<p class=\"alert\" role=\"alert\">Failed: {}</p>",
+            esc(reason)
+        );
     }
     out.push_str("<h2>Jobs</h2><div class=\"scroll\">");
     out.push_str(&crate::dag::svg(&run));
     out.push_str("</div>");
+    if let Some(gate) = &run.pending_gate {
+        let _ = write!(
+            out,
+            "<section class=\"gate\" aria-label=\"Approval\"><h3>Waiting for approval</h3><p>{n} of {m} maintainer(s) must approve; run</p>{cmd}</section>",
+            n = gate.required,
+            m = gate.maintainers.len(),
+            cmd = approve_command(dashboard, &gate.request),
+        );
+    }
     for job in run.jobs.iter().filter(|j| j.status == Status::Waiting) {
         if let Some(gate) = &job.gate {
             let _ = write!(
@@ -238,7 +297,11 @@ fn run(dashboard: &Dashboard, id: &EventId) -> Result<String, UiError> {
             job_url = url_part(&job.id),
             mode = esc(&job.mode.label()),
             badge = badge(job.status.class(), job.status.label()),
-            providers = if providers.is_empty() { "—".into() } else { providers.join(" ") },
+            providers = if providers.is_empty() {
+                "—".into()
+            } else {
+                providers.join(" ")
+            },
             dur = job.duration_ms().map(duration).unwrap_or_default(),
             line = esc(job.line.as_deref().unwrap_or("")),
         );
@@ -247,7 +310,12 @@ fn run(dashboard: &Dashboard, id: &EventId) -> Result<String, UiError> {
     if !run.releases.is_empty() {
         out.push_str("<h2>Release</h2><ul>");
         for release in &run.releases {
-            let repo = run.run.repo_id.as_ref().map(ToString::to_string).unwrap_or_default();
+            let repo = run
+                .run
+                .repo_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
             let _ = write!(
                 out,
                 "<li><a href=\"/releases?repo={repo}#release-{b}\">Release binding <code>{bs}</code></a> signed by {signer} {who}</li>",
@@ -255,7 +323,11 @@ fn run(dashboard: &Dashboard, id: &EventId) -> Result<String, UiError> {
                 b = esc(&release.binding),
                 bs = esc(short(&release.binding)),
                 signer = key(&release.signer),
-                who = if release.quorum { "(the mandate's quorum key)" } else { "(the router)" },
+                who = if release.quorum {
+                    "(the mandate's quorum key)"
+                } else {
+                    "(the router)"
+                },
             );
         }
         out.push_str("</ul>");
@@ -269,7 +341,10 @@ fn approve_command(dashboard: &Dashboard, request: &EventId) -> String {
         let _ = write!(command, " --relay {relay}");
     }
     command.push_str(" --key YOUR.nsec");
-    format!("<pre class=\"command\"><code>{}</code></pre>", esc(&command))
+    format!(
+        "<pre class=\"command\"><code>{}</code></pre>",
+        esc(&command)
+    )
 }
 
 async fn job_page(dashboard: &Dashboard, id: &EventId, job_id: &str) -> Result<String, UiError> {
@@ -277,10 +352,17 @@ async fn job_page(dashboard: &Dashboard, id: &EventId, job_id: &str) -> Result<S
         .hub
         .run(id)
         .ok_or_else(|| UiError::NotFound(format!("run {id}")))?;
-    let job = run
-        .job(job_id)
-        .ok_or_else(|| UiError::NotFound(format!("job {job_id:?} of run {id}")))?
-        .clone();
+    let Some(job) = run.job(job_id).cloned() else {
+        // Not started yet (or not in this run): the live page shows it once it starts.
+        return Ok(format!(
+            "<p><a href=\"/run/{rid}\">← {repo} at {commit}</a></p><h1>{job}</h1>\
+             <p class=\"muted\">This job has not started yet.</p>",
+            rid = id.to_hex(),
+            repo = esc(&run.repository_label()),
+            commit = esc(short(&run.run.commit)),
+            job = esc(job_id),
+        ));
+    };
     let mut out = String::new();
     let _ = write!(
         out,
@@ -288,19 +370,30 @@ async fn job_page(dashboard: &Dashboard, id: &EventId, job_id: &str) -> Result<S
          <h1>{job} {badge}</h1><dl class=\"facts\"><dt>Mode</dt><dd>{mode}</dd><dt>Ran on</dt><dd>{providers}</dd>\
          <dt>Duration</dt><dd>{dur}</dd><dt>Requests</dt><dd>{requests}</dd></dl>",
         rid = id.to_hex(),
-        repo = esc(&run.repository()),
+        repo = esc(&run.repository_label()),
         commit = esc(short(&run.run.commit)),
         job = esc(&job.id),
         badge = badge(job.status.class(), job.status.label()),
         mode = esc(&job.mode.label()),
         providers = {
             let list: Vec<String> = job.providers.iter().map(|p| dvm_link(p)).collect();
-            if list.is_empty() { "—".into() } else { list.join(" ") }
+            if list.is_empty() {
+                "—".into()
+            } else {
+                list.join(" ")
+            }
         },
-        dur = job.duration_ms().map(duration).unwrap_or_else(|| "—".into()),
+        dur = job
+            .duration_ms()
+            .map(duration)
+            .unwrap_or_else(|| "—".into()),
         requests = {
             let list: Vec<String> = job.requests.iter().map(|r| key(&r.to_hex())).collect();
-            if list.is_empty() { "—".into() } else { list.join(" ") }
+            if list.is_empty() {
+                "—".into()
+            } else {
+                list.join(" ")
+            }
         },
     );
     if let Some(line) = &job.line {
@@ -348,7 +441,11 @@ async fn job_page(dashboard: &Dashboard, id: &EventId, job_id: &str) -> Result<S
                     );
                 }
                 Err(err) => {
-                    let _ = write!(out, "<p class=\"alert\">The full log could not be read: {}</p>", esc(&err));
+                    let _ = write!(
+                        out,
+                        "<p class=\"alert\">The full log could not be read: {}</p>",
+                        esc(&err)
+                    );
                 }
             }
         }
@@ -357,7 +454,8 @@ async fn job_page(dashboard: &Dashboard, id: &EventId, job_id: &str) -> Result<S
 }
 
 async fn gate_section(dashboard: &Dashboard, gate: &crate::hub::Gate, pending: bool) -> String {
-    let mut out = String::from("<section class=\"gate\" aria-label=\"Approval gate\"><h2>Approval</h2>");
+    let mut out =
+        String::from("<section class=\"gate\" aria-label=\"Approval gate\"><h2>Approval</h2>");
     let events = fetch(&dashboard.hub.client, Filter::new().id(gate.request)).await;
     let Some((event, request)) = events
         .iter()
@@ -376,8 +474,18 @@ async fn gate_section(dashboard: &Dashboard, gate: &crate::hub::Gate, pending: b
         commit = esc(&request.commit),
         required = request.required,
         n = request.maintainers.len(),
-        maintainers = request.maintainers.iter().map(|m| key(&m.to_hex())).collect::<Vec<_>>().join(" "),
-        builders = request.builders.iter().map(|b| dvm_link(&b.to_hex())).collect::<Vec<_>>().join(" "),
+        maintainers = request
+            .maintainers
+            .iter()
+            .map(|m| key(&m.to_hex()))
+            .collect::<Vec<_>>()
+            .join(" "),
+        builders = request
+            .builders
+            .iter()
+            .map(|b| dvm_link(&b.to_hex()))
+            .collect::<Vec<_>>()
+            .join(" "),
         exp = time(request.expiration.as_secs()),
     );
     for artifact in &request.artifacts {
@@ -394,7 +502,11 @@ async fn gate_section(dashboard: &Dashboard, gate: &crate::hub::Gate, pending: b
             out,
             "<p>{} {}</p>",
             key(maintainer),
-            if *approved { badge("success", "approved") } else { badge("failure", "rejected") }
+            if *approved {
+                badge("success", "approved")
+            } else {
+                badge("failure", "rejected")
+            }
         );
     }
     if pending {
@@ -429,10 +541,10 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
         out.push_str("<p class=\"muted\">Reading the job request…</p></section>");
         return out;
     };
-    let Some(mandate_id) = JobRequest::from_event(&request)
-        .ok()
-        .and_then(|r| r.param_value("mandate").and_then(|m| EventId::from_hex(m).ok()))
-    else {
+    let Some(mandate_id) = JobRequest::from_event(&request).ok().and_then(|r| {
+        r.param_value("mandate")
+            .and_then(|m| EventId::from_hex(m).ok())
+    }) else {
         out.push_str("<p class=\"muted\">The request names no mandate.</p></section>");
         return out;
     };
@@ -442,7 +554,11 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
         .find(|e| e.id == mandate_id)
         .and_then(|e| Mandate::from_event(e).ok().map(|m| (e, m)))
     else {
-        let _ = write!(out, "<p class=\"alert\">Mandate <code>{}</code> is not on the relays (it may have expired).</p></section>", mandate_id.to_hex());
+        let _ = write!(
+            out,
+            "<p class=\"alert\">Mandate <code>{}</code> is not on the relays (it may have expired).</p></section>",
+            mandate_id.to_hex()
+        );
         return out;
     };
     let Some(roster) = mandate.roster() else {
@@ -450,7 +566,11 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
         return out;
     };
     let quorum = roster.quorum();
-    let events = fetch(client, Filter::new().kinds([COMMITMENT, REVEAL]).event(*request_id)).await;
+    let events = fetch(
+        client,
+        Filter::new().kinds([COMMITMENT, REVEAL]).event(*request_id),
+    )
+    .await;
     let commitments: Vec<SignedCommitment> = events
         .iter()
         .filter(|e| e.kind == COMMITMENT)
@@ -463,7 +583,10 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
         .collect();
     let attestation = fetch(
         client,
-        Filter::new().kind(QUORUM_ATTESTATION).author(quorum).event(*request_id),
+        Filter::new()
+            .kind(QUORUM_ATTESTATION)
+            .author(quorum)
+            .event(*request_id),
     )
     .await
     .into_iter()
@@ -498,9 +621,16 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
     );
 
     // The tally.
-    let attested: BTreeSet<PublicKey> = attestation.as_ref().map(|(_, a)| a.agreed.clone()).unwrap_or_default();
+    let attested: BTreeSet<PublicKey> = attestation
+        .as_ref()
+        .map(|(_, a)| a.agreed.clone())
+        .unwrap_or_default();
     let late: Vec<&PublicKey> = match &attestation {
-        Some(_) => tally.agreed.iter().filter(|m| !attested.contains(m)).collect(),
+        Some(_) => tally
+            .agreed
+            .iter()
+            .filter(|m| !attested.contains(m))
+            .collect(),
         None => Vec::new(),
     };
     let agreed: Vec<&PublicKey> = match &attestation {
@@ -512,7 +642,11 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
     disagreed.extend(tally.equivocated.keys().copied());
     let list = |keys: &mut dyn Iterator<Item = &PublicKey>| {
         let keys: Vec<String> = keys.map(|k| dvm_link(&k.to_hex())).collect();
-        if keys.is_empty() { "—".to_string() } else { keys.join(" ") }
+        if keys.is_empty() {
+            "—".to_string()
+        } else {
+            keys.join(" ")
+        }
     };
     let _ = write!(
         out,
@@ -531,10 +665,19 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
         l = list(&mut late.iter().copied()),
     );
     for (member, reason) in &tally.invalid {
-        let _ = write!(out, "<p class=\"alert\">{}: reveal does not open its commitment: {}</p>", key(&member.to_hex()), esc(reason));
+        let _ = write!(
+            out,
+            "<p class=\"alert\">{}: reveal does not open its commitment: {}</p>",
+            key(&member.to_hex()),
+            esc(reason)
+        );
     }
     for member in tally.equivocated.keys() {
-        let _ = write!(out, "<p class=\"alert\">{} committed to two different results (equivocation).</p>", key(&member.to_hex()));
+        let _ = write!(
+            out,
+            "<p class=\"alert\">{} committed to two different results (equivocation).</p>",
+            key(&member.to_hex())
+        );
     }
 
     // Per file: who built which sha256.
@@ -550,7 +693,10 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
                 sha = esc(&sha.to_hex()),
                 by = list(&mut members.iter()),
                 mark = if is_agreed {
-                    badge("success", &format!("agreed ({} ≥ {})", members.len(), roster.threshold()))
+                    badge(
+                        "success",
+                        &format!("agreed ({} ≥ {})", members.len(), roster.threshold()),
+                    )
                 } else {
                     badge("failure", "differs")
                 },
@@ -566,8 +712,14 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
     for event in timeline {
         let what = if event.kind == COMMITMENT {
             match SignedCommitment::from_event(event) {
-                Ok(c) => format!("committed to <code>{}</code>", esc(short(&hex::encode(c.commitment().digest)))),
-                Err(err) => format!("sent a commitment that does not parse: {}", esc(&err.to_string())),
+                Ok(c) => format!(
+                    "committed to <code>{}</code>",
+                    esc(short(&hex::encode(c.commitment().digest)))
+                ),
+                Err(err) => format!(
+                    "sent a commitment that does not parse: {}",
+                    esc(&err.to_string())
+                ),
             }
         } else {
             match SignedReveal::from_event(event) {
@@ -577,11 +729,18 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
                         .result
                         .files
                         .iter()
-                        .map(|(name, sha)| format!("{} = <code>{}</code>", esc(name), esc(short(&sha.to_hex()))))
+                        .map(|(name, sha)| format!(
+                            "{} = <code>{}</code>",
+                            esc(name),
+                            esc(short(&sha.to_hex()))
+                        ))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                Err(err) => format!("sent a reveal that does not parse: {}", esc(&err.to_string())),
+                Err(err) => format!(
+                    "sent a reveal that does not parse: {}",
+                    esc(&err.to_string())
+                ),
             }
         };
         let _ = write!(
@@ -607,7 +766,9 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
                 list(&mut a.agreed.iter()),
             );
         }
-        None => out.push_str("<h3>Attestation</h3><p class=\"muted\" id=\"attestation\">Not signed (yet).</p>"),
+        None => out.push_str(
+            "<h3>Attestation</h3><p class=\"muted\" id=\"attestation\">Not signed (yet).</p>",
+        ),
     }
     out.push_str("</section>");
     out
@@ -620,19 +781,31 @@ async fn releases_index(dashboard: &Dashboard) -> Result<String, UiError> {
         .iter()
         .filter_map(|r| r.run.repo_id.as_ref().map(ToString::to_string))
         .collect();
-    for event in fetch(&dashboard.hub.client, Filter::new().kind(RELEASE_BINDING).limit(500)).await {
+    for event in fetch(
+        &dashboard.hub.client,
+        Filter::new().kind(RELEASE_BINDING).limit(500),
+    )
+    .await
+    {
         if let Ok(binding) = ReleaseBinding::from_event(&event) {
             repos.insert(binding.repo.to_string());
         }
     }
     let mut out = String::from("<h1>Releases</h1>");
     if repos.is_empty() {
-        out.push_str("<p class=\"muted\">No repository with runs or releases on these relays yet.</p>");
+        out.push_str(
+            "<p class=\"muted\">No repository with runs or releases on these relays yet.</p>",
+        );
         return Ok(out);
     }
     out.push_str("<ul class=\"repos\">");
     for repo in repos {
-        let _ = write!(out, "<li><a href=\"/releases?repo={}\">{}</a></li>", url_part(&repo), esc(&repo));
+        let _ = write!(
+            out,
+            "<li><a href=\"/releases?repo={}\">{}</a></li>",
+            url_part(&repo),
+            esc(&repo)
+        );
     }
     out.push_str("</ul>");
     Ok(out)
@@ -653,7 +826,10 @@ async fn releases(dashboard: &Dashboard, repo: &RepoCoordinate) -> Result<String
     .filter(|(_, b)| b.repo == *repo)
     .collect();
     bindings.sort_by_key(|(e, _)| std::cmp::Reverse((e.created_at, e.id)));
-    let mut out = format!("<h1>Releases of <code>{}</code></h1>", esc(&repo.to_string()));
+    let mut out = format!(
+        "<h1>Releases of <code>{}</code></h1>",
+        esc(&repo.to_string())
+    );
     if bindings.is_empty() {
         out.push_str("<p class=\"muted\" id=\"no-releases\">No release binding (kind 8700) of this repository on these relays.</p>");
         return Ok(out);
@@ -687,7 +863,12 @@ async fn releases(dashboard: &Dashboard, repo: &RepoCoordinate) -> Result<String
 }
 
 /// The verdict of `quorum verify`'s code on one released file, as checks that passed or failed.
-fn verdict_html(dashboard: &Dashboard, repo: &RepoCoordinate, binding: &EventId, sha: &Sha256Hex) -> String {
+fn verdict_html(
+    dashboard: &Dashboard,
+    repo: &RepoCoordinate,
+    binding: &EventId,
+    sha: &Sha256Hex,
+) -> String {
     let Some(verdict) = dashboard.verdict(repo, binding, sha) else {
         return "<p class=\"muted verdict pending\" role=\"status\">Verifying…</p>".into();
     };
@@ -696,17 +877,28 @@ fn verdict_html(dashboard: &Dashboard, repo: &RepoCoordinate, binding: &EventId,
         .mirrors
         .iter()
         .map(|(url, result)| match result {
-            Ok(()) => format!("<li>✔ <a href=\"{u}\" rel=\"nofollow noreferrer\">{u}</a> serves these bytes</li>", u = esc(url)),
+            Ok(()) => format!(
+                "<li>✔ <a href=\"{u}\" rel=\"nofollow noreferrer\">{u}</a> serves these bytes</li>",
+                u = esc(url)
+            ),
             Err(err) => format!("<li>✘ {}: {}</li>", esc(url), esc(err)),
         })
         .collect();
     if !mirrors.is_empty() {
-        let _ = write!(out, "<p>Mirrors:</p><ul class=\"mirrors\">{}</ul>", mirrors.concat());
+        let _ = write!(
+            out,
+            "<p>Mirrors:</p><ul class=\"mirrors\">{}</ul>",
+            mirrors.concat()
+        );
     }
     let _ = write!(
         out,
         "<div class=\"verdict {class}\" data-ok=\"{ok}\"><p class=\"verdict-line\">{mark}</p><ul class=\"checks\">",
-        class = if verdict.verification.ok { "ok" } else { "failed" },
+        class = if verdict.verification.ok {
+            "ok"
+        } else {
+            "failed"
+        },
         ok = verdict.verification.ok,
         mark = if verdict.verification.ok {
             badge("success", "✔ verified (quorum verify)")
@@ -738,10 +930,24 @@ pub fn checks(v: &Verification) -> Vec<(bool, String)> {
     let mut checks = Vec::new();
     if v.ok {
         if let Some(release) = &v.release {
-            checks.push((true, format!("release {} of {} lists these bytes", short(release), v.repo.as_deref().unwrap_or("?"))));
+            checks.push((
+                true,
+                format!(
+                    "release {} of {} lists these bytes",
+                    short(release),
+                    v.repo.as_deref().unwrap_or("?")
+                ),
+            ));
         }
         if let (Some(attestation), Some(quorum)) = (&v.attestation, &v.quorum) {
-            checks.push((true, format!("attestation {} signed by the quorum key {}", short(attestation), short(quorum))));
+            checks.push((
+                true,
+                format!(
+                    "attestation {} signed by the quorum key {}",
+                    short(attestation),
+                    short(quorum)
+                ),
+            ));
         }
         if let Some(source) = &v.source {
             checks.push((
@@ -749,7 +955,11 @@ pub fn checks(v: &Verification) -> Vec<(bool, String)> {
                 format!(
                     "source: commit {} at {} of the owner's announced {}, state signed by {}",
                     short(v.commit.as_deref().unwrap_or("")),
-                    if source.refs.is_empty() { "a ref's history".to_string() } else { source.refs.join(", ") },
+                    if source.refs.is_empty() {
+                        "a ref's history".to_string()
+                    } else {
+                        source.refs.join(", ")
+                    },
                     source.url,
                     short(&source.state_signer)
                 ),
@@ -762,18 +972,29 @@ pub fn checks(v: &Verification) -> Vec<(bool, String)> {
                     "mandate {} signed by maintainer {}{}, key made by {}",
                     short(mandate),
                     short(v.mandate_signer.as_deref().unwrap_or("")),
-                    v.threshold.map(|t| format!(", {} of {}", t.t, t.n)).unwrap_or_default(),
+                    v.threshold
+                        .map(|t| format!(", {} of {}", t.t, t.n))
+                        .unwrap_or_default(),
                     v.keygen.as_deref().unwrap_or("unknown")
                 ),
             ));
         }
         if let Some(t) = v.threshold {
-            checks.push((true, format!("{} member(s) agreed, {} needed", v.agreed.len(), t.t)));
+            checks.push((
+                true,
+                format!("{} member(s) agreed, {} needed", v.agreed.len(), t.t),
+            ));
         } else if !v.attested_by.is_empty() {
-            checks.push((true, format!("attested by {} builder(s)", v.attested_by.len())));
+            checks.push((
+                true,
+                format!("attested by {} builder(s)", v.attested_by.len()),
+            ));
         }
         if let Some(operators) = v.distinct_operators {
-            checks.push((true, format!("{operators} distinct confirmed operator(s) among them")));
+            checks.push((
+                true,
+                format!("{operators} distinct confirmed operator(s) among them"),
+            ));
         }
     }
     checks.extend(v.problems.iter().map(|p| (false, p.clone())));
@@ -786,16 +1007,24 @@ async fn market(dashboard: &Dashboard) -> Result<String, UiError> {
     // Newest announcement per (DVM, role).
     let mut newest: BTreeMap<(PublicKey, String), (Event, Announcement)> = BTreeMap::new();
     for event in &events {
-        let Ok(announcement) = Announcement::from_event(event) else { continue };
+        let Ok(announcement) = Announcement::from_event(event) else {
+            continue;
+        };
         let slot = (event.pubkey, announcement.identifier.clone());
-        let keep = newest
-            .get(&slot)
-            .is_none_or(|(e, _)| (e.created_at, std::cmp::Reverse(e.id)) < (event.created_at, std::cmp::Reverse(event.id)));
+        let keep = newest.get(&slot).is_none_or(|(e, _)| {
+            (e.created_at, std::cmp::Reverse(e.id))
+                < (event.created_at, std::cmp::Reverse(event.id))
+        });
         if keep {
             newest.insert(slot, (event.clone(), announcement));
         }
     }
-    let dvms: Vec<PublicKey> = newest.keys().map(|(k, _)| *k).collect::<BTreeSet<_>>().into_iter().collect();
+    let dvms: Vec<PublicKey> = newest
+        .keys()
+        .map(|(k, _)| *k)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut pool = events.clone();
     let claimed = operator::claimed_operators(&dvms, &pool);
     if !claimed.is_empty() {
@@ -806,7 +1035,11 @@ async fn market(dashboard: &Dashboard) -> Result<String, UiError> {
     let mut record: BTreeMap<PublicKey, (usize, usize)> = BTreeMap::new();
     if !dvms.is_empty() {
         let since = Timestamp::now() - 24 * 3600u64;
-        let answers = fetch(client, Filter::new().authors(dvms.clone()).since(since).limit(5000)).await;
+        let answers = fetch(
+            client,
+            Filter::new().authors(dvms.clone()).since(since).limit(5000),
+        )
+        .await;
         for answer in answers {
             let kind = answer.kind.as_u16();
             let entry = record.entry(answer.pubkey).or_default();
@@ -819,7 +1052,9 @@ async fn market(dashboard: &Dashboard) -> Result<String, UiError> {
             }
         }
     }
-    let mut out = String::from("<h1>Market</h1><p class=\"muted\">DVMs these relays announce (NIP-89, kind 31990). An operator counts only when the DVM names it and the operator's own list names the DVM.</p>");
+    let mut out = String::from(
+        "<h1>Market</h1><p class=\"muted\">DVMs these relays announce (NIP-89, kind 31990). An operator counts only when the DVM names it and the operator's own list names the DVM.</p>",
+    );
     if newest.is_empty() {
         out.push_str("<p class=\"muted\">No DVM announcement on these relays.</p>");
         return Ok(out);
@@ -828,9 +1063,18 @@ async fn market(dashboard: &Dashboard) -> Result<String, UiError> {
     for ((dvm, _), (_, announcement)) in &newest {
         let hex = dvm.to_hex();
         let operator = match operators.get(dvm) {
-            Some(operator::OperatorClaim::Confirmed(op)) => format!("{} {}", key(&op.to_hex()), badge("success", "confirmed")),
-            Some(operator::OperatorClaim::Unconfirmed { claimed: Some(op), reason }) => {
-                format!("{} <span class=\"muted\" title=\"{}\">unconfirmed</span>", key(&op.to_hex()), esc(&reason.to_string()))
+            Some(operator::OperatorClaim::Confirmed(op)) => {
+                format!("{} {}", key(&op.to_hex()), badge("success", "confirmed"))
+            }
+            Some(operator::OperatorClaim::Unconfirmed {
+                claimed: Some(op),
+                reason,
+            }) => {
+                format!(
+                    "{} <span class=\"muted\" title=\"{}\">unconfirmed</span>",
+                    key(&op.to_hex()),
+                    esc(&reason.to_string())
+                )
             }
             _ => "<span class=\"muted\">none named</span>".into(),
         };
@@ -843,7 +1087,12 @@ async fn market(dashboard: &Dashboard) -> Result<String, UiError> {
             name = esc(&announcement.name),
             k = key(&hex),
             about = esc(&announcement.about),
-            kinds = announcement.kinds.iter().map(|k| k.as_u16().to_string()).collect::<Vec<_>>().join(", "),
+            kinds = announcement
+                .kinds
+                .iter()
+                .map(|k| k.as_u16().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             price = match announcement.offer.price.msats_per_job {
                 0 => "free".to_string(),
                 msats => format!("{msats} msat per job"),

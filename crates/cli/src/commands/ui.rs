@@ -20,7 +20,11 @@ pub async fn run(args: UiArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn blossom_urls(urls: &[String]) -> anyhow::Result<Vec<url::Url>> {
     urls.iter()
         .map(|text| {
-            let with_slash = if text.ends_with('/') { text.clone() } else { format!("{text}/") };
+            let with_slash = if text.ends_with('/') {
+                text.clone()
+            } else {
+                format!("{text}/")
+            };
             url::Url::parse(&with_slash)
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https"))
