@@ -840,7 +840,7 @@ async fn releases(dashboard: &Dashboard, repo: &RepoCoordinate) -> Result<String
             "<article class=\"release\" id=\"release-{id}\"><h2>{version} <span class=\"muted\">commit</span> <code>{commit}</code></h2>\
              <dl class=\"facts\"><dt>Binding</dt><dd>{bid}</dd><dt>Signed by</dt><dd>{signer}</dd><dt>Run</dt><dd>{run}</dd><dt>Published</dt><dd>{at}</dd></dl>",
             id = event.id.to_hex(),
-            version = esc(binding.version.as_deref().unwrap_or("Release")),
+            version = esc(binding.version.as_deref().unwrap_or("Release of")),
             commit = esc(short(&binding.commit)),
             bid = key(&event.id.to_hex()),
             signer = key(&event.pubkey.to_hex()),
@@ -906,13 +906,15 @@ fn verdict_html(
             badge("failure", "✘ does not verify (quorum verify)")
         },
     );
-    for (passed, text) in checks(&verdict.verification) {
+    for (check, text) in checks(&verdict.verification) {
+        let (class, mark, word) = match check {
+            Check::Passed => ("pass", "✔", "passed:"),
+            Check::Failed => ("fail", "✘", "failed:"),
+            Check::Noted => ("note", "ℹ", "note:"),
+        };
         let _ = write!(
             out,
-            "<li class=\"{c}\"><span aria-hidden=\"true\">{m}</span><span class=\"sr\">{w}</span> {t}</li>",
-            c = if passed { "pass" } else { "fail" },
-            m = if passed { "✔" } else { "✘" },
-            w = if passed { "passed:" } else { "failed:" },
+            "<li class=\"{class}\"><span aria-hidden=\"true\">{mark}</span><span class=\"sr\">{word}</span> {t}</li>",
             t = esc(&text),
         );
     }
@@ -924,14 +926,23 @@ fn verdict_html(
     out
 }
 
-/// The trust chain's checks (protocol §16, in `verify.rs`'s order) as (passed, what): what
-/// held, from what the verdict found, and every problem it names as a failed check.
-pub fn checks(v: &Verification) -> Vec<(bool, String)> {
+/// How one line of a verdict reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Passed,
+    Failed,
+    /// Found, not required (the user's policy decides: `quorum verify --min-operators`).
+    Noted,
+}
+
+/// The trust chain's checks (protocol §16, in `verify.rs`'s order): what held, from what the
+/// verdict found, and every problem it names as a failed check.
+pub fn checks(v: &Verification) -> Vec<(Check, String)> {
     let mut checks = Vec::new();
     if v.ok {
         if let Some(release) = &v.release {
             checks.push((
-                true,
+                Check::Passed,
                 format!(
                     "release {} of {} lists these bytes",
                     short(release),
@@ -941,7 +952,7 @@ pub fn checks(v: &Verification) -> Vec<(bool, String)> {
         }
         if let (Some(attestation), Some(quorum)) = (&v.attestation, &v.quorum) {
             checks.push((
-                true,
+                Check::Passed,
                 format!(
                     "attestation {} signed by the quorum key {}",
                     short(attestation),
@@ -951,7 +962,7 @@ pub fn checks(v: &Verification) -> Vec<(bool, String)> {
         }
         if let Some(source) = &v.source {
             checks.push((
-                true,
+                Check::Passed,
                 format!(
                     "source: commit {} at {} of the owner's announced {}, state signed by {}",
                     short(v.commit.as_deref().unwrap_or("")),
@@ -967,7 +978,7 @@ pub fn checks(v: &Verification) -> Vec<(bool, String)> {
         }
         if let Some(mandate) = &v.mandate {
             checks.push((
-                true,
+                Check::Passed,
                 format!(
                     "mandate {} signed by maintainer {}{}, key made by {}",
                     short(mandate),
@@ -981,23 +992,38 @@ pub fn checks(v: &Verification) -> Vec<(bool, String)> {
         }
         if let Some(t) = v.threshold {
             checks.push((
-                true,
+                Check::Passed,
                 format!("{} member(s) agreed, {} needed", v.agreed.len(), t.t),
             ));
         } else if !v.attested_by.is_empty() {
             checks.push((
-                true,
+                Check::Passed,
                 format!("attested by {} builder(s)", v.attested_by.len()),
             ));
         }
-        if let Some(operators) = v.distinct_operators {
-            checks.push((
-                true,
-                format!("{operators} distinct confirmed operator(s) among them"),
-            ));
+        match v.distinct_operators {
+            Some(0) | None if !v.agreed.is_empty() => checks.push((
+                Check::Noted,
+                "no operator of the agreeing members is confirmed (each DVM's announcement and its operator's list must name each other)".into(),
+            )),
+            Some(n) if n > 0 => checks.push((Check::Passed, format!("{n} distinct confirmed operator(s) among them"))),
+            _ => {}
+        }
+        for (label, members) in [
+            ("disagreed", &v.disagreed),
+            ("were silent", &v.silent),
+            ("revealed late", &v.late),
+        ] {
+            if !members.is_empty() {
+                let keys: Vec<&str> = members.iter().map(|m| short(m)).collect();
+                checks.push((
+                    Check::Noted,
+                    format!("{} member(s) {label}: {}", members.len(), keys.join(", ")),
+                ));
+            }
         }
     }
-    checks.extend(v.problems.iter().map(|p| (false, p.clone())));
+    checks.extend(v.problems.iter().map(|p| (Check::Failed, p.clone())));
     checks
 }
 

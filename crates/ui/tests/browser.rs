@@ -112,7 +112,7 @@ async fn browser(driver: &Chromedriver) -> Client {
     caps.insert(
         "goog:chromeOptions".into(),
         json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                        "--window-size=1280,1000", "--force-device-scale-factor=1"]}),
+                        "--window-size=1280,1400", "--force-device-scale-factor=1"]}),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
