@@ -36,10 +36,19 @@
   // A signer extension may load after the page: it can ask for the buttons again.
   window.quorumUi = { wireSigner: wireSigner };
   if (!main || !main.getAttribute("data-live") || !window.EventSource) { say("", ""); return; }
-  var source = new EventSource(main.getAttribute("data-live"));
-  source.onopen = function () { say("live", "on"); };
-  source.onerror = function () { say("reconnecting…", "off"); };
-  source.onmessage = function (message) {
+  var source = null;
+  function connect() {
+    source = new EventSource(main.getAttribute("data-live"));
+    source.onopen = function () { say("live", "on"); };
+    source.onerror = function () { say("reconnecting…", "off"); };
+    source.onmessage = update;
+  }
+  // A browser allows few connections per server: a page left (or kept in the back/forward
+  // cache) must not keep its stream open, and one brought back opens it again.
+  window.addEventListener("pagehide", function () { if (source) { source.close(); source = null; } });
+  window.addEventListener("pageshow", function () { if (!source) { connect(); } });
+  connect();
+  function update(message) {
     var focused = document.activeElement && document.activeElement.id;
     var logs = {};
     var pres = main.querySelectorAll("pre.log[id]");
@@ -53,5 +62,5 @@
     if (focused) { var el = document.getElementById(focused); if (el) { el.focus(); } }
     document.body.setAttribute("data-updates", String(Number(document.body.getAttribute("data-updates") || 0) + 1));
     wireSigner();
-  };
+  }
 })();

@@ -35,6 +35,10 @@ use url::Url;
 pub use routes::router;
 pub use views::View;
 
+/// The most verdicts kept; beyond, they are computed again when asked.
+const MAX_CACHED: usize = 1000;
+/// The most full logs kept.
+const MAX_CACHED_LOGS: usize = 32;
 /// How long one relay query of a page may take.
 const FETCH: Duration = Duration::from_secs(4);
 /// The largest full log shown (bigger ones are linked, not inlined).
@@ -79,9 +83,11 @@ pub struct Dashboard {
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
-enum VerdictSlot {
-    Pending,
-    Done(Instant, views::FileVerdict),
+/// A file's verdict: the last one computed (and when), and whether a new one is under way.
+#[derive(Default)]
+struct VerdictSlot {
+    last: Option<(Instant, Box<views::FileVerdict>)>,
+    computing: bool,
 }
 
 impl Dashboard {
@@ -181,10 +187,12 @@ impl Dashboard {
             match self.download(&url, &sha, MAX_LOG_BYTES).await {
                 Ok(bytes) => {
                     let text = String::from_utf8_lossy(&bytes).into_owned();
-                    self.logs
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(log.sha256.clone(), text.clone());
+                    let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+                    // Logs are up to 4 MiB: keep the last few dozen, not every one ever shown.
+                    if logs.len() >= MAX_CACHED_LOGS {
+                        logs.clear();
+                    }
+                    logs.insert(log.sha256.clone(), text.clone());
                     return Ok(text);
                 }
                 Err(err) => failures.push(format!("{url}: {err}")),
@@ -207,40 +215,42 @@ impl Dashboard {
     ) -> Option<views::FileVerdict> {
         let slot_key = (*binding, sha.to_hex());
         let mut verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = match verdicts.get(&slot_key) {
-            Some(VerdictSlot::Pending) => return None,
-            Some(VerdictSlot::Done(at, verdict)) => {
-                let settled =
-                    verdict.verification.ok && verdict.mirrors.iter().any(|(_, r)| r.is_ok());
-                let ttl = if settled {
+        if verdicts.len() >= MAX_CACHED {
+            verdicts.retain(|_, slot| slot.computing);
+        }
+        let slot = verdicts.entry(slot_key.clone()).or_default();
+        let shown = slot.last.as_ref().map(|(_, verdict)| (**verdict).clone());
+        let fresh = slot.last.as_ref().is_some_and(|(at, verdict)| {
+            let settled = verdict.verification.ok && verdict.mirrors.iter().any(|(_, r)| r.is_ok());
+            at.elapsed()
+                < if settled {
                     VERDICT_TTL
                 } else {
                     UNSETTLED_VERDICT_TTL
-                };
-                if at.elapsed() < ttl {
-                    return Some(verdict.clone());
                 }
-                Some(verdict.clone())
-            }
-            None => None,
-        };
-        if stale.is_none() {
-            verdicts.insert(slot_key.clone(), VerdictSlot::Pending);
+        });
+        if fresh || slot.computing {
+            return shown;
         }
+        slot.computing = true;
         drop(verdicts);
         let dashboard = self.clone();
         let (repo, sha) = (repo.clone(), *sha);
         tokio::spawn(async move {
             let verdict = dashboard.compute_verdict(&repo, &sha).await;
-            dashboard
-                .verdicts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(slot_key, VerdictSlot::Done(Instant::now(), verdict));
+            let mut verdicts = dashboard.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+            verdicts.insert(
+                slot_key,
+                VerdictSlot {
+                    last: Some((Instant::now(), Box::new(verdict))),
+                    computing: false,
+                },
+            );
+            drop(verdicts);
             dashboard.hub.touch();
         });
-        // A stale verdict is shown while the new one is computed.
-        stale
+        // The last verdict is shown while a new one is computed.
+        shown
     }
 
     async fn compute_verdict(&self, repo: &RepoCoordinate, sha: &Sha256Hex) -> views::FileVerdict {

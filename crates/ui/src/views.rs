@@ -23,7 +23,7 @@ use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nip89::{Announcement, HANDLER_INFORMATION};
 use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobRequest};
 use quorum_proto::nostr::{
-    Alphabet, Event, EventId, Filter, PublicKey, SingleLetterTag, Timestamp,
+    Alphabet, Event, EventId, Filter, Kind, PublicKey, SingleLetterTag, Timestamp,
 };
 use quorum_proto::release::{RELEASE_BINDING, ReleaseBinding};
 use quorum_proto::{kinds, operator};
@@ -1061,9 +1061,18 @@ async fn market(dashboard: &Dashboard) -> Result<String, UiError> {
     let mut record: BTreeMap<PublicKey, (usize, usize)> = BTreeMap::new();
     if !dvms.is_empty() {
         let since = Timestamp::now() - 24 * 3600u64;
+        let result_kinds: BTreeSet<Kind> = newest
+            .values()
+            .flat_map(|(_, a)| a.kinds.iter().filter_map(|k| kinds::result_kind_for(*k)))
+            .chain([kinds::JOB_FEEDBACK])
+            .collect();
         let answers = fetch(
             client,
-            Filter::new().authors(dvms.clone()).since(since).limit(5000),
+            Filter::new()
+                .authors(dvms.clone())
+                .kinds(result_kinds)
+                .since(since)
+                .limit(2000),
         )
         .await;
         for answer in answers {

@@ -129,6 +129,9 @@ async fn browser(driver: &Chromedriver) -> Client {
     }
 }
 
+/// When the test started: each screenshot's time is printed, to see where a slow run spends it.
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 fn screenshots() -> PathBuf {
     // target/debug/deps/browser-… → target/ui-screenshots
     let exe = std::env::current_exe().unwrap();
@@ -142,6 +145,10 @@ fn screenshots() -> PathBuf {
 }
 
 async fn shot(client: &Client, name: &str) {
+    eprintln!(
+        "{:?} screenshot {name}",
+        START.get_or_init(Instant::now).elapsed()
+    );
     let png = client.screenshot().await.expect("a screenshot");
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
 }
@@ -205,6 +212,7 @@ fn sha(bytes: &[u8]) -> Sha256Hex {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
+    START.get_or_init(Instant::now);
     let driver = Chromedriver::start();
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
@@ -404,7 +412,10 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    until(&client, "the verdict published", "document.querySelector('.nip07-result') && document.querySelector('.nip07-result').textContent.startsWith('published')", Duration::from_secs(10)).await;
+    // The page says it was published, until the live page shows the gate passed (and the
+    // maintainer's approval) in its place.
+    until(&client, "the verdict published", "(document.querySelector('.nip07-result') && document.querySelector('.nip07-result').textContent.startsWith('published')) || document.querySelector('h1 .badge.success')", Duration::from_secs(10)).await;
+    until(&client, "the gate passed", "document.querySelector('h1 .badge.success') && document.querySelector('section.gate .badge.success')", Duration::from_secs(20)).await;
 
     // The quorum: who committed and revealed what, the tally naming the backdoored member.
     open(&client, &base, &format!("/run/{id}/job/build")).await;
