@@ -25,6 +25,7 @@ use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobRequest};
 use quorum_proto::nostr::{
     Alphabet, Event, EventId, Filter, Kind, PublicKey, SingleLetterTag, Timestamp,
 };
+use quorum_proto::quorum_msg::{QuorumMessage, SIGNING_REQUEST, SIGNING_ROUND1, SIGNING_ROUND2};
 use quorum_proto::release::{RELEASE_BINDING, ReleaseBinding};
 use quorum_proto::{kinds, operator};
 use quorum_router::verify::Verification;
@@ -752,6 +753,48 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
         );
     }
     out.push_str("</ol>");
+
+    // The signing rounds: their envelopes are sealed to the members, but who sent which round
+    // of which attempt (`session`) is in the clear. They name no job, so those shown are the
+    // quorum's between the first reveal and the attestation.
+    if let Some(first) = reveals.iter().map(|r| r.event().created_at).min() {
+        let until = attestation
+            .as_ref()
+            .map(|(e, _)| e.created_at + 10u64)
+            .unwrap_or_else(Timestamp::now);
+        let mut rounds: Vec<QuorumMessage> = fetch(
+            client,
+            Filter::new()
+                .kinds([SIGNING_ROUND1, SIGNING_REQUEST, SIGNING_ROUND2])
+                .authors(roster.members().iter().copied())
+                .since(first)
+                .until(until),
+        )
+        .await
+        .iter()
+        .filter_map(|e| QuorumMessage::from_event(e).ok())
+        .filter(|m| m.quorum == Some(quorum))
+        .collect();
+        rounds.sort_by_key(|m| (m.created_at, m.kind.kind().as_u16(), m.id));
+        if !rounds.is_empty() {
+            out.push_str("<h3>Signing rounds</h3><ol class=\"timeline\" id=\"signing\">");
+            for message in &rounds {
+                let what = match message.kind.kind() {
+                    k if k == SIGNING_ROUND1 => "sent its nonce commitments (round 1)",
+                    k if k == SIGNING_REQUEST => "asked the chosen signers to sign (request)",
+                    _ => "sent its signature shares (round 2)",
+                };
+                let _ = write!(
+                    out,
+                    "<li><time>{}</time> {} {what}, attempt <code>{}</code></li>",
+                    time(message.created_at.as_secs()),
+                    dvm_link(&message.sender.to_hex()),
+                    esc(short(&message.session.to_hex())),
+                );
+            }
+            out.push_str("</ol>");
+        }
+    }
 
     // The attestation.
     match &attestation {

@@ -445,12 +445,20 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
     assert_eq!(
         js(
             &client,
-            "document.querySelectorAll('ol.timeline li').length"
+            "document.querySelectorAll('ol.timeline:not(#signing) li').length"
         )
         .await,
         json!(6),
         "3 commitments, 3 reveals"
     );
+    // At least t round-1 commitments, a request, t round-2 shares.
+    until(
+        &client,
+        "the signing rounds",
+        "document.querySelectorAll('#signing li').length >= 5",
+        Duration::from_secs(10),
+    )
+    .await;
     shot(&client, "5-quorum").await;
 
     // The release and its verdict, from quorum verify's code, appear once the run is over.
