@@ -15,7 +15,11 @@ use quorum_dvm::client::JobClient;
 use quorum_proto::approval::ApprovalRequest;
 use quorum_proto::kinds::JobKind;
 use quorum_proto::nip90::{InputType, JobRequest};
-use quorum_proto::nostr::{Event, EventId, Filter, Timestamp};
+use quorum_proto::nipc1::{
+    CI_WORKFLOW_PROGRESS, CI_WORKFLOW_RESULT, CiContext, CiWorkflowProgress, CiWorkflowResult,
+    Conclusion, Quote,
+};
+use quorum_proto::nostr::{Event, EventId, Filter, PublicKey, Timestamp};
 use quorum_proto::run::{RunReport, RunRequest};
 use quorum_proto::step::StepReport;
 use quorum_router::follow::{FollowEvent, follow_run};
@@ -460,11 +464,120 @@ impl JobView {
     }
 }
 
+/// A run known only from its CI status events (NIP-C1 39842 progress, 9842 result): one that
+/// `quorum run` drove on its own machine, or any other coordinator's. Its jobs' requests do not
+/// name it, so it has no graph here: what is shown is what the status events say.
+#[derive(Debug, Clone)]
+pub struct CiRun {
+    pub coordinator: PublicKey,
+    /// The run id (the 39842's `d`, the 9842's run-id `r`).
+    pub run: String,
+    pub context: CiContext,
+    /// `None` while in progress.
+    pub conclusion: Option<Conclusion>,
+    /// Jobs running now (the newest 39842's `in-progress`).
+    pub in_progress: Vec<String>,
+    /// The job results (9841) the newest concluded event quotes.
+    pub jobs: Vec<Quote>,
+    /// Why a run could not start (a 9842 `startup_failure` carries it).
+    pub content: String,
+    pub started_at: Timestamp,
+    /// `created_at` of the newest event read.
+    pub updated: Timestamp,
+}
+
+impl CiRun {
+    pub fn status_class(&self) -> &'static str {
+        match self.conclusion {
+            None => "running",
+            Some(Conclusion::Success | Conclusion::Neutral | Conclusion::Skipped) => "success",
+            Some(_) => "failure",
+        }
+    }
+
+    pub fn status_label(&self) -> String {
+        match self.conclusion {
+            None => "running".into(),
+            Some(Conclusion::Success) => "succeeded".into(),
+            Some(conclusion) => conclusion.as_str().replace('_', " "),
+        }
+    }
+
+    pub fn repository(&self) -> String {
+        self.context
+            .repos
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
+    pub fn repository_label(&self) -> String {
+        match self.context.repos.first() {
+            Some(repo) => format!("{} (owner {}…)", repo.identifier, &repo.owner.to_hex()[..8]),
+            None => String::new(),
+        }
+    }
+
+    pub fn branch(&self) -> Option<&str> {
+        let git_ref = self.context.git_ref.as_deref()?;
+        Some(
+            git_ref
+                .strip_prefix("refs/heads/")
+                .or_else(|| git_ref.strip_prefix("refs/tags/"))
+                .unwrap_or(git_ref),
+        )
+    }
+
+    /// Folds in a newer progress or result event of the same run.
+    fn update(&mut self, event: &Event) {
+        if event.created_at < self.updated {
+            return;
+        }
+        self.updated = event.created_at;
+        if let Ok(progress) = CiWorkflowProgress::from_event(event) {
+            self.conclusion = progress.conclusion;
+            self.in_progress = progress.in_progress;
+            if !progress.jobs.is_empty() {
+                self.jobs = progress.jobs;
+            }
+            self.content = progress.content;
+        } else if let Ok(result) = CiWorkflowResult::from_event(event) {
+            self.conclusion = Some(result.conclusion);
+            self.in_progress.clear();
+            self.jobs = result.jobs;
+            self.content = result.content;
+        }
+    }
+
+    fn from_event(event: &Event) -> Option<CiRun> {
+        let (run, context, started) = if let Ok(progress) = CiWorkflowProgress::from_event(event) {
+            (progress.identifier, progress.context, progress.started_at)
+        } else {
+            let result = CiWorkflowResult::from_event(event).ok()?;
+            (result.run_id?, result.context, result.started_at)
+        };
+        let mut view = CiRun {
+            coordinator: event.pubkey,
+            run,
+            context,
+            conclusion: None,
+            in_progress: Vec::new(),
+            jobs: Vec::new(),
+            content: String::new(),
+            started_at: started.unwrap_or(event.created_at),
+            updated: Timestamp::from(0),
+        };
+        view.update(event);
+        Some(view)
+    }
+}
+
 /// The shared state and the version that changes with it.
 #[derive(Clone)]
 pub struct Hub {
     pub client: Arc<JobClient>,
     runs: Arc<Mutex<BTreeMap<EventId, RunView>>>,
+    ci_runs: Arc<Mutex<BTreeMap<(PublicKey, String), CiRun>>>,
     /// Requests read for their needs and mode (and for the quorum view).
     requests: Arc<Mutex<HashMap<EventId, Event>>>,
     version: Arc<watch::Sender<u64>>,
@@ -475,6 +588,7 @@ impl Hub {
         Hub {
             client,
             runs: Arc::default(),
+            ci_runs: Arc::default(),
             requests: Arc::default(),
             version: Arc::new(watch::channel(0).0),
         }
@@ -497,6 +611,30 @@ impl Hub {
         list
     }
 
+    /// Runs known only from CI status events, newest first, without those a followed run's
+    /// router published (the same run, shown with more).
+    pub fn ci_runs(&self) -> Vec<CiRun> {
+        let routed: std::collections::HashSet<(String, String)> = {
+            let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+            runs.values()
+                .filter_map(|r| Some((r.router.clone()?, r.run.commit.clone())))
+                .collect()
+        };
+        let ci = self.ci_runs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<CiRun> = ci
+            .values()
+            .filter(|c| !routed.contains(&(c.coordinator.to_hex(), c.context.commit.clone())))
+            .cloned()
+            .collect();
+        list.sort_by_key(|c| std::cmp::Reverse((c.started_at, c.run.clone())));
+        list
+    }
+
+    pub fn ci_run(&self, coordinator: &PublicKey, run: &str) -> Option<CiRun> {
+        let ci = self.ci_runs.lock().unwrap_or_else(|e| e.into_inner());
+        ci.get(&(*coordinator, run.to_string())).cloned()
+    }
+
     pub fn run(&self, id: &EventId) -> Option<RunView> {
         let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         runs.get(id).cloned()
@@ -516,7 +654,21 @@ impl Hub {
 
     async fn discover(self) {
         let mut since = Timestamp::now() - HISTORY_SECS;
+        let mut ci_since = since;
         loop {
+            let filter = Filter::new()
+                .kinds([CI_WORKFLOW_PROGRESS, CI_WORKFLOW_RESULT])
+                .since(ci_since)
+                .limit(MAX_RUNS * 4);
+            match self.client.fetch(filter, FETCH).await {
+                Ok(found) => {
+                    for event in found {
+                        ci_since = ci_since.max(event.created_at - 60u64);
+                        self.add_ci_event(&event);
+                    }
+                }
+                Err(err) => tracing::warn!("cannot read CI status from the relays: {err}"),
+            }
             let filter = Filter::new()
                 .kind(JobKind::RunPipeline.request_kind())
                 .since(since)
@@ -531,6 +683,40 @@ impl Hub {
                 Err(err) => tracing::warn!("cannot read runs from the relays: {err}"),
             }
             tokio::time::sleep(DISCOVER_EVERY).await;
+        }
+    }
+
+    fn add_ci_event(&self, event: &Event) {
+        let Some(view) = CiRun::from_event(event) else {
+            return;
+        };
+        let changed = {
+            let mut ci = self.ci_runs.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (view.coordinator, view.run.clone());
+            match ci.get_mut(&key) {
+                Some(known) if known.updated >= event.created_at => false,
+                Some(known) => {
+                    known.update(event);
+                    true
+                }
+                None => {
+                    ci.insert(key, view);
+                    while ci.len() > MAX_RUNS {
+                        let oldest = ci
+                            .iter()
+                            .min_by_key(|(_, c)| c.updated)
+                            .map(|(k, _)| k.clone());
+                        match oldest {
+                            Some(key) => ci.remove(&key),
+                            None => break,
+                        };
+                    }
+                    true
+                }
+            }
+        };
+        if changed {
+            self.touch();
         }
     }
 

@@ -22,6 +22,7 @@ use quorum_proto::mandate::{Keygen, MANDATE, Mandate};
 use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nip89::{Announcement, HANDLER_INFORMATION};
 use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobRequest};
+use quorum_proto::nipc1::{CI_JOB_RESULT, CiJobResult, Conclusion};
 use quorum_proto::nostr::{
     Alphabet, Event, EventId, Filter, Kind, PublicKey, SingleLetterTag, Timestamp,
 };
@@ -31,7 +32,7 @@ use quorum_proto::{kinds, operator};
 use quorum_router::verify::Verification;
 
 use crate::html::{ansi_to_html, duration, esc, short, time, url_part};
-use crate::hub::{Mode, RunView, Status};
+use crate::hub::{Mode, Status};
 use crate::{Dashboard, UiError, fetch};
 
 /// A page of the dashboard.
@@ -40,6 +41,8 @@ pub enum View {
     Runs(RunFilter),
     Run(EventId),
     Job(EventId, String),
+    /// A run known from its CI status events: coordinator and run id.
+    Ci(PublicKey, String),
     Releases(Option<RepoCoordinate>),
     Market,
 }
@@ -80,6 +83,12 @@ impl View {
                     }),
             },
             ["market"] => Ok(View::Market),
+            ["ci", coordinator, run] => {
+                let coordinator = PublicKey::from_hex(coordinator).map_err(|_| {
+                    UiError::BadRequest(format!("{coordinator:?} is not a public key"))
+                })?;
+                Ok(View::Ci(coordinator, (*run).to_string()))
+            }
             _ => Err(UiError::NotFound(path.to_string())),
         }
     }
@@ -89,6 +98,7 @@ impl View {
             View::Runs(_) => "Runs".into(),
             View::Run(id) => format!("Run {}", short(&id.to_hex())),
             View::Job(_, job) => format!("Job {job}"),
+            View::Ci(_, run) => format!("Run {}", short(run)),
             View::Releases(Some(repo)) => format!("Releases of {}", repo.identifier),
             View::Releases(None) => "Releases".into(),
             View::Market => "Market".into(),
@@ -98,7 +108,7 @@ impl View {
     pub fn section(&self) -> crate::html::Section {
         use crate::html::Section;
         match self {
-            View::Runs(_) | View::Run(_) | View::Job(..) => Section::Runs,
+            View::Runs(_) | View::Run(_) | View::Job(..) | View::Ci(..) => Section::Runs,
             View::Releases(_) => Section::Releases,
             View::Market => Section::Market,
         }
@@ -111,6 +121,7 @@ pub async fn render(dashboard: &Dashboard, view: &View) -> Result<String, UiErro
         View::Runs(filter) => Ok(runs(dashboard, filter)),
         View::Run(id) => run(dashboard, id),
         View::Job(id, job) => job_page(dashboard, id, job).await,
+        View::Ci(coordinator, run) => ci_run(dashboard, coordinator, run).await,
         View::Releases(None) => releases_index(dashboard).await,
         View::Releases(Some(repo)) => releases(dashboard, repo).await,
         View::Market => market(dashboard).await,
@@ -137,28 +148,74 @@ fn key(key: &str) -> String {
     )
 }
 
+/// One line of the runs list: a routed run or one known from its CI status.
+struct Row {
+    repo: String,
+    label: String,
+    branch: Option<String>,
+    class: &'static str,
+    status: String,
+    commit: String,
+    jobs: String,
+    started: Timestamp,
+    href: String,
+    id: String,
+}
+
 fn runs(dashboard: &Dashboard, filter: &RunFilter) -> String {
-    let all = dashboard.hub.runs();
-    let repos: BTreeMap<String, String> = all
+    let mut rows: Vec<Row> = dashboard
+        .hub
+        .runs()
         .iter()
-        .map(|r| (r.repository(), r.repository_label()))
-        .collect();
-    let shown: Vec<&RunView> = all
-        .iter()
-        .filter(|r| {
-            filter
-                .repo
-                .as_ref()
-                .is_none_or(|repo| r.repository() == *repo)
+        .map(|run| Row {
+            repo: run.repository(),
+            label: run.repository_label(),
+            branch: run.branch().map(str::to_string),
+            class: run.status_class(),
+            status: run.status_label().to_string(),
+            commit: run.run.commit.clone(),
+            jobs: format!(
+                "{}/{}",
+                run.jobs
+                    .iter()
+                    .filter(|j| j.status == Status::Success)
+                    .count(),
+                run.jobs.len()
+            ),
+            started: run.request.created_at,
+            href: format!("/run/{}", run.request.id.to_hex()),
+            id: run.request.id.to_hex(),
         })
-        .filter(|r| {
-            filter
+        .collect();
+    rows.extend(dashboard.hub.ci_runs().iter().map(|run| Row {
+        repo: run.repository(),
+        label: run.repository_label(),
+        branch: run.branch().map(str::to_string),
+        class: run.status_class(),
+        status: run.status_label(),
+        commit: run.context.commit.clone(),
+        jobs: if run.conclusion.is_some() {
+            format!("{} done", run.jobs.len())
+        } else {
+            format!("{} running", run.in_progress.len())
+        },
+        started: run.started_at,
+        href: format!("/ci/{}/{}", run.coordinator.to_hex(), url_part(&run.run)),
+        id: run.run.clone(),
+    }));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.started));
+    let repos: BTreeMap<String, String> = rows
+        .iter()
+        .map(|r| (r.repo.clone(), r.label.clone()))
+        .collect();
+    rows.retain(|r| {
+        filter.repo.as_ref().is_none_or(|repo| r.repo == *repo)
+            && filter
                 .branch
                 .as_ref()
-                .is_none_or(|b| r.branch() == Some(b.as_str()))
-        })
-        .filter(|r| filter.status.as_ref().is_none_or(|s| r.status_class() == s))
-        .collect();
+                .is_none_or(|b| r.branch.as_ref() == Some(b))
+            && filter.status.as_ref().is_none_or(|s| r.class == s)
+    });
     let mut out = String::from("<h1>Runs</h1>");
     out.push_str("<form class=\"filters\" method=\"get\" action=\"/\"><label>Repository <select name=\"repo\"><option value=\"\">all</option>");
     for (repo, label) in &repos {
@@ -189,33 +246,144 @@ fn runs(dashboard: &Dashboard, filter: &RunFilter) -> String {
         let _ = write!(out, "<option{selected}>{status}</option>");
     }
     out.push_str("</select></label><button type=\"submit\">Filter</button></form>");
-    if shown.is_empty() {
-        out.push_str("<p class=\"muted\" id=\"no-runs\">No run on these relays yet. Runs appear here as soon as a run-pipeline request (kind 5700) reaches them.</p>");
+    if rows.is_empty() {
+        out.push_str("<p class=\"muted\" id=\"no-runs\">No run on these relays yet. Runs appear here as soon as a run-pipeline request (kind 5700) or a run's CI status (NIP-C1) reaches them.</p>");
         return out;
     }
     out.push_str("<div class=\"scroll\"><table class=\"runs\"><thead><tr><th scope=\"col\">Status</th><th scope=\"col\">Repository</th><th scope=\"col\">Branch</th><th scope=\"col\">Commit</th><th scope=\"col\">Jobs</th><th scope=\"col\">Started</th></tr></thead><tbody>");
-    for run in shown {
-        let done = run
-            .jobs
-            .iter()
-            .filter(|j| j.status == Status::Success)
-            .count();
-        let id = run.request.id.to_hex();
+    for row in rows {
         let _ = write!(
             out,
-            "<tr data-run=\"{id}\" class=\"{class}\"><td>{badge}</td><td><a href=\"/run/{id}\">{repo}</a></td>\
-             <td>{branch}</td><td><code>{commit}</code></td><td>{done}/{total}</td><td>{started}</td></tr>",
-            class = run.status_class(),
-            badge = badge(run.status_class(), run.status_label()),
-            repo = esc(&run.repository_label()),
-            branch = esc(run.branch().unwrap_or("—")),
-            commit = esc(short(&run.run.commit)),
-            total = run.jobs.len(),
-            started = time(run.request.created_at.as_secs()),
+            "<tr data-run=\"{id}\" class=\"{class}\"><td>{badge}</td><td><a href=\"{href}\">{repo}</a></td>\
+             <td>{branch}</td><td><code>{commit}</code></td><td>{jobs}</td><td>{started}</td></tr>",
+            id = esc(&row.id),
+            class = row.class,
+            badge = badge(row.class, &row.status),
+            href = esc(&row.href),
+            repo = esc(&row.label),
+            branch = esc(row.branch.as_deref().unwrap_or("—")),
+            commit = esc(short(&row.commit)),
+            jobs = esc(&row.jobs),
+            started = time(row.started.as_secs()),
         );
     }
     out.push_str("</tbody></table></div>");
     out
+}
+
+/// A run known from its CI status events: what they say, and each job's result (9841) once
+/// the run concluded. Its jobs' requests do not name it, so it has no graph.
+async fn ci_run(
+    dashboard: &Dashboard,
+    coordinator: &PublicKey,
+    run_id: &str,
+) -> Result<String, UiError> {
+    let run = dashboard
+        .hub
+        .ci_run(coordinator, run_id)
+        .ok_or_else(|| UiError::NotFound(format!("run {run_id} of {coordinator}")))?;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<h1>{repo} <span class=\"muted\">at</span> <code>{commit}</code> {badge}</h1>\
+         <dl class=\"facts\"><dt>Run id</dt><dd><code>{run}</code></dd><dt>Repository</dt><dd><code>{coordinate}</code></dd>\
+         <dt>Branch</dt><dd>{branch}</dd><dt>Run by</dt><dd>{by}</dd><dt>Started</dt><dd>{at}</dd></dl>\
+         <p class=\"muted\">Known from its CI status events (NIP-C1): a run its coordinator drove itself \
+         (<code>quorum run</code>), whose job requests do not name it, so there is no graph or live log here.</p>",
+        repo = esc(&run.repository_label()),
+        commit = esc(short(&run.context.commit)),
+        badge = badge(run.status_class(), &run.status_label()),
+        run = esc(&run.run),
+        coordinate = esc(&run.repository()),
+        branch = esc(run.branch().unwrap_or("—")),
+        by = key(&run.coordinator.to_hex()),
+        at = time(run.started_at.as_secs()),
+    );
+    if !run.content.is_empty() {
+        let _ = write!(
+            out,
+            "<p class=\"alert\" role=\"alert\">{}</p>",
+            esc(&run.content)
+        );
+    }
+    if run.conclusion.is_none() {
+        let running: Vec<String> = run.in_progress.iter().map(|j| esc(j)).collect();
+        let _ = write!(
+            out,
+            "<h2>Jobs</h2><p>Running now: {}</p>",
+            if running.is_empty() {
+                "—".into()
+            } else {
+                running.join(", ")
+            }
+        );
+        return Ok(out);
+    }
+    let ids: Vec<EventId> = run.jobs.iter().map(|q| q.id).collect();
+    let results: Vec<CiJobResult> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        fetch(
+            &dashboard.hub.client,
+            Filter::new().ids(ids).kind(CI_JOB_RESULT),
+        )
+        .await
+        .iter()
+        .filter_map(|e| CiJobResult::from_event(e).ok())
+        .collect()
+    };
+    out.push_str("<h2>Jobs</h2>");
+    for quote in &run.jobs {
+        let job = quote.job.as_deref().unwrap_or("?");
+        let Some(result) = results.iter().find(|r| r.job == job) else {
+            let _ = write!(
+                out,
+                "<h3>{}</h3><p class=\"muted\">Its result (9841) is not on the relays.</p>",
+                esc(job)
+            );
+            continue;
+        };
+        let class = match result.conclusion {
+            Conclusion::Success | Conclusion::Neutral | Conclusion::Skipped => "success",
+            _ => "failure",
+        };
+        let _ = write!(
+            out,
+            "<section class=\"ci-job\" data-job=\"{id}\"><h3>{name} {badge}</h3><dl class=\"facts\"><dt>Ran on</dt><dd>{on}</dd>\
+             <dt>Exit code</dt><dd>{exit}</dd><dt>Full log</dt><dd>{logs}</dd></dl>",
+            id = esc(&result.job),
+            name = esc(result.name.as_deref().unwrap_or(&result.job)),
+            badge = badge(class, result.conclusion.as_str()),
+            on = result
+                .runs_on
+                .iter()
+                .map(|k| dvm_link(k))
+                .collect::<Vec<_>>()
+                .join(" "),
+            exit = result
+                .exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "—".into()),
+            logs = if result.logs.starts_with("http://") || result.logs.starts_with("https://") {
+                format!(
+                    "<a href=\"{u}\" rel=\"nofollow noreferrer\">{u}</a>",
+                    u = esc(&result.logs)
+                )
+            } else {
+                "—".into()
+            },
+        );
+        if !result.log_tail.is_empty() {
+            let _ = write!(
+                out,
+                "<pre class=\"log\" tabindex=\"0\" aria-label=\"Log tail of {}\">{}</pre>",
+                esc(&result.job),
+                ansi_to_html(&result.log_tail)
+            );
+        }
+        out.push_str("</section>");
+    }
+    Ok(out)
 }
 
 fn run(dashboard: &Dashboard, id: &EventId) -> Result<String, UiError> {

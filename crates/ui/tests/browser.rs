@@ -630,7 +630,13 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
     assert_eq!(js(&client, "typeof window.pwned").await, json!("undefined"));
     shot(&client, "8-market").await;
 
-    // The runs list filters, and the run page on a phone's screen.
+    // The runs list shows the routed run once (not again as the router's CI status), filters,
+    // and the run page fits a phone's screen.
+    open(&client, &base, "/").await;
+    assert_eq!(
+        js(&client, "document.querySelectorAll('tr[data-run]').length").await,
+        json!(1)
+    );
     open(&client, &base, "/?status=failure").await;
     assert_eq!(
         js(

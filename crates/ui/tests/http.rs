@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use quorum_proto::nostr::{EventBuilder, JsonUtil, Keys, Kind};
+use quorum_proto::nip34::RepoCoordinate;
+use quorum_proto::nipc1::{
+    CiContext, CiJobResult, CiWorkflowProgress, Conclusion, ProgressStatus, Quote,
+};
+use quorum_proto::nostr::{EventBuilder, JsonUtil, Keys, Kind, Timestamp};
 use quorum_testnet::Network;
 use tower::ServiceExt;
 
@@ -118,5 +122,114 @@ async fn pages_errors_and_relay_markup_as_text() {
     let (_, _, list) = get(&app, "/").await;
     assert!(list.contains(&request.id.to_hex()), "{list}");
     assert!(!list.contains("<script>alert"), "{list}");
+
+    // A run `quorum run` drove itself is known from its CI status (NIP-C1), as gitworkshop
+    // knows it: listed while it runs, its jobs' results (and their log tails, as text) once
+    // it concluded.
+    let coordinator = Keys::generate();
+    let owner = Keys::generate();
+    let context = {
+        let mut context = CiContext::new(
+            RepoCoordinate::new(owner.public_key(), "app"),
+            "cd".repeat(20),
+        );
+        context.git_ref = Some("refs/heads/main".into());
+        context
+    };
+    let run_id = "ef".repeat(32);
+    let progress = |status: ProgressStatus,
+                    conclusion: Option<Conclusion>,
+                    jobs: Vec<Quote>,
+                    running: Vec<String>| CiWorkflowProgress {
+        identifier: run_id.clone(),
+        context: context.clone(),
+        status,
+        conclusion,
+        queued_at: Some(Timestamp::now()),
+        started_at: Some(Timestamp::now()),
+        jobs,
+        manual_trigger: None,
+        queue: None,
+        in_progress: running,
+        expiration: Timestamp::now() + 1800u64,
+        content: String::new(),
+    };
+    let running = progress(
+        ProgressStatus::InProgress,
+        None,
+        Vec::new(),
+        vec!["lint".into()],
+    )
+    .to_event_builder()
+    .unwrap()
+    .sign_with_keys(&coordinator)
+    .unwrap();
+    quorum_testnet::quorum::publish(&network.relay, &[&running]).await;
+    let href = format!("/ci/{}/{run_id}", coordinator.public_key().to_hex());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, _, list) = get(&app, "/").await;
+        if list.contains(&href) {
+            assert!(list.contains("app (owner"), "{list}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CI run never appeared: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _, page) = get(&app, &href).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Running now: lint"), "{page}");
+
+    let job = CiJobResult {
+        context: context.clone(),
+        job: "lint".into(),
+        conclusion: Conclusion::Failure,
+        logs: String::new(),
+        name: None,
+        artifacts: Vec::new(),
+        workflow_run: None,
+        queued_at: None,
+        started_at: None,
+        exit_code: Some(3),
+        runs_on: vec![Keys::generate().public_key().to_hex()],
+        log_tail: "\u{1b}[31m<b>lint broke</b>\u{1b}[0m\n".into(),
+        log_omitted: None,
+    }
+    .to_event_builder()
+    .unwrap()
+    .sign_with_keys(&coordinator)
+    .unwrap();
+    quorum_testnet::quorum::next_second().await;
+    let concluded = progress(
+        ProgressStatus::Concluded,
+        Some(Conclusion::Failure),
+        vec![Quote::job_result(&job, "lint".to_string())],
+        Vec::new(),
+    )
+    .to_event_builder()
+    .unwrap()
+    .sign_with_keys(&coordinator)
+    .unwrap();
+    quorum_testnet::quorum::publish(&network.relay, &[&job, &concluded]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let page = loop {
+        let (_, _, page) = get(&app, &href).await;
+        if page.contains("data-job=\"lint\"") {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job result never appeared: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        page.contains("<span class=\"c1\">&lt;b&gt;lint broke&lt;/b&gt;</span>"),
+        "{page}"
+    );
+    assert!(page.contains(">failure<"), "{page}");
     client.shutdown().await;
 }
