@@ -785,7 +785,24 @@ impl Hub {
                 }
                 hub.touch();
             };
-            if let Err(err) = follow_run(&hub.client, event, poll, &mut sink).await {
+            let tracked = || {
+                let runs = hub.runs.lock().unwrap_or_else(|e| e.into_inner());
+                runs.contains_key(&id)
+            };
+            let follow = follow_run(&hub.client, event, poll, &mut sink);
+            tokio::pin!(follow);
+            // A run dropped from the list (newer ones pushed it out) is not followed further.
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut follow => break Some(outcome),
+                    () = tokio::time::sleep(Duration::from_secs(60)) => {
+                        if !tracked() {
+                            break None;
+                        }
+                    }
+                }
+            };
+            if let Some(Err(err)) = outcome {
                 let mut runs = hub.runs.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(run) = runs.get_mut(&id) {
                     run.error = Some(err.to_string());

@@ -79,6 +79,8 @@ pub struct Dashboard {
     http: reqwest::Client,
     logs: Arc<Mutex<HashMap<String, String>>>,
     verdicts: Arc<Mutex<HashMap<(EventId, String), VerdictSlot>>>,
+    /// (URL, sha256) pairs whose bytes were checked.
+    mirrors_ok: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
     /// Set when the server stops, so that live streams end and the server can.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -109,6 +111,7 @@ impl Dashboard {
                 .expect("a default HTTP client builds"),
             logs: Arc::default(),
             verdicts: Arc::default(),
+            mirrors_ok: Arc::default(),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
@@ -272,10 +275,27 @@ impl Dashboard {
         }
         let mut mirrors = Vec::new();
         for url in self.blob_urls(&sha.to_hex(), &verification.urls) {
-            let result = self
-                .download(&url, sha, MAX_ARTIFACT_BYTES)
-                .await
-                .map(|_| ());
+            // A URL that served these bytes once is not downloaded again at every verdict.
+            let checked = (url.clone(), sha.to_hex());
+            let known = self
+                .mirrors_ok
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&checked);
+            let result = if known {
+                Ok(())
+            } else {
+                self.download(&url, sha, MAX_ARTIFACT_BYTES)
+                    .await
+                    .map(|_| ())
+            };
+            if result.is_ok() && !known {
+                let mut ok = self.mirrors_ok.lock().unwrap_or_else(|e| e.into_inner());
+                if ok.len() >= MAX_CACHED {
+                    ok.clear();
+                }
+                ok.insert(checked);
+            }
             // Our own servers that do not hold it are not the release's mirrors: say nothing.
             if result.is_err() && !verification.urls.contains(&url) {
                 continue;

@@ -370,6 +370,32 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
     );
     still_same_page(&client).await;
     shot(&client, "3-run-dag").await;
+    // The graph works from the keyboard: a job's node takes focus, Enter opens the job.
+    client
+        .execute(
+            "document.querySelector('a.node[data-job=\"build\"]').focus();",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        js(&client, "document.activeElement.getAttribute('data-job')").await,
+        json!("build")
+    );
+    client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+    until(
+        &client,
+        "the job page opened by Enter",
+        &format!("location.pathname === '/run/{id}/job/build'"),
+        Duration::from_secs(10),
+    )
+    .await;
 
     // The gate's page shows what is approved; a NIP-07 signer approves from the page. (The
     // stand-in signer hands back the maintainer's signature of the same verdict.)
