@@ -943,7 +943,13 @@ async fn quorum_section(dashboard: &Dashboard, request_id: &EventId) -> String {
         .filter_map(|e| QuorumMessage::from_event(e).ok())
         .filter(|m| m.quorum == Some(quorum))
         .collect();
-        rounds.sort_by_key(|m| (m.created_at, m.kind.kind().as_u16(), m.id));
+        // In the order of the protocol within a second: commitments, request, shares.
+        let phase = |m: &QuorumMessage| match m.kind.kind() {
+            k if k == SIGNING_ROUND1 => 0,
+            k if k == SIGNING_REQUEST => 1,
+            _ => 2,
+        };
+        rounds.sort_by_key(|m| (m.created_at, phase(m), m.id));
         if !rounds.is_empty() {
             out.push_str("<h3>Signing rounds</h3><ol class=\"timeline\" id=\"signing\">");
             for message in &rounds {

@@ -193,7 +193,7 @@ async fn open(client: &Client, base: &str, path: &str) {
         client,
         "the live stream",
         "document.getElementById('live-state').textContent === 'live'",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
 }
@@ -350,7 +350,7 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
         &client,
         "two edges",
         "document.querySelectorAll('svg.dag path.edge').length === 2",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     let modes = js(&client, "[...document.querySelectorAll('svg.dag a.node text.mode')].map(t => t.textContent).join('|')").await;
@@ -393,7 +393,7 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
         &client,
         "the job page opened by Enter",
         &format!("location.pathname === '/run/{id}/job/build'"),
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
 
@@ -420,7 +420,7 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
         &client,
         "what is approved",
         "document.querySelector('section.gate table td code.sha')",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     shot(&client, "4-approval").await;
@@ -440,7 +440,7 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
         .unwrap();
     // The page says it was published, until the live page shows the gate passed (and the
     // maintainer's approval) in its place.
-    until(&client, "the verdict published", "(document.querySelector('.nip07-result') && document.querySelector('.nip07-result').textContent.startsWith('published')) || document.querySelector('h1 .badge.success')", Duration::from_secs(10)).await;
+    until(&client, "the verdict published", "(document.querySelector('.nip07-result') && document.querySelector('.nip07-result').textContent.startsWith('published')) || document.querySelector('h1 .badge.success')", Duration::from_secs(30)).await;
     until(&client, "the gate passed", "document.querySelector('h1 .badge.success') && document.querySelector('section.gate .badge.success')", Duration::from_secs(20)).await;
 
     // The quorum: who committed and revealed what, the tally naming the backdoored member.
@@ -482,7 +482,7 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
         &client,
         "the signing rounds",
         "document.querySelectorAll('#signing li').length >= 5",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     shot(&client, "5-quorum").await;
@@ -685,7 +685,7 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
 
     client.close().await.unwrap();
     let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), server)
+    tokio::time::timeout(Duration::from_secs(30), server)
         .await
         .expect("the server stops")
         .unwrap()
