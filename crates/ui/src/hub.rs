@@ -441,7 +441,7 @@ impl RunView {
                     self.run_id.get_or_insert_with(|| report.run.clone());
                     for job in &report.jobs {
                         let view = self.job_mut(&job.id);
-                        if view.provider_missing() {
+                        if view.providers.is_empty() {
                             view.providers.extend(job.provider.iter().cloned());
                         }
                     }
@@ -455,12 +455,6 @@ impl RunView {
             }
         }
         None
-    }
-}
-
-impl JobView {
-    fn provider_missing(&self) -> bool {
-        self.providers.is_empty()
     }
 }
 
