@@ -76,6 +76,25 @@ pub(super) async fn job_page(
     if let Some(line) = &job.line {
         let _ = write!(out, "<p class=\"line\">{}</p>", esc(line));
     }
+    // Who runs the DVMs that ran it.
+    let dvms: Vec<PublicKey> = job
+        .providers
+        .iter()
+        .filter_map(|p| PublicKey::from_hex(p).ok())
+        .collect();
+    let operators = super::market::operators_of(dashboard, &dvms).await;
+    if !operators.is_empty() {
+        out.push_str("<table class=\"operators\"><caption>Who runs them</caption><tbody>");
+        for dvm in &dvms {
+            let _ = write!(
+                out,
+                "<tr><th scope=\"row\">{}</th><td>{}</td></tr>",
+                dvm_link(&dvm.to_hex()),
+                super::market::operator_html(operators.get(dvm))
+            );
+        }
+        out.push_str("</tbody></table>");
+    }
     if let Some(gate) = &job.gate {
         out.push_str(&gate_section(dashboard, gate, job.status == Status::Waiting).await);
     }

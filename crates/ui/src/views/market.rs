@@ -83,22 +83,7 @@ pub(super) async fn market(dashboard: &Dashboard) -> Result<String, UiError> {
     out.push_str("<div class=\"scroll\"><table class=\"market\"><thead><tr><th scope=\"col\">DVM</th><th scope=\"col\">Serves</th><th scope=\"col\">Price</th><th scope=\"col\">Operator</th><th scope=\"col\">Machine</th><th scope=\"col\">Last 24 h</th></tr></thead><tbody>");
     for ((dvm, _), (_, announcement)) in &newest {
         let hex = dvm.to_hex();
-        let operator = match operators.get(dvm) {
-            Some(operator::OperatorClaim::Confirmed(op)) => {
-                format!("{} {}", key(&op.to_hex()), badge("success", "confirmed"))
-            }
-            Some(operator::OperatorClaim::Unconfirmed {
-                claimed: Some(op),
-                reason,
-            }) => {
-                format!(
-                    "{} <span class=\"muted\" title=\"{}\">unconfirmed</span>",
-                    key(&op.to_hex()),
-                    esc(&reason.to_string())
-                )
-            }
-            _ => "<span class=\"muted\">none named</span>".into(),
-        };
+        let operator = operator_html(operators.get(dvm));
         let caps = &announcement.offer.capabilities;
         let (results, errors) = record.get(dvm).copied().unwrap_or_default();
         let _ = write!(
@@ -125,4 +110,39 @@ pub(super) async fn market(dashboard: &Dashboard) -> Result<String, UiError> {
     }
     out.push_str("</tbody></table></div>");
     Ok(out)
+}
+
+/// Who runs a DVM, as its announcement and the operator's list say together (§6.1).
+pub(super) fn operator_html(claim: Option<&operator::OperatorClaim>) -> String {
+    match claim {
+        Some(operator::OperatorClaim::Confirmed(op)) => {
+            format!("{} {}", key(&op.to_hex()), badge("success", "confirmed"))
+        }
+        Some(operator::OperatorClaim::Unconfirmed {
+            claimed: Some(op),
+            reason,
+        }) => format!(
+            "{} <span class=\"muted\" title=\"{}\">unconfirmed</span>",
+            key(&op.to_hex()),
+            esc(&reason.to_string())
+        ),
+        _ => "<span class=\"muted\">none named</span>".into(),
+    }
+}
+
+/// Each of `dvms`' operator claim, from their announcements and their operators' lists.
+pub(super) async fn operators_of(
+    dashboard: &Dashboard,
+    dvms: &[PublicKey],
+) -> BTreeMap<PublicKey, operator::OperatorClaim> {
+    if dvms.is_empty() {
+        return BTreeMap::new();
+    }
+    let client = &dashboard.hub.client;
+    let mut pool = fetch(client, operator::announcement_filter(dvms.iter().copied())).await;
+    let claimed = operator::claimed_operators(dvms, &pool);
+    if !claimed.is_empty() {
+        pool.extend(fetch(client, operator::list_filter(claimed)).await);
+    }
+    operator::confirmed_operators(dvms, &pool)
 }
