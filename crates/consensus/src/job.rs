@@ -44,6 +44,7 @@ use quorum_threshold::KeyShare;
 
 use crate::agreement::Agreement;
 use crate::member::{self, MemberConfig, MemberError, MemberOutcome, QuorumJob};
+use crate::release_gate::{PendingRelease, ReleaseGateError};
 
 /// Why a member refuses a quorum request, or cannot serve it. Each says which check failed.
 #[derive(Debug, thiserror::Error)]
@@ -470,7 +471,9 @@ impl QuorumMember {
                     return Vec::new();
                 };
                 let mut extra = Vec::new();
-                if let Some(release) = &release {
+                // A release that depends on approval gates is signed after they passed
+                // (`release_gate`), never together with the attestation.
+                if let Some(release) = release.as_ref().filter(|r| r.gates.is_empty()) {
                     let files = agreement.tally.agreed_result();
                     match release_binding(release, &commit, &files, &attestation) {
                         Ok(binding) => extra.push(binding),
@@ -489,6 +492,28 @@ impl QuorumMember {
                 }
                 extra
             },
+        )
+        .await
+    }
+
+    /// After [`QuorumMember::serve`] signed the attestation of a release job whose release
+    /// depends on approval gates: waits (at most `wait`) for every gate to pass, then signs the
+    /// release binding with the other agreeing members (`crate::release_gate`).
+    pub async fn sign_release(
+        &self,
+        admission: &Admission,
+        pending: &PendingRelease,
+        wait: Duration,
+    ) -> Result<Event, ReleaseGateError> {
+        let share = load_share(&self.share_dir, &admission.quorum)
+            .map_err(|e| ReleaseGateError::Signing(e.to_string()))?;
+        crate::release_gate::sign_after_approval(
+            &self.relays,
+            &self.keys,
+            &share,
+            pending,
+            &self.config.signing,
+            wait,
         )
         .await
     }

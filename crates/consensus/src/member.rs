@@ -228,7 +228,7 @@ pub fn roster_of(share: &KeyShare) -> Roster {
 }
 
 /// A session id every signer computes the same way: the job and the ids of what is signed.
-fn session_id(job: &EventId, events: &[UnsignedEvent]) -> SessionId {
+pub(crate) fn session_id(job: &EventId, events: &[UnsignedEvent]) -> SessionId {
     let mut hash = Sha256::new();
     hash.update(job.as_bytes());
     for event in events {

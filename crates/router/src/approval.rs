@@ -66,6 +66,7 @@ async fn ask(
         config,
         reporter,
         run,
+        ..
     } = *engine;
     let named: Vec<PublicKey> = if gate.from.is_empty() {
         context.maintainers.clone()
@@ -178,6 +179,7 @@ async fn ask(
         required: gate.required,
         expiration: Timestamp::now() + config.approval_wait.as_secs(),
         content: format!("Approve {} of commit {}?", job.name, context.commit),
+        job: Some(job.id.clone()),
     };
     let builder = request.to_event_builder().map_err(|e| e.to_string())?;
     let event = client

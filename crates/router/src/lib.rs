@@ -213,12 +213,14 @@ pub async fn resume(
     } = recovered;
     let reporter = Mutex::new(reporter);
     let run = run_id(&context.repo, &context.commit, plan);
+    let gates: Vec<String> = plan.release_gates().iter().map(|g| g.id.clone()).collect();
     let engine = Engine {
         client,
         context,
         config,
         reporter: &reporter,
         run: &run,
+        release_gates: &gates,
     };
     let engine = &engine;
     let mut records: HashMap<String, JobRecord> = HashMap::new();
@@ -359,6 +361,9 @@ pub(crate) struct Engine<'a, 'r> {
     pub config: &'a EngineConfig,
     pub reporter: &'a Mutex<&'r mut dyn RunReporter>,
     pub run: &'a str,
+    /// The approval gates a release of the run depends on (`Plan::release_gates`): a quorum
+    /// signs a release binding only after they passed.
+    pub release_gates: &'a [String],
 }
 
 fn lock<'a, 'b>(

@@ -24,8 +24,7 @@ use quorum_proto::step::StepReport;
 use serde::Serialize;
 
 use crate::{
-    Engine, EngineConfig, Forward, JobRecord, JobState, PARAM_JOB, RunContext, Upstream,
-    finish_with_result, lock, prepare,
+    Engine, Forward, JobRecord, JobState, PARAM_JOB, Upstream, finish_with_result, lock, prepare,
 };
 
 /// The quorum a run uses: the mandate event and what it says, and the maintainer-signed
@@ -150,12 +149,17 @@ struct QuorumStep {
 /// `p`-tagged, the quorum params, the job id.
 fn quorum_step(
     job: &PlannedJob,
-    context: &RunContext,
-    config: &EngineConfig,
+    engine: &Engine<'_, '_>,
     upstream: &Upstream,
-    run: &str,
     (replicas, threshold): (u32, u32),
 ) -> Result<QuorumStep, String> {
+    let Engine {
+        context,
+        config,
+        run,
+        release_gates,
+        ..
+    } = *engine;
     let Some(quorum) = &context.quorum else {
         return Err(format!(
             "job {} runs in quorum mode ({threshold} of {replicas}), but the run has no \
@@ -191,6 +195,7 @@ fn quorum_step(
             repo,
             run: run.to_string(),
             job: job.id.clone(),
+            gates: release_gates.to_vec(),
         })
     } else {
         None
@@ -249,12 +254,11 @@ pub(crate) async fn run_quorum_job(
     let Engine {
         client,
         context,
-        config,
         reporter,
-        run,
+        ..
     } = *engine;
     let mut record = JobRecord::new(job);
-    let step = match quorum_step(job, context, config, &upstream, run, size) {
+    let step = match quorum_step(job, engine, &upstream, size) {
         Ok(step) => step,
         Err(reason) => {
             record.state = JobState::Failed { reason };
@@ -319,12 +323,12 @@ pub(crate) async fn run_quorum_chain(
         context,
         config,
         reporter,
-        run,
+        ..
     } = *engine;
     let mut records: Vec<JobRecord> = members.iter().map(|job| JobRecord::new(job)).collect();
     let mut steps = Vec::with_capacity(members.len());
     for job in members {
-        match quorum_step(job, context, config, &upstream, run, size) {
+        match quorum_step(job, engine, &upstream, size) {
             Ok(step) => steps.push(step),
             Err(reason) => {
                 for record in &mut records {
@@ -557,7 +561,9 @@ async fn evaluate(
             "the quorum signed an attestation, but no agreeing member's result arrived".into(),
         );
     };
-    if job.release {
+    // A release that depends on approval gates gets its binding after they passed
+    // (`crate::release` waits for it); the quorum must not have signed one before.
+    if job.release && engine.release_gates.is_empty() {
         match find_binding(
             client,
             quorum,
