@@ -380,39 +380,38 @@ impl QuorumMember {
         let timeout = self.lookup_timeout;
         let looked_up = async {
             let mut lookup = Lookup::default();
-            let named = client
-                .fetch_events(Filter::new().id(id).kind(MANDATE), timeout)
-                .await?;
+            let named =
+                crate::channel::fetch(&client, Filter::new().id(id).kind(MANDATE), timeout).await?;
             lookup.named = named.into_iter().find(|e| e.id == id);
             let Some(Ok(mandate)) = lookup.named.as_ref().map(Mandate::from_event) else {
                 return Ok(lookup);
             };
             let repo: &RepoCoordinate = &mandate.repo;
-            lookup.announcements = client
-                .fetch_events(
-                    Filter::new()
-                        .kind(REPO_ANNOUNCEMENT)
-                        .author(repo.owner)
-                        .identifier(repo.identifier.clone()),
-                    timeout,
-                )
-                .await?
-                .to_vec();
-            lookup.mandates = client
-                .fetch_events(quorum_proto::mandate::mandates_of(repo), timeout)
-                .await?
-                .to_vec();
+            lookup.announcements = crate::channel::fetch(
+                &client,
+                Filter::new()
+                    .kind(REPO_ANNOUNCEMENT)
+                    .author(repo.owner)
+                    .identifier(repo.identifier.clone()),
+                timeout,
+            )
+            .await?
+            .to_vec();
+            lookup.mandates =
+                crate::channel::fetch(&client, quorum_proto::mandate::mandates_of(repo), timeout)
+                    .await?
+                    .to_vec();
             let maintainers = maintainer_set(&repo.owner, &repo.identifier, &lookup.announcements);
-            let mut states = client
-                .fetch_events(
-                    Filter::new()
-                        .kind(REPO_STATE)
-                        .authors(maintainers)
-                        .identifier(repo.identifier.clone()),
-                    timeout,
-                )
-                .await?
-                .to_vec();
+            let mut states = crate::channel::fetch(
+                &client,
+                Filter::new()
+                    .kind(REPO_STATE)
+                    .authors(maintainers)
+                    .identifier(repo.identifier.clone()),
+                timeout,
+            )
+            .await?
+            .to_vec();
             // The named evidence, whoever signed it, so that a refusal can say what it is.
             if let Some(named) = &params.source {
                 let wanted: BTreeSet<EventId> = [named.announcement, named.state]
@@ -425,9 +424,8 @@ impl QuorumMember {
                     })
                     .collect();
                 if !wanted.is_empty() {
-                    for event in client
-                        .fetch_events(Filter::new().ids(wanted), timeout)
-                        .await?
+                    for event in
+                        crate::channel::fetch(&client, Filter::new().ids(wanted), timeout).await?
                     {
                         if event.kind == REPO_ANNOUNCEMENT {
                             lookup.announcements.push(event);

@@ -166,9 +166,10 @@ async fn run(
     };
     if agreed.len() < threshold {
         let failure = format!(
-            "no agreement: {} of the {} needed members revealed the same files",
+            "no agreement: {} of the {} needed members revealed the same files{}",
             agreed.len(),
             threshold,
+            relay_note(channel).await,
         );
         return Ok(unsigned(agreement, failure));
     }
@@ -186,7 +187,10 @@ async fn run(
     let (signed, failure) = match signed {
         Ok(signed) => (Some(signed), None),
         Err(SigningError::Channel(e)) => return Err(e.into()),
-        Err(e) => (None, Some(format!("signing failed: {e}"))),
+        Err(e) => (
+            None,
+            Some(format!("signing failed: {e}{}", relay_note(channel).await)),
+        ),
     };
     Ok(MemberOutcome {
         agreement,
@@ -195,6 +199,17 @@ async fn run(
         agreement_ms,
         signing_ms,
     })
+}
+
+/// When some relays were not working during the session, says which: a round that timed out
+/// then is a fault of the network, not a disagreement.
+async fn relay_note(channel: &Channel) -> String {
+    let bad = channel.unresponsive_relays().await;
+    if bad.is_empty() {
+        String::new()
+    } else {
+        format!(" (relay unresponsive: {})", bad.join(", "))
+    }
 }
 
 /// The attestation every agreeing member derives identically from the tally.

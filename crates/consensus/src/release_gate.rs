@@ -152,11 +152,11 @@ async fn wait_for_gates(
         .author(pending.request.pubkey)
         .custom_tag(SingleLetterTag::lowercase(Alphabet::A), repo.to_string());
     loop {
-        let requests = client
-            .fetch_events(requests_filter.clone(), Duration::from_secs(5))
-            .await
-            .map(|events| events.to_vec())
-            .unwrap_or_default();
+        let requests =
+            crate::channel::fetch(&client, requests_filter.clone(), Duration::from_secs(5))
+                .await
+                .map(|events| events.to_vec())
+                .unwrap_or_default();
         let mut approved = Vec::new();
         let mut pending_gate = None;
         for gate in &pending.gates {
@@ -167,16 +167,16 @@ async fn wait_for_gates(
             let verdicts = if candidates.is_empty() {
                 Vec::new()
             } else {
-                client
-                    .fetch_events(
-                        Filter::new()
-                            .kinds([APPROVAL, REJECTION])
-                            .events(candidates.iter().map(|e| e.id)),
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .map(|events| events.to_vec())
-                    .unwrap_or_default()
+                crate::channel::fetch(
+                    &client,
+                    Filter::new()
+                        .kinds([APPROVAL, REJECTION])
+                        .events(candidates.iter().map(|e| e.id)),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map(|events| events.to_vec())
+                .unwrap_or_default()
             };
             let electorate: Vec<PublicKey> = maintainers
                 .iter()

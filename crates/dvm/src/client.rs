@@ -115,7 +115,7 @@ impl JobClient {
                 })?;
         }
         client.connect().await;
-        client.wait_for_connection(Duration::from_secs(5)).await;
+        publish::wait_for_any(&client, Duration::from_secs(5)).await;
         Ok(JobClient {
             client,
             keys,
@@ -140,8 +140,10 @@ impl JobClient {
         filter: Filter,
         timeout: Duration,
     ) -> Result<Vec<Event>, ClientError> {
+        // Not waiting for relays known to be failing: they would hold every read up.
+        let relays = publish::responsive_relays(&self.client).await;
         self.client
-            .fetch_events(filter, timeout)
+            .fetch_events_from(relays, filter, timeout)
             .await
             .map(|events| events.into_iter().filter(|e| e.verify().is_ok()).collect())
             .map_err(|e| ClientError::Subscribe(e.to_string()))

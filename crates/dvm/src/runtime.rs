@@ -832,6 +832,7 @@ fn log_report(report: &PublishReport, what: &str, request: EventId) {
         request = %request,
         accepted = report.accepted.len(),
         failed = report.failed.len(),
+        deferred = report.deferred.len(),
         "{what} published"
     );
 }

@@ -514,7 +514,7 @@ pub fn release_after_approval(
         let request = pending.request.id;
         match member.sign_release(&admission, &pending, wait).await {
             Ok(binding) => {
-                tracing::info!(%request, binding = %binding.id, "release binding signed after approval")
+                tracing::debug!(%request, binding = %binding.id, "release binding signed after approval")
             }
             Err(err) => tracing::warn!(%request, "no release binding: {err}"),
         }
