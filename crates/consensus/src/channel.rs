@@ -62,9 +62,8 @@ pub async fn fetch(
     client: &Client,
     filter: Filter,
     timeout: Duration,
-) -> Result<Events, nostr_sdk::client::Error> {
-    let relays = quorum_dvm::publish::responsive_relays(client).await;
-    client.fetch_events_from(relays, filter, timeout).await
+) -> Result<Vec<Event>, nostr_sdk::client::Error> {
+    quorum_dvm::publish::fetch(client, filter, timeout).await
 }
 
 /// A connection to the session's relays with the events seen so far.
@@ -185,7 +184,9 @@ impl Channel {
             .await
             .into_iter()
             .filter(|(url, relay)| {
-                relay.status() != RelayStatus::Connected || outbox.backed_up(url)
+                relay.status() != RelayStatus::Connected
+                    || outbox.backed_up(url)
+                    || quorum_dvm::publish::failing(url)
             })
             .map(|(url, _)| url.to_string())
             .collect()

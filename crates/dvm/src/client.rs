@@ -141,11 +141,8 @@ impl JobClient {
         timeout: Duration,
     ) -> Result<Vec<Event>, ClientError> {
         // Not waiting for relays known to be failing: they would hold every read up.
-        let relays = publish::responsive_relays(&self.client).await;
-        self.client
-            .fetch_events_from(relays, filter, timeout)
+        publish::fetch(&self.client, filter, timeout)
             .await
-            .map(|events| events.into_iter().filter(|e| e.verify().is_ok()).collect())
             .map_err(|e| ClientError::Subscribe(e.to_string()))
     }
 
@@ -186,9 +183,7 @@ impl JobClient {
                 SingleLetterTag::lowercase(Alphabet::K),
                 kind.as_u16().to_string(),
             );
-        let events = self
-            .client
-            .fetch_events(filter, timeout)
+        let events = publish::fetch(&self.client, filter, timeout)
             .await
             .map_err(|e| ClientError::Subscribe(e.to_string()))?;
         let mut newest: std::collections::BTreeMap<PublicKey, (Timestamp, Announcement)> =

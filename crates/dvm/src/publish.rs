@@ -6,9 +6,12 @@
 //! the event through the process-wide [`outbox`]: one worker per relay, on a connection of its
 //! own, that re-sends what the relay missed with backoff, and replays it when the relay comes
 //! back after an outage (bounded: [`OUTBOX_EVENTS`] events per relay, none older than
-//! [`OUTBOX_AGE`]). A relay with a backlog is known to be failing, so the next publish does
-//! not wait for it at all: a dead relay is paid for once per process, not per event, client or
-//! session. The report says which relays hold the event and why the others did not yet.
+//! [`OUTBOX_AGE`]). Every relay is asked at once, so a dead or stalled one costs a publish
+//! nothing while another works. Reads ([`fetch`]) ask each relay on their own and end shortly
+//! after the first answered in full; a relay that did not answer a read, or an outbox delivery,
+//! in time is [`failing`] for a few seconds and left out of reads: a dead relay is paid for
+//! once per process, not per event, client or session. The report says which relays hold the
+//! event and why the others did not yet.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -71,15 +74,10 @@ pub async fn publish(
     let relays: Vec<RelayUrl> = client.relays().await.into_keys().collect();
     let mut report = PublishReport::default();
     let mut send_error: Option<String> = None;
-    // Relays known to be failing (a backlog in the outbox) get the event from there: the
-    // caller waits only for the others, unless there are no others.
-    let (mut ask, mut deferred): (Vec<RelayUrl>, Vec<RelayUrl>) = relays
-        .iter()
-        .cloned()
-        .partition(|url| !outbox().backed_up(url));
-    if ask.is_empty() {
-        ask = std::mem::take(&mut deferred);
-    }
+    // Every relay is asked at once and the first acknowledgements end the wait, so a relay
+    // that is down or stalled costs nothing here while another one works.
+    let mut ask = relays.clone();
+    let mut deferred: Vec<RelayUrl> = Vec::new();
     let needed = policy.needed.clamp(1, relays.len().max(1));
     let mut backoff = policy.first_backoff;
     let attempts = policy.attempts.max(1);
@@ -192,14 +190,13 @@ pub async fn wait_for_any(client: &Client, timeout: Duration) {
     }
 }
 
-/// The relays of `client` worth waiting for when reading: connected, and with no backlog in
-/// the [`outbox`] (a relay that does not take our events is not answering reads either).
-/// All of them when none qualifies.
+/// The relays of `client` worth waiting for: connected, and not [`failing`] (a relay that
+/// does not take our events is not answering reads either). All of them when none qualifies.
 pub async fn responsive_relays(client: &Client) -> Vec<RelayUrl> {
     let relays = client.relays().await;
     let good: Vec<RelayUrl> = relays
         .iter()
-        .filter(|(url, relay)| relay.status() == RelayStatus::Connected && !outbox().backed_up(url))
+        .filter(|(url, relay)| relay.status() == RelayStatus::Connected && !failing(url))
         .map(|(url, _)| url.clone())
         .collect();
     if good.is_empty() {
@@ -207,6 +204,103 @@ pub async fn responsive_relays(client: &Client) -> Vec<RelayUrl> {
     } else {
         good
     }
+}
+
+/// Stored events matching `filter` from the [`responsive_relays`] of `client`, verified and
+/// without duplicates. Each relay is asked on its own: the read ends [`READ_GRACE`] after the
+/// first relay finished (or when all did, or at `timeout`), and a relay that had not finished
+/// by then is marked slow ([`mark_slow`]), so that the next reads do not wait for it either.
+pub async fn fetch(
+    client: &Client,
+    filter: nostr_sdk::prelude::Filter,
+    timeout: Duration,
+) -> Result<Vec<Event>, nostr_sdk::client::Error> {
+    let relays = responsive_relays(client).await;
+    let started = Instant::now();
+    let mut reads: FuturesUnordered<_> = relays
+        .iter()
+        .map(|url| {
+            let (url, filter) = (url.clone(), filter.clone());
+            async move {
+                let result = client
+                    .fetch_events_from([url.clone()], filter, timeout)
+                    .await;
+                (url, result)
+            }
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut events = Vec::new();
+    let mut answered = Vec::new();
+    let mut last_error = None;
+    let mut first_done: Option<Instant> = None;
+    loop {
+        let next = match first_done {
+            None => reads.next().await,
+            // The others get a grace of their own: twice what the first took, at least
+            // READ_GRACE, so that a busy but working relay is not taken for a stalled one.
+            Some(at) => {
+                match tokio::time::timeout_at(at + READ_GRACE.max((at - started) * 2), reads.next())
+                    .await
+                {
+                    Ok(next) => next,
+                    Err(_) => break,
+                }
+            }
+        };
+        let Some((url, result)) = next else { break };
+        answered.push(url.clone());
+        match result {
+            Ok(found) => {
+                first_done.get_or_insert_with(Instant::now);
+                for event in found {
+                    if seen.insert(event.id) && event.verify().is_ok() {
+                        events.push(event);
+                    }
+                }
+            }
+            Err(err) => {
+                mark_slow(&url);
+                last_error = Some(err);
+            }
+        }
+    }
+    for url in relays.iter().filter(|url| !answered.contains(url)) {
+        mark_slow(url);
+    }
+    match (first_done, last_error) {
+        (None, Some(err)) => Err(err),
+        _ => Ok(events),
+    }
+}
+
+/// How long a read waits for the other relays once one has answered in full.
+pub const READ_GRACE: Duration = Duration::from_millis(500);
+/// How long a relay that did not answer a read is left out of reads and publishes.
+const SLOW_FOR: Duration = Duration::from_secs(5);
+
+/// Relays that recently failed to answer a read in time, until when.
+fn slow() -> &'static Mutex<HashMap<RelayUrl, Instant>> {
+    static SLOW: LazyLock<Mutex<HashMap<RelayUrl, Instant>>> = LazyLock::new(Default::default);
+    &SLOW
+}
+
+/// Leaves `relay` out of reads and publishes for a while (it did not answer in time).
+pub fn mark_slow(relay: &RelayUrl) {
+    slow()
+        .lock()
+        .expect("health lock")
+        .insert(relay.clone(), Instant::now() + SLOW_FOR);
+}
+
+/// Whether `relay` is known to be failing: it did not answer a read, or the [`outbox`]'s
+/// last attempt to deliver to it, in time (for the last few seconds).
+pub fn failing(relay: &RelayUrl) -> bool {
+    slow()
+        .lock()
+        .expect("health lock")
+        .get(relay)
+        .is_some_and(|until| Instant::now() < *until)
 }
 
 /// The most events kept for one relay; the oldest go first.
@@ -255,11 +349,14 @@ impl Outbox {
             .map_or(0, |q| q.events.lock().expect("queue lock").len())
     }
 
-    /// Waits up to `wait` for every relay to take what it missed; returns the relays that still
+    /// Waits up to `wait` (or until no relay took anything for a second) for every relay to
+    /// take what it missed; returns the relays that still
     /// have events waiting, with how many (for a short-lived process to say what it leaves
     /// undelivered when it exits).
     pub async fn flush(&self, wait: Duration) -> Vec<(RelayUrl, usize)> {
         let deadline = Instant::now() + wait;
+        let mut last_total = usize::MAX;
+        let mut progress_at = Instant::now();
         loop {
             let waiting: Vec<(RelayUrl, usize)> = self
                 .relays
@@ -269,7 +366,17 @@ impl Outbox {
                 .map(|(url, q)| (url.clone(), q.events.lock().expect("queue lock").len()))
                 .filter(|(_, n)| *n > 0)
                 .collect();
-            if waiting.is_empty() || Instant::now() >= deadline {
+            // A relay that takes nothing for a second is down: waiting longer would only
+            // delay the exit.
+            let total: usize = waiting.iter().map(|(_, n)| n).sum();
+            if total < last_total {
+                last_total = total;
+                progress_at = Instant::now();
+            }
+            if waiting.is_empty()
+                || Instant::now() >= deadline
+                || progress_at.elapsed() >= Duration::from_secs(1)
+            {
                 return waiting;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -345,9 +452,11 @@ async fn deliver(url: RelayUrl, queue: Arc<Queue>) {
                 tracing::debug!(relay = %url, "relay refused {}", event.id);
             }
             remove(&queue, event.id);
+            slow().lock().expect("health lock").remove(&url);
             backoff = Duration::from_millis(250);
             continue;
         }
+        mark_slow(&url);
         tracing::debug!(relay = %url, pending = queue.events.lock().expect("queue lock").len(),
             "relay unreachable; retrying in {backoff:?}");
         tokio::time::sleep(backoff).await;
