@@ -311,10 +311,8 @@ fn query(url: &str, filter: Filter) -> Vec<Event> {
 fn baseline() -> Duration {
     static BASELINE: OnceLock<Duration> = OnceLock::new();
     *BASELINE.get_or_init(|| {
+        // The first demo on a fresh network, as in every scenario.
         let mut net = Net::start();
-        // The first demo on a network also warms it up (runner start-up, caches): measure the
-        // second.
-        net.demo(|_, _, _| {}).assert_ok("warm-up");
         let run = net.demo(|_, _, _| {});
         run.assert_ok("fault-free");
         eprintln!("fault-free demo: {:.2} s", run.took.as_secs_f64());

@@ -153,7 +153,7 @@ async fn wait_for_gates(
         .custom_tag(SingleLetterTag::lowercase(Alphabet::A), repo.to_string());
     loop {
         let requests =
-            crate::channel::fetch(&client, requests_filter.clone(), Duration::from_secs(5))
+            crate::channel::fetch(client, requests_filter.clone(), Duration::from_secs(5))
                 .await
                 .map(|events| events.to_vec())
                 .unwrap_or_default();
@@ -168,7 +168,7 @@ async fn wait_for_gates(
                 Vec::new()
             } else {
                 crate::channel::fetch(
-                    &client,
+                    client,
                     Filter::new()
                         .kinds([APPROVAL, REJECTION])
                         .events(candidates.iter().map(|e| e.id)),
