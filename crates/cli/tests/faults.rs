@@ -6,7 +6,7 @@
 //! within the issue's bound on its time; each prints its time next to the fault-free one.
 //!
 //! `QUORUM_BIN=path` runs the same scenarios against another build of `quorum` (to measure a
-//! "before"); the bounds then may fail, the printed times are the point.
+//! "before"); with `FAULTS_MEASURE_ONLY=1` the bounds are reported, not asserted.
 //!
 //! The scenarios share one machine of 2 cores with the other tests, so they run one at a time
 //! (a lock) and the fault-free time is measured once, by the first scenario that needs it.
@@ -327,6 +327,13 @@ fn report(scenario: &str, run: &DemoRun, base: Duration, bound: f64) {
         base.as_secs_f64(),
         run.took.as_secs_f64() / base.as_secs_f64()
     );
+    if std::env::var_os("FAULTS_MEASURE_ONLY").is_some() {
+        // Measuring another build ("before"): report, and go on to what follows.
+        if !run.ok {
+            eprintln!("scenario {scenario}: FAILED (no verified release)");
+        }
+        return;
+    }
     run.assert_ok(scenario);
     assert!(
         run.took.as_secs_f64() < bound * base.as_secs_f64(),
@@ -457,6 +464,14 @@ fn a_relay_back_after_an_outage_catches_up() {
             );
             break;
         }
+        if Instant::now() >= deadline && std::env::var_os("FAULTS_MEASURE_ONLY").is_some() {
+            eprintln!(
+                "relay back after 20 s: still misses {} of {} events the DVMs published",
+                missing.len(),
+                expected.len()
+            );
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "relay A still misses {} of {} events 40 s after it came back: {missing:?}",
@@ -465,6 +480,20 @@ fn a_relay_back_after_an_outage_catches_up() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // What the demo itself published (it exited long before A came back) is not asserted:
+    // a short-lived process gives its outbox only a few seconds (docs/protocol.md §7).
+    let everything = query(&net.relay_b.url, Filter::new().since(run.since));
+    let held: std::collections::BTreeSet<EventId> =
+        query(&net.a_url, Filter::new().since(run.since))
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+    let lacking = everything.iter().filter(|e| !held.contains(&e.id)).count();
+    eprintln!(
+        "relay back after 20 s lacks {lacking} of the {} events of the run, all published by \
+         the demo process",
+        everything.len()
+    );
 }
 
 /// Blossom X dies as soon as it stored the first build artifact: the run goes on from Y.
