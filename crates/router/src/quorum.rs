@@ -525,6 +525,35 @@ async fn evaluate(
             .iter()
             .map(|a| format!("{}: {}", short(&provider(a)), member_failure(a, runner_job)))
             .collect();
+        // Members that agreed on the bytes but could not sign (a round timed out, typically
+        // because they could not reach each other) did not disagree: say so.
+        let agreed_but_unsigned: BTreeSet<PublicKey> = answers
+            .iter()
+            .filter_map(|a| member_report(a, runner_job))
+            .map(|r| {
+                r.agreed
+                    .iter()
+                    .filter_map(|k| PublicKey::parse(k).ok())
+                    .filter(|k| members.contains(k))
+                    .collect::<BTreeSet<PublicKey>>()
+            })
+            .max_by_key(BTreeSet::len)
+            .unwrap_or_default();
+        if agreed_but_unsigned.len() >= needed {
+            summary.agreed = hex_list(&agreed_but_unsigned);
+            summary.disagreed = hex_list(answered.difference(&agreed_but_unsigned));
+            record.quorum = Some(summary);
+            return fail(
+                record,
+                format!(
+                    "the quorum agreed ({} of {} members built the same bytes, {needed} needed) \
+                     but signed no attestation ({})",
+                    agreed_but_unsigned.len(),
+                    members.len(),
+                    reasons.join("; ")
+                ),
+            );
+        }
         record.quorum = Some(summary);
         return fail(
             record,
