@@ -8,6 +8,11 @@
 //! first (the token must name the hash), then stream it with `Content-Length` and
 //! `X-SHA-256`; downloads are written to a temp file beside the destination, re-hashed while
 //! they arrive and renamed into place only if the hash is right.
+//!
+//! No server may hold a build up: connections that do not open in [`CONNECT_TIMEOUT`] and
+//! transfers that make no progress for [`IDLE_TIMEOUT`] fail, and an upload to several servers
+//! ([`BlossomClient::upload_to_many`]) returns once one stored the blob and the others had
+//! [`STRAGGLER_WAIT`] more; those go on in the background.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -141,23 +146,48 @@ pub struct BlossomClient {
     auth_ttl: Duration,
     fsync: bool,
     max_download: u64,
+    idle_timeout: Duration,
+    straggler_wait: Duration,
 }
+
+/// How long a connection may take to open: a server that does not accept in this time is
+/// down, and another copy will do.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a transfer may go without progress (a byte sent or received) before it is given
+/// up: a stalled server (one that accepts and then answers nothing) must not block a build.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// In [`BlossomClient::upload_to_many`], how long the other servers get once one stored the
+/// blob, before their uploads go on in the background.
+pub const STRAGGLER_WAIT: Duration = Duration::from_secs(2);
 
 impl BlossomClient {
     /// A client signing with `signer` (`Keys`, a NIP-46 bunker, …).
     pub fn new(signer: impl IntoNostrSigner) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .build()
-            .unwrap_or_default();
         Self {
-            http,
+            http: http_client(IDLE_TIMEOUT),
             signer: signer.into_nostr_signer(),
             profile: AuthProfile::Bud11,
             auth_ttl: Duration::from_secs(120),
             fsync: true,
             max_download: u64::MAX,
+            idle_timeout: IDLE_TIMEOUT,
+            straggler_wait: STRAGGLER_WAIT,
         }
+    }
+
+    /// How long a transfer may go without progress (default [`IDLE_TIMEOUT`]); the connect
+    /// timeout stays [`CONNECT_TIMEOUT`].
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self.http = http_client(idle);
+        self
+    }
+
+    /// How long [`BlossomClient::upload_to_many`] waits for the other servers once one stored
+    /// the blob (default [`STRAGGLER_WAIT`]).
+    pub fn with_straggler_wait(mut self, wait: Duration) -> Self {
+        self.straggler_wait = wait;
+        self
     }
 
     /// The same client (HTTP settings, token shape) signing as someone else: e.g. a throwaway
@@ -286,7 +316,12 @@ impl BlossomClient {
         let mime = mime_guess::from_path(path)
             .first_raw()
             .unwrap_or(quorum_proto::blossom::DEFAULT_MIME);
-        let body = reqwest::Body::wrap_stream(file_stream(file, 0, size));
+        // Progress is a chunk taken by the connection: a server that stops reading stops it.
+        let progress = Progress::new();
+        let touched = progress.clone();
+        let stream =
+            futures_util::StreamExt::inspect(file_stream(file, 0, size), move |_| touched.touch());
+        let body = reqwest::Body::wrap_stream(stream);
         let request = self
             .http
             .put(url.clone())
@@ -295,8 +330,12 @@ impl BlossomClient {
             .header(header::CONTENT_TYPE, mime)
             .header("x-sha-256", sha256.to_hex())
             .body(body);
-        let response = self.send(request, &url).await?;
-        descriptor_from(response, &url, sha256, size).await
+        let upload = async {
+            let response = self.send(request, &url).await?;
+            progress.touch();
+            descriptor_from(response, &url, sha256, size).await
+        };
+        progress.within(self.idle_timeout, &url, upload).await
     }
 
     /// Asks a server to fetch `source_url` itself (BUD-04), authorising exactly `sha256`.
@@ -552,11 +591,128 @@ impl BlossomClient {
         let (sha, size) = sha256_file(path)
             .await
             .map_err(|e| ClientError::io("hashing", path, e))?;
-        let uploads = servers.iter().map(|server| async move {
-            let result = self.upload_file_with_hash(server, path, sha, size).await;
-            ServerOutcome::new(server.clone(), result)
-        });
-        Ok(futures_util::future::join_all(uploads).await)
+        let mut running: futures_util::stream::FuturesUnordered<_> = servers
+            .iter()
+            .enumerate()
+            .map(|(index, server)| {
+                let (client, server, path) = (self.clone(), server.clone(), path.to_path_buf());
+                async move {
+                    let result = client
+                        .upload_file_with_hash(&server, &path, sha, size)
+                        .await;
+                    (index, ServerOutcome::new(server, result))
+                }
+            })
+            .collect();
+        let mut outcomes: Vec<Option<ServerOutcome>> = servers.iter().map(|_| None).collect();
+        // Once one server holds the blob, the build goes on: the others get a moment, then
+        // finish (or time out) in the background.
+        let mut stored_by = None;
+        loop {
+            let next = match stored_by {
+                None => futures_util::StreamExt::next(&mut running).await,
+                Some(deadline) => {
+                    match tokio::time::timeout_at(
+                        deadline,
+                        futures_util::StreamExt::next(&mut running),
+                    )
+                    .await
+                    {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
+                }
+            };
+            let Some((index, outcome)) = next else { break };
+            if outcome.is_stored() && stored_by.is_none() {
+                stored_by = Some(tokio::time::Instant::now() + self.straggler_wait);
+            }
+            outcomes[index] = Some(outcome);
+        }
+        if !running.is_empty() {
+            tokio::spawn(async move {
+                while let Some((_, outcome)) = futures_util::StreamExt::next(&mut running).await {
+                    match &outcome {
+                        ServerOutcome::Stored { server, .. } => {
+                            tracing::debug!(%server, %sha, "stored in the background")
+                        }
+                        other => tracing::warn!(
+                            server = %other.server(),
+                            %sha,
+                            "background upload failed: {other:?}"
+                        ),
+                    }
+                }
+            });
+        }
+        let wait = self.straggler_wait;
+        Ok(outcomes
+            .into_iter()
+            .zip(servers)
+            .map(|(outcome, server)| {
+                outcome.unwrap_or_else(|| ServerOutcome::Unreachable {
+                    server: server.clone(),
+                    detail: format!(
+                        "not stored within {wait:?} after another server stored the blob; \
+                         still uploading in the background"
+                    ),
+                })
+            })
+            .collect())
+    }
+}
+
+/// The HTTP client: connect timeout [`CONNECT_TIMEOUT`], and reads that give up after `idle`
+/// without a byte (a stalled server answering nothing).
+fn http_client(idle: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(idle)
+        .build()
+        .unwrap_or_default()
+}
+
+/// When a transfer last made progress, to give up on one that stalls.
+#[derive(Clone)]
+struct Progress(Arc<std::sync::Mutex<tokio::time::Instant>>);
+
+impl Progress {
+    fn new() -> Self {
+        Progress(Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())))
+    }
+
+    fn touch(&self) {
+        *self.0.lock().expect("progress lock") = tokio::time::Instant::now();
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        *self.0.lock().expect("progress lock")
+    }
+
+    /// Runs `work` until it ends, or until it has made no progress for `idle`.
+    async fn within<T>(
+        &self,
+        idle: Duration,
+        url: &Url,
+        work: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        tokio::pin!(work);
+        loop {
+            let deadline = self.last() + idle;
+            tokio::select! {
+                result = &mut work => return result,
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.last() + idle <= tokio::time::Instant::now() {
+                        return Err(ClientError::Transport {
+                            url: url.to_string(),
+                            detail: format!("no progress for {idle:?}: the server stalled"),
+                            connect: false,
+                            timeout: true,
+                        });
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -12,6 +12,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// How long a finishing command waits for relays to take the events they missed.
+const OUTBOX_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let one_shot = matches!(cli.command, cli::Command::Run(_) | cli::Command::Demo(_));
@@ -26,7 +29,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    let outcome = runtime.block_on(async {
+        let outcome = commands::run(cli).await;
+        // Relays that missed events (down, stalled) get them from the outbox; a process that
+        // is about to exit gives them a moment, then says what they will not get from it.
+        let waiting = quorum_dvm::publish::outbox().flush(OUTBOX_FLUSH).await;
+        for (relay, events) in waiting {
+            eprintln!("warning: relay {relay} did not take {events} event(s) published here");
+        }
+        outcome
+    });
+    match outcome {
         Ok(code) => code,
         Err(err) => {
             // The one place that prints errors: the whole context chain, on one line each.

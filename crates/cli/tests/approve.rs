@@ -51,6 +51,7 @@ async fn only_an_asked_maintainer_can_approve_and_only_after_confirming() {
         required: 1,
         expiration: Timestamp::now() + 600,
         content: "Release app?".into(),
+        job: None,
     };
     let event = request
         .to_event_builder()

@@ -51,8 +51,19 @@ pub async fn connect(relays: &[RelayUrl], keys: Option<&Keys>) -> Result<Client,
             })?;
     }
     client.connect().await;
-    client.wait_for_connection(Duration::from_secs(5)).await;
+    // One relay is enough to start; the others join when they connect.
+    quorum_dvm::publish::wait_for_any(&client, Duration::from_secs(5)).await;
     Ok(client)
+}
+
+/// Stored events matching `filter`, from the relays of `client` that answer (a relay known to
+/// be failing would hold every read up to `timeout`; `quorum_dvm::publish::responsive_relays`).
+pub async fn fetch(
+    client: &Client,
+    filter: Filter,
+    timeout: Duration,
+) -> Result<Vec<Event>, nostr_sdk::client::Error> {
+    quorum_dvm::publish::fetch(client, filter, timeout).await
 }
 
 /// A connection to the session's relays with the events seen so far.
@@ -128,7 +139,7 @@ impl Channel {
     }
 
     /// Signs with the member's key and publishes; the event is also put in the store (relays
-    /// do not echo our own events back to us).
+    /// do not echo our own events back to us). Sent as [`Channel::publish_signed`] sends.
     pub async fn publish(&self, builder: EventBuilder) -> Result<Event, ChannelError> {
         let event = builder
             .sign_with_keys(&self.keys)
@@ -142,33 +153,43 @@ impl Channel {
     }
 
     /// Publishes an event someone else signed (a quorum-signed one, a proof).
+    ///
+    /// Sent once one relay accepted it: the other members read it there. The relays that did
+    /// not (yet) get it from the process's outbox, never in the session's path, so a stalled
+    /// relay does not stretch every round (`quorum_dvm::publish`).
     pub async fn publish_signed(&self, event: &Event) -> Result<(), ChannelError> {
-        let output = self
-            .client
-            .send_event(event)
-            .await
-            .map_err(|e| ChannelError::Publish {
-                id: event.id,
-                kind: event.kind.as_u16(),
-                reason: e.to_string(),
-            })?;
-        if output.success.is_empty() {
-            let reason = output
-                .failed
-                .values()
-                .next()
-                .cloned()
-                .unwrap_or_else(|| "no relay answered".into());
-            return Err(ChannelError::Publish {
-                id: event.id,
-                kind: event.kind.as_u16(),
-                reason,
-            });
-        }
+        quorum_dvm::publish::publish(
+            &self.client,
+            event,
+            quorum_dvm::publish::RetryPolicy::default(),
+        )
+        .await
+        .map_err(|e| ChannelError::Publish {
+            id: event.id,
+            kind: event.kind.as_u16(),
+            reason: e.to_string(),
+        })?;
         if remember(&self.seen, event.clone()) {
             self.changed.notify_waiters();
         }
         Ok(())
+    }
+
+    /// The session's relays that are not working for us (not connected, or not taking our
+    /// events: a backlog in the outbox), to name the fault when a round times out.
+    pub async fn unresponsive_relays(&self) -> Vec<String> {
+        let outbox = quorum_dvm::publish::outbox();
+        self.client
+            .relays()
+            .await
+            .into_iter()
+            .filter(|(url, relay)| {
+                relay.status() != RelayStatus::Connected
+                    || outbox.backed_up(url)
+                    || quorum_dvm::publish::failing(url)
+            })
+            .map(|(url, _)| url.to_string())
+            .collect()
     }
 
     /// A copy of every event seen so far, in arrival order.

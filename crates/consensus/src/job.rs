@@ -44,6 +44,7 @@ use quorum_threshold::KeyShare;
 
 use crate::agreement::Agreement;
 use crate::member::{self, MemberConfig, MemberError, MemberOutcome, QuorumJob};
+use crate::release_gate::{PendingRelease, ReleaseGateError};
 
 /// Why a member refuses a quorum request, or cannot serve it. Each says which check failed.
 #[derive(Debug, thiserror::Error)]
@@ -379,27 +380,32 @@ impl QuorumMember {
         let timeout = self.lookup_timeout;
         let looked_up = async {
             let mut lookup = Lookup::default();
-            let named = client
-                .fetch_events(Filter::new().id(id).kind(MANDATE), timeout)
-                .await?;
+            let named =
+                crate::channel::fetch(&client, Filter::new().id(id).kind(MANDATE), timeout).await?;
             lookup.named = named.into_iter().find(|e| e.id == id);
             let Some(Ok(mandate)) = lookup.named.as_ref().map(Mandate::from_event) else {
                 return Ok(lookup);
             };
             let repo: &RepoCoordinate = &mandate.repo;
-            lookup.announcements = client
-                .fetch_events(quorum_proto::nip34::announcements_of(repo), timeout)
-                .await?
-                .to_vec();
-            lookup.mandates = client
-                .fetch_events(quorum_proto::mandate::mandates_of(repo), timeout)
-                .await?
-                .to_vec();
+            lookup.announcements = crate::channel::fetch(
+                &client,
+                quorum_proto::nip34::announcements_of(repo),
+                timeout,
+            )
+            .await?
+            .to_vec();
+            lookup.mandates =
+                crate::channel::fetch(&client, quorum_proto::mandate::mandates_of(repo), timeout)
+                    .await?
+                    .to_vec();
             let maintainers = maintainer_set(&repo.owner, &repo.identifier, &lookup.announcements);
-            let mut states = client
-                .fetch_events(quorum_proto::nip34::states_of(repo, maintainers), timeout)
-                .await?
-                .to_vec();
+            let mut states = crate::channel::fetch(
+                &client,
+                quorum_proto::nip34::states_of(repo, maintainers),
+                timeout,
+            )
+            .await?
+            .to_vec();
             // The named evidence, whoever signed it, so that a refusal can say what it is.
             if let Some(named) = &params.source {
                 let wanted: BTreeSet<EventId> = [named.announcement, named.state]
@@ -412,9 +418,8 @@ impl QuorumMember {
                     })
                     .collect();
                 if !wanted.is_empty() {
-                    for event in client
-                        .fetch_events(Filter::new().ids(wanted), timeout)
-                        .await?
+                    for event in
+                        crate::channel::fetch(&client, Filter::new().ids(wanted), timeout).await?
                     {
                         if event.kind == REPO_ANNOUNCEMENT {
                             lookup.announcements.push(event);
@@ -458,7 +463,9 @@ impl QuorumMember {
                     return Vec::new();
                 };
                 let mut extra = Vec::new();
-                if let Some(release) = &release {
+                // A release that depends on approval gates is signed after they passed
+                // (`release_gate`), never together with the attestation.
+                if let Some(release) = release.as_ref().filter(|r| r.gates.is_empty()) {
                     let files = agreement.tally.agreed_result();
                     match release_binding(release, &commit, &files, &attestation) {
                         Ok(binding) => extra.push(binding),
@@ -477,6 +484,28 @@ impl QuorumMember {
                 }
                 extra
             },
+        )
+        .await
+    }
+
+    /// After [`QuorumMember::serve`] signed the attestation of a release job whose release
+    /// depends on approval gates: waits (at most `wait`) for every gate to pass, then signs the
+    /// release binding with the other agreeing members (`crate::release_gate`).
+    pub async fn sign_release(
+        &self,
+        admission: &Admission,
+        pending: &PendingRelease,
+        wait: Duration,
+    ) -> Result<Event, ReleaseGateError> {
+        let share = load_share(&self.share_dir, &admission.quorum)
+            .map_err(|e| ReleaseGateError::Signing(e.to_string()))?;
+        crate::release_gate::sign_after_approval(
+            &self.relays,
+            &self.keys,
+            &share,
+            pending,
+            &self.config.signing,
+            wait,
         )
         .await
     }

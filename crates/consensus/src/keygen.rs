@@ -1473,7 +1473,7 @@ impl Lookup {
         // is not looked at again once refused.
         let mut attempt = 1;
         let announcements = loop {
-            match self.client.fetch_events(filter.clone(), self.timeout).await {
+            match crate::channel::fetch(&self.client, filter.clone(), self.timeout).await {
                 Ok(events) => break events,
                 Err(e) if attempt >= LOOKUP_ATTEMPTS => {
                     return Err(format!("cannot look up the maintainers of {repo}: {e}"));

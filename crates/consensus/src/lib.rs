@@ -8,6 +8,8 @@
 //! - [`keygen`]: making the quorum key over relays (DKG rounds 8710–8712, dealer deliveries
 //!   8709), the member service that stores shares, and the maintainer's side of a DKG.
 //! - [`member`]: a member's whole part in one job: mandate check, agreement, signing.
+//! - [`release_gate`]: a release binding signed only after the approval gates it depends on
+//!   passed.
 //! - [`signing`]: FROST round 1 and round 2 over Nostr with a rotating coordinator, so that a
 //!   member that goes silent is replaced by another t-subset instead of stalling (ROAST-style).
 //!
@@ -19,4 +21,5 @@ pub mod channel;
 pub mod job;
 pub mod keygen;
 pub mod member;
+pub mod release_gate;
 pub mod signing;

@@ -166,9 +166,10 @@ async fn run(
     };
     if agreed.len() < threshold {
         let failure = format!(
-            "no agreement: {} of the {} needed members revealed the same files",
+            "no agreement: {} of the {} needed members revealed the same files{}",
             agreed.len(),
             threshold,
+            relay_note(channel).await,
         );
         return Ok(unsigned(agreement, failure));
     }
@@ -186,7 +187,10 @@ async fn run(
     let (signed, failure) = match signed {
         Ok(signed) => (Some(signed), None),
         Err(SigningError::Channel(e)) => return Err(e.into()),
-        Err(e) => (None, Some(format!("signing failed: {e}"))),
+        Err(e) => (
+            None,
+            Some(format!("signing failed: {e}{}", relay_note(channel).await)),
+        ),
     };
     Ok(MemberOutcome {
         agreement,
@@ -195,6 +199,17 @@ async fn run(
         agreement_ms,
         signing_ms,
     })
+}
+
+/// When some relays were not working during the session, says which: a round that timed out
+/// then is a fault of the network, not a disagreement.
+async fn relay_note(channel: &Channel) -> String {
+    let bad = channel.unresponsive_relays().await;
+    if bad.is_empty() {
+        String::new()
+    } else {
+        format!(" (relay unresponsive: {})", bad.join(", "))
+    }
 }
 
 /// The attestation every agreeing member derives identically from the tally.
@@ -228,7 +243,7 @@ pub fn roster_of(share: &KeyShare) -> Roster {
 }
 
 /// A session id every signer computes the same way: the job and the ids of what is signed.
-fn session_id(job: &EventId, events: &[UnsignedEvent]) -> SessionId {
+pub(crate) fn session_id(job: &EventId, events: &[UnsignedEvent]) -> SessionId {
     let mut hash = Sha256::new();
     hash.update(job.as_bytes());
     for event in events {

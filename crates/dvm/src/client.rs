@@ -115,7 +115,7 @@ impl JobClient {
                 })?;
         }
         client.connect().await;
-        client.wait_for_connection(Duration::from_secs(5)).await;
+        publish::wait_for_any(&client, Duration::from_secs(5)).await;
         Ok(JobClient {
             client,
             keys,
@@ -140,10 +140,9 @@ impl JobClient {
         filter: Filter,
         timeout: Duration,
     ) -> Result<Vec<Event>, ClientError> {
-        self.client
-            .fetch_events(filter, timeout)
+        // Not waiting for relays known to be failing: they would hold every read up.
+        publish::fetch(&self.client, filter, timeout)
             .await
-            .map(|events| events.into_iter().filter(|e| e.verify().is_ok()).collect())
             .map_err(|e| ClientError::Subscribe(e.to_string()))
     }
 
@@ -184,9 +183,7 @@ impl JobClient {
                 SingleLetterTag::lowercase(Alphabet::K),
                 kind.as_u16().to_string(),
             );
-        let events = self
-            .client
-            .fetch_events(filter, timeout)
+        let events = publish::fetch(&self.client, filter, timeout)
             .await
             .map_err(|e| ClientError::Subscribe(e.to_string()))?;
         let mut newest: std::collections::BTreeMap<PublicKey, (Timestamp, Announcement)> =

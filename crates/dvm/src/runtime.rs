@@ -395,11 +395,7 @@ impl<H: JobHandler> Shared<H> {
             .kind(kind)
             .author(self.keys.public_key())
             .event(request.id);
-        match self
-            .client
-            .fetch_events(filter, Duration::from_secs(3))
-            .await
-        {
+        match publish::fetch(&self.client, filter, Duration::from_secs(3)).await {
             Ok(events) => !events.is_empty(),
             Err(err) => {
                 tracing::debug!("cannot look for an earlier result: {err}");
@@ -410,10 +406,12 @@ impl<H: JobHandler> Shared<H> {
 
     async fn catch_up(&self) {
         let since = Timestamp::now() - self.config.max_request_age.as_secs();
-        match self
-            .client
-            .fetch_events(self.job_filter(since), Duration::from_secs(10))
-            .await
+        match publish::fetch(
+            &self.client,
+            self.job_filter(since),
+            Duration::from_secs(10),
+        )
+        .await
         {
             Ok(events) => {
                 for event in events {
@@ -837,6 +835,7 @@ fn log_report(report: &PublishReport, what: &str, request: EventId) {
         request = %request,
         accepted = report.accepted.len(),
         failed = report.failed.len(),
+        deferred = report.deferred.len(),
         "{what} published"
     );
 }

@@ -328,6 +328,19 @@ impl Plan {
         )
     }
 
+    /// The approval gates a release of this run depends on, sorted by id: every approval job,
+    /// since the release is published only once every job of the run succeeded. A quorum signs
+    /// a release binding only after they passed (docs/protocol.md §15.9).
+    pub fn release_gates(&self) -> Vec<&PlannedJob> {
+        let mut gates: Vec<&PlannedJob> = self
+            .jobs
+            .iter()
+            .filter(|j| matches!(j.spec, JobSpec::Approval { .. }))
+            .collect();
+        gates.sort_by(|a, b| a.id.cmp(&b.id));
+        gates
+    }
+
     /// The job with this id.
     pub fn job(&self, id: &str) -> Option<&PlannedJob> {
         self.jobs.iter().find(|j| j.id == id)

@@ -41,6 +41,7 @@ const TAG_REQUIRED: &str = "required";
 const TAG_EXPIRATION: &str = "expiration";
 const TAG_MAINTAINER: &str = "p";
 const TAG_REQUEST: &str = "e";
+const TAG_JOB: &str = "job";
 
 /// Why an event is not a valid approval request, approval or rejection.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -132,6 +133,13 @@ fn single_value<'a>(event: &'a Event, name: &'static str) -> Result<&'a str> {
         .ok_or_else(|| malformed(name, "no value"))
 }
 
+fn optional_value(event: &Event, name: &'static str) -> Result<Option<String>> {
+    crate::tags::single_value(event, name).map_err(|e| match e {
+        crate::tags::SingleValueError::Duplicate(name) => ApprovalError::Duplicate(name),
+        crate::tags::SingleValueError::Empty(name) => malformed(name, "no value"),
+    })
+}
+
 fn parse_commit(event: &Event) -> Result<String> {
     let commit = single_value(event, TAG_COMMIT)?;
     if !is_object_id(commit) {
@@ -197,6 +205,9 @@ pub struct ApprovalRequest {
     pub expiration: Timestamp,
     /// Human-readable description for the maintainer.
     pub content: String,
+    /// The pipeline's approval job this request is for (`job`). A quorum that signs a release
+    /// only after the gates it depends on finds each gate's request by it (§15.9).
+    pub job: Option<String>,
 }
 
 impl ApprovalRequest {
@@ -260,6 +271,9 @@ impl ApprovalRequest {
         );
         tags.extend(self.maintainers.iter().copied().map(Tag::public_key));
         tags.push(custom_tag(TAG_REQUIRED, [self.required.to_string()]));
+        if let Some(job) = &self.job {
+            tags.push(custom_tag(TAG_JOB, [job.clone()]));
+        }
         tags.push(Tag::expiration(self.expiration));
         Ok(EventBuilder::new(APPROVAL_REQUEST, self.content.clone())
             .tags(tags)
@@ -299,6 +313,7 @@ impl ApprovalRequest {
             required,
             expiration: parse_expiration(event)?,
             content: event.content.clone(),
+            job: optional_value(event, TAG_JOB)?,
         };
         request.validate()?;
         Ok(request)
@@ -678,6 +693,7 @@ mod tests {
             required: 2,
             expiration: Timestamp::from(NOW + 3600),
             content: "release v1.0.0?".into(),
+            job: Some("approve".into()),
         };
         let request_event = request
             .to_event_builder()

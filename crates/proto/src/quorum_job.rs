@@ -78,6 +78,9 @@ pub struct ReleaseParams {
     pub run: String,
     /// The pipeline job; artifacts are named `JOB/PATH` in the binding.
     pub job: String,
+    /// The approval gates (pipeline job ids) the release depends on, sorted: members sign the
+    /// binding only after each passed, and it names their approval requests (8701).
+    pub gates: Vec<String>,
 }
 
 impl QuorumJobParams {
@@ -108,12 +111,22 @@ impl QuorumJobParams {
         let release = match single(PARAM_RELEASE)? {
             None => None,
             Some(param) => {
-                let [repo, run, job] = param.values.as_slice() else {
+                let [repo, run, job, gates @ ..] = param.values.as_slice() else {
                     return Err(bad(
                         PARAM_RELEASE,
-                        "expected three values: repository coordinate, run id, job id",
+                        "expected at least three values: repository coordinate, run id, job \
+                         id (then the approval gates the release depends on)",
                     ));
                 };
+                if gates.iter().any(String::is_empty) {
+                    return Err(bad(PARAM_RELEASE, "an approval gate's job id is empty"));
+                }
+                if gates.windows(2).any(|pair| pair[0] >= pair[1]) {
+                    return Err(bad(
+                        PARAM_RELEASE,
+                        "approval gates are listed twice or out of order (sorted)",
+                    ));
+                }
                 let repo = RepoCoordinate::from_str(repo).map_err(|e| bad(PARAM_RELEASE, e))?;
                 if run.len() != 64 || !run.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(bad(PARAM_RELEASE, "the run id is not 64 hex"));
@@ -125,6 +138,7 @@ impl QuorumJobParams {
                     repo,
                     run: run.clone(),
                     job: job.clone(),
+                    gates: gates.to_vec(),
                 })
             }
         };
@@ -172,11 +186,14 @@ impl QuorumJobParams {
         if let Some(release) = &self.release {
             request.params.push(JobParam {
                 key: PARAM_RELEASE.into(),
-                values: vec![
+                values: [
                     release.repo.to_string(),
                     release.run.clone(),
                     release.job.clone(),
-                ],
+                ]
+                .into_iter()
+                .chain(release.gates.iter().cloned())
+                .collect(),
             });
         }
         if let Some(source) = &self.source {
@@ -196,11 +213,27 @@ impl QuorumJobParams {
 /// request (`release`, `commit`) and the agreement (the files, the attestation's id and time),
 /// so each signer derives the same event. The binding's one attestation is the quorum
 /// attestation itself, with the quorum key as its builder.
+///
+/// A release that depends on approval gates (`release.gates`) is signed only after they
+/// passed: `approvals` are their requests (8701), and the binding is dated no earlier than
+/// the latest of them (`approved_at`), which every member reads alike.
 pub fn release_binding(
     release: &ReleaseParams,
     commit: &str,
     files: &BuildResult,
     attestation: &UnsignedEvent,
+) -> Result<UnsignedEvent, crate::release::ReleaseError> {
+    release_binding_after(release, commit, files, attestation, &[])
+}
+
+/// [`release_binding`] naming the approval requests (8701) `approvals` of the gates that
+/// passed; dated at the attestation or the latest request, whichever is later.
+pub fn release_binding_after(
+    release: &ReleaseParams,
+    commit: &str,
+    files: &BuildResult,
+    attestation: &UnsignedEvent,
+    approvals: &[&nostr::Event],
 ) -> Result<UnsignedEvent, crate::release::ReleaseError> {
     let mut attestation = attestation.clone();
     let attestation_id = attestation.id();
@@ -219,10 +252,13 @@ pub fn release_binding(
             result: attestation_id,
             builder: quorum,
         }],
-    )?;
-    Ok(binding
-        .to_event_builder(attestation.created_at)?
-        .build(quorum))
+    )?
+    .with_approvals(approvals.iter().map(|e| e.id).collect());
+    let created_at = approvals
+        .iter()
+        .map(|e| e.created_at)
+        .fold(attestation.created_at, |a, b| a.max(b));
+    Ok(binding.to_event_builder(created_at)?.build(quorum))
 }
 
 /// The next step's request of a quorum chain (the request carries a `chain` param), as the
@@ -363,6 +399,7 @@ mod tests {
                 repo: RepoCoordinate::new(Keys::generate().public_key(), "app"),
                 run: "cd".repeat(32),
                 job: "build".into(),
+                gates: vec!["approve".into()],
             }),
             source: Some(SourceRef {
                 announcement: EventId::all_zeros(),

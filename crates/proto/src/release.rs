@@ -66,6 +66,7 @@ const TAG_CERT_HASH: &str = "apk_certificate_hash";
 const TAG_RUN: &str = "run";
 /// The binding's commit tag (single-letter, so relays index it; NIP-82 uses `commit`).
 const TAG_GIT_COMMIT: &str = "c";
+const TAG_APPROVAL: &str = "approval";
 
 /// Why an event is not a valid release event.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -699,6 +700,9 @@ pub struct ReleaseBinding {
     pub artifacts: Vec<ArtifactDigest>,
     /// The builders' result events, sorted by result id; at least one.
     pub attestations: Vec<Attestation>,
+    /// The approval requests (8701) whose gates passed before this was signed
+    /// (`["approval", <8701 id>]`), sorted; one per approval gate the release depends on.
+    pub approvals: Vec<EventId>,
     /// Release notes (agreed data; empty by default).
     pub content: String,
 }
@@ -721,10 +725,19 @@ impl ReleaseBinding {
             version: None,
             artifacts,
             attestations,
+            approvals: Vec::new(),
             content: String::new(),
         };
         binding.validate()?;
         Ok(binding)
+    }
+
+    /// The binding naming the approval requests (8701) whose gates passed.
+    pub fn with_approvals(mut self, mut approvals: Vec<EventId>) -> Self {
+        approvals.sort();
+        approvals.dedup();
+        self.approvals = approvals;
+        self
     }
 
     pub fn with_version(mut self, version: impl Into<String>) -> Self {
@@ -771,6 +784,17 @@ impl ReleaseBinding {
                 ));
             }
         }
+        for pair in self.approvals.windows(2) {
+            if pair[0] >= pair[1] {
+                return Err(malformed(
+                    "approval",
+                    format!(
+                        "approval request {} is listed twice or out of order (sorted by id)",
+                        pair[1]
+                    ),
+                ));
+            }
+        }
         for pair in self.attestations.windows(2) {
             if pair[0].result >= pair[1].result {
                 return Err(malformed(
@@ -803,6 +827,11 @@ impl ReleaseBinding {
                 [a.result.to_hex(), String::new(), a.builder.to_hex()],
             )
         }));
+        tags.extend(
+            self.approvals
+                .iter()
+                .map(|id| custom_tag(TAG_APPROVAL, [id.to_hex()])),
+        );
         Ok(EventBuilder::new(RELEASE_BINDING, self.content.clone())
             .tags(tags)
             .custom_created_at(created_at)
@@ -842,6 +871,13 @@ impl ReleaseBinding {
             })?;
             attestations.push(Attestation { result, builder });
         }
+        let approvals = tags_named(event, TAG_APPROVAL)
+            .map(|values| {
+                let hex = values.get(1).map(String::as_str).unwrap_or_default();
+                EventId::from_hex(hex)
+                    .map_err(|_| malformed("approval", format!("{hex:?} is not a 64-hex event id")))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let binding = ReleaseBinding {
             repo,
             commit: required_value(event, TAG_GIT_COMMIT)?,
@@ -849,6 +885,7 @@ impl ReleaseBinding {
             version: optional_value(event, TAG_VERSION)?,
             artifacts,
             attestations,
+            approvals,
             content: event.content.clone(),
         };
         binding.validate()?;

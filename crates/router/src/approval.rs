@@ -66,6 +66,7 @@ async fn ask(
         config,
         reporter,
         run,
+        ..
     } = *engine;
     let named: Vec<PublicKey> = if gate.from.is_empty() {
         context.maintainers.clone()
@@ -175,6 +176,7 @@ async fn ask(
         required: gate.required,
         expiration: Timestamp::now() + config.approval_wait.as_secs(),
         content: format!("Approve {} of commit {}?", job.name, context.commit),
+        job: Some(job.id.clone()),
     };
     decide(client, request, |line| {
         lock(reporter).job_progress(&job.id, &client.public_key(), line)
@@ -224,6 +226,8 @@ impl PullRequestGate {
             required: 1,
             expiration: Timestamp::now() + self.wait.as_secs(),
             content,
+            // No job of the pipeline: the whole run waits for it.
+            job: None,
         };
         decide(client, request, say).await
     }

@@ -214,12 +214,14 @@ pub async fn resume(
     } = recovered;
     let reporter = Mutex::new(reporter);
     let run = run_id(&context.repo, &context.commit, plan);
+    let gates: Vec<String> = plan.release_gates().iter().map(|g| g.id.clone()).collect();
     let engine = Engine {
         client,
         context,
         config,
         reporter: &reporter,
         run: &run,
+        release_gates: &gates,
     };
     let engine = &engine;
     let mut records: HashMap<String, JobRecord> = HashMap::new();
@@ -360,6 +362,9 @@ pub(crate) struct Engine<'a, 'r> {
     pub config: &'a EngineConfig,
     pub reporter: &'a Mutex<&'r mut dyn RunReporter>,
     pub run: &'a str,
+    /// The approval gates a release of the run depends on (`Plan::release_gates`): a quorum
+    /// signs a release binding only after they passed.
+    pub release_gates: &'a [String],
 }
 
 fn lock<'a, 'b>(
@@ -451,6 +456,7 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
         config,
         reporter,
         run,
+        ..
     } = *engine;
     let mut record = JobRecord::new(job);
     if let Err(reason) = supported(job) {

@@ -24,8 +24,7 @@ use quorum_proto::step::StepReport;
 use serde::Serialize;
 
 use crate::{
-    Engine, EngineConfig, Forward, JobRecord, JobState, PARAM_JOB, RunContext, Upstream,
-    finish_with_result, lock, prepare,
+    Engine, Forward, JobRecord, JobState, PARAM_JOB, Upstream, finish_with_result, lock, prepare,
 };
 
 /// The quorum a run uses: the mandate event and what it says, and the maintainer-signed
@@ -138,12 +137,17 @@ struct QuorumStep {
 /// `p`-tagged, the quorum params, the job id.
 fn quorum_step(
     job: &PlannedJob,
-    context: &RunContext,
-    config: &EngineConfig,
+    engine: &Engine<'_, '_>,
     upstream: &Upstream,
-    run: &str,
     (replicas, threshold): (u32, u32),
 ) -> Result<QuorumStep, String> {
+    let Engine {
+        context,
+        config,
+        run,
+        release_gates,
+        ..
+    } = *engine;
     let Some(quorum) = &context.quorum else {
         return Err(format!(
             "job {} runs in quorum mode ({threshold} of {replicas}), but the run has no \
@@ -179,6 +183,7 @@ fn quorum_step(
             repo,
             run: run.to_string(),
             job: job.id.clone(),
+            gates: release_gates.to_vec(),
         })
     } else {
         None
@@ -237,12 +242,11 @@ pub(crate) async fn run_quorum_job(
     let Engine {
         client,
         context,
-        config,
         reporter,
-        run,
+        ..
     } = *engine;
     let mut record = JobRecord::new(job);
-    let step = match quorum_step(job, context, config, &upstream, run, size) {
+    let step = match quorum_step(job, engine, &upstream, size) {
         Ok(step) => step,
         Err(reason) => {
             record.state = JobState::Failed { reason };
@@ -307,12 +311,12 @@ pub(crate) async fn run_quorum_chain(
         context,
         config,
         reporter,
-        run,
+        ..
     } = *engine;
     let mut records: Vec<JobRecord> = members.iter().map(|job| JobRecord::new(job)).collect();
     let mut steps = Vec::with_capacity(members.len());
     for job in members {
-        match quorum_step(job, context, config, &upstream, run, size) {
+        match quorum_step(job, engine, &upstream, size) {
             Ok(step) => steps.push(step),
             Err(reason) => {
                 for record in &mut records {
@@ -509,6 +513,35 @@ async fn evaluate(
             .iter()
             .map(|a| format!("{}: {}", short(&provider(a)), member_failure(a, runner_job)))
             .collect();
+        // Members that agreed on the bytes but could not sign (a round timed out, typically
+        // because they could not reach each other) did not disagree: say so.
+        let agreed_but_unsigned: BTreeSet<PublicKey> = answers
+            .iter()
+            .filter_map(|a| member_report(a, runner_job))
+            .map(|r| {
+                r.agreed
+                    .iter()
+                    .filter_map(|k| PublicKey::parse(k).ok())
+                    .filter(|k| members.contains(k))
+                    .collect::<BTreeSet<PublicKey>>()
+            })
+            .max_by_key(BTreeSet::len)
+            .unwrap_or_default();
+        if agreed_but_unsigned.len() >= needed {
+            summary.agreed = hex_list(&agreed_but_unsigned);
+            summary.disagreed = hex_list(answered.difference(&agreed_but_unsigned));
+            record.quorum = Some(summary);
+            return fail(
+                record,
+                format!(
+                    "the quorum agreed ({} of {} members built the same bytes, {needed} needed) \
+                     but signed no attestation ({})",
+                    agreed_but_unsigned.len(),
+                    members.len(),
+                    reasons.join("; ")
+                ),
+            );
+        }
         record.quorum = Some(summary);
         return fail(
             record,
@@ -545,7 +578,9 @@ async fn evaluate(
             "the quorum signed an attestation, but no agreeing member's result arrived".into(),
         );
     };
-    if job.release {
+    // A release that depends on approval gates gets its binding after they passed
+    // (`crate::release` waits for it); the quorum must not have signed one before.
+    if job.release && engine.release_gates.is_empty() {
         match find_binding(
             client,
             quorum,

@@ -31,8 +31,8 @@ use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::{EventBuilder, EventId, NostrSigner, PublicKey, Timestamp};
 use quorum_proto::release::{
-    AssetRef, Attestation, FileMetadata, ReleaseBinding, SoftwareApplication, SoftwareAsset,
-    SoftwareRelease, zapstore_platform,
+    AssetRef, Attestation, FileMetadata, RELEASE_BINDING, ReleaseBinding, SoftwareApplication,
+    SoftwareAsset, SoftwareRelease, zapstore_platform,
 };
 use quorum_proto::step::{ArtifactRef, StepJob};
 
@@ -86,7 +86,7 @@ pub struct Release {
 
 /// What the caller knows beyond the run: a version, copies of the artifacts elsewhere, and who
 /// signs the NIP-82 events.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ReleaseOptions {
     /// The version (e.g. the git tag at the commit); default [`default_version`].
     pub version: Option<String>,
@@ -103,6 +103,65 @@ pub struct ReleaseOptions {
     /// Stores the verification bundle of a quorum-signed release on the Blossom servers that
     /// hold its artifacts (the runners' and the mirrors). `None`: no bundle.
     pub bundle_uploader: Option<BlossomClient>,
+    /// How long to wait for a quorum's release binding that it signs only after the run's
+    /// approval gates passed; default [`BINDING_WAIT`].
+    pub binding_wait: Duration,
+}
+
+impl Default for ReleaseOptions {
+    fn default() -> Self {
+        ReleaseOptions {
+            version: None,
+            channel: None,
+            nip82_signer: None,
+            mirrors: BTreeMap::new(),
+            bundle_uploader: None,
+            binding_wait: BINDING_WAIT,
+        }
+    }
+}
+
+/// How long the engine waits for a binding the quorum signs after the approval gates: the
+/// members look for verdicts every few seconds, then sign in one FROST session.
+pub const BINDING_WAIT: Duration = Duration::from_secs(90);
+
+/// The release binding `quorum` (hex) signed for `attestation` (hex), once it is on the
+/// relays (checked: signed by the quorum key, naming the attestation); `None` after `wait`.
+async fn await_binding(
+    client: &JobClient,
+    quorum: &str,
+    attestation: &str,
+    wait: Duration,
+) -> Option<EventId> {
+    let quorum = PublicKey::parse(quorum).ok()?;
+    let attestation = EventId::from_hex(attestation).ok()?;
+    let filter = quorum_proto::nostr::Filter::new()
+        .kind(RELEASE_BINDING)
+        .author(quorum)
+        .event(attestation);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let found = client
+            .fetch(filter.clone(), Duration::from_secs(3))
+            .await
+            .unwrap_or_default();
+        let binding = found.into_iter().find(|event| {
+            event.pubkey == quorum
+                && event.verify().is_ok()
+                && ReleaseBinding::from_event(event).is_ok_and(|b| {
+                    b.attestations
+                        .iter()
+                        .any(|a| a.result == attestation && a.builder == quorum)
+                })
+        });
+        if let Some(binding) = binding {
+            return Some(binding.id);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The version of a release made from an untagged commit: `0.0.0-g<first 12 hex of the
@@ -197,6 +256,39 @@ pub async fn publish_release_with(
          identifier"
             .to_string()
     })?;
+    // A quorum withholds the binding of a release that depends on approval gates until they
+    // passed; they have now (the run succeeded), so it is on its way.
+    let mut signed_after: Vec<JobRecord> = Vec::new();
+    for record in &released {
+        let Some(quorum) = &record.quorum else {
+            continue;
+        };
+        if quorum.release.is_some() {
+            continue;
+        }
+        let Some(attestation) = quorum.attestation.as_deref() else {
+            continue;
+        };
+        let binding = await_binding(client, &quorum.pubkey, attestation, options.binding_wait)
+            .await
+            .ok_or_else(|| {
+                format!(
+                    "release job {}: the quorum signed no release binding within {} s after \
+                     the approval gates passed",
+                    record.id,
+                    options.binding_wait.as_secs()
+                )
+            })?;
+        let mut record = (*record).clone();
+        if let Some(quorum) = record.quorum.as_mut() {
+            quorum.release = Some(binding.to_hex());
+        }
+        signed_after.push(record);
+    }
+    let released: Vec<&JobRecord> = released
+        .into_iter()
+        .map(|r| signed_after.iter().find(|s| s.id == r.id).unwrap_or(r))
+        .collect();
     let mut artifacts = Vec::new();
     let mut attestations = Vec::new();
     let mut files = Vec::new();

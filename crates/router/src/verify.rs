@@ -25,7 +25,10 @@
 //!    attestation contradict it (two commitments, another plan, other bytes) is a failure;
 //!    what anyone publishes later is no evidence against the release. The other members are
 //!    reported from everything on record: disagreed, silent or late.
-//! 6. **Policy.** What the user requires: a minimum threshold, keys made by DKG (as the
+//! 6. **Approvals.** When the request the quorum answered names approval gates its release
+//!    depends on, the binding names an approved request (8701) for each: the quorum signed it
+//!    only after the maintainers approved, and a refused approval does not verify.
+//! 7. **Policy.** What the user requires: a minimum threshold, keys made by DKG (as the
 //!    maintainers' mandate that made the key says), a minimum of distinct confirmed operators
 //!    among the agreeing members, and by default a quorum at all (a single builder's release
 //!    fails unless allowed).
@@ -38,6 +41,9 @@ use quorum_dvm::client::{ClientError, JobClient};
 use quorum_proto::agreement::{
     BuildResult, COMMITMENT, QUORUM_ATTESTATION, QuorumAttestation, REVEAL, SignedCommitment,
     SignedReveal, Tally, TallyOutcome,
+};
+use quorum_proto::approval::{
+    APPROVAL, APPROVAL_REQUEST, ApprovalRequest, ApprovalTally, GateStatus, REJECTION,
 };
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::bundle::{self, MAX_BUNDLE_BYTES, VerificationBundle};
@@ -186,6 +192,8 @@ pub struct Verification {
     pub late: Vec<String>,
     /// The verification bundles read (sha256).
     pub bundles: Vec<String>,
+    /// The approval requests (8701) of the gates the release depended on, each approved.
+    pub approvals: Vec<String>,
 }
 
 /// A mandate's threshold: `t` of the `n` members must agree.
@@ -232,6 +240,7 @@ impl Verification {
             silent: Vec::new(),
             late: Vec::new(),
             bundles: Vec::new(),
+            approvals: Vec::new(),
         }
     }
 
@@ -340,6 +349,21 @@ pub async fn gather(
         .flat_map(|b| b.attestations.iter().map(|a| a.result))
         .collect();
     add_ids(client, pool, attestations).await?;
+    // The approval requests the bindings name, and the maintainers' verdicts on them.
+    let approvals: Vec<EventId> = bindings
+        .iter()
+        .flat_map(|b| b.approvals.iter().copied())
+        .collect();
+    if !approvals.is_empty() {
+        add_ids(client, pool, approvals.clone()).await?;
+        pool.extend(
+            fetch(
+                client,
+                Filter::new().kinds([APPROVAL, REJECTION]).events(approvals),
+            )
+            .await?,
+        );
+    }
     let mut ids = Vec::new();
     let mut jobs = Vec::new();
     for attestation in pool
@@ -766,6 +790,7 @@ fn check_quorum(
         &jobs,
         verification,
     );
+    check_approvals(pool, release, binding, &attestation, verification);
 
     // 4. At least `t` agreeing members, all of the mandate, and who said what.
     check_members(pool, &attestation, event, &mandate, verification);
@@ -905,6 +930,121 @@ fn check_mandate(
             ));
         }
         None => {}
+    }
+}
+
+/// Approval before release: a quorum request whose release depends on approval gates (its
+/// `release` param names them, and the members checked that against the pipeline) was signed
+/// only after each passed. The binding must name, for each gate, an approval request (8701)
+/// of the job's requester for this repository, run, commit and gate, approved by enough of the
+/// repository's maintainers (counted as the engine counted them, at the binding's time: a
+/// rejection or a missing verdict is a failure).
+fn check_approvals(
+    pool: &Pool<'_>,
+    release: &Event,
+    binding: &ReleaseBinding,
+    attestation: &QuorumAttestation,
+    verification: &mut Verification,
+) {
+    let Some(request_event) = pool.get(&attestation.job) else {
+        return;
+    };
+    let Some(release_params) = JobRequest::from_event(request_event)
+        .ok()
+        .and_then(|request| QuorumJobParams::from_request(&request).ok().flatten())
+        .and_then(|params| params.release)
+    else {
+        return;
+    };
+    let maintainers = maintainer_set(
+        &binding.repo.owner,
+        &binding.repo.identifier,
+        &pool.owned(&[REPO_ANNOUNCEMENT]),
+    );
+    let verdicts = pool.owned(&[APPROVAL, REJECTION]);
+    for gate in &release_params.gates {
+        let asked: Vec<(&Event, ApprovalRequest)> = binding
+            .approvals
+            .iter()
+            .filter_map(|id| pool.get(id))
+            .filter(|e| e.kind == APPROVAL_REQUEST && e.pubkey == request_event.pubkey)
+            .filter_map(|e| ApprovalRequest::from_event(e).ok().map(|r| (e, r)))
+            .filter(|(_, r)| r.job.as_deref() == Some(gate.as_str()))
+            .collect();
+        let Some((event, request)) = asked.first() else {
+            verification.problem(format!(
+                "release {} names no approval for gate {gate}: its pipeline asks the \
+                 maintainers to approve before the release (no approval request {} found)",
+                release.id,
+                if binding.approvals.is_empty() {
+                    "named".to_string()
+                } else {
+                    format!(
+                        "among {}",
+                        binding
+                            .approvals
+                            .iter()
+                            .map(EventId::to_hex)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ));
+            continue;
+        };
+        if request.repo != binding.repo
+            || request.run != binding.run
+            || request.commit != binding.commit
+        {
+            verification.problem(format!(
+                "approval request {} for gate {gate} is for another repository, run or commit \
+                 than release {}",
+                event.id, release.id
+            ));
+            continue;
+        }
+        verification.approvals.push(event.id.to_hex());
+        let electorate: Vec<_> = request
+            .maintainers
+            .iter()
+            .copied()
+            .filter(|k| maintainers.contains(k))
+            .collect();
+        let mine: Vec<Event> = verdicts
+            .iter()
+            .filter(|v| v.tags.event_ids().any(|id| *id == event.id))
+            .cloned()
+            .collect();
+        match ApprovalTally::evaluate(event, &mine, &electorate, release.created_at) {
+            Ok(tally) => match tally.status() {
+                GateStatus::Approved => {}
+                GateStatus::Rejected => verification.problem(format!(
+                    "approval gate {gate} was refused (request {}): rejected by {}",
+                    event.id,
+                    tally
+                        .rejected_by
+                        .iter()
+                        .map(|k| k.to_hex())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                GateStatus::Pending => verification.problem(format!(
+                    "approval gate {gate} was not approved (request {}): {} of {} required \
+                     maintainers approved",
+                    event.id,
+                    tally.approved_by.len(),
+                    request.required
+                )),
+                GateStatus::Expired => verification.problem(format!(
+                    "approval gate {gate} expired before it was approved (request {})",
+                    event.id
+                )),
+            },
+            Err(err) => verification.problem(format!(
+                "approval request {} for gate {gate} is invalid: {err}",
+                event.id
+            )),
+        }
     }
 }
 
@@ -1467,6 +1607,7 @@ mod tests {
                 repo: repo.clone(),
                 run: quorum_pipeline::run_id(URL, &commit, &plan.to_hex()),
                 job: "build".into(),
+                gates: Vec::new(),
             };
             let mut step = StepJob::new(URL, commit.clone(), "make");
             step.artifacts = vec!["out/app".into()];
@@ -1638,11 +1779,7 @@ mod tests {
                 .attestation
                 .unsigned(self.quorum.public_key(), at(-200))
                 .unwrap();
-            let release = ReleaseParams {
-                repo: self.repo.clone(),
-                run: quorum_pipeline::run_id(URL, &self.commit, &self.plan.to_hex()),
-                job: "build".into(),
-            };
+            let release = self.release_params();
             self.binding = release_binding(&release, &self.commit, &files, &unsigned)
                 .unwrap()
                 .sign_with_keys(&self.quorum)
@@ -1650,6 +1787,153 @@ mod tests {
             self.attestation_event = unsigned.sign_with_keys(&self.quorum).unwrap();
             self
         }
+    }
+
+    impl Chain {
+        /// The release params the current request names.
+        fn release_params(&self) -> ReleaseParams {
+            JobRequest::from_event(&self.request)
+                .ok()
+                .and_then(|request| QuorumJobParams::from_request(&request).ok().flatten())
+                .and_then(|params| params.release)
+                .unwrap_or_else(|| ReleaseParams {
+                    repo: self.repo.clone(),
+                    run: quorum_pipeline::run_id(URL, &self.commit, &self.plan.to_hex()),
+                    job: "build".into(),
+                    gates: Vec::new(),
+                })
+        }
+
+        /// The chain of a pipeline with an approval gate `approve`: the request names it, the
+        /// engine asked the owner (8701, returned), and the quorum signed the binding after
+        /// the approval, naming that request. Verdicts are the case's to add.
+        fn gated() -> (Chain, Event) {
+            let mut chain = Chain::new();
+            let mut request = JobRequest::from_event(&chain.request).unwrap();
+            let mut params = QuorumJobParams::from_request(&request).unwrap().unwrap();
+            params.release.as_mut().unwrap().gates = vec!["approve".into()];
+            params.apply(&mut request);
+            chain.request = signed(request.to_event_builder(), &keys(6), -400);
+            let chain = chain.resign_from_request();
+            let release = chain.release_params();
+            let asked = quorum_proto::approval::ApprovalRequest {
+                repo: chain.repo.clone(),
+                run: release.run.clone(),
+                commit: chain.commit.clone(),
+                artifacts: vec![ArtifactDigest::new("build/out/app", digest())],
+                builders: Vec::new(),
+                maintainers: vec![chain.owner.public_key()],
+                required: 1,
+                expiration: at(86_400),
+                content: "Approve?".into(),
+                job: Some("approve".into()),
+            };
+            let asked = signed(asked.to_event_builder().unwrap(), &keys(6), -100);
+            (chain, asked)
+        }
+
+        /// The binding signed after `approved` (8701s) passed.
+        fn bind_after(&mut self, approved: &[&Event]) {
+            let unsigned = self
+                .attestation
+                .unsigned(self.quorum.public_key(), at(-200))
+                .unwrap();
+            self.binding = quorum_proto::quorum_job::release_binding_after(
+                &self.release_params(),
+                &self.commit,
+                &self.attestation.files,
+                &unsigned,
+                approved,
+            )
+            .unwrap()
+            .sign_with_keys(&self.quorum)
+            .unwrap();
+        }
+
+        /// The owner's verdict on `asked`.
+        fn verdict(&self, decision: quorum_proto::approval::Decision, asked: &Event) -> Event {
+            let parsed = quorum_proto::approval::ApprovalRequest::from_event(asked).unwrap();
+            let verdict = quorum_proto::approval::Verdict::on(decision, asked, &parsed, at(3600));
+            signed(verdict.to_event_builder().unwrap(), &self.owner, -50)
+        }
+    }
+
+    #[test]
+    fn a_gated_release_verifies_with_its_approval() {
+        use quorum_proto::approval::Decision;
+        let (mut chain, asked) = Chain::gated();
+        chain.bind_after(&[&asked]);
+        let mut pool = chain.pool();
+        pool.push(asked.clone());
+        pool.push(chain.verdict(Decision::Approve, &asked));
+        let verified = chain.judge(&pool);
+        assert!(verified.ok, "{verified:#?}");
+        assert_eq!(verified.approvals, vec![asked.id.to_hex()]);
+    }
+
+    #[test]
+    fn a_gated_release_whose_approval_was_refused_does_not_verify() {
+        use quorum_proto::approval::Decision;
+        let (mut chain, asked) = Chain::gated();
+        chain.bind_after(&[&asked]);
+        let mut pool = chain.pool();
+        pool.push(asked.clone());
+        pool.push(chain.verdict(Decision::Reject, &asked));
+        assert_eq!(
+            problems(&chain.judge(&pool)),
+            vec![format!(
+                "approval gate approve was refused (request {}): rejected by {}",
+                asked.id,
+                chain.owner.public_key().to_hex()
+            )]
+        );
+        // Without any verdict the gate never passed either.
+        let mut pool = chain.pool();
+        pool.push(asked.clone());
+        assert_eq!(
+            problems(&chain.judge(&pool)),
+            vec![format!(
+                "approval gate approve was not approved (request {}): 0 of 1 required \
+                 maintainers approved",
+                asked.id
+            )]
+        );
+    }
+
+    #[test]
+    fn a_gated_release_signed_before_its_approval_does_not_verify() {
+        use quorum_proto::approval::Decision;
+        // The binding signed with the attestation, as quorums did before gates held it back:
+        // it names no approval, even though the maintainers approved later.
+        let (chain, asked) = Chain::gated();
+        let mut pool = chain.pool();
+        pool.push(asked.clone());
+        pool.push(chain.verdict(Decision::Approve, &asked));
+        assert_eq!(
+            problems(&chain.judge(&pool)),
+            vec![format!(
+                "release {} names no approval for gate approve: its pipeline asks the \
+                 maintainers to approve before the release (no approval request named found)",
+                chain.binding.id
+            )]
+        );
+        // Nor does one naming another run's approval request (the requester's own, approved).
+        let (mut chain, _) = Chain::gated();
+        let mut other = quorum_proto::approval::ApprovalRequest::from_event(&asked).unwrap();
+        other.run = "ab".repeat(32);
+        let other = signed(other.to_event_builder().unwrap(), &keys(6), -100);
+        chain.bind_after(&[&other]);
+        let mut pool = chain.pool();
+        pool.push(other.clone());
+        pool.push(chain.verdict(Decision::Approve, &other));
+        assert_eq!(
+            problems(&chain.judge(&pool)),
+            vec![format!(
+                "approval request {} for gate approve is for another repository, run or \
+                 commit than release {}",
+                other.id, chain.binding.id
+            )]
+        );
     }
 
     fn problems(verification: &Verification) -> Vec<&str> {

@@ -675,3 +675,82 @@ async fn in_a_quorum_chain_the_quorum_key_signs_the_next_steps_request() {
     assert!(others.is_empty(), "{others:?}");
     fleet.stop(client).await;
 }
+
+/// A release job followed by an approval gate that shows it (docs/protocol.md §12).
+const GATED: &str = "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n    release: true\n  approve:\n    needs: build\n    approval:\n      required: 1\n      show: [build]\n";
+
+/// Approval before release: the quorum signs the attestation, but no release binding while
+/// the gate is open, and none at all when the maintainer rejects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_release_binding_is_signed_before_the_approval_and_none_when_it_is_refused() {
+    use quorum_proto::approval::{APPROVAL_REQUEST, ApprovalRequest, Decision, Verdict};
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, _) = sample_repo(dir.path());
+    let fleet = fleet(&network, dir.path(), &[8708, 8700]).await;
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", GATED).unwrap();
+    let client = network.client().await;
+    let mut context = fleet.run_context(&client, &repo, GATED).await;
+    context.maintainers = vec![fleet.dealt.owner.public_key()];
+    let owner = fleet.dealt.owner.clone();
+    let quorum = fleet.quorum();
+    let watcher = network.client().await;
+    // The maintainer: waits for the gate's request, checks that the quorum has signed its
+    // attestation but no binding yet, and rejects.
+    let maintainer = tokio::spawn(async move {
+        let request = loop {
+            let found = watcher
+                .fetch(Filter::new().kind(APPROVAL_REQUEST), Duration::from_secs(2))
+                .await
+                .unwrap();
+            if let Some(request) = found.into_iter().next() {
+                break request;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let parsed = ApprovalRequest::from_event(&request).unwrap();
+        assert_eq!(parsed.job.as_deref(), Some("approve"));
+        let signed = watcher
+            .fetch(Filter::new().author(quorum), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let kinds: Vec<u16> = signed.iter().map(|e| e.kind.as_u16()).collect();
+        assert_eq!(
+            kinds,
+            [8708],
+            "before the approval only the attestation is signed"
+        );
+        let verdict = Verdict::on(Decision::Reject, &request, &parsed, Timestamp::now() + 600);
+        let rejection = verdict
+            .to_event_builder()
+            .unwrap()
+            .sign_with_keys(&owner)
+            .unwrap();
+        watcher.publish_signed(&rejection).await.unwrap();
+        watcher.shutdown().await;
+    });
+    let outcome = run(&client, &plan, &context).await;
+    maintainer.await.unwrap();
+    assert!(!outcome.succeeded);
+    assert!(outcome.jobs[0].succeeded(), "{:?}", outcome.jobs[0].state);
+    assert!(
+        matches!(&outcome.jobs[1].state, JobState::Failed { reason } if reason.contains("rejected")),
+        "{:?}",
+        outcome.jobs[1].state
+    );
+    // The members saw the rejection: they never sign the binding.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let signed = client
+        .fetch(
+            Filter::new().author(quorum).kind(Kind::Custom(8700)),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    assert!(signed.is_empty(), "a binding was signed: {signed:?}");
+    let release = quorum_router::release::publish_release(&client, &plan, &context, &outcome)
+        .await
+        .unwrap();
+    assert!(release.is_none(), "a failed run releases nothing");
+    fleet.stop(client).await;
+}

@@ -224,6 +224,12 @@ impl Chain {
                 repo: self.dealt.repo(),
                 run: quorum_pipeline::run_id(url, commit, &self.plan.plan_hash()),
                 job: job.to_string(),
+                gates: self
+                    .plan
+                    .release_gates()
+                    .iter()
+                    .map(|g| g.id.clone())
+                    .collect(),
             }),
             source,
         }

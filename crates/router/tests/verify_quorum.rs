@@ -298,6 +298,7 @@ impl World {
                     repo: self.repo.clone(),
                     run: self.run(URL),
                     job: JOB.into(),
+                    gates: Vec::new(),
                 }),
                 source: Some(SourceRef {
                     announcement: self.announcement.id,

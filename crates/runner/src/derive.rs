@@ -126,7 +126,7 @@ pub async fn derive(
         .clone();
     check_size(&job, admission)?;
     let checked = dispatch::check_request(&job, url, commit, request)?;
-    check_release(&job, params, url, &plan_hash)?;
+    check_release(&plan, &job, params, url, &plan_hash)?;
     check_chain(
         &plan,
         &job,
@@ -186,6 +186,7 @@ fn check_size(job: &PlannedJob, admission: &Admission) -> Result<(), DeriveError
 /// A release is asked for exactly when the job is a release job, for the run this pipeline at
 /// this commit is, and names the job.
 fn check_release(
+    plan: &Plan,
     job: &PlannedJob,
     params: &QuorumJobParams,
     url: &str,
@@ -214,6 +215,16 @@ fn check_release(
                 return Err(DeriveError::Release(format!(
                     "the release names job {}, the request runs job {}",
                     release.job, job.id
+                )));
+            }
+            // The quorum signs the binding only after these passed, so they must be all of
+            // them: a request that leaves one out would have it sign before that approval.
+            let gates: Vec<&str> = plan.release_gates().iter().map(|g| g.id.as_str()).collect();
+            if release.gates != gates {
+                return Err(DeriveError::Release(format!(
+                    "the release depends on approval gates [{}], the request names [{}]",
+                    gates.join(", "),
+                    release.gates.join(", ")
                 )));
             }
             Ok(())
@@ -281,7 +292,7 @@ fn check_chain(
                 steps + 1
             )));
         }
-        check_release(next_job, &next_params, url, plan_hash)
+        check_release(plan, next_job, &next_params, url, plan_hash)
             .map_err(|e| DeriveError::Chain(format!("step {}: {e}", steps + 1)))?;
         steps += 1;
         event = next

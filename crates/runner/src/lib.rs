@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use nostr_sdk::prelude::Kind;
 use quorum_blossom::client::{BlossomClient, ServerOutcome};
 use quorum_consensus::job::{Admission, QuorumMember, Sourced, kinds_to_sign};
+use quorum_consensus::release_gate::{Gate, PendingRelease};
 use quorum_dvm::{Job, JobContext, JobFailure, JobHandler, JobOutput};
 use quorum_pipeline::dispatch::Checked;
 use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
@@ -65,6 +66,9 @@ pub struct RunnerConfig {
     /// Toolchains to announce (what is inside the sandbox).
     pub toolchains: Vec<String>,
     pub price_msats: u64,
+    /// How long a quorum member waits for the approval gates a release depends on before it
+    /// gives up signing the binding (the engine's approval requests expire after 24 h).
+    pub approval_wait: Duration,
 }
 
 impl RunnerConfig {
@@ -77,6 +81,7 @@ impl RunnerConfig {
             limits: ResourceLimits::default(),
             allow_network: false,
             concurrency: 2,
+            approval_wait: Duration::from_secs(24 * 3600),
             max_request_bytes: 64 * 1024,
             toolchains: vec!["sh".into(), "git".into()],
             price_msats: 0,
@@ -142,14 +147,17 @@ impl Runner {
             })
     }
 
-    /// After a build: this runner's part in the quorum the request names.
+    /// After a build: this runner's part in the quorum the request names. A release that
+    /// depends on approval gates gets its binding later, from a task that waits for them
+    /// ([`Runner::release_after_approval`]).
     async fn take_part(
         &self,
         job: &Job,
         admission: &Admission,
-        evidence: quorum_proto::agreement::JobEvidence,
+        derived: derive::Derived,
         report: &StepReport,
     ) -> QuorumReport {
+        let evidence = derived.evidence.clone();
         let unserved = |failure: String| QuorumReport {
             mandate: admission.params.mandate.to_hex(),
             failure: Some(failure),
@@ -178,6 +186,16 @@ impl Runner {
             Ok((report, outcome)) => {
                 if let Some(failure) = &outcome.failure {
                     tracing::warn!(request = %job.event.id, "quorum: {failure}");
+                }
+                if let Some(member) = &self.quorum {
+                    release_after_approval(
+                        member,
+                        &job.event,
+                        admission,
+                        &derived,
+                        &outcome,
+                        self.config.approval_wait,
+                    );
                 }
                 report
             }
@@ -431,10 +449,7 @@ impl JobHandler for Runner {
         }
         let (mut report, derived) = outcome?;
         if let (Some(admission), Some(derived)) = (&admission, derived) {
-            report.quorum = Some(
-                self.take_part(&job, admission, derived.evidence, &report)
-                    .await,
-            );
+            report.quorum = Some(self.take_part(&job, admission, derived, &report).await);
         }
         report.ci_job_result = publish_job_result(&job, &ctx, &report).await;
         let content = serde_json::to_string(&report)
@@ -511,6 +526,71 @@ async fn publish_job_result(job: &Job, ctx: &JobContext, report: &StepReport) ->
             None
         }
     }
+}
+
+/// When the quorum signed the attestation of a release job whose release depends on approval
+/// gates: starts a task that waits for them and then signs the binding with the other agreeing
+/// members (the engine waits for it before publishing the release). For runners and wrappers.
+pub fn release_after_approval(
+    member: &QuorumMember,
+    request: &nostr_sdk::Event,
+    admission: &Admission,
+    derived: &derive::Derived,
+    outcome: &quorum_consensus::member::MemberOutcome,
+    wait: Duration,
+) {
+    let (Some(release), Some(attestation), Some(source)) = (
+        admission.params.release.clone(),
+        outcome.attestation().cloned(),
+        admission.source.as_ref(),
+    ) else {
+        return;
+    };
+    if release.gates.is_empty() {
+        return;
+    }
+    let gates = derived
+        .plan
+        .release_gates()
+        .into_iter()
+        .filter_map(|gate| match &gate.spec {
+            quorum_pipeline::JobSpec::Approval {
+                required,
+                from,
+                show,
+            } => Some(Gate {
+                job: gate.id.clone(),
+                required: *required,
+                from: from
+                    .iter()
+                    .filter_map(|k| nostr_sdk::PublicKey::parse(k).ok())
+                    .collect(),
+                show: show.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    let pending = PendingRelease {
+        request: request.clone(),
+        release,
+        commit: admission.params.commit.clone(),
+        files: outcome.agreement.tally.agreed_result(),
+        attestation,
+        signers: outcome.agreement.tally.agreed.iter().copied().collect(),
+        announcement: source.announcement.clone(),
+        gates,
+    };
+    let member = member.clone();
+    let admission = admission.clone();
+    tokio::spawn(async move {
+        let request = pending.request.id;
+        match member.sign_release(&admission, &pending, wait).await {
+            Ok(binding) => {
+                tracing::debug!(%request, binding = %binding.id, "release binding signed after approval")
+            }
+            Err(err) => tracing::warn!(%request, "no release binding: {err}"),
+        }
+    });
 }
 
 /// The step's log: every (already redacted) line to a file for upload, and the recent tail to

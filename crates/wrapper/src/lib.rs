@@ -383,9 +383,10 @@ impl Wrapper {
         &self,
         job: &Job,
         admission: &Admission,
-        evidence: quorum_proto::agreement::JobEvidence,
+        derived: &quorum_runner::derive::Derived,
         content: &str,
     ) -> QuorumReport {
+        let evidence = derived.evidence.clone();
         let unserved = |failure: String| QuorumReport {
             quorum: admission.quorum.to_hex(),
             mandate: admission.params.mandate.to_hex(),
@@ -411,6 +412,15 @@ impl Wrapper {
                 if let Some(failure) = &outcome.failure {
                     tracing::warn!(request = %job.event.id, "quorum: {failure}");
                 }
+                // The approval requests of a run expire after a day; so does the wait.
+                quorum_runner::release_after_approval(
+                    member,
+                    &job.event,
+                    admission,
+                    derived,
+                    &outcome,
+                    std::time::Duration::from_secs(24 * 3600),
+                );
                 report
             }
             Err(err) => {
@@ -496,7 +506,7 @@ impl JobHandler for Wrapper {
         };
         tracing::info!(request = %job.event.id, inner = %inner.provider, "inner DVM answered");
         let report = self
-            .take_part(&job, &admission, derived.evidence, &inner.content)
+            .take_part(&job, &admission, &derived, &inner.content)
             .await;
         ctx.add_result_tags(report_tags(&report));
         Ok(JobOutput {

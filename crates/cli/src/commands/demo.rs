@@ -488,12 +488,18 @@ async fn approve_as_demo_maintainer(
     let filter = Filter::new()
         .kind(APPROVAL_REQUEST)
         .author(*engine)
-        .since(started_at - 60);
+        .since(started_at);
     let event = loop {
         let found = client.fetch(filter.clone(), Duration::from_secs(2)).await?;
-        let ours = found.into_iter().find(|event| {
-            ApprovalRequest::from_event(event).is_ok_and(|request| request.run == run_id)
-        });
+        // Only this run's request counts: relays used before hold earlier demos' requests,
+        // which may even name the same run (the same commit of the same project).
+        let ours = found
+            .into_iter()
+            .filter(|event| event.created_at >= started_at)
+            .filter(|event| {
+                ApprovalRequest::from_event(event).is_ok_and(|request| request.run == run_id)
+            })
+            .max_by_key(|event| event.created_at);
         if let Some(event) = ours {
             break event;
         }

@@ -276,6 +276,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             nip82_signer: nip82_signer.clone(),
             mirrors: Default::default(),
             bundle_uploader: Some(blossom.clone()),
+            ..ReleaseOptions::default()
         })
         .with_mirrors(blossom, mirror_servers)
         .run(Recovered::default(), &mut reporter)
