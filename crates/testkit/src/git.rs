@@ -114,6 +114,16 @@ pub struct GitDaemon {
 impl GitDaemon {
     /// Starts the daemon for `root` and waits (up to 10 s) until it accepts connections.
     pub fn start(root: &Path) -> GitDaemon {
+        GitDaemon::serve(root, false)
+    }
+
+    /// [`GitDaemon::start`] that also takes pushes (`receive-pack`), as a maintainer's git
+    /// server does for tools that push over git:// (ngit).
+    pub fn start_writable(root: &Path) -> GitDaemon {
+        GitDaemon::serve(root, true)
+    }
+
+    fn serve(root: &Path, writable: bool) -> GitDaemon {
         std::fs::create_dir_all(root).expect("creating the served directory");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -122,17 +132,19 @@ impl GitDaemon {
         // `git daemon` runs `git-daemon` as a child that would outlive a kill of `git`: start
         // the daemon itself, so that dropping it stops it.
         let exec_path = git(root, &["--exec-path"]);
-        let daemon = crate::daemon::Daemon::spawn(
-            &format!("{exec_path}/git-daemon"),
-            &[
-                "--reuseaddr",
-                "--export-all",
-                &format!("--base-path={}", root.display()),
-                "--listen=127.0.0.1",
-                &format!("--port={port}"),
-                root.to_str().expect("a UTF-8 path"),
-            ],
-        );
+        let base_path = format!("--base-path={}", root.display());
+        let port_arg = format!("--port={port}");
+        let mut args = vec!["--reuseaddr", "--export-all"];
+        if writable {
+            args.push("--enable=receive-pack");
+        }
+        args.extend([
+            base_path.as_str(),
+            "--listen=127.0.0.1",
+            port_arg.as_str(),
+            root.to_str().expect("a UTF-8 path"),
+        ]);
+        let daemon = crate::daemon::Daemon::spawn(&format!("{exec_path}/git-daemon"), &args);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(

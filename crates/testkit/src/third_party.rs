@@ -1,7 +1,8 @@
-//! Third-party servers for interop tests: nostr-rs-relay, a relay nobody on this project wrote.
+//! Third-party tools for interop tests: nostr-rs-relay, a relay nobody on this project wrote,
+//! and ngit, the git tool Nostr git users have.
 //!
-//! `scripts/test` installs it (`cargo install nostr-rs-relay`) when it is missing; a test that
-//! needs it and cannot find it fails with that instruction rather than skipping.
+//! `scripts/test` installs both (`cargo install`) when they are missing; a test that needs one
+//! and cannot find it fails with that instruction rather than skipping.
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -26,15 +27,41 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-fn binary() -> std::path::PathBuf {
+/// `name` as `cargo install` put it, else as found on `PATH`.
+fn installed(name: &str) -> std::path::PathBuf {
     let cargo_bin = std::env::var_os("CARGO_HOME")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .map(|home| home.join("bin/nostr-rs-relay"));
+        .map(|home| home.join("bin").join(name));
     match cargo_bin {
         Some(path) if path.exists() => path,
-        _ => "nostr-rs-relay".into(),
+        _ => name.into(),
     }
+}
+
+fn binary() -> std::path::PathBuf {
+    installed("nostr-rs-relay")
+}
+
+/// The directory holding `ngit` and its git remote helper `git-remote-nostr` (put it first on
+/// a git command's `PATH`). Panics with the install command when ngit is not installed.
+pub fn ngit_dir() -> std::path::PathBuf {
+    let ngit = installed("ngit");
+    let found = if ngit.is_absolute() {
+        ngit.exists().then_some(ngit)
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("ngit"))
+                .find(|p| p.exists())
+        })
+    };
+    let ngit = found.unwrap_or_else(|| {
+        panic!("ngit is required for this test: cargo install ngit --version 2.2.0 --locked")
+    });
+    ngit.parent()
+        .expect("ngit lives in a directory")
+        .to_path_buf()
 }
 
 /// Starts nostr-rs-relay with an SQLite database under `dir` and waits until it accepts

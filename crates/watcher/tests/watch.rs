@@ -430,3 +430,135 @@ async fn a_contributors_pull_request_runs_only_after_a_maintainer_approves() {
     router.shutdown().await;
     runner.shutdown().await;
 }
+
+/// The watcher follows the state that ngit (the git tool Nostr git users have, written by
+/// others) publishes: the maintainer runs `ngit init` and then a plain `git push` to the
+/// `nostr://` remote, which pushes to the git server (git:// here) and signs the 30618; the
+/// watcher starts a run of the pushed commit and the router runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_follows_state_that_ngit_publishes() {
+    use std::process::Command;
+    let ngit_dir = quorum_testkit::third_party::ngit_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let served = dir.path().join("served");
+    let server = quorum_testkit::git::GitDaemon::start_writable(&served);
+    git(
+        dir.path(),
+        &[
+            "init",
+            "--quiet",
+            "--bare",
+            "--initial-branch=main",
+            served.join("app.git").to_str().unwrap(),
+        ],
+    );
+    let clone_url = server.url("app.git");
+    let repo = repo_with(dir.path(), PIPELINE);
+    git(&repo, &["push", "--quiet", &clone_url, "main"]);
+    // ngit keeps its own login and cache under HOME: a fresh one, and ngit's helper first on
+    // PATH for git.
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let path = format!(
+        "{}:{}",
+        ngit_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let maintainer = Keys::generate();
+    let secret = maintainer.secret_key().to_secret_hex();
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(&repo)
+            .env("HOME", &home)
+            .env("PATH", &path)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .replace(&secret, "<nsec>");
+        assert!(out.status.success(), "{program} {args:?}:\n{text}");
+        text
+    };
+    // ngit's built-in public relays and GRASP servers are not reachable from a test: only
+    // the test relay (each unreachable default costs ngit seconds of timeouts).
+    for key in [
+        "relay-default-set",
+        "relay-blaster-set",
+        "relay-signer-fallback-set",
+    ] {
+        git(
+            &repo,
+            &["config", &format!("nostr.{key}"), network.relay.as_str()],
+        );
+    }
+    git(&repo, &["config", "nostr.grasp-default-set", ""]);
+    // `init` publishes the announcement; its own push needs a login, which comes next.
+    run(
+        "ngit",
+        &[
+            "init",
+            "--nsec",
+            &secret,
+            "--identifier",
+            "app",
+            "--name",
+            "app",
+            "--relay",
+            network.relay.as_str(),
+            "--clone",
+            &clone_url,
+            "-d",
+        ],
+    );
+    run(
+        "ngit",
+        &[
+            "account",
+            "login",
+            "--local",
+            "--offline",
+            "--nsec",
+            &secret,
+            "-d",
+        ],
+    );
+    run("git", &["push", "origin", "main"]);
+
+    let router_keys = Keys::generate();
+    let runner = network.runner(&dir.path().join("runner"), true).await;
+    let router = network
+        .router(&dir.path().join("router"), &router_keys)
+        .await;
+    let source = Source::Nip34 {
+        owner: maintainer.public_key(),
+        identifier: "app".into(),
+    };
+    let mut config = watch_config(&repo, source, router_keys.public_key(), dir.path());
+    config.repo = clone_url.clone();
+    config.git.allow_private = true;
+    let mut watcher = Watcher::new(config, network.client().await).unwrap();
+    assert!(watcher.poll().await.unwrap().is_empty(), "the first look");
+
+    std::fs::write(repo.join("message.txt"), "pushed with ngit").unwrap();
+    git(&repo, &["commit", "--quiet", "-am", "through ngit"]);
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    run("git", &["push", "origin", "main"]);
+    let started = watcher.poll().await.unwrap();
+    assert_eq!(started.len(), 1, "{:?}", watcher.not_started());
+    assert_eq!(started[0].commit, head);
+    let request = EventId::from_hex(&started[0].request).unwrap();
+    let report = network.run_report(request, Duration::from_secs(60)).await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(report.commit, head);
+
+    router.shutdown().await;
+    runner.shutdown().await;
+}
