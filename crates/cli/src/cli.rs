@@ -398,6 +398,11 @@ pub struct RouterArgs {
     /// your own network; by default only public addresses are fetched from).
     #[arg(long)]
     pub allow_private_git: bool,
+
+    /// Selection policy (YAML: the keys of a pipeline's `select:`) for runs whose request
+    /// names no runners, applied to jobs whose pipeline gives no `select:`.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 /// Options of `quorum dvm runner`.

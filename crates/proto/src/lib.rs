@@ -13,6 +13,7 @@ pub mod chain;
 pub mod kinds;
 pub mod mandate;
 pub mod nip34;
+pub mod nip85;
 pub mod nip89;
 pub mod nip90;
 pub mod nipc1;
@@ -24,6 +25,7 @@ pub mod run;
 pub mod source;
 pub mod step;
 mod tags;
+pub mod trust;
 
 pub use nostr;
 

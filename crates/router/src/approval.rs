@@ -66,6 +66,7 @@ async fn ask(
         config,
         reporter,
         run,
+        ..
     } = *engine;
     let named: Vec<PublicKey> = if gate.from.is_empty() {
         context.maintainers.clone()

@@ -21,6 +21,7 @@ pub mod pipeline_run;
 pub mod progress;
 pub mod quorum;
 pub mod release;
+mod select;
 pub mod status;
 pub mod verify;
 
@@ -92,6 +93,9 @@ pub struct EngineConfig {
     /// The request this run serves (a router's run-pipeline job): every sub-request carries it
     /// as an `e` tag, with the job id as a `job` param, so [`recover`] can find them again.
     pub parent: Option<EventId>,
+    /// The selection policy for jobs whose pipeline gives none (a router DVM's, for runs
+    /// that leave runners open); `None`: such jobs take `runners` as they are.
+    pub select: Option<quorum_pipeline::select::SelectPolicy>,
 }
 
 impl Default for EngineConfig {
@@ -104,6 +108,7 @@ impl Default for EngineConfig {
             dvm_timeout: Duration::from_secs(600),
             approval_wait: Duration::from_secs(24 * 3600),
             parent: None,
+            select: None,
         }
     }
 }
@@ -211,6 +216,11 @@ pub async fn resume(
         done: prior,
         resume: mut interrupted,
     } = recovered;
+    // Selection happens before anything runs: a job the market cannot staff stops the run.
+    let selected = match select::preselect(client, plan, context, config).await {
+        Ok(selected) => selected,
+        Err(refused) => return refused_outcome(plan, refused, reporter),
+    };
     let reporter = Mutex::new(reporter);
     let run = run_id(&context.repo, &context.commit, plan);
     let engine = Engine {
@@ -219,6 +229,7 @@ pub async fn resume(
         config,
         reporter: &reporter,
         run: &run,
+        selected: &selected,
     };
     let engine = &engine;
     let mut records: HashMap<String, JobRecord> = HashMap::new();
@@ -359,6 +370,42 @@ pub(crate) struct Engine<'a, 'r> {
     pub config: &'a EngineConfig,
     pub reporter: &'a Mutex<&'r mut dyn RunReporter>,
     pub run: &'a str,
+    /// The DVMs each job with a selection policy may be given to, in order of preference.
+    pub selected: &'a select::Selected,
+}
+
+/// The outcome of a run that selection stopped before it started: the refused jobs failed
+/// with the selection's report, every other job skipped.
+fn refused_outcome(
+    plan: &Plan,
+    refused: Vec<(String, String)>,
+    reporter: &mut dyn RunReporter,
+) -> RunOutcome {
+    let names: Vec<&str> = refused.iter().map(|(id, _)| id.as_str()).collect();
+    let jobs: Vec<JobRecord> = plan
+        .jobs
+        .iter()
+        .map(|job| {
+            let mut record = JobRecord::new(job);
+            record.state = match refused.iter().find(|(id, _)| *id == job.id) {
+                Some((_, reason)) => JobState::Failed {
+                    reason: format!("before the run started: {reason}"),
+                },
+                None => JobState::Skipped {
+                    reason: format!(
+                        "the run did not start: the selection policy of {} leaves too few DVMs",
+                        names.join(", ")
+                    ),
+                },
+            };
+            reporter.job_finished(&record);
+            record
+        })
+        .collect();
+    RunOutcome {
+        succeeded: false,
+        jobs,
+    }
 }
 
 fn lock<'a, 'b>(
@@ -470,6 +517,11 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
     };
     let candidates: Vec<Option<PublicKey>> = match prepared.provider {
         Some(provider) => vec![Some(provider)],
+        // The selection policy's choice, in its order of preference (not spread by job id:
+        // the order is the point of `prefer`).
+        None if engine.selected.contains_key(&job.id) => {
+            engine.selected[&job.id].iter().copied().map(Some).collect()
+        }
         None if prepared.runner_job && !config.runners.is_empty() => {
             let mut runners = config.runners.clone();
             let len = runners.len();

@@ -252,6 +252,7 @@ pub(crate) async fn run_quorum_job(
         config,
         reporter,
         run,
+        ..
     } = *engine;
     let mut record = JobRecord::new(job);
     let step = match quorum_step(job, context, config, &upstream, run, size) {
@@ -320,6 +321,7 @@ pub(crate) async fn run_quorum_chain(
         config,
         reporter,
         run,
+        ..
     } = *engine;
     let mut records: Vec<JobRecord> = members.iter().map(|job| JobRecord::new(job)).collect();
     let mut steps = Vec::with_capacity(members.len());

@@ -398,6 +398,7 @@ impl JobHandler for Runner {
             },
             price: Price {
                 msats_per_job: self.config.price_msats,
+                ..Price::default()
             },
             limits: JobLimits {
                 concurrency: self.config.concurrency,

@@ -155,12 +155,23 @@ async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {
         allow_local_repos: args.allow_local_repos,
         operator: operator(args.operator.as_deref())?,
         allow_private_git: args.allow_private_git,
+        select: args.policy.as_deref().map(read_policy).transpose()?,
     };
     let dvm = start_router(setup, keys.clone()).await?;
     super::announce(&format!("router: {}", keys.public_key().to_hex()));
     shutdown.wait().await;
     dvm.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A selection policy file, linted: every problem is reported with its position.
+pub(crate) fn read_policy(
+    path: &std::path::Path,
+) -> anyhow::Result<quorum_pipeline::select::SelectPolicy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the policy file {}", path.display()))?;
+    quorum_pipeline::parse_policy(&path.display().to_string(), &text)
+        .map_err(|d| anyhow::anyhow!("the policy file does not lint:\n{d}"))
 }
 
 /// What a router DVM needs besides its keys.
@@ -173,6 +184,8 @@ pub struct RouterSetup {
     /// Who runs the router, named in its announcement.
     pub operator: Option<quorum_proto::nostr::PublicKey>,
     pub allow_private_git: bool,
+    /// The selection policy for runs that leave runners open (`--policy FILE`).
+    pub select: Option<quorum_pipeline::select::SelectPolicy>,
 }
 
 /// Starts a router DVM; its job client signs with the same key, so that it recognises its own
@@ -192,6 +205,7 @@ pub async fn start_router(
                 ..GitPolicy::default()
             },
             runners: setup.runners,
+            select: setup.select,
             max_run: setup.max_run,
             bundle_store: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
         },

@@ -123,6 +123,7 @@ impl Embedded {
                 allow_local_repos: true,
                 operator: Some(operator.public_key()),
                 allow_private_git: true,
+                select: None,
             };
             Some(super::dvm::start_router(setup, keys).await?)
         };
