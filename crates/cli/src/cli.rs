@@ -96,6 +96,9 @@ pub enum Command {
     /// state of its refs (30618), which is what watchers follow.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// The open market: the DVMs offering a kind, their operator, price, mints, observed
+    /// success/uptime/agreement/median duration, trust, and whether --policy admits each.
+    Market(MarketArgs),
     /// Print a shell completion script: `quorum completions bash > /etc/bash_completion.d/quorum`
     /// (zsh: into a directory on $fpath as `_quorum`; fish: ~/.config/fish/completions/quorum.fish).
     Completions(CompletionsArgs),
@@ -302,6 +305,65 @@ pub enum DvmCommand {
     /// Hold a quorum share and take part in the agreement, but have an ordinary DVM of kind K
     /// on the open market do the work (a NIP-90 DVM that knows nothing of Quorum CI).
     Wrapper(WrapperArgs),
+    /// Keep the public record: publish each DVM's observed success, uptime, agreement and
+    /// median duration as NIP-85 assertions (kind 30382) under this key, every --interval.
+    Recorder(RecorderArgs),
+}
+
+/// Options of `quorum market`.
+#[derive(Debug, Args)]
+pub struct MarketArgs {
+    /// Relay to read the market from (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// The request kind the DVMs serve.
+    #[arg(long, default_value_t = 5702)]
+    pub kind: u16,
+
+    /// Selection policy (YAML: the keys of a pipeline's `select:`) to judge each DVM by.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Whose list, follows and rank providers `trusted` reads when the policy names no `by`.
+    #[arg(long, value_name = "NPUB_OR_HEX")]
+    pub maintainer: Option<String>,
+
+    /// Seconds to wait for the relays' answers.
+    #[arg(long, default_value_t = 5)]
+    pub wait: u64,
+
+    /// Print the judgement as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `quorum dvm recorder`.
+#[derive(Debug, Args)]
+pub struct RecorderArgs {
+    /// Relay to read the record from and publish on (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// The recorder's secret key file (nsec or hex, mode 0600); created if missing.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+
+    /// Request kind whose DVMs are recorded (repeat for several).
+    #[arg(long = "kind", value_name = "K", default_value = "5702")]
+    pub kinds: Vec<u16>,
+
+    /// How many of each DVM's latest jobs count.
+    #[arg(long, default_value_t = 20)]
+    pub window: u32,
+
+    /// Seconds between rounds.
+    #[arg(long, default_value_t = 300)]
+    pub interval: u64,
+
+    /// One round, then exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// Options of `quorum dvm watcher`.

@@ -18,6 +18,7 @@ pub async fn run(command: DvmCommand) -> anyhow::Result<ExitCode> {
         DvmCommand::Router(args) => router(args).await,
         DvmCommand::Watcher(args) => watcher(args).await,
         DvmCommand::Wrapper(args) => super::wrapper::run(args).await,
+        DvmCommand::Recorder(args) => super::market::recorder(args).await,
     }
 }
 

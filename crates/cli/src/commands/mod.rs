@@ -12,6 +12,7 @@ mod init;
 mod job;
 mod lint;
 mod mandate;
+mod market;
 mod operator;
 mod relay;
 mod repo;
@@ -47,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Operator(command) => operator::run(command).await,
         Command::Doctor(args) => doctor::run(args).await,
         Command::Repo(command) => repo::run(command).await,
+        Command::Market(args) => market::run(args).await,
         Command::Completions(args) => {
             use clap::CommandFactory;
             let mut command = Cli::command();
