@@ -18,6 +18,7 @@ pub mod nip89;
 pub mod nip90;
 pub mod nipc1;
 pub mod operator;
+pub mod payment;
 pub mod quorum_job;
 pub mod quorum_msg;
 pub mod release;

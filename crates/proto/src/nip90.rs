@@ -825,6 +825,15 @@ impl JobFeedback {
         self
     }
 
+    /// NIP-90's `amount` (millisats) on the feedback: what a `payment-required` asks for.
+    pub fn with_amount(mut self, msats: u64) -> Self {
+        self.amount = Some(Amount {
+            msats,
+            invoice: None,
+        });
+        self
+    }
+
     pub fn with_content(mut self, content: impl Into<String>) -> Self {
         self.content = content.into();
         self

@@ -96,6 +96,10 @@ pub struct EngineConfig {
     /// The selection policy for jobs whose pipeline gives none (a router DVM's, for runs
     /// that leave runners open); `None`: such jobs take `runners` as they are.
     pub select: Option<quorum_pipeline::select::SelectPolicy>,
+    /// Pays priced DVMs (Cashu tokens locked to each); `None`: priced DVMs are passed over.
+    pub payer: Option<std::sync::Arc<dyn quorum_dvm::handler::Payer>>,
+    /// The most the run may pay in all, in millisats; `None`: no cap.
+    pub budget_msats: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -109,6 +113,8 @@ impl Default for EngineConfig {
             approval_wait: Duration::from_secs(24 * 3600),
             parent: None,
             select: None,
+            payer: None,
+            budget_msats: None,
         }
     }
 }
@@ -142,6 +148,13 @@ pub struct JobRecord {
     /// For quorum jobs: the quorum, its attestation and who agreed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quorum: Option<quorum::QuorumRecord>,
+    /// Millisats paid to DVMs for this job (Cashu tokens handed over, redeemed or not).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub paid_msats: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl JobRecord {
@@ -159,6 +172,7 @@ impl JobRecord {
             content: None,
             tried: Vec::new(),
             quorum: None,
+            paid_msats: 0,
         }
     }
 
@@ -223,6 +237,7 @@ pub async fn resume(
     };
     let reporter = Mutex::new(reporter);
     let run = run_id(&context.repo, &context.commit, plan);
+    let spent = Mutex::new(0u64);
     let engine = Engine {
         client,
         context,
@@ -230,6 +245,7 @@ pub async fn resume(
         reporter: &reporter,
         run: &run,
         selected: &selected,
+        spent: &spent,
     };
     let engine = &engine;
     let mut records: HashMap<String, JobRecord> = HashMap::new();
@@ -372,6 +388,8 @@ pub(crate) struct Engine<'a, 'r> {
     pub run: &'a str,
     /// The DVMs each job with a selection policy may be given to, in order of preference.
     pub selected: &'a select::Selected,
+    /// Millisats paid so far in this run, against `config.budget_msats`.
+    pub spent: &'a Mutex<u64>,
 }
 
 /// The outcome of a run that selection stopped before it started: the refused jobs failed
@@ -519,9 +537,10 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
         Some(provider) => vec![Some(provider)],
         // The selection policy's choice, in its order of preference (not spread by job id:
         // the order is the point of `prefer`).
-        None if engine.selected.contains_key(&job.id) => {
-            engine.selected[&job.id].iter().copied().map(Some).collect()
-        }
+        None if engine.selected.contains_key(&job.id) => engine.selected[&job.id]
+            .iter()
+            .map(|(dvm, _)| Some(*dvm))
+            .collect(),
         None if prepared.runner_job && !config.runners.is_empty() => {
             let mut runners = config.runners.clone();
             let len = runners.len();
@@ -539,7 +558,24 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
         request
             .params
             .push(JobParam::new(PARAM_JOB, job.id.clone()));
-        let encrypt = prepared.encrypt && provider.is_some();
+        let mut encrypt = prepared.encrypt && provider.is_some();
+        if let Some(dvm) = provider {
+            match pay(engine, job, &dvm, prepared.timeout).await {
+                Ok(None) => {}
+                Ok(Some((param, msats))) => {
+                    request.params.push(param);
+                    // The token travels NIP-44 encrypted to the DVM, never in a clear tag.
+                    encrypt = true;
+                    record.paid_msats += msats;
+                }
+                Err(reason) => {
+                    last_failure = reason;
+                    tracing::info!(job = %job.id, "{last_failure}; trying another DVM");
+                    record.tried.push(dvm.to_hex());
+                    continue;
+                }
+            }
+        }
         if prepared.encrypt && provider.is_none() {
             record.state = JobState::Failed {
                 reason: "the job has secrets, which need a known runner to be encrypted to".into(),
@@ -587,6 +623,65 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
         reason: last_failure,
     };
     record
+}
+
+/// The payment for `dvm`'s work on `job`, when the selection found it priced: a `cashu` param
+/// with a token locked to `dvm`, refundable after the job's timeout and an hour, within the
+/// run's budget. `Ok(None)`: free. `Err`: why this DVM is passed over (no wallet, over budget,
+/// the wallet could not pay).
+async fn pay(
+    engine: &Engine<'_, '_>,
+    job: &PlannedJob,
+    dvm: &PublicKey,
+    timeout: Duration,
+) -> Result<Option<(JobParam, u64)>, String> {
+    let msats = engine
+        .selected
+        .get(&job.id)
+        .and_then(|dvms| dvms.iter().find(|(k, _)| k == dvm))
+        .map(|(_, price)| *price)
+        .unwrap_or(0);
+    if msats == 0 {
+        return Ok(None);
+    }
+    let Some(payer) = &engine.config.payer else {
+        return Err(format!(
+            "{} charges {msats} msats and this run has no wallet to pay with",
+            short(dvm)
+        ));
+    };
+    let sats = msats.div_ceil(1000);
+    {
+        let mut spent = lock_spent(engine.spent);
+        if let Some(budget) = engine.config.budget_msats
+            && *spent + sats * 1000 > budget
+        {
+            return Err(format!(
+                "{} charges {msats} msats, over the run's budget ({} of {budget} msats spent)",
+                short(dvm),
+                *spent
+            ));
+        }
+        // Reserved before paying, so parallel jobs cannot overspend together.
+        *spent += sats * 1000;
+    }
+    let locktime = quorum_proto::nostr::Timestamp::now().as_secs() + timeout.as_secs() + 3600;
+    match payer.pay(dvm, sats, locktime).await {
+        Ok(token) => Ok(Some((
+            JobParam::new(quorum_proto::payment::PARAM_CASHU, token),
+            sats * 1000,
+        ))),
+        Err(why) => {
+            *lock_spent(engine.spent) -= sats * 1000;
+            Err(format!("cannot pay {}: {why}", short(dvm)))
+        }
+    }
+}
+
+fn lock_spent(spent: &Mutex<u64>) -> std::sync::MutexGuard<'_, u64> {
+    spent
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Where in the runner list a job starts: spread by job id, so that parallel jobs go to

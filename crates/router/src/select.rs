@@ -26,16 +26,28 @@ use crate::{EngineConfig, RunContext};
 /// How long to wait for the relays' answers about the market.
 const MARKET_WAIT: Duration = Duration::from_secs(5);
 
-/// The DVMs each judged job may be given to, in order of preference, by job id.
-pub(crate) type Selected = HashMap<String, Vec<PublicKey>>;
+/// The DVMs each judged job may be given to, in order of preference, with the most each
+/// charges for the job in millisats (0: free), by job id.
+pub(crate) type Selected = HashMap<String, Vec<(PublicKey, u64)>>;
 
 /// The policy `job` runs under: its own (the file's folded in at compile time), else the
-/// engine's default.
+/// engine's default; a run that pays DVMs judges every job (with no criterion when it has no
+/// policy), to learn what each charges.
 fn policy_of<'a>(job: &'a PlannedJob, config: &'a EngineConfig) -> Option<&'a SelectPolicy> {
+    static OPEN: SelectPolicy = SelectPolicy {
+        trusted: None,
+        record: None,
+        price: None,
+        prefer: None,
+        diversity: None,
+    };
     if matches!(job.spec, JobSpec::Approval { .. }) {
         return None;
     }
-    job.select.as_ref().or(config.select.as_ref())
+    job.select
+        .as_ref()
+        .or(config.select.as_ref())
+        .or(config.payer.as_ref().map(|_| &OPEN))
 }
 
 /// Judges every job of `plan` that has a policy. `Err` lists, by job id, why each job that
@@ -103,7 +115,13 @@ pub(crate) async fn preselect(
             }
         };
         match selection.require(needed, diversity) {
-            Ok(admitted) => {
+            Ok(_) => {
+                let admitted: Vec<(PublicKey, u64)> = selection
+                    .judged
+                    .iter()
+                    .filter(|j| j.admitted())
+                    .map(|j| (j.dvm, j.max_msats.unwrap_or(0)))
+                    .collect();
                 tracing::info!(
                     job = %job.id,
                     "selection admits {} of {} DVMs",

@@ -85,6 +85,7 @@ async fn a_list_a_follow_distance_and_a_price_cap_pick_exactly_the_expected_runn
         let terms = Terms {
             price_msats,
             operator,
+            ..Terms::default()
         };
         runners.push(
             network
@@ -189,8 +190,8 @@ async fn diversity_refuses_a_quorum_of_one_operator_before_anything_runs() {
     let mut runners = Vec::new();
     for (i, keys) in members.iter().enumerate() {
         let terms = Terms {
-            price_msats: 0,
             operator: Some(operator.public_key()),
+            ..Terms::default()
         };
         runners.push(
             network

@@ -65,6 +65,8 @@ pub struct RunnerConfig {
     /// Toolchains to announce (what is inside the sandbox).
     pub toolchains: Vec<String>,
     pub price_msats: u64,
+    /// Cashu mints whose tokens pay for jobs (announced with the price).
+    pub mints: Vec<String>,
 }
 
 impl RunnerConfig {
@@ -80,6 +82,7 @@ impl RunnerConfig {
             max_request_bytes: 64 * 1024,
             toolchains: vec!["sh".into(), "git".into()],
             price_msats: 0,
+            mints: Vec::new(),
         }
     }
 }
@@ -398,6 +401,7 @@ impl JobHandler for Runner {
             },
             price: Price {
                 msats_per_job: self.config.price_msats,
+                mints: self.config.mints.clone(),
                 ..Price::default()
             },
             limits: JobLimits {

@@ -18,11 +18,15 @@ use quorum_runner::{GitPolicy, Runner, RunnerConfig};
 use tokio::sync::oneshot;
 
 /// What a market runner announces ([`Network::priced_runner`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Terms {
     pub price_msats: u64,
     /// The operator it names (a claim until the operator lists it).
     pub operator: Option<quorum_proto::nostr::PublicKey>,
+    /// Takes payment before any work; `None`: jobs run unpaid whatever the price says.
+    pub payments: Option<Arc<dyn quorum_dvm::handler::PaymentGate>>,
+    /// Mints announced in the price.
+    pub mints: Vec<String>,
 }
 
 /// A relay and a Blossom server on 127.0.0.1, stopped when dropped.
@@ -173,6 +177,7 @@ impl Network {
     ) -> Dvm {
         let mut config = RunnerConfig::new(data.join("work"), vec![self.blossom.clone()]);
         config.price_msats = terms.price_msats;
+        config.mints = terms.mints.clone();
         // Tests ask for network steps; the sandbox keeps them off the host's loopback.
         config.allow_network = true;
         config.git = GitPolicy {
@@ -194,6 +199,7 @@ impl Network {
         // Frequent signs of life, so that tests can use a short patience.
         dvm_config.heartbeat = Duration::from_millis(500);
         dvm_config.operator = terms.operator;
+        dvm_config.payments = terms.payments.clone();
         Dvm::start(dvm_config, keys, runner)
             .await
             .expect("the runner starts")

@@ -302,6 +302,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         allow_local_repos: args.allow_local_repos,
         allow_private_git: args.allow_private_git,
         price_msats: args.price_msats,
+        mint: args.mint.clone(),
         operator: operator(args.operator.as_deref())?,
     };
     let dvm = start_runner(setup, keys.clone(), sandbox).await?;
@@ -346,6 +347,8 @@ pub struct RunnerSetup {
     pub allow_local_repos: bool,
     pub allow_private_git: bool,
     pub price_msats: u64,
+    /// The mint payments are taken at (a priced runner collects only with one).
+    pub mint: Option<String>,
     /// Who runs the runner, named in its announcement.
     pub operator: Option<quorum_proto::nostr::PublicKey>,
 }
@@ -367,6 +370,22 @@ pub async fn start_runner(
     config.allow_network = setup.allow_network;
     config.concurrency = u32::try_from(setup.concurrency).unwrap_or(u32::MAX);
     config.price_msats = setup.price_msats;
+    config.mints = setup
+        .mint
+        .iter()
+        .map(|m| m.trim_end_matches('/').to_string())
+        .collect();
+    let payments: Option<Arc<dyn quorum_dvm::handler::PaymentGate>> = match &setup.mint {
+        Some(mint) if setup.price_msats > 0 => Some(Arc::new(quorum_pay::Collector {
+            wallet: quorum_pay::PayWallet::open_in(&setup.data.join("wallet"), mint).await?,
+            price_msats: setup.price_msats,
+        })),
+        None if setup.price_msats > 0 => {
+            tracing::warn!("a price without --mint is announced but not collected");
+            None
+        }
+        _ => None,
+    };
     let max_request_bytes = config.max_request_bytes;
     let blossom = quorum_blossom::client::BlossomClient::new(keys.clone());
     // Quorum jobs: the shares this runner holds are in DATA/shares (made by the key service).
@@ -382,5 +401,6 @@ pub async fn start_runner(
     dvm_config.concurrency = setup.concurrency.max(1);
     dvm_config.max_request_bytes = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
     dvm_config.operator = setup.operator;
+    dvm_config.payments = payments;
     Ok(Dvm::start(dvm_config, keys, runner).await?)
 }

@@ -249,6 +249,7 @@ async fn start_runners(
             allow_local_repos: true,
             allow_private_git: true,
             price_msats: 0,
+            mint: None,
             operator: Some(operator),
         };
         dvms.push(super::dvm::start_runner(setup, keys, sandbox.clone()).await?);

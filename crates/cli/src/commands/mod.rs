@@ -20,6 +20,7 @@ mod run;
 mod signer;
 mod up;
 mod verify;
+mod wallet;
 mod wrapper;
 
 use std::process::ExitCode;
@@ -49,6 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(args).await,
         Command::Repo(command) => repo::run(command).await,
         Command::Market(args) => market::run(args).await,
+        Command::Wallet(args) => wallet::run(args).await,
         Command::Completions(args) => {
             use clap::CommandFactory;
             let mut command = Cli::command();
