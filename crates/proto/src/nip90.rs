@@ -261,6 +261,9 @@ impl fmt::Debug for JobParam {
                 _ => vec!["***"],
             };
             debug.field("values", &shown)
+        } else if self.key == crate::payment::PARAM_CASHU {
+            // A Cashu token is money: it never reaches a log.
+            debug.field("values", &["***"])
         } else {
             debug.field("values", &self.values)
         }

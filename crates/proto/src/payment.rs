@@ -5,3 +5,16 @@
 
 /// The request param that carries the token.
 pub const PARAM_CASHU: &str = "cashu";
+
+#[cfg(test)]
+mod tests {
+    use crate::nip90::JobParam;
+
+    #[test]
+    fn a_token_never_shows_in_debug_output() {
+        let param = JobParam::new(super::PARAM_CASHU, "cashuBsecretvalue");
+        let shown = format!("{param:?}");
+        assert!(!shown.contains("cashuBsecretvalue"), "{shown}");
+        assert!(shown.contains("***"));
+    }
+}
