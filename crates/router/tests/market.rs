@@ -454,3 +454,75 @@ async fn a_runner_with_a_poor_record_is_excluded_and_a_record_keeper_says_the_sa
     poor.shutdown().await;
     good.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_dvm_applies_its_policy_when_a_run_request_leaves_runners_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, _) = sample_repo(dir.path());
+    std::fs::create_dir_all(repo.join(".quorum")).unwrap();
+    std::fs::write(
+        repo.join(".quorum/pipeline.yml"),
+        "on: [push]\njobs:\n  a:\n    run: echo a\n  b:\n    run: echo b\n  c:\n    run: echo c\n",
+    )
+    .unwrap();
+    quorum_testkit::git::git(&repo, &["add", "."]);
+    quorum_testkit::git::git(&repo, &["commit", "--quiet", "-m", "pipeline"]);
+    let commit = quorum_testkit::git::git(&repo, &["rev-parse", "HEAD"]);
+    // Two runners on the market; the router's policy caps the price at 1 sat per job.
+    let cheap = network
+        .priced_runner(
+            &dir.path().join("cheap"),
+            Keys::generate(),
+            &Terms::default(),
+        )
+        .await;
+    let dear = network
+        .priced_runner(
+            &dir.path().join("dear"),
+            Keys::generate(),
+            &Terms {
+                price_msats: 50_000,
+                ..Terms::default()
+            },
+        )
+        .await;
+    let client = network.client().await;
+    announced(&client, &[cheap.public_key(), dear.public_key()]).await;
+    let policy =
+        quorum_pipeline::parse_policy("router-policy.yml", "price: { per_job: 1 }\n").unwrap();
+    let router_keys = Keys::generate();
+    let router = network
+        .router_with_policy(&dir.path().join("router"), &router_keys, Some(policy))
+        .await;
+
+    let request = quorum_proto::run::RunRequest::new(format!("file://{}", repo.display()), &commit)
+        .to_request()
+        .provider(router_keys.public_key());
+    let outcome = client
+        .run(
+            &request,
+            false,
+            Duration::from_secs(120),
+            &mut quorum_dvm::client::Quiet,
+        )
+        .await
+        .unwrap();
+    let quorum_dvm::client::JobOutcome::Result { content, .. } = outcome else {
+        panic!("the run failed: {outcome:?}");
+    };
+    let report: quorum_proto::run::RunReport = serde_json::from_str(&content).unwrap();
+    assert!(report.succeeded(), "{report:?}");
+    // Without the policy some of the three jobs would start on the dear runner (it was checked
+    // by running this test with the policy removed).
+    for job in &report.jobs {
+        assert_eq!(
+            job.provider.as_deref(),
+            Some(cheap.public_key().to_hex().as_str()),
+            "{job:?}"
+        );
+    }
+    router.shutdown().await;
+    cheap.shutdown().await;
+    dear.shutdown().await;
+}

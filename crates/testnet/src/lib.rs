@@ -207,6 +207,16 @@ impl Network {
 
     /// A router DVM signing with `keys` (pass the same keys to restart "the same" router).
     pub async fn router(&self, data: &Path, keys: &Keys) -> Dvm {
+        self.router_with_policy(data, keys, None).await
+    }
+
+    /// [`Network::router`] applying `select` to runs whose request names no runners.
+    pub async fn router_with_policy(
+        &self,
+        data: &Path,
+        keys: &Keys,
+        select: Option<quorum_pipeline::select::SelectPolicy>,
+    ) -> Dvm {
         let client = JobClient::connect(std::slice::from_ref(&self.relay), keys.clone())
             .await
             .expect("the router's client connects");
@@ -220,7 +230,7 @@ impl Network {
                     ..GitPolicy::default()
                 },
                 runners: Vec::new(),
-                select: None,
+                select,
                 max_run: Duration::from_secs(600),
                 bundle_store: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
             },
