@@ -69,7 +69,12 @@ pub(crate) async fn preselect(
         let Some(policy) = policy_of(job, config) else {
             continue;
         };
+        // Judged only to learn prices (a paying run without a policy): quorum members are
+        // not paid yet (docs/protocol.md §17.4), so there is nothing to learn for them, and no
+        // diversity was asked for.
+        let implicit = job.select.is_none() && config.select.is_none();
         let (kind, candidates, needed, diversity) = match (&job.spec, job.quorum_size()) {
+            (_, Some(_)) if implicit => continue,
             (_, Some((_, threshold))) => {
                 let Some(quorum) = &context.quorum else {
                     // The quorum job fails on its own, naming the missing mandate.
