@@ -535,12 +535,24 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
     };
     let candidates: Vec<Option<PublicKey>> = match prepared.provider {
         Some(provider) => vec![Some(provider)],
-        // The selection policy's choice, in its order of preference (not spread by job id:
-        // the order is the point of `prefer`).
-        None if engine.selected.contains_key(&job.id) => engine.selected[&job.id]
-            .iter()
-            .map(|(dvm, _)| Some(*dvm))
-            .collect(),
+        // The selection policy's choice: in its order of preference when it has one (the
+        // order is the point of `prefer`), else spread by job id like the engine's runners.
+        None if engine.selected.contains_key(&job.id) => {
+            let mut admitted: Vec<Option<PublicKey>> = engine.selected[&job.id]
+                .iter()
+                .map(|(dvm, _)| Some(*dvm))
+                .collect();
+            let prefer = job
+                .select
+                .as_ref()
+                .or(config.select.as_ref())
+                .and_then(|p| p.prefer);
+            if prefer.is_none() {
+                let len = admitted.len();
+                admitted.rotate_left(first_runner(&job.id, len));
+            }
+            admitted
+        }
         None if prepared.runner_job && !config.runners.is_empty() => {
             let mut runners = config.runners.clone();
             let len = runners.len();
