@@ -61,6 +61,9 @@ pub enum Command {
     /// Follow a run from the relays alone, from any machine: its jobs, log lines, approvals
     /// and outcome. Exit code 0 if the run succeeded, 1 if it failed, 2 on --timeout.
     Follow(FollowArgs),
+    /// A live web dashboard of the runs, logs, quorums, approvals, releases and DVMs on the
+    /// given relays and Blossom servers (it keeps nothing of its own).
+    Ui(UiArgs),
     /// A complete tour on this machine: a sample project in a temporary git repository, its
     /// maintainer's signed NIP-34 state, a pipeline (test, build on the runners, approval by
     /// the demo maintainer, release), and the verification of what was released.
@@ -449,6 +452,8 @@ pub struct WatcherArgs {
     /// Watch as a member of a watcher quorum under this mandate (kind 8704 event id, which
     /// must allow kinds 8708 and 5700): the quorum key, not this watcher, signs each run
     /// request once enough watchers agreed on the commit. Shares are kept in DATA/shares.
+    /// Not needed with --owner: the watcher then acts under the repository's watcher mandate
+    /// in force that lists it, and signs its requests itself while there is none.
     #[arg(long, value_name = "EVENT_ID")]
     pub mandate: Option<String>,
 
@@ -1355,6 +1360,28 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub blossom: BlossomOptions,
+
+    /// Also serve the web dashboard (`quorum ui`) of this network on this address, e.g.
+    /// 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+    pub ui: Option<SocketAddr>,
+}
+
+/// Options of `quorum ui`.
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// Relay to read runs, releases and DVMs from (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// Blossom server to read logs and released files from by sha256 (repeat for several);
+    /// the URLs events name are tried too, and whatever they serve is re-hashed.
+    #[arg(long = "blossom", value_name = "URL")]
+    pub blossom: Vec<String>,
+
+    /// Address to serve the dashboard on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
 }
 
 #[cfg(test)]

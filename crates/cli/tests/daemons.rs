@@ -129,8 +129,11 @@ async fn up_writes_endpoints_and_stops_cleanly() {
         "127.0.0.1:0",
         "--blossom-listen",
         "127.0.0.1:0",
+        "--ui",
+        "127.0.0.1:0",
     ]);
     let endpoints_path = up.value_of("endpoints");
+    let ui = up.value_of("ui");
     let endpoints: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&endpoints_path).expect("endpoints.json")).unwrap();
     let relay = endpoints["relay"].as_str().expect("relay URL");
@@ -203,6 +206,22 @@ async fn up_writes_endpoints_and_stops_cleanly() {
         .expect("HEAD blob");
     assert_eq!(absent.status().as_u16(), 404);
 
+    // The dashboard (`--ui`) lists the routed run, and its outcome, from the relay.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let page = http.get(&ui).send().await.expect("the dashboard answers");
+        assert_eq!(page.status().as_u16(), 200);
+        let page = page.text().await.unwrap();
+        if page.contains("data-run=") && page.contains("succeeded") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run is not listed: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
     assert!(up.terminate().success(), "quorum up exits 0 on SIGTERM");
     assert!(
         !Path::new(&endpoints_path).exists(),
@@ -212,8 +231,9 @@ async fn up_writes_endpoints_and_stops_cleanly() {
 
 #[test]
 fn every_command_has_help() {
-    let commands: [&[&str]; 23] = [
+    let commands: [&[&str]; 24] = [
         &["demo", "--help"],
+        &["ui", "--help"],
         &["init", "--help"],
         &["lint", "--help"],
         &["repo", "announce", "--help"],
@@ -274,4 +294,12 @@ fn bad_arguments_name_the_problem() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot open the relay store"), "{stderr}");
+
+    let out = run_quorum(&["ui", "--relay", "nope", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--relay \"nope\" is not a ws:// or wss:// URL"),
+        "{stderr}"
+    );
 }

@@ -66,6 +66,8 @@ pub struct JobContext {
     pub(crate) progress: mpsc::Sender<Progress>,
     /// Tags the handler asked for on its result (see [`JobContext::add_result_tags`]).
     pub(crate) result_tags: Arc<Mutex<Vec<Tag>>>,
+    /// The DVM's relays and key, for the events a role publishes besides its result.
+    pub(crate) relays: Relays,
 }
 
 impl JobContext {
@@ -98,9 +100,76 @@ impl JobContext {
             .extend(tags);
     }
 
+    /// Signs `builder` with the DVM's key and publishes it on the DVM's relays: what a role
+    /// publishes besides its result and feedback (a runner's NIP-C1 job result).
+    pub async fn publish(
+        &self,
+        builder: nostr_sdk::prelude::EventBuilder,
+    ) -> Result<Event, RelayError> {
+        self.relays.publish(builder).await
+    }
+
+    /// The DVM's public key, which signs what [`JobContext::publish`] publishes.
+    pub fn public_key(&self) -> nostr_sdk::prelude::PublicKey {
+        self.relays.keys.public_key()
+    }
+
+    /// Stored events matching `filter` on the DVM's relays, waiting up to `timeout`.
+    pub async fn fetch(
+        &self,
+        filter: nostr_sdk::prelude::Filter,
+        timeout: Duration,
+    ) -> Result<Vec<Event>, RelayError> {
+        self.relays.fetch(filter, timeout).await
+    }
+
     /// A token to hand to lower layers (e.g. a sandbox) that must stop on cancellation.
     pub fn cancellation_token(&self) -> CancellationToken {
         self.cancel.clone()
+    }
+}
+
+/// The DVM's relays and key, as a handler uses them through its [`JobContext`].
+#[derive(Clone)]
+pub(crate) struct Relays {
+    pub client: nostr_sdk::Client,
+    pub keys: nostr_sdk::prelude::Keys,
+    pub retry: crate::publish::RetryPolicy,
+}
+
+/// Why a handler's own publication or lookup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot sign the event: {0}")]
+    Sign(String),
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
+    #[error("cannot fetch from the relays: {0}")]
+    Fetch(String),
+}
+
+impl Relays {
+    async fn publish(
+        &self,
+        builder: nostr_sdk::prelude::EventBuilder,
+    ) -> Result<Event, RelayError> {
+        let event = builder
+            .sign_with_keys(&self.keys)
+            .map_err(|e| RelayError::Sign(e.to_string()))?;
+        crate::publish::publish(&self.client, &event, self.retry).await?;
+        Ok(event)
+    }
+
+    async fn fetch(
+        &self,
+        filter: nostr_sdk::prelude::Filter,
+        timeout: Duration,
+    ) -> Result<Vec<Event>, RelayError> {
+        self.client
+            .fetch_events(filter, timeout)
+            .await
+            .map(|events| events.into_iter().collect())
+            .map_err(|e| RelayError::Fetch(e.to_string()))
     }
 }
 

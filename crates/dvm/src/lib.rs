@@ -12,5 +12,5 @@ pub mod keyfile;
 pub mod publish;
 pub mod runtime;
 
-pub use handler::{Job, JobContext, JobFailure, JobHandler, JobOutput};
+pub use handler::{Job, JobContext, JobFailure, JobHandler, JobOutput, RelayError};
 pub use runtime::{Dvm, DvmConfig, DvmError};

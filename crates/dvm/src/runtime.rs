@@ -639,6 +639,11 @@ impl<H: JobHandler> Shared<H> {
             cancel: token.clone(),
             progress: progress_tx,
             result_tags: result_tags.clone(),
+            relays: crate::handler::Relays {
+                client: self.client.clone(),
+                keys: self.keys.clone(),
+                retry: self.config.retry,
+            },
         };
         let job_done = CancellationToken::new();
         let forwarder = self.forward_progress(&event, progress_rx, job_done.clone());

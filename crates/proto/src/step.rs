@@ -320,6 +320,10 @@ pub struct StepReport {
     /// In a quorum job: how the runner's part in the agreement and signing went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum: Option<crate::quorum_job::QuorumReport>,
+    /// The job result (NIP-C1 9841, hex id) the runner signed itself, when the request named
+    /// the run's progress event (`ci-run`); the coordinator quotes it instead of signing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_job_result: Option<String>,
 }
 
 impl StepReport {
@@ -440,6 +444,7 @@ mod tests {
                 isolated: true,
             },
             quorum: None,
+            ci_job_result: None,
         };
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["artifacts"][0]["name"], "dist.tar");

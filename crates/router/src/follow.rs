@@ -123,8 +123,14 @@ pub enum FollowEvent {
     /// The router took the run.
     Taken { router: String },
     /// A job started; `providers` are the DVMs its request went to (none yet known, or an
-    /// approval gate).
-    JobStarted { job: String, providers: Vec<String> },
+    /// approval gate), `request` that request's id when the start was read from it (not from
+    /// the router's `▶ JOB` line): what a viewer fetches to draw the job's needs and mode.
+    JobStarted {
+        job: String,
+        providers: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
     /// Another request for a started job: a fail-over to another DVM.
     JobSent {
         job: String,
@@ -286,7 +292,7 @@ pub async fn follow_run(
     client: &JobClient,
     request: Event,
     poll: Duration,
-    sink: &mut dyn FnMut(FollowEvent),
+    sink: &mut (dyn FnMut(FollowEvent) + Send),
 ) -> Result<FollowOutcome, FollowError> {
     let mut run = RunState::new(client, request).await?;
     sink(run.describe());
@@ -399,7 +405,7 @@ impl RunState {
     async fn poll(
         &mut self,
         client: &JobClient,
-        sink: &mut dyn FnMut(FollowEvent),
+        sink: &mut (dyn FnMut(FollowEvent) + Send),
     ) -> Result<Option<FollowOutcome>, FollowError> {
         let since = Timestamp::from(self.newest.as_secs().saturating_sub(OVERLAP_SECS));
         let mut ids: HashSet<EventId> = HashSet::from([self.request.id]);
@@ -478,7 +484,7 @@ impl RunState {
     fn handle(
         &mut self,
         event: &Event,
-        sink: &mut dyn FnMut(FollowEvent),
+        sink: &mut (dyn FnMut(FollowEvent) + Send),
     ) -> Option<FollowOutcome> {
         let kind = event.kind.as_u16();
         let answers_run = event.tags.event_ids().any(|id| *id == self.request.id);
@@ -501,7 +507,7 @@ impl RunState {
         None
     }
 
-    fn subrequest(&mut self, event: &Event, sink: &mut dyn FnMut(FollowEvent)) {
+    fn subrequest(&mut self, event: &Event, sink: &mut (dyn FnMut(FollowEvent) + Send)) {
         if !self.trusted.contains(&event.pubkey) {
             return;
         }
@@ -523,7 +529,11 @@ impl RunState {
         );
         self.dispatched.insert(job.clone());
         if self.started.insert(job.clone()) {
-            sink(FollowEvent::JobStarted { job, providers });
+            sink(FollowEvent::JobStarted {
+                job,
+                providers,
+                request: Some(event.id.to_hex()),
+            });
         } else if !self.finished.contains(&job) {
             sink(FollowEvent::JobSent {
                 job,
@@ -533,7 +543,7 @@ impl RunState {
         }
     }
 
-    fn provider_answer(&mut self, event: &Event, sink: &mut dyn FnMut(FollowEvent)) {
+    fn provider_answer(&mut self, event: &Event, sink: &mut (dyn FnMut(FollowEvent) + Send)) {
         let Some((sub_id, sub)) = event
             .tags
             .event_ids()
@@ -589,7 +599,7 @@ impl RunState {
     fn router_answer(
         &mut self,
         event: &Event,
-        sink: &mut dyn FnMut(FollowEvent),
+        sink: &mut (dyn FnMut(FollowEvent) + Send),
     ) -> Option<FollowOutcome> {
         if event.kind == JOB_FEEDBACK {
             let feedback = JobFeedback::from_event(event).ok()?;
@@ -651,7 +661,7 @@ impl RunState {
         Some(self.finish(succeeded, None, Some(report), sink))
     }
 
-    fn transition(&mut self, line: &str, sink: &mut dyn FnMut(FollowEvent)) {
+    fn transition(&mut self, line: &str, sink: &mut (dyn FnMut(FollowEvent) + Send)) {
         let Some(transition) = Transition::parse(line) else {
             return;
         };
@@ -662,6 +672,7 @@ impl RunState {
                     sink(FollowEvent::JobStarted {
                         job,
                         providers: Vec::new(),
+                        request: None,
                     });
                 }
                 return;
@@ -680,7 +691,7 @@ impl RunState {
         }
     }
 
-    fn approval_request(&mut self, event: &Event, sink: &mut dyn FnMut(FollowEvent)) {
+    fn approval_request(&mut self, event: &Event, sink: &mut (dyn FnMut(FollowEvent) + Send)) {
         let Ok(request) = ApprovalRequest::from_event(event) else {
             return;
         };
@@ -709,7 +720,7 @@ impl RunState {
         });
     }
 
-    fn verdict(&mut self, event: &Event, sink: &mut dyn FnMut(FollowEvent)) {
+    fn verdict(&mut self, event: &Event, sink: &mut (dyn FnMut(FollowEvent) + Send)) {
         let Ok(verdict) = Verdict::from_event(event) else {
             return;
         };
@@ -727,7 +738,7 @@ impl RunState {
         }
     }
 
-    fn release(&mut self, event: &Event, sink: &mut dyn FnMut(FollowEvent)) {
+    fn release(&mut self, event: &Event, sink: &mut (dyn FnMut(FollowEvent) + Send)) {
         let Ok(binding) = ReleaseBinding::from_event(event) else {
             return;
         };
@@ -749,7 +760,7 @@ impl RunState {
         succeeded: bool,
         reason: Option<String>,
         report: Option<RunReport>,
-        sink: &mut dyn FnMut(FollowEvent),
+        sink: &mut (dyn FnMut(FollowEvent) + Send),
     ) -> FollowOutcome {
         sink(FollowEvent::Finished {
             status: if succeeded { "success" } else { "failure" }.into(),

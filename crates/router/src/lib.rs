@@ -23,6 +23,7 @@ pub mod quorum;
 pub mod release;
 mod select;
 pub mod status;
+pub mod trigger;
 pub mod verify;
 
 use approval::Gate;
@@ -514,6 +515,7 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
         context,
         config,
         reporter,
+        run,
         ..
     } = *engine;
     let mut record = JobRecord::new(job);
@@ -570,6 +572,18 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
         request
             .params
             .push(JobParam::new(PARAM_JOB, job.id.clone()));
+        // A run with a NIP-34 identity publishes CI status: the runner signs the job's
+        // result (9841) itself, in the context of the run's progress event.
+        if context.repo_id.is_some() && prepared.runner_job {
+            let address = quorum_proto::nipc1::RunAddress {
+                coordinator: client.public_key(),
+                run: run.to_string(),
+            };
+            request.params.push(JobParam::new(
+                quorum_proto::nipc1::PARAM_CI_RUN,
+                address.to_string(),
+            ));
+        }
         let mut encrypt = prepared.encrypt && provider.is_some();
         if let Some(dvm) = provider {
             match pay(engine, job, &dvm, prepared.timeout).await {

@@ -10,10 +10,11 @@ use std::sync::Mutex;
 use quorum_dvm::client::JobClient;
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::nipc1::{
-    CiArtifact, CiContext, CiJobResult, CiWorkflowProgress, CiWorkflowResult, Conclusion,
-    PROGRESS_MAX_LIFETIME_SECS, ProgressStatus, Quote, RunAddress, Trigger, Workflow,
+    CiContext, CiJobResult, CiWorkflowProgress, CiWorkflowResult, Conclusion,
+    PROGRESS_MAX_LIFETIME_SECS, ProgressStatus, PullRequestContext, Quote, RunAddress, Trigger,
+    Workflow,
 };
-use quorum_proto::nostr::{EventBuilder, EventId, Timestamp};
+use quorum_proto::nostr::{EventBuilder, EventId, PublicKey, Timestamp};
 use sha2::{Digest, Sha256};
 
 use crate::{JobState, RunContext, RunOutcome};
@@ -33,6 +34,11 @@ pub struct CiSource {
     pub trigger: Trigger,
     /// The pushed ref, `refs/heads/…` or `refs/tags/…`.
     pub git_ref: Option<String>,
+    /// The maintainer's 9840 a re-run answers, quoted (`manual-trigger`) on its 39842 and 9842.
+    pub manual_trigger: Option<Quote>,
+    /// The pull request a PR run builds: its NIP-22 context goes on every event, so that
+    /// gitworkshop shows the run on the pull request's page.
+    pub pull_request: Option<PullRequestContext>,
 }
 
 impl Default for CiSource {
@@ -42,6 +48,8 @@ impl Default for CiSource {
             workflow_sha256: None,
             trigger: Trigger::Manual,
             git_ref: None,
+            manual_trigger: None,
+            pull_request: None,
         }
     }
 }
@@ -58,7 +66,26 @@ impl CiSource {
                 Trigger::Manual
             },
             git_ref,
+            manual_trigger: None,
+            pull_request: None,
         }
+    }
+
+    /// The same source, as a run of pull request `pr`: `o` is `pull_request`, the events carry
+    /// its context and no pushed ref.
+    pub fn for_pull_request(mut self, pr: PullRequestContext) -> Self {
+        self.trigger = Trigger::PullRequest;
+        self.git_ref = None;
+        self.pull_request = Some(pr);
+        self
+    }
+
+    /// The same source, as the replay a maintainer's manual trigger asked for: `o` is
+    /// `manual` and the events quote the trigger.
+    pub fn replayed_by(mut self, trigger: Quote) -> Self {
+        self.trigger = Trigger::Manual;
+        self.manual_trigger = Some(trigger);
+        self
     }
 
     /// The common tags of a run of `context`; `None` without a NIP-34 identity.
@@ -70,6 +97,7 @@ impl CiSource {
         });
         ci.trigger = Some(self.trigger);
         ci.git_ref = self.git_ref.clone();
+        ci.pull_request = self.pull_request.clone();
         Some(ci)
     }
 }
@@ -83,6 +111,7 @@ pub struct CiRun<'a> {
     client: &'a JobClient,
     run: String,
     context: CiContext,
+    manual_trigger: Option<Quote>,
     started_at: Timestamp,
     /// The `created_at` of the last progress event, so that each replacement is strictly
     /// newer (two of the same second would be a tie a relay may settle either way).
@@ -102,6 +131,7 @@ impl<'a> CiRun<'a> {
             client,
             run: run.to_string(),
             context: source.ci_context(context)?,
+            manual_trigger: source.manual_trigger.clone(),
             started_at,
             last: Mutex::new(None),
         })
@@ -126,7 +156,7 @@ impl<'a> CiRun<'a> {
             queued_at: Some(self.started_at),
             started_at: Some(self.started_at),
             jobs: Vec::new(),
-            manual_trigger: None,
+            manual_trigger: self.manual_trigger.clone(),
             // The spec: `queue` is for queued runs, left out once a job started.
             queue: None,
             in_progress,
@@ -164,47 +194,61 @@ impl<'a> CiRun<'a> {
                 JobState::Failed { .. } => Conclusion::Failure,
             };
             conclusions.push(conclusion);
-            let report = job.report.as_ref();
-            let log_omitted = report.and_then(|r| {
-                let omitted = r.log.size.saturating_sub(r.log_tail.len() as u64);
-                (omitted > 0).then_some(omitted)
+            // The runner signed the job's result itself (it got the run's `ci-run`): quote
+            // that one, under the runner's key, as the spec wants.
+            let signed_by_runner = job.report.as_ref().and_then(|r| {
+                let id = EventId::from_hex(r.ci_job_result.as_deref()?).ok()?;
+                let runner = job
+                    .provider
+                    .as_deref()
+                    .and_then(|p| PublicKey::parse(p).ok())?;
+                Some((id, runner))
             });
-            let result = CiJobResult {
-                context: self.context.clone(),
-                job: job.id.clone(),
-                conclusion,
-                // gitworkshop links the full log; a job without a runner log has none to link.
-                logs: report
-                    .and_then(|r| r.log.urls.first().cloned())
-                    .unwrap_or_default(),
-                name: Some(job.name.clone()),
-                // One tag per file the job produced. A directory artifact is one `.tar` file
-                // to us, so it is listed as that file.
-                artifacts: report
-                    .map(|r| {
-                        r.artifacts
-                            .iter()
-                            .filter_map(|a| {
-                                Some(CiArtifact {
-                                    url: a.blob.urls.first()?.clone(),
-                                    filename: Some(a.name.clone()),
-                                    name: Some(a.name.clone()),
-                                })
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                workflow_run: Some(RunAddress {
-                    coordinator,
-                    run: self.run.clone(),
-                }),
-                queued_at: Some(self.started_at),
-                started_at: Some(self.started_at),
-                exit_code: report.and_then(|r| r.exit_code),
-                runs_on: job.provider.iter().cloned().collect(),
-                log_tail: report.map(|r| r.log_tail.clone()).unwrap_or_default(),
-                log_omitted,
+            if let Some((id, runner)) = signed_by_runner {
+                quotes.push(Quote {
+                    id,
+                    relay: None,
+                    author: Some(runner),
+                    job: Some(job.id.clone()),
+                });
+                continue;
+            }
+            let address = RunAddress {
+                coordinator,
+                run: self.run.clone(),
             };
+            let mut result = match job.report.as_ref() {
+                Some(report) => CiJobResult::of_step(
+                    self.context.clone(),
+                    &job.id,
+                    Some(job.name.clone()),
+                    report,
+                    address,
+                    job.provider.iter().cloned().collect(),
+                ),
+                // A job without a runner's report (a DVM call, an approval gate, a skipped
+                // job) has no log or files to link.
+                None => CiJobResult {
+                    context: self.context.clone(),
+                    job: job.id.clone(),
+                    conclusion,
+                    logs: String::new(),
+                    name: Some(job.name.clone()),
+                    artifacts: Vec::new(),
+                    workflow_run: Some(address),
+                    queued_at: None,
+                    started_at: None,
+                    exit_code: None,
+                    runs_on: job.provider.iter().cloned().collect(),
+                    log_tail: String::new(),
+                    log_omitted: None,
+                },
+            };
+            // The run's verdict on the job, which may differ from the step's own exit (a
+            // quorum that did not agree fails a job whose step succeeded).
+            result.conclusion = conclusion;
+            result.queued_at = Some(self.started_at);
+            result.started_at = Some(self.started_at);
             let builder = match result.to_event_builder() {
                 Ok(builder) => builder,
                 Err(err) => {
@@ -253,7 +297,7 @@ impl<'a> CiRun<'a> {
             queued_at: Some(self.started_at),
             started_at: Some(self.started_at),
             jobs,
-            manual_trigger: None,
+            manual_trigger: self.manual_trigger.clone(),
             content,
         };
         let builder = workflow.to_event_builder().map_err(|e| e.to_string())?;

@@ -360,14 +360,7 @@ pub async fn gather(
     for repo in repos {
         let more = fetch(client, quorum_proto::mandate::mandates_of(&repo)).await?;
         pool.extend(more);
-        let more = fetch(
-            client,
-            Filter::new()
-                .kind(REPO_ANNOUNCEMENT)
-                .author(repo.owner)
-                .identifier(repo.identifier.clone()),
-        )
-        .await?;
+        let more = fetch(client, quorum_proto::nip34::announcements_of(&repo)).await?;
         pool.extend(more);
     }
     if !jobs.is_empty() {
@@ -506,8 +499,13 @@ struct Pool<'a> {
 
 impl<'a> Pool<'a> {
     fn new(events: &'a [Event]) -> Self {
-        // Only events whose id and signature hold are evidence of anything.
-        let events: Vec<&Event> = events.iter().filter(|e| e.verify().is_ok()).collect();
+        // Only events whose id and signature hold are evidence of anything; an event read from
+        // a relay and again from a bundle is one event (not "another release").
+        let mut seen = std::collections::HashSet::new();
+        let events: Vec<&Event> = events
+            .iter()
+            .filter(|e| seen.insert(e.id) && e.verify().is_ok())
+            .collect();
         let by_id = events.iter().map(|e| (e.id, *e)).collect();
         Pool { events, by_id }
     }
@@ -1767,6 +1765,20 @@ mod tests {
             "1 other release(s) of {} list these bytes too (not needed for the verdict)",
             chain.repo
         )));
+
+        // The same binding twice in the pool (from a relay and from a bundle) is one release.
+        let mut doubled = chain.pool();
+        doubled.push(chain.binding.clone());
+        let verified = chain.judge(&doubled);
+        assert!(verified.ok, "{verified:#?}");
+        assert!(
+            !verified
+                .warnings
+                .iter()
+                .any(|w| w.contains("other release")),
+            "{:?}",
+            verified.warnings
+        );
 
         // When none verifies, the newest is reported, with a word on the others.
         pool.retain(|e| e.id != chain.attestation_event.id);

@@ -1230,12 +1230,19 @@ async fn a_run_publishes_the_same_kinds_of_events_from_the_engine_and_from_the_r
         from_engine, from_router,
         "engine {from_engine:?}, router {from_router:?}"
     );
-    for kind in [5702, 39842, 9841, 9842, 1063, 8700, 30063, 3063, 32267] {
+    for kind in [5702, 39842, 9842, 1063, 8700, 30063, 3063, 32267] {
         assert!(
             from_router.contains(&kind),
             "the router publishes {kind}: {from_router:?}"
         );
     }
+    // Both runs' job results are the runner's own, not the engine's or the router's.
+    let job_results: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == Kind::Custom(9841))
+        .collect();
+    assert!(job_results.len() >= 2, "{job_results:#?}");
+    assert!(job_results.iter().all(|e| e.pubkey == runner.public_key()));
     client.shutdown().await;
     router.shutdown().await;
     runner.shutdown().await;
@@ -1311,6 +1318,7 @@ fn released_job(id: &str, runner: &Keys, byte: u8) -> JobRecord {
                 isolated: false,
             },
             quorum: None,
+            ci_job_result: None,
         }),
         content: None,
         tried: vec![runner.public_key().to_hex()],
@@ -1530,6 +1538,24 @@ async fn a_routed_push_run_publishes_ci_events_that_gitworkshop_and_the_spec_acc
     let events = ci_events(&network.relay, &repo_id).await;
     let problems = nipc1::check_gitworkshop_conformance(&events);
     assert!(problems.is_empty(), "{problems:#?}\n{events:#?}");
+    // The runner that ran each job signed its job result, and the workflow result quotes
+    // each under the runner's key; the router signed none of them.
+    let job_results: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == nipc1::CI_JOB_RESULT)
+        .collect();
+    assert_eq!(job_results.len(), 2, "{job_results:#?}");
+    assert!(
+        job_results.iter().all(|e| e.pubkey == runner.public_key()),
+        "{job_results:#?}"
+    );
+    let workflow = events
+        .iter()
+        .find(|e| e.kind == nipc1::CI_WORKFLOW_RESULT)
+        .unwrap();
+    let quoted = CiWorkflowResult::from_event(workflow).unwrap().jobs;
+    assert_eq!(quoted.len(), 2);
+    assert!(quoted.iter().all(|q| q.author == Some(runner.public_key())));
     // Each live version, on its own, conforms too (with the run's job results to quote).
     let job_results: Vec<Event> = events
         .iter()

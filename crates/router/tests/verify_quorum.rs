@@ -1293,6 +1293,7 @@ async fn a_single_builders_release_is_refused_unless_allowed() {
             isolated: true,
         },
         quorum: None,
+        ci_job_result: None,
     };
     let result = JobResult::for_request(&request, serde_json::to_string(&report).unwrap())
         .unwrap()

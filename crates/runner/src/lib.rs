@@ -327,6 +327,7 @@ impl Runner {
                 isolated: info.isolated,
             },
             quorum: None,
+            ci_job_result: None,
         };
         Ok((report, derived))
     }
@@ -440,9 +441,80 @@ impl JobHandler for Runner {
                     .await,
             );
         }
+        report.ci_job_result = publish_job_result(&job, &ctx, &report).await;
         let content = serde_json::to_string(&report)
             .map_err(|e| JobFailure::new(format!("cannot encode the report: {e}")))?;
         Ok(JobOutput { content })
+    }
+}
+
+/// Signs the job's NIP-C1 job result (9841) with the runner's own key, as the spec wants of
+/// the provider that ran a job, when the request names the run's progress event (`ci-run`)
+/// and the job (`job`). The result takes its context (repository, commit, workflow, trigger)
+/// from that progress event, which must be the requester's own: a runner speaks only about
+/// runs of whoever asked it. Returns the result's id; `None` (with a log line) when there is
+/// nothing to sign or it could not be published, and the coordinator then signs one for it.
+async fn publish_job_result(job: &Job, ctx: &JobContext, report: &StepReport) -> Option<String> {
+    use quorum_proto::nipc1::{
+        CI_WORKFLOW_PROGRESS, CiJobResult, CiWorkflowProgress, PARAM_CI_RUN, RunAddress,
+    };
+    let address = job.request.param_value(PARAM_CI_RUN)?;
+    let job_id = job
+        .request
+        .param_value(quorum_pipeline::dispatch::PARAM_JOB)?;
+    let address = match RunAddress::parse(address) {
+        Ok(address) if address.coordinator == job.event.pubkey => address,
+        Ok(_) => {
+            tracing::warn!(request = %job.event.id, "`ci-run` names another requester's run: no job result signed");
+            return None;
+        }
+        Err(err) => {
+            tracing::warn!(request = %job.event.id, "no job result signed: {err}");
+            return None;
+        }
+    };
+    let filter = quorum_proto::nostr::Filter::new()
+        .kind(CI_WORKFLOW_PROGRESS)
+        .author(address.coordinator)
+        .identifier(address.run.clone());
+    let found = match ctx.fetch(filter, Duration::from_secs(5)).await {
+        Ok(found) => found,
+        Err(err) => {
+            tracing::warn!(request = %job.event.id, "no job result signed: {err}");
+            return None;
+        }
+    };
+    let progress = found
+        .iter()
+        .filter(|e| e.verify().is_ok())
+        .max_by_key(|e| e.created_at)
+        .and_then(|e| CiWorkflowProgress::from_event(e).ok());
+    let Some(progress) = progress else {
+        tracing::warn!(request = %job.event.id, run = %address, "the run's progress event is not on the relays: no job result signed");
+        return None;
+    };
+    let encrypted = JobRequest::is_encrypted(&job.event);
+    let name = StepJob::from_request(&job.request, encrypted)
+        .ok()
+        .and_then(|step| step.name);
+    let result = CiJobResult::of_step(
+        progress.context,
+        job_id,
+        name,
+        report,
+        address,
+        vec![ctx.public_key().to_hex()],
+    );
+    let published = match result.to_event_builder() {
+        Ok(builder) => ctx.publish(builder).await.map_err(|e| e.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    match published {
+        Ok(event) => Some(event.id.to_hex()),
+        Err(err) => {
+            tracing::warn!(request = %job.event.id, "job result not published: {err}");
+            None
+        }
     }
 }
 

@@ -95,10 +95,10 @@ fn print(event: &FollowEvent, json: bool) {
                 .unwrap_or_default()
         ),
         FollowEvent::Taken { router } => eprintln!("router {} took the run", short(router)),
-        FollowEvent::JobStarted { job, providers } if providers.is_empty() => {
+        FollowEvent::JobStarted { job, providers, .. } if providers.is_empty() => {
             eprintln!("{}", sanitize(&started_line(job)))
         }
-        FollowEvent::JobStarted { job, providers } => {
+        FollowEvent::JobStarted { job, providers, .. } => {
             eprintln!("{} on {}", sanitize(&started_line(job)), shorts(providers))
         }
         FollowEvent::JobSent { job, providers, .. } => eprintln!(

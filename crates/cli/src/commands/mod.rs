@@ -18,6 +18,7 @@ mod relay;
 mod repo;
 mod run;
 mod signer;
+mod ui;
 mod up;
 mod verify;
 mod wallet;
@@ -38,6 +39,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args, color).await,
         Command::Verify(args) => verify::run(args).await,
         Command::Follow(args) => follow::run(args).await,
+        Command::Ui(args) => ui::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Approve(args) => {
             approve::run(args, quorum_proto::approval::Decision::Approve).await

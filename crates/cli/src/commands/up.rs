@@ -70,10 +70,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     super::announce(&format!("operator: {}", endpoints.operator));
     super::announce(&format!("endpoints: {}", endpoints_file.display()));
 
-    shutdown.wait().await;
+    // The dashboard serves until the same signal; if it cannot start, the network still stops
+    // cleanly before the error is told.
+    let ui = match args.ui {
+        Some(listen) => {
+            let relays = super::relay_urls(std::slice::from_ref(&network.relay_url))?;
+            let blossom = vec![network.blossom_url.clone()];
+            super::ui::serve(relays, blossom, listen, shutdown).await
+        }
+        None => {
+            shutdown.wait().await;
+            Ok(())
+        }
+    };
     let stopped = network.shutdown().await;
     let _ = std::fs::remove_file(&endpoints_file);
     stopped?;
+    ui?;
     Ok(ExitCode::SUCCESS)
 }
 
