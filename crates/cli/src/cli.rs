@@ -99,6 +99,11 @@ pub enum Command {
     /// state of its refs (30618), which is what watchers follow.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// The open market: the DVMs offering a kind, their operator, price, mints, observed
+    /// success/uptime/agreement/median duration, trust, and whether --policy admits each.
+    Market(MarketArgs),
+    /// A Cashu wallet (cdk, SQLite in the data directory) to pay priced DVMs with.
+    Wallet(WalletArgs),
     /// Print a shell completion script: `quorum completions bash > /etc/bash_completion.d/quorum`
     /// (zsh: into a directory on $fpath as `_quorum`; fish: ~/.config/fish/completions/quorum.fish).
     Completions(CompletionsArgs),
@@ -305,6 +310,98 @@ pub enum DvmCommand {
     /// Hold a quorum share and take part in the agreement, but have an ordinary DVM of kind K
     /// on the open market do the work (a NIP-90 DVM that knows nothing of Quorum CI).
     Wrapper(WrapperArgs),
+    /// Keep the public record: publish each DVM's observed success, uptime, agreement and
+    /// median duration as NIP-85 assertions (kind 30382) under this key, every --interval.
+    Recorder(RecorderArgs),
+}
+
+/// Options of `quorum wallet`.
+#[derive(Debug, Args)]
+pub struct WalletArgs {
+    /// The mint (URL) this wallet holds ecash of.
+    #[arg(long, value_name = "URL")]
+    pub mint: String,
+
+    /// Wallet directory (SQLite store and seed); default `$XDG_DATA_HOME/quorum/wallet`.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: WalletCommand,
+}
+
+/// What `quorum wallet` does.
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Spendable sats.
+    Balance,
+    /// Mint AMOUNT sats from a Lightning invoice the mint issues (logged at info level; a test
+    /// mint pays it by itself), waiting up to --wait seconds for the payment.
+    Mint {
+        amount: u64,
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
+    /// Receive a token (`cashuB…`) into the wallet.
+    Receive { token: String },
+    /// Print a bearer token of AMOUNT sats (whoever holds it can spend it).
+    Send { amount: u64 },
+}
+
+/// Options of `quorum market`.
+#[derive(Debug, Args)]
+pub struct MarketArgs {
+    /// Relay to read the market from (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// The request kind the DVMs serve.
+    #[arg(long, default_value_t = 5702)]
+    pub kind: u16,
+
+    /// Selection policy (YAML: the keys of a pipeline's `select:`) to judge each DVM by.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Whose list, follows and rank providers `trusted` reads when the policy names no `by`.
+    #[arg(long, value_name = "NPUB_OR_HEX")]
+    pub maintainer: Option<String>,
+
+    /// Seconds to wait for the relays' answers.
+    #[arg(long, default_value_t = 5)]
+    pub wait: u64,
+
+    /// Print the judgement as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `quorum dvm recorder`.
+#[derive(Debug, Args)]
+pub struct RecorderArgs {
+    /// Relay to read the record from and publish on (repeat for several).
+    #[arg(long = "relay", value_name = "URL", required = true)]
+    pub relays: Vec<String>,
+
+    /// The recorder's secret key file (nsec or hex, mode 0600); created if missing.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+
+    /// Request kind whose DVMs are recorded (repeat for several).
+    #[arg(long = "kind", value_name = "K", default_value = "5702")]
+    pub kinds: Vec<u16>,
+
+    /// How many of each DVM's latest jobs count.
+    #[arg(long, default_value_t = 20)]
+    pub window: u32,
+
+    /// Seconds between rounds.
+    #[arg(long, default_value_t = 300)]
+    pub interval: u64,
+
+    /// One round, then exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// Options of `quorum dvm watcher`.
@@ -403,6 +500,11 @@ pub struct RouterArgs {
     /// your own network; by default only public addresses are fetched from).
     #[arg(long)]
     pub allow_private_git: bool,
+
+    /// Selection policy (YAML: the keys of a pipeline's `select:`) for runs whose request
+    /// names no runners, applied to jobs whose pipeline gives no `select:`.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 /// Options of `quorum dvm runner`.
@@ -467,6 +569,12 @@ pub struct RunnerArgs {
     /// Price per job in millisats, announced via NIP-89.
     #[arg(long, default_value_t = 0)]
     pub price_msats: u64,
+
+    /// The Cashu mint whose tokens pay for jobs (announced with the price). With a price, a
+    /// request without a token locked to this runner's key gets `payment-required` and no
+    /// work; payments go to the wallet in DATA/wallet.
+    #[arg(long, value_name = "URL")]
+    pub mint: Option<String>,
 
     /// Who runs this DVM (npub or hex), named in its NIP-89 announcement. The operator
     /// confirms it with `quorum operator publish --dvm THIS_DVM`.
@@ -952,6 +1060,20 @@ pub struct RunArgs {
     /// The repository whose HEAD commit and pipeline to run.
     #[arg(default_value = ".")]
     pub dir: PathBuf,
+
+    /// Pay priced DVMs from the wallet of --mint, at most SATS for the whole run (Cashu
+    /// tokens P2PK-locked to each DVM, NIP-44 encrypted in its request, refundable to the
+    /// run's key after the job's timeout and an hour). Without it, priced DVMs are passed over.
+    #[arg(long, value_name = "SATS", requires = "mint")]
+    pub budget: Option<u64>,
+
+    /// The mint of the wallet --budget pays from (`quorum wallet --mint URL mint N` fills it).
+    #[arg(long, value_name = "URL")]
+    pub mint: Option<String>,
+
+    /// The wallet directory; default `$XDG_DATA_HOME/quorum/wallet` (as `quorum wallet`).
+    #[arg(long, value_name = "DIR")]
+    pub wallet: Option<PathBuf>,
 
     /// Use the DVMs on this relay (repeat) instead of starting the embedded network.
     #[arg(long = "relay", value_name = "URL")]

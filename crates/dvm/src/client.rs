@@ -572,6 +572,17 @@ impl JobClient {
                 .decrypt(self.keys.secret_key(), &provider)
                 .unwrap_or_default();
             reporter.feedback(&provider, &feedback, &content);
+            // A DVM this request was addressed to will not work unpaid, and this client pays
+            // only up front (docs/protocol.md §17.4): waiting cannot help, so it ends the job.
+            if feedback.status == FeedbackStatus::PaymentRequired
+                && request.tags.public_keys().any(|p| *p == provider)
+            {
+                return Some(JobOutcome::Error {
+                    request: request.clone(),
+                    provider,
+                    feedback,
+                });
+            }
             return None;
         }
         let result = match JobResult::from_event(answer) {

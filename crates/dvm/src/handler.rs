@@ -193,3 +193,45 @@ pub trait JobHandler: Send + Sync + 'static {
         ctx: JobContext,
     ) -> impl Future<Output = Result<JobOutput, JobFailure>> + Send;
 }
+
+/// What a priced DVM does with the payment a request carries (docs/protocol.md §17.4),
+/// checked after the request is accepted and before any work: [`Payment::Paid`] lets the job
+/// run; [`Payment::Required`] answers `payment-required` with the amount and does no work;
+/// [`Payment::Refused`] answers `error` with the reason (a spent, short, wrongly locked or
+/// foreign token) and does no work. Implemented by the payments crate with a Cashu wallet.
+pub trait PaymentGate: Send + Sync + 'static {
+    fn collect<'a>(
+        &'a self,
+        request: &'a JobRequest,
+        dvm: &'a nostr_sdk::prelude::Keys,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Payment> + Send + 'a>>;
+}
+
+/// The verdict of a [`PaymentGate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payment {
+    /// Received this many millisats (or the DVM is free).
+    Paid { msats: u64 },
+    /// Nothing was paid: this is the price, and these are the mints taken.
+    Required { msats: u64, mints: Vec<String> },
+    /// A payment was offered and refused, for this public reason.
+    Refused(String),
+}
+
+/// A requester's side of paying DVMs (docs/protocol.md §17.4): a token of `sats` that only
+/// `dvm`'s key can redeem, refundable to the payer after `locktime` (unix seconds). The engine
+/// puts it, NIP-44 encrypted, in the request to that DVM. Implemented by the payments crate.
+pub trait Payer: Send + Sync + 'static {
+    fn pay<'a>(
+        &'a self,
+        dvm: &'a nostr_sdk::prelude::PublicKey,
+        sats: u64,
+        locktime: u64,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+}
+
+impl std::fmt::Debug for dyn Payer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Payer")
+    }
+}

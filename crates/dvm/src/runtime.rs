@@ -66,6 +66,14 @@ pub struct DvmConfig {
     /// said, so that customers can tell a busy DVM from a dead one.
     pub heartbeat: Duration,
     pub retry: RetryPolicy,
+    /// Takes payment before any work (a priced DVM); `None`: every job is free.
+    pub payments: Option<Arc<dyn crate::handler::PaymentGate>>,
+}
+
+impl std::fmt::Debug for dyn crate::handler::PaymentGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PaymentGate")
+    }
 }
 
 impl DvmConfig {
@@ -88,6 +96,7 @@ impl DvmConfig {
             partial_max_bytes: 4096,
             heartbeat: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            payments: None,
         }
     }
 }
@@ -595,6 +604,30 @@ impl<H: JobHandler> Shared<H> {
                 return;
             }
         };
+        if let Some(gate) = &self.config.payments {
+            match gate.collect(&request, &self.keys).await {
+                crate::handler::Payment::Paid { msats } => {
+                    tracing::info!(request = %event.id, msats, "paid");
+                }
+                crate::handler::Payment::Required { msats, mints } => {
+                    tracing::info!(request = %event.id, msats, "payment required");
+                    self.record(event.id, Outcome::Error);
+                    let feedback = JobFeedback::new(FeedbackStatus::PaymentRequired, &event)
+                        .with_extra(format!(
+                            "this DVM charges {msats} msats per job, in Cashu tokens P2PK-locked \
+                             to its key from one of: {}",
+                            mints.join(", ")
+                        ))
+                        .with_amount(msats);
+                    self.send_feedback(feedback).await;
+                    return;
+                }
+                crate::handler::Payment::Refused(why) => {
+                    self.refuse(&event, format!("payment refused: {why}")).await;
+                    return;
+                }
+            }
+        }
         self.send_feedback(JobFeedback::new(FeedbackStatus::Processing, &event))
             .await;
 

@@ -140,6 +140,11 @@ impl Sink {
         !self.found.is_empty()
     }
 
+    /// How many errors so far: a part of the file checked clean when this did not grow.
+    pub fn error_count(&self) -> usize {
+        self.found.len()
+    }
+
     /// Sorted by position, then message, so that the output does not depend on the order in
     /// which the checks ran; exact duplicates (one cause reached twice) are dropped.
     pub fn finish(mut self) -> Diagnostics {

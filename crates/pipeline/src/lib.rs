@@ -108,6 +108,7 @@ pub mod expr;
 pub mod init;
 mod lint;
 mod plan;
+pub mod select;
 mod yaml;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
@@ -119,6 +120,11 @@ pub use plan::{
 
 /// Where a repository keeps its pipeline.
 pub const PIPELINE_PATH: &str = ".quorum/pipeline.yml";
+
+/// Parses and lints a selection policy file: the keys of a pipeline's `select:` at its root.
+pub fn parse_policy(file_name: &str, text: &str) -> Result<select::SelectPolicy, Diagnostics> {
+    lint::compile_select(file_name, text)
+}
 
 /// Parses, lints and compiles a pipeline file. `file_name` is only used in diagnostics.
 ///

@@ -173,6 +173,10 @@ pub struct PlannedJob {
     /// The job's artifacts are part of the release, published once every job of the run has
     /// succeeded (so after any approval gate).
     pub release: bool,
+    /// Which DVMs may take the job: the file's `select` with the job's own over it. Absent
+    /// from the plan (and its hash) when neither gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<crate::select::SelectPolicy>,
 }
 
 impl PlannedJob {
@@ -433,6 +437,7 @@ mod tests {
             },
             mode: Mode::Router,
             release: false,
+            select: None,
         }
     }
 

@@ -13,10 +13,12 @@ pub mod chain;
 pub mod kinds;
 pub mod mandate;
 pub mod nip34;
+pub mod nip85;
 pub mod nip89;
 pub mod nip90;
 pub mod nipc1;
 pub mod operator;
+pub mod payment;
 pub mod quorum_job;
 pub mod quorum_msg;
 pub mod release;
@@ -24,6 +26,7 @@ pub mod run;
 pub mod source;
 pub mod step;
 mod tags;
+pub mod trust;
 
 pub use nostr;
 

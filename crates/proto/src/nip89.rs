@@ -51,10 +51,35 @@ pub struct Capabilities {
     pub network: bool,
 }
 
-/// Price per job, in millisats (0 = free).
+/// What a job costs, in millisats (0 = free), and which Cashu mints the DVM takes payment
+/// from. A per-second price is charged on top of the per-job price for the seconds the job
+/// runs, up to the DVM's `max_timeout_secs`; both absent from older announcements read as 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Price {
     pub msats_per_job: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub msats_per_second: u64,
+    /// Mint URLs (normalised: no trailing slash) whose tokens the DVM accepts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mints: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Price {
+    /// Whether the DVM asks for payment at all.
+    pub fn is_free(&self) -> bool {
+        self.msats_per_job == 0 && self.msats_per_second == 0
+    }
+
+    /// The most a job may cost: the per-job price plus `max_secs` seconds at the per-second
+    /// price (saturating: an absurd announcement is simply too expensive).
+    pub fn max_msats(&self, max_secs: u64) -> u64 {
+        self.msats_per_job
+            .saturating_add(self.msats_per_second.saturating_mul(max_secs))
+    }
 }
 
 /// Limits the DVM enforces on each job.
@@ -228,7 +253,7 @@ mod tests {
                     toolchains: vec!["sh".into(), "git".into()],
                     network: false,
                 },
-                price: Price { msats_per_job: 0 },
+                price: Price::default(),
                 limits: JobLimits {
                     concurrency: 2,
                     max_timeout_secs: 3600,

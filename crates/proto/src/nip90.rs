@@ -261,6 +261,9 @@ impl fmt::Debug for JobParam {
                 _ => vec!["***"],
             };
             debug.field("values", &shown)
+        } else if self.key == crate::payment::PARAM_CASHU {
+            // A Cashu token is money: it never reaches a log.
+            debug.field("values", &["***"])
         } else {
             debug.field("values", &self.values)
         }
@@ -822,6 +825,15 @@ impl JobFeedback {
 
     pub fn with_extra(mut self, extra: impl Into<String>) -> Self {
         self.extra = Some(extra.into());
+        self
+    }
+
+    /// NIP-90's `amount` (millisats) on the feedback: what a `payment-required` asks for.
+    pub fn with_amount(mut self, msats: u64) -> Self {
+        self.amount = Some(Amount {
+            msats,
+            invoice: None,
+        });
         self
     }
 

@@ -37,6 +37,9 @@ pub struct RouterConfig {
     pub git: GitPolicy,
     /// Runners to use when a request names none; empty: whoever announces kind 5702.
     pub runners: Vec<PublicKey>,
+    /// The selection policy for runs whose request names no runners, applied to jobs whose
+    /// pipeline gives none (docs/pipeline.md "Choosing DVMs"); `None`: every runner found.
+    pub select: Option<quorum_pipeline::select::SelectPolicy>,
     /// Longest a whole run may take.
     pub max_run: Duration,
     /// Stores the verification bundle of each release on the Blossom servers that hold its
@@ -441,6 +444,12 @@ impl Router {
                 narrow
             }
         };
+        // The router's own policy applies only when the request leaves the runners open.
+        let select = if run.runners.is_empty() {
+            self.config.select.clone()
+        } else {
+            None
+        };
         let runners = if !run.runners.is_empty() {
             run.runners.clone()
         } else if !self.config.runners.is_empty() {
@@ -513,6 +522,7 @@ impl Router {
         let config = EngineConfig {
             runners,
             parent: Some(job.event.id),
+            select,
             ..EngineConfig::default()
         };
         Ok(Prepared {

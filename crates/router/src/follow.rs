@@ -794,6 +794,7 @@ fn record_of(job: &JobSummary) -> JobRecord {
         content: None,
         tried: Vec::new(),
         quorum: None,
+        paid_msats: 0,
     }
 }
 

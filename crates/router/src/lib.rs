@@ -21,6 +21,7 @@ pub mod pipeline_run;
 pub mod progress;
 pub mod quorum;
 pub mod release;
+mod select;
 pub mod status;
 pub mod trigger;
 pub mod verify;
@@ -93,6 +94,13 @@ pub struct EngineConfig {
     /// The request this run serves (a router's run-pipeline job): every sub-request carries it
     /// as an `e` tag, with the job id as a `job` param, so [`recover`] can find them again.
     pub parent: Option<EventId>,
+    /// The selection policy for jobs whose pipeline gives none (a router DVM's, for runs
+    /// that leave runners open); `None`: such jobs take `runners` as they are.
+    pub select: Option<quorum_pipeline::select::SelectPolicy>,
+    /// Pays priced DVMs (Cashu tokens locked to each); `None`: priced DVMs are passed over.
+    pub payer: Option<std::sync::Arc<dyn quorum_dvm::handler::Payer>>,
+    /// The most the run may pay in all, in millisats; `None`: no cap.
+    pub budget_msats: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -105,6 +113,9 @@ impl Default for EngineConfig {
             dvm_timeout: Duration::from_secs(600),
             approval_wait: Duration::from_secs(24 * 3600),
             parent: None,
+            select: None,
+            payer: None,
+            budget_msats: None,
         }
     }
 }
@@ -138,6 +149,13 @@ pub struct JobRecord {
     /// For quorum jobs: the quorum, its attestation and who agreed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quorum: Option<quorum::QuorumRecord>,
+    /// Millisats paid to DVMs for this job (Cashu tokens handed over, redeemed or not).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub paid_msats: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl JobRecord {
@@ -155,6 +173,7 @@ impl JobRecord {
             content: None,
             tried: Vec::new(),
             quorum: None,
+            paid_msats: 0,
         }
     }
 
@@ -212,9 +231,15 @@ pub async fn resume(
         done: prior,
         resume: mut interrupted,
     } = recovered;
+    // Selection happens before anything runs: a job the market cannot staff stops the run.
+    let selected = match select::preselect(client, plan, context, config).await {
+        Ok(selected) => selected,
+        Err(refused) => return refused_outcome(plan, refused, reporter),
+    };
     let reporter = Mutex::new(reporter);
     let run = run_id(&context.repo, &context.commit, plan);
     let gates: Vec<String> = plan.release_gates().iter().map(|g| g.id.clone()).collect();
+    let spent = Mutex::new(0u64);
     let engine = Engine {
         client,
         context,
@@ -222,6 +247,8 @@ pub async fn resume(
         reporter: &reporter,
         run: &run,
         release_gates: &gates,
+        selected: &selected,
+        spent: &spent,
     };
     let engine = &engine;
     let mut records: HashMap<String, JobRecord> = HashMap::new();
@@ -365,6 +392,44 @@ pub(crate) struct Engine<'a, 'r> {
     /// The approval gates a release of the run depends on (`Plan::release_gates`): a quorum
     /// signs a release binding only after they passed.
     pub release_gates: &'a [String],
+    /// The DVMs each job with a selection policy may be given to, in order of preference.
+    pub selected: &'a select::Selected,
+    /// Millisats paid so far in this run, against `config.budget_msats`.
+    pub spent: &'a Mutex<u64>,
+}
+
+/// The outcome of a run that selection stopped before it started: the refused jobs failed
+/// with the selection's report, every other job skipped.
+fn refused_outcome(
+    plan: &Plan,
+    refused: Vec<(String, String)>,
+    reporter: &mut dyn RunReporter,
+) -> RunOutcome {
+    let names: Vec<&str> = refused.iter().map(|(id, _)| id.as_str()).collect();
+    let jobs: Vec<JobRecord> = plan
+        .jobs
+        .iter()
+        .map(|job| {
+            let mut record = JobRecord::new(job);
+            record.state = match refused.iter().find(|(id, _)| *id == job.id) {
+                Some((_, reason)) => JobState::Failed {
+                    reason: format!("before the run started: {reason}"),
+                },
+                None => JobState::Skipped {
+                    reason: format!(
+                        "the run did not start: the selection policy of {} leaves too few DVMs",
+                        names.join(", ")
+                    ),
+                },
+            };
+            reporter.job_finished(&record);
+            record
+        })
+        .collect();
+    RunOutcome {
+        succeeded: false,
+        jobs,
+    }
 }
 
 fn lock<'a, 'b>(
@@ -477,6 +542,24 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
     };
     let candidates: Vec<Option<PublicKey>> = match prepared.provider {
         Some(provider) => vec![Some(provider)],
+        // The selection policy's choice: in its order of preference when it has one (the
+        // order is the point of `prefer`), else spread by job id like the engine's runners.
+        None if engine.selected.contains_key(&job.id) => {
+            let mut admitted: Vec<Option<PublicKey>> = engine.selected[&job.id]
+                .iter()
+                .map(|(dvm, _)| Some(*dvm))
+                .collect();
+            let prefer = job
+                .select
+                .as_ref()
+                .or(config.select.as_ref())
+                .and_then(|p| p.prefer);
+            if prefer.is_none() {
+                let len = admitted.len();
+                admitted.rotate_left(first_runner(&job.id, len));
+            }
+            admitted
+        }
         None if prepared.runner_job && !config.runners.is_empty() => {
             let mut runners = config.runners.clone();
             let len = runners.len();
@@ -506,7 +589,24 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
                 address.to_string(),
             ));
         }
-        let encrypt = prepared.encrypt && provider.is_some();
+        let mut encrypt = prepared.encrypt && provider.is_some();
+        if let Some(dvm) = provider {
+            match pay(engine, job, &dvm, prepared.timeout).await {
+                Ok(None) => {}
+                Ok(Some((param, msats))) => {
+                    request.params.push(param);
+                    // The token travels NIP-44 encrypted to the DVM, never in a clear tag.
+                    encrypt = true;
+                    record.paid_msats += msats;
+                }
+                Err(reason) => {
+                    last_failure = reason;
+                    tracing::info!(job = %job.id, "{last_failure}; trying another DVM");
+                    record.tried.push(dvm.to_hex());
+                    continue;
+                }
+            }
+        }
         if prepared.encrypt && provider.is_none() {
             record.state = JobState::Failed {
                 reason: "the job has secrets, which need a known runner to be encrypted to".into(),
@@ -554,6 +654,65 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
         reason: last_failure,
     };
     record
+}
+
+/// The payment for `dvm`'s work on `job`, when the selection found it priced: a `cashu` param
+/// with a token locked to `dvm`, refundable after the job's timeout and an hour, within the
+/// run's budget. `Ok(None)`: free. `Err`: why this DVM is passed over (no wallet, over budget,
+/// the wallet could not pay).
+async fn pay(
+    engine: &Engine<'_, '_>,
+    job: &PlannedJob,
+    dvm: &PublicKey,
+    timeout: Duration,
+) -> Result<Option<(JobParam, u64)>, String> {
+    let msats = engine
+        .selected
+        .get(&job.id)
+        .and_then(|dvms| dvms.iter().find(|(k, _)| k == dvm))
+        .map(|(_, price)| *price)
+        .unwrap_or(0);
+    if msats == 0 {
+        return Ok(None);
+    }
+    let Some(payer) = &engine.config.payer else {
+        return Err(format!(
+            "{} charges {msats} msats and this run has no wallet to pay with",
+            short(dvm)
+        ));
+    };
+    let sats = msats.div_ceil(1000);
+    {
+        let mut spent = lock_spent(engine.spent);
+        if let Some(budget) = engine.config.budget_msats
+            && *spent + sats * 1000 > budget
+        {
+            return Err(format!(
+                "{} charges {msats} msats, over the run's budget ({} of {budget} msats spent)",
+                short(dvm),
+                *spent
+            ));
+        }
+        // Reserved before paying, so parallel jobs cannot overspend together.
+        *spent += sats * 1000;
+    }
+    let locktime = quorum_proto::nostr::Timestamp::now().as_secs() + timeout.as_secs() + 3600;
+    match payer.pay(dvm, sats, locktime).await {
+        Ok(token) => Ok(Some((
+            JobParam::new(quorum_proto::payment::PARAM_CASHU, token),
+            sats * 1000,
+        ))),
+        Err(why) => {
+            *lock_spent(engine.spent) -= sats * 1000;
+            Err(format!("cannot pay {}: {why}", short(dvm)))
+        }
+    }
+}
+
+fn lock_spent(spent: &Mutex<u64>) -> std::sync::MutexGuard<'_, u64> {
+    spent
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Where in the runner list a job starts: spread by job id, so that parallel jobs go to

@@ -161,6 +161,7 @@ mod tests {
             content: None,
             tried: Vec::new(),
             quorum: None,
+            paid_msats: 0,
         }
     }
 

@@ -1323,6 +1323,7 @@ fn released_job(id: &str, runner: &Keys, byte: u8) -> JobRecord {
         content: None,
         tried: vec![runner.public_key().to_hex()],
         quorum: None,
+        paid_msats: 0,
     }
 }
 

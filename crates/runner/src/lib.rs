@@ -69,6 +69,8 @@ pub struct RunnerConfig {
     /// How long a quorum member waits for the approval gates a release depends on before it
     /// gives up signing the binding (the engine's approval requests expire after 24 h).
     pub approval_wait: Duration,
+    /// Cashu mints whose tokens pay for jobs (announced with the price).
+    pub mints: Vec<String>,
 }
 
 impl RunnerConfig {
@@ -85,6 +87,7 @@ impl RunnerConfig {
             max_request_bytes: 64 * 1024,
             toolchains: vec!["sh".into(), "git".into()],
             price_msats: 0,
+            mints: Vec::new(),
         }
     }
 }
@@ -417,6 +420,8 @@ impl JobHandler for Runner {
             },
             price: Price {
                 msats_per_job: self.config.price_msats,
+                mints: self.config.mints.clone(),
+                ..Price::default()
             },
             limits: JobLimits {
                 concurrency: self.config.concurrency,

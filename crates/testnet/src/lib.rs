@@ -17,6 +17,18 @@ use quorum_proto::nostr::{Keys, RelayUrl};
 use quorum_runner::{GitPolicy, Runner, RunnerConfig};
 use tokio::sync::oneshot;
 
+/// What a market runner announces ([`Network::priced_runner`]).
+#[derive(Clone, Default)]
+pub struct Terms {
+    pub price_msats: u64,
+    /// The operator it names (a claim until the operator lists it).
+    pub operator: Option<quorum_proto::nostr::PublicKey>,
+    /// Takes payment before any work; `None`: jobs run unpaid whatever the price says.
+    pub payments: Option<Arc<dyn quorum_dvm::handler::PaymentGate>>,
+    /// Mints announced in the price.
+    pub mints: Vec<String>,
+}
+
 /// A relay and a Blossom server on 127.0.0.1, stopped when dropped.
 pub struct Network {
     pub relay: RelayUrl,
@@ -114,7 +126,23 @@ impl Network {
                 .expect("bubblewrap is required for these tests: apt-get install bubblewrap"),
             tamper,
         };
-        self.start_runner_in(data, keys, true, Some(member), Arc::new(sandbox))
+        self.start_runner_in(
+            data,
+            keys,
+            true,
+            Some(member),
+            Arc::new(sandbox),
+            &Terms::default(),
+        )
+        .await
+    }
+
+    /// A runner of the open market: it announces `terms` (price, operator) and fetches
+    /// file:// repositories.
+    pub async fn priced_runner(&self, data: &Path, keys: Keys, terms: &Terms) -> Dvm {
+        let sandbox = quorum_sandbox::Bubblewrap::detect()
+            .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
+        self.start_runner_in(data, keys, true, None, Arc::new(sandbox), terms)
             .await
     }
 
@@ -127,8 +155,15 @@ impl Network {
     ) -> Dvm {
         let sandbox = quorum_sandbox::Bubblewrap::detect()
             .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
-        self.start_runner_in(data, keys, allow_local, quorum, Arc::new(sandbox))
-            .await
+        self.start_runner_in(
+            data,
+            keys,
+            allow_local,
+            quorum,
+            Arc::new(sandbox),
+            &Terms::default(),
+        )
+        .await
     }
 
     async fn start_runner_in(
@@ -138,8 +173,11 @@ impl Network {
         allow_local: bool,
         quorum: Option<quorum_consensus::job::QuorumMember>,
         sandbox: Arc<dyn quorum_sandbox::Sandbox>,
+        terms: &Terms,
     ) -> Dvm {
         let mut config = RunnerConfig::new(data.join("work"), vec![self.blossom.clone()]);
+        config.price_msats = terms.price_msats;
+        config.mints = terms.mints.clone();
         // Tests ask for network steps; the sandbox keeps them off the host's loopback.
         config.allow_network = true;
         config.git = GitPolicy {
@@ -160,6 +198,8 @@ impl Network {
         let mut dvm_config = DvmConfig::new(vec![self.relay.clone()], data.join("dvm"), "runner");
         // Frequent signs of life, so that tests can use a short patience.
         dvm_config.heartbeat = Duration::from_millis(500);
+        dvm_config.operator = terms.operator;
+        dvm_config.payments = terms.payments.clone();
         Dvm::start(dvm_config, keys, runner)
             .await
             .expect("the runner starts")
@@ -167,6 +207,16 @@ impl Network {
 
     /// A router DVM signing with `keys` (pass the same keys to restart "the same" router).
     pub async fn router(&self, data: &Path, keys: &Keys) -> quorum_router::dvm::RunningRouter {
+        self.router_with_policy(data, keys, None).await
+    }
+
+    /// [`Network::router`] applying `select` to runs whose request names no runners.
+    pub async fn router_with_policy(
+        &self,
+        data: &Path,
+        keys: &Keys,
+        select: Option<quorum_pipeline::select::SelectPolicy>,
+    ) -> quorum_router::dvm::RunningRouter {
         let client = JobClient::connect(std::slice::from_ref(&self.relay), keys.clone())
             .await
             .expect("the router's client connects");
@@ -180,6 +230,7 @@ impl Network {
                     ..GitPolicy::default()
                 },
                 runners: Vec::new(),
+                select,
                 max_run: Duration::from_secs(600),
                 bundle_store: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
             },

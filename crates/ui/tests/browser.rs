@@ -594,6 +594,7 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
             },
             price: Price {
                 msats_per_job: 21_000,
+                ..Price::default()
             },
             limits: JobLimits {
                 concurrency: 1,

@@ -469,6 +469,7 @@ impl JobHandler for Wrapper {
             },
             price: Price {
                 msats_per_job: self.config.price_msats,
+                ..Price::default()
             },
             limits: JobLimits {
                 concurrency: self.config.concurrency,

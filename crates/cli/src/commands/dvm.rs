@@ -18,6 +18,7 @@ pub async fn run(command: DvmCommand) -> anyhow::Result<ExitCode> {
         DvmCommand::Router(args) => router(args).await,
         DvmCommand::Watcher(args) => watcher(args).await,
         DvmCommand::Wrapper(args) => super::wrapper::run(args).await,
+        DvmCommand::Recorder(args) => super::market::recorder(args).await,
     }
 }
 
@@ -161,12 +162,23 @@ async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {
         allow_local_repos: args.allow_local_repos,
         operator: operator(args.operator.as_deref())?,
         allow_private_git: args.allow_private_git,
+        select: args.policy.as_deref().map(read_policy).transpose()?,
     };
     let dvm = start_router(setup, keys.clone()).await?;
     super::announce(&format!("router: {}", keys.public_key().to_hex()));
     shutdown.wait().await;
     dvm.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A selection policy file, linted: every problem is reported with its position.
+pub(crate) fn read_policy(
+    path: &std::path::Path,
+) -> anyhow::Result<quorum_pipeline::select::SelectPolicy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the policy file {}", path.display()))?;
+    quorum_pipeline::parse_policy(&path.display().to_string(), &text)
+        .map_err(|d| anyhow::anyhow!("the policy file does not lint:\n{d}"))
 }
 
 /// What a router DVM needs besides its keys.
@@ -179,6 +191,8 @@ pub struct RouterSetup {
     /// Who runs the router, named in its announcement.
     pub operator: Option<quorum_proto::nostr::PublicKey>,
     pub allow_private_git: bool,
+    /// The selection policy for runs that leave runners open (`--policy FILE`).
+    pub select: Option<quorum_pipeline::select::SelectPolicy>,
 }
 
 /// Starts a router DVM; its job client signs with the same key, so that it recognises its own
@@ -198,6 +212,7 @@ pub async fn start_router(
                 ..GitPolicy::default()
             },
             runners: setup.runners,
+            select: setup.select,
             max_run: setup.max_run,
             bundle_store: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
         },
@@ -293,6 +308,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         allow_local_repos: args.allow_local_repos,
         allow_private_git: args.allow_private_git,
         price_msats: args.price_msats,
+        mint: args.mint.clone(),
         operator: operator(args.operator.as_deref())?,
     };
     let dvm = start_runner(setup, keys.clone(), sandbox).await?;
@@ -337,6 +353,8 @@ pub struct RunnerSetup {
     pub allow_local_repos: bool,
     pub allow_private_git: bool,
     pub price_msats: u64,
+    /// The mint payments are taken at (a priced runner collects only with one).
+    pub mint: Option<String>,
     /// Who runs the runner, named in its announcement.
     pub operator: Option<quorum_proto::nostr::PublicKey>,
 }
@@ -358,6 +376,22 @@ pub async fn start_runner(
     config.allow_network = setup.allow_network;
     config.concurrency = u32::try_from(setup.concurrency).unwrap_or(u32::MAX);
     config.price_msats = setup.price_msats;
+    config.mints = setup
+        .mint
+        .iter()
+        .map(|m| m.trim_end_matches('/').to_string())
+        .collect();
+    let payments: Option<Arc<dyn quorum_dvm::handler::PaymentGate>> = match &setup.mint {
+        Some(mint) if setup.price_msats > 0 => Some(Arc::new(quorum_pay::Collector {
+            wallet: quorum_pay::PayWallet::open_in(&setup.data.join("wallet"), mint).await?,
+            price_msats: setup.price_msats,
+        })),
+        None if setup.price_msats > 0 => {
+            tracing::warn!("a price without --mint is announced but not collected");
+            None
+        }
+        _ => None,
+    };
     let max_request_bytes = config.max_request_bytes;
     let blossom = quorum_blossom::client::BlossomClient::new(keys.clone());
     // Quorum jobs: the shares this runner holds are in DATA/shares (made by the key service).
@@ -373,5 +407,6 @@ pub async fn start_runner(
     dvm_config.concurrency = setup.concurrency.max(1);
     dvm_config.max_request_bytes = usize::try_from(max_request_bytes).unwrap_or(usize::MAX);
     dvm_config.operator = setup.operator;
+    dvm_config.payments = payments;
     Ok(Dvm::start(dvm_config, keys, runner).await?)
 }

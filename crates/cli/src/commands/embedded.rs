@@ -123,6 +123,7 @@ impl Embedded {
                 allow_local_repos: true,
                 operator: Some(operator.public_key()),
                 allow_private_git: true,
+                select: None,
             };
             Some(super::dvm::start_router(setup, keys).await?)
         };
@@ -256,6 +257,7 @@ async fn start_runners(
             allow_local_repos: true,
             allow_private_git: true,
             price_msats: 0,
+            mint: None,
             operator: Some(operator),
         };
         dvms.push(super::dvm::start_runner(setup, keys, sandbox.clone()).await?);

@@ -12,6 +12,7 @@ mod init;
 mod job;
 mod lint;
 mod mandate;
+mod market;
 mod operator;
 mod relay;
 mod repo;
@@ -20,6 +21,7 @@ mod signer;
 mod ui;
 mod up;
 mod verify;
+mod wallet;
 mod wrapper;
 
 use std::process::ExitCode;
@@ -49,6 +51,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Operator(command) => operator::run(command).await,
         Command::Doctor(args) => doctor::run(args).await,
         Command::Repo(command) => repo::run(command).await,
+        Command::Market(args) => market::run(args).await,
+        Command::Wallet(args) => wallet::run(args).await,
         Command::Completions(args) => {
             use clap::CommandFactory;
             let mut command = Cli::command();

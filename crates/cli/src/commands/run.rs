@@ -239,8 +239,24 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
         eprintln!("! the quorum jobs will not run: {reason}");
     }
 
+    let payer: Option<std::sync::Arc<dyn quorum_dvm::handler::Payer>> =
+        match (args.budget, &args.mint) {
+            (Some(_), Some(mint)) => {
+                let dir = match &args.wallet {
+                    Some(dir) => dir.clone(),
+                    None => data_home()?.join("wallet"),
+                };
+                Some(std::sync::Arc::new(quorum_pay::WalletPayer {
+                    wallet: quorum_pay::PayWallet::open_in(&dir, mint).await?,
+                    refund_to: keys.public_key(),
+                }))
+            }
+            _ => None,
+        };
     let config = EngineConfig {
         runners,
+        payer,
+        budget_msats: args.budget.map(|sats| sats.saturating_mul(1000)),
         ..EngineConfig::default()
     };
     let mut reporter = Progress::new(args.json, color);
@@ -427,6 +443,11 @@ fn default_data_dir(run_id: &str) -> anyhow::Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the run's data directory {}", dir.display()))?;
     Ok(dir)
+}
+
+/// `$XDG_DATA_HOME/quorum` (or `~/.local/share/quorum`): where the wallet lives by default.
+pub(crate) fn data_home() -> anyhow::Result<std::path::PathBuf> {
+    Ok(xdg_dir("XDG_DATA_HOME", ".local/share", "--data DIR")?.join("quorum"))
 }
 
 /// The XDG base directory `var` names, or `$HOME/fallback`; `flag` is what to pass instead
@@ -799,6 +820,13 @@ impl RunReporter for Progress {
         self.line(&super::sanitize(&quorum_router::progress::finished_line(
             record,
         )));
+        if record.paid_msats > 0 {
+            self.line(&format!(
+                "  {} paid {} sat",
+                record.id,
+                record.paid_msats / 1000
+            ));
+        }
         if let (JobState::Failed { .. }, Some(report)) = (&record.state, &record.report) {
             for line in quorum_router::progress::failure_details(&record.id, report) {
                 self.line(&super::sanitize(&line));

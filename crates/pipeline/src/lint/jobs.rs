@@ -30,6 +30,7 @@ pub(super) const JOB_KEYS: &[&str] = &[
     "threshold",
     "approval",
     "release",
+    "select",
 ];
 /// The most jobs a pipeline may have.
 pub const MAX_JOBS: usize = 256;
@@ -56,7 +57,7 @@ fn only_for(key: &str) -> Option<(&'static [Shape], &'static str)> {
             Some((RUN, "jobs with `run` or `steps`"))
         }
         "kind" | "inputs" | "params" | "provider" => Some((DVM, "`uses: dvm` jobs")),
-        "timeout" => Some((WORK, "jobs with `run`, `steps` or `uses`")),
+        "timeout" | "select" => Some((WORK, "jobs with `run`, `steps` or `uses`")),
         _ => None,
     }
 }
@@ -131,6 +132,7 @@ impl Linter {
             artifacts: None,
             refs: Vec::new(),
             show: Vec::new(),
+            select: None,
         };
         let Some(entries) = self.mapping(node, &format!("job \"{id}\""), true) else {
             return job;
@@ -205,6 +207,11 @@ impl Linter {
             }
         }
         let timeout = f.get("timeout").and_then(|n| self.timeout(n, "`timeout`"));
+        if let Some(node) = f.get("select") {
+            job.select = self
+                .select(node, &format!("in job \"{id}\""))
+                .map(|policy| (policy, at("select")));
+        }
         let spec = match shape {
             Shape::Run => self.run_job(&f, &mut job, timeout),
             Shape::Dvm => self.dvm_job(&f, &mut job, timeout),

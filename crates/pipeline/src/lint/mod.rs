@@ -18,6 +18,7 @@ use crate::yaml::{self, Node, Scalar};
 
 mod graph;
 mod jobs;
+mod select;
 
 pub use jobs::MAX_JOBS;
 
@@ -27,7 +28,7 @@ pub const MAX_FILE_BYTES: usize = 256 * 1024;
 /// The longest timeout a job may ask for: one week.
 const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 
-const TOP_KEYS: &[&str] = &["name", "on", "jobs"];
+const TOP_KEYS: &[&str] = &["name", "on", "jobs", "select"];
 const ON_KEYS: &[&str] = &["push", "manual", "pull_request"];
 const PUSH_KEYS: &[&str] = &["branches", "tags"];
 const MANUAL_KEYS: &[&str] = &["inputs"];
@@ -47,6 +48,11 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("jobs.<id>.inputs[]", jobs::DVM_INPUT_KEYS),
     ("jobs.<id>.approval", jobs::APPROVAL_KEYS),
     ("jobs.<id>.mode", jobs::MODES),
+    ("select", select::SELECT_KEYS),
+    ("select.trusted", select::TRUSTED_KEYS),
+    ("select.record", select::RECORD_KEYS),
+    ("select.price", select::PRICE_KEYS),
+    ("select.prefer", select::PREFERENCES),
 ];
 
 /// The entries of one mapping, first occurrence of each allowed key.
@@ -85,6 +91,8 @@ struct RawJob {
     refs: Vec<(Reference, Pos)>,
     /// Approval `show` entries with positions.
     show: Vec<(String, Pos)>,
+    /// The job's own `select`, and where it is.
+    select: Option<(crate::select::SelectPolicy, Pos)>,
 }
 
 struct Linter {
@@ -124,6 +132,45 @@ pub(crate) fn compile(file_name: &str, text: &str) -> Result<Plan, Diagnostics> 
                 // in the linter turning into a silently accepted file.
                 lint.sink
                     .error(start, "the pipeline could not be compiled", None);
+            }
+            Err(lint.sink.finish())
+        }
+    }
+}
+
+/// Parses and lints a selection policy file: one `select` mapping at its root (the keys of
+/// `select:` in a pipeline), for `quorum market --policy` and a router's default policy.
+pub(crate) fn compile_select(
+    file_name: &str,
+    text: &str,
+) -> Result<crate::select::SelectPolicy, Diagnostics> {
+    let mut lint = Linter {
+        sink: Sink::new(file_name),
+    };
+    if text.len() > MAX_FILE_BYTES {
+        lint.sink.error(
+            Pos { line: 1, column: 1 },
+            format!("the policy file is too large ({} bytes)", text.len()),
+            None,
+        );
+        return Err(lint.sink.finish());
+    }
+    let root = match yaml::load(text) {
+        Ok(root) => root,
+        Err(e) => {
+            lint.sink.error(e.pos, e.message, e.hint);
+            return Err(lint.sink.finish());
+        }
+    };
+    match lint.select(&root, "in the policy file") {
+        Some(policy) if !lint.sink.has_errors() => Ok(policy),
+        _ => {
+            if !lint.sink.has_errors() {
+                lint.sink.error(
+                    Pos { line: 1, column: 1 },
+                    "the policy could not be read",
+                    None,
+                );
             }
             Err(lint.sink.finish())
         }
@@ -375,6 +422,9 @@ impl Linter {
         };
         let top = self.fields(entries, TOP_KEYS, "at the top level");
         let name = top.get("name").and_then(|n| self.string(n, "`name`"));
+        let select = top
+            .get("select")
+            .and_then(|n| self.select(n, "at the top level"));
         let on = match top.get("on") {
             Some(node) => self.triggers(node),
             None => {
@@ -413,13 +463,16 @@ impl Linter {
             let mut needs: Vec<String> = job.needs.into_iter().map(|(n, _)| n).collect();
             needs.sort();
             needs.dedup();
+            let spec = job.spec?;
+            let select = self.job_select(&job.id, &spec, job.mode, job.select, select.as_ref());
             planned.push(PlannedJob {
                 name: job.name.unwrap_or_else(|| job.id.clone()),
                 id: job.id,
                 needs,
-                spec: job.spec?,
+                spec,
                 mode: job.mode,
                 release: job.release,
+                select,
             });
         }
         Some(Plan {

@@ -1,0 +1,123 @@
+//! Payment overhead per job on loopback, next to the relay round trip measured in the same
+//! run: paying (a P2PK-locked token from the payer's wallet: a swap at the mint) plus redeeming
+//! it (the DVM's checks and its swap at the mint), against publishing an event and seeing it
+//! come back from our relay. The mint is cdk's, in process, with its fake Lightning backend.
+//!
+//! `cargo bench -p quorum-pay --bench payment` writes `target/bench/payment.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nostr_sdk::prelude::*;
+use quorum_pay::fake_mint::FakeMint;
+use quorum_pay::{Collector, PayWallet};
+
+fn bench_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .join("bench")
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
+}
+
+async fn relay_rtt(url: &RelayUrl) -> f64 {
+    let publisher = Client::new(Keys::generate());
+    let subscriber = Client::new(Keys::generate());
+    for client in [&publisher, &subscriber] {
+        client.add_relay(url.clone()).await.unwrap();
+        client.connect().await;
+        client.wait_for_connection(Duration::from_secs(5)).await;
+    }
+    let keys = Keys::generate();
+    let mut notifications = subscriber.notifications();
+    subscriber
+        .subscribe(Filter::new().author(keys.public_key()), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut samples = Vec::new();
+    for i in 0..30 {
+        let event = EventBuilder::text_note(format!("{i}"))
+            .sign_with_keys(&keys)
+            .unwrap();
+        let start = Instant::now();
+        publisher.send_event(&event).await.unwrap();
+        loop {
+            if let RelayPoolNotification::Event { event: got, .. } =
+                notifications.recv().await.unwrap()
+                && got.id == event.id
+            {
+                break;
+            }
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    median(samples)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = quorum_testnet::Network::start(dir.path()).await;
+    let rtt = relay_rtt(&network.relay).await;
+    let mint = FakeMint::start().await.unwrap();
+    let payer = PayWallet::open(
+        &dir.path().join("payer"),
+        &mint.url,
+        quorum_pay::random_seed(),
+    )
+    .await
+    .unwrap();
+    payer.mint(10_000, Duration::from_secs(20)).await.unwrap();
+    let refund = Keys::generate().public_key();
+    let dvm = Keys::generate();
+    let collector = Collector {
+        wallet: PayWallet::open(
+            &dir.path().join("dvm"),
+            &mint.url,
+            quorum_pay::random_seed(),
+        )
+        .await
+        .unwrap(),
+        price_msats: 21_000,
+    };
+    let locktime = Timestamp::now().as_secs() + 3600;
+    let (mut pays, mut redeems) = (Vec::new(), Vec::new());
+    for _ in 0..30 {
+        let start = Instant::now();
+        let token = payer
+            .pay_locked(21, &dvm.public_key(), &refund, locktime)
+            .await
+            .unwrap();
+        pays.push(start.elapsed().as_secs_f64() * 1000.0);
+        let start = Instant::now();
+        collector.redeem(&token, &dvm).await.unwrap();
+        redeems.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (pay, redeem) = (median(pays), median(redeems));
+    let total = pay + redeem;
+    println!(
+        "payment per job: pay {pay:.1} ms + redeem {redeem:.1} ms = {total:.1} ms; relay round trip {rtt:.1} ms; ratio {:.1}x",
+        total / rtt
+    );
+    let figures = serde_json::json!({
+        "pay_p50_ms": pay,
+        "redeem_p50_ms": redeem,
+        "payment_p50_ms": total,
+        "relay_round_trip_p50_ms": rtt,
+        "payment_over_round_trip": total / rtt,
+        "samples": 30,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+    });
+    let out = bench_dir();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("payment.json"),
+        serde_json::to_string_pretty(&figures).unwrap(),
+    )
+    .unwrap();
+}

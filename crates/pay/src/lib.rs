@@ -1,0 +1,367 @@
+//! Paying DVMs with Cashu (docs/protocol.md §17.4), on the `cdk` wallet: no Cashu is written
+//! by hand here.
+//!
+//! - [`PayWallet`]: a sat wallet at one mint, stored in SQLite in a data directory: balance,
+//!   mint (from a Lightning invoice; a test mint's fake backend pays it by itself), send,
+//!   receive, and [`PayWallet::pay_locked`], a token P2PK-locked (NUT-11) to a DVM's key with a
+//!   locktime after which the payer's own key can take it back ([`PayWallet::refund`]).
+//! - [`Collector`]: a priced DVM's side, a `quorum_dvm` [`PaymentGate`]: it reads the token
+//!   from the (NIP-44 encrypted) request's `cashu` param, checks mint, amount and lock before
+//!   anything else, and redeems it at the mint with the DVM's key, so a spent token (double
+//!   spend, replay) is refused by the mint itself.
+//!
+//! Nostr keys are x-only; NUT-11 keys are compressed points. A token is locked to `02‖x`, as
+//! NIP-61 does, and cdk signs by x-only key, so the DVM's Nostr secret key unlocks it.
+
+#[cfg(feature = "fake-mint")]
+pub mod fake_mint;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cdk::Amount;
+use cdk::nuts::{Conditions, CurrencyUnit, PaymentMethod, SpendingConditions, Token};
+use cdk::wallet::{ReceiveOptions, SendOptions, Wallet};
+use quorum_dvm::handler::{Payer, Payment, PaymentGate};
+use quorum_proto::nip90::JobRequest;
+use quorum_proto::nostr::{Keys, PublicKey, SecretKey};
+use quorum_proto::payment::PARAM_CASHU;
+
+/// Why a wallet operation failed. Messages never carry a token.
+#[derive(Debug, thiserror::Error)]
+pub enum PayError {
+    #[error("wallet store {path}: {reason}")]
+    Store { path: String, reason: String },
+    #[error("mint {mint}: {reason}")]
+    Mint { mint: String, reason: String },
+    #[error("not a Cashu token: {0}")]
+    Token(String),
+    #[error("{0}")]
+    Wallet(String),
+}
+
+fn wallet_error(e: impl std::fmt::Display) -> PayError {
+    PayError::Wallet(e.to_string())
+}
+
+/// The NUT-11 key a Nostr key locks to: the even-Y point of its x coordinate.
+pub fn lock_key(key: &PublicKey) -> Result<cdk::nuts::PublicKey, PayError> {
+    cdk::nuts::PublicKey::from_hex(format!("02{}", key.to_hex())).map_err(wallet_error)
+}
+
+fn cashu_secret(key: &SecretKey) -> Result<cdk::nuts::SecretKey, PayError> {
+    cdk::nuts::SecretKey::from_hex(key.to_secret_hex()).map_err(wallet_error)
+}
+
+/// 64 random bytes from the operating system's generator: a new wallet's seed.
+pub fn random_seed() -> [u8; 64] {
+    let mut seed = [0u8; 64];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    seed
+}
+
+/// The wallet seed kept in `path` (64 random bytes as hex, mode 0600), made on first use. It
+/// restores the wallet's proofs: keep it with the data and never share it.
+pub fn load_or_create_seed(path: &Path) -> Result<[u8; 64], PayError> {
+    let store = |e: std::io::Error| PayError::Store {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let bytes: Vec<u8> = (0..text.trim().len())
+                .step_by(2)
+                .filter_map(|i| u8::from_str_radix(text.trim().get(i..i + 2)?, 16).ok())
+                .collect();
+            bytes.try_into().map_err(|_| PayError::Store {
+                path: path.display().to_string(),
+                reason: "not a 64-byte hex wallet seed".into(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(store)?;
+            }
+            let seed = random_seed();
+            let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(store)?;
+            file.write_all(hex.as_bytes()).map_err(store)?;
+            Ok(seed)
+        }
+        Err(e) => Err(store(e)),
+    }
+}
+
+/// A sat wallet at one mint.
+#[derive(Clone)]
+pub struct PayWallet {
+    wallet: Wallet,
+    mint: String,
+}
+
+impl PayWallet {
+    /// Opens (or creates) the wallet of `mint` in `dir` with the seed kept in `dir/seed`.
+    pub async fn open_in(dir: &Path, mint: &str) -> Result<Self, PayError> {
+        let seed = load_or_create_seed(&dir.join("seed"))?;
+        Self::open(dir, mint, seed).await
+    }
+
+    /// Opens (or creates) the wallet of `mint` in `dir` (`dir/wallet.sqlite`), with `seed`
+    /// (keep it with the data: it restores the proofs).
+    pub async fn open(dir: &Path, mint: &str, seed: [u8; 64]) -> Result<Self, PayError> {
+        std::fs::create_dir_all(dir).map_err(|e| PayError::Store {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let path = dir.join("wallet.sqlite");
+        let store = cdk_sqlite::WalletSqliteDatabase::new(path.to_string_lossy().as_ref())
+            .await
+            .map_err(|e| PayError::Store {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let wallet =
+            Wallet::new(mint, CurrencyUnit::Sat, Arc::new(store), seed, None).map_err(|e| {
+                PayError::Mint {
+                    mint: mint.into(),
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(PayWallet {
+            wallet,
+            mint: mint.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The mint URL, normalised (no trailing slash).
+    pub fn mint_url(&self) -> &str {
+        &self.mint
+    }
+
+    /// Spendable sats.
+    pub async fn balance(&self) -> Result<u64, PayError> {
+        Ok(self
+            .wallet
+            .total_balance()
+            .await
+            .map_err(wallet_error)?
+            .into())
+    }
+
+    /// Mints `sats` from a Lightning invoice the mint issues, waiting up to `wait` for it to
+    /// be paid (a test mint's fake backend pays at once). Returns the new balance.
+    pub async fn mint(&self, sats: u64, wait: Duration) -> Result<u64, PayError> {
+        let quote = self
+            .wallet
+            .mint_quote(PaymentMethod::BOLT11, Some(Amount::from(sats)), None, None)
+            .await
+            .map_err(|e| PayError::Mint {
+                mint: self.mint.clone(),
+                reason: e.to_string(),
+            })?;
+        tracing::info!(invoice = %quote.request, "minting {sats} sats");
+        self.wallet
+            .wait_and_mint_quote(quote, Default::default(), Default::default(), wait)
+            .await
+            .map_err(|e| PayError::Mint {
+                mint: self.mint.clone(),
+                reason: e.to_string(),
+            })?;
+        self.balance().await
+    }
+
+    /// A bearer token of `sats` (keep it secret: whoever holds it can spend it).
+    pub async fn send(&self, sats: u64) -> Result<String, PayError> {
+        self.send_with(sats, None).await
+    }
+
+    async fn send_with(
+        &self,
+        sats: u64,
+        conditions: Option<SpendingConditions>,
+    ) -> Result<String, PayError> {
+        let prepared = self
+            .wallet
+            .prepare_send(
+                Amount::from(sats),
+                SendOptions {
+                    conditions,
+                    include_fee: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(wallet_error)?;
+        let token = prepared.confirm(None).await.map_err(wallet_error)?;
+        Ok(token.to_string())
+    }
+
+    /// A token of `sats` that only `to`'s key can redeem until `locktime` (unix seconds), and
+    /// after it also `refund_to`'s: payment for a DVM job, refundable if the DVM never takes
+    /// it.
+    pub async fn pay_locked(
+        &self,
+        sats: u64,
+        to: &PublicKey,
+        refund_to: &PublicKey,
+        locktime: u64,
+    ) -> Result<String, PayError> {
+        let conditions = Conditions::new(
+            Some(locktime),
+            None,
+            Some(vec![lock_key(refund_to)?]),
+            None,
+            None,
+            None,
+        )
+        .map_err(wallet_error)?;
+        let conditions = SpendingConditions::new_p2pk(lock_key(to)?, Some(conditions));
+        self.send_with(sats, Some(conditions)).await
+    }
+
+    /// Receives `token` into this wallet, signing with `key` if it is locked (to the DVM's
+    /// key, or to the payer's refund key after the locktime). Returns the sats received.
+    pub async fn receive(&self, token: &str, key: Option<&SecretKey>) -> Result<u64, PayError> {
+        let signing = match key {
+            Some(key) => vec![cashu_secret(key)?],
+            None => Vec::new(),
+        };
+        let amount = self
+            .wallet
+            .receive(
+                token,
+                ReceiveOptions {
+                    p2pk_signing_keys: signing,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(wallet_error)?;
+        Ok(amount.into())
+    }
+
+    /// Takes back a payment the DVM never redeemed, once its locktime has passed.
+    pub async fn refund(&self, token: &str, payer: &SecretKey) -> Result<u64, PayError> {
+        self.receive(token, Some(payer)).await
+    }
+}
+
+/// A priced DVM's payment gate: the price, the mints it takes, and the wallet payments go to.
+pub struct Collector {
+    pub wallet: PayWallet,
+    pub price_msats: u64,
+}
+
+impl Collector {
+    /// Checks `token` against the price and the DVM's key, then redeems it.
+    pub async fn redeem(&self, token: &str, dvm: &Keys) -> Result<u64, String> {
+        let parsed = Token::from_str(token).map_err(|_| "not a Cashu token".to_string())?;
+        let mint = parsed
+            .mint_url()
+            .map_err(|e| format!("the token names no mint: {e}"))?
+            .to_string();
+        let mint = mint.trim_end_matches('/');
+        if mint != self.wallet.mint_url() {
+            return Err(format!(
+                "the token is from mint {mint}; this DVM takes {}",
+                self.wallet.mint_url()
+            ));
+        }
+        if parsed.unit().is_some_and(|u| u != CurrencyUnit::Sat) {
+            return Err("the token is not in sats".into());
+        }
+        let value: u64 = parsed
+            .value()
+            .map_err(|e| format!("cannot read the token's value: {e}"))?
+            .into();
+        let price_sats = self.price_msats.div_ceil(1000);
+        if value < price_sats {
+            return Err(format!(
+                "under-paid: the token holds {value} sats; the price is {price_sats}"
+            ));
+        }
+        // Every proof must be locked to this DVM's key: a bearer token in a request could have
+        // been read by anyone on the way, and one locked to someone else is not ours to take.
+        let ours = lock_key(&dvm.public_key()).map_err(|e| e.to_string())?;
+        let secrets = parsed.token_secrets();
+        let locked_to_us = !secrets.is_empty()
+            && secrets.iter().all(|secret| {
+                matches!(
+                    SpendingConditions::try_from(*secret),
+                    Ok(SpendingConditions::P2PKConditions { data, .. }) if data.x_only_public_key() == ours.x_only_public_key()
+                )
+            });
+        if !locked_to_us {
+            return Err("the token is not P2PK-locked to this DVM's key (NUT-11)".into());
+        }
+        let received = self
+            .wallet
+            .receive(token, Some(dvm.secret_key()))
+            .await
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.to_lowercase().contains("spent") {
+                    "the token is already spent (double spend or replay)".to_string()
+                } else {
+                    format!("the mint did not redeem the token: {text}")
+                }
+            })?;
+        Ok(received.saturating_mul(1000))
+    }
+}
+
+impl PaymentGate for Collector {
+    fn collect<'a>(
+        &'a self,
+        request: &'a JobRequest,
+        dvm: &'a Keys,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Payment> + Send + 'a>> {
+        Box::pin(async move {
+            if self.price_msats == 0 {
+                return Payment::Paid { msats: 0 };
+            }
+            match request.param_value(PARAM_CASHU) {
+                None => Payment::Required {
+                    msats: self.price_msats,
+                    mints: vec![self.wallet.mint_url().to_string()],
+                },
+                Some(token) => match self.redeem(token, dvm).await {
+                    Ok(msats) => Payment::Paid { msats },
+                    Err(why) => Payment::Refused(why),
+                },
+            }
+        })
+    }
+}
+
+/// A wallet that pays DVMs for the engine, refundable to `refund_to` (the payer's key).
+pub struct WalletPayer {
+    pub wallet: PayWallet,
+    pub refund_to: PublicKey,
+}
+
+impl Payer for WalletPayer {
+    fn pay<'a>(
+        &'a self,
+        dvm: &'a PublicKey,
+        sats: u64,
+        locktime: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            self.wallet
+                .pay_locked(sats, dvm, &self.refund_to, locktime)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
