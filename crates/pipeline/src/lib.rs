@@ -124,5 +124,14 @@ pub const PIPELINE_PATH: &str = ".quorum/pipeline.yml";
 ///
 /// On failure every problem found is returned, sorted by position.
 pub fn parse(file_name: &str, text: &str) -> Result<Plan, Diagnostics> {
+    lint::compile(file_name, text).map(|(plan, _)| plan)
+}
+
+/// [`parse`], also returning the warnings of a file that compiles (an unpinned build image
+/// outside quorum mode); on failure the diagnostics hold warnings and errors.
+pub fn parse_with_warnings(
+    file_name: &str,
+    text: &str,
+) -> Result<(Plan, Diagnostics), Diagnostics> {
     lint::compile(file_name, text)
 }

@@ -122,6 +122,8 @@ fn watcher_announcement(
                 sandbox: "none".into(),
                 toolchains: vec!["git".into()],
                 network: true,
+                images: false,
+                require_image: false,
             },
             price: Price::default(),
             limits: JobLimits {

@@ -26,7 +26,7 @@ pub const MAX_FILE_BYTES: usize = 256 * 1024;
 /// The longest timeout a job may ask for: one week.
 const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 
-const TOP_KEYS: &[&str] = &["name", "on", "jobs"];
+const TOP_KEYS: &[&str] = &["name", "on", "image", "jobs"];
 const ON_KEYS: &[&str] = &["push", "manual"];
 const PUSH_KEYS: &[&str] = &["branches", "tags"];
 const MANUAL_KEYS: &[&str] = &["inputs"];
@@ -88,12 +88,15 @@ struct RawJob {
 
 struct Linter {
     sink: Sink,
+    /// The top-level `image:`, which script jobs without their own take.
+    default_image: Option<Scalar>,
 }
 
 /// Parses, lints and compiles one pipeline file.
-pub(crate) fn compile(file_name: &str, text: &str) -> Result<Plan, Diagnostics> {
+pub(crate) fn compile(file_name: &str, text: &str) -> Result<(Plan, Diagnostics), Diagnostics> {
     let mut lint = Linter {
         sink: Sink::new(file_name),
+        default_image: None,
     };
     let start = Pos { line: 1, column: 1 };
     if text.len() > MAX_FILE_BYTES {
@@ -116,7 +119,7 @@ pub(crate) fn compile(file_name: &str, text: &str) -> Result<Plan, Diagnostics> 
     };
     let plan = lint.file(&root);
     match plan {
-        Some(plan) if !lint.sink.has_errors() => Ok(plan),
+        Some(plan) if !lint.sink.has_errors() => Ok((plan, lint.sink.finish())),
         _ => {
             if !lint.sink.has_errors() {
                 // Every path that yields no plan reports why; this is a guard against a bug
@@ -374,6 +377,9 @@ impl Linter {
         };
         let top = self.fields(entries, TOP_KEYS, "at the top level");
         let name = top.get("name").and_then(|n| self.string(n, "`name`"));
+        if let Some(node) = top.get("image") {
+            self.default_image = self.scalar(node, "`image`", "an image reference").cloned();
+        }
         let on = match top.get("on") {
             Some(node) => self.triggers(node),
             None => {
