@@ -75,6 +75,20 @@ impl Network {
         self.start_runner(data, keys, allow_local, None).await
     }
 
+    /// A runner DVM with bubblewrap whose configuration `tweak` changes (e.g. to require
+    /// build images); it fetches file:// repositories.
+    pub async fn runner_configured(
+        &self,
+        data: &Path,
+        keys: Keys,
+        tweak: fn(&mut RunnerConfig),
+    ) -> Dvm {
+        let sandbox = quorum_sandbox::Bubblewrap::detect()
+            .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
+        self.start_runner_tweaked(data, keys, true, None, Arc::new(sandbox), tweak)
+            .await
+    }
+
     /// A runner that serves quorum jobs with the shares in `share_dir` (`<quorum hex>.json`).
     pub async fn quorum_runner(
         &self,
@@ -90,6 +104,26 @@ impl Network {
         )
         .with_config(config);
         self.start_runner(data, keys, true, Some(member)).await
+    }
+
+    /// A quorum runner whose steps run in `sandbox` (e.g. bubblewrap with a host toolchain of
+    /// its own, for a runner whose host differs from the others').
+    pub async fn quorum_runner_in(
+        &self,
+        data: &Path,
+        keys: Keys,
+        share_dir: &Path,
+        config: quorum_consensus::member::MemberConfig,
+        sandbox: Arc<dyn quorum_sandbox::Sandbox>,
+    ) -> Dvm {
+        let member = quorum_consensus::job::QuorumMember::new(
+            vec![self.relay.clone()],
+            keys.clone(),
+            share_dir.to_path_buf(),
+        )
+        .with_config(config);
+        self.start_runner_in(data, keys, true, Some(member), sandbox)
+            .await
     }
 
     /// A compromised quorum runner: its steps run in the real sandbox, and then `tamper`
@@ -139,6 +173,19 @@ impl Network {
         quorum: Option<quorum_consensus::job::QuorumMember>,
         sandbox: Arc<dyn quorum_sandbox::Sandbox>,
     ) -> Dvm {
+        self.start_runner_tweaked(data, keys, allow_local, quorum, sandbox, |_| {})
+            .await
+    }
+
+    async fn start_runner_tweaked(
+        &self,
+        data: &Path,
+        keys: Keys,
+        allow_local: bool,
+        quorum: Option<quorum_consensus::job::QuorumMember>,
+        sandbox: Arc<dyn quorum_sandbox::Sandbox>,
+        tweak: fn(&mut RunnerConfig),
+    ) -> Dvm {
         let mut config = RunnerConfig::new(data.join("work"), vec![self.blossom.clone()]);
         // Tests ask for network steps; the sandbox keeps them off the host's loopback.
         config.allow_network = true;
@@ -149,6 +196,16 @@ impl Network {
             timeout: Some(Duration::from_secs(30)),
             ..GitPolicy::default()
         };
+        // Build images from this network's Blossom server, cached per runner.
+        config.images = Some(Arc::new(
+            quorum_oci::ImageCache::open(
+                data.join("images"),
+                4 << 30,
+                quorum_oci::Fetcher::new(vec![self.blossom.clone()], Vec::new()),
+            )
+            .expect("the image cache opens"),
+        ));
+        tweak(&mut config);
         let mut runner = Runner::new(
             config,
             sandbox,

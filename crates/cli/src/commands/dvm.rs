@@ -290,6 +290,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         allow_private_git: args.allow_private_git,
         price_msats: args.price_msats,
         operator: operator(args.operator.as_deref())?,
+        images: args.images.clone(),
     };
     let dvm = start_runner(setup, keys.clone(), sandbox).await?;
     // Quorum keys: answer DKG proposals and dealer deliveries naming this runner; shares are
@@ -335,6 +336,8 @@ pub struct RunnerSetup {
     pub price_msats: u64,
     /// Who runs the runner, named in its announcement.
     pub operator: Option<quorum_proto::nostr::PublicKey>,
+    /// Build images: cache, cap, whether they are required.
+    pub images: crate::cli::ImageCacheArgs,
 }
 
 /// Starts a runner DVM. Shared with `quorum up`.
@@ -343,7 +346,7 @@ pub async fn start_runner(
     keys: quorum_proto::nostr::Keys,
     sandbox: Arc<dyn Sandbox>,
 ) -> anyhow::Result<Dvm> {
-    let mut config = RunnerConfig::new(setup.data.join("work"), setup.blossom);
+    let mut config = RunnerConfig::new(setup.data.join("work"), setup.blossom.clone());
     config.git = GitPolicy {
         allow_local: setup.allow_local_repos,
         allow_private: setup.allow_private_git,
@@ -354,6 +357,16 @@ pub async fn start_runner(
     config.allow_network = setup.allow_network;
     config.concurrency = u32::try_from(setup.concurrency).unwrap_or(u32::MAX);
     config.price_msats = setup.price_msats;
+    let cache_dir = (setup.images.image_cache.clone()).unwrap_or_else(|| setup.data.join("images"));
+    let fetcher = quorum_oci::Fetcher::new(
+        setup.blossom.clone(),
+        setup.images.insecure_registries.clone(),
+    );
+    config.images = Some(Arc::new(
+        quorum_oci::ImageCache::open(&cache_dir, setup.images.image_cache_mib << 20, fetcher)
+            .with_context(|| format!("cannot open the image cache {}", cache_dir.display()))?,
+    ));
+    config.require_image = setup.images.require_image;
     let max_request_bytes = config.max_request_bytes;
     let blossom = quorum_blossom::client::BlossomClient::new(keys.clone());
     // Quorum jobs: the shares this runner holds are in DATA/shares (made by the key service).

@@ -8,6 +8,7 @@ mod download;
 mod dvm;
 mod embedded;
 mod follow;
+mod image;
 mod init;
 mod job;
 mod lint;
@@ -47,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Operator(command) => operator::run(command).await,
         Command::Doctor(args) => doctor::run(args).await,
         Command::Repo(command) => repo::run(command).await,
+        Command::Image(command) => image::run(command).await,
         Command::Completions(args) => {
             use clap::CommandFactory;
             let mut command = Cli::command();
