@@ -1243,6 +1243,16 @@ pub struct BlossomOptions {
     /// nobody else's business.
     #[arg(long)]
     pub private_list: bool,
+
+    /// Who may push images over the OCI registry API at `/v2/` (HTTP basic auth, as skopeo
+    /// and podman send it); BUD-11 upload tokens work too. Pulls are anonymous.
+    #[arg(
+        long,
+        env = "QUORUM_OCI_CREDENTIALS",
+        hide_env_values = true,
+        value_name = "USER:PASSWORD"
+    )]
+    pub oci_credentials: Option<String>,
 }
 
 impl Default for BlossomOptions {
@@ -1257,6 +1267,7 @@ impl Default for BlossomOptions {
             quota_blobs: None,
             min_free_space: bytesize::ByteSize::gib(1),
             private_list: false,
+            oci_credentials: None,
         }
     }
 }

@@ -284,3 +284,37 @@ async fn a_fetch_killed_half_way_leaves_no_image_that_a_later_job_uses() {
     );
     assert!(!unpacking.exists(), "the leftover was removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_blossom_servers_the_image_comes_from_the_registry_in_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = blossom(dir.path()).await;
+    let (_, pushed) = pushed(dir.path(), &server.url, "gamma", 0).await;
+    // The same digest, named at the Blossom server's own OCI registry API (`/v2/`).
+    let host = format!(
+        "{}:{}",
+        server.url.host_str().unwrap(),
+        server.url.port().unwrap()
+    );
+    let mut reference = ImageRef::parse(&format!("{host}/test/gamma@{}", pushed.digest())).unwrap();
+    let cache = ImageCache::open(
+        dir.path().join("cache"),
+        1 << 30,
+        Fetcher::new(Vec::new(), Vec::new()),
+    )
+    .unwrap();
+    let lease = cache.get(&reference).await.unwrap();
+    assert!(lease.fetched());
+    assert_eq!(
+        std::fs::read_to_string(lease.root().join("etc/os-release")).unwrap(),
+        "ID=gamma\n"
+    );
+    drop(lease);
+    // A digest the registry does not have: an error that names it and where it looked.
+    reference.digest = Some(quorum_oci::Digest::from_hex(&"3".repeat(64)).unwrap());
+    let err = cache.get(&reference).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&"3".repeat(64)) && err.contains(&host),
+        "{err}"
+    );
+}
