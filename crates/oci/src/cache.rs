@@ -294,7 +294,18 @@ impl ImageCache {
             .as_ref()
             .and_then(|c| c.env().clone())
             .unwrap_or_default();
-        let mut unpacker = Unpacker::new(&rootfs);
+        // One image may take the whole cache, no more: compressed and unpacked.
+        let declared: u64 = manifest.layers().iter().map(|l| l.size()).sum();
+        if declared > self.cap_bytes {
+            return Err(bad(
+                &resolved,
+                format!(
+                    "its layers take {declared} bytes, more than the image cache's {}",
+                    self.cap_bytes
+                ),
+            ));
+        }
+        let mut unpacker = Unpacker::with_limit(&rootfs, self.cap_bytes);
         let mut layers = Vec::new();
         for layer in manifest.layers() {
             let d = Digest::parse(layer.digest().as_ref())

@@ -79,6 +79,10 @@ pub fn layer_reader(path: &Path, compression: Compression) -> Result<Box<dyn Rea
 /// Applies layers to an empty directory `root`. `layer` names the layer in errors.
 pub struct Unpacker {
     root: PathBuf,
+    /// Bytes of file content all layers together may write (a small compressed layer can
+    /// expand to fill the disk otherwise).
+    max_bytes: u64,
+    written: u64,
     /// Directory modes to set once every layer is in (a read-only directory would stop later
     /// entries from being written into it).
     dir_modes: Vec<(PathBuf, u32, Option<SystemTime>)>,
@@ -87,8 +91,15 @@ pub struct Unpacker {
 impl Unpacker {
     /// An unpacker writing into `root`, which must exist.
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self::with_limit(root, u64::MAX)
+    }
+
+    /// An unpacker that refuses to write more than `max_bytes` of file content in all.
+    pub fn with_limit(root: impl Into<PathBuf>, max_bytes: u64) -> Self {
         Unpacker {
             root: root.into(),
+            max_bytes,
+            written: 0,
             dir_modes: Vec::new(),
         }
     }
@@ -182,6 +193,13 @@ impl Unpacker {
                 tar::EntryType::Regular
                 | tar::EntryType::Continuous
                 | tar::EntryType::GNUSparse => {
+                    self.written = self.written.saturating_add(entry.size());
+                    if self.written > self.max_bytes {
+                        return Err(bad(
+                            &shown,
+                            format!("the image unpacks to more than {} bytes", self.max_bytes),
+                        ));
+                    }
                     if existing.is_some() {
                         remove_any(&dest).map_err(|e| io_err(&shown, e))?;
                     }
@@ -190,6 +208,7 @@ impl Unpacker {
                         .create_new(true)
                         .open(&dest)
                         .map_err(|e| io_err(&shown, e))?;
+                    // The header's size bounds what `entry` yields, so the count above holds.
                     io::copy(&mut entry, &mut out).map_err(|e| io_err(&shown, e))?;
                     out.set_permissions(fs::Permissions::from_mode(mode))
                         .map_err(|e| io_err(&shown, e))?;
@@ -506,6 +525,21 @@ mod tests {
         u.apply("l4", &l[..]).unwrap();
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
         assert!(!root.join("victim").exists());
+    }
+
+    #[test]
+    fn a_layer_that_unpacks_past_the_limit_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let mut u = Unpacker::with_limit(root.path(), 1000);
+        let l = layer(|b| {
+            file(b, "a", &[0u8; 600]);
+            file(b, "b", &[0u8; 600]);
+        });
+        let e = u.apply("big", &l[..]).unwrap_err().to_string();
+        assert!(
+            e.contains("more than 1000 bytes") && e.contains("\"b\""),
+            "{e}"
+        );
     }
 
     #[test]
