@@ -267,7 +267,12 @@ impl Runner {
             spec.env = lease
                 .env()
                 .into_iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "HOME" | "PWD" | "SOURCE_DATE_EPOCH"))
+                .filter(|(k, _)| {
+                    // The sandbox's own (and names the sandbox would refuse) stay out.
+                    let valid = k.starts_with(|c: char| c == '_' || c.is_ascii_alphabetic())
+                        && k.chars().all(|c| c == '_' || c.is_ascii_alphanumeric());
+                    valid && !matches!(k.as_str(), "HOME" | "PWD" | "SOURCE_DATE_EPOCH")
+                })
                 .collect();
         }
         spec.env.extend(step.env.clone());
