@@ -436,6 +436,27 @@ fn split_challenge(s: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_or_registries_the_operator_lists() {
+        let d = "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let fetcher = Fetcher::new(Vec::new(), vec!["10.0.0.5:5000".into()]);
+        let base = |r: &str| {
+            let image = ImageRef::parse(&format!("{r}{d}")).unwrap();
+            fetcher.registry_base(&image).unwrap().to_string()
+        };
+        assert_eq!(base("127.0.0.1:5000/a/b"), "http://127.0.0.1:5000/v2/a/b/");
+        assert_eq!(base("localhost:5000/a"), "http://localhost:5000/v2/a/");
+        assert_eq!(base("10.0.0.5:5000/a"), "http://10.0.0.5:5000/v2/a/");
+        assert_eq!(base("10.0.0.6:5000/a"), "https://10.0.0.6:5000/v2/a/");
+        assert_eq!(base("ghcr.io/org/img"), "https://ghcr.io/v2/org/img/");
+        assert_eq!(
+            base("debian"),
+            "https://registry-1.docker.io/v2/library/debian/"
+        );
+    }
+
     #[test]
     fn challenge_splits_outside_quotes() {
         let parts = super::split_challenge(

@@ -19,11 +19,16 @@ struct Blossom {
 }
 
 async fn blossom(dir: &Path) -> Blossom {
+    blossom_with(dir, None).await
+}
+
+async fn blossom_with(dir: &Path, oci: Option<&str>) -> Blossom {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
     let server = BlossomServer::open(
         BlossomConfig {
             public_url: Some(url.clone()),
+            oci_credentials: oci.and_then(quorum_blossom::oci::OciCredentials::parse),
             ..BlossomConfig::default()
         },
         &dir.join("blossom"),
@@ -316,5 +321,41 @@ async fn without_blossom_servers_the_image_comes_from_the_registry_in_its_name()
     assert!(
         err.contains(&"3".repeat(64)) && err.contains(&host),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_named_by_tag_is_resolved_through_the_registry_then_fetched_by_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = blossom_with(dir.path(), Some("ci:pw")).await;
+    let (image, pinned) = pushed(dir.path(), &server.url, "delta", 0).await;
+    // Tag the manifest at the server's registry API.
+    let manifest = std::fs::read(&image.blobs.last().unwrap().path).unwrap();
+    let put = reqwest::Client::new()
+        .put(server.url.join("v2/test/delta/manifests/stable").unwrap())
+        .basic_auth("ci", Some("pw"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let host = format!(
+        "{}:{}",
+        server.url.host_str().unwrap(),
+        server.url.port().unwrap()
+    );
+    let tagged = ImageRef::parse_unpinned(&format!("{host}/test/delta:stable")).unwrap();
+    assert!(tagged.digest.is_none());
+    let cache = cache(&dir.path().join("cache"), &server.url, 1 << 30);
+    let lease = cache.get(&tagged).await.unwrap();
+    assert_eq!(
+        lease.digest(),
+        pinned.digest(),
+        "the tag resolved to the pushed manifest"
+    );
+    assert_eq!(
+        std::fs::read_to_string(lease.root().join("etc/os-release")).unwrap(),
+        "ID=delta\n"
     );
 }
