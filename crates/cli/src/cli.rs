@@ -355,6 +355,8 @@ pub struct WatcherArgs {
     /// Watch as a member of a watcher quorum under this mandate (kind 8704 event id, which
     /// must allow kinds 8708 and 5700): the quorum key, not this watcher, signs each run
     /// request once enough watchers agreed on the commit. Shares are kept in DATA/shares.
+    /// Not needed with --owner: the watcher then acts under the repository's watcher mandate
+    /// in force that lists it, and signs its requests itself while there is none.
     #[arg(long, value_name = "EVENT_ID")]
     pub mandate: Option<String>,
 

@@ -4,7 +4,8 @@
 //! daemons act: the watcher sees the signed state, the router takes the repository's mandate,
 //! the quorum builds and signs, and the router publishes the release and the CI status. The
 //! released file downloads from a URL the events give and `quorum verify --repo` passes. A
-//! second push, of a commit dated two hours earlier, builds too.
+//! second push, of a commit dated two hours earlier, builds too. Then gitworkshop's Retry
+//! button: the maintainer's 9840 re-runs the commit, a stranger's starts nothing.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -55,6 +56,36 @@ async fn report_of(client: &Client, router: &PublicKey, commit: &str) -> Value {
         assert!(
             Instant::now() < deadline,
             "no run of {commit} finished on the router"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits for the router's workflow result (9842) that quotes manual trigger `trigger`.
+async fn manual_attempt(client: &Client, router: &PublicKey, trigger: &EventId) -> Event {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let results = client
+            .fetch_events(
+                Filter::new().kind(Kind::Custom(9842)).author(*router),
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        let quoting = results.into_iter().find(|e| {
+            e.tags.iter().any(|t| {
+                let t = t.as_slice();
+                t[0] == "q"
+                    && t.get(1) == Some(&trigger.to_hex())
+                    && t.get(4).map(String::as_str) == Some("manual-trigger")
+            })
+        });
+        if let Some(event) = quoting {
+            return event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no re-run answered manual trigger {trigger}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -327,6 +358,61 @@ async fn with_the_maintainer_gone_daemons_take_a_signed_push_to_a_verified_relea
     assert_ne!(second, first);
     let report = report_of(&client, &router_key, &second).await;
     assert_eq!(report["status"], "success", "{report}");
+
+    // gitworkshop's Retry: a 9840 to the router that signed the run's 9842, as any NIP-C1
+    // client writes it. A stranger's is ignored; the maintainer's re-runs the commit, and the
+    // new attempt's CI status says `manual` and quotes the trigger.
+    let pipeline_file = std::fs::read(work.join(".quorum/pipeline.yml")).unwrap();
+    let workflow_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&pipeline_file));
+    let retry = |author: &Keys| {
+        EventBuilder::new(Kind::Custom(9840), "")
+            .tags([
+                Tag::public_key(router_key),
+                Tag::parse(["a", repository.as_str()]).unwrap(),
+                Tag::parse(["c", second.as_str()]).unwrap(),
+                Tag::parse(["w", ".quorum/pipeline.yml", workflow_hash.as_str()]).unwrap(),
+                Tag::parse(["r", "refs/heads/main"]).unwrap(),
+            ])
+            .sign_with_keys(author)
+            .unwrap()
+    };
+    let stranger = retry(&Keys::generate());
+    let maintainer = Keys::parse(std::fs::read_to_string(&key).unwrap().trim()).unwrap();
+    client.send_event(&stranger).await.unwrap();
+    let trigger = retry(&maintainer);
+    client.send_event(&trigger).await.unwrap();
+    let replayed = manual_attempt(&client, &router_key, &trigger.id).await;
+    assert_eq!(
+        replayed
+            .tags
+            .iter()
+            .find(|t| t.as_slice()[0] == "o")
+            .map(|t| t.as_slice()[1].clone()),
+        Some("manual".to_string())
+    );
+    assert!(
+        replayed
+            .tags
+            .iter()
+            .any(|t| t.as_slice()[0] == "c" && t.as_slice()[1] == second)
+    );
+    let conclusion = replayed
+        .tags
+        .iter()
+        .find(|t| t.as_slice()[0] == "conclusion")
+        .map(|t| t.as_slice()[1].clone());
+    assert_eq!(conclusion.as_deref(), Some("success"), "{replayed:?}");
+    let requests = client
+        .fetch_events(
+            Filter::new()
+                .kind(Kind::Custom(5700))
+                .author(router_key)
+                .event(stranger.id),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    assert!(requests.is_empty(), "a stranger's trigger starts nothing");
 
     client.shutdown().await;
     watcher.terminate();

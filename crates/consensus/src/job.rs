@@ -33,7 +33,7 @@ use nostr_sdk::prelude::*;
 use quorum_proto::agreement::{BuildResult, JobEvidence, QUORUM_ATTESTATION};
 use quorum_proto::chain;
 use quorum_proto::mandate::{MANDATE, Mandate};
-use quorum_proto::nip34::{REPO_ANNOUNCEMENT, REPO_STATE, RepoCoordinate, maintainer_set};
+use quorum_proto::nip34::{REPO_ANNOUNCEMENT, RepoCoordinate, maintainer_set};
 use quorum_proto::nip90::JobRequest;
 use quorum_proto::quorum_job::{
     QuorumJobParams, QuorumReport, hex_list, next_step_request, release_binding,
@@ -388,13 +388,7 @@ impl QuorumMember {
             };
             let repo: &RepoCoordinate = &mandate.repo;
             lookup.announcements = client
-                .fetch_events(
-                    Filter::new()
-                        .kind(REPO_ANNOUNCEMENT)
-                        .author(repo.owner)
-                        .identifier(repo.identifier.clone()),
-                    timeout,
-                )
+                .fetch_events(quorum_proto::nip34::announcements_of(repo), timeout)
                 .await?
                 .to_vec();
             lookup.mandates = client
@@ -403,13 +397,7 @@ impl QuorumMember {
                 .to_vec();
             let maintainers = maintainer_set(&repo.owner, &repo.identifier, &lookup.announcements);
             let mut states = client
-                .fetch_events(
-                    Filter::new()
-                        .kind(REPO_STATE)
-                        .authors(maintainers)
-                        .identifier(repo.identifier.clone()),
-                    timeout,
-                )
+                .fetch_events(quorum_proto::nip34::states_of(repo, maintainers), timeout)
                 .await?
                 .to_vec();
             // The named evidence, whoever signed it, so that a refusal can say what it is.

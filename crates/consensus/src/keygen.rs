@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use nostr_sdk::prelude::*;
 use quorum_proto::mandate::{self, Keygen, Mandate, MandateError};
-use quorum_proto::nip34::{REPO_ANNOUNCEMENT, RepoCoordinate, maintainer_set};
+use quorum_proto::nip34::{RepoCoordinate, maintainer_set};
 use quorum_proto::quorum_msg::{self, MessageKind, Opened, QuorumMessage, SessionId};
 use quorum_threshold::dkg::{self, DkgError, Round1Broadcast, Round2Message};
 use quorum_threshold::refresh;
@@ -1468,10 +1468,7 @@ impl Lookup {
             .acquire()
             .await
             .map_err(|_| "the service is stopping".to_string())?;
-        let filter = Filter::new()
-            .kind(REPO_ANNOUNCEMENT)
-            .author(repo.owner)
-            .identifier(repo.identifier.clone());
+        let filter = quorum_proto::nip34::announcements_of(repo);
         // A relay that is briefly away should not cost the maintainer its session: the mandate
         // is not looked at again once refused.
         let mut attempt = 1;

@@ -113,8 +113,8 @@ mod yaml;
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use lint::{KNOWN_KEYS, MAX_FILE_BYTES, MAX_JOBS};
 pub use plan::{
-    DvmInput, InputType, JobSpec, ManualInput, ManualTrigger, Mode, Plan, PlannedJob, PushTrigger,
-    TriggerEvent, Triggers, run_id,
+    DvmInput, InputType, JobSpec, ManualInput, ManualTrigger, Mode, Plan, PlannedJob,
+    PullRequestTrigger, PushTrigger, TriggerEvent, Triggers, run_id,
 };
 
 /// Where a repository keeps its pipeline.

@@ -20,7 +20,19 @@ pub struct Triggers {
     pub push: Option<PushTrigger>,
     /// Runs when a maintainer asks; `None` when the file has no `manual` trigger.
     pub manual: Option<ManualTrigger>,
+    /// Runs on NIP-34 pull requests (1618) and their updates (1619); `None` when the file has
+    /// no `pull_request` trigger. Left out of the plan when absent, so that plans without it
+    /// keep the hash they had before the trigger existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequestTrigger>,
 }
+
+/// `on.pull_request`: no keys yet. A pull-request run builds a contributor's commit, so it
+/// runs only the jobs that neither release nor run as a quorum ([`Plan::for_pull_request`]),
+/// gets no secrets, and, for a contributor who is no maintainer, waits for a maintainer's
+/// approval (the router's business).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestTrigger {}
 
 /// `on.push`. As in GitHub Actions: with neither list every push runs the pipeline; with only
 /// one list, pushes of the other ref type do not.
@@ -54,6 +66,8 @@ pub enum TriggerEvent {
     Push { ref_name: String },
     /// A maintainer started the pipeline by hand.
     Manual,
+    /// A pull request (or an update of one) proposed a commit.
+    PullRequest,
 }
 
 /// Who dispatches a job and who must agree on its result (design §4).
@@ -262,6 +276,7 @@ impl Plan {
     pub fn triggered_by(&self, event: &TriggerEvent) -> bool {
         match event {
             TriggerEvent::Manual => self.on.manual.is_some(),
+            TriggerEvent::PullRequest => self.on.pull_request.is_some(),
             TriggerEvent::Push { ref_name } => {
                 let Some(push) = &self.on.push else {
                     return false;
@@ -283,6 +298,39 @@ impl Plan {
                 }
             }
         }
+    }
+
+    /// The plan a pull-request run runs: without the jobs that release or run as a quorum
+    /// (both put the maintainers' keys or a mandated quorum's behind the result, which only
+    /// maintainer-signed code may get) and without the jobs that need one of those, directly
+    /// or not. Returns the plan and each job left out with the reason.
+    pub fn for_pull_request(&self) -> (Plan, Vec<(String, String)>) {
+        let mut left_out: Vec<(String, String)> = Vec::new();
+        let mut jobs = Vec::new();
+        // Jobs are in dependency order: a job's needs are decided before it.
+        for job in &self.jobs {
+            let reason = if job.release {
+                Some("a pull-request run releases nothing".to_string())
+            } else if job.quorum_size().is_some() {
+                Some("quorum jobs build only maintainer-signed commits".to_string())
+            } else {
+                job.needs
+                    .iter()
+                    .find(|need| left_out.iter().any(|(id, _)| id == *need))
+                    .map(|need| format!("it needs {need}, left out"))
+            };
+            match reason {
+                Some(reason) => left_out.push((job.id.clone(), reason)),
+                None => jobs.push(job.clone()),
+            }
+        }
+        (
+            Plan {
+                jobs,
+                ..self.clone()
+            },
+            left_out,
+        )
     }
 
     /// The job with this id.
@@ -386,6 +434,7 @@ mod tests {
             on: Triggers {
                 push,
                 manual: manual.then(ManualTrigger::default),
+                pull_request: None,
             },
             jobs: vec![
                 job("a", &[]),
@@ -468,5 +517,42 @@ mod tests {
         let round: Plan = serde_json::from_str(&p.canonical_json()).expect("round trip");
         assert_eq!(round, p);
         assert_eq!(round.plan_hash(), hash);
+    }
+
+    #[test]
+    fn a_pull_request_runs_no_release_no_quorum_and_nothing_that_needs_them() {
+        let file = "on: [push, pull_request]\njobs:\n  test:\n    run: make test\n  \
+                    build:\n    run: make\n    artifacts: [out/app]\n    mode: quorum\n    \
+                    replicas: 3\n    threshold: 2\n  package:\n    needs: [build]\n    \
+                    run: make pkg\n  docs:\n    needs: [test]\n    run: make docs\n    \
+                    artifacts: [out/docs]\n    release: true\n  lint:\n    needs: [test]\n    \
+                    run: make lint\n";
+        let plan = crate::parse(".quorum/pipeline.yml", file).unwrap();
+        assert!(plan.triggered_by(&TriggerEvent::PullRequest));
+        let (narrow, left_out) = plan.for_pull_request();
+        let kept: Vec<&str> = narrow.jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(kept, ["test", "lint"], "in dependency order");
+        let reasons: BTreeMap<&str, &str> = left_out
+            .iter()
+            .map(|(id, why)| (id.as_str(), why.as_str()))
+            .collect();
+        assert_eq!(
+            reasons["build"],
+            "quorum jobs build only maintainer-signed commits"
+        );
+        assert_eq!(reasons["package"], "it needs build, left out");
+        assert_eq!(reasons["docs"], "a pull-request run releases nothing");
+        assert_eq!(narrow.on, plan.on);
+
+        // A plan without the trigger keeps the hash it had before the trigger existed: the
+        // absent trigger is not written into the canonical plan.
+        let push_only = crate::parse(
+            ".quorum/pipeline.yml",
+            "on: push\njobs:\n  a:\n    run: x\n",
+        )
+        .unwrap();
+        let json = serde_json::to_string(&push_only).unwrap();
+        assert!(!json.contains("pull_request"), "{json}");
+        assert!(!push_only.triggered_by(&TriggerEvent::PullRequest));
     }
 }

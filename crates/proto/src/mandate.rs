@@ -651,16 +651,15 @@ pub fn select_mandate<'a>(
     maintainers: &BTreeSet<PublicKey>,
     now: Timestamp,
 ) -> Option<(&'a Event, Mandate)> {
-    events
-        .iter()
-        .filter(|e| e.kind == MANDATE && maintainers.contains(&e.pubkey))
-        .filter(|e| e.created_at <= now)
-        .filter(|e| e.verify().is_ok())
-        .filter_map(|e| Mandate::from_event(e).ok().map(|m| (e, m)))
-        .filter(|(_, m)| m.repo == *repo && m.quorum == Some(*quorum) && now < m.expiration)
-        .max_by(|(x, _), (y, _)| {
-            (x.created_at, std::cmp::Reverse(x.id)).cmp(&(y.created_at, std::cmp::Reverse(y.id)))
-        })
+    newest(
+        events
+            .iter()
+            .filter(|e| e.kind == MANDATE && maintainers.contains(&e.pubkey))
+            .filter(|e| e.created_at <= now)
+            .filter(|e| e.verify().is_ok())
+            .filter_map(|e| Mandate::from_event(e).ok().map(|m| (e, m)))
+            .filter(|(_, m)| m.repo == *repo && m.quorum == Some(*quorum) && now < m.expiration),
+    )
 }
 
 /// The mandate a repository's maintainers currently give for the quorum jobs `jobs` of the
@@ -677,20 +676,59 @@ pub fn current_mandate_for<'a>(
     jobs: &[&str],
     kinds: &[Kind],
 ) -> Option<(&'a Event, Mandate)> {
+    newest(
+        mandates_in_force(events, repo, maintainers, now)
+            .filter(|(_, m)| !m.is_for_watchers())
+            .filter(|(_, m)| jobs.iter().all(|job| m.covers(pipeline, job)))
+            .filter(|(_, m)| kinds.iter().all(|kind| m.allows(*kind))),
+    )
+}
+
+/// For each quorum key a mandate among `events` names, the one that counts for it at `now`
+/// ([`select_mandate`]).
+fn mandates_in_force<'a, 'b>(
+    events: &'a [Event],
+    repo: &'b RepoCoordinate,
+    maintainers: &'b BTreeSet<PublicKey>,
+    now: Timestamp,
+) -> impl Iterator<Item = (&'a Event, Mandate)> {
     let quorums: BTreeSet<PublicKey> = events
         .iter()
         .filter(|e| e.kind == MANDATE)
         .filter_map(|e| Mandate::from_event(e).ok()?.quorum)
         .collect();
     quorums
-        .iter()
-        .filter_map(|quorum| select_mandate(events, repo, quorum, maintainers, now))
-        .filter(|(_, m)| !m.is_for_watchers())
-        .filter(|(_, m)| jobs.iter().all(|job| m.covers(pipeline, job)))
-        .filter(|(_, m)| kinds.iter().all(|kind| m.allows(*kind)))
-        .max_by(|(x, _), (y, _)| {
-            (x.created_at, std::cmp::Reverse(x.id)).cmp(&(y.created_at, std::cmp::Reverse(y.id)))
-        })
+        .into_iter()
+        .filter_map(move |quorum| select_mandate(events, repo, &quorum, maintainers, now))
+}
+
+/// The newest of `mandates` (`created_at`, then lowest id).
+fn newest<'a>(
+    mandates: impl Iterator<Item = (&'a Event, Mandate)>,
+) -> Option<(&'a Event, Mandate)> {
+    mandates.max_by(|(x, _), (y, _)| {
+        (x.created_at, std::cmp::Reverse(x.id)).cmp(&(y.created_at, std::cmp::Reverse(y.id)))
+    })
+}
+
+/// The watcher-quorum mandate `member` acts under for `repo` now, when its operator pinned
+/// none: for each quorum key, the mandate that counts for it ([`select_mandate`]), of those
+/// for watchers ([`Mandate::is_for_watchers`]) that allow attestations and name `member`, the
+/// newest. `None`: no maintainer has put this watcher in a quorum, and it asks for runs under
+/// its own key.
+pub fn watcher_mandate_for<'a>(
+    events: &'a [Event],
+    repo: &RepoCoordinate,
+    maintainers: &BTreeSet<PublicKey>,
+    now: Timestamp,
+    member: &PublicKey,
+) -> Option<(&'a Event, Mandate)> {
+    newest(
+        mandates_in_force(events, repo, maintainers, now)
+            .filter(|(_, m)| m.is_for_watchers())
+            .filter(|(_, m)| m.allows(crate::agreement::QUORUM_ATTESTATION))
+            .filter(|(_, m)| m.members.iter().any(|entry| entry.pubkey == *member)),
+    )
 }
 
 #[cfg(test)]
@@ -1096,6 +1134,47 @@ mod tests {
             find(&[build_event, watchers, revoke], &["build"], &release),
             None
         );
+    }
+
+    #[test]
+    fn a_watcher_finds_the_watcher_quorum_that_names_it() {
+        let owner = key(0x10);
+        let stranger = key(0x12);
+        let maintainers: BTreeSet<PublicKey> = [owner.public_key()].into_iter().collect();
+        let at = Timestamp::from(NOW);
+        let repo = sample(&owner).repo;
+        let member = key(1).public_key();
+        let find = |events: &[Event], who: &PublicKey| {
+            watcher_mandate_for(events, &repo, &maintainers, at, who).map(|(e, _)| e.id)
+        };
+        // A build quorum names the watcher too, but it does not sign run requests.
+        let build = sign(&sample(&owner), &owner, NOW - 100);
+        assert_eq!(find(std::slice::from_ref(&build), &member), None);
+
+        let mut watchers = sample(&owner);
+        watchers.quorum = Some(key(8).public_key());
+        watchers.allow = [8708, 5700].into_iter().collect();
+        let watchers_event = sign(&watchers, &owner, NOW - 50);
+        let events = [build.clone(), watchers_event.clone()];
+        assert_eq!(find(&events, &member), Some(watchers_event.id));
+        assert_eq!(
+            find(&events, &key(4).public_key()),
+            None,
+            "not a member: the watcher signs its own requests"
+        );
+
+        // A stranger's watcher mandate naming the watcher does not count.
+        let mut hijack = watchers.clone();
+        hijack.quorum = Some(key(7).public_key());
+        let hijack = sign(&hijack, &stranger, NOW - 5);
+        let events = [build.clone(), watchers_event.clone(), hijack];
+        assert_eq!(find(&events, &member), Some(watchers_event.id));
+
+        // A newer mandate for the key without `allow` revokes it.
+        let mut revoke = watchers.clone();
+        revoke.allow.clear();
+        let revoke = sign(&revoke, &owner, NOW - 1);
+        assert_eq!(find(&[build, watchers_event, revoke], &member), None);
     }
 
     #[test]

@@ -382,6 +382,123 @@ pub fn newest_announcement<'a>(
         .max_by(|(x, _), (y, _)| newest_first(x, y))
 }
 
+/// A pull request (NIP-34 kind 1618): a contributor proposes the commit `c`, fetchable from
+/// the `clone` URLs. Regular.
+pub const PULL_REQUEST: Kind = Kind::Custom(1618);
+/// A pull-request update (1619): a new tip `c` for the pull request `E` by `P`. Regular.
+pub const PULL_REQUEST_UPDATE: Kind = Kind::Custom(1619);
+
+/// A commit a pull request (1618) or an update of one (1619) proposes for a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposedCommit {
+    /// The repositories it is proposed to (`a`), at least one.
+    pub repos: Vec<RepoCoordinate>,
+    /// The tip commit (`c`).
+    pub commit: String,
+    /// Where the commit can be fetched (`clone`), at least one.
+    pub clone: Vec<String>,
+    /// The pull request and the event that proposed this commit, as CI events name them.
+    pub context: crate::nipc1::PullRequestContext,
+}
+
+impl ProposedCommit {
+    /// Reads a 1618 or a 1619 (whose root pull request is its `E`, by `P`). The signature is
+    /// the caller's to check.
+    pub fn from_event(event: &Event) -> Result<Self> {
+        use crate::tags::tags_named;
+        let value = |name: &'static str| -> Result<String> {
+            tags_named(event, name)
+                .next()
+                .and_then(|t| t.get(1))
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .ok_or(Nip34Error::MissingTag(name))
+        };
+        let (root, root_author) = if event.kind == PULL_REQUEST {
+            (event.id, event.pubkey)
+        } else if event.kind == PULL_REQUEST_UPDATE {
+            let root = value("E")?;
+            let author = value("P")?;
+            (
+                nostr::EventId::from_hex(&root)
+                    .map_err(|_| malformed("E", format!("{root:?} is not an event id")))?,
+                PublicKey::from_hex(&author)
+                    .map_err(|_| malformed("P", format!("{author:?} is not a public key")))?,
+            )
+        } else {
+            return Err(Nip34Error::WrongKind {
+                expected: "pull request (1618) or pull-request update (1619)",
+                found: event.kind.as_u16(),
+            });
+        };
+        let repos = tags_named(event, "a")
+            .filter_map(|t| t.get(1))
+            .map(|value| RepoCoordinate::from_str(value))
+            .collect::<Result<Vec<_>>>()?;
+        if repos.is_empty() {
+            return Err(Nip34Error::MissingTag("a"));
+        }
+        let commit = value("c")?;
+        if !is_object_id(&commit) {
+            return Err(malformed(
+                "c",
+                format!("{commit:?} is not a full commit id"),
+            ));
+        }
+        let clone: Vec<String> = tags_named(event, TAG_CLONE)
+            .flat_map(|t| t[1..].iter())
+            .filter(|url| !url.is_empty())
+            .cloned()
+            .collect();
+        if clone.is_empty() {
+            return Err(Nip34Error::MissingTag("clone"));
+        }
+        Ok(ProposedCommit {
+            repos,
+            commit,
+            clone,
+            context: crate::nipc1::PullRequestContext {
+                root,
+                root_author,
+                trigger: event.id,
+                trigger_kind: event.kind,
+                trigger_author: event.pubkey,
+            },
+        })
+    }
+}
+
+/// The relay filter for the pull requests and their updates proposed to `repo`.
+pub fn proposals_to(repo: &RepoCoordinate) -> nostr::Filter {
+    nostr::Filter::new()
+        .kinds([PULL_REQUEST, PULL_REQUEST_UPDATE])
+        .custom_tag(
+            nostr::SingleLetterTag::lowercase(nostr::Alphabet::A),
+            repo.to_string(),
+        )
+}
+
+/// The relay filter for `repo`'s announcements by its owner (30617), whose newest one names
+/// the other maintainers ([`maintainer_set`]) and the clone URLs.
+pub fn announcements_of(repo: &RepoCoordinate) -> nostr::Filter {
+    nostr::Filter::new()
+        .kind(REPO_ANNOUNCEMENT)
+        .author(repo.owner)
+        .identifier(repo.identifier.clone())
+}
+
+/// The relay filter for `repo`'s states (30618) signed by `maintainers`: anyone may publish a
+/// state with the repository's `d`, and only theirs count ([`newest_state`]).
+pub fn states_of(
+    repo: &RepoCoordinate,
+    maintainers: impl IntoIterator<Item = PublicKey>,
+) -> nostr::Filter {
+    nostr::Filter::new()
+        .kind(REPO_STATE)
+        .authors(maintainers)
+        .identifier(repo.identifier.clone())
+}
+
 /// The newest valid state (30618) of `repo` signed by one of `maintainers` among `events`.
 /// Anyone may publish a 30618 with the repository's `d`: only the maintainers' count.
 pub fn newest_state<'a>(
@@ -894,5 +1011,58 @@ mod tests {
         let state = RepositoryState::from_event(&event).unwrap();
         assert_eq!(state.commit_of("refs/heads/main"), Some(C1));
         assert_eq!(state.head, None);
+    }
+
+    #[test]
+    fn pull_requests_and_their_updates_propose_a_commit() {
+        let owner = nostr::Keys::generate();
+        let contributor = nostr::Keys::generate();
+        let repo = RepoCoordinate::new(owner.public_key(), "app");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let pr = EventBuilder::new(PULL_REQUEST, "Fix it")
+            .tags([
+                custom_tag("a", [repo.to_string()]),
+                custom_tag("c", [commit]),
+                custom_tag("clone", ["https://git.example/fork.git"]),
+                custom_tag("subject", ["Fix it"]),
+            ])
+            .sign_with_keys(&contributor)
+            .unwrap();
+        let proposed = ProposedCommit::from_event(&pr).unwrap();
+        assert_eq!(proposed.repos, vec![repo.clone()]);
+        assert_eq!(proposed.commit, commit);
+        assert_eq!(
+            proposed.clone,
+            vec!["https://git.example/fork.git".to_string()]
+        );
+        assert_eq!(proposed.context.root, pr.id);
+        assert_eq!(proposed.context.trigger_kind, PULL_REQUEST);
+        assert_eq!(proposed.context.trigger_author, contributor.public_key());
+
+        let update = EventBuilder::new(PULL_REQUEST_UPDATE, "")
+            .tags([
+                custom_tag("a", [repo.to_string()]),
+                custom_tag("E", [pr.id.to_hex()]),
+                custom_tag("P", [contributor.public_key().to_hex()]),
+                custom_tag("c", ["89abcdef0123456789abcdef0123456789abcdef"]),
+                custom_tag("clone", ["https://git.example/fork.git"]),
+            ])
+            .sign_with_keys(&contributor)
+            .unwrap();
+        let proposed = ProposedCommit::from_event(&update).unwrap();
+        assert_eq!(proposed.context.root, pr.id);
+        assert_eq!(proposed.context.trigger, update.id);
+        assert_eq!(proposed.context.trigger_kind, PULL_REQUEST_UPDATE);
+
+        // No commit, a short one, no clone URL: refused by name.
+        for (drop, needle) in [("c", "`c`"), ("clone", "`clone`")] {
+            let tags = pr.tags.iter().filter(|t| t.as_slice()[0] != drop).cloned();
+            let event = EventBuilder::new(PULL_REQUEST, "")
+                .tags(tags)
+                .sign_with_keys(&contributor)
+                .unwrap();
+            let err = ProposedCommit::from_event(&event).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 }

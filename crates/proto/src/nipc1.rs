@@ -349,6 +349,16 @@ impl CiContext {
     }
 
     fn from_event(event: &Event) -> Result<Self> {
+        Self::parse(event, true)
+    }
+
+    /// The context of an event whose NIP-22 tags are not a PR context of this shape (a 9840,
+    /// whose only `p` is the coordinator).
+    fn from_event_without_pull_request(event: &Event) -> Result<Self> {
+        Self::parse(event, false)
+    }
+
+    fn parse(event: &Event, with_pull_request: bool) -> Result<Self> {
         let repos = tags_named(event, TAG_REPO)
             .map(|values| {
                 let value = values.get(1).map(String::as_str).unwrap_or_default();
@@ -377,7 +387,12 @@ impl CiContext {
                 })
             }
         };
-        let pull_request = match optional_value(event, TAG_ROOT)? {
+        let root = if with_pull_request {
+            optional_value(event, TAG_ROOT)?
+        } else {
+            None
+        };
+        let pull_request = match root {
             None => None,
             Some(root) => {
                 let root_kind = required_value(event, TAG_ROOT_KIND)?;
@@ -723,6 +738,80 @@ impl CiWorkflowResult {
             jobs,
             manual_trigger,
             content: event.content.clone(),
+        })
+    }
+}
+
+/// A manual trigger (kind 9840): a maintainer asks one coordinator to run the workflow `w` at
+/// commit `c` again (gitworkshop's Retry button). It carries the common tags except `o` (a
+/// re-run is always `manual`) and exactly one `p`, the coordinator. Who may ask is the
+/// coordinator's check, not the type's: the author must maintain the repository.
+///
+/// Re-runs of pull-request workflows (NIP-22 `E`/`K`/`P` context, no `r`) parse with
+/// [`CiManualTrigger::pull_request`] set, so that a coordinator can refuse them by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CiManualTrigger {
+    pub coordinator: PublicKey,
+    /// The context to run; `trigger` is always `None` (the run's `o` is `manual`).
+    pub context: CiContext,
+    /// The pull request (`E`) of a PR re-run.
+    pub pull_request: Option<EventId>,
+}
+
+impl CiManualTrigger {
+    pub fn to_event_builder(&self) -> Result<EventBuilder> {
+        let mut context = self.context.clone();
+        context.trigger = None;
+        context.pull_request = None;
+        let workflow_hash = context.workflow.as_ref().and_then(|w| w.sha256);
+        if workflow_hash.is_none() {
+            return Err(malformed(
+                "w",
+                "a manual trigger names the workflow file and its sha256",
+            ));
+        }
+        let mut tags = vec![nostr::Tag::public_key(self.coordinator)];
+        tags.extend(context.to_tags()?);
+        Ok(EventBuilder::new(CI_MANUAL_TRIGGER, "")
+            .tags(tags)
+            .allow_self_tagging())
+    }
+
+    pub fn from_event(event: &Event) -> Result<Self> {
+        check_kind(event, CI_MANUAL_TRIGGER, "manual trigger (9840)")?;
+        let coordinators: Vec<&String> = tags_named(event, TAG_PARENT_AUTHOR)
+            .filter_map(|v| v.get(1))
+            .collect();
+        let [coordinator] = coordinators.as_slice() else {
+            return Err(malformed(
+                "p",
+                format!(
+                    "a manual trigger names exactly one coordinator, this one names {}",
+                    coordinators.len()
+                ),
+            ));
+        };
+        let coordinator = parse_pubkey("p", coordinator)?;
+        let pull_request = optional_value(event, TAG_ROOT)?
+            .map(|root| parse_event_id("E", &root))
+            .transpose()?;
+        // The PR form has no lowercase `p` of its own (that is the coordinator): its context
+        // is read without the PR tags, which only a PR-aware coordinator would resolve.
+        let mut context = CiContext::from_event_without_pull_request(event)?;
+        context.trigger = None;
+        match context.workflow.as_ref().and_then(|w| w.sha256) {
+            Some(_) => {}
+            None => {
+                return Err(malformed(
+                    "w",
+                    "a manual trigger names the workflow file and its sha256",
+                ));
+            }
+        }
+        Ok(CiManualTrigger {
+            coordinator,
+            context,
+            pull_request,
         })
     }
 }
@@ -1524,5 +1613,69 @@ mod tests {
             let err = CiWorkflowProgress::from_event(&event).unwrap_err();
             assert!(err.to_string().contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn a_manual_trigger_names_one_coordinator_and_the_workflow_hash() {
+        let owner = Keys::generate();
+        let coordinator = Keys::generate().public_key();
+        let trigger = CiManualTrigger {
+            coordinator,
+            context: context(&owner),
+            pull_request: None,
+        };
+        let event = sign(trigger.to_event_builder().unwrap(), &owner);
+        assert!(
+            tags_named(&event, TAG_TRIGGER).next().is_none(),
+            "a 9840 omits `o`"
+        );
+        let parsed = CiManualTrigger::from_event(&event).unwrap();
+        assert_eq!(parsed.coordinator, coordinator);
+        assert_eq!(parsed.context.commit, COMMIT);
+        assert_eq!(parsed.context.trigger, None);
+        assert_eq!(parsed.context.git_ref.as_deref(), Some("refs/heads/main"));
+        assert_eq!(parsed.context.workflow, trigger.context.workflow);
+
+        // Two coordinators, none, or a workflow without its hash: refused by name.
+        let with = |extra: Vec<Tag>, drop: &str| {
+            let tags = event
+                .tags
+                .iter()
+                .filter(|t| t.as_slice()[0] != drop)
+                .cloned()
+                .chain(extra);
+            sign(
+                EventBuilder::new(CI_MANUAL_TRIGGER, "")
+                    .tags(tags)
+                    .allow_self_tagging(),
+                &owner,
+            )
+        };
+        let two = with(vec![Tag::public_key(Keys::generate().public_key())], "");
+        let err = CiManualTrigger::from_event(&two).unwrap_err().to_string();
+        assert!(err.contains("exactly one coordinator"), "{err}");
+        let none = with(Vec::new(), "p");
+        assert!(CiManualTrigger::from_event(&none).is_err());
+        let no_hash = with(vec![custom_tag("w", [".quorum/pipeline.yml"])], "w");
+        let err = CiManualTrigger::from_event(&no_hash)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sha256"), "{err}");
+
+        // The PR form: E/K/P and no lowercase p but the coordinator's.
+        let pr = EventId::from_hex(&"ab".repeat(32)).unwrap();
+        let pr_trigger = with(
+            vec![
+                custom_tag("E", [pr.to_hex()]),
+                custom_tag("K", ["1618"]),
+                custom_tag("P", [owner.public_key().to_hex()]),
+                custom_tag("e", [pr.to_hex()]),
+                custom_tag("k", ["1618"]),
+            ],
+            "r",
+        );
+        let parsed = CiManualTrigger::from_event(&pr_trigger).unwrap();
+        assert_eq!(parsed.pull_request, Some(pr));
+        assert_eq!(parsed.coordinator, coordinator);
     }
 }

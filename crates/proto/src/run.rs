@@ -27,6 +27,8 @@ const PARAM_MANDATE: &str = "mandate";
 const PARAM_REPO_ID: &str = "repo-id";
 const PARAM_MAINTAINER: &str = "maintainer";
 const PARAM_REF: &str = "ref";
+const PARAM_MANUAL_TRIGGER: &str = "manual-trigger";
+const PARAM_PULL_REQUEST: &str = "pull-request";
 
 /// Why a request is not a valid run-pipeline job.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,6 +59,12 @@ pub enum RunError {
     BadMaintainer(String),
     #[error("`ref` param {0:?} is not a full ref name (refs/heads/… or refs/tags/…)")]
     BadRef(String),
+    #[error("`manual-trigger` {0:?} is not an event id")]
+    BadManualTrigger(String),
+    #[error(
+        "`pull-request` {0:?} is not: PR id, PR author, 1618 or 1619 event id, its kind, its author"
+    )]
+    BadPullRequest(String),
 }
 
 fn is_hex(text: &str, lengths: &[usize]) -> bool {
@@ -85,6 +93,13 @@ pub struct RunRequest {
     pub maintainers: Vec<PublicKey>,
     /// The pushed ref whose move started the run (a watcher's push), for the CI status.
     pub git_ref: Option<String>,
+    /// The maintainer's manual trigger (NIP-C1 9840) this run replays; the router checks it
+    /// again and quotes it in the run's CI status, whose trigger is then `manual`.
+    pub manual_trigger: Option<EventId>,
+    /// The NIP-34 pull request (and the 1618 or 1619 event that proposed `commit`) this run
+    /// builds: a contributor's commit, run narrowly (no releases, no quorum jobs, no secrets)
+    /// and, for a contributor who is no maintainer, only after a maintainer approved.
+    pub pull_request: Option<crate::nipc1::PullRequestContext>,
 }
 
 impl RunRequest {
@@ -100,6 +115,8 @@ impl RunRequest {
             repo_id: None,
             maintainers: Vec::new(),
             git_ref: None,
+            manual_trigger: None,
+            pull_request: None,
         }
     }
 
@@ -125,6 +142,21 @@ impl RunRequest {
         }
         if let Some(git_ref) = &self.git_ref {
             request = request.param(PARAM_REF, git_ref.clone());
+        }
+        if let Some(trigger) = &self.manual_trigger {
+            request = request.param(PARAM_MANUAL_TRIGGER, trigger.to_hex());
+        }
+        if let Some(pr) = &self.pull_request {
+            request.params.push(JobParam {
+                key: PARAM_PULL_REQUEST.into(),
+                values: vec![
+                    pr.root.to_hex(),
+                    pr.root_author.to_hex(),
+                    pr.trigger.to_hex(),
+                    pr.trigger_kind.as_u16().to_string(),
+                    pr.trigger_author.to_hex(),
+                ],
+            });
         }
         for (name, values) in [(PARAM_INPUT, &self.inputs), (PARAM_SECRET, &self.secrets)] {
             for (key, value) in values {
@@ -210,6 +242,30 @@ impl RunRequest {
                     }
                     run.git_ref = Some(git_ref.to_string());
                 }
+                PARAM_MANUAL_TRIGGER => {
+                    let id = EventId::from_hex(param.value())
+                        .map_err(|_| RunError::BadManualTrigger(param.value().to_string()))?;
+                    run.manual_trigger = Some(id);
+                }
+                PARAM_PULL_REQUEST => {
+                    let bad = || RunError::BadPullRequest(param.values.join(" "));
+                    let [root, root_author, trigger, kind, trigger_author] =
+                        param.values.as_slice()
+                    else {
+                        return Err(bad());
+                    };
+                    let kind: u16 = kind.parse().map_err(|_| bad())?;
+                    if !matches!(kind, 1618 | 1619) {
+                        return Err(bad());
+                    }
+                    run.pull_request = Some(crate::nipc1::PullRequestContext {
+                        root: EventId::from_hex(root).map_err(|_| bad())?,
+                        root_author: PublicKey::from_hex(root_author).map_err(|_| bad())?,
+                        trigger: EventId::from_hex(trigger).map_err(|_| bad())?,
+                        trigger_kind: nostr::Kind::from_u16(kind),
+                        trigger_author: PublicKey::from_hex(trigger_author).map_err(|_| bad())?,
+                    });
+                }
                 PARAM_SECRET => {
                     if !was_encrypted {
                         return Err(RunError::ClearSecrets);
@@ -238,6 +294,8 @@ impl std::fmt::Debug for RunRequest {
             .field("repo_id", &self.repo_id)
             .field("maintainers", &self.maintainers)
             .field("git_ref", &self.git_ref)
+            .field("manual_trigger", &self.manual_trigger)
+            .field("pull_request", &self.pull_request)
             .finish()
     }
 }
@@ -332,6 +390,14 @@ mod tests {
         run.repo_id = Some(RepoCoordinate::new(maintainer, "app"));
         run.maintainers = vec![maintainer, Keys::generate().public_key()];
         run.git_ref = Some("refs/heads/main".into());
+        run.manual_trigger = Some(EventId::from_hex(&"cd".repeat(32)).unwrap());
+        run.pull_request = Some(crate::nipc1::PullRequestContext {
+            root: EventId::from_hex(&"ab".repeat(32)).unwrap(),
+            root_author: maintainer,
+            trigger: EventId::from_hex(&"ef".repeat(32)).unwrap(),
+            trigger_kind: nostr::Kind::from_u16(1619),
+            trigger_author: maintainer,
+        });
         assert_eq!(
             RunRequest::from_request(&run.to_request(), false).unwrap(),
             run
@@ -362,6 +428,8 @@ mod tests {
         let cases = [
             (with("commit", &["HEAD"]), "not a full"),
             (with("plan", &["abc"]), "plan hash"),
+            (with("manual-trigger", &["retry"]), "`manual-trigger`"),
+            (with("pull-request", &["ab"]), "`pull-request`"),
             (with("runner", &["bob"]), "public key"),
             (with("input", &["only-a-name"]), "a name and a value"),
             (with("mandate", &["not-an-id"]), "64-hex event id"),

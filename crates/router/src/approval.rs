@@ -14,7 +14,7 @@ use quorum_proto::approval::{
     APPROVAL, ApprovalRequest, ApprovalTally, ArtifactDigest, GateStatus, REJECTION,
 };
 use quorum_proto::blossom::Sha256Hex;
-use quorum_proto::nip34::{REPO_ANNOUNCEMENT, maintainer_set};
+use quorum_proto::nip34::maintainer_set;
 use quorum_proto::nostr::{Filter, PublicKey, Timestamp};
 
 use crate::{Engine, JobRecord, JobState, lock};
@@ -91,10 +91,7 @@ async fn ask(
     // whoever wrote the commit, so `from` may narrow the electorate, never widen it.
     let announcements = client
         .fetch(
-            Filter::new()
-                .kind(REPO_ANNOUNCEMENT)
-                .author(repo.owner)
-                .identifier(repo.identifier.clone()),
+            quorum_proto::nip34::announcements_of(&repo),
             Duration::from_secs(5),
         )
         .await
@@ -179,16 +176,76 @@ async fn ask(
         expiration: Timestamp::now() + config.approval_wait.as_secs(),
         content: format!("Approve {} of commit {}?", job.name, context.commit),
     };
+    decide(client, request, |line| {
+        lock(reporter).job_progress(&job.id, &client.public_key(), line)
+    })
+    .await
+}
+
+/// The name under which a pull-request run shows the pipeline file it would run.
+pub(crate) const PULL_REQUEST_PIPELINE: &str = "pull-request/.quorum/pipeline.yml";
+
+/// A contributor's pull-request commit waiting for a maintainer to let it run: what one of
+/// them approves is that commit and the pipeline file at it (its sha256, shown as
+/// [`PULL_REQUEST_PIPELINE`]), since the contributor wrote both.
+pub(crate) struct PullRequestGate {
+    pub repo: quorum_proto::nip34::RepoCoordinate,
+    pub run: String,
+    pub commit: String,
+    pub pipeline_sha256: Sha256Hex,
+    /// The repository's maintainer set (§10).
+    pub maintainers: Vec<PublicKey>,
+    pub wait: Duration,
+}
+
+impl PullRequestGate {
+    /// Asks; `say` gets the line that tells how to approve. Returns the request id, and the
+    /// verdict: approved (by whom) or why not.
+    pub async fn ask(
+        self,
+        client: &quorum_dvm::client::JobClient,
+        say: impl FnOnce(&str),
+    ) -> Result<(String, Result<String, String>), String> {
+        let content = format!(
+            "Run the pipeline of pull-request commit {}? Its author is not a maintainer; the \
+             run gets no secrets and releases nothing.",
+            self.commit
+        );
+        let request = ApprovalRequest {
+            repo: self.repo,
+            run: self.run,
+            commit: self.commit,
+            artifacts: vec![ArtifactDigest::new(
+                PULL_REQUEST_PIPELINE,
+                self.pipeline_sha256,
+            )],
+            builders: Vec::new(),
+            maintainers: self.maintainers,
+            required: 1,
+            expiration: Timestamp::now() + self.wait.as_secs(),
+            content,
+        };
+        decide(client, request, say).await
+    }
+}
+
+/// Publishes `request` and waits for the maintainers' tally; `say` gets the line that tells
+/// how to approve, once published.
+async fn decide(
+    client: &quorum_dvm::client::JobClient,
+    request: ApprovalRequest,
+    say: impl FnOnce(&str),
+) -> Result<(String, Result<String, String>), String> {
+    let maintainers = request.maintainers.clone();
     let builder = request.to_event_builder().map_err(|e| e.to_string())?;
     let event = client
         .publish_event(builder)
         .await
         .map_err(|e| format!("cannot ask the maintainers: {e}"))?;
-    lock(reporter).job_progress(
-        &job.id,
-        &client.public_key(),
-        &crate::progress::approval_wait(gate.required, &event.id.to_hex()),
-    );
+    say(&crate::progress::approval_wait(
+        request.required,
+        &event.id.to_hex(),
+    ));
     let filter = Filter::new().kinds([APPROVAL, REJECTION]).event(event.id);
     loop {
         let verdicts = client

@@ -112,10 +112,7 @@ impl Router {
         let announcements = self
             .client
             .fetch(
-                Filter::new()
-                    .kind(nip34::REPO_ANNOUNCEMENT)
-                    .author(repo_id.owner)
-                    .identifier(repo_id.identifier.clone()),
+                quorum_proto::nip34::announcements_of(repo_id),
                 Duration::from_secs(5),
             )
             .await
@@ -155,6 +152,91 @@ impl Router {
             .map_err(|e| JobFailure::new(format!("mandate {}: {e}", event.id)))
     }
 
+    /// The manual trigger (9840) a request replays, checked as the trigger inbox checks it:
+    /// anyone may name a trigger in a request, so its author, repository and commit are
+    /// checked here again, and they must be the request's.
+    async fn manual_trigger(
+        &self,
+        id: EventId,
+        run: &RunRequest,
+    ) -> Result<crate::trigger::AcceptedTrigger, JobFailure> {
+        let found = self
+            .client
+            .fetch(
+                Filter::new()
+                    .id(id)
+                    .kind(quorum_proto::nipc1::CI_MANUAL_TRIGGER),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| JobFailure::new(format!("cannot look up manual trigger {id}: {e}")))?;
+        let event = found
+            .into_iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| JobFailure::new(format!("manual trigger {id} is not on the relays")))?;
+        let accepted = crate::trigger::check(&self.client, &event, &self.client.public_key())
+            .await
+            .map_err(|reason| JobFailure::new(format!("manual trigger {id}: {reason}")))?;
+        if accepted.trigger.context.commit != run.commit
+            || run
+                .repo_id
+                .as_ref()
+                .is_some_and(|repo| *repo != accepted.repo)
+        {
+            return Err(JobFailure::new(format!(
+                "manual trigger {id} is for {} at {}, not this request's repository and commit",
+                accepted.repo, accepted.trigger.context.commit
+            )));
+        }
+        Ok(accepted)
+    }
+
+    /// Lets a pull-request run go on: at once when a maintainer proposed the commit, else
+    /// once a maintainer approved this commit and pipeline file (the run waits, and says how
+    /// to approve in its partial feedback).
+    async fn approve_pull_request(
+        &self,
+        ctx: &JobContext,
+        run: &RunRequest,
+        pr: &quorum_proto::nipc1::PullRequestContext,
+        repo_id: Option<&RepoCoordinate>,
+        plan_hash: &str,
+        source: &CiSource,
+    ) -> Result<(), JobFailure> {
+        let repo_id = repo_id.ok_or_else(|| {
+            JobFailure::new("a pull-request run names the repository it proposes to (`repo-id`)")
+        })?;
+        let maintainers = self.maintainers(repo_id, &[]).await?;
+        if maintainers.contains(&pr.trigger_author) {
+            return Ok(());
+        }
+        let pipeline_sha256 = source
+            .workflow_sha256
+            .ok_or_else(|| JobFailure::new("the pull request's pipeline file was not read"))?;
+        let gate = crate::approval::PullRequestGate {
+            repo: repo_id.clone(),
+            run: quorum_pipeline::run_id(&run.repo, &run.commit, plan_hash),
+            commit: run.commit.clone(),
+            pipeline_sha256,
+            maintainers,
+            wait: EngineConfig::default().approval_wait,
+        };
+        tracing::info!(commit = %run.commit, contributor = %pr.trigger_author, "a pull request by a contributor waits for a maintainer's approval");
+        match gate
+            .ask(&self.client, |line| ctx.partial(line.to_string()))
+            .await
+        {
+            Ok((_, Ok(approved))) => {
+                tracing::info!(commit = %run.commit, "pull-request run {approved}");
+                Ok(())
+            }
+            Ok((request, Err(reason))) => Err(JobFailure::new(format!(
+                "the pull-request run was not approved ({reason}; request {request})"
+            ))),
+            Err(reason) => Err(JobFailure::new(reason)),
+        }
+    }
+
     /// The maintainers approval gates ask: those the request names, each checked against the
     /// repository's maintainer set (the owner and whom the owner's 30617 announcement lists,
     /// §10), or that whole set when the request names nobody. A requester cannot make itself
@@ -167,10 +249,7 @@ impl Router {
         let announcements = self
             .client
             .fetch(
-                Filter::new()
-                    .kind(nip34::REPO_ANNOUNCEMENT)
-                    .author(repo_id.owner)
-                    .identifier(repo_id.identifier.clone()),
+                quorum_proto::nip34::announcements_of(repo_id),
                 Duration::from_secs(5),
             )
             .await
@@ -188,6 +267,19 @@ impl Router {
         }
     }
 
+    /// Starts serving: the DVM runtime for run-pipeline requests, and the inbox that turns
+    /// maintainers' manual triggers (9840) addressed to this router into such requests.
+    pub async fn start(
+        self,
+        config: quorum_dvm::DvmConfig,
+        keys: quorum_proto::nostr::Keys,
+    ) -> Result<RunningRouter, quorum_dvm::DvmError> {
+        let inbox = crate::trigger::TriggerInbox::new(self.client.clone());
+        let dvm = quorum_dvm::Dvm::start(config, keys, self).await?;
+        let inbox = tokio::spawn(inbox.serve(std::future::pending()));
+        Ok(RunningRouter { dvm, inbox })
+    }
+
     async fn run_pipeline(&self, job: &Job, ctx: &JobContext) -> Result<RunReport, JobFailure> {
         let run = RunRequest::from_request(&job.request, JobRequest::is_encrypted(&job.event))
             .map_err(|e| JobFailure::new(format!("invalid run-pipeline request: {e}")))?;
@@ -199,8 +291,13 @@ impl Router {
                 Trigger::Manual
             },
             workflow_sha256: None,
+            manual_trigger: None,
+            pull_request: None,
         };
-        let prepared = match self.prepare(job, &run, &mut source).await {
+        if let Some(pr) = &run.pull_request {
+            source = source.for_pull_request(pr.clone());
+        }
+        let prepared = match self.prepare(job, ctx, &run, &mut source).await {
             Ok(prepared) => prepared,
             Err(failure) => {
                 self.report_not_started(job, &run, &source, &failure).await;
@@ -252,9 +349,20 @@ impl Router {
     async fn prepare(
         &self,
         job: &Job,
+        ctx: &JobContext,
         run: &RunRequest,
         source: &mut CiSource,
     ) -> Result<Prepared, JobFailure> {
+        if run.pull_request.is_some() && !run.secrets.is_empty() {
+            return Err(JobFailure::new(
+                "a pull-request run gets no secrets: its pipeline file and commit are a \
+                 contributor's",
+            ));
+        }
+        let replay = match run.manual_trigger {
+            Some(id) => Some(self.manual_trigger(id, run).await?),
+            None => None,
+        };
         let checkout = self.config.work_root.join(job.event.id.to_hex());
         let _ = std::fs::remove_dir_all(&checkout);
         let fetched =
@@ -276,6 +384,25 @@ impl Router {
         let _ = std::fs::remove_dir_all(&checkout);
         let text = text?;
         *source = CiSource::of_pipeline(&text, run.git_ref.clone());
+        if let Some(pr) = &run.pull_request {
+            *source = source.clone().for_pull_request(pr.clone());
+        }
+        if let Some(accepted) = replay {
+            *source = source.clone().replayed_by(accepted.quote());
+            let named = accepted.trigger.context.workflow.and_then(|w| w.sha256);
+            if named != source.workflow_sha256 {
+                return Err(JobFailure::new(format!(
+                    "the manual trigger names workflow sha256 {}, but {} at {} has {}",
+                    named.map(|h| h.to_hex()).unwrap_or_default(),
+                    quorum_pipeline::PIPELINE_PATH,
+                    run.commit,
+                    source
+                        .workflow_sha256
+                        .map(|h| h.to_hex())
+                        .unwrap_or_default()
+                )));
+            }
+        }
         let plan = quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, &text).map_err(|d| {
             JobFailure::new("the pipeline does not lint").with_content(d.to_string())
         })?;
@@ -288,6 +415,32 @@ impl Router {
                 run.commit
             )));
         }
+        let plan = match &run.pull_request {
+            None => plan,
+            Some(_) => {
+                if !plan.triggered_by(&quorum_pipeline::TriggerEvent::PullRequest) {
+                    return Err(JobFailure::new(format!(
+                        "the pipeline at {} does not run on pull requests (`on.pull_request`)",
+                        run.commit
+                    )));
+                }
+                let (narrow, left_out) = plan.for_pull_request();
+                for (id, reason) in &left_out {
+                    tracing::info!(request = %job.event.id, job = %id, "left out of the pull-request run: {reason}");
+                }
+                if narrow.jobs.is_empty() {
+                    return Err(JobFailure::new(format!(
+                        "a pull-request run leaves out every job: {}",
+                        left_out
+                            .iter()
+                            .map(|(id, reason)| format!("{id} ({reason})"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                narrow
+            }
+        };
         let runners = if !run.runners.is_empty() {
             run.runners.clone()
         } else if !self.config.runners.is_empty() {
@@ -305,8 +458,9 @@ impl Router {
             return Err(JobFailure::new("no runner DVM is known or announced"));
         }
         let quorum = match run.mandate {
-            Some(id) => Some(self.mandate(id).await?),
-            None => None,
+            // A pull-request run has no quorum job left to run under a mandate.
+            Some(id) if run.pull_request.is_none() => Some(self.mandate(id).await?),
+            _ => None,
         };
         // A watcher quorum's request names the watchers' own mandate, under which builds never
         // run (its members are watchers, not builders): the run's quorum jobs take the
@@ -343,6 +497,10 @@ impl Router {
                 ));
             }
         };
+        if let Some(pr) = &run.pull_request {
+            self.approve_pull_request(ctx, run, pr, repo_id.as_ref(), &plan_hash, source)
+                .await?;
+        }
         let context = RunContext {
             repo: run.repo.clone(),
             commit: run.commit.clone(),
@@ -438,6 +596,26 @@ impl Router {
             jobs: end.outcome.jobs.iter().map(summary).collect(),
             published,
         })
+    }
+}
+
+/// A router serving: its DVM and its manual-trigger inbox.
+pub struct RunningRouter {
+    dvm: quorum_dvm::Dvm,
+    inbox: tokio::task::JoinHandle<()>,
+}
+
+impl RunningRouter {
+    pub fn public_key(&self) -> PublicKey {
+        self.dvm.public_key()
+    }
+
+    /// Stops both; runs in progress stay in the journal and resume at the next start.
+    pub async fn shutdown(self) {
+        // The inbox keeps nothing of its own: a trigger it had not turned into a request yet
+        // is found again by the next start's first look.
+        self.inbox.abort();
+        self.dvm.shutdown().await;
     }
 }
 

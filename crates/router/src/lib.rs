@@ -22,6 +22,7 @@ pub mod progress;
 pub mod quorum;
 pub mod release;
 pub mod status;
+pub mod trigger;
 pub mod verify;
 
 use approval::Gate;

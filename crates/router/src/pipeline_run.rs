@@ -228,13 +228,7 @@ impl<'a> PipelineRun<'a> {
         let timeout = std::time::Duration::from_secs(5);
         let announcements = self
             .client
-            .fetch(
-                Filter::new()
-                    .kind(quorum_proto::nip34::REPO_ANNOUNCEMENT)
-                    .author(repo.owner)
-                    .identifier(repo.identifier.clone()),
-                timeout,
-            )
+            .fetch(quorum_proto::nip34::announcements_of(repo), timeout)
             .await
             .unwrap_or_default();
         let Some((_, announcement)) =

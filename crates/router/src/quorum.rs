@@ -14,7 +14,7 @@ use quorum_pipeline::PlannedJob;
 use quorum_proto::agreement::{QUORUM_ATTESTATION, QuorumAttestation};
 use quorum_proto::chain::{ChainStep, PARAM_CHAIN, PARAM_UPSTREAM_RESULT, encode};
 use quorum_proto::mandate::Mandate;
-use quorum_proto::nip34::{REPO_ANNOUNCEMENT, REPO_STATE, maintainer_set};
+use quorum_proto::nip34::maintainer_set;
 use quorum_proto::nip90::{JobParam, JobRequest};
 use quorum_proto::nostr::{Event, EventId, Filter, PublicKey};
 use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport, ReleaseParams, SourceRef, hex_list};
@@ -74,24 +74,12 @@ impl QuorumContext {
         let repo = &self.mandate.repo;
         let lookup = Duration::from_secs(5);
         let announcements = client
-            .fetch(
-                Filter::new()
-                    .kind(REPO_ANNOUNCEMENT)
-                    .author(repo.owner)
-                    .identifier(repo.identifier.clone()),
-                lookup,
-            )
+            .fetch(quorum_proto::nip34::announcements_of(repo), lookup)
             .await
             .map_err(|e| format!("cannot look up repository {repo}: {e}"))?;
         let maintainers = maintainer_set(&repo.owner, &repo.identifier, &announcements);
         let states = client
-            .fetch(
-                Filter::new()
-                    .kind(REPO_STATE)
-                    .authors(maintainers)
-                    .identifier(repo.identifier.clone()),
-                lookup,
-            )
+            .fetch(quorum_proto::nip34::states_of(repo, maintainers), lookup)
             .await
             .map_err(|e| format!("cannot look up the state of {repo}: {e}"))?;
         let events: Vec<Event> = announcements.into_iter().chain(states).collect();

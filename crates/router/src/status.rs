@@ -11,7 +11,8 @@ use quorum_dvm::client::JobClient;
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::nipc1::{
     CiArtifact, CiContext, CiJobResult, CiWorkflowProgress, CiWorkflowResult, Conclusion,
-    PROGRESS_MAX_LIFETIME_SECS, ProgressStatus, Quote, RunAddress, Trigger, Workflow,
+    PROGRESS_MAX_LIFETIME_SECS, ProgressStatus, PullRequestContext, Quote, RunAddress, Trigger,
+    Workflow,
 };
 use quorum_proto::nostr::{EventBuilder, EventId, Timestamp};
 use sha2::{Digest, Sha256};
@@ -33,6 +34,11 @@ pub struct CiSource {
     pub trigger: Trigger,
     /// The pushed ref, `refs/heads/…` or `refs/tags/…`.
     pub git_ref: Option<String>,
+    /// The maintainer's 9840 a re-run answers, quoted (`manual-trigger`) on its 39842 and 9842.
+    pub manual_trigger: Option<Quote>,
+    /// The pull request a PR run builds: its NIP-22 context goes on every event, so that
+    /// gitworkshop shows the run on the pull request's page.
+    pub pull_request: Option<PullRequestContext>,
 }
 
 impl Default for CiSource {
@@ -42,6 +48,8 @@ impl Default for CiSource {
             workflow_sha256: None,
             trigger: Trigger::Manual,
             git_ref: None,
+            manual_trigger: None,
+            pull_request: None,
         }
     }
 }
@@ -58,7 +66,26 @@ impl CiSource {
                 Trigger::Manual
             },
             git_ref,
+            manual_trigger: None,
+            pull_request: None,
         }
+    }
+
+    /// The same source, as a run of pull request `pr`: `o` is `pull_request`, the events carry
+    /// its context and no pushed ref.
+    pub fn for_pull_request(mut self, pr: PullRequestContext) -> Self {
+        self.trigger = Trigger::PullRequest;
+        self.git_ref = None;
+        self.pull_request = Some(pr);
+        self
+    }
+
+    /// The same source, as the replay a maintainer's manual trigger asked for: `o` is
+    /// `manual` and the events quote the trigger.
+    pub fn replayed_by(mut self, trigger: Quote) -> Self {
+        self.trigger = Trigger::Manual;
+        self.manual_trigger = Some(trigger);
+        self
     }
 
     /// The common tags of a run of `context`; `None` without a NIP-34 identity.
@@ -70,6 +97,7 @@ impl CiSource {
         });
         ci.trigger = Some(self.trigger);
         ci.git_ref = self.git_ref.clone();
+        ci.pull_request = self.pull_request.clone();
         Some(ci)
     }
 }
@@ -83,6 +111,7 @@ pub struct CiRun<'a> {
     client: &'a JobClient,
     run: String,
     context: CiContext,
+    manual_trigger: Option<Quote>,
     started_at: Timestamp,
     /// The `created_at` of the last progress event, so that each replacement is strictly
     /// newer (two of the same second would be a tie a relay may settle either way).
@@ -102,6 +131,7 @@ impl<'a> CiRun<'a> {
             client,
             run: run.to_string(),
             context: source.ci_context(context)?,
+            manual_trigger: source.manual_trigger.clone(),
             started_at,
             last: Mutex::new(None),
         })
@@ -126,7 +156,7 @@ impl<'a> CiRun<'a> {
             queued_at: Some(self.started_at),
             started_at: Some(self.started_at),
             jobs: Vec::new(),
-            manual_trigger: None,
+            manual_trigger: self.manual_trigger.clone(),
             // The spec: `queue` is for queued runs, left out once a job started.
             queue: None,
             in_progress,
@@ -253,7 +283,7 @@ impl<'a> CiRun<'a> {
             queued_at: Some(self.started_at),
             started_at: Some(self.started_at),
             jobs,
-            manual_trigger: None,
+            manual_trigger: self.manual_trigger.clone(),
             content,
         };
         let builder = workflow.to_event_builder().map_err(|e| e.to_string())?;

@@ -360,14 +360,7 @@ pub async fn gather(
     for repo in repos {
         let more = fetch(client, quorum_proto::mandate::mandates_of(&repo)).await?;
         pool.extend(more);
-        let more = fetch(
-            client,
-            Filter::new()
-                .kind(REPO_ANNOUNCEMENT)
-                .author(repo.owner)
-                .identifier(repo.identifier.clone()),
-        )
-        .await?;
+        let more = fetch(client, quorum_proto::nip34::announcements_of(&repo)).await?;
         pool.extend(more);
     }
     if !jobs.is_empty() {

@@ -233,7 +233,7 @@ fn ending(record: &JobRecord) -> Ending {
 struct Cast<'a> {
     network: &'a Network,
     runners: Vec<Option<Dvm>>,
-    router: Option<Dvm>,
+    router: Option<quorum_router::dvm::RunningRouter>,
     router_keys: Keys,
     router_data: PathBuf,
     maintainer: Keys,

@@ -223,7 +223,7 @@ impl Network {
     }
 
     /// A router DVM signing with `keys` (pass the same keys to restart "the same" router).
-    pub async fn router(&self, data: &Path, keys: &Keys) -> Dvm {
+    pub async fn router(&self, data: &Path, keys: &Keys) -> quorum_router::dvm::RunningRouter {
         let client = JobClient::connect(std::slice::from_ref(&self.relay), keys.clone())
             .await
             .expect("the router's client connects");
@@ -243,9 +243,43 @@ impl Network {
             Arc::new(client),
         );
         let config = DvmConfig::new(vec![self.relay.clone()], data.join("dvm"), "router");
-        Dvm::start(config, keys.clone(), router)
+        router
+            .start(config, keys.clone())
             .await
             .expect("the router starts")
+    }
+
+    /// The report of the router's result (6700) for run request `request`, waiting up to
+    /// `within` for it.
+    pub async fn run_report(
+        &self,
+        request: quorum_proto::nostr::EventId,
+        within: Duration,
+    ) -> quorum_proto::run::RunReport {
+        use quorum_proto::nostr::{Filter, Kind};
+        let client = self.client().await;
+        let deadline = tokio::time::Instant::now() + within;
+        let report = loop {
+            let results = client
+                .fetch(
+                    Filter::new().kind(Kind::from_u16(6700)).event(request),
+                    Duration::from_secs(2),
+                )
+                .await
+                .expect("the relay answers");
+            if let Some(event) = results.first() {
+                let result = quorum_proto::nip90::JobResult::from_event(event)
+                    .expect("a router's result parses");
+                break serde_json::from_str(&result.content).expect("a router's report parses");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no router finished run {request} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        client.shutdown().await;
+        report
     }
 
     /// A job client with fresh keys.

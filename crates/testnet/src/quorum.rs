@@ -45,6 +45,17 @@ pub async fn deal(
     spec: QuorumSpec<'_>,
     share_dir: impl Fn(usize) -> PathBuf,
 ) -> DealtQuorum {
+    deal_for(relay, spec, share_dir, Keys::generate()).await
+}
+
+/// [`deal`] for a repository `owner` already has: a second quorum of the same repository
+/// (say, its watchers beside its builders) is mandated by the same owner.
+pub async fn deal_for(
+    relay: &RelayUrl,
+    spec: QuorumSpec<'_>,
+    share_dir: impl Fn(usize) -> PathBuf,
+    owner: Keys,
+) -> DealtQuorum {
     let members: Vec<Keys> = (0..spec.n).map(|_| Keys::generate()).collect();
     let roster = quorum_threshold::Roster::new(spec.t, members.iter().map(Keys::public_key))
         .expect("a valid roster");
@@ -61,7 +72,6 @@ pub async fn deal(
         )
         .expect("the share is saved");
     }
-    let owner = Keys::generate();
     let repo = RepoCoordinate::new(owner.public_key(), spec.identifier);
     for i in 0..spec.n {
         // As the key service does: the share serves the repository it was made for.

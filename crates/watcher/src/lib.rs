@@ -17,7 +17,9 @@
 //! moved the ref — a time every watcher reads alike, and a current one, so that routers take it
 //! however old the commit is), they agree on the commit and plan hash by commit-reveal, and the
 //! quorum signs the attestation and that request together. The router then sees a run request
-//! that `t` watchers vouched for.
+//! that `t` watchers vouched for. A watcher following NIP-34 state needs no flag for this: at
+//! each poll it looks for the watcher mandate of its repository in force that lists it, and
+//! signs its requests itself only while there is none.
 
 pub mod maintainer;
 
@@ -33,6 +35,7 @@ use quorum_proto::agreement::{BuildResult, QUORUM_ATTESTATION};
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::kinds::JobKind;
 use quorum_proto::mandate::{MANDATE, Mandate};
+use quorum_proto::nip34::ProposedCommit;
 use quorum_proto::nip90::JobRequest;
 use quorum_proto::nostr::{EventId, Filter, Keys, PublicKey, RelayUrl, Timestamp};
 use quorum_proto::quorum_job::QuorumJobParams;
@@ -64,6 +67,8 @@ pub enum WatchError {
     Quorum(#[from] QuorumJobError),
     #[error("the quorum signed no run request: {0}")]
     NotSigned(String),
+    #[error("pull request {id}: {reason}")]
+    Proposal { id: EventId, reason: String },
 }
 
 /// Where the watcher learns the refs.
@@ -89,16 +94,19 @@ pub struct WatchConfig {
     /// Where the watcher keeps its state and scratch checkouts.
     pub data: PathBuf,
     pub git: GitPolicy,
-    /// When set, the watcher is one member of a quorum of watchers and the quorum key signs
-    /// the run requests (§15.10).
+    /// When set, the watcher may be one member of a quorum of watchers whose key signs the
+    /// run requests (§15.10): under the mandate it names, or, when it names none, under the
+    /// watcher mandate in force that lists this watcher (none: the watcher signs them).
     pub quorum: Option<WatcherQuorum>,
 }
 
 /// What a watcher needs to act as a member of a watcher quorum.
 #[derive(Debug, Clone)]
 pub struct WatcherQuorum {
-    /// The mandate (8704) the quorum acts under; it must allow kinds 8708 and 5700.
-    pub mandate: EventId,
+    /// The mandate (8704) the quorum acts under; it must allow kinds 8708 and 5700. `None`:
+    /// the watcher looks at each poll for a watcher mandate of its repository (NIP-34 source
+    /// only) that names it, and signs its requests itself while there is none.
+    pub mandate: Option<EventId>,
     /// Where the watcher keeps its shares (`<quorum hex>.json`).
     pub share_dir: PathBuf,
     pub member: MemberConfig,
@@ -136,6 +144,13 @@ struct State {
     /// every poll while the ref stays there, up to [`MAX_ATTEMPTS`].
     #[serde(default)]
     retry: BTreeMap<String, Retry>,
+    /// The pull requests and updates (event ids, hex) decided on: run, not for this pipeline,
+    /// or given up on; `None` before the first look, which replays none.
+    #[serde(default)]
+    proposals: Option<BTreeSet<String>>,
+    /// Proposals whose run could not start yet, with the attempts so far.
+    #[serde(default)]
+    proposal_retry: BTreeMap<String, u32>,
 }
 
 /// A commit whose run did not start yet.
@@ -149,6 +164,15 @@ struct Retry {
 /// gives up on it until its ref moves again.
 pub const MAX_ATTEMPTS: u32 = 20;
 
+/// Who signs the run requests of a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signing {
+    /// The watcher, with its own key.
+    Own,
+    /// The watcher quorum's key, under `mandate`.
+    Quorum { key: PublicKey, mandate: EventId },
+}
+
 /// A watcher of one repository.
 pub struct Watcher {
     config: WatchConfig,
@@ -158,6 +182,8 @@ pub struct Watcher {
     quorum_key: Option<PublicKey>,
     /// The repository that mandate is for, whose newer mandates for the key replace it.
     quorum_repo: Option<quorum_proto::nip34::RepoCoordinate>,
+    /// Who signed at the last poll, when no mandate is pinned (to log changes once).
+    discovered: Option<Signing>,
     /// The moved refs of the last poll that started nothing because of an error.
     not_started: Vec<NotStarted>,
 }
@@ -179,6 +205,7 @@ impl Watcher {
             state,
             quorum_key: None,
             quorum_repo: None,
+            discovered: None,
             not_started: Vec::new(),
         })
     }
@@ -200,6 +227,12 @@ impl Watcher {
             ),
             Source::Nip34 { owner, identifier } => self.signed_refs(owner, identifier).await?,
         };
+        let mut started = Vec::new();
+        self.not_started.clear();
+        if let Source::Nip34 { owner, identifier } = &self.config.source {
+            let repo = quorum_proto::nip34::RepoCoordinate::new(*owner, identifier);
+            started.extend(self.poll_proposals(&repo).await?);
+        }
         let Some(previous) = self.state.refs.replace(refs.clone()) else {
             tracing::info!(
                 refs = refs.len(),
@@ -207,10 +240,8 @@ impl Watcher {
                 self.config.repo
             );
             self.save()?;
-            return Ok(Vec::new());
+            return Ok(started);
         };
-        let mut started = Vec::new();
-        self.not_started.clear();
         // A retry is for the commit its ref still names; a ref that moved on drops it.
         self.state
             .retry
@@ -262,6 +293,152 @@ impl Watcher {
         }
         self.save()?;
         Ok(started)
+    }
+
+    /// The pull requests (1618) and updates (1619) proposed to `repo` that the watcher has not
+    /// decided on: each whose pipeline runs on `pull_request` starts one run, signed by the
+    /// watcher itself (a contributor's commit is no maintainer-signed state a watcher quorum
+    /// could vouch for), with the pull request's context; the router narrows it, gives it no
+    /// secrets and, for a contributor who is no maintainer, waits for a maintainer's approval.
+    /// The first look only records what is there.
+    async fn poll_proposals(
+        &mut self,
+        repo: &quorum_proto::nip34::RepoCoordinate,
+    ) -> Result<Vec<StartedRun>, WatchError> {
+        let mut events = self
+            .client
+            .fetch(
+                quorum_proto::nip34::proposals_to(repo),
+                Duration::from_secs(5),
+            )
+            .await?;
+        events.sort_by_key(|e| (e.created_at, e.id));
+        let Some(mut decided) = self.state.proposals.take() else {
+            self.state.proposals = Some(events.iter().map(|e| e.id.to_hex()).collect());
+            return Ok(Vec::new());
+        };
+        let mut started = Vec::new();
+        for event in &events {
+            let id = event.id.to_hex();
+            if decided.contains(&id) {
+                continue;
+            }
+            match self.consider_proposal(repo, event).await {
+                Ok(run) => {
+                    decided.insert(id.clone());
+                    self.state.proposal_retry.remove(&id);
+                    started.extend(run);
+                }
+                Err(err) => {
+                    let attempts = self.state.proposal_retry.get(&id).copied().unwrap_or(0) + 1;
+                    tracing::warn!(proposal = %id, attempts, "pull-request run not started: {err}");
+                    if attempts >= MAX_ATTEMPTS {
+                        decided.insert(id.clone());
+                        self.state.proposal_retry.remove(&id);
+                    } else {
+                        self.state.proposal_retry.insert(id.clone(), attempts);
+                    }
+                    self.not_started.push(NotStarted {
+                        ref_name: format!("pull request {id}"),
+                        commit: ProposedCommit::from_event(event)
+                            .map(|p| p.commit)
+                            .unwrap_or_default(),
+                        reason: err.to_string(),
+                    });
+                }
+            }
+        }
+        self.state.proposals = Some(decided);
+        self.save()?;
+        Ok(started)
+    }
+
+    /// Starts the run of one proposal, or decides it needs none (not for `repo`, no pipeline,
+    /// a pipeline that does not run on pull requests).
+    async fn consider_proposal(
+        &mut self,
+        repo: &quorum_proto::nip34::RepoCoordinate,
+        event: &quorum_proto::nostr::Event,
+    ) -> Result<Option<StartedRun>, WatchError> {
+        let refuse = |reason: String| WatchError::Proposal {
+            id: event.id,
+            reason,
+        };
+        event
+            .verify()
+            .map_err(|_| refuse("its signature does not verify".into()))?;
+        let proposed = ProposedCommit::from_event(event).map_err(|e| refuse(e.to_string()))?;
+        if !proposed.repos.contains(repo) {
+            return Ok(None);
+        }
+        let checkout = self.config.data.join("checkout");
+        let mut fetched = None;
+        let mut errors = Vec::new();
+        for url in &proposed.clone {
+            let _ = std::fs::remove_dir_all(&checkout);
+            match quorum_runner::git::fetch_commit(
+                url,
+                &proposed.commit,
+                &checkout,
+                &self.config.git,
+            )
+            .await
+            {
+                Ok(_) => {
+                    fetched = Some(url.clone());
+                    break;
+                }
+                Err(err) => errors.push(format!("{url}: {err}")),
+            }
+        }
+        let text = std::fs::read_to_string(checkout.join(quorum_pipeline::PIPELINE_PATH));
+        let _ = std::fs::remove_dir_all(&checkout);
+        let Some(url) = fetched else {
+            return Err(refuse(format!(
+                "commit {} cannot be fetched: {}",
+                proposed.commit,
+                errors.join("; ")
+            )));
+        };
+        let Ok(text) = text else {
+            tracing::debug!(proposal = %event.id, "no pipeline in the proposed commit");
+            return Ok(None);
+        };
+        let plan = match quorum_pipeline::parse(quorum_pipeline::PIPELINE_PATH, &text) {
+            Ok(plan) => plan,
+            Err(diagnostics) => {
+                tracing::warn!(proposal = %event.id, "the proposed pipeline does not lint:\n{diagnostics}");
+                return Ok(None);
+            }
+        };
+        if !plan.triggered_by(&TriggerEvent::PullRequest) {
+            return Ok(None);
+        }
+        let plan_hash = plan.plan_hash();
+        let key = format!("pull-request:{}:{plan_hash}", event.id.to_hex());
+        if self.state.started.contains(&key) {
+            return Ok(None);
+        }
+        let mut run = RunRequest::new(url, proposed.commit.clone());
+        run.plan_hash = Some(plan_hash.clone());
+        run.repo_id = Some(repo.clone());
+        run.maintainers = self
+            .maintainers(&repo.owner, &repo.identifier)
+            .await?
+            .into_iter()
+            .collect();
+        run.pull_request = Some(proposed.context.clone());
+        let request = run.to_request().provider(self.config.router);
+        let request = self.client.submit(&request, false).await?.id;
+        self.state.started.insert(key);
+        self.save()?;
+        tracing::info!(proposal = %event.id, commit = %proposed.commit, %request, "pull-request run started");
+        Ok(Some(StartedRun {
+            ref_name: format!("pull request {}", proposed.context.root.to_hex()),
+            commit: proposed.commit,
+            plan_hash,
+            request: request.to_hex(),
+        }))
     }
 
     /// Polls every `interval` until `stop` resolves.
@@ -323,9 +500,10 @@ impl Watcher {
         }
         let plan_hash = plan.plan_hash();
         let key = format!("{commit}:{plan_hash}");
+        let signing = self.signing().await?;
         let mut authors = vec![self.client.public_key()];
-        if self.config.quorum.is_some() {
-            authors.push(self.quorum_key().await?);
+        if let Signing::Quorum { key, .. } = signing {
+            authors.push(key);
         }
         if self.state.started.contains(&key)
             || self.already_requested(&authors, commit, &plan_hash).await
@@ -346,12 +524,8 @@ impl Watcher {
                 .into_iter()
                 .collect();
         }
-        let request = match &self.config.quorum {
-            None => {
-                let request = run.to_request().provider(self.config.router);
-                self.client.submit(&request, false).await?.id
-            }
-            Some(quorum) => {
+        let request = match (signing, &self.config.quorum) {
+            (Signing::Quorum { key, mandate }, Some(quorum)) => {
                 let quorum = quorum.clone();
                 // Nothing local or clock-dependent (§15.5): the state that moved the ref dates
                 // the request. Polling has no such event; the commit's own time is all the
@@ -371,7 +545,12 @@ impl Watcher {
                     }
                     at
                 });
-                self.quorum_request(&quorum, run, created_at).await?
+                self.quorum_request(&quorum, key, mandate, run, created_at)
+                    .await?
+            }
+            _ => {
+                let request = run.to_request().provider(self.config.router);
+                self.client.submit(&request, false).await?.id
             }
         };
         self.state.started.insert(key);
@@ -391,11 +570,11 @@ impl Watcher {
     async fn quorum_request(
         &mut self,
         quorum: &WatcherQuorum,
+        quorum_key: PublicKey,
+        mandate: EventId,
         mut run: RunRequest,
         created_at: Timestamp,
     ) -> Result<EventId, WatchError> {
-        let quorum_key = self.quorum_key().await?;
-        let mandate = self.current_mandate(quorum_key).await?;
         let plan_hash = run.plan_hash.clone().unwrap_or_default();
         let plan = Sha256Hex::parse(&plan_hash).map_err(|_| WatchError::PlanHash(plan_hash))?;
         run.mandate = Some(mandate);
@@ -451,23 +630,68 @@ impl Watcher {
         }
     }
 
+    /// Who signs this poll's run requests: the quorum of the pinned mandate (as a newer
+    /// mandate for its key replaces it), else the watcher quorum a maintainer put this watcher
+    /// in ([`quorum_proto::mandate::watcher_mandate_for`]), else the watcher itself. Looked up
+    /// at each poll, so a new mandate takes effect without a restart; a lookup that fails is
+    /// an error (the commit is tried again), never a silent fall back to the watcher's key.
+    async fn signing(&mut self) -> Result<Signing, WatchError> {
+        let Some(quorum) = &self.config.quorum else {
+            return Ok(Signing::Own);
+        };
+        if let Some(pinned) = quorum.mandate {
+            let key = self.quorum_key(pinned).await?;
+            let mandate = self.current_mandate(pinned, key).await?;
+            return Ok(Signing::Quorum { key, mandate });
+        }
+        let Source::Nip34 { owner, identifier } = &self.config.source else {
+            return Ok(Signing::Own);
+        };
+        let repo = quorum_proto::nip34::RepoCoordinate::new(*owner, identifier);
+        let (maintainers, mandates) = self.mandates(&repo).await?;
+        let found = quorum_proto::mandate::watcher_mandate_for(
+            &mandates,
+            &repo,
+            &maintainers,
+            Timestamp::now(),
+            &self.client.public_key(),
+        );
+        let signing = match found {
+            Some((event, mandate)) => Signing::Quorum {
+                key: mandate.quorum.expect("a selected mandate names its key"),
+                mandate: event.id,
+            },
+            None => Signing::Own,
+        };
+        if self.discovered != Some(signing) {
+            match signing {
+                Signing::Quorum { key, mandate } => tracing::info!(
+                    %mandate, quorum = %key,
+                    "a member of the repository's watcher quorum: its key signs the run requests"
+                ),
+                Signing::Own => tracing::info!(
+                    "no watcher mandate of the repository names this watcher: it signs its own \
+                     run requests"
+                ),
+            }
+            self.discovered = Some(signing);
+        }
+        Ok(signing)
+    }
+
     /// The mandate in force for the watcher quorum's key now: the newest a maintainer of its
     /// repository signed for that key (a refresh, or a new allow list, replaces the one the
     /// watcher was started with — no restart needed). Falls back to the configured mandate;
     /// the members check whichever it is fully before they commit to anything.
-    async fn current_mandate(&mut self, quorum_key: PublicKey) -> Result<EventId, WatchError> {
-        let configured = self.config.quorum.as_ref().expect("quorum mode").mandate;
+    async fn current_mandate(
+        &mut self,
+        configured: EventId,
+        quorum_key: PublicKey,
+    ) -> Result<EventId, WatchError> {
         let Some(repo) = self.quorum_repo.clone() else {
             return Ok(configured);
         };
-        let maintainers = self.maintainers(&repo.owner, &repo.identifier).await?;
-        let mandates = self
-            .client
-            .fetch(
-                quorum_proto::mandate::mandates_of(&repo).authors(maintainers.iter().copied()),
-                Duration::from_secs(5),
-            )
-            .await?;
+        let (maintainers, mandates) = self.mandates(&repo).await?;
         let current = quorum_proto::mandate::select_mandate(
             &mandates,
             &repo,
@@ -485,11 +709,10 @@ impl Watcher {
 
     /// The quorum key the mandate names (looked up once; the member checks the mandate fully
     /// before it commits to anything).
-    async fn quorum_key(&mut self) -> Result<PublicKey, WatchError> {
+    async fn quorum_key(&mut self, id: EventId) -> Result<PublicKey, WatchError> {
         if let Some(key) = self.quorum_key {
             return Ok(key);
         }
-        let id = self.config.quorum.as_ref().expect("quorum mode").mandate;
         let refuse = |reason: String| WatchError::Mandate {
             mandate: id,
             reason,
@@ -517,18 +740,29 @@ impl Watcher {
         owner: &PublicKey,
         identifier: &str,
     ) -> Result<std::collections::BTreeSet<PublicKey>, WatchError> {
-        use quorum_proto::nip34::{REPO_ANNOUNCEMENT, maintainer_set};
+        use quorum_proto::nip34::{RepoCoordinate, announcements_of, maintainer_set};
+        let repo = RepoCoordinate::new(*owner, identifier);
         let announcements = self
             .client
+            .fetch(announcements_of(&repo), Duration::from_secs(5))
+            .await?;
+        Ok(maintainer_set(owner, identifier, &announcements))
+    }
+
+    /// The repository's maintainer set and the mandates they signed for it.
+    async fn mandates(
+        &self,
+        repo: &quorum_proto::nip34::RepoCoordinate,
+    ) -> Result<(BTreeSet<PublicKey>, Vec<quorum_proto::nostr::Event>), WatchError> {
+        let maintainers = self.maintainers(&repo.owner, &repo.identifier).await?;
+        let mandates = self
+            .client
             .fetch(
-                Filter::new()
-                    .kind(REPO_ANNOUNCEMENT)
-                    .author(*owner)
-                    .identifier(identifier),
+                quorum_proto::mandate::mandates_of(repo).authors(maintainers.iter().copied()),
                 Duration::from_secs(5),
             )
             .await?;
-        Ok(maintainer_set(owner, identifier, &announcements))
+        Ok((maintainers, mandates))
     }
 
     /// The refs of the newest repository state signed by one of the repository's maintainers,
@@ -538,20 +772,16 @@ impl Watcher {
         owner: &PublicKey,
         identifier: &str,
     ) -> Result<(BTreeMap<String, String>, Option<Timestamp>), WatchError> {
-        use quorum_proto::nip34::{REPO_STATE, RepoCoordinate, newest_state};
-        let timeout = Duration::from_secs(5);
+        use quorum_proto::nip34::{RepoCoordinate, newest_state, states_of};
         let maintainers = self.maintainers(owner, identifier).await?;
+        let repo = RepoCoordinate::new(*owner, identifier);
         let states = self
             .client
             .fetch(
-                Filter::new()
-                    .kind(REPO_STATE)
-                    .authors(maintainers.iter().copied())
-                    .identifier(identifier),
-                timeout,
+                states_of(&repo, maintainers.iter().copied()),
+                Duration::from_secs(5),
             )
             .await?;
-        let repo = RepoCoordinate::new(*owner, identifier);
         Ok(match newest_state(&repo, &maintainers, &states) {
             Some((event, state)) => (state.refs, Some(event.created_at)),
             None => (BTreeMap::new(), None),

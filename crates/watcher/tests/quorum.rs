@@ -67,7 +67,12 @@ struct Quorum {
 }
 
 async fn quorum(network: &Network, dir: &Path, allow: &[u16]) -> Quorum {
-    let dealt = quorum_testnet::quorum::deal(
+    quorum_of(network, dir, allow, Keys::generate()).await
+}
+
+/// [`quorum`] for the repository of `owner`.
+async fn quorum_of(network: &Network, dir: &Path, allow: &[u16], owner: Keys) -> Quorum {
+    let dealt = quorum_testnet::quorum::deal_for(
         &network.relay,
         QuorumSpec {
             n: 3,
@@ -77,6 +82,7 @@ async fn quorum(network: &Network, dir: &Path, allow: &[u16]) -> Quorum {
             allow,
         },
         |n| share_dir(dir, n),
+        owner,
     )
     .await;
     Quorum {
@@ -115,6 +121,7 @@ async fn watcher_of(
 ) -> Watcher {
     let keys = q.keys[n].clone();
     let relays = vec![network.relay.clone()];
+    let pinned = matches!(source, Source::Poll).then_some(q.mandate);
     let config = WatchConfig {
         repo: format!("file://{}", repo.display()),
         source,
@@ -126,7 +133,9 @@ async fn watcher_of(
             ..GitPolicy::default()
         },
         quorum: Some(WatcherQuorum {
-            mandate: q.mandate,
+            // A polling watcher has no repository to look mandates up in and is told its
+            // mandate; one following NIP-34 state finds the watcher mandate that lists it.
+            mandate: pinned,
             share_dir: share_dir(dir, n),
             member: fast(),
             relays: relays.clone(),
@@ -202,6 +211,18 @@ async fn the_signed_request(
     commit: &str,
     router: PublicKey,
 ) -> (Event, QuorumAttestation) {
+    the_signed_request_for(network, q, repo, commit, router, PIPELINE).await
+}
+
+/// [`the_signed_request`] of a repository whose pipeline is `pipeline`.
+async fn the_signed_request_for(
+    network: &Network,
+    q: &Quorum,
+    repo: &Path,
+    commit: &str,
+    router: PublicKey,
+    pipeline: &str,
+) -> (Event, QuorumAttestation) {
     let requests = run_requests(network, q.quorum).await;
     assert_eq!(requests.len(), 1, "exactly one run request: {requests:?}");
     let request = requests.into_iter().next().unwrap();
@@ -209,7 +230,7 @@ async fn the_signed_request(
     let parsed = JobRequest::from_event(&request).unwrap();
     assert_eq!(parsed.providers, vec![router]);
     let run = RunRequest::from_request(&parsed, false).unwrap();
-    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", pipeline).unwrap();
     assert_eq!(run.repo, format!("file://{}", repo.display()));
     assert_eq!(run.commit, commit);
     assert_eq!(run.plan_hash, Some(plan.plan_hash()));
@@ -401,32 +422,6 @@ async fn a_mandate_that_does_not_allow_run_requests_gets_none_signed() {
     );
 }
 
-/// The router's result (6700) for `request`, within 60 s.
-async fn run_report(network: &Network, request: EventId) -> quorum_proto::run::RunReport {
-    let client = network.client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let report = loop {
-        let results = client
-            .fetch(
-                Filter::new().kind(Kind::from_u16(6700)).event(request),
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap();
-        if let Some(event) = results.first() {
-            let result = quorum_proto::nip90::JobResult::from_event(event).unwrap();
-            break serde_json::from_str(&result.content).unwrap();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the router took no run request {request}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    client.shutdown().await;
-    report
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_quorum_following_the_signed_state_starts_a_run_the_router_takes_for_an_old_commit()
  {
@@ -498,9 +493,139 @@ async fn a_watcher_quorum_following_the_signed_state_starts_a_run_the_router_tak
     assert!(attestation.agreed.len() >= 2, "{attestation:?}");
 
     // The router takes the quorum's request and runs the pipeline at that commit.
-    let report = run_report(&network, request.id).await;
+    let report = network
+        .run_report(request.id, Duration::from_secs(120))
+        .await;
     assert!(report.succeeded(), "{report:?}");
     assert_eq!(report.commit, head);
     router.shutdown().await;
     runner.shutdown().await;
+}
+
+/// The whole offline path with a quorum at both ends. Three watchers, which no flag tells
+/// about any mandate, find the owner's watcher mandate that lists them and have its key sign
+/// the run request; the router takes the repository's *build* mandate (another quorum, of
+/// runners that are not watchers) for the `mode: quorum` release job; the runners check the
+/// source evidence, build, and their key signs the attestation and the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_quorum_starts_a_quorum_build_under_the_build_mandate() {
+    const QUORUM_PIPELINE: &str = "on:\n  push:\n    branches: [main]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n    release: true\n";
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let (repo, _) = sample_repo(dir.path());
+    std::fs::create_dir_all(repo.join(".quorum")).unwrap();
+    std::fs::write(repo.join(".quorum/pipeline.yml"), QUORUM_PIPELINE).unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "pipeline"]);
+    let url = format!("file://{}", repo.display());
+    let first = git(&repo, &["rev-parse", "HEAD"]);
+
+    let builder_shares = |n: usize| dir.path().join(format!("builder{n}/shares"));
+    let builders = quorum_testnet::quorum::deal(
+        &network.relay,
+        QuorumSpec {
+            n: 3,
+            t: 2,
+            identifier: "sample",
+            jobs: &["build"],
+            allow: &[8708, 8700],
+        },
+        builder_shares,
+    )
+    .await;
+    quorum_testnet::quorum::next_second().await;
+    let q = quorum_of(&network, dir.path(), &[8708, 5700], builders.owner.clone()).await;
+    builders
+        .publish_repository(&network.relay, &url, "refs/heads/main", &first)
+        .await;
+    let router_keys = Keys::generate();
+    let router = network
+        .router(&dir.path().join("router"), &router_keys)
+        .await;
+    let mut runners = Vec::new();
+    for (n, keys) in builders.members.iter().enumerate() {
+        runners.push(
+            network
+                .quorum_runner(
+                    &dir.path().join(format!("builder{n}")),
+                    keys.clone(),
+                    &builder_shares(n),
+                    fast(),
+                )
+                .await,
+        );
+    }
+    let source = Source::Nip34 {
+        owner: builders.owner.public_key(),
+        identifier: "sample".into(),
+    };
+    let mut watchers = Vec::new();
+    for n in 0..3 {
+        watchers.push(
+            watcher_of(
+                &network,
+                dir.path(),
+                &q,
+                n,
+                &repo,
+                router_keys.public_key(),
+                source.clone(),
+            )
+            .await,
+        );
+    }
+
+    let head = commit_change(&repo, "second");
+    builders
+        .publish_state(&network.relay, &[("refs/heads/main", &head)])
+        .await;
+    let polled = poll_all(watchers).await;
+    assert!(
+        polled.iter().any(|(_, started)| started.len() == 1),
+        "{:?}",
+        polled
+            .iter()
+            .map(|(w, _)| w.not_started().to_vec())
+            .collect::<Vec<_>>()
+    );
+    let (request, _) = the_signed_request_for(
+        &network,
+        &q,
+        &repo,
+        &head,
+        router_keys.public_key(),
+        QUORUM_PIPELINE,
+    )
+    .await;
+
+    let report = network
+        .run_report(request.id, Duration::from_secs(120))
+        .await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(report.commit, head);
+    let release = report
+        .published
+        .release
+        .as_deref()
+        .expect("the quorum released the build");
+    let client = network.client().await;
+    let bindings = client
+        .fetch(
+            Filter::new()
+                .author(builders.quorum)
+                .kind(Kind::from_u16(8700)),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    client.shutdown().await;
+    assert_eq!(
+        bindings.iter().map(|e| e.id.to_hex()).collect::<Vec<_>>(),
+        vec![release.to_string()],
+        "the build quorum's key, not the watchers' or the router's, signed the release"
+    );
+    router.shutdown().await;
+    for runner in runners {
+        runner.shutdown().await;
+    }
 }

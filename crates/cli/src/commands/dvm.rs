@@ -41,18 +41,24 @@ async fn watcher(args: WatcherArgs) -> anyhow::Result<ExitCode> {
         _ => quorum_watcher::Source::Poll,
     };
     let share_dir = args.data.join("shares");
-    let quorum = match &args.mandate {
-        Some(text) => Some(quorum_watcher::WatcherQuorum {
-            mandate: quorum_proto::nostr::EventId::parse(text).with_context(|| {
+    let mandate = args
+        .mandate
+        .as_deref()
+        .map(|text| {
+            quorum_proto::nostr::EventId::parse(text).with_context(|| {
                 format!("--mandate {text:?} is neither a note/nevent nor 64 hex characters")
-            })?,
-            share_dir: share_dir.clone(),
-            member: Default::default(),
-            relays: relays.clone(),
-            keys: keys.clone(),
-        }),
-        None => None,
-    };
+            })
+        })
+        .transpose()?;
+    // Always ready to act in a quorum: under --mandate, or (following NIP-34 state) under the
+    // watcher mandate of the repository that lists this watcher, found at each poll.
+    let quorum = Some(quorum_watcher::WatcherQuorum {
+        mandate,
+        share_dir: share_dir.clone(),
+        member: Default::default(),
+        relays: relays.clone(),
+        keys: keys.clone(),
+    });
     let operator = operator(args.operator.as_deref())?;
     let client = quorum_dvm::client::JobClient::connect(&relays, keys.clone()).await?;
     // A watcher is no job handler, but it announces itself as the DVMs do, so that it can be
@@ -182,7 +188,7 @@ pub struct RouterSetup {
 pub async fn start_router(
     setup: RouterSetup,
     keys: quorum_proto::nostr::Keys,
-) -> anyhow::Result<Dvm> {
+) -> anyhow::Result<quorum_router::dvm::RunningRouter> {
     let client = quorum_dvm::client::JobClient::connect(&setup.relays, keys.clone()).await?;
     let router = quorum_router::dvm::Router::new(
         quorum_router::dvm::RouterConfig {
@@ -203,7 +209,7 @@ pub async fn start_router(
     config.about = "Quorum CI router: runs pipelines on runner DVMs".into();
     config.concurrency = 4;
     config.operator = setup.operator;
-    Ok(Dvm::start(config, keys, router).await?)
+    Ok(router.start(config, keys).await?)
 }
 
 async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {

@@ -46,7 +46,7 @@ pub struct Embedded {
     keygen: Vec<JoinHandle<()>>,
     stop_keygen: watch::Sender<bool>,
     /// The router DVM (kind 5700), using the runners above.
-    pub router: Option<Dvm>,
+    pub router: Option<quorum_router::dvm::RunningRouter>,
     stop_servers: watch::Sender<bool>,
     relay_task: JoinHandle<Result<(), quorum_relay::RelayError>>,
     blossom_task: JoinHandle<Result<(), quorum_blossom::BlossomError>>,
@@ -126,7 +126,15 @@ impl Embedded {
             };
             Some(super::dvm::start_router(setup, keys).await?)
         };
-        let dvms: Vec<PublicKey> = runners.iter().chain(&router).map(Dvm::public_key).collect();
+        let dvms: Vec<PublicKey> = runners
+            .iter()
+            .map(Dvm::public_key)
+            .chain(
+                router
+                    .iter()
+                    .map(quorum_router::dvm::RunningRouter::public_key),
+            )
+            .collect();
         if !dvms.is_empty() {
             confirm_operator(&relays, &operator, &dvms).await?;
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quorum_dvm::client::JobClient;
-use quorum_proto::nip34::{REPO_ANNOUNCEMENT, RepoCoordinate};
-use quorum_proto::nostr::{Filter, Keys, PublicKey};
+use quorum_proto::nip34::RepoCoordinate;
+use quorum_proto::nostr::{Keys, PublicKey};
 use quorum_watcher::maintainer::{AnnouncementOptions, LocalRepository};
 use serde_json::json;
 
@@ -107,10 +107,7 @@ async fn push(args: RepoPushArgs) -> anyhow::Result<ExitCode> {
     // announcement may be another maintainer's, or come next).
     let announced = client
         .fetch(
-            Filter::new()
-                .kind(REPO_ANNOUNCEMENT)
-                .author(owner)
-                .identifier(identifier.clone()),
+            quorum_proto::nip34::announcements_of(&RepoCoordinate::new(owner, identifier.clone())),
             Duration::from_secs(5),
         )
         .await

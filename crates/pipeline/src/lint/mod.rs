@@ -11,7 +11,8 @@ use quorum_proto::nostr::PublicKey;
 use crate::diag::{Diagnostics, Pos, Sink, did_you_mean};
 use crate::expr::{self, FORMS, Reference};
 use crate::plan::{
-    JobSpec, ManualInput, ManualTrigger, Mode, Plan, PlannedJob, PushTrigger, Triggers, ref_glob,
+    JobSpec, ManualInput, ManualTrigger, Mode, Plan, PlannedJob, PullRequestTrigger, PushTrigger,
+    Triggers, ref_glob,
 };
 use crate::yaml::{self, Node, Scalar};
 
@@ -27,7 +28,7 @@ pub const MAX_FILE_BYTES: usize = 256 * 1024;
 const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 
 const TOP_KEYS: &[&str] = &["name", "on", "image", "jobs"];
-const ON_KEYS: &[&str] = &["push", "manual"];
+const ON_KEYS: &[&str] = &["push", "manual", "pull_request"];
 const PUSH_KEYS: &[&str] = &["branches", "tags"];
 const MANUAL_KEYS: &[&str] = &["inputs"];
 const MANUAL_INPUT_KEYS: &[&str] = &["description", "required", "default"];
@@ -439,7 +440,7 @@ impl Linter {
         let mut ok = true;
         let unknown = |name: &str| {
             did_you_mean(name, ON_KEYS.iter().copied(), || {
-                Some("Quorum CI triggers are `push` and `manual`".into())
+                Some("Quorum CI triggers are `push`, `manual` and `pull_request`".into())
             })
         };
         match node {
@@ -449,6 +450,9 @@ impl Linter {
                     match name.as_str() {
                         "push" => triggers.push = Some(PushTrigger::default()),
                         "manual" => triggers.manual = Some(ManualTrigger::default()),
+                        "pull_request" => {
+                            triggers.pull_request = Some(PullRequestTrigger::default())
+                        }
                         other => {
                             let hint = unknown(other);
                             self.error(pos, format!("unknown trigger \"{other}\""), hint);
@@ -479,13 +483,33 @@ impl Linter {
                     triggers.manual = self.manual_trigger(manual);
                     ok &= triggers.manual.is_some();
                 }
+                if let Some(pull_request) = fields.get("pull_request") {
+                    let entries = self.mapping(pull_request, "`on.pull_request`", true);
+                    if let Some(entries) = entries {
+                        for (key, _) in entries {
+                            self.error(
+                                key.pos,
+                                format!("unknown key \"{}\" in `on.pull_request`", key.value),
+                                Some("`pull_request` takes no keys yet: write it alone".into()),
+                            );
+                        }
+                        if entries.is_empty() {
+                            triggers.pull_request = Some(PullRequestTrigger::default());
+                        }
+                    }
+                    ok &= triggers.pull_request.is_some();
+                }
             }
         }
-        if ok && triggers.push.is_none() && triggers.manual.is_none() {
+        if ok
+            && triggers.push.is_none()
+            && triggers.manual.is_none()
+            && triggers.pull_request.is_none()
+        {
             self.error(
                 node.pos(),
                 "`on` names no trigger: the pipeline would never run",
-                Some("add `push` or `manual`".into()),
+                Some("add `push`, `manual` or `pull_request`".into()),
             );
             ok = false;
         }
