@@ -369,9 +369,14 @@ impl Fetcher {
         if response.content_length().is_some_and(|l| l > max) {
             return Err(too_large());
         }
-        let mut file = tokio::fs::File::create(dest)
-            .await
-            .map_err(|e| OciError::io("creating", dest, e))?;
+        // Buffered: tokio's File hands every write to a blocking thread, and HTTP chunks are
+        // small.
+        let mut file = tokio::io::BufWriter::with_capacity(
+            1 << 20,
+            tokio::fs::File::create(dest)
+                .await
+                .map_err(|e| OciError::io("creating", dest, e))?,
+        );
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let result: Result<String, OciError> = async {

@@ -65,7 +65,7 @@ impl Compression {
 /// The uncompressed tar stream of a layer file.
 pub fn layer_reader(path: &Path, compression: Compression) -> Result<Box<dyn Read>, OciError> {
     let file = fs::File::open(path).map_err(|e| OciError::io("opening layer", path, e))?;
-    let file = io::BufReader::new(file);
+    let file = io::BufReader::with_capacity(1 << 20, file);
     Ok(match compression {
         Compression::None => Box::new(file),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
@@ -203,13 +203,17 @@ impl Unpacker {
                     if existing.is_some() {
                         remove_any(&dest).map_err(|e| io_err(&shown, e))?;
                     }
-                    let mut out = fs::OpenOptions::new()
+                    let out = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .open(&dest)
                         .map_err(|e| io_err(&shown, e))?;
                     // The header's size bounds what `entry` yields, so the count above holds.
-                    io::copy(&mut entry, &mut out).map_err(|e| io_err(&shown, e))?;
+                    let mut buffered = io::BufWriter::with_capacity(256 << 10, out);
+                    io::copy(&mut entry, &mut buffered).map_err(|e| io_err(&shown, e))?;
+                    let out = buffered
+                        .into_inner()
+                        .map_err(|e| io_err(&shown, e.into_error()))?;
                     out.set_permissions(fs::Permissions::from_mode(mode))
                         .map_err(|e| io_err(&shown, e))?;
                     if let Some(t) = mtime {
