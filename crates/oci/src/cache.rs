@@ -307,6 +307,9 @@ impl ImageCache {
         }
         let mut unpacker = Unpacker::with_limit(&rootfs, self.cap_bytes);
         let mut layers = Vec::new();
+        // Applied so far, kept until the image is complete: if a layer streamed into the root
+        // turns out not to be the verified bytes, the root is rebuilt from these files.
+        let mut applied: Vec<(PathBuf, String, String)> = Vec::new();
         for layer in manifest.layers() {
             let d = Digest::parse(layer.digest().as_ref())
                 .ok_or_else(|| bad(&resolved, "a layer is not a sha256 digest".into()))?;
@@ -318,27 +321,67 @@ impl ImageCache {
                 ));
             }
             let path = blobs.join(d.hex());
-            self.fetcher
-                .fetch(image, &d, BlobKind::Blob, declared, &path)
-                .await?;
             let media = layer.media_type().to_string();
             let name = d.to_string();
-            let layer_path = path.clone();
-            // Decompressing and writing files is blocking work.
-            unpacker = spawn(move || -> Result<Unpacker, OciError> {
-                let compression = Compression::from_media_type(&media).unwrap_or_else(|| {
-                    let mut head = [0u8; 4];
-                    let _ = fs::File::open(&layer_path)
-                        .and_then(|mut f| io::Read::read(&mut f, &mut head));
-                    Compression::sniff(&head)
-                });
-                let reader = layer_reader(&layer_path, compression)?;
-                unpacker.apply(&name, reader)?;
-                Ok(unpacker)
-            })
-            .await?;
-            let _ = fs::remove_file(&path);
+            // Unpacked while it downloads (the bytes are hashed on the way; nothing under
+            // `tmp/` is used before the whole image verified).
+            let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+            let streaming = {
+                let (media, name) = (media.clone(), name.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut source = io::BufReader::with_capacity(1 << 20, ChannelReader::new(rx));
+                    let result = (|| {
+                        let compression =
+                            Compression::from_media_type(&media).unwrap_or_else(|| {
+                                Compression::sniff(
+                                    io::BufRead::fill_buf(&mut source).unwrap_or(&[]),
+                                )
+                            });
+                        let reader = decoder(&mut source, compression)
+                            .map_err(|e| OciError::io("decompressing", Path::new(&name), e))?;
+                        unpacker.apply(&name, reader)
+                    })();
+                    // Read to the end, so that the download never waits on a reader that
+                    // stopped (a tar ends before its padding; a broken layer fails early).
+                    let _ = io::copy(&mut source, &mut io::sink());
+                    (unpacker, result)
+                })
+            };
+            let fetched = self
+                .fetcher
+                .fetch_tee(image, &d, BlobKind::Blob, declared, &path, Some(tx))
+                .await;
+            let (returned, streamed) = streaming
+                .await
+                .map_err(|e| OciError::io("unpacking", Path::new(&name), io::Error::other(e)))?;
+            unpacker = returned;
+            let (_, complete) = fetched?;
+            applied.push((path.clone(), media, name));
+            match (complete, streamed) {
+                (true, Ok(())) => {}
+                // The verified bytes themselves do not unpack: the layer is bad.
+                (true, Err(e)) => return Err(e),
+                // The streamed bytes were not (all) the verified ones: start the root again.
+                (false, _) => {
+                    let root = rootfs.clone();
+                    let cap = self.cap_bytes;
+                    let replay = applied.clone();
+                    unpacker = spawn(move || -> Result<Unpacker, OciError> {
+                        remove_any(&root).map_err(|e| OciError::io("clearing", &root, e))?;
+                        fs::create_dir(&root).map_err(|e| OciError::io("creating", &root, e))?;
+                        let mut u = Unpacker::with_limit(&root, cap);
+                        for (path, media, name) in &replay {
+                            apply_file(&mut u, path, media, name)?;
+                        }
+                        Ok(u)
+                    })
+                    .await?;
+                }
+            }
             layers.push(d.to_string());
+        }
+        for (path, _, _) in &applied {
+            let _ = fs::remove_file(path);
         }
         let root = rootfs.clone();
         let size = spawn(move || {
@@ -436,6 +479,64 @@ impl ImageCache {
                 total = total.saturating_sub(image.size);
             }
         }
+    }
+}
+
+/// Applies a layer file that is on disk and verified.
+fn apply_file(
+    unpacker: &mut Unpacker,
+    path: &Path,
+    media: &str,
+    name: &str,
+) -> Result<(), OciError> {
+    let compression = Compression::from_media_type(media).unwrap_or_else(|| {
+        let mut head = [0u8; 4];
+        let _ = fs::File::open(path).and_then(|mut f| io::Read::read(&mut f, &mut head));
+        Compression::sniff(&head)
+    });
+    let reader = layer_reader(path, compression)?;
+    unpacker.apply(name, reader)
+}
+
+/// The decompressed stream of a layer read from `source`.
+fn decoder<'a, R: io::BufRead + 'a>(
+    source: R,
+    compression: Compression,
+) -> io::Result<Box<dyn io::Read + 'a>> {
+    Ok(match compression {
+        Compression::None => Box::new(source),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(source)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(source)?),
+    })
+}
+
+/// A blocking reader over the chunks a download sends; end of stream when the sender is gone.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Self {
+        ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
     }
 }
 

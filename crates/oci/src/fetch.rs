@@ -44,6 +44,9 @@ pub struct Fetcher {
     tokens: Mutex<HashMap<String, String>>,
 }
 
+/// Where [`Fetcher::fetch_tee`] sends a blob's bytes as they arrive.
+pub type Tee = tokio::sync::mpsc::Sender<bytes::Bytes>;
+
 /// What kind of object a digest names, for the registry path it lives under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlobKind {
@@ -93,18 +96,44 @@ impl Fetcher {
         max: u64,
         dest: &Path,
     ) -> Result<Fetched, OciError> {
+        self.fetch_tee(image, digest, kind, max, dest, None)
+            .await
+            .map(|(fetched, _)| fetched)
+    }
+
+    /// [`Fetcher::fetch`], also sending the bytes of the first source tried to `tee` as they
+    /// arrive (to unpack while downloading). The flag says whether `tee` got exactly the bytes
+    /// that verified; if not (that source failed, or the receiver went away), what it got must
+    /// be thrown away. `tee` is dropped before this returns.
+    pub async fn fetch_tee(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        kind: BlobKind,
+        max: u64,
+        dest: &Path,
+        tee: Option<Tee>,
+    ) -> Result<(Fetched, bool), OciError> {
+        let mut tee = tee;
         let mut tried = Vec::new();
         let mut refused: Option<OciError> = None;
         for server in &self.blossom {
             let Ok(url) = server.join(digest.hex()) else {
                 continue;
             };
-            match self.download(url.clone(), None, digest, max, dest).await {
-                Ok(Some(size)) => {
-                    return Ok(Fetched {
-                        size,
-                        source: url.to_string(),
-                    });
+            let attempt = self
+                .download_any(url.clone(), None, Some(digest), max, dest, &mut tee)
+                .await;
+            match attempt {
+                Ok(Some((size, _))) => {
+                    let complete = tee.take().is_some();
+                    return Ok((
+                        Fetched {
+                            size,
+                            source: url.to_string(),
+                        },
+                        complete,
+                    ));
                 }
                 Ok(None) => tried.push(format!("{url}: not found")),
                 Err(e @ (OciError::DigestMismatch { .. } | OciError::TooLarge { .. })) => {
@@ -116,10 +145,13 @@ impl Fetcher {
             }
         }
         match self
-            .fetch_from_registry(image, digest, kind, max, dest)
+            .fetch_from_registry(image, digest, kind, max, dest, &mut tee)
             .await
         {
-            Ok(Some(fetched)) => return Ok(fetched),
+            Ok(Some(fetched)) => {
+                let complete = tee.take().is_some();
+                return Ok((fetched, complete));
+            }
             Ok(None) => tried.push(format!("registry {}: not found", image.registry)),
             Err(e @ (OciError::DigestMismatch { .. } | OciError::TooLarge { .. })) => {
                 refused.get_or_insert(e);
@@ -150,6 +182,7 @@ impl Fetcher {
                 None,
                 MAX_MANIFEST_BYTES,
                 scratch,
+                &mut None,
             )
             .await?;
         let _ = tokio::fs::remove_file(scratch).await;
@@ -183,6 +216,7 @@ impl Fetcher {
         kind: BlobKind,
         max: u64,
         dest: &Path,
+        tee: &mut Option<Tee>,
     ) -> Result<Option<Fetched>, OciError> {
         let base = self.registry_base(image)?;
         let path = match kind {
@@ -195,7 +229,7 @@ impl Fetcher {
         let accept = (kind == BlobKind::Manifest).then_some(MANIFEST_ACCEPT);
         let key = format!("{}/{}", image.registry, image.repository);
         let size = self
-            .download_with_token(url.clone(), accept, &key, Some(digest), max, dest)
+            .download_with_token(url.clone(), accept, &key, Some(digest), max, dest, tee)
             .await?;
         Ok(size.map(|(size, _)| Fetched {
             size,
@@ -203,6 +237,7 @@ impl Fetcher {
         }))
     }
 
+    #[allow(clippy::too_many_arguments)] // private; one call per source kind
     async fn download_with_token(
         &self,
         url: Url,
@@ -211,6 +246,7 @@ impl Fetcher {
         digest: Option<&Digest>,
         max: u64,
         dest: &Path,
+        tee: &mut Option<Tee>,
     ) -> Result<Option<(u64, String)>, OciError> {
         let token = self.tokens.lock().expect("not poisoned").get(key).cloned();
         let mut request = self.http.get(url.clone());
@@ -251,9 +287,9 @@ impl Fetcher {
                 request = request.header(ACCEPT, a);
             }
             let response = request.send().await.map_err(transport)?;
-            return self.save(response, &url, digest, max, dest).await;
+            return self.save(response, &url, digest, max, dest, tee).await;
         }
-        self.save(response, &url, digest, max, dest).await
+        self.save(response, &url, digest, max, dest, tee).await
     }
 
     /// An anonymous token from a `Bearer realm=…,service=…,scope=…` challenge.
@@ -307,20 +343,6 @@ impl Fetcher {
             .map(str::to_owned))
     }
 
-    async fn download(
-        &self,
-        url: Url,
-        accept: Option<&str>,
-        digest: &Digest,
-        max: u64,
-        dest: &Path,
-    ) -> Result<Option<u64>, OciError> {
-        let saved = self
-            .download_any(url, accept, Some(digest), max, dest)
-            .await?;
-        Ok(saved.map(|(size, _)| size))
-    }
-
     async fn download_any(
         &self,
         url: Url,
@@ -328,6 +350,7 @@ impl Fetcher {
         digest: Option<&Digest>,
         max: u64,
         dest: &Path,
+        tee: &mut Option<Tee>,
     ) -> Result<Option<(u64, String)>, OciError> {
         let mut request = self.http.get(url.clone());
         if let Some(a) = accept {
@@ -337,7 +360,7 @@ impl Fetcher {
             url: url.to_string(),
             reason: e.without_url().to_string(),
         })?;
-        self.save(response, &url, digest, max, dest).await
+        self.save(response, &url, digest, max, dest, tee).await
     }
 
     /// Streams a response into `dest`, hashing, and checks the hash against `digest` when
@@ -349,6 +372,7 @@ impl Fetcher {
         digest: Option<&Digest>,
         max: u64,
         dest: &Path,
+        tee: &mut Option<Tee>,
     ) -> Result<Option<(u64, String)>, OciError> {
         let shown = digest.map_or_else(|| url.path().to_owned(), |d| d.to_string());
         match response.status() {
@@ -389,6 +413,12 @@ impl Fetcher {
                     return Err(too_large());
                 }
                 hasher.update(&chunk);
+                if let Some(t) = tee.as_ref()
+                    && t.send(chunk.clone()).await.is_err()
+                {
+                    // The unpacker stopped reading: it has what it needs, or failed.
+                    *tee = None;
+                }
                 file.write_all(&chunk)
                     .await
                     .map_err(|e| OciError::io("writing", dest, e))?;
@@ -412,6 +442,8 @@ impl Fetcher {
         match result {
             Ok(actual) => Ok(Some((size, actual))),
             Err(e) => {
+                // Whatever the tee got is not the blob.
+                *tee = None;
                 drop(file);
                 let _ = tokio::fs::remove_file(dest).await;
                 Err(e)
