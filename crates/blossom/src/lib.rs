@@ -10,6 +10,7 @@
 //!   with the runners' git fetches.
 //! - [`store`]: the blob store on disk (atomic publish, metadata sidecars, owners).
 //! - [`server`]: the axum router (BUD-01/02/04/06/11/12) around a store.
+//! - [`oci`]: the OCI Distribution API (`/v2/`) over the same store, for image pushes and pulls.
 //! - [`client`]: uploads, downloads with re-hashing, mirror, preflight, multi-server upload.
 //! - [`error`]: the server's error type (one `IntoResponse`) and the client's.
 //!
@@ -19,6 +20,7 @@
 pub mod address;
 pub mod client;
 pub mod error;
+pub mod oci;
 pub mod server;
 pub mod sink;
 pub mod store;

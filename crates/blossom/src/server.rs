@@ -81,6 +81,9 @@ pub struct BlossomConfig {
     pub mirror_timeout: Duration,
     /// fsync blobs, sidecars and directories before acknowledging (durability; costs time).
     pub fsync: bool,
+    /// HTTP basic credentials that may push images over `/v2/` (see [`crate::oci`]); a BUD-11
+    /// upload token works too. `None`: only tokens.
+    pub oci_credentials: Option<crate::oci::OciCredentials>,
 }
 
 impl Default for BlossomConfig {
@@ -97,6 +100,7 @@ impl Default for BlossomConfig {
             allow_private_mirror_targets: false,
             mirror_timeout: Duration::from_secs(600),
             fsync: true,
+            oci_credentials: None,
         }
     }
 }
@@ -114,6 +118,8 @@ struct Inner {
     /// Bytes and blobs each uploader (`None`: anonymous) is sending right now, by declared
     /// length, so that concurrent uploads of one key cannot pass its quota together.
     in_flight: std::sync::Mutex<HashMap<Option<PublicKey>, Usage>>,
+    /// `/v2/` tags and upload sessions.
+    registry: crate::oci::Registry,
 }
 
 /// An upload's share of its uploader's quota while its bytes arrive; returned on drop.
@@ -159,6 +165,7 @@ impl BlossomServer {
                 config,
                 store,
                 in_flight: std::sync::Mutex::new(HashMap::new()),
+                registry: crate::oci::Registry::open(data_dir),
             }),
         })
     }
@@ -180,6 +187,9 @@ impl BlossomServer {
             .route("/upload", put(upload).head(upload_requirements))
             .route("/mirror", put(mirror))
             .route("/list/{pubkey}", get(list))
+            .route("/v2", get(crate::oci::version))
+            .route("/v2/", get(crate::oci::version))
+            .route("/v2/{*rest}", axum::routing::any(crate::oci::dispatch))
             .route("/{name}", get(get_blob).head(head_blob).delete(delete_blob))
             .fallback(not_found)
             .layer(middleware::from_fn(cors))
@@ -320,7 +330,50 @@ impl BlossomServer {
         })
     }
 
-    fn check_uploader(&self, auth: Option<&Authorized>) -> Result<(), BlossomError> {
+    pub(crate) fn registry(&self) -> &crate::oci::Registry {
+        &self.inner.registry
+    }
+
+    pub(crate) fn origin_of(&self, headers: &HeaderMap) -> Result<(String, String), BlossomError> {
+        self.origin(headers)
+    }
+
+    /// A required BUD-11 token for `verb` (no `x` tag checked).
+    pub(crate) fn authorize_verb(
+        &self,
+        headers: &HeaderMap,
+        host: &str,
+        verb: Verb,
+    ) -> Result<Authorized, BlossomError> {
+        self.authorize(headers, host, verb, None, true)?
+            .ok_or(BlossomError::Auth(AuthError::MissingHeader))
+    }
+
+    /// An upload into the store of at most `limit` bytes (0: the server's blob limit), after
+    /// the disk reserve check.
+    pub(crate) fn begin_ingest(&self, limit: u64) -> Result<crate::store::Ingest, BlossomError> {
+        self.check_disk(0)?;
+        let max = self.inner.config.max_blob_bytes;
+        self.inner
+            .store
+            .begin(if limit == 0 { max } else { limit.min(max) })
+    }
+
+    /// Publishes a received upload under the server's quota.
+    pub(crate) async fn publish_staged(
+        &self,
+        staged: Staged,
+        mime: String,
+        owner: Option<PublicKey>,
+    ) -> Result<(), BlossomError> {
+        self.inner
+            .store
+            .publish(staged, mime, owner, &self.inner.config.quota)
+            .await
+            .map(|_| ())
+    }
+
+    pub(crate) fn check_uploader(&self, auth: Option<&Authorized>) -> Result<(), BlossomError> {
         if let Some(allowed) = &self.inner.config.allowed_uploaders {
             match auth {
                 Some(a) if allowed.contains(&a.pubkey) => {}

@@ -104,6 +104,9 @@ pub enum Command {
     Market(MarketArgs),
     /// A Cashu wallet (cdk, SQLite in the data directory) to pay priced DVMs with.
     Wallet(WalletArgs),
+    /// Build images: make one from a root filesystem or OCI layout and put it on Blossom.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Print a shell completion script: `quorum completions bash > /etc/bash_completion.d/quorum`
     /// (zsh: into a directory on $fpath as `_quorum`; fish: ~/.config/fish/completions/quorum.fish).
     Completions(CompletionsArgs),
@@ -580,6 +583,60 @@ pub struct RunnerArgs {
     /// confirms it with `quorum operator publish --dvm THIS_DVM`.
     #[arg(long, value_name = "NPUB_OR_HEX")]
     pub operator: Option<String>,
+
+    #[command(flatten)]
+    pub images: ImageCacheArgs,
+}
+
+/// How a runner keeps build images (`image:` in pipelines).
+#[derive(Debug, Args, Clone)]
+pub struct ImageCacheArgs {
+    /// Where unpacked build images are kept, shared by jobs (default: DATA/images).
+    #[arg(long, value_name = "DIR")]
+    pub image_cache: Option<PathBuf>,
+
+    /// Size cap of the image cache in MiB; least recently used images not in use are evicted.
+    #[arg(long, default_value_t = 20480, value_name = "MIB")]
+    pub image_cache_mib: u64,
+
+    /// Refuse steps that name no build image (they would run on this host's own toolchain);
+    /// announced in the NIP-89 handler event as a `["t", "require-image"]` tag.
+    #[arg(long)]
+    pub require_image: bool,
+
+    /// A registry (HOST[:PORT]) that images may be pulled from over plain HTTP although it is
+    /// not on loopback (repeat). Every blob is re-hashed either way.
+    #[arg(long = "image-insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+}
+
+/// `quorum image`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Turn a root filesystem (directory or tarball, e.g. from mmdebstrap) or an OCI image
+    /// layout into an image on Blossom servers, and print `NAME@sha256:…` for `image:`.
+    Push(ImagePushArgs),
+}
+
+/// Options of `quorum image push`.
+#[derive(Debug, Args)]
+pub struct ImagePushArgs {
+    /// A root filesystem directory, a root filesystem tarball (.tar, .tar.gz, .tar.zst), or an
+    /// OCI image layout directory.
+    pub input: PathBuf,
+
+    /// The image's name, [HOST[:PORT]/]path[:tag]; usually the Blossom server's host, so that
+    /// `skopeo copy docker://NAME@sha256:…` finds it there too.
+    pub name: String,
+
+    /// Blossom server to upload to (repeat for several).
+    #[arg(long = "blossom", value_name = "URL", required = true)]
+    pub blossom: Vec<url::Url>,
+
+    /// Key to sign the uploads with (a file with an nsec or 64 hex, mode 0600); a fresh key
+    /// if not given.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 /// Options of `quorum dvm wrapper`.
@@ -1313,6 +1370,16 @@ pub struct BlossomOptions {
     /// nobody else's business.
     #[arg(long)]
     pub private_list: bool,
+
+    /// Who may push images over the OCI registry API at `/v2/` (HTTP basic auth, as skopeo
+    /// and podman send it); BUD-11 upload tokens work too. Pulls are anonymous.
+    #[arg(
+        long,
+        env = "QUORUM_OCI_CREDENTIALS",
+        hide_env_values = true,
+        value_name = "USER:PASSWORD"
+    )]
+    pub oci_credentials: Option<String>,
 }
 
 impl Default for BlossomOptions {
@@ -1327,6 +1394,7 @@ impl Default for BlossomOptions {
             quota_blobs: None,
             min_free_space: bytesize::ByteSize::gib(1),
             private_list: false,
+            oci_credentials: None,
         }
     }
 }

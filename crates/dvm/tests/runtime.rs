@@ -35,6 +35,8 @@ impl JobHandler for Echo {
                 sandbox: "none".into(),
                 toolchains: vec![],
                 network: false,
+                images: false,
+                require_image: false,
             },
             price: Price::default(),
             limits: JobLimits {

@@ -470,6 +470,8 @@ mod tests {
                     sandbox: "bubblewrap".into(),
                     toolchains: vec![],
                     network: false,
+                    images: false,
+                    require_image: false,
                 },
                 price: Price {
                     msats_per_job,

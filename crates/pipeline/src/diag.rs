@@ -16,19 +16,22 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// How bad a diagnostic is. Every lint is an error today: a pipeline decides what runs where
-/// with whose secrets, so "probably fine" is not good enough to go ahead.
+/// How bad a diagnostic is. Almost every lint is an error: a pipeline decides what runs where
+/// with whose secrets, so "probably fine" is not good enough to go ahead. A warning (an
+/// unpinned build image outside quorum mode) still compiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Severity {
     Error,
+    Warning,
 }
 
 impl fmt::Display for Severity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Severity::Error => f.write_str("error"),
+            Severity::Warning => f.write_str("warning"),
         }
     }
 }
@@ -136,8 +139,19 @@ impl Sink {
         });
     }
 
+    pub fn warning(&mut self, pos: Pos, message: impl Into<String>, hint: Option<String>) {
+        self.found.push(Diagnostic {
+            file: self.file.clone(),
+            line: pos.line,
+            column: pos.column,
+            severity: Severity::Warning,
+            message: message.into(),
+            hint,
+        });
+    }
+
     pub fn has_errors(&self) -> bool {
-        !self.found.is_empty()
+        self.found.iter().any(|d| d.severity == Severity::Error)
     }
 
     /// How many errors so far: a part of the file checked clean when this did not grow.

@@ -78,9 +78,18 @@ pub fn dispatch(
             artifacts,
             network,
             timeout_secs,
+            image,
             ..
         } => {
             let mut step = StepJob::new(repo, commit, script.clone());
+            step.image = image
+                .as_deref()
+                .map(quorum_proto::image::ImageRef::parse_unpinned)
+                .transpose()
+                .map_err(|e| DispatchError::Render {
+                    job: job.id.clone(),
+                    reason: e.to_string(),
+                })?;
             step.name = Some(job.name.clone());
             for (key, value) in env {
                 step.env.insert(key.clone(), render(value, &mut resolve)?);
@@ -228,7 +237,7 @@ pub fn check_request(
             expected.name = asked.name.clone();
             compare_step(&expected, &asked).map_err(mismatch)?;
             let allowed = [
-                "commit", "run", "env", "artifact", "network", "timeout", "name",
+                "commit", "run", "env", "artifact", "network", "timeout", "name", "image",
             ];
             unknown_params(request, &allowed).map_err(mismatch)?;
             Ok(Checked::Step(expected))
@@ -361,6 +370,17 @@ fn compare_step(expected: &StepJob, asked: &StepJob) -> Result<(), String> {
         return Err(format!(
             "its artifacts {:?} are not the job's {:?}",
             asked.artifacts, expected.artifacts
+        ));
+    }
+    if asked.image != expected.image {
+        let show = |i: &Option<quorum_proto::image::ImageRef>| {
+            i.as_ref()
+                .map_or("the runner's own toolchain".to_owned(), |i| i.to_string())
+        };
+        return Err(format!(
+            "it builds in {}, the job in {}",
+            show(&asked.image),
+            show(&expected.image)
         ));
     }
     if asked.network != expected.network {

@@ -130,5 +130,14 @@ pub fn parse_policy(file_name: &str, text: &str) -> Result<select::SelectPolicy,
 ///
 /// On failure every problem found is returned, sorted by position.
 pub fn parse(file_name: &str, text: &str) -> Result<Plan, Diagnostics> {
+    lint::compile(file_name, text).map(|(plan, _)| plan)
+}
+
+/// [`parse`], also returning the warnings of a file that compiles (an unpinned build image
+/// outside quorum mode); on failure the diagnostics hold warnings and errors.
+pub fn parse_with_warnings(
+    file_name: &str,
+    text: &str,
+) -> Result<(Plan, Diagnostics), Diagnostics> {
     lint::compile(file_name, text)
 }

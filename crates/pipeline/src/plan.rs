@@ -137,6 +137,11 @@ pub enum JobSpec {
         network: bool,
         /// `None`: the runner's default.
         timeout_secs: Option<u64>,
+        /// The build image, canonically spelled (`registry/path[:tag]@sha256:…`); pinned by
+        /// digest in quorum jobs. `None`: the runner's own toolchain. Left out of the JSON when
+        /// `None`, so plans without images hash as before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
     },
     /// A request to any NIP-90 DVM; the DVM needs to know nothing about Quorum CI.
     Dvm {

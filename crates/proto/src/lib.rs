@@ -10,6 +10,7 @@ pub mod approval;
 pub mod blossom;
 pub mod bundle;
 pub mod chain;
+pub mod image;
 pub mod kinds;
 pub mod mandate;
 pub mod nip34;

@@ -49,7 +49,23 @@ pub struct Capabilities {
     pub toolchains: Vec<String>,
     /// Whether steps may ask for network access.
     pub network: bool,
+    /// Whether steps may name a build image (`image:`, docs/protocol.md "Build images").
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub images: bool,
+    /// Whether this DVM refuses steps that name no image (`--require-image`): it never builds
+    /// on its host's own toolchain. Also announced as a `["t", "require-image"]` tag.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_image: bool,
 }
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The `t` tag value of an announcement whose DVM runs steps only in pinned build images.
+pub const TAG_REQUIRE_IMAGE: &str = "require-image";
+/// The `t` tag value of an announcement whose DVM can run steps in build images.
+pub const TAG_IMAGES: &str = "images";
 
 /// What a job costs, in millisats (0 = free), and which Cashu mints the DVM takes payment
 /// from. A per-second price is charged on top of the per-job price for the seconds the job
@@ -152,6 +168,16 @@ impl Announcement {
                 .iter()
                 .map(|k| Tag::custom(TagKind::k(), [k.as_u16().to_string()])),
         );
+        // So that `{"kinds": [31990], "#t": ["require-image"]}` finds hermetic runners.
+        let caps = &self.offer.capabilities;
+        for (on, value) in [
+            (caps.images, TAG_IMAGES),
+            (caps.require_image, TAG_REQUIRE_IMAGE),
+        ] {
+            if on {
+                tags.push(Tag::custom(TagKind::t(), [value]));
+            }
+        }
         // So that `{"kinds": [31990], "#p": [OPERATOR]}` finds the DVMs claiming an operator.
         if let Some(operator) = self.operator {
             tags.push(Tag::custom(
@@ -252,6 +278,8 @@ mod tests {
                     sandbox: "bubblewrap".into(),
                     toolchains: vec!["sh".into(), "git".into()],
                     network: false,
+                    images: false,
+                    require_image: false,
                 },
                 price: Price::default(),
                 limits: JobLimits {

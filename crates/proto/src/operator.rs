@@ -368,6 +368,8 @@ mod tests {
                     sandbox: "bubblewrap".into(),
                     toolchains: vec![],
                     network: false,
+                    images: false,
+                    require_image: false,
                 },
                 price: Price::default(),
                 limits: JobLimits {

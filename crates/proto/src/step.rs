@@ -26,6 +26,7 @@ const PARAM_TIMEOUT: &str = "timeout";
 const PARAM_NAME: &str = "name";
 const PARAM_MEMORY: &str = "memory";
 const PARAM_PROCESSES: &str = "processes";
+const PARAM_IMAGE: &str = "image";
 
 /// Why a request is not a valid run-step job.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -77,6 +78,10 @@ pub struct StepJob {
     pub timeout: Option<Duration>,
     pub memory_bytes: Option<u64>,
     pub max_processes: Option<u64>,
+    /// The build image, the step's `/` (see [`crate::image`]): pinned by digest, or by tag
+    /// only outside quorum mode (the runner resolves the tag). `None`: the runner's own
+    /// toolchain.
+    pub image: Option<crate::image::ImageRef>,
 }
 
 impl StepJob {
@@ -97,6 +102,7 @@ impl StepJob {
             timeout: None,
             memory_bytes: None,
             max_processes: None,
+            image: None,
         }
     }
 
@@ -137,6 +143,9 @@ impl StepJob {
         }
         if let Some(processes) = self.max_processes {
             request = request.param(PARAM_PROCESSES, processes.to_string());
+        }
+        if let Some(image) = &self.image {
+            request = request.param(PARAM_IMAGE, image.to_string());
         }
         request
     }
@@ -210,6 +219,11 @@ impl StepJob {
                 }
                 PARAM_MEMORY => step.memory_bytes = Some(number(param, PARAM_MEMORY)?),
                 PARAM_PROCESSES => step.max_processes = Some(number(param, PARAM_PROCESSES)?),
+                PARAM_IMAGE => {
+                    let image = crate::image::ImageRef::parse_unpinned(param.value())
+                        .map_err(|e| bad(PARAM_IMAGE, e.to_string()))?;
+                    step.image = Some(image);
+                }
                 _ => {}
             }
         }
@@ -237,6 +251,7 @@ impl std::fmt::Debug for StepJob {
             .field("timeout", &self.timeout)
             .field("memory_bytes", &self.memory_bytes)
             .field("max_processes", &self.max_processes)
+            .field("image", &self.image)
             .finish()
     }
 }
@@ -298,6 +313,10 @@ pub struct ArtifactRef {
 pub struct SandboxRef {
     pub name: String,
     pub isolated: bool,
+    /// The build image the step ran in, as `registry/path@sha256:<manifest digest>` (the
+    /// digest fetched, also when the request named a tag); absent: the host's toolchain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// The content of a run-step result: what ran and what it produced.
@@ -442,6 +461,7 @@ mod tests {
             sandbox: SandboxRef {
                 name: "bubblewrap".into(),
                 isolated: true,
+                image: None,
             },
             quorum: None,
             ci_job_result: None,

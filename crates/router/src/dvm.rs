@@ -673,6 +673,8 @@ impl JobHandler for Router {
                 sandbox: "none".into(),
                 toolchains: vec!["git".into()],
                 network: true,
+                images: false,
+                require_image: false,
             },
             price: Price::default(),
             limits: JobLimits {

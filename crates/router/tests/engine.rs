@@ -28,6 +28,8 @@ impl JobHandler for Scanner {
                 sandbox: "none".into(),
                 toolchains: vec![],
                 network: true,
+                images: false,
+                require_image: false,
             },
             price: Price::default(),
             limits: JobLimits {
@@ -1262,6 +1264,8 @@ async fn announce_platform(network: &Network, runner: &Keys, os: &str, arch: &st
                 sandbox: "none".into(),
                 toolchains: vec![],
                 network: false,
+                images: false,
+                require_image: false,
             },
             price: Price::default(),
             limits: JobLimits {
@@ -1316,6 +1320,7 @@ fn released_job(id: &str, runner: &Keys, byte: u8) -> JobRecord {
             sandbox: SandboxRef {
                 name: "none".into(),
                 isolated: false,
+                image: None,
             },
             quorum: None,
             ci_job_result: None,

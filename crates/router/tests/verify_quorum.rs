@@ -1292,6 +1292,7 @@ async fn a_single_builders_release_is_refused_unless_allowed() {
         sandbox: SandboxRef {
             name: "bubblewrap".into(),
             isolated: true,
+            image: None,
         },
         quorum: None,
         ci_job_result: None,
@@ -1809,6 +1810,8 @@ async fn announce(net: &Net, member: &Keys, operator: &PublicKey) {
                 sandbox: "bubblewrap".into(),
                 toolchains: Vec::new(),
                 network: false,
+                images: false,
+                require_image: false,
             },
             price: Price::default(),
             limits: JobLimits {

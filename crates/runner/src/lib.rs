@@ -35,6 +35,7 @@ use quorum_blossom::client::{BlossomClient, ServerOutcome};
 use quorum_consensus::job::{Admission, QuorumMember, Sourced, kinds_to_sign};
 use quorum_consensus::release_gate::{Gate, PendingRelease};
 use quorum_dvm::{Job, JobContext, JobFailure, JobHandler, JobOutput};
+use quorum_oci::{ImageCache, ImageLease};
 use quorum_pipeline::dispatch::Checked;
 use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
 use quorum_proto::nip90::JobRequest;
@@ -71,6 +72,11 @@ pub struct RunnerConfig {
     pub approval_wait: Duration,
     /// Cashu mints whose tokens pay for jobs (announced with the price).
     pub mints: Vec<String>,
+    /// Where build images are fetched to and kept; `None`: steps naming an image are refused.
+    pub images: Option<Arc<ImageCache>>,
+    /// Refuse steps that name no image (they would build on this host's own toolchain), and
+    /// announce it (`--require-image`).
+    pub require_image: bool,
 }
 
 impl RunnerConfig {
@@ -88,6 +94,8 @@ impl RunnerConfig {
             toolchains: vec!["sh".into(), "git".into()],
             price_msats: 0,
             mints: Vec::new(),
+            images: None,
+            require_image: false,
         }
     }
 }
@@ -270,9 +278,25 @@ impl Runner {
             .timeout
             .unwrap_or(self.config.max_timeout)
             .min(self.config.max_timeout);
+        // Held until the step is over, so that the image cannot be evicted under it.
+        let image = self.image(&step, ctx).await?;
 
         let mut spec = StepSpec::new(step.script.clone(), src.clone());
-        spec.env = step.env.clone();
+        if let Some(lease) = &image {
+            spec.rootfs = Some(lease.root().to_path_buf());
+            // The image's own environment (PATH above all) first; the job's `env` wins.
+            spec.env = lease
+                .env()
+                .into_iter()
+                .filter(|(k, _)| {
+                    // The sandbox's own (and names the sandbox would refuse) stay out.
+                    let valid = k.starts_with(|c: char| c == '_' || c.is_ascii_alphabetic())
+                        && k.chars().all(|c| c == '_' || c.is_ascii_alphanumeric());
+                    valid && !matches!(k.as_str(), "HOME" | "PWD" | "SOURCE_DATE_EPOCH")
+                })
+                .collect();
+        }
+        spec.env.extend(step.env.clone());
         spec.secrets = step
             .secrets
             .iter()
@@ -343,11 +367,50 @@ impl Runner {
             sandbox: SandboxRef {
                 name: info.name,
                 isolated: info.isolated,
+                image: image.as_ref().map(|lease| {
+                    let named = step.image.as_ref().expect("a lease comes from an image");
+                    let mut pinned = named.clone();
+                    pinned.tag = None;
+                    pinned.digest = Some(lease.digest().clone());
+                    pinned.to_string()
+                }),
             },
             quorum: None,
             ci_job_result: None,
         };
         Ok((report, derived))
+    }
+
+    /// The step's build image, fetched into the cache if need be; `None` for a step without
+    /// one (refused when the operator requires images).
+    async fn image(
+        &self,
+        step: &StepJob,
+        ctx: &JobContext,
+    ) -> Result<Option<ImageLease>, JobFailure> {
+        let Some(image) = &step.image else {
+            if self.config.require_image {
+                return Err(JobFailure::new(
+                    "refused: this runner builds only in pinned images (--require-image); give \
+                     the job `image: NAME@sha256:…`",
+                ));
+            }
+            return Ok(None);
+        };
+        let Some(cache) = &self.config.images else {
+            return Err(JobFailure::new(format!(
+                "refused: this runner has no image cache, so it cannot run {image}"
+            )));
+        };
+        ctx.partial(format!("fetching image {image}"));
+        let lease = cache
+            .get(image)
+            .await
+            .map_err(|e| JobFailure::new(format!("image {image}: {e}")))?;
+        if lease.fetched() {
+            tracing::info!(%image, size = lease.meta().size, "fetched build image");
+        }
+        Ok(Some(lease))
     }
 
     /// Uploads one file to every configured server; succeeds if at least one stored it.
@@ -417,6 +480,8 @@ impl JobHandler for Runner {
                 },
                 toolchains: self.config.toolchains.clone(),
                 network: self.config.allow_network && info.network,
+                images: self.config.images.is_some() && info.isolated,
+                require_image: self.config.require_image,
             },
             price: Price {
                 msats_per_job: self.config.price_msats,

@@ -16,6 +16,13 @@
 //! Nothing else of the host is visible: not `/root`, `/home`, `/var`, `/run`, `/sys`, nor the
 //! DVM's key and data dirs. We deliberately never `--ro-bind / /`.
 //!
+//! **With a build image** ([`StepSpec::rootfs`](crate::StepSpec::rootfs)) the host's system is
+//! not shown at all: every top-level directory, file and symlink of the image's root is bound
+//! read-only in its place (its `/usr`, `/etc`, `/home`, `/opt`, `/var`, ...), except `/proc`,
+//! `/dev`, `/tmp`, `/sys`, `/run` and `/build`, which the sandbox makes as above; configured
+//! toolchain dirs are not bound either, and the image's `/var/tmp` is a private tmpfs. Every
+//! other guarantee (namespaces, build user, seccomp, limits, secrets, network) is the same.
+//!
 //! **Never host root.** When the DVM runs as root, bwrap itself is started as the unprivileged
 //! build user [`BUILD_USER`] (`setgroups`/`setresgid`/`setresuid` between fork and exec), so
 //! the user namespace it makes maps the step onto that uid, not onto host uid 0: the kernel's
@@ -460,35 +467,14 @@ impl Bubblewrap {
             push(&[&"--disable-userns"]);
         }
         push(&[&"--hostname", &HOSTNAME]);
-        push(&[&"--ro-bind", &"/usr", &"/usr"]);
-        for d in SYSTEM_DIRS {
-            let host = Path::new("/").join(d);
-            match fs::symlink_metadata(&host) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    if let Ok(target) = fs::read_link(&host) {
-                        push(&[&"--symlink", &target, &host]);
-                    }
-                }
-                Ok(m) if m.is_dir() => push(&[&"--ro-bind", &host, &host]),
-                _ => {}
-            }
-        }
-        for e in ETC {
-            let p = Path::new("/etc").join(e);
-            push(&[&"--ro-bind-try", &p, &p]);
-        }
         let resolv = fds.resolv.map(|fd| fd.to_string());
-        if let Some(fd) = &resolv {
-            push(&[
-                &"--perms",
-                &"0444",
-                &"--ro-bind-data",
-                fd,
-                &"/etc/resolv.conf",
-            ]);
+        match (&spec.rootfs, &src.rootfs) {
+            (Some(image), Some(from)) => image_root(&mut a, image, from, resolv.as_deref()),
+            _ => host_root(&mut a, resolv.as_deref()),
         }
-        // TZ=UTC is set too; this is for tools that read /etc/localtime directly.
-        push(&[&"--symlink", &"/usr/share/zoneinfo/UTC", &"/etc/localtime"]);
+        let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+            a.extend(items.iter().map(|i| i.as_ref().to_owned()));
+        };
         push(&[&"--proc", &"/proc"]);
         if !self.unhardened {
             self.proc_hardening(&mut a);
@@ -502,10 +488,25 @@ impl Bubblewrap {
             push(&[&"--size", &tmp_size]);
         }
         push(&[&"--tmpfs", &"/tmp"]);
-        push(&[&"--dir", &"/var", &"--symlink", &"../tmp", &"/var/tmp"]);
+        if spec.rootfs.is_none() {
+            push(&[&"--dir", &"/var", &"--symlink", &"../tmp", &"/var/tmp"]);
+        } else if spec
+            .rootfs
+            .as_ref()
+            .is_some_and(|r| real_dir(&r.join("var")) && real_dir(&r.join("var/tmp")))
+        {
+            // The image's /var is read-only; its /var/tmp is private scratch like /tmp.
+            if self.tmp_size {
+                push(&[&"--size", &tmp_size]);
+            }
+            push(&[&"--tmpfs", &"/var/tmp"]);
+        }
         // After /tmp, so that a toolchain living under /tmp is not hidden by the tmpfs.
-        for (t, from) in self.toolchain.iter().zip(&src.toolchain) {
-            push(&[&"--ro-bind", from, t]);
+        // With an image nothing of the host's toolchain is shown (only the image is `/`).
+        if spec.rootfs.is_none() {
+            for (t, from) in self.toolchain.iter().zip(&src.toolchain) {
+                push(&[&"--ro-bind", from, t]);
+            }
         }
         push(&[&"--bind", &src.work, &BUILD_DIR]);
         let secrets_fd = fds.secrets.map(|fd| fd.to_string());
@@ -635,6 +636,7 @@ impl Bubblewrap {
             let mut binds = Vec::new();
             let mut staged = Vec::new();
             for (i, dir) in std::iter::once(&work_dir)
+                .chain(spec.rootfs.iter())
                 .chain(&self.toolchain)
                 .enumerate()
             {
@@ -648,9 +650,11 @@ impl Bubblewrap {
                 staged.push(target);
             }
             let work = staged.remove(0);
+            let rootfs = spec.rootfs.as_ref().map(|_| staged.remove(0));
             (
                 Sources {
                     work,
+                    rootfs,
                     toolchain: staged,
                 },
                 Some(Stage {
@@ -662,6 +666,7 @@ impl Bubblewrap {
             (
                 Sources {
                     work: work_dir.clone(),
+                    rootfs: spec.rootfs.clone(),
                     toolchain: self.toolchain.clone(),
                 },
                 None,
@@ -701,9 +706,117 @@ impl Bubblewrap {
     }
 }
 
+/// The host's toolchain as the sandbox's system: `/usr`, the top-level system dirs and the
+/// few `/etc` files tools read.
+fn host_root(a: &mut Vec<OsString>, resolv: Option<&str>) {
+    let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+        a.extend(items.iter().map(|i| i.as_ref().to_owned()));
+    };
+    push(&[&"--ro-bind", &"/usr", &"/usr"]);
+    for d in SYSTEM_DIRS {
+        let host = Path::new("/").join(d);
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Ok(target) = fs::read_link(&host) {
+                    push(&[&"--symlink", &target, &host]);
+                }
+            }
+            Ok(m) if m.is_dir() => push(&[&"--ro-bind", &host, &host]),
+            _ => {}
+        }
+    }
+    for e in ETC {
+        let p = Path::new("/etc").join(e);
+        push(&[&"--ro-bind-try", &p, &p]);
+    }
+    if let Some(fd) = &resolv {
+        push(&[
+            &"--perms",
+            &"0444",
+            &"--ro-bind-data",
+            fd,
+            &"/etc/resolv.conf",
+        ]);
+    }
+    // TZ=UTC is set too; this is for tools that read /etc/localtime directly.
+    push(&[&"--symlink", &"/usr/share/zoneinfo/UTC", &"/etc/localtime"]);
+}
+
+/// A directory, not a symlink to one (which would be followed on the host).
+fn real_dir(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+/// Top-level names of an image that the sandbox provides itself (or never shows).
+const IMAGE_SKIPPED: &[&str] = &["proc", "dev", "tmp", "sys", "run", "build"];
+
+/// A build image as the sandbox's system: every top-level directory and symlink of the image
+/// root, read-only. `image` is the root's real path (to list it), `from` where bwrap finds it
+/// (the same, or its staged path for a root DVM).
+fn image_root(a: &mut Vec<OsString>, image: &Path, from: &Path, resolv: Option<&str>) {
+    let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+        a.extend(items.iter().map(|i| i.as_ref().to_owned()));
+    };
+    let mut names: Vec<OsString> = fs::read_dir(image)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    names.sort();
+    let etc_has_resolv =
+        fs::symlink_metadata(image.join("etc/resolv.conf")).is_ok_and(|m| m.is_file());
+    for name in names {
+        if IMAGE_SKIPPED.iter().any(|s| name == *s) {
+            continue;
+        }
+        let inside = Path::new("/").join(&name);
+        let host = image.join(&name);
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Ok(target) = fs::read_link(&host) {
+                    push(&[&"--symlink", &target, &inside]);
+                }
+            }
+            Ok(m) if m.is_dir() && name == "etc" && resolv.is_some() && !etc_has_resolv => {
+                // A file cannot be bound into a read-only directory that lacks it: show /etc
+                // entry by entry, with pasta's resolv.conf beside them.
+                push(&[&"--dir", &"/etc"]);
+                let mut entries: Vec<OsString> = fs::read_dir(&host)
+                    .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                    .unwrap_or_default();
+                entries.sort();
+                for e in entries.into_iter().filter(|e| e != "resolv.conf") {
+                    let p = Path::new("/etc").join(&e);
+                    match fs::symlink_metadata(host.join(&e)) {
+                        Ok(m) if m.file_type().is_symlink() => {
+                            if let Ok(t) = fs::read_link(host.join(&e)) {
+                                push(&[&"--symlink", &t, &p]);
+                            }
+                        }
+                        Ok(_) => push(&[&"--ro-bind", &from.join("etc").join(&e), &p]),
+                        Err(_) => {}
+                    }
+                }
+            }
+            Ok(m) if m.is_dir() || m.is_file() => push(&[&"--ro-bind", &from.join(&name), &inside]),
+            _ => {}
+        }
+    }
+    push(&[&"--dir", &"/run"]);
+    if let Some(fd) = resolv {
+        push(&[
+            &"--perms",
+            &"0444",
+            &"--ro-bind-data",
+            &fd,
+            &"/etc/resolv.conf",
+        ]);
+    }
+}
+
 /// Where bwrap finds the host directories it binds.
 struct Sources {
     work: PathBuf,
+    /// The build image's root, when the step has one.
+    rootfs: Option<PathBuf>,
     /// In the order of [`Bubblewrap::toolchain`].
     toolchain: Vec<PathBuf>,
 }

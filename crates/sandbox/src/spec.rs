@@ -139,6 +139,9 @@ pub struct StepSpec {
     pub limits: ResourceLimits,
     /// `SOURCE_DATE_EPOCH` for the step (the commit time), also the mtime of packed files.
     pub source_date_epoch: i64,
+    /// A build image's unpacked root filesystem (host path): when set it is the step's `/`,
+    /// read-only, instead of the host's toolchain (see [`bwrap`](crate::bwrap)).
+    pub rootfs: Option<PathBuf>,
 }
 
 impl StepSpec {
@@ -154,6 +157,7 @@ impl StepSpec {
             timeout: Duration::from_secs(30 * 60),
             limits: ResourceLimits::default(),
             source_date_epoch: 0,
+            rootfs: None,
         }
     }
 
@@ -179,6 +183,14 @@ impl StepSpec {
             return bad(format!(
                 "work dir {} is not a directory",
                 self.work_dir.display()
+            ));
+        }
+        if let Some(root) = &self.rootfs
+            && (!root.is_absolute() || !root.is_dir())
+        {
+            return bad(format!(
+                "image root {} is not an absolute directory",
+                root.display()
             ));
         }
         if self.timeout.is_zero() {

@@ -35,6 +35,13 @@ impl Unsandboxed {
     ) -> Result<StepOutcome, SandboxError> {
         tracing::warn!("{WARNING}");
         spec.validate()?;
+        if spec.rootfs.is_some() {
+            return Err(SandboxError::Unavailable {
+                reason:
+                    "the unsandboxed backend cannot run a step in a build image; use bubblewrap"
+                        .into(),
+            });
+        }
         let work_dir = spec
             .work_dir
             .canonicalize()

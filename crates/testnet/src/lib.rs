@@ -29,6 +29,17 @@ pub struct Terms {
     pub mints: Vec<String>,
 }
 
+/// How a test runner is set up beyond its data directory and keys.
+struct RunnerSpec<'a> {
+    /// Fetch file:// repositories.
+    allow_local: bool,
+    quorum: Option<quorum_consensus::job::QuorumMember>,
+    sandbox: Arc<dyn quorum_sandbox::Sandbox>,
+    terms: &'a Terms,
+    /// A last change to the runner's configuration.
+    tweak: fn(&mut RunnerConfig),
+}
+
 /// A relay and a Blossom server on 127.0.0.1, stopped when dropped.
 pub struct Network {
     pub relay: RelayUrl,
@@ -87,6 +98,30 @@ impl Network {
         self.start_runner(data, keys, allow_local, None).await
     }
 
+    /// A runner DVM with bubblewrap whose configuration `tweak` changes (e.g. to require
+    /// build images); it fetches file:// repositories.
+    pub async fn runner_configured(
+        &self,
+        data: &Path,
+        keys: Keys,
+        tweak: fn(&mut RunnerConfig),
+    ) -> Dvm {
+        let sandbox = quorum_sandbox::Bubblewrap::detect()
+            .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
+        self.start_runner_in(
+            data,
+            keys,
+            RunnerSpec {
+                allow_local: true,
+                quorum: None,
+                sandbox: Arc::new(sandbox),
+                terms: &Terms::default(),
+                tweak,
+            },
+        )
+        .await
+    }
+
     /// A runner that serves quorum jobs with the shares in `share_dir` (`<quorum hex>.json`).
     pub async fn quorum_runner(
         &self,
@@ -102,6 +137,36 @@ impl Network {
         )
         .with_config(config);
         self.start_runner(data, keys, true, Some(member)).await
+    }
+
+    /// A quorum runner whose steps run in `sandbox` (e.g. bubblewrap with a host toolchain of
+    /// its own, for a runner whose host differs from the others').
+    pub async fn quorum_runner_in(
+        &self,
+        data: &Path,
+        keys: Keys,
+        share_dir: &Path,
+        config: quorum_consensus::member::MemberConfig,
+        sandbox: Arc<dyn quorum_sandbox::Sandbox>,
+    ) -> Dvm {
+        let member = quorum_consensus::job::QuorumMember::new(
+            vec![self.relay.clone()],
+            keys.clone(),
+            share_dir.to_path_buf(),
+        )
+        .with_config(config);
+        self.start_runner_in(
+            data,
+            keys,
+            RunnerSpec {
+                allow_local: true,
+                quorum: Some(member),
+                sandbox,
+                terms: &Terms::default(),
+                tweak: |_| {},
+            },
+        )
+        .await
     }
 
     /// A compromised quorum runner: its steps run in the real sandbox, and then `tamper`
@@ -129,10 +194,13 @@ impl Network {
         self.start_runner_in(
             data,
             keys,
-            true,
-            Some(member),
-            Arc::new(sandbox),
-            &Terms::default(),
+            RunnerSpec {
+                allow_local: true,
+                quorum: Some(member),
+                sandbox: Arc::new(sandbox),
+                terms: &Terms::default(),
+                tweak: |_| {},
+            },
         )
         .await
     }
@@ -142,8 +210,18 @@ impl Network {
     pub async fn priced_runner(&self, data: &Path, keys: Keys, terms: &Terms) -> Dvm {
         let sandbox = quorum_sandbox::Bubblewrap::detect()
             .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
-        self.start_runner_in(data, keys, true, None, Arc::new(sandbox), terms)
-            .await
+        self.start_runner_in(
+            data,
+            keys,
+            RunnerSpec {
+                allow_local: true,
+                quorum: None,
+                sandbox: Arc::new(sandbox),
+                terms,
+                tweak: |_| {},
+            },
+        )
+        .await
     }
 
     async fn start_runner(
@@ -158,23 +236,25 @@ impl Network {
         self.start_runner_in(
             data,
             keys,
-            allow_local,
-            quorum,
-            Arc::new(sandbox),
-            &Terms::default(),
+            RunnerSpec {
+                allow_local,
+                quorum,
+                sandbox: Arc::new(sandbox),
+                terms: &Terms::default(),
+                tweak: |_| {},
+            },
         )
         .await
     }
 
-    async fn start_runner_in(
-        &self,
-        data: &Path,
-        keys: Keys,
-        allow_local: bool,
-        quorum: Option<quorum_consensus::job::QuorumMember>,
-        sandbox: Arc<dyn quorum_sandbox::Sandbox>,
-        terms: &Terms,
-    ) -> Dvm {
+    async fn start_runner_in(&self, data: &Path, keys: Keys, spec: RunnerSpec<'_>) -> Dvm {
+        let RunnerSpec {
+            allow_local,
+            quorum,
+            sandbox,
+            terms,
+            tweak,
+        } = spec;
         let mut config = RunnerConfig::new(data.join("work"), vec![self.blossom.clone()]);
         config.price_msats = terms.price_msats;
         config.mints = terms.mints.clone();
@@ -187,6 +267,16 @@ impl Network {
             timeout: Some(Duration::from_secs(30)),
             ..GitPolicy::default()
         };
+        // Build images from this network's Blossom server, cached per runner.
+        config.images = Some(Arc::new(
+            quorum_oci::ImageCache::open(
+                data.join("images"),
+                4 << 30,
+                quorum_oci::Fetcher::new(vec![self.blossom.clone()], Vec::new()),
+            )
+            .expect("the image cache opens"),
+        ));
+        tweak(&mut config);
         let mut runner = Runner::new(
             config,
             sandbox,

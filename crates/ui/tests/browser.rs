@@ -591,6 +591,8 @@ async fn a_live_run_its_quorum_approval_and_release_in_a_real_browser() {
                 sandbox: "none".into(),
                 toolchains: vec![],
                 network: true,
+                images: false,
+                require_image: false,
             },
             price: Price {
                 msats_per_job: 21_000,

@@ -466,6 +466,8 @@ impl JobHandler for Wrapper {
                 sandbox: "none".into(),
                 toolchains: Vec::new(),
                 network: false,
+                images: false,
+                require_image: false,
             },
             price: Price {
                 msats_per_job: self.config.price_msats,

@@ -76,6 +76,14 @@ fn config(options: &BlossomOptions, public_url: Url) -> anyhow::Result<BlossomCo
         },
         min_free_bytes: options.min_free_space.as_u64(),
         require_auth_for_list: options.private_list,
+        oci_credentials: options
+            .oci_credentials
+            .as_deref()
+            .map(|text| {
+                quorum_blossom::oci::OciCredentials::parse(text)
+                    .context("--oci-credentials must be USER:PASSWORD, both non-empty")
+            })
+            .transpose()?,
         ..BlossomConfig::default()
     })
 }

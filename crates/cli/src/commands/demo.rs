@@ -117,6 +117,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "network     relay {}  blossom {}",
         network.relay_url, network.blossom_url
     ));
+    // A pinned image (`image:`) needs one built and pushed first, which takes minutes
+    // (mmdebstrap) rather than seconds: the tour builds on the runners' own toolchain.
+    say("toolchain   the runners' own (the host's /usr): no build image is pinned here, so this");
+    say(
+        "            agreement holds on one machine; pin one with `image:` (README) to agree across hosts",
+    );
     let relays = super::relay_urls(std::slice::from_ref(&network.relay_url))?;
     let runners = network.runners.iter().map(|d| d.public_key()).collect();
     let share_dirs = network.share_dirs(QUORUM_MEMBERS);

@@ -129,6 +129,8 @@ fn watcher_announcement(
                 sandbox: "none".into(),
                 toolchains: vec!["git".into()],
                 network: true,
+                images: false,
+                require_image: false,
             },
             price: Price::default(),
             limits: JobLimits {
@@ -310,6 +312,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         price_msats: args.price_msats,
         mint: args.mint.clone(),
         operator: operator(args.operator.as_deref())?,
+        images: args.images.clone(),
     };
     let dvm = start_runner(setup, keys.clone(), sandbox).await?;
     // Quorum keys: answer DKG proposals and dealer deliveries naming this runner; shares are
@@ -357,6 +360,8 @@ pub struct RunnerSetup {
     pub mint: Option<String>,
     /// Who runs the runner, named in its announcement.
     pub operator: Option<quorum_proto::nostr::PublicKey>,
+    /// Build images: cache, cap, whether they are required.
+    pub images: crate::cli::ImageCacheArgs,
 }
 
 /// Starts a runner DVM. Shared with `quorum up`.
@@ -365,7 +370,7 @@ pub async fn start_runner(
     keys: quorum_proto::nostr::Keys,
     sandbox: Arc<dyn Sandbox>,
 ) -> anyhow::Result<Dvm> {
-    let mut config = RunnerConfig::new(setup.data.join("work"), setup.blossom);
+    let mut config = RunnerConfig::new(setup.data.join("work"), setup.blossom.clone());
     config.git = GitPolicy {
         allow_local: setup.allow_local_repos,
         allow_private: setup.allow_private_git,
@@ -392,6 +397,16 @@ pub async fn start_runner(
         }
         _ => None,
     };
+    let cache_dir = (setup.images.image_cache.clone()).unwrap_or_else(|| setup.data.join("images"));
+    let fetcher = quorum_oci::Fetcher::new(
+        setup.blossom.clone(),
+        setup.images.insecure_registries.clone(),
+    );
+    config.images = Some(Arc::new(
+        quorum_oci::ImageCache::open(&cache_dir, setup.images.image_cache_mib << 20, fetcher)
+            .with_context(|| format!("cannot open the image cache {}", cache_dir.display()))?,
+    ));
+    config.require_image = setup.images.require_image;
     let max_request_bytes = config.max_request_bytes;
     let blossom = quorum_blossom::client::BlossomClient::new(keys.clone());
     // Quorum jobs: the shares this runner holds are in DATA/shares (made by the key service).

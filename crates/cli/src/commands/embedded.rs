@@ -259,6 +259,13 @@ async fn start_runners(
             price_msats: 0,
             mint: None,
             operator: Some(operator),
+            // Images from the embedded Blossom server (or their registries), kept per runner.
+            images: crate::cli::ImageCacheArgs {
+                image_cache: None,
+                image_cache_mib: 8192,
+                require_image: false,
+                insecure_registries: Vec::new(),
+            },
         };
         dvms.push(super::dvm::start_runner(setup, keys, sandbox.clone()).await?);
     }

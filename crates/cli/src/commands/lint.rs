@@ -24,7 +24,14 @@ pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
     let (path, shown) = pipeline_file(&args.file);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the pipeline {}", path.display()))?;
-    let result = quorum_pipeline::parse(&shown, &text);
+    let result = quorum_pipeline::parse_with_warnings(&shown, &text);
+    if let Ok((_, warnings)) = &result
+        && !warnings.is_empty()
+        && !args.json
+    {
+        eprintln!("{warnings}");
+    }
+    let result = result.map(|(plan, _)| plan);
     if args.json {
         let value = match &result {
             Ok(plan) => json!({

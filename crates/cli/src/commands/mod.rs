@@ -8,6 +8,7 @@ mod download;
 mod dvm;
 mod embedded;
 mod follow;
+mod image;
 mod init;
 mod job;
 mod lint;
@@ -53,6 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Repo(command) => repo::run(command).await,
         Command::Market(args) => market::run(args).await,
         Command::Wallet(args) => wallet::run(args).await,
+        Command::Image(command) => image::run(command).await,
         Command::Completions(args) => {
             use clap::CommandFactory;
             let mut command = Cli::command();

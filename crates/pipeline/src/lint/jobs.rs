@@ -24,6 +24,7 @@ pub(super) const JOB_KEYS: &[&str] = &[
     "secrets",
     "artifacts",
     "network",
+    "image",
     "timeout",
     "mode",
     "replicas",
@@ -53,7 +54,7 @@ fn only_for(key: &str) -> Option<(&'static [Shape], &'static str)> {
     const DVM: &[Shape] = &[Shape::Dvm];
     const WORK: &[Shape] = &[Shape::Run, Shape::Dvm];
     match key {
-        "env" | "secrets" | "artifacts" | "network" | "release" => {
+        "env" | "secrets" | "artifacts" | "network" | "image" | "release" => {
             Some((RUN, "jobs with `run` or `steps`"))
         }
         "kind" | "inputs" | "params" | "provider" => Some((DVM, "`uses: dvm` jobs")),
@@ -212,7 +213,7 @@ impl Linter {
                 .select(node, &format!("in job \"{id}\""))
                 .map(|policy| (policy, at("select")));
         }
-        let spec = match shape {
+        let mut spec = match shape {
             Shape::Run => self.run_job(&f, &mut job, timeout),
             Shape::Dvm => self.dvm_job(&f, &mut job, timeout),
             Shape::Approval => self.approval_job(&f, &mut job),
@@ -239,9 +240,72 @@ impl Linter {
                 ),
             );
         }
+        if shape == Shape::Run
+            && let Some(m) = mode
+        {
+            let own = match f.get("image") {
+                Some(node) => self
+                    .scalar(node, "`image`", "an image reference")
+                    .cloned()
+                    .map(|s| (s, true)),
+                None => self.default_image.clone().map(|s| (s, false)),
+            };
+            if let Some((scalar, own)) = own {
+                let image = self.image(&scalar, &id, own, matches!(m, Mode::Quorum { .. }));
+                match (&mut spec, image) {
+                    (Some(JobSpec::Run { image: slot, .. }), Some(image)) => *slot = Some(image),
+                    (_, None) => spec = None,
+                    _ => {}
+                }
+            }
+        }
         job.mode = mode.unwrap_or_default();
         job.spec = if clash || mode.is_none() { None } else { spec };
         job
+    }
+
+    /// A build image reference, canonically spelled. Without a digest: an error in a quorum
+    /// job (members could build in different images), a warning elsewhere. `own`: the job's
+    /// own `image:` rather than the pipeline's default.
+    fn image(&mut self, s: &Scalar, id: &str, own: bool, quorum: bool) -> Option<String> {
+        use quorum_proto::image::ImageRef;
+        let image = match ImageRef::parse_unpinned(&s.value) {
+            Ok(image) => image,
+            Err(e) => {
+                self.error(
+                    s.pos,
+                    format!("invalid image \"{}\": {e}", s.value),
+                    Some("write NAME@sha256:<64 hex>, NAME being [HOST[:PORT]/]path".into()),
+                );
+                return None;
+            }
+        };
+        if image.digest.is_none() {
+            let whose = if own {
+                format!("job \"{id}\"")
+            } else {
+                format!("the pipeline's default image, used by job \"{id}\",")
+            };
+            let hint = Some(format!(
+                "pin it by digest: `{}@sha256:…`; `skopeo inspect --format '{{{{.Digest}}}}' \
+                 docker://{}` prints the digest, `quorum image push` prints a whole reference",
+                s.value, s.value
+            ));
+            if quorum {
+                self.error(
+                    s.pos,
+                    format!("{whose} is a quorum job, and its image \"{}\" has no digest: members could build in different images", s.value),
+                    hint,
+                );
+                return None;
+            }
+            self.sink.warning(
+                s.pos,
+                format!("{whose} names image \"{}\" by tag: the tag can move, so this build is not reproducible", s.value),
+                hint,
+            );
+        }
+        Some(image.to_string())
     }
 
     fn mode(&mut self, f: &Fields<'_>, id: &str) -> Option<Mode> {
@@ -456,6 +520,7 @@ impl Linter {
             artifacts,
             network,
             timeout_secs: timeout,
+            image: None,
         })
         .filter(|_| ok)
     }

@@ -28,7 +28,7 @@ pub const MAX_FILE_BYTES: usize = 256 * 1024;
 /// The longest timeout a job may ask for: one week.
 const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 
-const TOP_KEYS: &[&str] = &["name", "on", "jobs", "select"];
+const TOP_KEYS: &[&str] = &["name", "on", "image", "jobs", "select"];
 const ON_KEYS: &[&str] = &["push", "manual", "pull_request"];
 const PUSH_KEYS: &[&str] = &["branches", "tags"];
 const MANUAL_KEYS: &[&str] = &["inputs"];
@@ -97,12 +97,15 @@ struct RawJob {
 
 struct Linter {
     sink: Sink,
+    /// The top-level `image:`, which script jobs without their own take.
+    default_image: Option<Scalar>,
 }
 
 /// Parses, lints and compiles one pipeline file.
-pub(crate) fn compile(file_name: &str, text: &str) -> Result<Plan, Diagnostics> {
+pub(crate) fn compile(file_name: &str, text: &str) -> Result<(Plan, Diagnostics), Diagnostics> {
     let mut lint = Linter {
         sink: Sink::new(file_name),
+        default_image: None,
     };
     let start = Pos { line: 1, column: 1 };
     if text.len() > MAX_FILE_BYTES {
@@ -125,7 +128,7 @@ pub(crate) fn compile(file_name: &str, text: &str) -> Result<Plan, Diagnostics> 
     };
     let plan = lint.file(&root);
     match plan {
-        Some(plan) if !lint.sink.has_errors() => Ok(plan),
+        Some(plan) if !lint.sink.has_errors() => Ok((plan, lint.sink.finish())),
         _ => {
             if !lint.sink.has_errors() {
                 // Every path that yields no plan reports why; this is a guard against a bug
@@ -146,6 +149,7 @@ pub(crate) fn compile_select(
 ) -> Result<crate::select::SelectPolicy, Diagnostics> {
     let mut lint = Linter {
         sink: Sink::new(file_name),
+        default_image: None,
     };
     if text.len() > MAX_FILE_BYTES {
         lint.sink.error(
@@ -425,6 +429,9 @@ impl Linter {
         let select = top
             .get("select")
             .and_then(|n| self.select(n, "at the top level"));
+        if let Some(node) = top.get("image") {
+            self.default_image = self.scalar(node, "`image`", "an image reference").cloned();
+        }
         let on = match top.get("on") {
             Some(node) => self.triggers(node),
             None => {
