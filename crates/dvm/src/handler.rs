@@ -165,10 +165,9 @@ impl Relays {
         filter: nostr_sdk::prelude::Filter,
         timeout: Duration,
     ) -> Result<Vec<Event>, RelayError> {
-        self.client
-            .fetch_events(filter, timeout)
+        // Not waiting for relays known to be failing: they would hold the job up.
+        crate::publish::fetch(&self.client, filter, timeout)
             .await
-            .map(|events| events.into_iter().collect())
             .map_err(|e| RelayError::Fetch(e.to_string()))
     }
 }
