@@ -3,16 +3,19 @@
 //! ```text
 //! <dir>/images/<hex>/rootfs/     the image's `/`, complete (never written after the rename)
 //! <dir>/images/<hex>/meta.json   size, layers, config env; its mtime is the last use
-//! <dir>/locks/<hex>              flock: shared while a job uses the image, exclusive to fetch
+//! <dir>/locks/<hex>              flock: shared while a job uses the image, exclusive to evict
+//! <dir>/locks/<hex>.fetch        flock: exclusive while one job fetches the image
 //! <dir>/tmp/<hex>.<pid>.<n>/     a fetch in progress: blobs and the root being unpacked
 //! ```
 //!
 //! An image is fetched and unpacked under `tmp/`, then renamed into `images/` in one step, so a
 //! process killed half-way leaves only a `tmp/` entry that no job looks at and the next fetch
 //! of that image removes. Two jobs (threads or processes) asking for the same image serialise
-//! on its lock file: one fetches, the other finds it done. A job holds a shared lock for as long
-//! as it uses the root ([`ImageLease`]); eviction, least recently used first while the cache is
-//! over its cap, skips images in use.
+//! on its fetch lock: one fetches, the other finds it done. A job holds a shared use lock from
+//! before it looks until it is done with the root ([`ImageLease`]), so a job waiting for
+//! another's fetch never waits for that other job to end, and eviction (least recently used
+//! first while the cache is over its cap, taking the use lock without waiting) skips images in
+//! use or being fetched.
 
 use std::fs;
 use std::io;
@@ -160,14 +163,23 @@ impl ImageCache {
         if let Some(meta) = self.cached(&digest)? {
             return Ok(self.lease(digest, meta, false, lock));
         }
-        // Not there: become the one fetcher (or wait for the one there is).
-        let lock = blocking(move || flock(&lock, libc::LOCK_EX).map(|_| lock))
+        // Not there: become the one fetcher (or wait for the one there is). Its own lock file:
+        // upgrading the shared use lock would wait for every other job using the image.
+        let fetch_path = self
+            .dir
+            .join("locks")
+            .join(format!("{}.fetch", digest.hex()));
+        let fetching = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&fetch_path)
+            .map_err(|e| OciError::io("opening", &fetch_path, e))?;
+        let fetching = blocking(move || flock(&fetching, libc::LOCK_EX).map(|_| fetching))
             .await
-            .map_err(|e| OciError::io("locking", &lock_path, e))?;
+            .map_err(|e| OciError::io("locking", &fetch_path, e))?;
         if let Some(meta) = self.cached(&digest)? {
-            let lock = blocking(move || flock(&lock, libc::LOCK_SH).map(|_| lock))
-                .await
-                .map_err(|e| OciError::io("locking", &lock_path, e))?;
+            drop(fetching);
             return Ok(self.lease(digest, meta, false, lock));
         }
         self.clear_stale(&digest);
@@ -188,10 +200,8 @@ impl ImageCache {
         };
         let dest = self.dir.join("images").join(digest.hex());
         fs::rename(&tmp, &dest).map_err(|e| OciError::io("moving into place", &dest, e))?;
+        drop(fetching);
         tracing::info!(image = %image, size = meta.size, "image fetched and unpacked");
-        let lock = blocking(move || flock(&lock, libc::LOCK_SH).map(|_| lock))
-            .await
-            .map_err(|e| OciError::io("locking", &lock_path, e))?;
         let lease = self.lease(digest, meta, true, lock);
         self.evict(Some(lease.digest()));
         Ok(lease)
@@ -221,7 +231,7 @@ impl ImageCache {
         }
     }
 
-    /// Leftovers of fetches of `digest` that died (we hold its exclusive lock, so no live one).
+    /// Leftovers of fetches of `digest` that died (we hold its fetch lock, so no live one).
     fn clear_stale(&self, digest: &Digest) {
         let Ok(entries) = fs::read_dir(self.dir.join("tmp")) else {
             return;
