@@ -133,16 +133,20 @@ async fn a_thousand_idle_sockets_do_not_lock_out_a_new_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_that_never_completes_is_dropped() {
     raise_fd_limit(4096);
-    let timeout = Duration::from_millis(800);
+    // The deadline is long enough that connecting every stalled socket takes a small part of
+    // it even on a loaded two-core CI machine: the cap check below needs them all still open
+    // (with 0.8 s and 150 sockets, the first were already dropped there, freeing places).
+    let timeout = Duration::from_secs(3);
+    const STALLED: usize = 40;
     let relay = TestRelay::start(config(Limits {
         handshake_timeout: timeout,
-        max_connections_per_ip: 100,
+        max_connections_per_ip: STALLED + 1,
         ..Limits::default()
     }))
     .await;
     let started = Instant::now();
     let mut silent = Vec::new();
-    for _ in 0..150 {
+    for _ in 0..STALLED {
         silent.push(tcp_from(&relay.url, ip(ATTACKER)).await.expect("connect"));
     }
     let mut partial = tcp_from(&relay.url, ip(ATTACKER)).await.expect("connect");
@@ -150,7 +154,13 @@ async fn a_handshake_that_never_completes_is_dropped() {
         .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
         .await
         .expect("half a request");
-    // Meanwhile the address is full, and everyone else is served.
+    assert!(
+        started.elapsed() < timeout / 2,
+        "connecting {STALLED} sockets took {:?}: the machine is too slow for this deadline",
+        started.elapsed()
+    );
+    // Meanwhile the address is full (every stalled socket holds its place until the
+    // deadline), and everyone else is served.
     match Raw::handshake_from(&relay.url, ip(ATTACKER)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 503)
