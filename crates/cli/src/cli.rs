@@ -1182,8 +1182,14 @@ pub struct RunArgs {
     /// (`quorum mandate create --requester`) must name this key. Default: your run identity,
     /// $XDG_CONFIG_HOME/quorum/run.nsec (~/.config/quorum/run.nsec), created on first use, so
     /// that your runs, releases and CI statuses are signed by one key others can recognise.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "bunker")]
     pub key: Option<PathBuf>,
+
+    /// Sign (and NIP-44 encrypt and decrypt) through a NIP-46 remote signer instead
+    /// (`bunker://…`): the run's key never touches this machine. Every request, secret and
+    /// answer then goes through the bunker, one round trip each.
+    #[arg(long, value_name = "URI")]
+    pub bunker: Option<String>,
 
     /// Runner DVMs of the embedded network (at least as many as a quorum job's replicas).
     #[arg(long, default_value_t = 2)]

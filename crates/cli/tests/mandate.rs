@@ -284,16 +284,7 @@ fn mandate_create_makes_a_2_of_3_key_among_three_runners_by_dkg_and_by_dealer() 
 /// quorum is made without `--allow-same-operator`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mandate_create_signs_through_a_nip46_bunker() {
-    use nostr_connect::prelude::{
-        Keys, NostrConnectKeys, NostrConnectRemoteSigner, NostrConnectRequest,
-        NostrConnectSignerActions,
-    };
-    struct Approve;
-    impl NostrConnectSignerActions for Approve {
-        fn approve(&self, _: &PublicKey, _: &NostrConnectRequest) -> bool {
-            true
-        }
-    }
+    use quorum_proto::nostr::Keys;
     let dir = tempfile::tempdir().unwrap();
     let relay = Daemon::spawn(
         QUORUM,
@@ -318,20 +309,8 @@ async fn mandate_create_signs_through_a_nip46_bunker() {
         })
         .collect();
     let maintainer = Keys::generate();
-    let signer = NostrConnectRemoteSigner::new(
-        NostrConnectKeys {
-            signer: Keys::generate(),
-            user: maintainer.clone(),
-        },
-        [url.as_str()],
-        None,
-        None,
-    )
-    .unwrap();
-    let uri = signer.bunker_uri().to_string();
-    let serving = tokio::spawn(async move {
-        let _ = signer.serve(Approve).await;
-    });
+    let bunker = quorum_testkit::bunker::Bunker::serve(&url, maintainer.clone());
+    let uri = bunker.uri().to_string();
 
     let coordinate = format!("30617:{}:app", maintainer.public_key().to_hex());
     let mut args: Vec<String> = [
@@ -393,7 +372,7 @@ async fn mandate_create_signs_through_a_nip46_bunker() {
     assert_eq!(mandate.pubkey, maintainer.public_key());
     mandate.verify().unwrap();
     client.shutdown().await;
-    serving.abort();
+    drop(bunker);
     for (daemon, _, _) in runners {
         assert!(daemon.terminate().success(), "runner exits 0 on SIGTERM");
     }

@@ -228,3 +228,110 @@ async fn blossom_mirrors_the_released_artifacts_to_the_given_server() {
     assert_eq!(hex::encode(Sha256::digest(&bytes)), sha);
     assert!(second.terminate().success());
 }
+
+/// `quorum run --bunker`: the run's key stays in a NIP-46 remote signer (nostr-connect's, as a
+/// bunker app runs it). Every request is signed by it, the request carrying a secret is NIP-44
+/// encrypted through it, and the encrypted answer is read through it; the key is never on
+/// this machine, and no event of the run is signed by another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_signs_and_encrypts_through_a_nip46_bunker() {
+    use quorum_proto::nostr::{Filter, JsonUtil, Keys, Kind};
+    use quorum_testkit::daemon::Daemon;
+    let dir = tempfile::tempdir().unwrap();
+    let up = Daemon::spawn(
+        QUORUM,
+        &[
+            "up",
+            "--data",
+            dir.path().join("up").to_str().unwrap(),
+            "--relay-listen",
+            "127.0.0.1:0",
+            "--blossom-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(up.value_of("endpoints")).unwrap()).unwrap();
+    let relay = endpoints["relay"].as_str().expect("relay URL").to_string();
+
+    let maintainer = Keys::generate();
+    let bunker = quorum_testkit::bunker::Bunker::serve(&relay, maintainer.clone());
+    let uri = bunker.uri().to_string();
+
+    let (repo, _) = sample_repo(dir.path());
+    commit_pipeline(
+        &repo,
+        "on: [push]\njobs:\n  sign:\n    run: test \"$DEPLOY_TOKEN\" = 'from-the-vault' && mkdir -p out && echo signed > out/proof.txt\n    secrets: [DEPLOY_TOKEN]\n    artifacts: [out/proof.txt]\n",
+    );
+    let config = dir.path().join("config");
+    let args = [
+        "run",
+        repo.to_str().unwrap(),
+        "--relay",
+        &relay,
+        "--bunker",
+        &uri,
+        "--secret",
+        "DEPLOY_TOKEN",
+        "--json",
+    ];
+    let out = tokio::task::spawn_blocking({
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let config = config.clone();
+        move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_with_env(
+                QUORUM,
+                &args,
+                &[
+                    ("XDG_CONFIG_HOME", &config),
+                    ("DEPLOY_TOKEN", Path::new("from-the-vault")),
+                ],
+                RUN_TIMEOUT,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["status"], "success", "{report}");
+    assert_eq!(report["artifacts"][0]["name"], "out/proof.txt");
+    assert!(
+        !stderr.contains("from-the-vault") && !stdout.contains("from-the-vault"),
+        "the secret leaked into the output"
+    );
+    // No local identity was made: the bunker was the only signer.
+    assert!(
+        !config.join("quorum/run.nsec").exists(),
+        "a local run key was created"
+    );
+
+    // On the relay: the job request is the maintainer's, encrypted (it carries a secret) and
+    // the secret is not in the clear anywhere in it.
+    let client = nostr_sdk::Client::default();
+    client.add_relay(relay.as_str()).await.unwrap();
+    client.connect().await;
+    let requests = client
+        .fetch_events(
+            Filter::new()
+                .kind(Kind::from(5702))
+                .since(quorum_proto::nostr::Timestamp::now() - Duration::from_secs(600)),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let request = requests.first().expect("the job request is on the relay");
+    assert_eq!(request.pubkey, maintainer.public_key());
+    request.verify().unwrap();
+    assert!(
+        quorum_proto::nip90::JobRequest::is_encrypted(request),
+        "a request with a secret travels encrypted"
+    );
+    assert!(!request.as_json().contains("from-the-vault"));
+    client.shutdown().await;
+    drop(bunker);
+    assert!(up.terminate().success(), "quorum up exits 0 on SIGTERM");
+}

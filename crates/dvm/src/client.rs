@@ -87,10 +87,12 @@ impl Default for Patience {
     }
 }
 
-/// A customer connected to some relays.
+/// A customer connected to some relays, signing (and NIP-44 encrypting and decrypting) with
+/// one signer: a local key, or a NIP-46 bunker that holds the key elsewhere.
 pub struct JobClient {
     client: Client,
-    keys: Keys,
+    signer: std::sync::Arc<dyn NostrSigner>,
+    public_key: PublicKey,
     patience: Patience,
     /// `created_at` of the last request. Two identical requests signed by one key in the same
     /// second are the same event (same id): the second would be a relay duplicate whose
@@ -100,11 +102,20 @@ pub struct JobClient {
 }
 
 impl JobClient {
-    pub async fn connect(relays: &[RelayUrl], keys: Keys) -> Result<JobClient, ClientError> {
+    pub async fn connect(
+        relays: &[RelayUrl],
+        signer: impl IntoNostrSigner,
+    ) -> Result<JobClient, ClientError> {
         if relays.is_empty() {
             return Err(ClientError::NoRelays);
         }
-        let client = Client::builder().signer(keys.clone()).build();
+        let signer = signer.into_nostr_signer();
+        // Asked once: a bunker answers over the network, and the key does not change.
+        let public_key = signer
+            .get_public_key()
+            .await
+            .map_err(|e| ClientError::Sign(format!("the signer has no public key: {e}")))?;
+        let client = Client::builder().signer(signer.clone()).build();
         for url in relays {
             client
                 .add_relay(url.clone())
@@ -118,14 +129,33 @@ impl JobClient {
         publish::wait_for_any(&client, Duration::from_secs(5)).await;
         Ok(JobClient {
             client,
-            keys,
+            signer,
+            public_key,
             patience: Patience::default(),
             last_created: std::sync::Mutex::new(Timestamp::from(0)),
         })
     }
 
     pub fn public_key(&self) -> PublicKey {
-        self.keys.public_key()
+        self.public_key
+    }
+
+    /// The clear text of `content` that `other` NIP-44 encrypted to this client (or that this
+    /// client encrypted to `other`: the conversation key is the same from both sides), or
+    /// `content` itself when it is not `encrypted`.
+    async fn decrypt(
+        &self,
+        encrypted: bool,
+        content: &str,
+        other: &PublicKey,
+    ) -> Result<String, String> {
+        if !encrypted || content.is_empty() {
+            return Ok(content.to_string());
+        }
+        self.signer
+            .nip44_decrypt(other, content)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Sets how long [`JobClient::run`] waits for signs of life before giving up on a job.
@@ -148,26 +178,30 @@ impl JobClient {
 
     /// The clear content of a result for one of this client's requests, if `event` is a valid
     /// result that answers a request this client signed.
-    pub fn open_result(&self, event: &Event) -> Option<(JobResult, String)> {
+    pub async fn open_result(&self, event: &Event) -> Option<(JobResult, String)> {
         let result = JobResult::from_event(event).ok()?;
-        if result.request.pubkey != self.keys.public_key() {
+        if result.request.pubkey != self.public_key {
             return None;
         }
-        let content = result.decrypt(self.keys.secret_key(), &event.pubkey).ok()?;
+        let content = self
+            .decrypt(result.encrypted, &result.content, &event.pubkey)
+            .await
+            .ok()?;
         Some((result, content))
     }
 
     /// A request this client signed, parsed (and decrypted with our key if it was encrypted to
     /// its provider: NIP-44's conversation key is the same from both sides).
-    pub fn open_request(&self, request: &Event) -> Option<JobRequest> {
-        if request.pubkey != self.keys.public_key() {
+    pub async fn open_request(&self, request: &Event) -> Option<JobRequest> {
+        if request.pubkey != self.public_key {
             return None;
         }
         if !JobRequest::is_encrypted(request) {
             return JobRequest::from_event(request).ok();
         }
-        let parsed = JobRequest::from_event_for_author(request, self.keys.secret_key()).ok()?;
-        Some(parsed)
+        let provider = JobRequest::encrypted_to(request).ok()?;
+        let plaintext = self.decrypt(true, &request.content, &provider).await.ok()?;
+        JobRequest::from_event_with_plaintext(request, &plaintext).ok()
     }
 
     /// The DVMs that announce (NIP-89) that they serve `kind`, newest announcement per DVM,
@@ -210,9 +244,15 @@ impl JobClient {
 
     /// Signs `request` (NIP-44 encrypted to its one provider if `encrypt`), stamped at least a
     /// second after this client's previous request.
-    fn sign(&self, request: &JobRequest, encrypt: bool) -> Result<Event, ClientError> {
+    async fn sign(&self, request: &JobRequest, encrypt: bool) -> Result<Event, ClientError> {
         let builder = if encrypt {
-            request.to_encrypted_event_builder(self.keys.secret_key())?
+            let (provider, plaintext) = request.secret_payload()?;
+            let ciphertext = self
+                .signer
+                .nip44_encrypt(&provider, &plaintext)
+                .await
+                .map_err(|e| ClientError::Sign(format!("cannot encrypt the request: {e}")))?;
+            request.to_event_builder_with_ciphertext(ciphertext)
         } else {
             request.to_event_builder()
         };
@@ -224,7 +264,8 @@ impl JobClient {
         };
         builder
             .custom_created_at(created_at)
-            .sign_with_keys(&self.keys)
+            .sign(&self.signer)
+            .await
             .map_err(|e| ClientError::Sign(e.to_string()))
     }
 
@@ -232,7 +273,8 @@ impl JobClient {
     /// owns, such as approval requests).
     pub async fn publish_event(&self, builder: EventBuilder) -> Result<Event, ClientError> {
         let event = builder
-            .sign_with_keys(&self.keys)
+            .sign(&self.signer)
+            .await
             .map_err(|e| ClientError::Sign(e.to_string()))?;
         publish::publish(&self.client, &event, RetryPolicy::default()).await?;
         Ok(event)
@@ -308,7 +350,7 @@ impl JobClient {
     /// Publishes `request` without following it (for requests whose answers someone else
     /// reads); returns the published event.
     pub async fn submit(&self, request: &JobRequest, encrypt: bool) -> Result<Event, ClientError> {
-        let event = self.sign(request, encrypt)?;
+        let event = self.sign(request, encrypt).await?;
         publish::publish(&self.client, &event, RetryPolicy::default()).await?;
         Ok(event)
     }
@@ -322,7 +364,7 @@ impl JobClient {
         timeout: Duration,
         reporter: &mut dyn JobReporter,
     ) -> Result<JobOutcome, ClientError> {
-        let event = self.sign(request, encrypt)?;
+        let event = self.sign(request, encrypt).await?;
         self.follow_inner(&event, request.providers.clone(), true, timeout, reporter)
             .await
     }
@@ -339,7 +381,7 @@ impl JobClient {
         reporter: &mut dyn JobReporter,
         enough: impl Fn(&[JobOutcome]) -> bool,
     ) -> Result<(Event, Vec<JobOutcome>), ClientError> {
-        let event = self.sign(request, false)?;
+        let event = self.sign(request, false).await?;
         let answers = self
             .collect_many(&event, true, timeout, reporter, enough)
             .await?;
@@ -427,7 +469,7 @@ impl JobClient {
             if answered(&answers).contains(&answer.pubkey) {
                 continue;
             }
-            if let Some(outcome) = self.interpret(event, &answer, reporter) {
+            if let Some(outcome) = self.interpret(event, &answer, reporter).await {
                 answers.push(outcome);
             }
         };
@@ -525,7 +567,7 @@ impl JobClient {
             {
                 continue;
             }
-            match self.interpret(&event, &answer, reporter) {
+            match self.interpret(&event, &answer, reporter).await {
                 Some(JobOutcome::Error {
                     provider, feedback, ..
                 }) if working.iter().any(|other| *other != provider) => {
@@ -542,7 +584,7 @@ impl JobClient {
         }
     }
 
-    fn interpret(
+    async fn interpret(
         &self,
         request: &Event,
         answer: &Event,
@@ -555,7 +597,7 @@ impl JobClient {
                 if feedback.encrypted {
                     // The reason of an encrypted job's failure travels encrypted (NIP-90: the
                     // content of feedback on an encrypted request is encrypted too).
-                    match feedback.decrypt(self.keys.secret_key(), &provider) {
+                    match self.decrypt(true, &feedback.content, &provider).await {
                         Ok(clear) => crate::runtime::open_error(&mut feedback, clear),
                         Err(err) => {
                             tracing::warn!(provider = %provider, "cannot decrypt error feedback: {err}")
@@ -568,8 +610,9 @@ impl JobClient {
                     feedback,
                 });
             }
-            let content = feedback
-                .decrypt(self.keys.secret_key(), &provider)
+            let content = self
+                .decrypt(feedback.encrypted, &feedback.content, &provider)
+                .await
                 .unwrap_or_default();
             reporter.feedback(&provider, &feedback, &content);
             // A DVM this request was addressed to will not work unpaid, and this client pays
@@ -593,7 +636,10 @@ impl JobClient {
                 return None;
             }
         };
-        let content = match result.decrypt(self.keys.secret_key(), &provider) {
+        let content = match self
+            .decrypt(result.encrypted, &result.content, &provider)
+            .await
+        {
             Ok(content) => content,
             Err(err) => {
                 tracing::warn!(provider = %provider, "cannot decrypt a result: {err}");

@@ -458,19 +458,33 @@ impl JobRequest {
 
     /// A request whose inputs and params are NIP-44 encrypted to its single provider.
     pub fn to_encrypted_event_builder(&self, customer: &SecretKey) -> Result<EventBuilder> {
+        let (provider, plaintext) = self.secret_payload()?;
+        let ciphertext = nip44::encrypt(customer, &provider, plaintext, nip44::Version::V2)
+            .map_err(|e| Nip90Error::Encrypt(e.to_string()))?;
+        Ok(self.to_event_builder_with_ciphertext(ciphertext))
+    }
+
+    /// What an encrypted request hides, and from whom: its single provider and the clear JSON
+    /// of its inputs and params. For a signer that encrypts elsewhere (a NIP-46 bunker), which
+    /// then gives the ciphertext to [`JobRequest::to_event_builder_with_ciphertext`].
+    pub fn secret_payload(&self) -> Result<(PublicKey, String)> {
         let [provider] = self.providers.as_slice() else {
             return Err(Nip90Error::EncryptedNeedsOneProvider);
         };
         let payload: Vec<Vec<String>> = self.secret_tags().into_iter().map(Tag::to_vec).collect();
         let json =
             serde_json::to_string(&payload).map_err(|e| Nip90Error::Encrypt(e.to_string()))?;
-        let ciphertext = nip44::encrypt(customer, provider, json, nip44::Version::V2)
-            .map_err(|e| Nip90Error::Encrypt(e.to_string()))?;
+        Ok((*provider, json))
+    }
+
+    /// The encrypted request whose content is `ciphertext`, the NIP-44 encryption of
+    /// [`JobRequest::secret_payload`] from the customer to the provider.
+    pub fn to_event_builder_with_ciphertext(&self, ciphertext: String) -> EventBuilder {
         let mut tags = self.public_tags();
         tags.push(custom_tag(TAG_ENCRYPTED, Vec::<String>::new()));
-        Ok(EventBuilder::new(self.kind, ciphertext)
+        EventBuilder::new(self.kind, ciphertext)
             .tags(tags)
-            .allow_self_tagging())
+            .allow_self_tagging()
     }
 
     /// Whether the event carries the `encrypted` tag.
@@ -508,23 +522,43 @@ impl JobRequest {
         if !Self::is_encrypted(event) {
             return Self::from_event(event);
         }
+        let provider = Self::encrypted_to(event)?;
+        let request = Self::parse_public(event)?;
+        Self::decrypt_into(request, event, author, &provider)
+    }
+
+    /// The provider an encrypted request is encrypted to (its one `p`): the other side of the
+    /// NIP-44 conversation when its author reads it back.
+    pub fn encrypted_to(event: &Event) -> Result<PublicKey> {
         let request = Self::parse_public(event)?;
         let [provider] = request.providers.as_slice() else {
             return Err(Nip90Error::EncryptedNeedsOneProvider);
         };
-        let provider = *provider;
-        Self::decrypt_into(request, event, author, &provider)
+        Ok(*provider)
+    }
+
+    /// Parses an encrypted request whose content someone already decrypted (e.g. a NIP-46
+    /// bunker holding the author's key): `plaintext` is the clear JSON of its inputs and params.
+    pub fn from_event_with_plaintext(event: &Event, plaintext: &str) -> Result<Self> {
+        if !Self::is_encrypted(event) {
+            return Self::from_event(event);
+        }
+        Self::with_secret_payload(Self::parse_public(event)?, plaintext)
     }
 
     fn decrypt_into(
-        mut request: JobRequest,
+        request: JobRequest,
         event: &Event,
         secret: &SecretKey,
         other: &PublicKey,
     ) -> Result<Self> {
         let plaintext = nip44::decrypt(secret, other, &event.content)
             .map_err(|e| Nip90Error::Decrypt(e.to_string()))?;
-        let tags: Vec<Vec<String>> = serde_json::from_str(&plaintext)
+        Self::with_secret_payload(request, &plaintext)
+    }
+
+    fn with_secret_payload(mut request: JobRequest, plaintext: &str) -> Result<Self> {
+        let tags: Vec<Vec<String>> = serde_json::from_str(plaintext)
             .map_err(|e| Nip90Error::EncryptedPayload(e.to_string()))?;
         for tag in &tags {
             match tag.first().map(String::as_str) {
@@ -997,14 +1031,20 @@ mod tests {
         assert!(!parsed.is_for(&customer.public_key()));
     }
 
-    #[test]
-    fn encrypted_request_hides_inputs_and_round_trips() {
+    /// A customer, a provider and a request to it carrying a secret.
+    fn request_with_a_secret() -> (Keys, Keys, JobRequest) {
         let customer = Keys::generate();
         let provider = Keys::generate();
         let mut request = sample_request(provider.public_key());
         request
             .params
             .push(JobParam::new("secret", "TOKEN=hunter2"));
+        (customer, provider, request)
+    }
+
+    #[test]
+    fn encrypted_request_hides_inputs_and_round_trips() {
+        let (customer, provider, request) = request_with_a_secret();
         let event = sign(
             request
                 .to_encrypted_event_builder(customer.secret_key())
@@ -1026,6 +1066,46 @@ mod tests {
         assert!(matches!(
             JobRequest::from_event_for(&event, other.secret_key()),
             Err(Nip90Error::Decrypt(_))
+        ));
+    }
+
+    /// The steps a remote signer (NIP-46 bunker) takes one by one: the payload to encrypt
+    /// elsewhere, the event around its ciphertext, and reading it back from a plaintext
+    /// decrypted elsewhere, agree with the one-step local-key functions.
+    #[test]
+    fn a_request_encrypted_by_a_remote_signer_reads_as_a_local_one() {
+        let (customer, provider, request) = request_with_a_secret();
+        let (to, plaintext) = request.secret_payload().unwrap();
+        assert_eq!(to, provider.public_key());
+        let ciphertext =
+            nip44::encrypt(customer.secret_key(), &to, &plaintext, nip44::Version::V2).unwrap();
+        let event = sign(
+            request.to_event_builder_with_ciphertext(ciphertext),
+            &customer,
+        );
+        assert!(JobRequest::is_encrypted(&event));
+        assert!(!event.as_json().contains("hunter2"));
+        // The provider reads it as any encrypted request.
+        let parsed = JobRequest::from_event_for(&event, provider.secret_key()).unwrap();
+        assert_eq!(parsed.params, request.params);
+        // The author, through its signer: the other side is the one provider.
+        assert_eq!(
+            JobRequest::encrypted_to(&event).unwrap(),
+            provider.public_key()
+        );
+        let clear = nip44::decrypt(
+            customer.secret_key(),
+            &provider.public_key(),
+            &event.content,
+        )
+        .unwrap();
+        let own = JobRequest::from_event_with_plaintext(&event, &clear).unwrap();
+        assert_eq!(own.inputs, request.inputs);
+        assert_eq!(own.params, request.params);
+        // A plaintext that is not our payload is refused, not half read.
+        assert!(matches!(
+            JobRequest::from_event_with_plaintext(&event, "[[\"p\", \"x\"]]"),
+            Err(Nip90Error::EncryptedPayload(_))
         ));
     }
 

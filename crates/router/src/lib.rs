@@ -760,9 +760,16 @@ pub async fn recover(
     let (ours, others): (Vec<Event>, Vec<Event>) = events
         .into_iter()
         .partition(|e| e.pubkey == client.public_key());
+    // Our own requests, opened once (through a bunker, each opening is a round trip).
+    let mut opened_requests: HashMap<EventId, JobRequest> = HashMap::new();
+    for event in &ours {
+        if let Some(request) = client.open_request(event).await {
+            opened_requests.insert(event.id, request);
+        }
+    }
     let chains: Vec<chain::Recorded> = ours
         .iter()
-        .filter_map(|event| chain::Recorded::of(event, client.open_request(event)?))
+        .filter_map(|event| chain::Recorded::of(event, opened_requests.get(&event.id)?.clone()))
         .collect();
     // A later chain step counts only if the runner of the step before it signed it.
     let steps: Vec<(Event, String, PublicKey)> = others
@@ -792,11 +799,11 @@ pub async fn recover(
         .unwrap_or_default();
     let mut records: HashMap<String, JobRecord> = HashMap::new();
     for answer in &answers {
-        let opened = match client.open_result(answer) {
+        let opened = match client.open_result(answer).await {
             // The job id travels in the (possibly encrypted) request: read it from the
             // result's embedded copy, decrypting with our own key when needed.
-            Some((result, content)) => client
-                .open_request(&result.request)
+            Some((result, content)) => opened_requests
+                .get(&result.request.id)
                 .and_then(|r| r.param_value(PARAM_JOB).map(str::to_string))
                 .map(|job| (job, result, content)),
             // A chain step a runner handed on: clear, and answered by the runner it names.
@@ -830,8 +837,8 @@ pub async fn recover(
     // Each interrupted chain goes on from its first unfinished step; the newest chain wins.
     let mut requested: HashMap<String, &Event> = HashMap::new();
     for event in &ours {
-        if let Some(job) = client
-            .open_request(event)
+        if let Some(job) = opened_requests
+            .get(&event.id)
             .and_then(|r| r.param_value(PARAM_JOB).map(str::to_string))
         {
             requested.insert(job, event);

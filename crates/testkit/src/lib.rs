@@ -5,6 +5,7 @@
 //! second opinion on what our servers serve, and the harness for running our daemons as child
 //! processes.
 
+pub mod bunker;
 pub mod daemon;
 pub mod git;
 pub mod node;

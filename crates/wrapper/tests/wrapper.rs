@@ -393,7 +393,7 @@ async fn wrappers_of_nostr_tools_dvms_agree_on_checked_results_and_a_liar_is_cau
     for member in &maintainer.members()[..2] {
         let result = &answers[&member.public_key()];
         assert_eq!(
-            client.open_result(result).unwrap().1,
+            client.open_result(result).await.unwrap().1,
             honest_digest(TEXT),
             "the inner content, unchanged"
         );
@@ -411,7 +411,11 @@ async fn wrappers_of_nostr_tools_dvms_agree_on_checked_results_and_a_liar_is_cau
             "{result:?}"
         );
     }
-    let lie = client.open_result(&answers[&liar.public_key()]).unwrap().1;
+    let lie = client
+        .open_result(&answers[&liar.public_key()])
+        .await
+        .unwrap()
+        .1;
     assert_ne!(
         lie,
         honest_digest(TEXT),
@@ -443,8 +447,14 @@ async fn wrappers_of_nostr_tools_dvms_agree_on_checked_results_and_a_liar_is_cau
     assert_eq!(files, [("digest.txt".to_string(), sha.clone())]);
     assert_eq!(tag_values(&file_event, "wrapper"), [[KIND.to_string()]]);
     let answers = results(&client, record).await;
-    let content: serde_json::Value =
-        serde_json::from_str(&client.open_result(&answers[&liar.public_key()]).unwrap().1).unwrap();
+    let content: serde_json::Value = serde_json::from_str(
+        &client
+            .open_result(&answers[&liar.public_key()])
+            .await
+            .unwrap()
+            .1,
+    )
+    .unwrap();
     assert_eq!(
         content["artifacts"][0]["sha256"], sha,
         "the liar claimed the honest file's hash"

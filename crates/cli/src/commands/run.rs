@@ -141,18 +141,33 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     } else {
         (None, super::relay_urls(&args.relays)?, Vec::new())
     };
-    let key_path = match &args.key {
-        Some(path) => path.clone(),
-        None => default_identity()?,
+    // The run's identity: a key file (the default one is made on first use) or a bunker,
+    // opened before the run so that a bad key file or bunker URI stops it before any build.
+    let (signer, signer_source) = match &args.bunker {
+        Some(uri) => (
+            super::signer::Signer::open(None, Some(uri))
+                .await
+                .context("--bunker")?,
+            "through the bunker".to_string(),
+        ),
+        None => {
+            let path = match &args.key {
+                Some(path) => path.clone(),
+                None => default_identity()?,
+            };
+            let keys = quorum_dvm::keyfile::load_or_create(&path)?;
+            let source = format!("key {}", path.display());
+            (super::signer::Signer::Local(keys), source)
+        }
     };
-    let keys = quorum_dvm::keyfile::load_or_create(&key_path)?;
+    let run_key = signer.public_key().await?;
     if !args.json {
         eprintln!(
-            "signing as {} (key {})",
-            quorum_proto::nostr::ToBech32::to_bech32(&keys.public_key()).unwrap_or_default(),
-            key_path.display()
+            "signing as {} ({signer_source})",
+            quorum_proto::nostr::ToBech32::to_bech32(&run_key).unwrap_or_default(),
         );
     }
+    let (run_signer, run_bunker) = signer.into_shared();
     // Opened before the run, so that a bad key file or bunker URI stops it before any build.
     let (nip82_signer, nip82_bunker) =
         match (args.nip82_key.as_deref(), args.nip82_bunker.as_deref()) {
@@ -165,7 +180,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
                 (Some(shared), bunker)
             }
         };
-    let client = JobClient::connect(&relays, keys.clone()).await?;
+    let client = JobClient::connect(&relays, run_signer.clone()).await?;
     let runners = if embedded.is_some() {
         runners
     } else {
@@ -201,11 +216,11 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             ),
             _ => context.repo_id = Some(quorum.mandate.repo.clone()),
         }
-        if !quorum.mandate.rules.admits(&keys.public_key(), None) {
+        if !quorum.mandate.rules.admits(&run_key, None) {
             bail!(
                 "mandate {id} names who may request its quorum's jobs, and this run's key {} is \
                  not among them: pass --key with a key the mandate names",
-                keys.public_key().to_hex()
+                run_key.to_hex()
             );
         }
         context.quorum = Some(
@@ -220,15 +235,8 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
                  `quorum mandate create`)"
             );
         };
-        let quorum = local_quorum(
-            network,
-            &dir,
-            &mut context,
-            &quorum_sizes,
-            &args,
-            keys.public_key(),
-        )
-        .await?;
+        let quorum =
+            local_quorum(network, &dir, &mut context, &quorum_sizes, &args, run_key).await?;
         context.quorum = Some(
             quorum
                 .with_source(&client, &context.repo, &context.commit)
@@ -248,7 +256,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
                 };
                 Some(std::sync::Arc::new(quorum_pay::WalletPayer {
                     wallet: quorum_pay::PayWallet::open_in(&dir, mint).await?,
-                    refund_to: keys.public_key(),
+                    refund_to: run_key,
                 }))
             }
             _ => None,
@@ -270,7 +278,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     }
     // Copies go first, so that the release's events list them (the embedded Blossom, the
     // source, is still up).
-    let blossom = quorum_blossom::client::BlossomClient::new(keys.clone());
+    let blossom = quorum_blossom::client::BlossomClient::new(run_signer.clone());
     // NIP-C1's `w` hashes the file's bytes, which `git` above trims: read them as they are.
     let ci_source = Command::new("git")
         .arg("-C")
@@ -343,7 +351,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
                 id.to_hex(),
                 release.assets.len(),
                 match release.nip82_signer {
-                    Some(key) if key != keys.public_key() => key.to_hex(),
+                    Some(key) if key != run_key => key.to_hex(),
                     _ => "this run's key".to_string(),
                 }
             );
@@ -368,8 +376,11 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     }
     client.shutdown().await;
     drop(nip82_signer);
-    if let Some(bunker) = nip82_bunker.and_then(|b| std::sync::Arc::try_unwrap(b).ok()) {
-        bunker.shutdown().await;
+    drop(run_signer);
+    for bunker in [nip82_bunker, run_bunker].into_iter().flatten() {
+        if let Ok(bunker) = std::sync::Arc::try_unwrap(bunker) {
+            bunker.shutdown().await;
+        }
     }
     if let Some(network) = embedded {
         network.shutdown().await?;
