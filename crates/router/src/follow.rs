@@ -120,6 +120,9 @@ pub enum FollowEvent {
         /// The run id (§9), when the request pins the plan hash.
         run: Option<String>,
     },
+    /// The run id, learned after [`FollowEvent::Run`] when the request did not pin the plan
+    /// hash: the router's first step names its run (`ci-run`).
+    RunId { run: String },
     /// The router took the run.
     Taken { router: String },
     /// A job started; `providers` are the DVMs its request went to (none yet known, or an
@@ -518,6 +521,18 @@ impl RunState {
         let Some(job) = request.param_value(PARAM_JOB).map(str::to_string) else {
             return;
         };
+        // A run request without a plan hash names no run id; the router's first step for it
+        // does (`ci-run`, the run's NIP-C1 address under the router's key), long before the
+        // run's result would.
+        if self.run_id.is_none()
+            && let Some(address) = request
+                .param_value(quorum_proto::nipc1::PARAM_CI_RUN)
+                .and_then(|a| quorum_proto::nipc1::RunAddress::parse(a).ok())
+            && address.coordinator == event.pubkey
+        {
+            self.run_id = Some(address.run.clone());
+            sink(FollowEvent::RunId { run: address.run });
+        }
         let providers: Vec<String> = request.providers.iter().map(|p| p.to_hex()).collect();
         self.trusted.extend(request.providers.iter().copied());
         self.subrequests.insert(

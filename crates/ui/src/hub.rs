@@ -283,6 +283,7 @@ impl RunView {
                 self.router = router;
                 self.run_id = run;
             }
+            FollowEvent::RunId { run } => self.run_id = Some(run),
             FollowEvent::Taken { router } => {
                 self.taken = true;
                 self.router.get_or_insert(router);

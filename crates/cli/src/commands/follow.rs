@@ -94,6 +94,7 @@ fn print(event: &FollowEvent, json: bool) {
                 .map(|r| format!(", routed by {}", short(r)))
                 .unwrap_or_default()
         ),
+        FollowEvent::RunId { run } => eprintln!("run id {}", sanitize(run)),
         FollowEvent::Taken { router } => eprintln!("router {} took the run", short(router)),
         FollowEvent::JobStarted { job, providers, .. } if providers.is_empty() => {
             eprintln!("{}", sanitize(&started_line(job)))
