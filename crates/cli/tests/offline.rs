@@ -364,18 +364,19 @@ async fn with_the_maintainer_gone_daemons_take_a_signed_push_to_a_verified_relea
     // new attempt's CI status says `manual` and quotes the trigger.
     let pipeline_file = std::fs::read(work.join(".quorum/pipeline.yml")).unwrap();
     let workflow_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&pipeline_file));
-    let retry = |author: &Keys| {
+    let retry_of = |author: &Keys, workflow_hash: &str| {
         EventBuilder::new(Kind::Custom(9840), "")
             .tags([
                 Tag::public_key(router_key),
                 Tag::parse(["a", repository.as_str()]).unwrap(),
                 Tag::parse(["c", second.as_str()]).unwrap(),
-                Tag::parse(["w", ".quorum/pipeline.yml", workflow_hash.as_str()]).unwrap(),
+                Tag::parse(["w", ".quorum/pipeline.yml", workflow_hash]).unwrap(),
                 Tag::parse(["r", "refs/heads/main"]).unwrap(),
             ])
             .sign_with_keys(author)
             .unwrap()
     };
+    let retry = |author: &Keys| retry_of(author, &workflow_hash);
     let stranger = retry(&Keys::generate());
     let maintainer = Keys::parse(std::fs::read_to_string(&key).unwrap().trim()).unwrap();
     client.send_event(&stranger).await.unwrap();
@@ -413,6 +414,22 @@ async fn with_the_maintainer_gone_daemons_take_a_signed_push_to_a_verified_relea
         .await
         .unwrap();
     assert!(requests.is_empty(), "a stranger's trigger starts nothing");
+
+    // A maintainer's retry of a workflow file other than the one at the commit (its `w`
+    // hash differs) builds nothing, and its CI status says why.
+    let mismatched = retry_of(&maintainer, &"ab".repeat(32));
+    client.send_event(&mismatched).await.unwrap();
+    let refused = manual_attempt(&client, &router_key, &mismatched.id).await;
+    let refused = quorum_proto::nipc1::CiWorkflowResult::from_event(&refused).unwrap();
+    assert_eq!(
+        refused.conclusion,
+        quorum_proto::nipc1::Conclusion::StartupFailure
+    );
+    assert!(
+        refused.content.contains("names workflow sha256"),
+        "the failure names the mismatch: {}",
+        refused.content
+    );
 
     client.shutdown().await;
     watcher.terminate();

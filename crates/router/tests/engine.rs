@@ -1619,6 +1619,73 @@ async fn a_routed_push_run_publishes_ci_events_that_gitworkshop_and_the_spec_acc
     files.sort();
     assert_eq!(files, ["out/dist.tar", "out/hello.txt"]);
 
+    // A stranger replays the router's `build` step under its own key, naming the router's
+    // run (`ci-run`) and a job of its choosing: the runner does the work it was asked for,
+    // but speaks only about its requester's runs, so no job result appears in the router's
+    // run and the router's CI status stays as it was.
+    let step = client
+        .fetch_events(
+            Filter::new()
+                .kind(Kind::from(5702))
+                .author(router_keys.public_key()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| {
+            quorum_proto::nip90::JobRequest::from_event(e)
+                .is_ok_and(|r| r.param_value("job") == Some("build"))
+        })
+        .expect("the router's build step is on the relay");
+    let mut forged = quorum_proto::nip90::JobRequest::from_event(&step).unwrap();
+    assert!(
+        forged.param_value(nipc1::PARAM_CI_RUN).is_some(),
+        "the router's step names its run"
+    );
+    for param in &mut forged.params {
+        if param.key == "job" {
+            param.values = vec!["forged".into()];
+        }
+    }
+    let stranger = Keys::generate();
+    let forged = forged.to_event_builder().sign_with_keys(&stranger).unwrap();
+    client.send_event(&forged).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answers = client
+            .fetch_events(
+                Filter::new().kind(Kind::from(6702)).event(forged.id),
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        if let Some(answer) = answers.first() {
+            let result = quorum_proto::nip90::JobResult::from_event(answer).unwrap();
+            let report: quorum_proto::step::StepReport =
+                serde_json::from_str(&result.content).unwrap();
+            assert!(report.succeeded(), "the work itself is done: {report:?}");
+            assert_eq!(report.ci_job_result, None, "{report:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the runner did not answer the stranger"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = ci_events(&network.relay, &repo_id).await;
+    let job_results: Vec<String> = after
+        .iter()
+        .filter_map(|e| nipc1::CiJobResult::from_event(e).ok())
+        .map(|j| j.job)
+        .collect();
+    assert_eq!(job_results.len(), 2, "{job_results:?}");
+    assert!(
+        !job_results.iter().any(|j| j == "forged"),
+        "{job_results:?}"
+    );
+
     client.shutdown().await;
     router.shutdown().await;
     runner.shutdown().await;
