@@ -999,7 +999,19 @@ pub struct DemoArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The file to check.
-    pub file: PathBuf,
+    #[arg(required_unless_present = "image", conflicts_with = "image")]
+    pub file: Option<PathBuf>,
+
+    /// Check an OCI image a release lists instead of a file: `HOST[:PORT]/NAME@sha256:<manifest
+    /// digest>`. Its manifest is fetched from that registry (e.g. `quorum blossom`'s `/v2/`),
+    /// re-hashed, and its digest checked as a file's sha256 is.
+    #[arg(long, value_name = "NAME@sha256:DIGEST")]
+    pub image: Option<String>,
+
+    /// A registry (`host[:port]`) --image may reach over plain HTTP although it is not on
+    /// loopback (repeat for several).
+    #[arg(long = "insecure-registry", value_name = "HOST", requires = "image")]
+    pub insecure_registries: Vec<String>,
 
     /// The repository the file must be a release of: `30617:<owner hex>:<d>` or its
     /// `naddr1…`. Without it nothing verifies: verify reports what it found and fails.

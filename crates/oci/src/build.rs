@@ -72,7 +72,7 @@ pub fn build(input: &Path, out: &Path) -> Result<BuiltImage, OciError> {
     fs::create_dir_all(out).map_err(|e| OciError::io("creating", out, e))?;
     let meta = fs::metadata(input).map_err(|e| OciError::io("reading", input, e))?;
     if meta.is_dir() && input.join("index.json").is_file() && input.join("oci-layout").is_file() {
-        return from_layout(input);
+        return from_layout(input, false);
     }
     let (layer, diff_id) = if meta.is_dir() {
         pack_dir(input, out)?
@@ -143,33 +143,67 @@ fn descriptor(media: MediaType, blob: &BlobFile) -> Result<Descriptor, OciError>
     Ok(Descriptor::new(media, blob.size, digest))
 }
 
-/// The first manifest of an OCI layout, with its config and layers, as they are.
-fn from_layout(dir: &Path) -> Result<BuiltImage, OciError> {
+/// The image of an OCI layout a build wrote (an `oci:` artifact): its only manifest, which
+/// must be an OCI image manifest, with its config and layers, each re-hashed.
+///
+/// The layout lies in a work dir a job controlled, and the runner reads it on the host, so
+/// nothing in it may be a symlink (a job could point a blob at a host file) and
+/// `index.json` must name exactly one manifest (what builders agree on must be unambiguous).
+pub fn read_layout(dir: &Path) -> Result<BuiltImage, OciError> {
+    from_layout(dir, true)
+}
+
+/// The first (`strict`: the only) manifest of an OCI layout, with its config and layers, as
+/// they are. Symlinks are never followed inside the layout.
+fn from_layout(dir: &Path, strict: bool) -> Result<BuiltImage, OciError> {
     let bad = |reason: String| OciError::Image(dir.display().to_string(), reason);
+    for sub in ["blobs", "blobs/sha256"] {
+        let path = dir.join(sub);
+        let meta = fs::symlink_metadata(&path).map_err(|e| OciError::io("reading", &path, e))?;
+        if !meta.is_dir() {
+            return Err(bad(format!("{sub} is not a directory")));
+        }
+    }
     let index_path = dir.join("index.json");
-    let index: ImageIndex = serde_json::from_slice(
-        &fs::read(&index_path).map_err(|e| OciError::io("reading", &index_path, e))?,
-    )
-    .map_err(|e| bad(format!("index.json: {e}")))?;
-    let first = index
-        .manifests()
-        .first()
-        .ok_or_else(|| bad("index.json lists no manifest".into()))?;
+    let index: ImageIndex = serde_json::from_slice(&read_regular(&index_path)?)
+        .map_err(|e| bad(format!("index.json: {e}")))?;
+    let first = match index.manifests().as_slice() {
+        [] => return Err(bad("index.json lists no manifest".into())),
+        [only] => only,
+        [first, ..] if !strict => first,
+        more => {
+            return Err(bad(format!(
+                "index.json lists {} manifests; an artifact layout holds one image",
+                more.len()
+            )));
+        }
+    };
+    if strict && first.media_type() != &MediaType::ImageManifest {
+        return Err(bad(format!(
+            "index.json names a {}, not an OCI image manifest ({})",
+            first.media_type(),
+            MediaType::ImageManifest
+        )));
+    }
     let blob = |d: &str| -> Result<BlobFile, OciError> {
         let digest = Digest::parse(d).ok_or_else(|| bad(format!("{d} is not a sha256 digest")))?;
         let path = dir.join("blobs/sha256").join(digest.hex());
-        let (actual, size) = hash_file(&path)?;
+        let (actual, size) = hash_regular(&path)?;
         if actual != digest {
             return Err(bad(format!("blob {digest} hashes to {actual}")));
         }
         Ok(BlobFile { digest, size, path })
     };
     let manifest_blob = blob(first.digest().as_ref())?;
-    let manifest: ImageManifest = serde_json::from_slice(
-        &fs::read(&manifest_blob.path)
-            .map_err(|e| OciError::io("reading", &manifest_blob.path, e))?,
-    )
-    .map_err(|e| bad(format!("manifest {}: {e}", manifest_blob.digest)))?;
+    let manifest: ImageManifest = serde_json::from_slice(&read_regular(&manifest_blob.path)?)
+        .map_err(|e| bad(format!("manifest {}: {e}", manifest_blob.digest)))?;
+    if strict && manifest.media_type().as_ref() != Some(&MediaType::ImageManifest) {
+        return Err(bad(format!(
+            "manifest {} has no mediaType {}",
+            manifest_blob.digest,
+            MediaType::ImageManifest
+        )));
+    }
     let mut blobs = vec![blob(manifest.config().digest().as_ref())?];
     for layer in manifest.layers() {
         blobs.push(blob(layer.digest().as_ref())?);
@@ -178,6 +212,38 @@ fn from_layout(dir: &Path) -> Result<BuiltImage, OciError> {
         manifest: manifest_blob.digest.clone(),
         blobs: blobs.into_iter().chain([manifest_blob]).collect(),
     })
+}
+
+/// Opens a regular file, refusing a symlink in its last component.
+fn open_regular(path: &Path) -> Result<fs::File, OciError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| OciError::io("opening", path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| OciError::io("reading", path, e))?;
+    if !meta.is_file() {
+        return Err(OciError::Image(
+            path.display().to_string(),
+            "not a regular file".into(),
+        ));
+    }
+    Ok(file)
+}
+
+fn read_regular(path: &Path) -> Result<Vec<u8>, OciError> {
+    let mut bytes = Vec::new();
+    open_regular(path)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| OciError::io("reading", path, e))?;
+    Ok(bytes)
+}
+
+fn hash_regular(path: &Path) -> Result<(Digest, u64), OciError> {
+    hash_open(open_regular(path)?, path)
 }
 
 /// A directory as one deterministic gzip layer; returns the blob and the diff id.
@@ -304,7 +370,13 @@ fn hash_reader(mut r: impl Read) -> io::Result<Digest> {
 
 /// The sha256 and size of a file.
 pub fn hash_file(path: &Path) -> Result<(Digest, u64), OciError> {
-    let f = fs::File::open(path).map_err(|e| OciError::io("opening", path, e))?;
+    hash_open(
+        fs::File::open(path).map_err(|e| OciError::io("opening", path, e))?,
+        path,
+    )
+}
+
+fn hash_open(f: fs::File, path: &Path) -> Result<(Digest, u64), OciError> {
     let size = f
         .metadata()
         .map_err(|e| OciError::io("reading", path, e))?
@@ -341,4 +413,86 @@ pub async fn push(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An OCI layout of a one-file root, written by [`build`] and laid out as skopeo does.
+    fn layout(dir: &Path) -> (PathBuf, BuiltImage) {
+        let root = dir.join("root");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/hello"), "hi\n").unwrap();
+        let image = build(&root, &dir.join("made")).unwrap();
+        let out = dir.join("layout");
+        fs::create_dir_all(out.join("blobs/sha256")).unwrap();
+        for blob in &image.blobs {
+            fs::copy(&blob.path, out.join("blobs/sha256").join(blob.digest.hex())).unwrap();
+        }
+        let manifest = image.blobs.last().unwrap();
+        let entry = format!(
+            r#"{{"mediaType":"{}","digest":"{}","size":{}}}"#,
+            MediaType::ImageManifest,
+            manifest.digest,
+            manifest.size
+        );
+        fs::write(
+            out.join("index.json"),
+            format!(r#"{{"schemaVersion":2,"manifests":[{entry}]}}"#),
+        )
+        .unwrap();
+        fs::write(out.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        (out, image)
+    }
+
+    #[test]
+    fn an_artifact_layout_is_read_with_every_blob_rehashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, image) = layout(dir.path());
+        let read = read_layout(&out).unwrap();
+        assert_eq!(read.manifest, image.manifest);
+        assert_eq!(read.blobs.len(), 3);
+        assert_eq!(read.blobs.last().unwrap().digest, image.manifest);
+    }
+
+    #[test]
+    fn an_artifact_layout_with_a_symlink_a_second_manifest_or_a_bad_blob_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, image) = layout(dir.path());
+        let config = &image.blobs[0];
+        let config_path = out.join("blobs/sha256").join(config.digest.hex());
+
+        // A blob that is a symlink (to a host file with the same bytes, even) is refused.
+        let elsewhere = dir.path().join("elsewhere");
+        fs::rename(&config_path, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &config_path).unwrap();
+        let err = read_layout(&out).unwrap_err().to_string();
+        assert!(err.contains(&config.digest.hex().to_string()), "{err}");
+        // `quorum image push` of one's own layout does not care: it is not a job's output.
+        fs::remove_file(&config_path).unwrap();
+        fs::rename(&elsewhere, &config_path).unwrap();
+
+        // A blob whose bytes are not its name.
+        let good = fs::read(&config_path).unwrap();
+        fs::write(&config_path, b"{}").unwrap();
+        let err = read_layout(&out).unwrap_err().to_string();
+        assert!(err.contains("hashes to"), "{err}");
+        fs::write(&config_path, &good).unwrap();
+
+        // Two manifests: which one the builders agree on would be ambiguous.
+        let index = fs::read_to_string(out.join("index.json")).unwrap();
+        let entry = &index[index.find("[{").unwrap() + 1..index.rfind("}]").unwrap() + 1];
+        fs::write(
+            out.join("index.json"),
+            index.replace(entry, &format!("{entry},{entry}")),
+        )
+        .unwrap();
+        let err = read_layout(&out).unwrap_err().to_string();
+        assert!(err.contains("lists 2 manifests"), "{err}");
+        assert!(
+            build(&out, &dir.path().join("again")).is_ok(),
+            "push takes the first"
+        );
+    }
 }

@@ -317,9 +317,10 @@ impl ImageCache {
         }
         let mut unpacker = Unpacker::with_limit(&rootfs, self.cap_bytes);
         let mut layers = Vec::new();
-        // Applied so far, kept until the image is complete: if a layer streamed into the root
-        // turns out not to be the verified bytes, the root is rebuilt from these files.
-        let mut applied: Vec<(PathBuf, String, String)> = Vec::new();
+        // Applied so far: if a layer streamed into the root turns out not to be the verified
+        // bytes, the root is rebuilt from these layers, fetched again into files (streamed
+        // layers are never written to disk; see `Fetcher::fetch_tee`).
+        let mut applied: Vec<(PathBuf, String, String, Digest, u64)> = Vec::new();
         for layer in manifest.layers() {
             let d = Digest::parse(layer.digest().as_ref())
                 .ok_or_else(|| bad(&resolved, "a layer is not a sha256 digest".into()))?;
@@ -366,16 +367,26 @@ impl ImageCache {
                 .map_err(|e| OciError::io("unpacking", Path::new(&name), io::Error::other(e)))?;
             unpacker = returned;
             let (_, complete) = fetched?;
-            applied.push((path.clone(), media, name));
+            applied.push((path.clone(), media, name, d.clone(), declared));
             match (complete, streamed) {
                 (true, Ok(())) => {}
                 // The verified bytes themselves do not unpack: the layer is bad.
                 (true, Err(e)) => return Err(e),
                 // The streamed bytes were not (all) the verified ones: start the root again.
                 (false, _) => {
+                    for (path, _, _, digest, declared) in &applied {
+                        if !path.exists() {
+                            self.fetcher
+                                .fetch(image, digest, BlobKind::Blob, *declared, path)
+                                .await?;
+                        }
+                    }
                     let root = rootfs.clone();
                     let cap = self.cap_bytes;
-                    let replay = applied.clone();
+                    let replay: Vec<_> = applied
+                        .iter()
+                        .map(|(p, m, n, _, _)| (p.clone(), m.clone(), n.clone()))
+                        .collect();
                     unpacker = spawn(move || -> Result<Unpacker, OciError> {
                         remove_any(&root).map_err(|e| OciError::io("clearing", &root, e))?;
                         fs::create_dir(&root).map_err(|e| OciError::io("creating", &root, e))?;
@@ -390,7 +401,7 @@ impl ImageCache {
             }
             layers.push(d.to_string());
         }
-        for (path, _, _) in &applied {
+        for (path, ..) in &applied {
             let _ = fs::remove_file(path);
         }
         let root = rootfs.clone();

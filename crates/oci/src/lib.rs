@@ -12,7 +12,8 @@
 //! - [`cache`]: unpacked roots keyed by manifest digest, shared by jobs and processes, capped
 //!   with LRU eviction, never half-visible;
 //! - [`build`]: making an image from a root filesystem tarball or an OCI layout and uploading
-//!   it to Blossom (`quorum image push`).
+//!   it to Blossom (`quorum image push`), and reading the layout a job wrote as an `oci:`
+//!   artifact ([`build::read_layout`]: one image manifest, no symlinks, every blob re-hashed).
 //!
 //! References themselves ([`ImageRef`], [`Digest`]) are protocol types and live in
 //! `quorum_proto::image`, so that the pipeline crate can lint and hash them without I/O.

@@ -89,6 +89,34 @@ async fn pushed(dir: &Path, server: &url::Url, id: &str, extra: usize) -> (Built
     (image, reference)
 }
 
+/// A Blossom-like server on loopback serving `blobs` (sha256 hex, file) by `GET /<hex>`, with
+/// the last byte of blob `bad` flipped.
+async fn hostile_server(blobs: Vec<(String, PathBuf)>, bad: String) -> url::Url {
+    use axum::extract::Path as UrlPath;
+    let blobs = Arc::new(blobs);
+    let app = axum::Router::new().route(
+        "/{hash}",
+        axum::routing::get(move |UrlPath(hash): UrlPath<String>| {
+            let (blobs, bad) = (blobs.clone(), bad.clone());
+            async move {
+                let Some((_, path)) = blobs.iter().find(|(h, _)| *h == hash) else {
+                    return Err(axum::http::StatusCode::NOT_FOUND);
+                };
+                let mut bytes = std::fs::read(path).unwrap();
+                if hash == bad {
+                    let last = bytes.len() - 1;
+                    bytes[last] ^= 1;
+                }
+                Ok(bytes)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 fn cache(dir: &Path, server: &url::Url, cap: u64) -> ImageCache {
     ImageCache::open(dir, cap, Fetcher::new(vec![server.clone()], Vec::new())).unwrap()
 }
@@ -125,34 +153,16 @@ async fn two_jobs_on_one_image_fetch_it_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_blob_is_refused_and_named() {
-    use axum::extract::Path as UrlPath;
     let dir = tempfile::tempdir().unwrap();
     let server = blossom(dir.path()).await;
     let (image, reference) = pushed(dir.path(), &server.url, "beta", 0).await;
     // A hostile server that has every blob, with one byte changed in the layer.
-    let layer = image.blobs[1].clone();
-    let blobs = Arc::new(image.blobs.clone());
-    let app = axum::Router::new().route(
-        "/{hash}",
-        axum::routing::get(move |UrlPath(hash): UrlPath<String>| {
-            let blobs = blobs.clone();
-            let layer = layer.digest.hex().to_owned();
-            async move {
-                let Some(blob) = blobs.iter().find(|b| b.digest.hex() == hash) else {
-                    return Err(axum::http::StatusCode::NOT_FOUND);
-                };
-                let mut bytes = std::fs::read(&blob.path).unwrap();
-                if hash == layer {
-                    let last = bytes.len() - 1;
-                    bytes[last] ^= 1;
-                }
-                Ok(bytes)
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hostile = url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let blobs = image
+        .blobs
+        .iter()
+        .map(|b| (b.digest.hex().to_owned(), b.path.clone()))
+        .collect();
+    let hostile = hostile_server(blobs, image.blobs[1].digest.hex().to_owned()).await;
 
     let cache = cache(&dir.path().join("cache"), &hostile, 1 << 30);
     let err = cache.get(&reference).await.unwrap_err();
@@ -358,4 +368,67 @@ async fn an_image_named_by_tag_is_resolved_through_the_registry_then_fetched_by_
         std::fs::read_to_string(lease.root().join("etc/os-release")).unwrap(),
         "ID=delta\n"
     );
+}
+
+/// Two layers; a server that serves the first right and the second corrupted, then an honest
+/// one. The first layer was unpacked as it streamed (and never written to disk); when the
+/// second turns out wrong, the root is rebuilt from both layers fetched again, and the image is
+/// exactly lower + upper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_later_layer_rebuilds_the_root_from_every_layer_fetched_again() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = blossom(dir.path()).await;
+    let (lower, _) = pushed(dir.path(), &server.url, "lower", 1 << 20).await;
+    let (upper, _) = pushed(dir.path(), &server.url, "upper", 0).await;
+    let (config, lower_layer, upper_layer) = (&lower.blobs[0], &lower.blobs[1], &upper.blobs[1]);
+    let descriptor = |media: &str, blob: &quorum_oci::build::BlobFile| {
+        format!(
+            r#"{{"mediaType":"{media}","digest":"{}","size":{}}}"#,
+            blob.digest, blob.size
+        )
+    };
+    let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[{},{}]}}"#,
+        descriptor("application/vnd.oci.image.config.v1+json", config),
+        descriptor(gzip, lower_layer),
+        descriptor(gzip, upper_layer),
+    );
+    let manifest_hex = hex::encode(sha2::Sha256::digest(manifest.as_bytes()));
+    let manifest_path = dir.path().join(&manifest_hex);
+    std::fs::write(&manifest_path, &manifest).unwrap();
+    BlossomClient::new(Keys::generate())
+        .upload_file(&server.url, &manifest_path)
+        .await
+        .unwrap();
+    let reference =
+        ImageRef::parse(&format!("127.0.0.1:9/test/two@sha256:{manifest_hex}")).unwrap();
+
+    let mut blobs: Vec<(String, PathBuf)> = [config, lower_layer, upper_layer]
+        .iter()
+        .map(|b| (b.digest.hex().to_owned(), b.path.clone()))
+        .collect();
+    blobs.push((manifest_hex.clone(), manifest_path.clone()));
+    let hostile = hostile_server(blobs, upper_layer.digest.hex().to_owned()).await;
+
+    let cache = ImageCache::open(
+        dir.path().join("cache"),
+        1 << 30,
+        Fetcher::new(vec![hostile, server.url.clone()], Vec::new()),
+    )
+    .unwrap();
+    let lease = cache.get(&reference).await.unwrap();
+    let root = lease.root();
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/os-release")).unwrap(),
+        "ID=upper\n",
+        "the upper layer is applied last"
+    );
+    assert_eq!(
+        std::fs::metadata(root.join("data/0000")).unwrap().len(),
+        1 << 20,
+        "the lower layer's files are there, whole"
+    );
+    assert_eq!(lease.meta().layers.len(), 2);
 }

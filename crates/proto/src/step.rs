@@ -279,13 +279,48 @@ fn number(param: &JobParam, name: &'static str) -> Result<u64, StepError> {
         .map_err(|_| bad(name, format!("{:?} is not a whole number", param.value())))
 }
 
-fn check_artifact_path(path: &str) -> Result<(), StepError> {
+/// The prefix that marks an OCI image layout directory in a step's artifact list
+/// (`oci:out/image`, as skopeo names a layout): the runner uploads every blob the layout's
+/// image manifest references and reports the manifest, whose digest is what builders agree on.
+pub const OCI_ARTIFACT_PREFIX: &str = "oci:";
+
+/// The media type of what an OCI artifact reports: an OCI image manifest.
+pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// What one entry of a step's artifact list names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactSpec<'a> {
+    /// A file or a directory (packed as a tar), by its path.
+    Path(&'a str),
+    /// An OCI image layout directory, by its path (the entry without [`OCI_ARTIFACT_PREFIX`]).
+    OciLayout(&'a str),
+}
+
+impl<'a> ArtifactSpec<'a> {
+    /// Reads one entry of a step's (or a plan's) artifact list.
+    pub fn of(entry: &'a str) -> Self {
+        match entry.strip_prefix(OCI_ARTIFACT_PREFIX) {
+            Some(path) => ArtifactSpec::OciLayout(path),
+            None => ArtifactSpec::Path(entry),
+        }
+    }
+
+    /// The path inside the work dir, either way.
+    pub fn path(&self) -> &'a str {
+        match self {
+            ArtifactSpec::Path(p) | ArtifactSpec::OciLayout(p) => p,
+        }
+    }
+}
+
+fn check_artifact_path(entry: &str) -> Result<(), StepError> {
+    let path = ArtifactSpec::of(entry).path();
     let escapes = path.is_empty()
         || path.starts_with('/')
         || path.contains('\0')
         || path.split('/').any(|part| part == "..");
     if escapes {
-        return Err(StepError::BadArtifactPath(path.to_string()));
+        return Err(StepError::BadArtifactPath(entry.to_string()));
     }
     Ok(())
 }
@@ -302,7 +337,8 @@ pub struct BlobRef {
 /// An artifact of a step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactRef {
-    /// The declared path; a directory becomes `PATH.tar`.
+    /// The declared path; a directory becomes `PATH.tar`; an OCI layout keeps its
+    /// `oci:PATH` entry and the blob is its image manifest.
     pub name: String,
     #[serde(flatten)]
     pub blob: BlobRef,
@@ -362,7 +398,7 @@ mod tests {
         let mut step = StepJob::new("https://git.example/app.git", COMMIT, "make\nmake test");
         step.name = Some("build".into());
         step.env.insert("PROFILE".into(), "release".into());
-        step.artifacts = vec!["target/app".into(), "dist".into()];
+        step.artifacts = vec!["target/app".into(), "dist".into(), "oci:out/image".into()];
         step.network = true;
         step.timeout = Some(Duration::from_secs(600));
         step.memory_bytes = Some(1 << 30);
@@ -421,6 +457,12 @@ mod tests {
             (with("timeout", &["soon"]), "whole number"),
             (with("artifact", &["../etc/passwd"]), "inside the work dir"),
             (with("artifact", &["/etc/passwd"]), "inside the work dir"),
+            (with("artifact", &["oci:/etc"]), "inside the work dir"),
+            (
+                with("artifact", &["oci:out/../../x"]),
+                "inside the work dir",
+            ),
+            (with("artifact", &["oci:"]), "inside the work dir"),
         ];
         for (request, needle) in cases {
             let err = StepJob::from_request(&request, false)

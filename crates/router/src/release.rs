@@ -34,7 +34,7 @@ use quorum_proto::release::{
     AssetRef, Attestation, FileMetadata, RELEASE_BINDING, ReleaseBinding, SoftwareApplication,
     SoftwareAsset, SoftwareRelease, zapstore_platform,
 };
-use quorum_proto::step::{ArtifactRef, StepJob};
+use quorum_proto::step::{ArtifactRef, ArtifactSpec, OCI_MANIFEST_MEDIA_TYPE, StepJob};
 
 use crate::{JobRecord, RunContext, RunOutcome, run_id};
 
@@ -181,9 +181,13 @@ pub fn default_channel(version: &str) -> &'static str {
     }
 }
 
-/// The MIME type of an artifact, by its name: the tar family by extension, anything else
-/// `application/octet-stream`.
+/// The MIME type of an artifact, by its name: an OCI image layout (`oci:PATH`, whose blob is
+/// the image manifest) the OCI image manifest media type, the tar family by extension,
+/// anything else `application/octet-stream`.
 pub fn artifact_mime(name: &str) -> &'static str {
+    if let ArtifactSpec::OciLayout(_) = ArtifactSpec::of(name) {
+        return OCI_MANIFEST_MEDIA_TYPE;
+    }
     let name = name.to_ascii_lowercase();
     let by_suffix = [
         (".tar", "application/x-tar"),

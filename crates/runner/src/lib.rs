@@ -4,7 +4,9 @@
 //! the configured [`Sandbox`] with `SOURCE_DATE_EPOCH` set to the commit time, streams the log
 //! tail as `partial` feedback, packs the declared artifacts deterministically, uploads the full
 //! log and every artifact to each configured Blossom server, and answers with a
-//! [`StepReport`]. A step that ran and failed is still a result (its exit code says so); a job
+//! [`StepReport`]. An `oci:PATH` artifact is an OCI image layout the step wrote: every blob of
+//! its one image manifest is re-hashed and uploaded, and the manifest is what the report names
+//! (its digest is what quorum members agree on). A step that ran and failed is still a result (its exit code says so); a job
 //! that could not run (bad request, unreachable repository, no Blossom server took the
 //! artifacts) is `error` feedback.
 //!
@@ -40,7 +42,7 @@ use quorum_pipeline::dispatch::Checked;
 use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
 use quorum_proto::nip90::JobRequest;
 use quorum_proto::quorum_job::{QuorumJobParams, QuorumReport};
-use quorum_proto::step::{ArtifactRef, BlobRef, SandboxRef, StepJob, StepReport};
+use quorum_proto::step::{ArtifactRef, ArtifactSpec, BlobRef, SandboxRef, StepJob, StepReport};
 use quorum_sandbox::{LogLine, LogSink, ResourceLimits, Sandbox, SecretString, StepSpec};
 use url::Url;
 
@@ -328,14 +330,23 @@ impl Runner {
             let out_dir = dir.join("out");
             std::fs::create_dir_all(&out_dir)
                 .map_err(|e| JobFailure::new(format!("cannot create the output dir: {e}")))?;
-            let packed = quorum_sandbox::pack::collect_artifacts(
-                &src,
-                &step.artifacts,
-                source_date_epoch,
-                &out_dir,
-            )
-            .map_err(|e| JobFailure::new(format!("artifacts: {e}")).with_content(tail.clone()))?;
-            let mut refs = Vec::with_capacity(packed.len());
+            let (layouts, paths): (Vec<&String>, Vec<&String>) = step
+                .artifacts
+                .iter()
+                .partition(|a| matches!(ArtifactSpec::of(a), ArtifactSpec::OciLayout(_)));
+            let packed =
+                quorum_sandbox::pack::collect_artifacts(&src, &paths, source_date_epoch, &out_dir)
+                    .map_err(|e| {
+                        JobFailure::new(format!("artifacts: {e}")).with_content(tail.clone())
+                    })?;
+            let mut refs = Vec::with_capacity(packed.len() + layouts.len());
+            for entry in layouts {
+                let image = self
+                    .upload_layout(&uploader, &src, entry)
+                    .await
+                    .map_err(|e| e.with_content(tail.clone()))?;
+                refs.push(image);
+            }
             for artifact in packed {
                 let blob = self.upload(&uploader, &artifact.path).await?;
                 if blob.sha256 != artifact.sha256 {
@@ -411,6 +422,56 @@ impl Runner {
             tracing::info!(%image, size = lease.meta().size, "fetched build image");
         }
         Ok(Some(lease))
+    }
+
+    /// Uploads every blob of the OCI image layout `entry` (`oci:PATH`) names in the work dir
+    /// `src`, config and layers before the manifest (so a server that has the manifest has the
+    /// whole image), and reports the manifest: its digest is what builders agree on.
+    async fn upload_layout(
+        &self,
+        uploader: &BlossomClient,
+        src: &Path,
+        entry: &str,
+    ) -> Result<ArtifactRef, JobFailure> {
+        let path = ArtifactSpec::of(entry).path();
+        let fail = |reason: String| JobFailure::new(format!("artifact {entry}: {reason}"));
+        let root = src
+            .canonicalize()
+            .map_err(|e| fail(format!("cannot open the work dir: {e}")))?;
+        let dir = root
+            .join(path)
+            .canonicalize()
+            .map_err(|_| fail("does not exist".into()))?;
+        // The job controlled the work dir: the layout must not lead outside it.
+        if !dir.starts_with(&root) {
+            return Err(fail(format!(
+                "resolves to {}, outside the work dir",
+                dir.display()
+            )));
+        }
+        let image = tokio::task::spawn_blocking(move || quorum_oci::build::read_layout(&dir))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let mut manifest = None;
+        for blob in &image.blobs {
+            let stored = self.upload(uploader, &blob.path).await?;
+            if stored.sha256 != blob.digest.hex() {
+                return Err(fail(format!(
+                    "blob {} changed while uploading",
+                    blob.digest
+                )));
+            }
+            if blob.digest == image.manifest {
+                manifest = Some(stored);
+            }
+        }
+        let blob = manifest.expect("the manifest is one of the image's blobs");
+        tracing::info!(artifact = entry, digest = %image.manifest, "uploaded OCI image");
+        Ok(ArtifactRef {
+            name: entry.to_string(),
+            blob,
+        })
     }
 
     /// Uploads one file to every configured server; succeeds if at least one stored it.

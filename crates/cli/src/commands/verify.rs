@@ -1,10 +1,12 @@
 //! `quorum verify FILE --repo REPO`: is this file a release of that repository, built by a
 //! quorum from the code its maintainers signed? From the relays, a verification bundle, or both.
+//! `quorum verify --image NAME@sha256:… --repo REPO` asks the same of a released OCI image.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use quorum_dvm::client::JobClient;
+use quorum_proto::image::ImageRef;
 use quorum_proto::nip34::RepoCoordinate;
 use quorum_proto::nostr::{Keys, PublicKey, ToBech32};
 use quorum_router::verify::{Expectation, Verification};
@@ -33,13 +35,31 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         let relays = super::relay_urls(&args.relays)?;
         Some(JobClient::connect(&relays, Keys::generate()).await?)
     };
-    let verification = quorum_router::verify::verify_file(
-        client.as_ref(),
-        &args.file,
-        args.bundle.as_deref(),
-        &expect,
-    )
-    .await;
+    let verification = match (&args.image, &args.file) {
+        (Some(image), _) => {
+            let image = ImageRef::parse(image).with_context(|| {
+                format!("--image {image:?} is not HOST[:PORT]/NAME@sha256:<digest>")
+            })?;
+            quorum_router::verify::verify_image(
+                client.as_ref(),
+                &image,
+                args.insecure_registries.clone(),
+                args.bundle.as_deref(),
+                &expect,
+            )
+            .await
+        }
+        (None, Some(file)) => {
+            quorum_router::verify::verify_file(
+                client.as_ref(),
+                file,
+                args.bundle.as_deref(),
+                &expect,
+            )
+            .await
+        }
+        (None, None) => anyhow::bail!("give a FILE or --image NAME@sha256:…"),
+    };
     if let Some(client) = client {
         client.shutdown().await;
     }
@@ -72,6 +92,9 @@ fn npub(hex: &str) -> String {
 }
 
 fn print_human(v: &Verification) {
+    if let Some(image) = &v.image {
+        println!("image       {}", super::sanitize(image));
+    }
     println!("sha256      {}", v.sha256);
     let show = |label: &str, value: &Option<String>| {
         if let Some(value) = value {

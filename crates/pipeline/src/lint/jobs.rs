@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use quorum_proto::kinds::{JOB_REQUEST_RANGE, JobKind, OUR_BLOCK};
+use quorum_proto::step::{ArtifactSpec, OCI_ARTIFACT_PREFIX};
 
 use super::{Fields, Linter, RawJob, is_env_name, is_hex_id};
 use crate::diag::{Pos, did_you_mean};
@@ -38,6 +39,8 @@ pub const MAX_JOBS: usize = 256;
 pub(super) const STEP_KEYS: &[&str] = &["name", "run"];
 pub(super) const DVM_INPUT_KEYS: &[&str] = &["type", "value", "marker"];
 pub(super) const APPROVAL_KEYS: &[&str] = &["required", "from", "show"];
+/// The keys of an artifact written as a mapping (`{ oci: out/image }`).
+pub(super) const OCI_ARTIFACT_KEYS: &[&str] = &["oci"];
 pub(super) const MODES: &[&str] = &["naive", "router", "quorum"];
 
 /// What sort of job a job is, decided by which of `run`/`steps`, `uses`, `approval` it has.
@@ -487,9 +490,10 @@ impl Linter {
 
         let mut artifacts = Vec::new();
         if let Some(node) = f.get("artifacts") {
-            let list = self.strings(node, "`artifacts`", false).unwrap_or_default();
+            let list = self.artifact_entries(node).unwrap_or_default();
             self.no_repeats(&list, &format!("the artifacts of job \"{id}\""));
-            for (path, pos) in &list {
+            for (entry, pos) in &list {
+                let path = ArtifactSpec::of(entry).path();
                 if let Some(problem) = artifact_problem(path) {
                     self.error(
                         *pos,
@@ -526,6 +530,48 @@ impl Linter {
     }
 
     /// A `run` script: non-empty and without expressions.
+    /// The entries of `artifacts`, each canonical: a path (`out/app`), or an OCI image layout
+    /// directory, written `{ oci: out/image }` and kept as `oci:out/image` (the step's form).
+    fn artifact_entries(&mut self, node: &Node) -> Option<Vec<(String, Pos)>> {
+        let Node::Seq(items, _) = node else {
+            self.error(
+                node.pos(),
+                format!(
+                    "`artifacts` must be a list of paths or `{{ oci: DIR }}`, found {}",
+                    node.describe()
+                ),
+                None,
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for item in items {
+            match item {
+                Node::Map(entries, pos) => {
+                    let f = self.fields(entries, OCI_ARTIFACT_KEYS, "in an artifact");
+                    let Some(dir) = f.get("oci") else {
+                        self.error(
+                            *pos,
+                            "an artifact mapping needs `oci`, the OCI image layout directory"
+                                .to_string(),
+                            Some("write `- { oci: out/image }`, or a path".into()),
+                        );
+                        continue;
+                    };
+                    if let Some(s) = self.scalar(dir, "`oci`", "a directory path") {
+                        out.push((format!("{OCI_ARTIFACT_PREFIX}{}", s.value), s.pos));
+                    }
+                }
+                _ => {
+                    if let Some(s) = self.scalar(item, "each entry of `artifacts`", "a path") {
+                        out.push((s.value.clone(), s.pos));
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+
     fn script(&mut self, s: &Scalar, id: &str) -> Option<String> {
         if s.value.trim().is_empty() {
             self.error(s.pos, format!("job \"{id}\" has an empty `run`"), None);
