@@ -246,9 +246,10 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
                     Some(dir) => dir.clone(),
                     None => data_home()?.join("wallet"),
                 };
+                // Payments refund to this key, and change comes back locked to it.
                 Some(std::sync::Arc::new(quorum_pay::WalletPayer {
                     wallet: quorum_pay::PayWallet::open_in(&dir, mint).await?,
-                    refund_to: keys.public_key(),
+                    keys: keys.clone(),
                 }))
             }
             _ => None,
@@ -400,6 +401,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             "repository": context.repo_id.as_ref().map(|r| r.to_string()),
             "commit": context.commit,
             "jobs": outcome.jobs.iter().map(job_json).collect::<Vec<_>>(),
+            "paid_msats": outcome.paid_msats(),
             "artifacts": artifacts,
             "release": release.as_ref().map(|r| r.binding.to_hex()),
             "nip82": release.as_ref().map(nip82_json),
@@ -417,6 +419,9 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     } else {
         print_summary(&outcome.jobs);
         print_saved(&saved, context.repo_id.as_ref());
+        if outcome.paid_msats() > 0 {
+            eprintln!("paid {} sat in all", outcome.paid_msats() / 1000);
+        }
     }
     Ok(if succeeded {
         ExitCode::SUCCESS
@@ -723,6 +728,8 @@ fn job_json(job: &JobRecord) -> serde_json::Value {
         "provider": job.provider, "request": job.request, "result": job.result,
         "log": job.report.as_ref().map(|r| json!({"sha256": r.log.sha256, "urls": r.log.urls})),
         "quorum": job.quorum,
+        "paid_msats": job.paid_msats,
+        "payments": job.payments,
     })
 }
 
@@ -820,11 +827,16 @@ impl RunReporter for Progress {
         self.line(&super::sanitize(&quorum_router::progress::finished_line(
             record,
         )));
-        if record.paid_msats > 0 {
+        for payment in &record.payments {
+            let change = match payment.change_msats {
+                0 => String::new(),
+                msats => format!(", {} sat came back as change", msats / 1000),
+            };
             self.line(&format!(
-                "  {} paid {} sat",
+                "  {} paid {} sat to {}{change}",
                 record.id,
-                record.paid_msats / 1000
+                payment.paid_msats / 1000,
+                &payment.dvm[..12],
             ));
         }
         if let (JobState::Failed { .. }, Some(report)) = (&record.state, &record.report) {
