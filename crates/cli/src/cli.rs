@@ -573,6 +573,11 @@ pub struct RunnerArgs {
     #[arg(long, default_value_t = 0)]
     pub price_msats: u64,
 
+    /// Price per second a job runs, in millisats, on top of --price-msats: prepaid for
+    /// --max-timeout, and what a job did not use goes back with its result as change.
+    #[arg(long, default_value_t = 0, value_name = "MSATS")]
+    pub price_msats_per_second: u64,
+
     /// The Cashu mint whose tokens pay for jobs (announced with the price). With a price, a
     /// request without a token locked to this runner's key gets `payment-required` and no
     /// work; payments go to the wallet in DATA/wallet.
@@ -733,6 +738,19 @@ pub struct JobTarget {
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Pay a DVM that answers `payment-required`, at most SATS for the job, from the wallet
+    /// of --mint (Cashu, a token locked to --provider; change comes back into the wallet).
+    #[arg(long, value_name = "SATS", requires_all = ["mint", "provider"])]
+    pub budget: Option<u64>,
+
+    /// The mint of the wallet --budget pays from (`quorum wallet --mint URL mint N` fills it).
+    #[arg(long, value_name = "URL", requires = "budget")]
+    pub mint: Option<String>,
+
+    /// The wallet directory; default `$XDG_DATA_HOME/quorum/wallet` (as `quorum wallet`).
+    #[arg(long, value_name = "DIR", requires = "budget")]
+    pub wallet: Option<PathBuf>,
 }
 
 /// Options of `quorum job build`.
@@ -1440,6 +1458,12 @@ pub struct UpArgs {
     /// DEVELOPMENT ONLY: start the runners without a sandbox if bubblewrap is missing.
     #[arg(long)]
     pub unsandboxed_runners: bool,
+
+    /// Also start a Cashu mint (cdk's, in memory, its Lightning backend fake: invoices pay
+    /// themselves and its ecash is worth nothing) on a free loopback port, to try payments:
+    /// `quorum wallet --mint URL mint N`, priced runners with `--mint URL`.
+    #[arg(long)]
+    pub mint: bool,
 
     #[command(flatten)]
     pub relay: RelayOptions,

@@ -21,22 +21,25 @@ struct Fleet {
     runner: String,
 }
 
+/// `quorum up` with no runners of its own, on free ports, data in `data`, and `extra` flags.
+fn start_up(data: &Path, extra: &[&str]) -> Daemon {
+    let mut args = vec![
+        "up",
+        "--data",
+        data.to_str().unwrap(),
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--blossom-listen",
+        "127.0.0.1:0",
+        "--runners",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    Daemon::spawn(QUORUM, &args)
+}
+
 fn start_fleet(dir: &Path) -> Fleet {
-    let data = dir.join("net");
-    let up = Daemon::spawn(
-        QUORUM,
-        &[
-            "up",
-            "--data",
-            data.to_str().unwrap(),
-            "--relay-listen",
-            "127.0.0.1:0",
-            "--blossom-listen",
-            "127.0.0.1:0",
-            "--runners",
-            "0",
-        ],
-    );
+    let up = start_up(&dir.join("net"), &[]);
     let relay = up.value_of("relay");
     let blossom = up.value_of("blossom");
     // Relative paths, as a person types them: the runner must not hand the sandbox a
@@ -271,4 +274,134 @@ fn a_runner_refuses_a_key_file_others_can_read() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("chmod 600"), "{stderr}");
     assert!(!stderr.contains(&"a".repeat(64)));
+}
+
+/// `quorum up --mint` prints a mint; a runner charging per job and per second takes its
+/// payment there; `quorum job build --budget` pays when asked and gets the change back.
+#[test]
+fn a_paid_job_pays_when_asked_within_the_budget_and_gets_its_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("net");
+    let up = start_up(&data, &["--mint"]);
+    let relay = up.value_of("relay");
+    let blossom = up.value_of("blossom");
+    let mint = up.value_of("mint");
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
+    assert_eq!(endpoints["mint"], mint.as_str());
+    // 2 sats a job and 1 sat a second for at most 20 s: 22 sats up front.
+    let runner_data = dir.path().join("runner");
+    let runner = Daemon::spawn(
+        QUORUM,
+        &[
+            "dvm",
+            "runner",
+            "--relay",
+            &relay,
+            "--blossom",
+            &blossom,
+            "--key",
+            runner_data.join("runner.nsec").to_str().unwrap(),
+            "--data",
+            runner_data.to_str().unwrap(),
+            "--allow-local-repos",
+            "--price-msats",
+            "2000",
+            "--price-msats-per-second",
+            "1000",
+            "--max-timeout",
+            "20",
+            "--mint",
+            &mint,
+        ],
+    );
+    let dvm = runner.value_of("runner");
+    let wallet = dir.path().join("wallet");
+    let balance = |wallet: &Path| {
+        let out = run(
+            QUORUM,
+            &[
+                "wallet",
+                "--mint",
+                &mint,
+                "--data",
+                wallet.to_str().unwrap(),
+                "balance",
+            ],
+            JOB_TIMEOUT,
+        );
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.trim().trim_end_matches(" sat").parse::<u64>().unwrap()
+    };
+    let minted = run(
+        QUORUM,
+        &[
+            "wallet",
+            "--mint",
+            &mint,
+            "--data",
+            wallet.to_str().unwrap(),
+            "mint",
+            "50",
+        ],
+        JOB_TIMEOUT,
+    );
+    assert!(minted.status.success(), "{minted:?}");
+    let (repo, commit) = sample_repo(dir.path());
+    let repo_url = format!("file://{}", repo.display());
+    let build = |budget: &str, json: &[&str]| {
+        let mut args = vec![
+            "job",
+            "build",
+            "--relay",
+            &relay,
+            "--repo",
+            &repo_url,
+            "--commit",
+            &commit,
+            "--run",
+            "sh build.sh",
+            "--provider",
+            &dvm,
+            "--mint",
+            &mint,
+            "--budget",
+            budget,
+            "--wallet",
+            wallet.to_str().unwrap(),
+        ];
+        args.extend_from_slice(json);
+        run(QUORUM, &args, JOB_TIMEOUT)
+    };
+
+    // Over the budget: nothing is paid, and the command says why.
+    let out = build("10", &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("asks 22000 msats, over the budget of 10000 msats"),
+        "{stderr}"
+    );
+    assert_eq!(balance(&wallet), 50);
+
+    let out = build("30", &["--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["status"], "success");
+    assert_eq!(report["paid_msats"], 22_000, "{report}");
+    let change = report["change_msats"].as_u64().unwrap();
+    assert!(
+        change > 0 && change < 20_000,
+        "a few seconds' work is charged, the rest comes back: {report}"
+    );
+    let cost = 22 - change / 1000;
+    assert_eq!(balance(&wallet), 50 - cost, "{report}");
+    assert_eq!(
+        balance(&runner_data.join("wallet")),
+        cost,
+        "the runner kept what it charged"
+    );
+    drop(runner);
+    drop(up);
 }

@@ -53,6 +53,23 @@ pub enum JobOutcome {
     },
 }
 
+impl JobOutcome {
+    /// The DVM that answered.
+    pub fn provider(&self) -> &PublicKey {
+        match self {
+            JobOutcome::Result { provider, .. } | JobOutcome::Error { provider, .. } => provider,
+        }
+    }
+
+    /// The change the answer carries, sealed to the payer (docs/protocol.md §17.4).
+    pub fn sealed_change(&self) -> Option<&str> {
+        match self {
+            JobOutcome::Result { event, .. } => quorum_proto::payment::change_of(event),
+            JobOutcome::Error { feedback, .. } => feedback.change.as_deref(),
+        }
+    }
+}
+
 /// Progress reports while a job runs (the CLI prints them).
 pub trait JobReporter: Send {
     /// Feedback that does not end the job: processing, partial, payment-required, and the

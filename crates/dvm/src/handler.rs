@@ -36,6 +36,9 @@ pub struct JobFailure {
     pub message: String,
     /// Optional content for the feedback (e.g. the tail of a failed build's log).
     pub content: String,
+    /// The job failed before its work began (an invalid request, a source that cannot be
+    /// fetched): a paid job gets its whole payment back (docs/protocol.md §17.4).
+    pub before_start: bool,
 }
 
 impl JobFailure {
@@ -43,7 +46,14 @@ impl JobFailure {
         JobFailure {
             message: message.into(),
             content: String::new(),
+            before_start: false,
         }
+    }
+
+    /// Marks a failure that happened before any work began.
+    pub fn before_start(mut self) -> Self {
+        self.before_start = true;
+        self
     }
 
     pub fn with_content(mut self, content: impl Into<String>) -> Self {
@@ -197,36 +207,93 @@ pub trait JobHandler: Send + Sync + 'static {
 /// checked after the request is accepted and before any work: [`Payment::Paid`] lets the job
 /// run; [`Payment::Required`] answers `payment-required` with the amount and does no work;
 /// [`Payment::Refused`] answers `error` with the reason (a spent, short, wrongly locked or
-/// foreign token) and does no work. Implemented by the payments crate with a Cashu wallet.
+/// foreign token) and does no work. When the job is over, [`PaymentGate::settle`] gives back
+/// what was paid and not earned. Implemented by the payments crate with a Cashu wallet.
 pub trait PaymentGate: Send + Sync + 'static {
     fn collect<'a>(
         &'a self,
         request: &'a JobRequest,
         dvm: &'a nostr_sdk::prelude::Keys,
     ) -> std::pin::Pin<Box<dyn Future<Output = Payment> + Send + 'a>>;
+
+    /// The change for a paid job that is over: `worked` is how long it ran, `None` when it
+    /// failed before it started (then the whole payment goes back). `None`: nothing to give
+    /// back (or it could not be made, which the gate logs).
+    fn settle<'a>(
+        &'a self,
+        _paid: &'a Receipt,
+        _dvm: &'a nostr_sdk::prelude::Keys,
+        _worked: Option<Duration>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<Change>> + Send + 'a>> {
+        Box::pin(async { None })
+    }
 }
 
 /// The verdict of a [`PaymentGate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payment {
-    /// Received this many millisats (or the DVM is free).
-    Paid { msats: u64 },
-    /// Nothing was paid: this is the price, and these are the mints taken.
+    /// Received this (or the DVM is free).
+    Paid(Receipt),
+    /// Nothing was paid: this is the price asked up front (per job, or per second for the
+    /// longest a job may run), and these are the mints taken.
     Required { msats: u64, mints: Vec<String> },
     /// A payment was offered and refused, for this public reason.
     Refused(String),
 }
 
-/// A requester's side of paying DVMs (docs/protocol.md §17.4): a token of `sats` that only
-/// `dvm`'s key can redeem, refundable to the payer after `locktime` (unix seconds). The engine
-/// puts it, NIP-44 encrypted, in the request to that DVM. Implemented by the payments crate.
+/// What a DVM received for a job.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Receipt {
+    pub msats: u64,
+    /// Whom change goes to: the payment's refund key (the payer's); `None`: no change.
+    pub refund_to: Option<nostr_sdk::prelude::PublicKey>,
+}
+
+/// Change a DVM gives back: a token locked to `to` (the payer's key), worth `msats`.
+pub struct Change {
+    pub msats: u64,
+    pub to: nostr_sdk::prelude::PublicKey,
+    pub token: String,
+}
+
+/// A token is money: it never reaches a log.
+impl std::fmt::Debug for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Change")
+            .field("msats", &self.msats)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A requester's side of paying DVMs (docs/protocol.md §17.4). Implemented by the payments
+/// crate with a Cashu wallet and the payer's key.
 pub trait Payer: Send + Sync + 'static {
+    /// A token of `sats` that only `dvm`'s key can redeem, refundable to the payer after
+    /// `locktime` (unix seconds). The engine puts it, NIP-44 encrypted, in the request to that
+    /// DVM.
     fn pay<'a>(
         &'a self,
         dvm: &'a nostr_sdk::prelude::PublicKey,
         sats: u64,
         locktime: u64,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+
+    /// `token` for `dvm` as a `cashu-sealed` param, for a clear request to several DVMs (a
+    /// quorum job): NIP-44 encrypted from the payer's key to `dvm`'s.
+    fn seal(
+        &self,
+        dvm: &nostr_sdk::prelude::PublicKey,
+        token: &str,
+    ) -> Result<quorum_proto::nip90::JobParam, String>;
+
+    /// Takes change `dvm` sealed to the payer (a result's or feedback's `change` tag) into the
+    /// wallet. Returns the sats received.
+    fn receive_change<'a>(
+        &'a self,
+        dvm: &'a nostr_sdk::prelude::PublicKey,
+        sealed: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>>;
 }
 
 impl std::fmt::Debug for dyn Payer {

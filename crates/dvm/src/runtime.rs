@@ -588,7 +588,7 @@ impl<H: JobHandler> Shared<H> {
             return;
         };
         if token.is_cancelled() {
-            self.finish_cancelled(&event).await;
+            self.finish_cancelled(&event, None).await;
             return;
         }
         if event.is_expired() {
@@ -604,18 +604,21 @@ impl<H: JobHandler> Shared<H> {
                 return;
             }
         };
+        let mut receipt = None;
         if let Some(gate) = &self.config.payments {
             match gate.collect(&request, &self.keys).await {
-                crate::handler::Payment::Paid { msats } => {
-                    tracing::info!(request = %event.id, msats, "paid");
+                crate::handler::Payment::Paid(paid) => {
+                    tracing::info!(request = %event.id, msats = paid.msats, "paid");
+                    receipt = Some(paid);
                 }
                 crate::handler::Payment::Required { msats, mints } => {
                     tracing::info!(request = %event.id, msats, "payment required");
                     self.record(event.id, Outcome::Error);
                     let feedback = JobFeedback::new(FeedbackStatus::PaymentRequired, &event)
                         .with_extra(format!(
-                            "this DVM charges {msats} msats per job, in Cashu tokens P2PK-locked \
-                             to its key from one of: {}",
+                            "this DVM charges {msats} msats per job, paid up front (a per-second \
+                             price for the longest run, the change returned), in Cashu tokens \
+                             P2PK-locked to its key from one of: {}",
                             mints.join(", ")
                         ))
                         .with_amount(msats);
@@ -650,6 +653,7 @@ impl<H: JobHandler> Shared<H> {
             request,
         };
         let limit = self.handler.max_duration();
+        let started = tokio::time::Instant::now();
         let outcome = async {
             let outcome = tokio::select! {
                 outcome = self.handler.run(job, ctx) => Some(outcome),
@@ -659,6 +663,7 @@ impl<H: JobHandler> Shared<H> {
             outcome
         };
         let (outcome, ()) = tokio::join!(outcome, forwarder);
+        let worked = started.elapsed();
         let cancelled_by_customer = token.is_cancelled() && !self.shutdown.is_cancelled();
         // Whatever the handler left behind must stop now.
         token.cancel();
@@ -667,19 +672,49 @@ impl<H: JobHandler> Shared<H> {
             self.running.lock().expect("running lock").remove(&event.id);
             return;
         }
+        let before_start = matches!(&outcome, Some(Err(failure)) if failure.before_start);
+        let change = match &receipt {
+            Some(paid) => self.change(paid, (!before_start).then_some(worked)).await,
+            None => None,
+        };
         match outcome {
             Some(Ok(output)) => {
-                let extra = std::mem::take(&mut *result_tags.lock().expect("result tags lock"));
+                let mut extra = std::mem::take(&mut *result_tags.lock().expect("result tags lock"));
+                extra.extend(change.and_then(|sealed| {
+                    Tag::parse([quorum_proto::payment::TAG_CHANGE.to_string(), sealed]).ok()
+                }));
                 self.finish_success(&event, output.content, extra).await
             }
-            Some(Err(_)) if cancelled_by_customer => self.finish_cancelled(&event).await,
-            Some(Err(failure)) => self.finish_failure(&event, failure).await,
+            Some(Err(_)) if cancelled_by_customer => self.finish_cancelled(&event, change).await,
+            Some(Err(failure)) => self.finish_failure(&event, failure, change).await,
             None => {
                 self.finish_failure(
                     &event,
                     JobFailure::new(format!("the job ran longer than {}s", limit.as_secs())),
+                    change,
                 )
                 .await
+            }
+        }
+    }
+
+    /// The change of a paid job, sealed to the payer: what `worked` (`None`: nothing, the job
+    /// never started) did not use of the payment.
+    async fn change(
+        &self,
+        paid: &crate::handler::Receipt,
+        worked: Option<Duration>,
+    ) -> Option<String> {
+        let gate = self.config.payments.as_ref()?;
+        let change = gate.settle(paid, &self.keys, worked).await?;
+        match quorum_proto::payment::change_tag(self.keys.secret_key(), &change.to, &change.token) {
+            Ok(tag) => {
+                tracing::info!(msats = change.msats, "change returned to the payer");
+                tag.as_slice().get(1).cloned()
+            }
+            Err(err) => {
+                tracing::warn!("cannot seal the change: {err}");
+                None
             }
         }
     }
@@ -802,24 +837,22 @@ impl<H: JobHandler> Shared<H> {
         }
     }
 
-    async fn finish_failure(&self, request: &Event, failure: JobFailure) {
+    async fn finish_failure(&self, request: &Event, failure: JobFailure, change: Option<String>) {
         tracing::info!(request = %request.id, "job failed: {}", failure.message);
-        self.send_feedback(seal_error(
+        let mut feedback = seal_error(
             request,
             failure.message,
             tail(&failure.content, self.config.partial_max_bytes),
-        ))
-        .await;
+        );
+        feedback.change = change;
+        self.send_feedback(feedback).await;
         self.record(request.id, Outcome::Error);
     }
 
-    async fn finish_cancelled(&self, request: &Event) {
-        self.send_feedback(seal_error(
-            request,
-            "cancelled by the customer",
-            String::new(),
-        ))
-        .await;
+    async fn finish_cancelled(&self, request: &Event, change: Option<String>) {
+        let mut feedback = seal_error(request, "cancelled by the customer", String::new());
+        feedback.change = change;
+        self.send_feedback(feedback).await;
         self.record(request.id, Outcome::Cancelled);
     }
 

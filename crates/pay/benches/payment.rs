@@ -1,7 +1,8 @@
 //! Payment overhead per job on loopback, next to the relay round trip measured in the same
 //! run: paying (a P2PK-locked token from the payer's wallet: a swap at the mint) plus redeeming
 //! it (the DVM's checks and its swap at the mint), against publishing an event and seeing it
-//! come back from our relay. The mint is cdk's, in process, with its fake Lightning backend.
+//! come back from our relay; and, for a per-second price, returning the change (the DVM makes a
+//! token locked to the payer, the payer opens and redeems it: two more swaps). The mint is cdk's, in process, with its fake Lightning backend.
 //!
 //! `cargo bench -p quorum-pay --bench payment` writes `target/bench/payment.json`.
 
@@ -9,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nostr_sdk::prelude::*;
+use quorum_dvm::handler::{Payer, PaymentGate, Receipt};
 use quorum_pay::fake_mint::FakeMint;
-use quorum_pay::{Collector, PayWallet};
+use quorum_pay::{Collector, PayWallet, WalletPayer};
 
 fn bench_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -73,8 +75,10 @@ async fn main() {
     .await
     .unwrap();
     payer.mint(10_000, Duration::from_secs(20)).await.unwrap();
-    let refund = Keys::generate().public_key();
+    let payer_keys = Keys::generate();
+    let refund = payer_keys.public_key();
     let dvm = Keys::generate();
+    // 1 sat per job and 1 sat per second for at most 20 s: 21 sats up front.
     let collector = Collector {
         wallet: PayWallet::open(
             &dir.path().join("dvm"),
@@ -83,10 +87,16 @@ async fn main() {
         )
         .await
         .unwrap(),
-        price_msats: 21_000,
+        price_msats: 1_000,
+        msats_per_second: 1_000,
+        max_secs: 20,
+    };
+    let wallet_payer = WalletPayer {
+        wallet: payer.clone(),
+        keys: payer_keys.clone(),
     };
     let locktime = Timestamp::now().as_secs() + 3600;
-    let (mut pays, mut redeems) = (Vec::new(), Vec::new());
+    let (mut pays, mut redeems, mut changes) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..30 {
         let start = Instant::now();
         let token = payer
@@ -95,13 +105,31 @@ async fn main() {
             .unwrap();
         pays.push(start.elapsed().as_secs_f64() * 1000.0);
         let start = Instant::now();
-        collector.redeem(&token, &dvm).await.unwrap();
+        let (msats, refund_to) = collector.redeem(&token, &dvm).await.unwrap();
         redeems.push(start.elapsed().as_secs_f64() * 1000.0);
+        // A 1 s job: 2 sats charged, 19 back.
+        let start = Instant::now();
+        let change = collector
+            .settle(
+                &Receipt { msats, refund_to },
+                &dvm,
+                Some(Duration::from_secs(1)),
+            )
+            .await
+            .expect("change");
+        let sealed =
+            quorum_proto::payment::change_tag(dvm.secret_key(), &change.to, &change.token).unwrap();
+        let back = wallet_payer
+            .receive_change(&dvm.public_key(), &sealed.as_slice()[1])
+            .await
+            .unwrap();
+        assert_eq!(back, 19);
+        changes.push(start.elapsed().as_secs_f64() * 1000.0);
     }
-    let (pay, redeem) = (median(pays), median(redeems));
+    let (pay, redeem, change) = (median(pays), median(redeems), median(changes));
     let total = pay + redeem;
     println!(
-        "payment per job: pay {pay:.1} ms + redeem {redeem:.1} ms = {total:.1} ms; relay round trip {rtt:.1} ms; ratio {:.1}x",
+        "payment per job: pay {pay:.1} ms + redeem {redeem:.1} ms = {total:.1} ms; relay round trip {rtt:.1} ms; ratio {:.1}x; change (make + receive) {change:.1} ms",
         total / rtt
     );
     let figures = serde_json::json!({
@@ -110,6 +138,7 @@ async fn main() {
         "payment_p50_ms": total,
         "relay_round_trip_p50_ms": rtt,
         "payment_over_round_trip": total / rtt,
+        "change_p50_ms": change,
         "samples": 30,
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
     });

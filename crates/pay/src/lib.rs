@@ -6,15 +6,21 @@
 //!   receive, and [`PayWallet::pay_locked`], a token P2PK-locked (NUT-11) to a DVM's key with a
 //!   locktime after which the payer's own key can take it back ([`PayWallet::refund`]).
 //! - [`Collector`]: a priced DVM's side, a `quorum_dvm` [`PaymentGate`]: it reads the token
-//!   from the (NIP-44 encrypted) request's `cashu` param, checks mint, amount and lock before
-//!   anything else, and redeems it at the mint with the DVM's key, so a spent token (double
-//!   spend, replay) is refused by the mint itself.
+//!   from the (NIP-44 encrypted) request's `cashu` param or the `cashu-sealed` param addressed
+//!   to it, checks mint, amount and lock before anything else, and redeems it at the mint with
+//!   the DVM's key, so a spent token (double spend, replay) is refused by the mint itself. When
+//!   the job is over it returns what a per-second price did not use (all of it for a job that
+//!   failed before it started) as change locked to the payment's refund key.
+//! - [`WalletPayer`]: the requester's side, a `quorum_dvm` [`Payer`]: pays, seals a token for
+//!   one DVM of a quorum request, and receives change; [`job::PaidJob`] pays for one job as
+//!   `quorum job` does, answering `payment-required` within a budget.
 //!
 //! Nostr keys are x-only; NUT-11 keys are compressed points. A token is locked to `02‖x`, as
 //! NIP-61 does, and cdk signs by x-only key, so the DVM's Nostr secret key unlocks it.
 
 #[cfg(feature = "fake-mint")]
 pub mod fake_mint;
+pub mod job;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -24,10 +30,9 @@ use std::time::Duration;
 use cdk::Amount;
 use cdk::nuts::{Conditions, CurrencyUnit, PaymentMethod, SpendingConditions, Token};
 use cdk::wallet::{ReceiveOptions, SendOptions, Wallet};
-use quorum_dvm::handler::{Payer, Payment, PaymentGate};
-use quorum_proto::nip90::JobRequest;
+use quorum_dvm::handler::{Change, Payer, Payment, PaymentGate, Receipt};
+use quorum_proto::nip90::{JobParam, JobRequest};
 use quorum_proto::nostr::{Keys, PublicKey, SecretKey};
-use quorum_proto::payment::PARAM_CASHU;
 
 /// Why a wallet operation failed. Messages never carry a token.
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +254,12 @@ impl PayWallet {
         Ok(amount.into())
     }
 
+    /// A token of `sats` that only `to`'s key can redeem (change for a payer).
+    pub async fn send_locked(&self, sats: u64, to: &PublicKey) -> Result<String, PayError> {
+        let conditions = SpendingConditions::new_p2pk(lock_key(to)?, None);
+        self.send_with(sats, Some(conditions)).await
+    }
+
     /// Takes back a payment the DVM never redeemed, once its locktime has passed.
     pub async fn refund(&self, token: &str, payer: &SecretKey) -> Result<u64, PayError> {
         self.receive(token, Some(payer)).await
@@ -256,14 +267,56 @@ impl PayWallet {
 }
 
 /// A priced DVM's payment gate: the price, the mints it takes, and the wallet payments go to.
+/// A per-second price is prepaid for the longest a job may run ([`Collector::upfront_msats`]);
+/// when the job is over, what it did not use goes back to the payer ([`PaymentGate::settle`]).
 pub struct Collector {
     pub wallet: PayWallet,
+    /// Charged for every job that starts, in millisats.
     pub price_msats: u64,
+    /// Charged for every second a job runs (started seconds count whole), in millisats.
+    pub msats_per_second: u64,
+    /// The longest a job may run, in seconds: what a per-second price is prepaid for.
+    pub max_secs: u64,
 }
 
 impl Collector {
-    /// Checks `token` against the price and the DVM's key, then redeems it.
-    pub async fn redeem(&self, token: &str, dvm: &Keys) -> Result<u64, String> {
+    /// A gate charging `msats` per job, and nothing per second.
+    pub fn per_job(wallet: PayWallet, msats: u64) -> Self {
+        Collector {
+            wallet,
+            price_msats: msats,
+            msats_per_second: 0,
+            max_secs: 0,
+        }
+    }
+
+    /// What a job must be paid before it starts: the per-job price and the longest run.
+    pub fn upfront_msats(&self) -> u64 {
+        quorum_proto::nip89::Price {
+            msats_per_job: self.price_msats,
+            msats_per_second: self.msats_per_second,
+            mints: Vec::new(),
+        }
+        .max_msats(self.max_secs)
+    }
+
+    /// What a job that ran for `worked` costs: the per-job price and its seconds, started
+    /// seconds counting whole, at most the longest run.
+    pub fn charge_msats(&self, worked: Duration) -> u64 {
+        let secs = worked.as_millis().div_ceil(1000) as u64;
+        self.price_msats.saturating_add(
+            self.msats_per_second
+                .saturating_mul(secs.min(self.max_secs)),
+        )
+    }
+
+    /// Checks `token` against the price and the DVM's key, then redeems it. Returns the
+    /// millisats received and the payment's refund key (where change goes).
+    pub async fn redeem(
+        &self,
+        token: &str,
+        dvm: &Keys,
+    ) -> Result<(u64, Option<PublicKey>), String> {
         let parsed = Token::from_str(token).map_err(|_| "not a Cashu token".to_string())?;
         let mint = parsed
             .mint_url()
@@ -283,7 +336,7 @@ impl Collector {
             .value()
             .map_err(|e| format!("cannot read the token's value: {e}"))?
             .into();
-        let price_sats = self.price_msats.div_ceil(1000);
+        let price_sats = self.upfront_msats().div_ceil(1000);
         if value < price_sats {
             return Err(format!(
                 "under-paid: the token holds {value} sats; the price is {price_sats}"
@@ -293,16 +346,34 @@ impl Collector {
         // been read by anyone on the way, and one locked to someone else is not ours to take.
         let ours = lock_key(&dvm.public_key()).map_err(|e| e.to_string())?;
         let secrets = parsed.token_secrets();
+        let conditions: Vec<SpendingConditions> = secrets
+            .iter()
+            .filter_map(|secret| SpendingConditions::try_from(*secret).ok())
+            .collect();
         let locked_to_us = !secrets.is_empty()
-            && secrets.iter().all(|secret| {
+            && conditions.len() == secrets.len()
+            && conditions.iter().all(|c| {
                 matches!(
-                    SpendingConditions::try_from(*secret),
-                    Ok(SpendingConditions::P2PKConditions { data, .. }) if data.x_only_public_key() == ours.x_only_public_key()
+                    c,
+                    SpendingConditions::P2PKConditions { data, .. } if data.x_only_public_key() == ours.x_only_public_key()
                 )
             });
         if !locked_to_us {
             return Err("the token is not P2PK-locked to this DVM's key (NUT-11)".into());
         }
+        // Change goes to the payer's refund key: the key the payer named to take the payment
+        // back, so it is theirs to unlock.
+        let refund_to = conditions.iter().find_map(|c| match c {
+            SpendingConditions::P2PKConditions {
+                conditions: Some(conditions),
+                ..
+            } => conditions
+                .refund_keys
+                .as_ref()
+                .and_then(|keys| keys.first())
+                .and_then(|key| PublicKey::from_slice(&key.x_only_public_key().serialize()).ok()),
+            _ => None,
+        });
         let received = self
             .wallet
             .receive(token, Some(dvm.secret_key()))
@@ -315,7 +386,7 @@ impl Collector {
                     format!("the mint did not redeem the token: {text}")
                 }
             })?;
-        Ok(received.saturating_mul(1000))
+        Ok((received.saturating_mul(1000), refund_to))
     }
 }
 
@@ -326,27 +397,63 @@ impl PaymentGate for Collector {
         dvm: &'a Keys,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Payment> + Send + 'a>> {
         Box::pin(async move {
-            if self.price_msats == 0 {
-                return Payment::Paid { msats: 0 };
+            if self.upfront_msats() == 0 {
+                return Payment::Paid(Receipt::default());
             }
-            match request.param_value(PARAM_CASHU) {
+            match quorum_proto::payment::token_for(request, dvm.secret_key()) {
                 None => Payment::Required {
-                    msats: self.price_msats,
+                    msats: self.upfront_msats(),
                     mints: vec![self.wallet.mint_url().to_string()],
                 },
-                Some(token) => match self.redeem(token, dvm).await {
-                    Ok(msats) => Payment::Paid { msats },
+                Some(Err(why)) => Payment::Refused(why.to_string()),
+                Some(Ok(token)) => match self.redeem(&token, dvm).await {
+                    Ok((msats, refund_to)) => Payment::Paid(Receipt { msats, refund_to }),
                     Err(why) => Payment::Refused(why),
                 },
             }
         })
     }
+
+    fn settle<'a>(
+        &'a self,
+        paid: &'a Receipt,
+        _dvm: &'a Keys,
+        worked: Option<Duration>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Change>> + Send + 'a>> {
+        Box::pin(async move {
+            let paid_sats = paid.msats / 1000;
+            // Charged in whole sats, rounded up: tokens hold sats.
+            let charged = worked.map_or(0, |worked| {
+                self.charge_msats(worked).div_ceil(1000).min(paid_sats)
+            });
+            let change = paid_sats - charged;
+            if change == 0 {
+                return None;
+            }
+            let Some(to) = paid.refund_to else {
+                tracing::warn!("{change} sats of change kept: the payment named no refund key");
+                return None;
+            };
+            match self.wallet.send_locked(change, &to).await {
+                Ok(token) => Some(Change {
+                    msats: change * 1000,
+                    to,
+                    token,
+                }),
+                Err(err) => {
+                    tracing::warn!("cannot make {change} sats of change: {err}");
+                    None
+                }
+            }
+        })
+    }
 }
 
-/// A wallet that pays DVMs for the engine, refundable to `refund_to` (the payer's key).
+/// A wallet that pays DVMs for the engine, with the payer's key: payments are refundable to
+/// it, and change comes back locked and sealed to it.
 pub struct WalletPayer {
     pub wallet: PayWallet,
-    pub refund_to: PublicKey,
+    pub keys: Keys,
 }
 
 impl Payer for WalletPayer {
@@ -359,7 +466,27 @@ impl Payer for WalletPayer {
     {
         Box::pin(async move {
             self.wallet
-                .pay_locked(sats, dvm, &self.refund_to, locktime)
+                .pay_locked(sats, dvm, &self.keys.public_key(), locktime)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn seal(&self, dvm: &PublicKey, token: &str) -> Result<JobParam, String> {
+        quorum_proto::payment::seal_for(self.keys.secret_key(), dvm, token)
+            .map_err(|e| e.to_string())
+    }
+
+    fn receive_change<'a>(
+        &'a self,
+        dvm: &'a PublicKey,
+        sealed: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let token = quorum_proto::payment::open_change(sealed, self.keys.secret_key(), dvm)
+                .map_err(|e| e.to_string())?;
+            self.wallet
+                .receive(&token, Some(self.keys.secret_key()))
                 .await
                 .map_err(|e| e.to_string())
         })

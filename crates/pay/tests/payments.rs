@@ -38,10 +38,7 @@ async fn locked_tokens_go_only_to_their_dvm_once_and_refund_after_the_locktime()
     let payer = wallet(&dir.path().join("payer"), &mint.url).await;
     assert_eq!(payer.mint(100, WAIT).await.unwrap(), 100);
     let dvm = Keys::generate();
-    let collector = Collector {
-        wallet: wallet(&dir.path().join("dvm"), &mint.url).await,
-        price_msats: 10_000,
-    };
+    let collector = Collector::per_job(wallet(&dir.path().join("dvm"), &mint.url).await, 10_000);
 
     // Wrongly locked: to another key.
     let stranger = Keys::generate();
@@ -101,7 +98,11 @@ async fn locked_tokens_go_only_to_their_dvm_once_and_refund_after_the_locktime()
         )
         .await
         .unwrap();
-    assert_eq!(collector.redeem(&paid, &dvm).await.unwrap(), 10_000);
+    assert_eq!(
+        collector.redeem(&paid, &dvm).await.unwrap(),
+        (10_000, Some(payer_keys.public_key())),
+        "received, and the change would go to the payer's refund key"
+    );
     assert_eq!(collector.wallet.balance().await.unwrap(), 10);
     let after = payer.balance().await.unwrap();
     assert!(
@@ -128,6 +129,18 @@ async fn locked_tokens_go_only_to_their_dvm_once_and_refund_after_the_locktime()
         .unwrap();
     assert!(refunded > 0 && refunded <= 10, "{refunded}");
     assert_eq!(payer.balance().await.unwrap(), balance + refunded);
+}
+
+/// A requester's key and its client on `network`'s relay.
+async fn customer(network: &Network) -> (Keys, quorum_dvm::client::JobClient) {
+    let customer = Keys::generate();
+    let client = quorum_dvm::client::JobClient::connect(
+        std::slice::from_ref(&network.relay),
+        customer.clone(),
+    )
+    .await
+    .unwrap();
+    (customer, client)
 }
 
 /// The feedback and results `dvm` published for `request`.
@@ -189,10 +202,7 @@ async fn a_priced_runner_asks_for_payment_works_when_paid_and_refuses_a_spent_to
     let runner_wallet = wallet(&dir.path().join("runner-wallet"), &mint.url).await;
     let terms = Terms {
         price_msats: 3_000,
-        payments: Some(Arc::new(Collector {
-            wallet: runner_wallet.clone(),
-            price_msats: 3_000,
-        })),
+        payments: Some(Arc::new(Collector::per_job(runner_wallet.clone(), 3_000))),
         mints: vec![mint.url.clone()],
         ..Terms::default()
     };
@@ -200,13 +210,7 @@ async fn a_priced_runner_asks_for_payment_works_when_paid_and_refuses_a_spent_to
         .priced_runner(&dir.path().join("runner"), runner_keys.clone(), &terms)
         .await;
     let dvm = runner.public_key();
-    let customer = Keys::generate();
-    let client = quorum_dvm::client::JobClient::connect(
-        std::slice::from_ref(&network.relay),
-        customer.clone(),
-    )
-    .await
-    .unwrap();
+    let (customer, client) = customer(&network).await;
     let payer = wallet(&dir.path().join("payer"), &mint.url).await;
     payer.mint(50, WAIT).await.unwrap();
 
@@ -344,23 +348,14 @@ async fn the_engine_pays_a_priced_runner_within_the_runs_budget() {
     let runner_wallet = wallet(&dir.path().join("runner-wallet"), &mint.url).await;
     let terms = Terms {
         price_msats: 3_000,
-        payments: Some(Arc::new(Collector {
-            wallet: runner_wallet.clone(),
-            price_msats: 3_000,
-        })),
+        payments: Some(Arc::new(Collector::per_job(runner_wallet.clone(), 3_000))),
         mints: vec![mint.url.clone()],
         ..Terms::default()
     };
     let runner = network
         .priced_runner(&dir.path().join("runner"), Keys::generate(), &terms)
         .await;
-    let customer = Keys::generate();
-    let client = quorum_dvm::client::JobClient::connect(
-        std::slice::from_ref(&network.relay),
-        customer.clone(),
-    )
-    .await
-    .unwrap();
+    let (customer, client) = customer(&network).await;
     let payer = wallet(&dir.path().join("payer"), &mint.url).await;
     payer.mint(20, WAIT).await.unwrap();
     let plan = quorum_pipeline::parse(
@@ -374,19 +369,7 @@ async fn the_engine_pays_a_priced_runner_within_the_runs_budget() {
         ..Default::default()
     };
     // Wait for the announcement, which is where the engine learns the price.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !client
-        .discover(StepJob::kind(), Duration::from_secs(1))
-        .await
-        .unwrap()
-        .iter()
-        .any(|(k, _)| *k == runner.public_key())
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the runner did not announce"
-        );
-    }
+    announced(&client, &runner.public_key()).await;
 
     // Without a wallet the run does not know the price: the runner asks for payment, does no
     // work, and the job ends at once with its answer.
@@ -411,7 +394,7 @@ async fn the_engine_pays_a_priced_runner_within_the_runs_budget() {
         attempts: 1,
         payer: Some(Arc::new(quorum_pay::WalletPayer {
             wallet: payer.clone(),
-            refund_to: customer.public_key(),
+            keys: customer.clone(),
         })),
         budget_msats: Some(5_000),
         ..Default::default()
@@ -438,4 +421,273 @@ async fn the_engine_pays_a_priced_runner_within_the_runs_budget() {
     );
     client.shutdown().await;
     runner.shutdown().await;
+}
+
+/// Waits until `dvm` announced a runner offer on the relay: the engine learns prices there.
+async fn announced(client: &quorum_dvm::client::JobClient, dvm: &PublicKey) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !client
+        .discover(StepJob::kind(), Duration::from_secs(1))
+        .await
+        .unwrap()
+        .iter()
+        .any(|(k, _)| k == dvm)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dvm} did not announce"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_second_price_is_prepaid_and_the_change_comes_back_to_the_payer() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let mint = FakeMint::start().await.unwrap();
+    let (repo, commit) = sample_repo(dir.path());
+    let runner_wallet = wallet(&dir.path().join("runner-wallet"), &mint.url).await;
+    // 1 sat per job and 1 sat per second for at most 30 s: 31 sats up front.
+    let terms = Terms {
+        price_msats: 1_000,
+        msats_per_second: 1_000,
+        max_timeout: Some(Duration::from_secs(30)),
+        payments: Some(Arc::new(Collector {
+            wallet: runner_wallet.clone(),
+            price_msats: 1_000,
+            msats_per_second: 1_000,
+            max_secs: 30,
+        })),
+        mints: vec![mint.url.clone()],
+        ..Terms::default()
+    };
+    let runner = network
+        .priced_runner(&dir.path().join("runner"), Keys::generate(), &terms)
+        .await;
+    let dvm = runner.public_key();
+    let (customer, client) = customer(&network).await;
+    let payer = wallet(&dir.path().join("payer"), &mint.url).await;
+    payer.mint(100, WAIT).await.unwrap();
+    // The wallet's key, not the requester's: payments refund to it and change is locked and
+    // sealed to it.
+    let payer_keys = Keys::generate();
+    announced(&client, &dvm).await;
+    let plan = quorum_pipeline::parse(
+        ".quorum/pipeline.yml",
+        "on: push\njobs:\n  slow:\n    run: sleep 2 && echo done\n",
+    )
+    .unwrap();
+    let config = quorum_router::EngineConfig {
+        runners: vec![dvm],
+        attempts: 1,
+        payer: Some(Arc::new(quorum_pay::WalletPayer {
+            wallet: payer.clone(),
+            keys: payer_keys.clone(),
+        })),
+        budget_msats: Some(40_000),
+        ..Default::default()
+    };
+    let context = quorum_router::RunContext {
+        repo: format!("file://{}", repo.display()),
+        commit,
+        ..Default::default()
+    };
+
+    let before = payer.balance().await.unwrap();
+    let outcome =
+        quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut Quiet).await;
+    let job = &outcome.jobs[0];
+    assert_eq!(job.state, quorum_router::JobState::Succeeded, "{job:?}");
+    let charged = runner_wallet.balance().await.unwrap();
+    assert!(
+        (3..31).contains(&charged),
+        "1 sat and at least 2 s of work, less than the longest run: {charged}"
+    );
+    assert_eq!(
+        job.payments,
+        vec![quorum_router::PaymentRecord {
+            dvm: dvm.to_hex(),
+            paid_msats: 31_000,
+            change_msats: (31 - charged) * 1000,
+        }]
+    );
+    assert_eq!(job.paid_msats, charged * 1000);
+    assert_eq!(outcome.paid_msats(), charged * 1000);
+    assert_eq!(
+        before - payer.balance().await.unwrap(),
+        charged,
+        "the payer is out exactly what the runner kept"
+    );
+    // The change travelled sealed to the payer's key: not a token in the clear, and not
+    // readable by whoever else sees the result (the requester's key included).
+    let result = client
+        .fetch(
+            Filter::new().id(EventId::from_hex(job.result.as_deref().unwrap()).unwrap()),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    let sealed = quorum_proto::payment::change_of(&result[0]).expect("a change tag");
+    assert!(!sealed.contains("cashu"), "{sealed}");
+    assert!(quorum_proto::payment::open_change(sealed, customer.secret_key(), &dvm).is_err());
+    let token = quorum_proto::payment::open_change(sealed, payer_keys.secret_key(), &dvm).unwrap();
+    // Locked to the payer: the runner cannot take it back, and it is spent already anyway.
+    assert!(runner_wallet.receive(&token, None).await.is_err());
+
+    // A job that fails before it starts (its commit does not exist): the whole payment comes
+    // back, and the budget with it.
+    let kept = runner_wallet.balance().await.unwrap();
+    let before = payer.balance().await.unwrap();
+    let missing = quorum_router::RunContext {
+        commit: "0".repeat(40),
+        ..context.clone()
+    };
+    let outcome =
+        quorum_router::execute(&client, &plan, &missing, &config, Vec::new(), &mut Quiet).await;
+    let job = &outcome.jobs[0];
+    assert!(
+        matches!(job.state, quorum_router::JobState::Failed { .. }),
+        "{job:?}"
+    );
+    assert_eq!(job.payments[0].paid_msats, 31_000);
+    assert_eq!(job.payments[0].change_msats, 31_000, "{job:?}");
+    assert_eq!(job.paid_msats, 0);
+    assert_eq!(runner_wallet.balance().await.unwrap(), kept);
+    assert_eq!(payer.balance().await.unwrap(), before);
+    client.shutdown().await;
+    runner.shutdown().await;
+}
+
+fn fast() -> quorum_consensus::member::MemberConfig {
+    quorum_consensus::member::MemberConfig {
+        agreement: quorum_consensus::agreement::AgreementConfig {
+            commit_wait: Duration::from_secs(60),
+            straggler_wait: Duration::from_secs(2),
+            reveal_wait: Duration::from_secs(20),
+            ..Default::default()
+        },
+        signing: quorum_consensus::signing::SigningConfig {
+            attempt_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_of_three_quorum_job_pays_each_of_its_three_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let mint = FakeMint::start().await.unwrap();
+    let (repo, _) = sample_repo(dir.path());
+    let share_dir = |n: usize| dir.path().join(format!("runner{n}")).join("shares");
+    let dealt = quorum_testnet::quorum::deal(
+        &network.relay,
+        quorum_testnet::quorum::QuorumSpec {
+            n: 3,
+            t: 2,
+            identifier: "sample",
+            jobs: &["build"],
+            allow: &[8708],
+        },
+        share_dir,
+    )
+    .await;
+    let mut runners = Vec::new();
+    let mut wallets = Vec::new();
+    for (n, keys) in dealt.members.iter().enumerate() {
+        let member_wallet = wallet(&dir.path().join(format!("wallet{n}")), &mint.url).await;
+        let terms = Terms {
+            price_msats: 2_000,
+            payments: Some(Arc::new(Collector::per_job(member_wallet.clone(), 2_000))),
+            mints: vec![mint.url.clone()],
+            ..Terms::default()
+        };
+        runners.push(
+            network
+                .priced_quorum_runner(
+                    &dir.path().join(format!("runner{n}")),
+                    keys.clone(),
+                    &share_dir(n),
+                    fast(),
+                    &terms,
+                )
+                .await,
+        );
+        wallets.push(member_wallet);
+    }
+    let client = network.client().await;
+    const PIPELINE: &str = "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n";
+    let commit =
+        quorum_testkit::git::commit_file(&repo, ".quorum/pipeline.yml", PIPELINE, "pipeline");
+    let url = format!("file://{}", repo.display());
+    dealt
+        .publish_repository(&network.relay, &url, "refs/heads/main", &commit)
+        .await;
+    let quorum = quorum_router::quorum::QuorumContext::new(dealt.mandate.clone())
+        .unwrap()
+        .with_source(&client, &url, &commit)
+        .await;
+    let context = quorum_router::RunContext {
+        repo: url,
+        commit,
+        repo_id: Some(dealt.repo()),
+        quorum: Some(quorum),
+        ..Default::default()
+    };
+    for runner in &runners {
+        announced(&client, &runner.public_key()).await;
+    }
+    let plan = quorum_pipeline::parse(".quorum/pipeline.yml", PIPELINE).unwrap();
+    let payer = wallet(&dir.path().join("payer"), &mint.url).await;
+    payer.mint(20, WAIT).await.unwrap();
+    let config = quorum_router::EngineConfig {
+        payer: Some(Arc::new(quorum_pay::WalletPayer {
+            wallet: payer.clone(),
+            keys: Keys::generate(),
+        })),
+        // Exactly the three members' price: the budget counts every member.
+        budget_msats: Some(6_000),
+        ..Default::default()
+    };
+    let before = payer.balance().await.unwrap();
+    let outcome =
+        quorum_router::execute(&client, &plan, &context, &config, Vec::new(), &mut Quiet).await;
+    let job = &outcome.jobs[0];
+    assert_eq!(job.state, quorum_router::JobState::Succeeded, "{job:?}");
+    let mut paid: Vec<String> = job.payments.iter().map(|p| p.dvm.clone()).collect();
+    paid.sort();
+    let mut members: Vec<String> = dealt
+        .members
+        .iter()
+        .map(|k| k.public_key().to_hex())
+        .collect();
+    members.sort();
+    assert_eq!(paid, members, "every member was paid");
+    assert!(
+        job.payments
+            .iter()
+            .all(|p| p.paid_msats == 2_000 && p.change_msats == 0)
+    );
+    assert_eq!(job.paid_msats, 6_000);
+    assert_eq!(before - payer.balance().await.unwrap(), 6);
+    // The third member may still be redeeming when two answers end the job.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut balances = Vec::new();
+        for member_wallet in &wallets {
+            balances.push(member_wallet.balance().await.unwrap());
+        }
+        if balances == [2, 2, 2] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "each member holds the price: {balances:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    client.shutdown().await;
+    for runner in runners {
+        runner.shutdown().await;
+    }
 }

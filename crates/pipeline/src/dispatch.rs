@@ -202,8 +202,8 @@ pub enum Checked {
 /// job, binds exactly the job's expressions to well-formed values, and its every other input
 /// and param is what [`dispatch`] renders from the plan with those values. Params of the
 /// envelope (`mandate`, `commit`, `release`, `source`, `chain`, `upstream_result`, the
-/// display `name`) and the `job` inputs naming upstream requests are not the job's and are
-/// not compared here. A request that asks for secrets, or for other limits than the runner's,
+/// display `name`, a payment) and the `job` inputs naming upstream requests are not the
+/// job's and are not compared here. A request that asks for secrets, or for other limits than the runner's,
 /// is refused: the plan gives a quorum job neither.
 pub fn check_request(
     job: &PlannedJob,
@@ -299,6 +299,9 @@ fn is_envelope(key: &str) -> bool {
         PARAM_SOURCE,
         PARAM_CHAIN,
         PARAM_UPSTREAM_RESULT,
+        // The payment for the DVM (docs/protocol.md §17.4): the requester's, not the job's.
+        quorum_proto::payment::PARAM_CASHU,
+        quorum_proto::payment::PARAM_CASHU_SEALED,
     ]
     .contains(&key)
 }

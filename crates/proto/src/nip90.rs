@@ -841,6 +841,9 @@ pub struct JobFeedback {
     pub amount: Option<Amount>,
     /// Whether `content` is (to be) NIP-44 encrypted, as it must be for an encrypted request.
     pub encrypted: bool,
+    /// Change sealed to the payer (`["change", …]`, [`crate::payment`]): the payment of a job
+    /// that failed before it started, or what a per-second price did not use.
+    pub change: Option<String>,
 }
 
 impl JobFeedback {
@@ -854,6 +857,7 @@ impl JobFeedback {
             content: String::new(),
             amount: None,
             encrypted: JobRequest::is_encrypted(request),
+            change: None,
         }
     }
 
@@ -895,6 +899,11 @@ impl JobFeedback {
             Tag::public_key(self.customer),
         ];
         tags.extend(self.amount.as_ref().map(Amount::to_tag));
+        tags.extend(
+            self.change
+                .as_ref()
+                .map(|sealed| custom_tag(crate::payment::TAG_CHANGE, [sealed.as_str()])),
+        );
         let content = if self.encrypted && !self.content.is_empty() {
             tags.push(custom_tag(TAG_ENCRYPTED, Vec::<String>::new()));
             nip44::encrypt(provider, &self.customer, &self.content, nip44::Version::V2)
@@ -940,6 +949,7 @@ impl JobFeedback {
                 .map(|t| Amount::parse(&t[1..]))
                 .transpose()?,
             encrypted: first_tag(event, TAG_ENCRYPTED).is_some(),
+            change: crate::payment::change_of(event).map(str::to_string),
         })
     }
 }

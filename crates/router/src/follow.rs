@@ -810,6 +810,7 @@ fn record_of(job: &JobSummary) -> JobRecord {
         tried: Vec::new(),
         quorum: None,
         paid_msats: 0,
+        payments: Vec::new(),
     }
 }
 

@@ -149,9 +149,25 @@ pub struct JobRecord {
     /// For quorum jobs: the quorum, its attestation and who agreed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quorum: Option<quorum::QuorumRecord>,
-    /// Millisats paid to DVMs for this job (Cashu tokens handed over, redeemed or not).
+    /// Millisats this job cost: Cashu tokens handed over to DVMs (redeemed or not), less the
+    /// change they gave back.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub paid_msats: u64,
+    /// What each DVM was paid for this job (every member, for a quorum job).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payments: Vec<PaymentRecord>,
+}
+
+/// What a run paid one DVM for one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PaymentRecord {
+    /// The DVM (hex).
+    pub dvm: String,
+    /// Handed over, in millisats.
+    pub paid_msats: u64,
+    /// Given back as change (received into the run's wallet), in millisats.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub change_msats: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -174,6 +190,7 @@ impl JobRecord {
             tried: Vec::new(),
             quorum: None,
             paid_msats: 0,
+            payments: Vec::new(),
         }
     }
 
@@ -187,6 +204,13 @@ impl JobRecord {
 pub struct RunOutcome {
     pub succeeded: bool,
     pub jobs: Vec<JobRecord>,
+}
+
+impl RunOutcome {
+    /// What the run's jobs cost in all, in millisats (change deducted).
+    pub fn paid_msats(&self) -> u64 {
+        self.jobs.iter().map(|j| j.paid_msats).sum()
+    }
 }
 
 /// Progress of a run, for a terminal or a log.
@@ -593,11 +617,13 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
         if let Some(dvm) = provider {
             match pay(engine, job, &dvm, prepared.timeout).await {
                 Ok(None) => {}
-                Ok(Some((param, msats))) => {
-                    request.params.push(param);
+                Ok(Some((token, msats))) => {
+                    request
+                        .params
+                        .push(JobParam::new(quorum_proto::payment::PARAM_CASHU, token));
                     // The token travels NIP-44 encrypted to the DVM, never in a clear tag.
                     encrypt = true;
-                    record.paid_msats += msats;
+                    record.paid(&dvm, msats);
                 }
                 Err(reason) => {
                     last_failure = reason;
@@ -616,10 +642,13 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
         record
             .tried
             .push(provider.map(|p| p.to_hex()).unwrap_or_else(|| "any".into()));
-        match client
+        let outcome = client
             .run(&request, encrypt, prepared.timeout, &mut forward)
-            .await
-        {
+            .await;
+        if let Ok(answer) = &outcome {
+            take_change(engine, &mut record, answer).await;
+        }
+        match outcome {
             Ok(JobOutcome::Result {
                 request,
                 event,
@@ -656,16 +685,16 @@ async fn run_job(engine: &Engine<'_, '_>, job: &PlannedJob, upstream: Upstream) 
     record
 }
 
-/// The payment for `dvm`'s work on `job`, when the selection found it priced: a `cashu` param
-/// with a token locked to `dvm`, refundable after the job's timeout and an hour, within the
-/// run's budget. `Ok(None)`: free. `Err`: why this DVM is passed over (no wallet, over budget,
-/// the wallet could not pay).
-async fn pay(
+/// The payment for `dvm`'s work on `job`, when the selection found it priced: a token locked
+/// to `dvm` of the most the job may cost there, refundable after the job's timeout and an
+/// hour, within the run's budget, and the millisats it holds. `Ok(None)`: free. `Err`: why this
+/// DVM is passed over (no wallet, over budget, the wallet could not pay).
+pub(crate) async fn pay(
     engine: &Engine<'_, '_>,
     job: &PlannedJob,
     dvm: &PublicKey,
     timeout: Duration,
-) -> Result<Option<(JobParam, u64)>, String> {
+) -> Result<Option<(String, u64)>, String> {
     let msats = engine
         .selected
         .get(&job.id)
@@ -698,13 +727,61 @@ async fn pay(
     }
     let locktime = quorum_proto::nostr::Timestamp::now().as_secs() + timeout.as_secs() + 3600;
     match payer.pay(dvm, sats, locktime).await {
-        Ok(token) => Ok(Some((
-            JobParam::new(quorum_proto::payment::PARAM_CASHU, token),
-            sats * 1000,
-        ))),
+        Ok(token) => Ok(Some((token, sats * 1000))),
         Err(why) => {
             *lock_spent(engine.spent) -= sats * 1000;
             Err(format!("cannot pay {}: {why}", short(dvm)))
+        }
+    }
+}
+
+impl JobRecord {
+    /// Notes `msats` handed over to `dvm`.
+    pub(crate) fn paid(&mut self, dvm: &PublicKey, msats: u64) {
+        self.paid_msats += msats;
+        let dvm = dvm.to_hex();
+        match self.payments.iter_mut().find(|p| p.dvm == dvm) {
+            Some(payment) => payment.paid_msats += msats,
+            None => self.payments.push(PaymentRecord {
+                dvm,
+                paid_msats: msats,
+                change_msats: 0,
+            }),
+        }
+    }
+}
+
+/// Takes the change a DVM's answer carries (a per-second price's unused part, or the whole
+/// payment of a job that failed before it started) into the run's wallet, and gives it back to
+/// the run's budget and the job's cost. Change that cannot be taken stays locked to the payer's
+/// key; the run goes on.
+pub(crate) async fn take_change(
+    engine: &Engine<'_, '_>,
+    record: &mut JobRecord,
+    answer: &JobOutcome,
+) {
+    let (dvm, sealed) = (answer.provider(), answer.sealed_change());
+    let (Some(sealed), Some(payer)) = (sealed, &engine.config.payer) else {
+        return;
+    };
+    let hex = dvm.to_hex();
+    let Some(payment) = record.payments.iter_mut().find(|p| p.dvm == hex) else {
+        // Change from a DVM this run did not pay: not ours to count.
+        return;
+    };
+    match payer.receive_change(dvm, sealed).await {
+        Ok(sats) => {
+            // Never more back than was paid: the budget and the cost only go down by what
+            // this DVM was given.
+            let msats = (sats * 1000).min(payment.paid_msats - payment.change_msats);
+            payment.change_msats += msats;
+            record.paid_msats -= msats;
+            let mut spent = lock_spent(engine.spent);
+            *spent = spent.saturating_sub(msats);
+            tracing::info!(job = %record.id, dvm = %short(dvm), msats, "change received");
+        }
+        Err(why) => {
+            tracing::warn!(job = %record.id, dvm = %short(dvm), "change not received: {why}")
         }
     }
 }

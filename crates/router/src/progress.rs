@@ -162,6 +162,7 @@ mod tests {
             tried: Vec::new(),
             quorum: None,
             paid_msats: 0,
+            payments: Vec::new(),
         }
     }
 

@@ -246,7 +246,7 @@ pub(crate) async fn run_quorum_job(
         ..
     } = *engine;
     let mut record = JobRecord::new(job);
-    let step = match quorum_step(job, engine, &upstream, size) {
+    let mut step = match quorum_step(job, engine, &upstream, size) {
         Ok(step) => step,
         Err(reason) => {
             record.state = JobState::Failed { reason };
@@ -254,6 +254,7 @@ pub(crate) async fn run_quorum_job(
         }
     };
     let quorum = context.quorum.as_ref().expect("quorum_step checked it");
+    pay_members(engine, job, &mut step, &mut record).await;
     record.tried = step
         .request
         .providers
@@ -276,6 +277,9 @@ pub(crate) async fn run_quorum_job(
         .await;
     match collected {
         Ok((event, answers)) => {
+            for answer in &answers {
+                crate::take_change(engine, &mut record, answer).await;
+            }
             evaluate(
                 engine,
                 quorum,
@@ -293,6 +297,41 @@ pub(crate) async fn run_quorum_job(
                 reason: format!("no member answered: {err}"),
             };
             record
+        }
+    }
+}
+
+/// Pays every priced member of a quorum job (docs/protocol.md §17.4): the request is clear (it
+/// has several providers), so each member's token goes in a `cashu-sealed` param NIP-44
+/// encrypted to that member. A member the run cannot pay (no wallet, over budget) is asked
+/// anyway and answers `payment-required`; the others may still reach the threshold.
+async fn pay_members(
+    engine: &Engine<'_, '_>,
+    job: &PlannedJob,
+    step: &mut QuorumStep,
+    record: &mut JobRecord,
+) {
+    let members = step.request.providers.clone();
+    for member in members {
+        let token = match crate::pay(engine, job, &member, step.timeout).await {
+            Ok(None) => continue,
+            Ok(Some(paid)) => paid,
+            Err(reason) => {
+                tracing::info!(job = %job.id, "{reason}; the member is asked unpaid");
+                continue;
+            }
+        };
+        let (token, msats) = token;
+        let payer = engine.config.payer.as_ref().expect("paid with the payer");
+        match payer.seal(&member, &token) {
+            Ok(param) => {
+                step.request.params.push(param);
+                record.paid(&member, msats);
+            }
+            Err(why) => {
+                // Not handed over, but out of the wallet until its locktime: still spent.
+                tracing::warn!(job = %job.id, member = %short(&member), "cannot seal a payment: {why}");
+            }
         }
     }
 }

@@ -69,12 +69,10 @@ pub(crate) async fn preselect(
         let Some(policy) = policy_of(job, config) else {
             continue;
         };
-        // Judged only to learn prices (a paying run without a policy): quorum members are
-        // not paid yet (docs/protocol.md §17.4), so there is nothing to learn for them, and no
-        // diversity was asked for.
+        // Judged only to learn prices (a paying run without a policy): nobody is refused for
+        // it, and no diversity was asked for.
         let implicit = job.select.is_none() && config.select.is_none();
         let (kind, candidates, needed, diversity) = match (&job.spec, job.quorum_size()) {
-            (_, Some(_)) if implicit => continue,
             (_, Some((_, threshold))) => {
                 let Some(quorum) = &context.quorum else {
                     // The quorum job fails on its own, naming the missing mandate.
@@ -84,13 +82,9 @@ pub(crate) async fn preselect(
                     JobSpec::Dvm { kind, .. } => Kind::from_u16(*kind),
                     _ => StepJob::kind(),
                 };
-                let diversity = quorum_market::select::diversity_for(policy, threshold);
-                (
-                    kind,
-                    Some(quorum.members()),
-                    threshold as usize,
-                    Some(diversity),
-                )
+                let diversity =
+                    (!implicit).then(|| quorum_market::select::diversity_for(policy, threshold));
+                (kind, Some(quorum.members()), threshold as usize, diversity)
             }
             (JobSpec::Dvm { kind, provider, .. }, None) => {
                 let named = provider
@@ -114,11 +108,24 @@ pub(crate) async fn preselect(
         };
         let selection = match quorum_market::choose(client, &query).await {
             Ok(selection) => selection,
+            // Only prices were wanted: the job runs as it would without a wallet.
+            Err(_) if implicit && job.quorum_size().is_some() => continue,
             Err(err) => {
                 refused.push((job.id.clone(), err.to_string()));
                 continue;
             }
         };
+        if implicit && job.quorum_size().is_some() {
+            // The prices of the members that announce one; the request goes to every member
+            // whatever this finds (the mandate says who holds shares).
+            let priced = selection
+                .judged
+                .iter()
+                .map(|j| (j.dvm, j.max_msats.unwrap_or(0)))
+                .collect();
+            selected.insert(job.id.clone(), priced);
+            continue;
+        }
         match selection.require(needed, diversity) {
             Ok(_) => {
                 let admitted: Vec<(PublicKey, u64)> = selection

@@ -1329,6 +1329,7 @@ fn released_job(id: &str, runner: &Keys, byte: u8) -> JobRecord {
         tried: vec![runner.public_key().to_hex()],
         quorum: None,
         paid_msats: 0,
+        payments: Vec::new(),
     }
 }
 

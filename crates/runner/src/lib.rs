@@ -69,6 +69,9 @@ pub struct RunnerConfig {
     /// Toolchains to announce (what is inside the sandbox).
     pub toolchains: Vec<String>,
     pub price_msats: u64,
+    /// Price per second a job runs, in millisats, on top of `price_msats` (prepaid for
+    /// `max_timeout`; the change goes back with the result).
+    pub msats_per_second: u64,
     /// How long a quorum member waits for the approval gates a release depends on before it
     /// gives up signing the binding (the engine's approval requests expire after 24 h).
     pub approval_wait: Duration,
@@ -95,6 +98,7 @@ impl RunnerConfig {
             max_request_bytes: 64 * 1024,
             toolchains: vec!["sh".into(), "git".into()],
             price_msats: 0,
+            msats_per_second: 0,
             mints: Vec::new(),
             images: None,
             require_image: false,
@@ -229,8 +233,9 @@ impl Runner {
         admission: Option<&Admission>,
     ) -> Result<(StepReport, Option<derive::Derived>), JobFailure> {
         let encrypted = JobRequest::is_encrypted(&job.event);
-        let asked = StepJob::from_request(&job.request, encrypted)
-            .map_err(|e| JobFailure::new(format!("invalid run-step request: {e}")))?;
+        let asked = StepJob::from_request(&job.request, encrypted).map_err(|e| {
+            JobFailure::new(format!("invalid run-step request: {e}")).before_start()
+        })?;
         let uploader = if encrypted {
             self.blossom.with_signer(nostr_sdk::Keys::generate())
         } else {
@@ -249,9 +254,10 @@ impl Runner {
             Some(admitted) => admitted,
             None => (asked.repo.as_str(), asked.commit.as_str()),
         };
+        // Nothing ran yet when the source cannot be had: a paid job gets its payment back.
         let source_date_epoch = git::fetch_commit(fetch_url, fetch_commit, &src, &self.config.git)
             .await
-            .map_err(|e| JobFailure::new(e.to_string()))?;
+            .map_err(|e| JobFailure::new(e.to_string()).before_start())?;
         let (step, derived) = match admission {
             None => (asked, None),
             Some(admission) => {
@@ -272,9 +278,9 @@ impl Runner {
             }
         };
         if step.network && !self.config.allow_network {
-            return Err(JobFailure::new(
-                "this runner does not give steps network access",
-            ));
+            return Err(
+                JobFailure::new("this runner does not give steps network access").before_start(),
+            );
         }
         let timeout = step
             .timeout
@@ -546,8 +552,8 @@ impl JobHandler for Runner {
             },
             price: Price {
                 msats_per_job: self.config.price_msats,
+                msats_per_second: self.config.msats_per_second,
                 mints: self.config.mints.clone(),
-                ..Price::default()
             },
             limits: JobLimits {
                 concurrency: self.config.concurrency,

@@ -21,6 +21,11 @@ use tokio::sync::oneshot;
 #[derive(Clone, Default)]
 pub struct Terms {
     pub price_msats: u64,
+    /// Price per second a job runs, prepaid for `max_timeout` (the change comes back).
+    pub msats_per_second: u64,
+    /// The longest a step may run (announced; what a per-second price is prepaid for);
+    /// `None`: the runner's default.
+    pub max_timeout: Option<Duration>,
     /// The operator it names (a claim until the operator lists it).
     pub operator: Option<quorum_proto::nostr::PublicKey>,
     /// Takes payment before any work; `None`: jobs run unpaid whatever the price says.
@@ -122,6 +127,21 @@ impl Network {
         .await
     }
 
+    /// The quorum side of a member runner: its shares in `share_dir`, on this relay.
+    fn quorum_member(
+        &self,
+        keys: &Keys,
+        share_dir: &Path,
+        config: quorum_consensus::member::MemberConfig,
+    ) -> quorum_consensus::job::QuorumMember {
+        quorum_consensus::job::QuorumMember::new(
+            vec![self.relay.clone()],
+            keys.clone(),
+            share_dir.to_path_buf(),
+        )
+        .with_config(config)
+    }
+
     /// A runner that serves quorum jobs with the shares in `share_dir` (`<quorum hex>.json`).
     pub async fn quorum_runner(
         &self,
@@ -130,13 +150,34 @@ impl Network {
         share_dir: &Path,
         config: quorum_consensus::member::MemberConfig,
     ) -> Dvm {
-        let member = quorum_consensus::job::QuorumMember::new(
-            vec![self.relay.clone()],
-            keys.clone(),
-            share_dir.to_path_buf(),
-        )
-        .with_config(config);
+        let member = self.quorum_member(&keys, share_dir, config);
         self.start_runner(data, keys, true, Some(member)).await
+    }
+
+    /// A quorum runner that announces `terms` (a price) and takes payment before any work.
+    pub async fn priced_quorum_runner(
+        &self,
+        data: &Path,
+        keys: Keys,
+        share_dir: &Path,
+        config: quorum_consensus::member::MemberConfig,
+        terms: &Terms,
+    ) -> Dvm {
+        let member = self.quorum_member(&keys, share_dir, config);
+        let sandbox = quorum_sandbox::Bubblewrap::detect()
+            .expect("bubblewrap is required for these tests: apt-get install bubblewrap");
+        self.start_runner_in(
+            data,
+            keys,
+            RunnerSpec {
+                allow_local: true,
+                quorum: Some(member),
+                sandbox: Arc::new(sandbox),
+                terms,
+                tweak: |_| {},
+            },
+        )
+        .await
     }
 
     /// A quorum runner whose steps run in `sandbox` (e.g. bubblewrap with a host toolchain of
@@ -149,12 +190,7 @@ impl Network {
         config: quorum_consensus::member::MemberConfig,
         sandbox: Arc<dyn quorum_sandbox::Sandbox>,
     ) -> Dvm {
-        let member = quorum_consensus::job::QuorumMember::new(
-            vec![self.relay.clone()],
-            keys.clone(),
-            share_dir.to_path_buf(),
-        )
-        .with_config(config);
+        let member = self.quorum_member(&keys, share_dir, config);
         self.start_runner_in(
             data,
             keys,
@@ -180,12 +216,7 @@ impl Network {
         config: quorum_consensus::member::MemberConfig,
         tamper: fn(&Path),
     ) -> Dvm {
-        let member = quorum_consensus::job::QuorumMember::new(
-            vec![self.relay.clone()],
-            keys.clone(),
-            share_dir.to_path_buf(),
-        )
-        .with_config(config);
+        let member = self.quorum_member(&keys, share_dir, config);
         let sandbox = Tampering {
             inner: quorum_sandbox::Bubblewrap::detect()
                 .expect("bubblewrap is required for these tests: apt-get install bubblewrap"),
@@ -257,6 +288,10 @@ impl Network {
         } = spec;
         let mut config = RunnerConfig::new(data.join("work"), vec![self.blossom.clone()]);
         config.price_msats = terms.price_msats;
+        config.msats_per_second = terms.msats_per_second;
+        if let Some(max) = terms.max_timeout {
+            config.max_timeout = max;
+        }
         config.mints = terms.mints.clone();
         // Tests ask for network steps; the sandbox keeps them off the host's loopback.
         config.allow_network = true;

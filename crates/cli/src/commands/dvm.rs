@@ -310,6 +310,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         allow_local_repos: args.allow_local_repos,
         allow_private_git: args.allow_private_git,
         price_msats: args.price_msats,
+        price_msats_per_second: args.price_msats_per_second,
         mint: args.mint.clone(),
         operator: operator(args.operator.as_deref())?,
         images: args.images.clone(),
@@ -356,6 +357,8 @@ pub struct RunnerSetup {
     pub allow_local_repos: bool,
     pub allow_private_git: bool,
     pub price_msats: u64,
+    /// Price per second a job runs (prepaid for `max_timeout`, change returned).
+    pub price_msats_per_second: u64,
     /// The mint payments are taken at (a priced runner collects only with one).
     pub mint: Option<String>,
     /// Who runs the runner, named in its announcement.
@@ -381,17 +384,21 @@ pub async fn start_runner(
     config.allow_network = setup.allow_network;
     config.concurrency = u32::try_from(setup.concurrency).unwrap_or(u32::MAX);
     config.price_msats = setup.price_msats;
+    config.msats_per_second = setup.price_msats_per_second;
     config.mints = setup
         .mint
         .iter()
         .map(|m| m.trim_end_matches('/').to_string())
         .collect();
+    let priced = setup.price_msats > 0 || setup.price_msats_per_second > 0;
     let payments: Option<Arc<dyn quorum_dvm::handler::PaymentGate>> = match &setup.mint {
-        Some(mint) if setup.price_msats > 0 => Some(Arc::new(quorum_pay::Collector {
+        Some(mint) if priced => Some(Arc::new(quorum_pay::Collector {
             wallet: quorum_pay::PayWallet::open_in(&setup.data.join("wallet"), mint).await?,
             price_msats: setup.price_msats,
+            msats_per_second: setup.price_msats_per_second,
+            max_secs: setup.max_timeout.as_secs(),
         })),
-        None if setup.price_msats > 0 => {
+        None if priced => {
             tracing::warn!("a price without --mint is announced but not collected");
             None
         }

@@ -257,6 +257,7 @@ async fn start_runners(
             allow_local_repos: true,
             allow_private_git: true,
             price_msats: 0,
+            price_msats_per_second: 0,
             mint: None,
             operator: Some(operator),
             // Images from the embedded Blossom server (or their registries), kept per runner.

@@ -36,9 +36,10 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     // Check the step locally first: the same rules the runner applies, with the same words.
     StepJob::from_request(&step.to_request(), encrypt).context("invalid step")?;
     let mut request = step.to_request();
-    let outcome = send(&args.target, &mut request, encrypt).await?;
+    let sent = send(&args.target, &mut request, encrypt).await?;
+    let outcome = &sent.outcome;
 
-    let (code, value) = match &outcome {
+    let (code, value) = match outcome {
         JobOutcome::Result {
             request,
             event,
@@ -81,7 +82,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             error_json(request.id.to_hex(), provider, feedback),
         ),
     };
-    finish(&args.target, &outcome, value);
+    finish(&args.target, &sent, value);
     Ok(code)
 }
 
@@ -110,8 +111,9 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--param {param:?} is not KEY=VALUE"))?;
         request.params.push(JobParam::new(key, value));
     }
-    let outcome = send(&args.target, &mut request, args.encrypt).await?;
-    let (code, value) = match &outcome {
+    let sent = send(&args.target, &mut request, args.encrypt).await?;
+    let outcome = &sent.outcome;
+    let (code, value) = match outcome {
         JobOutcome::Result {
             request,
             event,
@@ -139,16 +141,20 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             error_json(request.id.to_hex(), provider, feedback),
         ),
     };
-    finish(&args.target, &outcome, value);
+    finish(&args.target, &sent, value);
     Ok(code)
 }
 
-/// Publishes the request on the target's relays and follows it to its outcome.
-async fn send(
-    target: &JobTarget,
-    request: &mut JobRequest,
-    encrypt: bool,
-) -> anyhow::Result<JobOutcome> {
+/// A job's answer and, when it was paid, what it cost.
+struct Sent {
+    outcome: JobOutcome,
+    paid_msats: u64,
+    change_msats: u64,
+}
+
+/// Publishes the request on the target's relays and follows it to its outcome, paying the DVM
+/// when it asks and the target has a budget.
+async fn send(target: &JobTarget, request: &mut JobRequest, encrypt: bool) -> anyhow::Result<Sent> {
     let relays = super::relay_urls(&target.relays)?;
     if let Some(provider) = &target.provider {
         let provider = PublicKey::parse(provider).with_context(|| {
@@ -165,21 +171,52 @@ async fn send(
         Some(path) => quorum_dvm::keyfile::load(path)?,
         None => Keys::generate(),
     };
+    let payer = match (target.budget, &target.mint) {
+        (Some(budget), Some(mint)) => {
+            let dir = match &target.wallet {
+                Some(dir) => dir.clone(),
+                None => super::run::data_home()?.join("wallet"),
+            };
+            // Payments refund to this key, and change comes back locked to it.
+            let payer = quorum_pay::WalletPayer {
+                wallet: quorum_pay::PayWallet::open_in(&dir, mint).await?,
+                keys: keys.clone(),
+            };
+            Some((payer, budget.saturating_mul(1000)))
+        }
+        _ => None,
+    };
     let client = JobClient::connect(&relays, keys).await?;
     let mut reporter = Live {
         quiet: target.json,
         last_tail: String::new(),
     };
-    let outcome = client
-        .run(
-            request,
-            encrypt,
-            Duration::from_secs(target.wait),
-            &mut reporter,
-        )
-        .await;
+    let wait = Duration::from_secs(target.wait);
+    let sent = match &payer {
+        Some((payer, budget_msats)) => quorum_pay::job::PaidJob {
+            payer,
+            budget_msats: *budget_msats,
+        }
+        .run(&client, request, encrypt, wait, &mut reporter)
+        .await
+        .map(|paid| Sent {
+            outcome: paid.outcome,
+            paid_msats: paid.paid_msats,
+            change_msats: paid.change_msats,
+        })
+        .map_err(anyhow::Error::from),
+        None => client
+            .run(request, encrypt, wait, &mut reporter)
+            .await
+            .map(|outcome| Sent {
+                outcome,
+                paid_msats: 0,
+                change_msats: 0,
+            })
+            .map_err(anyhow::Error::from),
+    };
     client.shutdown().await;
-    Ok(outcome?)
+    sent
 }
 
 fn exit(ok: bool) -> ExitCode {
@@ -201,14 +238,29 @@ fn error_json(request: String, provider: &PublicKey, feedback: &JobFeedback) -> 
     })
 }
 
-fn finish(target: &JobTarget, outcome: &JobOutcome, value: Value) {
+fn finish(target: &JobTarget, sent: &Sent, mut value: Value) {
+    if sent.paid_msats > 0 {
+        value["paid_msats"] = json!(sent.paid_msats);
+        value["change_msats"] = json!(sent.change_msats);
+    }
     if target.json {
         println!("{value}");
         return;
     }
+    if sent.paid_msats > 0 {
+        eprintln!(
+            "paid {} sat to {}{}",
+            sent.paid_msats / 1000,
+            short(sent.outcome.provider()),
+            match sent.change_msats {
+                0 => String::new(),
+                msats => format!(", {} sat came back as change", msats / 1000),
+            }
+        );
+    }
     if let JobOutcome::Error {
         provider, feedback, ..
-    } = outcome
+    } = &sent.outcome
     {
         if !feedback.content.is_empty() {
             eprintln!("{}", super::sanitize(&feedback.content));

@@ -167,6 +167,9 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             quorum_proto::nostr::ToBech32::to_bech32(&run_key).unwrap_or_default(),
         );
     }
+    // Payments need a local key: tokens are locked to it for refunds and change, and a
+    // quorum member's token is sealed with it. The run's own key when it is here.
+    let local_keys = signer.local().cloned();
     let (run_signer, run_bunker) = signer.into_shared();
     // Opened before the run, so that a bad key file or bunker URI stops it before any build.
     let (nip82_signer, nip82_bunker) =
@@ -254,9 +257,14 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
                     Some(dir) => dir.clone(),
                     None => data_home()?.join("wallet"),
                 };
+                // Payments refund to this key, and change comes back locked to it.
                 Some(std::sync::Arc::new(quorum_pay::WalletPayer {
                     wallet: quorum_pay::PayWallet::open_in(&dir, mint).await?,
-                    refund_to: run_key,
+                    keys: match &local_keys {
+                        Some(keys) => keys.clone(),
+                        // Signing through a bunker: the wallet's own key.
+                        None => quorum_dvm::keyfile::load_or_create(&dir.join("payer.nsec"))?,
+                    },
                 }))
             }
             _ => None,
@@ -411,6 +419,7 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             "repository": context.repo_id.as_ref().map(|r| r.to_string()),
             "commit": context.commit,
             "jobs": outcome.jobs.iter().map(job_json).collect::<Vec<_>>(),
+            "paid_msats": outcome.paid_msats(),
             "artifacts": artifacts,
             "release": release.as_ref().map(|r| r.binding.to_hex()),
             "nip82": release.as_ref().map(nip82_json),
@@ -428,6 +437,9 @@ pub async fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     } else {
         print_summary(&outcome.jobs);
         print_saved(&saved, context.repo_id.as_ref());
+        if outcome.paid_msats() > 0 {
+            eprintln!("paid {} sat in all", outcome.paid_msats() / 1000);
+        }
     }
     Ok(if succeeded {
         ExitCode::SUCCESS
@@ -734,6 +746,8 @@ fn job_json(job: &JobRecord) -> serde_json::Value {
         "provider": job.provider, "request": job.request, "result": job.result,
         "log": job.report.as_ref().map(|r| json!({"sha256": r.log.sha256, "urls": r.log.urls})),
         "quorum": job.quorum,
+        "paid_msats": job.paid_msats,
+        "payments": job.payments,
     })
 }
 
@@ -831,11 +845,16 @@ impl RunReporter for Progress {
         self.line(&super::sanitize(&quorum_router::progress::finished_line(
             record,
         )));
-        if record.paid_msats > 0 {
+        for payment in &record.payments {
+            let change = match payment.change_msats {
+                0 => String::new(),
+                msats => format!(", {} sat came back as change", msats / 1000),
+            };
             self.line(&format!(
-                "  {} paid {} sat",
+                "  {} paid {} sat to {}{change}",
                 record.id,
-                record.paid_msats / 1000
+                payment.paid_msats / 1000,
+                &payment.dvm[..12],
             ));
         }
         if let (JobState::Failed { .. }, Some(report)) = (&record.state, &record.report) {

@@ -20,6 +20,9 @@ struct Endpoints<'a> {
     router: Option<String>,
     /// Public key (hex) of the local operator (DATA/operator.nsec) who runs every DVM here.
     operator: String,
+    /// The fake-Lightning Cashu mint's URL (`--mint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mint: Option<String>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -46,6 +49,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         unsandboxed_runners: args.unsandboxed_runners,
     })
     .await?;
+    // In memory: its ecash is gone when `quorum up` stops, as the mint is.
+    let mint = if args.mint {
+        Some(
+            quorum_pay::fake_mint::FakeMint::start()
+                .await
+                .context("cannot start the mint")?,
+        )
+    } else {
+        None
+    };
     let endpoints = Endpoints {
         relay: &network.relay_url,
         blossom: network.blossom_url.as_str().trim_end_matches('/'),
@@ -56,6 +69,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         router: network.router.as_ref().map(|dvm| dvm.public_key().to_hex()),
         operator: network.operator.to_hex(),
+        mint: mint.as_ref().map(|m| m.url.clone()),
     };
     write_atomically(&endpoints_file, &serde_json::to_vec_pretty(&endpoints)?)?;
     super::announce(&format!("relay: {}", endpoints.relay));
@@ -68,6 +82,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     // Every DVM here is this machine's: one operator, whose key is DATA/operator.nsec.
     super::announce(&format!("operator: {}", endpoints.operator));
+    if let Some(mint) = &endpoints.mint {
+        super::announce(&format!("mint: {mint}"));
+    }
     super::announce(&format!("endpoints: {}", endpoints_file.display()));
 
     // The dashboard serves until the same signal; if it cannot start, the network still stops
@@ -83,6 +100,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             Ok(())
         }
     };
+    drop(mint);
     let stopped = network.shutdown().await;
     let _ = std::fs::remove_file(&endpoints_file);
     stopped?;
