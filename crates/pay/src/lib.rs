@@ -106,6 +106,19 @@ pub fn load_or_create_seed(path: &Path) -> Result<[u8; 64], PayError> {
     }
 }
 
+/// Whether `url` names a host on this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(url) = url::Url::parse(url) else {
+        return false;
+    };
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// A sat wallet at one mint.
 #[derive(Clone)]
 pub struct PayWallet {
@@ -141,6 +154,13 @@ impl PayWallet {
                     reason: e.to_string(),
                 }
             })?;
+        // cdk paces a wallet's requests to each host (a burst of 20, then one every 3 s) so
+        // that a busy wallet stays under a public mint's own limits; a payment is one swap,
+        // so the 21st payment of a minute waits 3 s. A mint on this machine (a test or
+        // `quorum up --mint`) has no shared limit to protect: no pacing there.
+        if is_loopback_url(mint) {
+            wallet.disable_rate_limiting();
+        }
         Ok(PayWallet {
             wallet,
             mint: mint.trim_end_matches('/').to_string(),
@@ -490,5 +510,53 @@ impl Payer for WalletPayer {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_mint_on_this_machine_counts_as_loopback() {
+        for url in [
+            "http://127.0.0.1:3338",
+            "http://127.0.0.5:1/",
+            "http://localhost:3338",
+            "http://[::1]:3338",
+        ] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "https://mint.example.com",
+            "http://10.0.0.1:3338",
+            "http://127.0.0.1.example.com",
+            "not a url",
+        ] {
+            assert!(!is_loopback_url(url), "{url}");
+        }
+    }
+
+    /// A remote mint keeps cdk's pacing (its own rate limits are shared by every wallet); a
+    /// mint on this machine is not paced. Opening a wallet does not contact its mint.
+    #[tokio::test]
+    async fn a_wallet_paces_requests_to_a_remote_mint_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = PayWallet::open(
+            &dir.path().join("remote"),
+            "https://mint.example.com",
+            random_seed(),
+        )
+        .await
+        .unwrap();
+        assert!(remote.wallet.is_rate_limited());
+        let local = PayWallet::open(
+            &dir.path().join("local"),
+            "http://127.0.0.1:3338",
+            random_seed(),
+        )
+        .await
+        .unwrap();
+        assert!(!local.wallet.is_rate_limited());
     }
 }
