@@ -13,6 +13,7 @@ use nostr_sdk::prelude::*;
 use quorum_dvm::handler::{Payer, PaymentGate, Receipt};
 use quorum_pay::fake_mint::FakeMint;
 use quorum_pay::{Collector, PayWallet, WalletPayer};
+use quorum_testnet::bench::{median, relay_round_trips};
 
 fn bench_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -21,51 +22,11 @@ fn bench_dir() -> PathBuf {
         .join("bench")
 }
 
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    samples[samples.len() / 2]
-}
-
-async fn relay_rtt(url: &RelayUrl) -> f64 {
-    let publisher = Client::new(Keys::generate());
-    let subscriber = Client::new(Keys::generate());
-    for client in [&publisher, &subscriber] {
-        client.add_relay(url.clone()).await.unwrap();
-        client.connect().await;
-        client.wait_for_connection(Duration::from_secs(5)).await;
-    }
-    let keys = Keys::generate();
-    let mut notifications = subscriber.notifications();
-    subscriber
-        .subscribe(Filter::new().author(keys.public_key()), None)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut samples = Vec::new();
-    for i in 0..30 {
-        let event = EventBuilder::text_note(format!("{i}"))
-            .sign_with_keys(&keys)
-            .unwrap();
-        let start = Instant::now();
-        publisher.send_event(&event).await.unwrap();
-        loop {
-            if let RelayPoolNotification::Event { event: got, .. } =
-                notifications.recv().await.unwrap()
-                && got.id == event.id
-            {
-                break;
-            }
-        }
-        samples.push(start.elapsed().as_secs_f64() * 1000.0);
-    }
-    median(samples)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let network = quorum_testnet::Network::start(dir.path()).await;
-    let rtt = relay_rtt(&network.relay).await;
+    let rtt = median(relay_round_trips(&network.relay, 30).await);
     let mint = FakeMint::start().await.unwrap();
     let payer = PayWallet::open(
         &dir.path().join("payer"),

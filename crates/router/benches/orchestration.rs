@@ -10,12 +10,13 @@
 //! `cargo bench -p quorum-router --bench orchestration` writes `target/bench/orchestration.json`.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nostr_sdk::prelude::*;
 use quorum_dvm::Dvm;
 use quorum_dvm::client::JobClient;
 use quorum_router::{EngineConfig, JobRecord, RunContext, RunReporter, execute};
+use quorum_testnet::bench::{median, relay_round_trips};
 use serde_json::json;
 
 struct Silent;
@@ -36,42 +37,6 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
-}
-
-async fn relay_rtt(url: &RelayUrl) -> f64 {
-    let publisher = Client::new(Keys::generate());
-    let subscriber = Client::new(Keys::generate());
-    for client in [&publisher, &subscriber] {
-        client.add_relay(url.clone()).await.unwrap();
-        client.connect().await;
-        client.wait_for_connection(Duration::from_secs(5)).await;
-    }
-    let keys = Keys::generate();
-    let mut notifications = subscriber.notifications();
-    subscriber
-        .subscribe(Filter::new().author(keys.public_key()), None)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut samples = Vec::new();
-    for i in 0..30 {
-        let event = EventBuilder::text_note(format!("{i}"))
-            .sign_with_keys(&keys)
-            .unwrap();
-        let start = Instant::now();
-        publisher.send_event(&event).await.unwrap();
-        loop {
-            if let RelayPoolNotification::Event { event: got, .. } =
-                notifications.recv().await.unwrap()
-                && got.id == event.id
-            {
-                break;
-            }
-        }
-        samples.push(start.elapsed().as_secs_f64() * 1000.0);
-    }
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    samples[samples.len() / 2]
 }
 
 fn commit_pipeline(repo: &Path, pipeline: &str) -> String {
@@ -125,7 +90,7 @@ async fn main() {
     let client = JobClient::connect(std::slice::from_ref(&relay_url), Keys::generate())
         .await
         .unwrap();
-    let rtt = relay_rtt(&relay_url).await;
+    let rtt = median(relay_round_trips(&relay_url, 30).await);
 
     // Warm up once (first sandbox, first connections), then measure three chains.
     execute(&client, &plan, &context, &config, Vec::new(), &mut Silent).await;

@@ -18,6 +18,7 @@ use quorum_dvm::client::{JobClient, JobOutcome, Quiet};
 use quorum_proto::step::StepJob;
 use quorum_runner::GitPolicy;
 use quorum_sandbox::Sandbox;
+use quorum_testnet::bench::relay_round_trips;
 use serde_json::json;
 
 const SAMPLES: usize = 40;
@@ -39,46 +40,6 @@ fn summary(name: &str, mut millis: Vec<f64>) -> serde_json::Value {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-async fn relay_round_trips(url: &RelayUrl) -> Vec<f64> {
-    let publisher = Client::new(Keys::generate());
-    let subscriber = Client::new(Keys::generate());
-    for client in [&publisher, &subscriber] {
-        client.add_relay(url.clone()).await.unwrap();
-        client.connect().await;
-        client.wait_for_connection(Duration::from_secs(5)).await;
-    }
-    let keys = Keys::generate();
-    let mut notifications = subscriber.notifications();
-    subscriber
-        .subscribe(
-            Filter::new().author(keys.public_key()).kind(Kind::TextNote),
-            None,
-        )
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut samples = Vec::new();
-    for i in 0..SAMPLES {
-        let event = EventBuilder::text_note(format!("ping {i}"))
-            .sign_with_keys(&keys)
-            .unwrap();
-        let start = Instant::now();
-        publisher.send_event(&event).await.unwrap();
-        loop {
-            if let RelayPoolNotification::Event { event: got, .. } =
-                notifications.recv().await.unwrap()
-                && got.id == event.id
-            {
-                break;
-            }
-        }
-        samples.push(ms(start.elapsed()));
-    }
-    publisher.shutdown().await;
-    subscriber.shutdown().await;
-    samples
 }
 
 async fn sandbox_startups(sandbox: &dyn Sandbox, dir: &Path) -> Vec<f64> {
@@ -142,7 +103,7 @@ async fn main() {
     let concurrency = DvmConfig::new(Vec::new(), PathBuf::new(), "default").concurrency;
 
     println!("runner job overhead on loopback (debug logging off, release build)");
-    let relay_rtt = relay_round_trips(&relay_url).await;
+    let relay_rtt = relay_round_trips(&relay_url, SAMPLES).await;
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let startup = sandbox_startups(sandbox.as_ref(), &empty).await;

@@ -4,6 +4,7 @@
 //! Everything is real: our relay over WebSocket, our Blossom server over HTTP, runner DVMs
 //! with bubblewrap, router DVMs. Servers stop when the [`Network`] is dropped.
 
+pub mod bench;
 pub mod quorum;
 
 use std::path::Path;
