@@ -15,17 +15,9 @@ use std::time::Instant;
 use nostr_sdk::prelude::*;
 use quorum_dvm::Dvm;
 use quorum_dvm::client::JobClient;
-use quorum_router::{EngineConfig, JobRecord, RunContext, RunReporter, execute};
+use quorum_router::{EngineConfig, QuietRun, RunContext, execute};
 use quorum_testnet::bench::{median, relay_round_trips};
 use serde_json::json;
-
-struct Silent;
-
-impl RunReporter for Silent {
-    fn job_started(&mut self, _: &quorum_pipeline::PlannedJob) {}
-    fn job_progress(&mut self, _: &str, _: &PublicKey, _: &str) {}
-    fn job_finished(&mut self, _: &JobRecord) {}
-}
 
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -93,11 +85,11 @@ async fn main() {
     let rtt = median(relay_round_trips(&relay_url, 30).await);
 
     // Warm up once (first sandbox, first connections), then measure three chains.
-    execute(&client, &plan, &context, &config, Vec::new(), &mut Silent).await;
+    execute(&client, &plan, &context, &config, Vec::new(), &mut QuietRun).await;
     let mut per_step = Vec::new();
     for _ in 0..3 {
         let start = Instant::now();
-        let outcome = execute(&client, &plan, &context, &config, Vec::new(), &mut Silent).await;
+        let outcome = execute(&client, &plan, &context, &config, Vec::new(), &mut QuietRun).await;
         let wall = start.elapsed().as_secs_f64() * 1000.0;
         assert!(outcome.succeeded);
         let steps: f64 = outcome
@@ -131,7 +123,8 @@ async fn main() {
             let client = JobClient::connect(&[relay_url], Keys::generate())
                 .await
                 .unwrap();
-            let outcome = execute(&client, single, context, config, Vec::new(), &mut Silent).await;
+            let outcome =
+                execute(&client, single, context, config, Vec::new(), &mut QuietRun).await;
             client.shutdown().await;
             outcome.succeeded
         }

@@ -41,7 +41,7 @@ use quorum_consensus::signing::SigningConfig;
 use quorum_dvm::Dvm;
 use quorum_dvm::client::JobClient;
 use quorum_router::quorum::QuorumContext;
-use quorum_router::{EngineConfig, JobRecord, RunContext, RunReporter, execute};
+use quorum_router::{EngineConfig, JobRecord, QuietRun, RunContext, execute};
 use quorum_testnet::Network;
 use serde_json::json;
 
@@ -54,14 +54,6 @@ const STRAGGLER_WAIT: Duration = Duration::from_millis(500);
 
 const PIPELINE: &str =
     "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n";
-
-struct Silent;
-
-impl RunReporter for Silent {
-    fn job_started(&mut self, _: &quorum_pipeline::PlannedJob) {}
-    fn job_progress(&mut self, _: &str, _: &PublicKey, _: &str) {}
-    fn job_finished(&mut self, _: &JobRecord) {}
-}
 
 /// One member's part in one quorum job, as it logged it.
 #[derive(Debug, Clone)]
@@ -297,7 +289,7 @@ async fn timed(
     config: &EngineConfig,
 ) -> Timed {
     let start = Instant::now();
-    let outcome = execute(client, plan, context, config, Vec::new(), &mut Silent).await;
+    let outcome = execute(client, plan, context, config, Vec::new(), &mut QuietRun).await;
     let end = Instant::now();
     let record = outcome.jobs.into_iter().next().expect("one job");
     assert!(outcome.succeeded, "{:?}", record.state);

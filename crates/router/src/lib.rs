@@ -223,6 +223,15 @@ pub trait RunReporter: Send {
     fn mirrored(&mut self, _report: &pipeline_run::MirrorReport) {}
 }
 
+/// Ignores a run's progress (tests, benchmarks, callers that only want the outcome).
+pub struct QuietRun;
+
+impl RunReporter for QuietRun {
+    fn job_started(&mut self, _: &PlannedJob) {}
+    fn job_progress(&mut self, _: &str, _: &PublicKey, _: &str) {}
+    fn job_finished(&mut self, _: &JobRecord) {}
+}
+
 /// Runs every job of `plan` that can run, and reports how each ended. Jobs in `prior` that
 /// succeeded are taken as done, not run again.
 pub async fn execute(

@@ -18,20 +18,12 @@ use quorum_proto::bundle::{VerificationBundle, bundles_named};
 use quorum_router::quorum::QuorumContext;
 use quorum_router::release::{ReleaseOptions, publish_release_with};
 use quorum_router::verify::{Expectation, verify_file};
-use quorum_router::{EngineConfig, JobRecord, RunContext, RunReporter, execute};
+use quorum_router::{EngineConfig, QuietRun, RunContext, execute};
 use quorum_testkit::git::{git, sample_repo};
 use quorum_testnet::Network;
 use quorum_testnet::quorum::QuorumSpec;
 
 const PIPELINE: &str = "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n    mode: quorum\n    replicas: 3\n    threshold: 2\n    release: true\n";
-
-struct Quiet;
-
-impl RunReporter for Quiet {
-    fn job_started(&mut self, _: &quorum_pipeline::PlannedJob) {}
-    fn job_progress(&mut self, _: &str, _: &PublicKey, _: &str) {}
-    fn job_finished(&mut self, _: &JobRecord) {}
-}
 
 /// Agreement and signing waits short enough for a test, long enough for three builds.
 fn fast() -> MemberConfig {
@@ -111,7 +103,7 @@ async fn a_quorum_release_stores_a_bundle_that_verifies_the_artifact_offline() {
         &context,
         &EngineConfig::default(),
         Vec::new(),
-        &mut Quiet,
+        &mut QuietRun,
     )
     .await;
     assert!(outcome.succeeded, "{:?}", outcome.jobs[0].state);

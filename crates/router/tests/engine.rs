@@ -269,20 +269,7 @@ async fn a_router_dvm_runs_a_pipeline_and_resumes_after_a_restart_without_repeat
     router.shutdown().await;
     let router = network.router(&router_data, &router_keys).await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let report = loop {
-        let notification = tokio::time::timeout_at(deadline, notifications.recv())
-            .await
-            .expect("no run result within 120 s")
-            .unwrap();
-        if let RelayPoolNotification::Event { event, .. } = notification
-            && event.kind.as_u16() == 6700
-            && event.tags.event_ids().any(|id| *id == request.id)
-        {
-            let result = quorum_proto::nip90::JobResult::from_event(&event).unwrap();
-            break serde_json::from_str::<quorum_proto::run::RunReport>(&result.content).unwrap();
-        }
-    };
+    let report = run_report(&mut notifications, request.id).await;
     assert!(report.succeeded(), "{report:?}");
     assert_eq!(report.commit, commit);
     assert_eq!(report.jobs[0].artifacts[0].name, "out/hello.txt");

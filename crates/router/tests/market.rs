@@ -18,17 +18,9 @@ use quorum_proto::operator::OperatorList;
 use quorum_proto::step::StepJob;
 use quorum_proto::trust::{DEFAULT_TRUST_LIST, TrustList, follow_list};
 use quorum_router::quorum::QuorumContext;
-use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, execute};
+use quorum_router::{EngineConfig, JobState, QuietRun, RunContext, execute};
 use quorum_testkit::git::sample_repo;
 use quorum_testnet::{Network, Terms};
-
-struct Quiet;
-
-impl RunReporter for Quiet {
-    fn job_started(&mut self, _job: &quorum_pipeline::PlannedJob) {}
-    fn job_progress(&mut self, _job: &str, _provider: &PublicKey, _line: &str) {}
-    fn job_finished(&mut self, _record: &JobRecord) {}
-}
 
 async fn publish(client: &JobClient, events: &[Event]) {
     for event in events {
@@ -168,7 +160,7 @@ jobs:
         &context,
         &EngineConfig::default(),
         Vec::new(),
-        &mut Quiet,
+        &mut QuietRun,
     )
     .await;
     assert!(outcome.succeeded, "{:#?}", outcome.jobs);
@@ -263,7 +255,7 @@ jobs:
         &context,
         &EngineConfig::default(),
         Vec::new(),
-        &mut Quiet,
+        &mut QuietRun,
     )
     .await;
     assert!(!outcome.succeeded);
@@ -335,7 +327,7 @@ async fn a_runner_with_a_poor_record_is_excluded_and_a_record_keeper_says_the_sa
             attempts: 1,
             ..EngineConfig::default()
         };
-        let outcome = execute(&client, &plan, &context, &config, Vec::new(), &mut Quiet).await;
+        let outcome = execute(&client, &plan, &context, &config, Vec::new(), &mut QuietRun).await;
         assert_eq!(outcome.succeeded, succeeds, "{:#?}", outcome.jobs);
     }
 
@@ -354,7 +346,7 @@ async fn a_runner_with_a_poor_record_is_excluded_and_a_record_keeper_says_the_sa
         runners: vec![poor.public_key(), good.public_key()],
         ..EngineConfig::default()
     };
-    let outcome = execute(&client, &plan, &context, &both, Vec::new(), &mut Quiet).await;
+    let outcome = execute(&client, &plan, &context, &both, Vec::new(), &mut QuietRun).await;
     assert!(outcome.succeeded, "{:#?}", outcome.jobs);
     for job in &outcome.jobs {
         assert_eq!(job.tried, vec![good.public_key().to_hex()], "{job:?}");

@@ -15,18 +15,10 @@ use quorum_consensus::member::MemberConfig;
 use quorum_consensus::signing::SigningConfig;
 use quorum_dvm::Dvm;
 use quorum_router::quorum::QuorumContext;
-use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, execute};
+use quorum_router::{EngineConfig, JobState, QuietRun, RunContext, execute};
 use quorum_testkit::git::{commit_file, sample_repo};
 use quorum_testnet::Network;
 use quorum_testnet::quorum::{DealtQuorum, QuorumSpec};
-
-struct Quiet;
-
-impl RunReporter for Quiet {
-    fn job_started(&mut self, _: &quorum_pipeline::PlannedJob) {}
-    fn job_progress(&mut self, _: &str, _: &PublicKey, _: &str) {}
-    fn job_finished(&mut self, _: &JobRecord) {}
-}
 
 fn fast() -> MemberConfig {
     MemberConfig {
@@ -176,7 +168,7 @@ async fn run(
         context,
         &EngineConfig::default(),
         Vec::new(),
-        &mut Quiet,
+        &mut QuietRun,
     )
     .await
 }
@@ -264,7 +256,7 @@ async fn builds_that_all_differ_sign_nothing_and_the_job_fails_with_the_reason()
         &context,
         &EngineConfig::default(),
         Vec::new(),
-        &mut Quiet,
+        &mut QuietRun,
     )
     .await;
     assert!(!outcome.succeeded);
@@ -306,7 +298,7 @@ async fn a_quorum_job_without_a_fitting_mandate_is_refused_before_anything_runs(
                 &context,
                 &EngineConfig::default(),
                 Vec::new(),
-                &mut Quiet,
+                &mut QuietRun,
             )
             .await
         }
@@ -333,7 +325,7 @@ async fn a_quorum_job_without_a_fitting_mandate_is_refused_before_anything_runs(
         &context,
         &EngineConfig::default(),
         Vec::new(),
-        &mut Quiet,
+        &mut QuietRun,
     )
     .await;
     let JobState::Failed { reason } = &outcome.jobs[0].state else {

@@ -30,7 +30,7 @@ use quorum_proto::nip90::{JobParam, JobRequest};
 use quorum_proto::quorum_job::{QuorumJobParams, ReleaseParams, SourceRef};
 use quorum_proto::release::{RELEASE_BINDING, ReleaseBinding};
 use quorum_router::quorum::QuorumContext;
-use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunOutcome, RunReporter};
+use quorum_router::{EngineConfig, JobState, QuietRun, RunContext, RunOutcome};
 use quorum_testkit::git::{GitDaemon, bare_clone, commit_file, git, push, sample_repo};
 use quorum_testnet::Network;
 use quorum_testnet::quorum::{DealtQuorum, QuorumSpec};
@@ -42,14 +42,6 @@ const PIPELINE_PATH: &str = ".quorum/pipeline.yml";
 
 /// The repository's NIP-34 identifier.
 const IDENTIFIER: &str = "app";
-
-struct Quiet;
-
-impl RunReporter for Quiet {
-    fn job_started(&mut self, _: &quorum_pipeline::PlannedJob) {}
-    fn job_progress(&mut self, _: &str, _: &PublicKey, _: &str) {}
-    fn job_finished(&mut self, _: &JobRecord) {}
-}
 
 fn fast() -> MemberConfig {
     MemberConfig {
@@ -344,7 +336,15 @@ impl Chain {
             runners: vec![self.runners[0].public_key()],
             ..EngineConfig::default()
         };
-        quorum_router::execute(client, &self.plan, context, &config, Vec::new(), &mut Quiet).await
+        quorum_router::execute(
+            client,
+            &self.plan,
+            context,
+            &config,
+            Vec::new(),
+            &mut QuietRun,
+        )
+        .await
     }
 
     /// The attestation and binding the quorum signed for a release job that succeeded, checked

@@ -21,7 +21,7 @@ use quorum_oci::ImageRef;
 use quorum_proto::nip90::{FeedbackStatus, JobFeedback, JobResult};
 use quorum_proto::step::{StepJob, StepReport};
 use quorum_router::quorum::QuorumContext;
-use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunReporter, execute};
+use quorum_router::{EngineConfig, JobState, QuietRun, RunContext, execute};
 use quorum_testkit::git::{commit_file, git, sample_repo};
 use quorum_testnet::Network;
 use quorum_testnet::quorum::{DealtQuorum, QuorumSpec};
@@ -316,14 +316,6 @@ fn debian_tarball() -> Result<PathBuf, String> {
     Ok(path)
 }
 
-struct Quiet;
-
-impl RunReporter for Quiet {
-    fn job_started(&mut self, _: &quorum_pipeline::PlannedJob) {}
-    fn job_progress(&mut self, _: &str, _: &PublicKey, _: &str) {}
-    fn job_finished(&mut self, _: &JobRecord) {}
-}
-
 fn patient() -> MemberConfig {
     MemberConfig {
         agreement: AgreementConfig {
@@ -437,7 +429,7 @@ async fn run_in_quorum_with_plan(
         &context,
         &EngineConfig::default(),
         Vec::new(),
-        &mut Quiet,
+        &mut QuietRun,
     )
     .await;
     (outcome, plan, context)

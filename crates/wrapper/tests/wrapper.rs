@@ -20,7 +20,7 @@ use quorum_proto::mandate::Mandate;
 use quorum_proto::nip90::{JobInput, JobRequest};
 use quorum_proto::quorum_job::QuorumReport;
 use quorum_router::quorum::QuorumContext;
-use quorum_router::{EngineConfig, JobRecord, JobState, RunContext, RunOutcome, RunReporter};
+use quorum_router::{EngineConfig, JobRecord, JobState, QuietRun, RunContext, RunOutcome};
 use quorum_testkit::daemon::Daemon;
 use quorum_testkit::git::git;
 use quorum_testnet::Network;
@@ -124,14 +124,6 @@ async fn wrapper(
     Dvm::start(config, keys.clone(), wrapper)
         .await
         .expect("the wrapper DVM starts")
-}
-
-struct Silent;
-
-impl RunReporter for Silent {
-    fn job_started(&mut self, _: &quorum_pipeline::PlannedJob) {}
-    fn job_progress(&mut self, _: &str, _: &PublicKey, _: &str) {}
-    fn job_finished(&mut self, _: &JobRecord) {}
 }
 
 /// The maintainer's side: a repository whose commits carry the pipeline, a 2-of-3 quorum key
@@ -255,7 +247,7 @@ impl Maintainer {
             &context,
             &EngineConfig::default(),
             Vec::new(),
-            &mut Silent,
+            &mut QuietRun,
         )
         .await
     }
