@@ -78,6 +78,10 @@ pub struct JobContext {
     pub(crate) result_tags: Arc<Mutex<Vec<Tag>>>,
     /// The DVM's relays and key, for the events a role publishes besides its result.
     pub(crate) relays: Relays,
+    /// What the request paid, when the DVM takes payment ([`JobContext::payment`]).
+    pub(crate) payment: Option<Receipt>,
+    /// What the handler said it earned ([`JobContext::charge`]); `None`: the gate's own price.
+    pub(crate) charged: Arc<Mutex<Option<u64>>>,
 }
 
 impl JobContext {
@@ -136,6 +140,21 @@ impl JobContext {
     /// A token to hand to lower layers (e.g. a sandbox) that must stop on cancellation.
     pub fn cancellation_token(&self) -> CancellationToken {
         self.cancel.clone()
+    }
+
+    /// What the request paid (already redeemed into the DVM's wallet), when this DVM takes
+    /// payment; `None` for a DVM without a [`PaymentGate`].
+    pub fn payment(&self) -> Option<&Receipt> {
+        self.payment.as_ref()
+    }
+
+    /// Sets what this job earned, in millisats, instead of the gate's own price: a DVM whose
+    /// cost is only known at the end (a router, which pays the runners it hires from the
+    /// payment) charges what it spent. When the job is over the gate gives back the rest of
+    /// the payment as change. Ignored for a job that fails before it started (it is refunded
+    /// in full); the last call counts.
+    pub fn charge(&self, msats: u64) {
+        *self.charged.lock().expect("charge lock") = Some(msats);
     }
 }
 
@@ -216,17 +235,27 @@ pub trait PaymentGate: Send + Sync + 'static {
         dvm: &'a nostr_sdk::prelude::Keys,
     ) -> std::pin::Pin<Box<dyn Future<Output = Payment> + Send + 'a>>;
 
-    /// The change for a paid job that is over: `worked` is how long it ran, `None` when it
-    /// failed before it started (then the whole payment goes back). `None`: nothing to give
-    /// back (or it could not be made, which the gate logs).
+    /// The change for a paid job that is over: what `earned` leaves of the payment. `None`:
+    /// nothing to give back (or it could not be made, which the gate logs).
     fn settle<'a>(
         &'a self,
         _paid: &'a Receipt,
         _dvm: &'a nostr_sdk::prelude::Keys,
-        _worked: Option<Duration>,
+        _earned: Earned,
     ) -> std::pin::Pin<Box<dyn Future<Output = Option<Change>> + Send + 'a>> {
         Box::pin(async { None })
     }
+}
+
+/// What a paid job that is over earned, for [`PaymentGate::settle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Earned {
+    /// Nothing: it failed before it started, and the whole payment goes back.
+    Nothing,
+    /// It ran this long: the gate's own price for that (per job, per second).
+    Worked(Duration),
+    /// The handler said what it earned ([`JobContext::charge`]), in millisats.
+    Charged(u64),
 }
 
 /// The verdict of a [`PaymentGate`].

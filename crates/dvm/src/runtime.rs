@@ -636,7 +636,10 @@ impl<H: JobHandler> Shared<H> {
 
         let (progress_tx, progress_rx) = mpsc::channel(16);
         let result_tags = Arc::new(Mutex::new(Vec::new()));
+        let charged = Arc::new(Mutex::new(None));
         let ctx = JobContext {
+            payment: receipt.clone(),
+            charged: charged.clone(),
             cancel: token.clone(),
             progress: progress_tx,
             result_tags: result_tags.clone(),
@@ -673,8 +676,15 @@ impl<H: JobHandler> Shared<H> {
             return;
         }
         let before_start = matches!(&outcome, Some(Err(failure)) if failure.before_start);
+        // What the handler said it earned wins over the gate's price for the time worked; a
+        // job that failed before it started earned nothing either way.
+        let earned = match *charged.lock().expect("charge lock") {
+            _ if before_start => crate::handler::Earned::Nothing,
+            Some(msats) => crate::handler::Earned::Charged(msats),
+            None => crate::handler::Earned::Worked(worked),
+        };
         let change = match &receipt {
-            Some(paid) => self.change(paid, (!before_start).then_some(worked)).await,
+            Some(paid) => self.change(paid, earned).await,
             None => None,
         };
         match outcome {
@@ -698,15 +708,15 @@ impl<H: JobHandler> Shared<H> {
         }
     }
 
-    /// The change of a paid job, sealed to the payer: what `worked` (`None`: nothing, the job
-    /// never started) did not use of the payment.
+    /// The change of a paid job, sealed to the payer: what the job did not earn of the
+    /// payment.
     async fn change(
         &self,
         paid: &crate::handler::Receipt,
-        worked: Option<Duration>,
+        earned: crate::handler::Earned,
     ) -> Option<String> {
         let gate = self.config.payments.as_ref()?;
-        let change = gate.settle(paid, &self.keys, worked).await?;
+        let change = gate.settle(paid, &self.keys, earned).await?;
         match quorum_proto::payment::change_tag(self.keys.secret_key(), &change.to, &change.token) {
             Ok(tag) => {
                 tracing::info!(msats = change.msats, "change returned to the payer");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nostr_sdk::prelude::*;
-use quorum_dvm::handler::{Payer, PaymentGate, Receipt};
+use quorum_dvm::handler::{Earned, Payer, PaymentGate, Receipt};
 use quorum_pay::fake_mint::FakeMint;
 use quorum_pay::{Collector, PayWallet, WalletPayer};
 use quorum_testnet::bench::{median, relay_round_trips};
@@ -74,7 +74,7 @@ async fn main() {
             .settle(
                 &Receipt { msats, refund_to },
                 &dvm,
-                Some(Duration::from_secs(1)),
+                Earned::Worked(Duration::from_secs(1)),
             )
             .await
             .expect("change");

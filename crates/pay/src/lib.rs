@@ -30,7 +30,7 @@ use std::time::Duration;
 use cdk::Amount;
 use cdk::nuts::{Conditions, CurrencyUnit, PaymentMethod, SpendingConditions, Token};
 use cdk::wallet::{ReceiveOptions, SendOptions, Wallet};
-use quorum_dvm::handler::{Change, Payer, Payment, PaymentGate, Receipt};
+use quorum_dvm::handler::{Change, Earned, Payer, Payment, PaymentGate, Receipt};
 use quorum_proto::nip90::{JobParam, JobRequest};
 use quorum_proto::nostr::{Keys, PublicKey, SecretKey};
 
@@ -417,10 +417,10 @@ impl PaymentGate for Collector {
         dvm: &'a Keys,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Payment> + Send + 'a>> {
         Box::pin(async move {
-            if self.upfront_msats() == 0 {
-                return Payment::Paid(Receipt::default());
-            }
             match quorum_proto::payment::token_for(request, dvm.secret_key()) {
+                // Free: nothing asked up front. A token sent anyway is still taken (a router's
+                // budget for the runners it hires), and what is not earned goes back.
+                None if self.upfront_msats() == 0 => Payment::Paid(Receipt::default()),
                 None => Payment::Required {
                     msats: self.upfront_msats(),
                     mints: vec![self.wallet.mint_url().to_string()],
@@ -438,14 +438,17 @@ impl PaymentGate for Collector {
         &'a self,
         paid: &'a Receipt,
         _dvm: &'a Keys,
-        worked: Option<Duration>,
+        earned: Earned,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Change>> + Send + 'a>> {
         Box::pin(async move {
             let paid_sats = paid.msats / 1000;
+            let charged_msats = match earned {
+                Earned::Nothing => 0,
+                Earned::Worked(worked) => self.charge_msats(worked),
+                Earned::Charged(msats) => msats,
+            };
             // Charged in whole sats, rounded up: tokens hold sats.
-            let charged = worked.map_or(0, |worked| {
-                self.charge_msats(worked).div_ceil(1000).min(paid_sats)
-            });
+            let charged = charged_msats.div_ceil(1000).min(paid_sats);
             let change = paid_sats - charged;
             if change == 0 {
                 return None;
