@@ -508,6 +508,18 @@ pub struct RouterArgs {
     /// names no runners, applied to jobs whose pipeline gives no `select:`.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+
+    /// The Cashu mint whose tokens pay for runs (announced with the fee). A requester pays
+    /// the fee plus a budget for the runners a run hires, in a token locked to this router's
+    /// key; the run pays priced runners from it (wallet in DATA/wallet) and what it did not
+    /// spend goes back as change. Without it, runs hire free runners only.
+    #[arg(long, value_name = "URL")]
+    pub mint: Option<String>,
+
+    /// The router's fee per run in millisats (whole sats are charged), announced via NIP-89;
+    /// a request without a token gets `payment-required`.
+    #[arg(long, default_value_t = 0, value_name = "MSATS", requires = "mint")]
+    pub fee_msats: u64,
 }
 
 /// Options of `quorum dvm runner`.

@@ -4,13 +4,18 @@
 //! locked to that DVM, in a request NIP-44 encrypted to it. Change in the answer (a per-second
 //! price's unused part, or all of it for a job that failed before it started) comes back into
 //! the wallet.
+//!
+//! A router (run-pipeline, kind 5700) that announces the wallet's mint is paid up front with
+//! the whole budget: its fee, and the budget for the runners it hires; what a run does not
+//! spend comes back as change.
 
 use std::time::Duration;
 
 use quorum_dvm::client::{ClientError, JobClient, JobOutcome, JobReporter};
 use quorum_dvm::handler::Payer;
+use quorum_proto::kinds::JobKind;
 use quorum_proto::nip90::{FeedbackStatus, JobParam, JobRequest};
-use quorum_proto::nostr::Timestamp;
+use quorum_proto::nostr::{PublicKey, Timestamp};
 use quorum_proto::payment::PARAM_CASHU;
 
 use crate::WalletPayer;
@@ -66,6 +71,22 @@ impl PaidJob<'_> {
             return Err(PaidJobError::NoProvider);
         };
         let short = dvm.to_hex()[..12].to_string();
+        // A router is paid up front, whatever its fee, with the whole budget: its fee and the
+        // budget for the runners it hires. What it does not spend comes back as change.
+        if request.kind == JobKind::RunPipeline.request_kind()
+            && let Some(fee) = self.announced_fee(client, request, dvm).await?
+        {
+            if fee > self.budget_msats {
+                return Err(PaidJobError::OverBudget {
+                    dvm: short,
+                    msats: fee,
+                    budget: self.budget_msats,
+                });
+            }
+            return self
+                .pay_and_run(client, request, dvm, self.budget_msats, wait, reporter)
+                .await;
+        }
         let first = client.run(request, encrypt, wait, reporter).await?;
         let asked = match &first {
             JobOutcome::Error { feedback, .. }
@@ -91,19 +112,46 @@ impl PaidJob<'_> {
         }
         // A token from a mint the DVM does not take would be refused, and stay locked to it
         // until the locktime: check its announcement first.
+        if self.announced_fee(client, request, dvm).await?.is_none() {
+            return Err(PaidJobError::ForeignMint {
+                dvm: short,
+                mint: self.payer.wallet.mint_url().to_string(),
+            });
+        }
+        self.pay_and_run(client, request, dvm, msats, wait, reporter)
+            .await
+    }
+
+    /// What `dvm` announces it charges per job for `request`'s kind, when its announcement
+    /// lists this wallet's mint; `None`: it takes no payment here.
+    async fn announced_fee(
+        &self,
+        client: &JobClient,
+        request: &JobRequest,
+        dvm: &PublicKey,
+    ) -> Result<Option<u64>, PaidJobError> {
         let mint = self.payer.wallet.mint_url();
         let offers = client
             .discover(request.kind, Duration::from_secs(5))
             .await?;
-        let takes_our_mint = offers
+        Ok(offers
             .iter()
-            .any(|(key, offer)| key == dvm && offer.offer.price.mints.iter().any(|m| m == mint));
-        if !takes_our_mint {
-            return Err(PaidJobError::ForeignMint {
-                dvm: short,
-                mint: mint.to_string(),
-            });
-        }
+            .find(|(key, offer)| key == dvm && offer.offer.price.mints.iter().any(|m| m == mint))
+            .map(|(_, offer)| offer.offer.price.msats_per_job))
+    }
+
+    /// Asks `request` again of `dvm` with a token of `msats` (rounded up to sats) locked to
+    /// it, NIP-44 encrypted to it, and takes the change its answer carries.
+    async fn pay_and_run(
+        &self,
+        client: &JobClient,
+        request: &JobRequest,
+        dvm: &PublicKey,
+        msats: u64,
+        wait: Duration,
+        reporter: &mut dyn JobReporter,
+    ) -> Result<PaidOutcome, PaidJobError> {
+        let short = dvm.to_hex()[..12].to_string();
         let sats = msats.div_ceil(1000);
         let locktime = Timestamp::now().as_secs() + wait.as_secs() + 3600;
         let token = self

@@ -3,7 +3,8 @@
 //! no work; a paid job runs and the runner's balance grows by the price while the payer's
 //! shrinks by the price and the mint's fees; double-spent, replayed, under-paid, wrongly
 //! locked and foreign tokens are refused before any work; an unredeemed payment is refunded
-//! to the payer after its locktime.
+//! to the payer after its locktime. A paid router hires a priced runner with the requester's
+//! money, keeps its fee and returns the rest as change.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -690,4 +691,199 @@ async fn a_two_of_three_quorum_job_pays_each_of_its_three_members() {
     for runner in runners {
         runner.shutdown().await;
     }
+}
+
+/// Waits until `dvm` announced an offer of `kind` on the relay.
+async fn announced_kind(client: &quorum_dvm::client::JobClient, kind: Kind, dvm: &PublicKey) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !client
+        .discover(kind, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .iter()
+        .any(|(k, _)| k == dvm)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dvm} did not announce kind {kind}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_router_pays_its_runner_from_the_requesters_money_and_returns_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::start(dir.path()).await;
+    let mint = FakeMint::start().await.unwrap();
+    let (repo, _) = sample_repo(dir.path());
+    let commit = quorum_testkit::git::commit_file(
+        &repo,
+        ".quorum/pipeline.yml",
+        "on: [push]\njobs:\n  build:\n    run: echo paid for\n",
+        "pipeline",
+    );
+    // A runner at 3 sats a job.
+    let runner_wallet = wallet(&dir.path().join("runner-wallet"), &mint.url).await;
+    let runner = network
+        .priced_runner(
+            &dir.path().join("runner"),
+            Keys::generate(),
+            &Terms {
+                price_msats: 3_000,
+                payments: Some(Arc::new(Collector::per_job(runner_wallet.clone(), 3_000))),
+                mints: vec![mint.url.clone()],
+                ..Terms::default()
+            },
+        )
+        .await;
+    // A router with a fee of 2 sats a run, paying its runners from the wallet it is paid into.
+    let router_keys = Keys::generate();
+    let router_wallet = wallet(&dir.path().join("router-wallet"), &mint.url).await;
+    let router = network
+        .paid_router(
+            &dir.path().join("router"),
+            &router_keys,
+            &quorum_testnet::RouterTerms {
+                fee_msats: 2_000,
+                mints: vec![mint.url.clone()],
+                payments: Arc::new(Collector::per_job(router_wallet.clone(), 2_000)),
+                payer: Arc::new(quorum_pay::WalletPayer {
+                    wallet: router_wallet.clone(),
+                    keys: router_keys.clone(),
+                }),
+            },
+        )
+        .await;
+    let routed = router.public_key();
+    let (customer, client) = customer(&network).await;
+    let payer = wallet(&dir.path().join("payer"), &mint.url).await;
+    payer.mint(20, WAIT).await.unwrap();
+    announced(&client, &runner.public_key()).await;
+    let run_kind = quorum_proto::kinds::JobKind::RunPipeline.request_kind();
+    announced_kind(&client, run_kind, &routed).await;
+    let offers = client
+        .discover(run_kind, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (_, offer) = offers
+        .iter()
+        .find(|(k, _)| *k == routed)
+        .expect("announced");
+    assert_eq!(offer.offer.price.msats_per_job, 2_000);
+    assert_eq!(offer.offer.price.mints, vec![mint.url.clone()]);
+    let run = quorum_proto::run::RunRequest::new(format!("file://{}", repo.display()), &commit)
+        .to_request()
+        .provider(routed);
+
+    // Unpaid: payment-required with the fee, and the router hires nobody.
+    let unpaid = client.submit(&run, false).await.unwrap();
+    let found = settled(&client, &unpaid, &routed).await;
+    let asked = found
+        .iter()
+        .filter_map(|e| JobFeedback::from_event(e).ok())
+        .find(|f| f.status == FeedbackStatus::PaymentRequired)
+        .expect("payment-required");
+    assert_eq!(asked.amount.as_ref().map(|a| a.msats), Some(2_000));
+    assert!(
+        found.iter().all(|e| e.kind == Kind::JobFeedback),
+        "no sub-request and no result: {found:?}"
+    );
+    assert_eq!(runner_wallet.balance().await.unwrap(), 0);
+
+    // Paid 10 sats: the fee (2) and a budget of 8 for the runner (3); 5 come back.
+    let before = payer.balance().await.unwrap();
+    let paying = quorum_pay::WalletPayer {
+        wallet: payer.clone(),
+        keys: customer.clone(),
+    };
+    let paid = quorum_pay::job::PaidJob {
+        payer: &paying,
+        budget_msats: 10_000,
+    }
+    .run(
+        &client,
+        &run,
+        true,
+        Duration::from_secs(120),
+        &mut quorum_dvm::client::Quiet,
+    )
+    .await
+    .expect("the paid run is answered");
+    let quorum_dvm::client::JobOutcome::Result { content, .. } = &paid.outcome else {
+        panic!("no result: {:?}", paid.outcome);
+    };
+    let report: quorum_proto::run::RunReport = serde_json::from_str(content).unwrap();
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(
+        runner_wallet.balance().await.unwrap(),
+        3,
+        "the runner's price"
+    );
+    assert_eq!(
+        router_wallet.balance().await.unwrap(),
+        2,
+        "the router's fee"
+    );
+    assert_eq!((paid.paid_msats, paid.change_msats), (10_000, 5_000));
+    assert_eq!(
+        before - payer.balance().await.unwrap(),
+        5,
+        "the requester is out the fee and the runner's price, no more"
+    );
+    assert_eq!(
+        report.payment,
+        Some(quorum_proto::run::RunPayment {
+            paid_msats: 10_000,
+            fee_msats: 2_000,
+            runners_msats: 3_000,
+            change_msats: 5_000,
+        })
+    );
+    let job = &report.jobs[0];
+    assert_eq!(job.paid_msats, 3_000);
+    assert_eq!(
+        job.payments,
+        vec![quorum_proto::run::StepPayment {
+            dvm: runner.public_key().to_hex(),
+            paid_msats: 3_000,
+            change_msats: 0,
+        }]
+    );
+
+    // A run that cannot start (no such commit) hired nobody: all of it comes back.
+    let before = payer.balance().await.unwrap();
+    let missing =
+        quorum_proto::run::RunRequest::new(format!("file://{}", repo.display()), "0".repeat(40))
+            .to_request()
+            .provider(routed);
+    let refunded = quorum_pay::job::PaidJob {
+        payer: &paying,
+        budget_msats: 10_000,
+    }
+    .run(
+        &client,
+        &missing,
+        true,
+        Duration::from_secs(120),
+        &mut quorum_dvm::client::Quiet,
+    )
+    .await
+    .expect("the paid run is answered");
+    assert!(
+        matches!(
+            refunded.outcome,
+            quorum_dvm::client::JobOutcome::Error { .. }
+        ),
+        "{:?}",
+        refunded.outcome
+    );
+    assert_eq!(
+        (refunded.paid_msats, refunded.change_msats),
+        (10_000, 10_000)
+    );
+    assert_eq!(payer.balance().await.unwrap(), before);
+    assert_eq!(router_wallet.balance().await.unwrap(), 2, "no second fee");
+    client.shutdown().await;
+    router.shutdown().await;
+    runner.shutdown().await;
 }

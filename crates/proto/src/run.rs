@@ -323,6 +323,43 @@ pub struct JobSummary {
     pub result: Option<String>,
     #[serde(default)]
     pub artifacts: Vec<ArtifactRef>,
+    /// What this job cost: tokens handed over to DVMs less the change they gave back, in
+    /// millisats. Absent when nothing was paid.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub paid_msats: u64,
+    /// Each DVM paid for this job (every member of a quorum job).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payments: Vec<StepPayment>,
+}
+
+/// What a run paid one DVM for one job ([`JobSummary::payments`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepPayment {
+    /// The DVM (hex).
+    pub dvm: String,
+    /// Handed over, in millisats.
+    pub paid_msats: u64,
+    /// Given back as change, in millisats.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub change_msats: u64,
+}
+
+/// What a paid run cost its requester ([`RunReport::payment`], docs/protocol.md §17.4), in
+/// millisats: `paid_msats` = `fee_msats` + `runners_msats` + `change_msats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPayment {
+    /// What the requester's token held.
+    pub paid_msats: u64,
+    /// The router's fee for the run.
+    pub fee_msats: u64,
+    /// Paid to the DVMs the run hired, less the change they gave back.
+    pub runners_msats: u64,
+    /// Given back to the requester as change (the result's `change` tag).
+    pub change_msats: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The content of a run-pipeline result.
@@ -341,6 +378,9 @@ pub struct RunReport {
     /// reports of routers that published nothing.
     #[serde(default, skip_serializing_if = "Published::is_empty")]
     pub published: Published,
+    /// What the run cost, when the requester paid the router. Absent for unpaid runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<RunPayment>,
 }
 
 /// The ids of the events a run published after its jobs ([`RunReport::published`]).

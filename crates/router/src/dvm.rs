@@ -5,6 +5,11 @@
 //! names the run request (`e`) and its job (`job` param), a router restarted mid-run (the DVM
 //! runtime resumes the run job from its journal) recovers the finished steps from the relays
 //! and only runs what is left.
+//!
+//! A paid router (docs/protocol.md §17.4) is paid its fee and a budget in one token, which the
+//! runtime's payment gate redeems into its wallet; the run hires priced runners from that
+//! wallet within the budget, and the router charges the fee and what the run spent
+//! ([`JobContext::charge`]), so that the rest goes back to the requester as change.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -19,7 +24,7 @@ use quorum_proto::nip89::{Capabilities, JobLimits, Offer, Price};
 use quorum_proto::nip90::JobRequest;
 use quorum_proto::nipc1::Trigger;
 use quorum_proto::nostr::{EventId, Filter, Kind, PublicKey};
-use quorum_proto::run::{JobSummary, Published, RunReport, RunRequest};
+use quorum_proto::run::{JobSummary, Published, RunPayment, RunReport, RunRequest, StepPayment};
 use quorum_proto::step::StepJob;
 use quorum_runner::GitPolicy;
 
@@ -45,6 +50,20 @@ pub struct RouterConfig {
     /// Stores the verification bundle of each release on the Blossom servers that hold its
     /// files, signing with the router's key; `None`: releases get no bundle.
     pub bundle_store: Option<quorum_blossom::client::BlossomClient>,
+    /// What the router announces (NIP-89): `msats_per_job` is its fee per run, `mints` where
+    /// it takes payment. The DVM runtime's payment gate collects it (docs/protocol.md §17.4);
+    /// default: free.
+    pub price: Price,
+    /// Pays the DVMs a paid run hires, from the wallet requesters' payments are redeemed
+    /// into, at most what the requester paid beyond the fee; `None`: runs hire free DVMs only.
+    pub payer: Option<Arc<dyn quorum_dvm::handler::Payer>>,
+}
+
+impl RouterConfig {
+    /// The fee per run in millisats, in whole sats as tokens hold them (rounded up).
+    fn fee_msats(&self) -> u64 {
+        self.price.msats_per_job.div_ceil(1000) * 1000
+    }
 }
 
 /// The router role. Its job client must sign with the router DVM's own key, so that the
@@ -284,8 +303,11 @@ impl Router {
     }
 
     async fn run_pipeline(&self, job: &Job, ctx: &JobContext) -> Result<RunReport, JobFailure> {
+        // A run that fails before it starts hired nobody: a paid request is refunded in full.
         let run = RunRequest::from_request(&job.request, JobRequest::is_encrypted(&job.event))
-            .map_err(|e| JobFailure::new(format!("invalid run-pipeline request: {e}")))?;
+            .map_err(|e| {
+                JobFailure::new(format!("invalid run-pipeline request: {e}")).before_start()
+            })?;
         let mut source = CiSource {
             git_ref: run.git_ref.clone(),
             trigger: if run.git_ref.is_some() {
@@ -304,7 +326,7 @@ impl Router {
             Ok(prepared) => prepared,
             Err(failure) => {
                 self.report_not_started(job, &run, &source, &failure).await;
-                return Err(failure);
+                return Err(failure.before_start());
             }
         };
         self.execute(job, ctx, run, source, prepared).await
@@ -519,10 +541,22 @@ impl Router {
             maintainers,
             quorum,
         };
+        // A paid run hires with the router's wallet, the requester's payment in it, for at
+        // most what was paid beyond the fee: the router never spends its own money on a run.
+        let (payer, budget_msats) = match (ctx.payment(), &self.config.payer) {
+            (Some(paid), Some(payer)) => (
+                Some(payer.clone()),
+                Some(paid.msats.saturating_sub(self.config.fee_msats())),
+            ),
+            _ => (None, None),
+        };
         let config = EngineConfig {
             runners,
             parent: Some(job.event.id),
             select,
+            payer,
+            budget_msats,
+            spent: Some(Arc::new(Mutex::new(0))),
             ..EngineConfig::default()
         };
         Ok(Prepared {
@@ -548,6 +582,11 @@ impl Router {
             context,
             config,
         } = prepared;
+        // Until the run ends and says what it spent it earns all it was paid: a run stopped at
+        // the router's time limit cannot say, and its runners may have been paid.
+        if let Some(paid) = ctx.payment() {
+            ctx.charge(paid.msats);
+        }
         let prior = recover(&self.client, &plan, job.event.id, Duration::from_secs(5)).await;
         if !prior.done.is_empty() || !prior.resume.is_empty() {
             tracing::info!(
@@ -571,8 +610,12 @@ impl Router {
             .with_ci_source(source);
         let end = tokio::select! {
             end = pipeline_run.run(prior, &mut reporter) => end,
-            () = ctx.cancelled() => return Err(JobFailure::new("cancelled")),
+            () = ctx.cancelled() => {
+                self.charge(ctx, &config);
+                return Err(JobFailure::new("cancelled"));
+            }
         };
+        let payment = self.charge(ctx, &config);
         let mut published = Published::default();
         match &end.release {
             Ok(Some(release)) => {
@@ -605,6 +648,30 @@ impl Router {
             status: if end.succeeded { "success" } else { "failure" }.into(),
             jobs: end.outcome.jobs.iter().map(summary).collect(),
             published,
+            payment,
+        })
+    }
+
+    /// Tells the DVM runtime what a paid run earned: the fee and what the run spent on the
+    /// DVMs it hired (handed over, less their change). The runtime gives the rest back to the
+    /// requester as change. `None` for an unpaid run.
+    fn charge(&self, ctx: &JobContext, config: &EngineConfig) -> Option<RunPayment> {
+        let paid = ctx.payment()?.msats;
+        if paid == 0 {
+            return None;
+        }
+        let fee = self.config.fee_msats().min(paid);
+        let spent = config
+            .spent
+            .as_ref()
+            .map_or(0, |spent| *spent.lock().unwrap_or_else(|e| e.into_inner()));
+        let runners = spent.min(paid - fee);
+        ctx.charge(fee + runners);
+        Some(RunPayment {
+            paid_msats: paid,
+            fee_msats: fee,
+            runners_msats: runners,
+            change_msats: paid - fee - runners,
         })
     }
 }
@@ -656,6 +723,16 @@ fn summary(record: &JobRecord) -> JobSummary {
             .as_ref()
             .map(|r| r.artifacts.clone())
             .unwrap_or_default(),
+        paid_msats: record.paid_msats,
+        payments: record
+            .payments
+            .iter()
+            .map(|p| StepPayment {
+                dvm: p.dvm.clone(),
+                paid_msats: p.paid_msats,
+                change_msats: p.change_msats,
+            })
+            .collect(),
     }
 }
 
@@ -676,7 +753,7 @@ impl JobHandler for Router {
                 images: false,
                 require_image: false,
             },
-            price: Price::default(),
+            price: self.config.price.clone(),
             limits: JobLimits {
                 concurrency: 4,
                 max_timeout_secs: self.config.max_run.as_secs(),

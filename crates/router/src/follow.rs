@@ -183,7 +183,7 @@ pub enum FollowEvent {
         status: String,
         /// Why it failed, when the router said so without a report (e.g. no pipeline).
         reason: Option<String>,
-        report: Option<RunReport>,
+        report: Option<Box<RunReport>>,
     },
 }
 
@@ -780,7 +780,7 @@ impl RunState {
         sink(FollowEvent::Finished {
             status: if succeeded { "success" } else { "failure" }.into(),
             reason: reason.clone(),
-            report: report.clone(),
+            report: report.clone().map(Box::new),
         });
         FollowOutcome {
             request: self.request.id,

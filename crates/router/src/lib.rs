@@ -101,6 +101,10 @@ pub struct EngineConfig {
     pub payer: Option<std::sync::Arc<dyn quorum_dvm::handler::Payer>>,
     /// The most the run may pay in all, in millisats; `None`: no cap.
     pub budget_msats: Option<u64>,
+    /// Where the run keeps what it spent (tokens handed over less change received, in
+    /// millisats), shared with the caller, who can read it even when the run is stopped
+    /// half-way (a router settling a cancelled run); `None`: the run keeps its own.
+    pub spent: Option<std::sync::Arc<Mutex<u64>>>,
 }
 
 impl Default for EngineConfig {
@@ -116,6 +120,7 @@ impl Default for EngineConfig {
             select: None,
             payer: None,
             budget_msats: None,
+            spent: None,
         }
     }
 }
@@ -272,7 +277,8 @@ pub async fn resume(
     let reporter = Mutex::new(reporter);
     let run = run_id(&context.repo, &context.commit, plan);
     let gates: Vec<String> = plan.release_gates().iter().map(|g| g.id.clone()).collect();
-    let spent = Mutex::new(0u64);
+    let own = Mutex::new(0u64);
+    let spent = config.spent.as_deref().unwrap_or(&own);
     let engine = Engine {
         client,
         context,
@@ -281,7 +287,7 @@ pub async fn resume(
         run: &run,
         release_gates: &gates,
         selected: &selected,
-        spent: &spent,
+        spent,
     };
     let engine = &engine;
     let mut records: HashMap<String, JobRecord> = HashMap::new();

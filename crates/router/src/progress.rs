@@ -145,9 +145,37 @@ pub fn mirrored_line(report: &crate::pipeline_run::MirrorReport) -> String {
     }
 }
 
+/// What a paid run cost (a router's report, docs/protocol.md §17.4), in sats as tokens hold
+/// them: `cost 5 sat (fee 2, runners 3) of 10 paid, 5 back as change`.
+pub fn cost_line(payment: &quorum_proto::run::RunPayment) -> String {
+    let sats = |msats: u64| msats.div_ceil(1000);
+    format!(
+        "cost {} sat (fee {}, runners {}) of {} paid, {} back as change",
+        sats(payment.fee_msats + payment.runners_msats),
+        sats(payment.fee_msats),
+        sats(payment.runners_msats),
+        sats(payment.paid_msats),
+        sats(payment.change_msats),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runs_cost_is_told_in_sats() {
+        let payment = quorum_proto::run::RunPayment {
+            paid_msats: 10_000,
+            fee_msats: 2_000,
+            runners_msats: 3_000,
+            change_msats: 5_000,
+        };
+        assert_eq!(
+            cost_line(&payment),
+            "cost 5 sat (fee 2, runners 3) of 10 paid, 5 back as change"
+        );
+    }
 
     fn record(state: JobState, provider: Option<&str>) -> JobRecord {
         JobRecord {

@@ -35,6 +35,21 @@ pub struct Terms {
     pub mints: Vec<String>,
 }
 
+/// What a paid router takes ([`Network::paid_router`]): a fee per run, at a mint, with the
+/// budget for the runners it hires on top (docs/protocol.md §17.4).
+#[derive(Clone)]
+pub struct RouterTerms {
+    /// The fee per run, in millisats: what an unpaid request is asked for.
+    pub fee_msats: u64,
+    /// Mints announced in the price.
+    pub mints: Vec<String>,
+    /// Collects the requester's token (the fee up front, and the budget sent with it).
+    pub payments: Arc<dyn quorum_dvm::handler::PaymentGate>,
+    /// Pays the runners a run hires from the wallet the payments are redeemed into, with the
+    /// router's key (their change comes back to it).
+    pub payer: Arc<dyn quorum_dvm::handler::Payer>,
+}
+
 /// How a test runner is set up beyond its data directory and keys.
 struct RunnerSpec<'a> {
     /// Fetch file:// repositories.
@@ -343,6 +358,27 @@ impl Network {
         keys: &Keys,
         select: Option<quorum_pipeline::select::SelectPolicy>,
     ) -> quorum_router::dvm::RunningRouter {
+        self.start_router(data, keys, select, None).await
+    }
+
+    /// A router that takes payment on `terms` and hires priced runners with it, at most what
+    /// each run was paid beyond the fee.
+    pub async fn paid_router(
+        &self,
+        data: &Path,
+        keys: &Keys,
+        terms: &RouterTerms,
+    ) -> quorum_router::dvm::RunningRouter {
+        self.start_router(data, keys, None, Some(terms)).await
+    }
+
+    async fn start_router(
+        &self,
+        data: &Path,
+        keys: &Keys,
+        select: Option<quorum_pipeline::select::SelectPolicy>,
+        terms: Option<&RouterTerms>,
+    ) -> quorum_router::dvm::RunningRouter {
         let client = JobClient::connect(std::slice::from_ref(&self.relay), keys.clone())
             .await
             .expect("the router's client connects");
@@ -359,10 +395,17 @@ impl Network {
                 select,
                 max_run: Duration::from_secs(600),
                 bundle_store: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
+                price: quorum_proto::nip89::Price {
+                    msats_per_job: terms.map_or(0, |t| t.fee_msats),
+                    msats_per_second: 0,
+                    mints: terms.map(|t| t.mints.clone()).unwrap_or_default(),
+                },
+                payer: terms.map(|t| t.payer.clone()),
             },
             Arc::new(client),
         );
-        let config = DvmConfig::new(vec![self.relay.clone()], data.join("dvm"), "router");
+        let mut config = DvmConfig::new(vec![self.relay.clone()], data.join("dvm"), "router");
+        config.payments = terms.map(|t| t.payments.clone());
         router
             .start(config, keys.clone())
             .await

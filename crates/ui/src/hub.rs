@@ -209,6 +209,12 @@ pub struct RunView {
 }
 
 impl RunView {
+    /// What the run cost, when its router was paid and its report says so.
+    pub fn cost(&self) -> Option<String> {
+        let payment = self.report.as_ref()?.payment.as_ref()?;
+        Some(quorum_router::progress::cost_line(payment))
+    }
+
     pub fn status_class(&self) -> &'static str {
         match self.outcome {
             Some(true) => "success",
@@ -447,7 +453,7 @@ impl RunView {
                         }
                     }
                 }
-                self.report = report;
+                self.report = report.map(|report| *report);
                 for job in &mut self.jobs {
                     if matches!(job.status, Status::Running | Status::Waiting) {
                         job.status = Status::Failure;

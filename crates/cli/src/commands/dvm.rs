@@ -165,6 +165,8 @@ async fn router(args: RouterArgs) -> anyhow::Result<ExitCode> {
         operator: operator(args.operator.as_deref())?,
         allow_private_git: args.allow_private_git,
         select: args.policy.as_deref().map(read_policy).transpose()?,
+        mint: args.mint.clone(),
+        fee_msats: args.fee_msats,
     };
     let dvm = start_router(setup, keys.clone()).await?;
     super::announce(&format!("router: {}", keys.public_key().to_hex()));
@@ -195,6 +197,11 @@ pub struct RouterSetup {
     pub allow_private_git: bool,
     /// The selection policy for runs that leave runners open (`--policy FILE`).
     pub select: Option<quorum_pipeline::select::SelectPolicy>,
+    /// The mint a paid router takes tokens of (`--mint`); `None`: runs are free and hire
+    /// free runners only.
+    pub mint: Option<String>,
+    /// The fee per run, in millisats (`--fee-msats`).
+    pub fee_msats: u64,
 }
 
 /// Starts a router DVM; its job client signs with the same key, so that it recognises its own
@@ -204,6 +211,24 @@ pub async fn start_router(
     keys: quorum_proto::nostr::Keys,
 ) -> anyhow::Result<quorum_router::dvm::RunningRouter> {
     let client = quorum_dvm::client::JobClient::connect(&setup.relays, keys.clone()).await?;
+    // A paid router: requesters' tokens are redeemed into its wallet, and the runs pay their
+    // runners from it with the router's key (refunds and change come back to it).
+    let mut price = quorum_proto::nip89::Price::default();
+    let mut payments: Option<Arc<dyn quorum_dvm::handler::PaymentGate>> = None;
+    let mut payer: Option<Arc<dyn quorum_dvm::handler::Payer>> = None;
+    if let Some(mint) = &setup.mint {
+        let wallet = quorum_pay::PayWallet::open_in(&setup.data.join("wallet"), mint).await?;
+        price.msats_per_job = setup.fee_msats;
+        price.mints = vec![wallet.mint_url().to_string()];
+        payments = Some(Arc::new(quorum_pay::Collector::per_job(
+            wallet.clone(),
+            setup.fee_msats,
+        )));
+        payer = Some(Arc::new(quorum_pay::WalletPayer {
+            wallet,
+            keys: keys.clone(),
+        }));
+    }
     let router = quorum_router::dvm::Router::new(
         quorum_router::dvm::RouterConfig {
             work_root: setup.data.join("work"),
@@ -217,6 +242,8 @@ pub async fn start_router(
             select: setup.select,
             max_run: setup.max_run,
             bundle_store: Some(quorum_blossom::client::BlossomClient::new(keys.clone())),
+            price,
+            payer,
         },
         Arc::new(client),
     );
@@ -224,6 +251,7 @@ pub async fn start_router(
     config.about = "Quorum CI router: runs pipelines on runner DVMs".into();
     config.concurrency = 4;
     config.operator = setup.operator;
+    config.payments = payments;
     Ok(router.start(config, keys).await?)
 }
 

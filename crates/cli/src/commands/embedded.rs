@@ -124,6 +124,9 @@ impl Embedded {
                 operator: Some(operator.public_key()),
                 allow_private_git: true,
                 select: None,
+                // Free, as the embedded runners are: a run there costs nothing to pass on.
+                mint: None,
+                fee_msats: 0,
             };
             Some(super::dvm::start_router(setup, keys).await?)
         };

@@ -10,7 +10,9 @@ use anyhow::Context;
 use quorum_dvm::client::JobClient;
 use quorum_proto::nostr::Keys;
 use quorum_router::follow::{FollowError, FollowEvent, Target, find_run, follow_run};
-use quorum_router::progress::{approval_wait, failure_details, job_line, short, started_line};
+use quorum_router::progress::{
+    approval_wait, cost_line, failure_details, job_line, short, started_line,
+};
 
 use super::sanitize;
 use crate::cli::FollowArgs;
@@ -169,6 +171,9 @@ fn print(event: &FollowEvent, json: bool) {
                         sanitize(&job.id)
                     );
                 }
+            }
+            if let Some(payment) = report.as_ref().and_then(|r| r.payment.as_ref()) {
+                println!("{}", cost_line(payment));
             }
             if status == "success" {
                 println!("✔ run succeeded");

@@ -281,6 +281,9 @@ pub(super) fn run(dashboard: &Dashboard, id: &EventId) -> Result<String, UiError
         run_id = run.run_id.as_deref().map(key).unwrap_or_else(|| "—".into()),
         at = time(run.request.created_at.as_secs()),
     );
+    if let Some(cost) = run.cost() {
+        let _ = write!(out, "<p class=\"muted\">{}</p>", esc(&cost));
+    }
     if let Some(error) = &run.error {
         let _ = write!(out, "<p class=\"alert\" role=\"alert\">{}</p>", esc(error));
     }
