@@ -340,7 +340,9 @@ impl ImageCache {
             let streaming = {
                 let (media, name) = (media.clone(), name.clone());
                 tokio::task::spawn_blocking(move || {
-                    let mut source = io::BufReader::with_capacity(1 << 20, ChannelReader::new(rx));
+                    // The chunks themselves are the buffer: the decoder reads them where they
+                    // arrived, with no copy into a buffer of ours first.
+                    let mut source = ChannelReader::new(rx);
                     let result = (|| {
                         let compression =
                             Compression::from_media_type(&media).unwrap_or_else(|| {
@@ -354,7 +356,13 @@ impl ImageCache {
                     })();
                     // Read to the end, so that the download never waits on a reader that
                     // stopped (a tar ends before its padding; a broken layer fails early).
-                    let _ = io::copy(&mut source, &mut io::sink());
+                    while let Ok(rest) = io::BufRead::fill_buf(&mut source) {
+                        if rest.is_empty() {
+                            break;
+                        }
+                        let n = rest.len();
+                        io::BufRead::consume(&mut source, n);
+                    }
                     (unpacker, result)
                 })
             };
@@ -532,6 +540,7 @@ fn decoder<'a, R: io::BufRead + 'a>(
 }
 
 /// A blocking reader over the chunks a download sends; end of stream when the sender is gone.
+/// As a [`io::BufRead`] it lends each chunk as it came.
 struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     current: bytes::Bytes,
@@ -548,16 +557,27 @@ impl ChannelReader {
 
 impl io::Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = io::BufRead::fill_buf(self)?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+impl io::BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 Some(chunk) => self.current = chunk,
-                None => return Ok(0),
+                None => break,
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, n: usize) {
         bytes::Buf::advance(&mut self.current, n);
-        Ok(n)
     }
 }
 
