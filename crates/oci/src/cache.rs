@@ -123,6 +123,7 @@ impl ImageCache {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| OciError::io("creating", &p, e))?;
         }
+        spread_subdirectories(&dir.join("tmp"));
         Ok(ImageCache {
             dir,
             cap_bytes,
@@ -622,6 +623,35 @@ fn tree_size(dir: &Path) -> io::Result<u64> {
     Ok(total)
 }
 
+/// `FS_TOPDIR_FL` of `linux/fs.h` (`chattr +T`), which the libc crate does not name.
+const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+
+/// Marks `dir` as the top of unrelated directory trees (`chattr +T`), so that ext4 places each
+/// new subdirectory (an image being fetched) in a block group with room, as it does for
+/// directories in `/`, rather than beside its parent. Why: on ext4 without a journal, creating
+/// a file first skips, one by one, every inode of its group freed in the last 30 seconds; in
+/// a group where builds churn through files, that made the files of a first fetch cost about
+/// 1 ms each (~110 ms of a 100 MB image of 100 files). Best effort: other file systems ignore
+/// or refuse the flag, and nothing depends on it.
+fn spread_subdirectories(dir: &Path) {
+    let Ok(file) = fs::File::open(dir) else {
+        return;
+    };
+    let mut flags: libc::c_int = 0;
+    // SAFETY: both ioctls take a pointer to an int, valid for the call.
+    let set = unsafe {
+        libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) == 0
+            && (flags & FS_TOPDIR_FL != 0 || {
+                flags |= FS_TOPDIR_FL;
+                libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) == 0
+            })
+    };
+    if !set {
+        tracing::debug!(dir = %dir.display(), error = %io::Error::last_os_error(),
+            "could not mark the fetch directory as a top directory; fetches still work");
+    }
+}
+
 fn flock(file: &fs::File, op: libc::c_int) -> io::Result<()> {
     // SAFETY: a valid descriptor owned by `file` for the duration of the call.
     if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
@@ -645,4 +675,34 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_ext4_the_fetch_directory_spreads_its_subdirectories() {
+        let dir = tempfile::tempdir().unwrap();
+        let _cache =
+            ImageCache::open(dir.path(), 1 << 20, Fetcher::new(Vec::new(), Vec::new())).unwrap();
+        let tmp = fs::File::open(dir.path().join("tmp")).unwrap();
+        // SAFETY: statfs fills the struct it is given; the ioctl writes one int.
+        let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstatfs(tmp.as_raw_fd(), &mut stat) }, 0);
+        const EXT_SUPER_MAGIC: libc::c_long = 0xEF53; // ext2, ext3 and ext4
+        if stat.f_type as libc::c_long != EXT_SUPER_MAGIC {
+            eprintln!(
+                "not ext4 here (f_type {:#x}): nothing to check",
+                stat.f_type
+            );
+            return;
+        }
+        let mut flags: libc::c_int = 0;
+        assert_eq!(
+            unsafe { libc::ioctl(tmp.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) },
+            0
+        );
+        assert_ne!(flags & FS_TOPDIR_FL, 0, "flags {flags:#x}");
+    }
 }
