@@ -2,7 +2,8 @@
 //!
 //! - the first fetch of a ~100 MB image from a Blossom server on loopback (download, re-hash,
 //!   gunzip, unpack, rename into the cache) against sha256 of the same bytes read from disk
-//!   (goal: `hash_to_fetch_ratio` ≥ 0.5, a fetch costing at most twice a hash);
+//!   (goal: `hash_to_fetch_ratio` ≥ 0.5, a fetch costing at most twice a hash), with the CPU
+//!   time the whole process (client and server) spent on it (`first_fetch_cpu_ms_median`);
 //! - a step started in a cached image (`StepSpec::rootfs`) against the same step on the host's
 //!   toolchain, both through `Sandbox::run` of bubblewrap, interleaved (goal: under 20 ms
 //!   extra). The image is the cached mmdebstrap Debian root of the runner tests when present

@@ -8,6 +8,9 @@
 //! <dir>/tmp/<hex>.<pid>.<n>/     a fetch in progress: blobs and the root being unpacked
 //! ```
 //!
+//! `tmp/` carries `chattr +T` where the file system supports it, so that each fetch's root is
+//! placed away from the files other work just deleted (see `spread_subdirectories`).
+//!
 //! An image is fetched and unpacked under `tmp/`, then renamed into `images/` in one step, so a
 //! process killed half-way leaves only a `tmp/` entry that no job looks at and the next fetch
 //! of that image removes. Two jobs (threads or processes) asking for the same image serialise
