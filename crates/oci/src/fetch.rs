@@ -419,13 +419,16 @@ impl Fetcher {
                 if size > max {
                     return Err(too_large());
                 }
-                hasher.update(&chunk);
+                // Sent before it is hashed, so that the unpacker works on this chunk while
+                // this thread hashes it (the two take about the same time; hashing first made
+                // them take turns).
                 if let Some(t) = tee.as_ref()
                     && t.send(chunk.clone()).await.is_err()
                 {
                     // The unpacker stopped reading: it has what it needs, or failed.
                     *tee = None;
                 }
+                hasher.update(&chunk);
                 if let Some(file) = file.as_mut() {
                     file.write_all(&chunk)
                         .await

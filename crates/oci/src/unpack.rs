@@ -86,7 +86,13 @@ pub struct Unpacker {
     /// Directory modes to set once every layer is in (a read-only directory would stop later
     /// entries from being written into it).
     dir_modes: Vec<(PathBuf, u32, Option<SystemTime>)>,
+    /// File contents pass through here: decompressed into it, written from it with one
+    /// syscall per [`WRITE_CHUNK`]. One buffer for every file of every layer.
+    buf: Vec<u8>,
 }
+
+/// Bytes of file content read from a layer and written to a file at a time.
+const WRITE_CHUNK: usize = 1 << 20;
 
 impl Unpacker {
     /// An unpacker writing into `root`, which must exist.
@@ -101,6 +107,7 @@ impl Unpacker {
             max_bytes,
             written: 0,
             dir_modes: Vec::new(),
+            buf: Vec::new(),
         }
     }
 
@@ -203,17 +210,14 @@ impl Unpacker {
                     if existing.is_some() {
                         remove_any(&dest).map_err(|e| io_err(&shown, e))?;
                     }
-                    let out = fs::OpenOptions::new()
+                    let mut out = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .open(&dest)
                         .map_err(|e| io_err(&shown, e))?;
                     // The header's size bounds what `entry` yields, so the count above holds.
-                    let mut buffered = io::BufWriter::with_capacity(256 << 10, out);
-                    io::copy(&mut entry, &mut buffered).map_err(|e| io_err(&shown, e))?;
-                    let out = buffered
-                        .into_inner()
-                        .map_err(|e| io_err(&shown, e.into_error()))?;
+                    copy_file(&mut entry, &mut out, &mut self.buf)
+                        .map_err(|e| io_err(&shown, e))?;
                     out.set_permissions(fs::Permissions::from_mode(mode))
                         .map_err(|e| io_err(&shown, e))?;
                     if let Some(t) = mtime {
@@ -356,6 +360,32 @@ impl Unpacker {
         let mut host = self.root.clone();
         host.extend(&current);
         Ok(host)
+    }
+}
+
+/// Copies `from` to `to` through `buf` (grown to [`WRITE_CHUNK`] once, then reused): each
+/// write is a full chunk, or the file's end, not whatever one read of the decoder returned.
+fn copy_file(from: &mut impl Read, to: &mut impl io::Write, buf: &mut Vec<u8>) -> io::Result<()> {
+    if buf.len() < WRITE_CHUNK {
+        buf.resize(WRITE_CHUNK, 0);
+    }
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match from.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..filled])?;
+        if filled < buf.len() {
+            return Ok(());
+        }
     }
 }
 
@@ -529,6 +559,28 @@ mod tests {
         u.apply("l4", &l[..]).unwrap();
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
         assert!(!root.join("victim").exists());
+    }
+
+    #[test]
+    fn files_larger_than_a_write_chunk_and_empty_files_are_written_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..WRITE_CHUNK * 5 / 2 + 7)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let exact = vec![7u8; WRITE_CHUNK];
+        let l = layer(|b| {
+            file(b, "big", &big);
+            file(b, "empty", b"");
+            file(b, "exact", &exact);
+            file(b, "small", b"after");
+        });
+        let mut u = Unpacker::new(root.path());
+        u.apply("l", &l[..]).unwrap();
+        let r = root.path();
+        assert_eq!(fs::read(r.join("big")).unwrap(), big);
+        assert_eq!(fs::read(r.join("empty")).unwrap(), b"");
+        assert_eq!(fs::read(r.join("exact")).unwrap(), exact);
+        assert_eq!(fs::read(r.join("small")).unwrap(), b"after");
     }
 
     #[test]
