@@ -122,19 +122,16 @@ impl Dashboard {
 
     /// Where the blob `sha` may be: our Blossom servers first, then the URLs an event names
     /// (whatever they serve is re-hashed, so a wrong or hostile URL shows nothing).
+    /// One URL per blob and server: `/<sha256>` and `/<sha256>.txt` on one server are the same
+    /// copy (BUD-01), shown in the spelling the event gives.
     fn blob_urls(&self, sha: &str, named: &[String]) -> Vec<String> {
-        let mut urls: Vec<String> = self
+        let ours: Vec<String> = self
             .blossom
             .iter()
             .filter_map(|server| server.join(sha).ok())
             .map(|u| u.to_string())
             .collect();
-        for url in named {
-            if !urls.contains(url) && (url.starts_with("http://") || url.starts_with("https://")) {
-                urls.push(url.clone());
-            }
-        }
-        urls
+        merge_blob_urls(ours, named)
     }
 
     /// Downloads `url` (at most `max` bytes) and checks that it hashes to `sha`.
@@ -334,4 +331,63 @@ pub async fn serve(
             closing.send_replace(true);
         })
         .await
+}
+
+/// `ours` followed by the http(s) URLs of `named` that are not already a copy in `ours`; a named
+/// URL replaces the one of ours it spells differently (with a file extension).
+fn merge_blob_urls(mut urls: Vec<String>, named: &[String]) -> Vec<String> {
+    for url in named {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            continue;
+        }
+        let bare = without_extension(url);
+        match urls
+            .iter()
+            .position(|known| without_extension(known) == bare)
+        {
+            Some(i) => urls[i] = url.clone(),
+            None => urls.push(url.clone()),
+        }
+    }
+    urls
+}
+
+/// A blob URL without the file extension of its last path segment.
+fn without_extension(url: &str) -> &str {
+    let last = url.rfind('/').map_or(0, |i| i + 1);
+    match url[last..].find('.') {
+        Some(dot) => &url[..last + dot],
+        None => url,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_blob_urls;
+
+    #[test]
+    fn a_blob_with_and_without_its_extension_on_one_server_is_one_mirror() {
+        let sha = "3d2863d3fc4a9fcf8665fd1e1878a79cea126e150b565a2ac3e35b656a0a271c";
+        let ours = vec![format!("http://127.0.0.1:1/{sha}")];
+        let named = vec![
+            format!("http://127.0.0.1:1/{sha}.txt"),
+            format!("http://127.0.0.1:1/{sha}"),
+            format!("https://cdn.example/{sha}.txt"),
+            format!("ftp://cdn.example/{sha}"),
+        ];
+        assert_eq!(
+            merge_blob_urls(ours, &named),
+            vec![
+                format!("http://127.0.0.1:1/{sha}"),
+                format!("https://cdn.example/{sha}.txt"),
+            ]
+        );
+        // Another server's copy, or the same server under another path, stays separate.
+        let ours = vec![format!("http://127.0.0.1:1/{sha}")];
+        let named = vec![
+            format!("http://127.0.0.1:2/{sha}.txt"),
+            format!("http://127.0.0.1:1/files/{sha}.txt"),
+        ];
+        assert_eq!(merge_blob_urls(ours, &named).len(), 3);
+    }
 }
