@@ -85,6 +85,43 @@ fn job(args: &[&str]) -> (i32, Value) {
     (out.status.code().unwrap_or(-1), value)
 }
 
+/// `quorum dvm runner` charging `price` (its price flags) at `mint`, data and key in `data`.
+fn priced_runner(relay: &str, blossom: &str, mint: &str, data: &Path, price: &[&str]) -> Daemon {
+    let key = data.join("runner.nsec");
+    let mut args = vec![
+        "dvm",
+        "runner",
+        "--relay",
+        relay,
+        "--blossom",
+        blossom,
+        "--key",
+        key.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--allow-local-repos",
+        "--mint",
+        mint,
+    ];
+    args.extend_from_slice(price);
+    Daemon::spawn(QUORUM, &args)
+}
+
+/// `quorum wallet --mint MINT --data WALLET ARGS…`, which must succeed; its stdout.
+fn wallet(mint: &str, wallet: &Path, args: &[&str]) -> String {
+    let mut all = vec!["wallet", "--mint", mint, "--data", wallet.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run(QUORUM, &all, JOB_TIMEOUT);
+    assert!(out.status.success(), "quorum {all:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The balance of a wallet, in sats.
+fn balance(mint: &str, dir: &Path) -> u64 {
+    let text = wallet(mint, dir, &["balance"]);
+    text.trim().trim_end_matches(" sat").parse::<u64>().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_build_runs_on_a_runner_and_reports_json() {
     let dir = tempfile::tempdir().unwrap();
@@ -291,63 +328,23 @@ fn a_paid_job_pays_when_asked_within_the_budget_and_gets_its_change() {
     assert_eq!(endpoints["mint"], mint.as_str());
     // 2 sats a job and 1 sat a second for at most 20 s: 22 sats up front.
     let runner_data = dir.path().join("runner");
-    let runner = Daemon::spawn(
-        QUORUM,
+    let runner = priced_runner(
+        &relay,
+        &blossom,
+        &mint,
+        &runner_data,
         &[
-            "dvm",
-            "runner",
-            "--relay",
-            &relay,
-            "--blossom",
-            &blossom,
-            "--key",
-            runner_data.join("runner.nsec").to_str().unwrap(),
-            "--data",
-            runner_data.to_str().unwrap(),
-            "--allow-local-repos",
             "--price-msats",
             "2000",
             "--price-msats-per-second",
             "1000",
             "--max-timeout",
             "20",
-            "--mint",
-            &mint,
         ],
     );
     let dvm = runner.value_of("runner");
-    let wallet = dir.path().join("wallet");
-    let balance = |wallet: &Path| {
-        let out = run(
-            QUORUM,
-            &[
-                "wallet",
-                "--mint",
-                &mint,
-                "--data",
-                wallet.to_str().unwrap(),
-                "balance",
-            ],
-            JOB_TIMEOUT,
-        );
-        assert!(out.status.success());
-        let text = String::from_utf8(out.stdout).unwrap();
-        text.trim().trim_end_matches(" sat").parse::<u64>().unwrap()
-    };
-    let minted = run(
-        QUORUM,
-        &[
-            "wallet",
-            "--mint",
-            &mint,
-            "--data",
-            wallet.to_str().unwrap(),
-            "mint",
-            "50",
-        ],
-        JOB_TIMEOUT,
-    );
-    assert!(minted.status.success(), "{minted:?}");
+    let wallet_dir = dir.path().join("wallet");
+    wallet(&mint, &wallet_dir, &["mint", "50"]);
     let (repo, commit) = sample_repo(dir.path());
     let repo_url = format!("file://{}", repo.display());
     let build = |budget: &str, json: &[&str]| {
@@ -369,7 +366,7 @@ fn a_paid_job_pays_when_asked_within_the_budget_and_gets_its_change() {
             "--budget",
             budget,
             "--wallet",
-            wallet.to_str().unwrap(),
+            wallet_dir.to_str().unwrap(),
         ];
         args.extend_from_slice(json);
         run(QUORUM, &args, JOB_TIMEOUT)
@@ -383,7 +380,7 @@ fn a_paid_job_pays_when_asked_within_the_budget_and_gets_its_change() {
         stderr.contains("asks 22000 msats, over the budget of 10000 msats"),
         "{stderr}"
     );
-    assert_eq!(balance(&wallet), 50);
+    assert_eq!(balance(&mint, &wallet_dir), 50);
 
     let out = build("30", &["--json"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -396,12 +393,142 @@ fn a_paid_job_pays_when_asked_within_the_budget_and_gets_its_change() {
         "a few seconds' work is charged, the rest comes back: {report}"
     );
     let cost = 22 - change / 1000;
-    assert_eq!(balance(&wallet), 50 - cost, "{report}");
+    assert_eq!(balance(&mint, &wallet_dir), 50 - cost, "{report}");
     assert_eq!(
-        balance(&runner_data.join("wallet")),
+        balance(&mint, &runner_data.join("wallet")),
         cost,
         "the runner kept what it charged"
     );
+    drop(runner);
+    drop(up);
+}
+
+/// `quorum dvm router --mint --fee-msats` as its operator starts it: an unpaid run gets
+/// `payment-required`; `quorum job submit --kind 5700 --budget` pays the fee and a budget in one
+/// token; the router hires a priced runner from its own wallet, keeps exactly its fee, and the
+/// rest comes back to the requester as change; the run report says what went where.
+#[test]
+fn a_paid_router_hires_a_priced_runner_with_the_requesters_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start_up(&dir.path().join("net"), &["--mint"]);
+    let relay = up.value_of("relay");
+    let blossom = up.value_of("blossom");
+    let mint = up.value_of("mint");
+    let runner_data = dir.path().join("runner");
+    let runner = priced_runner(
+        &relay,
+        &blossom,
+        &mint,
+        &runner_data,
+        &["--price-msats", "3000"],
+    );
+    let runner_key = runner.value_of("runner");
+    let router_data = dir.path().join("router");
+    let router = Daemon::spawn(
+        QUORUM,
+        &[
+            "dvm",
+            "router",
+            "--relay",
+            &relay,
+            "--key",
+            router_data.join("router.nsec").to_str().unwrap(),
+            "--data",
+            router_data.to_str().unwrap(),
+            "--allow-local-repos",
+            "--runner",
+            &runner_key,
+            "--mint",
+            &mint,
+            "--fee-msats",
+            "2000",
+        ],
+    );
+    let router_key = router.value_of("router");
+    let wallet_dir = dir.path().join("wallet");
+    wallet(&mint, &wallet_dir, &["mint", "20"]);
+    let (repo, _) = sample_repo(dir.path());
+    let commit = quorum_testkit::git::commit_file(
+        &repo,
+        ".quorum/pipeline.yml",
+        "on: [push]\njobs:\n  build:\n    run: sh build.sh\n    artifacts: [out/hello.txt]\n",
+        "pipeline",
+    );
+    let repo_input = format!("url#repo:file://{}", repo.display());
+    let commit_param = format!("commit={commit}");
+    let submit = |budget: Option<&str>| {
+        let mut args = vec![
+            "job",
+            "submit",
+            "--relay",
+            &relay,
+            "--kind",
+            "5700",
+            "--provider",
+            &router_key,
+            "--input",
+            &repo_input,
+            "--param",
+            &commit_param,
+            "--wait",
+            "120",
+            "--json",
+        ];
+        if let Some(budget) = budget {
+            args.extend_from_slice(&[
+                "--mint",
+                &mint,
+                "--budget",
+                budget,
+                "--wallet",
+                wallet_dir.to_str().unwrap(),
+            ]);
+        }
+        job(&args)
+    };
+
+    // Unpaid: the router asks for its fee and runs nothing.
+    let (code, unpaid) = submit(None);
+    assert_ne!(code, 0, "{unpaid}");
+    assert_eq!(unpaid["status"], "error", "{unpaid}");
+    let message = unpaid["message"].as_str().unwrap_or_default();
+    assert!(message.contains("2000 msats"), "{unpaid}");
+    assert_eq!(balance(&mint, &runner_data.join("wallet")), 0);
+
+    // 10 sats: the fee (2) and a budget of 8 for the runner (3); 5 come back.
+    let (code, paid) = submit(Some("10"));
+    assert_eq!(code, 0, "{paid}");
+    assert_eq!(paid["paid_msats"], 10_000, "{paid}");
+    assert_eq!(paid["change_msats"], 5_000, "{paid}");
+    let report: Value = serde_json::from_str(paid["content"].as_str().unwrap()).unwrap();
+    assert_eq!(report["status"], "success", "{report}");
+    assert_eq!(
+        report["payment"],
+        serde_json::json!({
+            "paid_msats": 10_000,
+            "fee_msats": 2_000,
+            "runners_msats": 3_000,
+            "change_msats": 5_000
+        }),
+        "{report}"
+    );
+    assert_eq!(report["jobs"][0]["paid_msats"], 3_000, "{report}");
+    assert_eq!(
+        balance(&mint, &wallet_dir),
+        15,
+        "the requester paid the fee and the runner, no more"
+    );
+    assert_eq!(
+        balance(&mint, &router_data.join("wallet")),
+        2,
+        "the router kept its fee"
+    );
+    assert_eq!(
+        balance(&mint, &runner_data.join("wallet")),
+        3,
+        "the runner was paid its price"
+    );
+    drop(router);
     drop(runner);
     drop(up);
 }
