@@ -426,19 +426,7 @@ async fn the_engine_pays_a_priced_runner_within_the_runs_budget() {
 
 /// Waits until `dvm` announced a runner offer on the relay: the engine learns prices there.
 async fn announced(client: &quorum_dvm::client::JobClient, dvm: &PublicKey) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !client
-        .discover(StepJob::kind(), Duration::from_secs(1))
-        .await
-        .unwrap()
-        .iter()
-        .any(|(k, _)| k == dvm)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{dvm} did not announce"
-        );
-    }
+    announced_kind(client, StepJob::kind(), dvm).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
