@@ -181,7 +181,19 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener) -> io::Resul
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((tcp, remote)) => {
-                    handshakes.spawn(connection(Arc::clone(&inner), Arc::clone(&per_ip), tcp, remote));
+                    // Admitted here, in accept order, not in the spawned task: tasks run on
+                    // several threads, and a later connection must not take the place of an
+                    // earlier one from the same address.
+                    let cap = inner.config.limits.max_connections_per_ip;
+                    let (slot, refused) = match per_ip.admit(remote.ip(), cap) {
+                        Admission::Serve(slot) => (slot, false),
+                        Admission::Refuse(slot) => (slot, true),
+                        Admission::Drop => {
+                            tracing::debug!(%remote, cap, "connection dropped: far over the per-address cap");
+                            continue;
+                        }
+                    };
+                    handshakes.spawn(connection(Arc::clone(&inner), tcp, remote, slot, refused));
                 }
                 Err(err) if is_connection_error(&err) => {}
                 Err(err) => {
@@ -195,18 +207,17 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener) -> io::Resul
     Ok(())
 }
 
-/// Serves one TCP connection: its HTTP request, and hands a WebSocket upgrade to the session.
-async fn connection(inner: Arc<Inner>, per_ip: Arc<PerIp>, tcp: TcpStream, remote: SocketAddr) {
+/// Serves one admitted TCP connection (holding `slot`, its place in its address's count): its
+/// HTTP request, and hands a WebSocket upgrade to the session. A `refused` connection is only
+/// answered 503.
+async fn connection(
+    inner: Arc<Inner>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    slot: IpSlot,
+    refused: bool,
+) {
     let limits = &inner.config.limits;
-    let cap = limits.max_connections_per_ip;
-    let (slot, refused) = match per_ip.admit(remote.ip(), cap) {
-        Admission::Serve(slot) => (slot, false),
-        Admission::Refuse(slot) => (slot, true),
-        Admission::Drop => {
-            tracing::debug!(%remote, cap, "connection dropped: far over the per-address cap");
-            return;
-        }
-    };
     // Relay messages are small and latency-bound (a quorum's signing round is several
     // request-answer exchanges): without TCP_NODELAY, Nagle's algorithm meets the peer's
     // delayed ACK and holds a message back for about 40 ms.
