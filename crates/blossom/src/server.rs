@@ -33,6 +33,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
+use axum::serve::ListenerExt as _;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use quorum_proto::blossom::{
@@ -205,6 +206,13 @@ impl BlossomServer {
         if let Ok(addr) = listener.local_addr() {
             tracing::debug!(%addr, "blossom server listening");
         }
+        // Without TCP_NODELAY, a small blob's body waits behind its headers for the client's
+        // delayed ACK: about 40 ms for every manifest, config or log fetched.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {err}");
+            }
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await

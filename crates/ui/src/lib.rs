@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt as _;
 use quorum_dvm::client::{ClientError, JobClient};
 use quorum_proto::blossom::Sha256Hex;
 use quorum_proto::nip34::RepoCoordinate;
@@ -325,6 +326,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let closing = dashboard.closing.clone();
+    // Live updates are small writes: without TCP_NODELAY each waits for the browser's delayed
+    // ACK of the one before.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {err}");
+        }
+    });
     axum::serve(listener, router(dashboard))
         .with_graceful_shutdown(async move {
             shutdown.await;
