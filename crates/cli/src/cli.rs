@@ -654,6 +654,20 @@ pub struct ImagePushArgs {
     /// if not given.
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+
+    /// How a directory's layer is compressed (a tarball or layout keeps its own): zstd
+    /// decompresses fastest on the runners; gzip for clients older than OCI image-spec 1.1.
+    #[arg(long, value_enum, default_value_t = LayerCompression::Zstd)]
+    pub compression: LayerCompression,
+}
+
+/// Layer compression of `quorum image push`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayerCompression {
+    Zstd,
+    Gzip,
+    /// An uncompressed tar.
+    None,
 }
 
 /// Options of `quorum dvm wrapper`.

@@ -73,24 +73,68 @@ fn image_push_prints_a_reference_that_skopeo_pulls_from_blossom() {
     assert_eq!(String::from_utf8(again.stdout).unwrap().trim(), reference);
 
     // skopeo pulls that manifest by digest over /v2/, anonymously.
-    let out = std::process::Command::new("timeout")
-        .args([
-            "60",
-            "skopeo",
-            "--insecure-policy",
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-        ])
-        .arg(format!("docker://{host}/toolchains/cli@sha256:{digest}"))
-        .output()
-        .expect("these tests need skopeo: apt-get install skopeo");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let raw_manifest = |digest: &str| {
+        let out = std::process::Command::new("timeout")
+            .args([
+                "60",
+                "skopeo",
+                "--insecure-policy",
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+            ])
+            .arg(format!("docker://{host}/toolchains/cli@sha256:{digest}"))
+            .output()
+            .expect("these tests need skopeo: apt-get install skopeo");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(hex::encode(Sha256::digest(&out.stdout)), digest);
+        out.stdout
+    };
+    let manifest = raw_manifest(digest);
+    let layer_media = |manifest: &[u8]| {
+        let manifest: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+        manifest["layers"][0]["mediaType"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        layer_media(&manifest),
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "a directory is packed as zstd by default"
     );
-    assert_eq!(hex::encode(Sha256::digest(&out.stdout)), digest);
+
+    // --compression gzip: another image of the same tree, for older clients.
+    let gzip = run(
+        QUORUM,
+        &[
+            "image",
+            "push",
+            root.to_str().unwrap(),
+            &name,
+            "--blossom",
+            &base,
+            "--compression",
+            "gzip",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        gzip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gzip.stderr)
+    );
+    let gzip = String::from_utf8(gzip.stdout).unwrap();
+    let gzip_digest = gzip.trim().rsplit_once("@sha256:").unwrap().1.to_owned();
+    assert_ne!(gzip_digest, digest);
+    assert_eq!(
+        layer_media(&raw_manifest(&gzip_digest)),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
 
     // A bad input is a clear error.
     let out = run(

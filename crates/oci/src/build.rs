@@ -2,9 +2,10 @@
 //!
 //! Three inputs are understood:
 //!
-//! - a root filesystem **directory**: packed into one gzip layer deterministically (entries
-//!   sorted, owner 0:0, mtime 0, gzip header without a time), so the same tree gives the same
-//!   digest on every machine;
+//! - a root filesystem **directory**: packed into one layer deterministically (entries
+//!   sorted, owner 0:0, mtime 0, no time in a gzip header), so the same tree gives the same
+//!   digest on every machine with the same compressor; zstd unless asked otherwise (see
+//!   [`DEFAULT_LAYER_COMPRESSION`]);
 //! - a root filesystem **tarball** (`.tar`, `.tar.gz`, `.tar.zst`, e.g. from `mmdebstrap`):
 //!   used as the layer byte for byte;
 //! - an **OCI image layout** directory (`oci-layout`, `index.json`, `blobs/sha256/…`, as
@@ -33,6 +34,14 @@ use crate::unpack::{Compression, layer_reader};
 
 /// Default `PATH` of images made here, as Debian's.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How a directory's layer is compressed unless asked otherwise: zstd (OCI image-spec 1.1,
+/// pulled by containerd, podman, skopeo and Docker 23+). It decompresses several times faster
+/// than gzip, which is what a runner pays on every first fetch, and packs faster too.
+pub const DEFAULT_LAYER_COMPRESSION: Compression = Compression::Zstd;
+
+/// zstd's level for layers: its default, the level registries and buildkit use.
+pub const ZSTD_LEVEL: i32 = 3;
 
 /// One blob of a built image, on disk.
 #[derive(Debug, Clone)]
@@ -67,15 +76,26 @@ impl BuiltImage {
 }
 
 /// Builds an image from `input` (a directory, tarball or OCI layout; see the module docs),
-/// writing new blobs under `out`.
+/// writing new blobs under `out`; a directory's layer is compressed with
+/// [`DEFAULT_LAYER_COMPRESSION`].
 pub fn build(input: &Path, out: &Path) -> Result<BuiltImage, OciError> {
+    build_with(input, out, DEFAULT_LAYER_COMPRESSION)
+}
+
+/// [`build`], a directory's layer compressed with `compression` (tarballs and layouts are
+/// used as they are).
+pub fn build_with(
+    input: &Path,
+    out: &Path,
+    compression: Compression,
+) -> Result<BuiltImage, OciError> {
     fs::create_dir_all(out).map_err(|e| OciError::io("creating", out, e))?;
     let meta = fs::metadata(input).map_err(|e| OciError::io("reading", input, e))?;
     if meta.is_dir() && input.join("index.json").is_file() && input.join("oci-layout").is_file() {
         return from_layout(input, false);
     }
     let (layer, diff_id) = if meta.is_dir() {
-        pack_dir(input, out)?
+        pack_dir(input, out, compression)?
     } else {
         let compression = {
             let mut head = [0u8; 4];
@@ -246,13 +266,31 @@ fn hash_regular(path: &Path) -> Result<(Digest, u64), OciError> {
     hash_open(open_regular(path)?, path)
 }
 
-/// A directory as one deterministic gzip layer; returns the blob and the diff id.
-fn pack_dir(dir: &Path, out: &Path) -> Result<((BlobFile, MediaType), Digest), OciError> {
+/// A directory as one deterministic layer, compressed with `compression`; returns the blob
+/// and the diff id.
+fn pack_dir(
+    dir: &Path,
+    out: &Path,
+    compression: Compression,
+) -> Result<((BlobFile, MediaType), Digest), OciError> {
     let tmp = out.join(".layer.tmp");
     let file = fs::File::create(&tmp).map_err(|e| OciError::io("creating", &tmp, e))?;
-    let gz = flate2::GzBuilder::new().write(file, flate2::Compression::default());
+    let (writer, media) = match compression {
+        Compression::Gzip => (
+            LayerWriter::Gzip(flate2::GzBuilder::new().write(file, flate2::Compression::default())),
+            MediaType::ImageLayerGzip,
+        ),
+        Compression::Zstd => (
+            LayerWriter::Zstd(
+                zstd::stream::write::Encoder::new(file, ZSTD_LEVEL)
+                    .map_err(|e| OciError::io("compressing", &tmp, e))?,
+            ),
+            MediaType::ImageLayerZstd,
+        ),
+        Compression::None => (LayerWriter::Plain(file), MediaType::ImageLayer),
+    };
     let mut diff = HashingWriter {
-        inner: gz,
+        inner: writer,
         hasher: Sha256::new(),
     };
     {
@@ -312,10 +350,42 @@ fn pack_dir(dir: &Path, out: &Path) -> Result<((BlobFile, MediaType), Digest), O
     let (digest, size) = hash_file(&tmp)?;
     let path = out.join(digest.hex());
     fs::rename(&tmp, &path).map_err(|e| OciError::io("renaming", &tmp, e))?;
-    Ok((
-        (BlobFile { digest, size, path }, MediaType::ImageLayerGzip),
-        diff_id,
-    ))
+    Ok(((BlobFile { digest, size, path }, media), diff_id))
+}
+
+/// The compressor a directory's layer is written through.
+enum LayerWriter {
+    Gzip(flate2::write::GzEncoder<fs::File>),
+    Zstd(zstd::stream::write::Encoder<'static, fs::File>),
+    Plain(fs::File),
+}
+
+impl LayerWriter {
+    /// Ends the compressed stream; the file it was written to.
+    fn finish(self) -> io::Result<fs::File> {
+        match self {
+            LayerWriter::Gzip(w) => w.finish(),
+            LayerWriter::Zstd(w) => w.finish(),
+            LayerWriter::Plain(f) => Ok(f),
+        }
+    }
+}
+
+impl Write for LayerWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            LayerWriter::Gzip(w) => w.write(buf),
+            LayerWriter::Zstd(w) => w.write(buf),
+            LayerWriter::Plain(f) => f.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            LayerWriter::Gzip(w) => w.flush(),
+            LayerWriter::Zstd(w) => w.flush(),
+            LayerWriter::Plain(f) => f.flush(),
+        }
+    }
 }
 
 /// Every path under `root` (relative), parents before children, siblings sorted by name.

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use quorum_blossom::client::BlossomClient;
 use quorum_blossom::{BlossomConfig, BlossomServer};
-use quorum_oci::build::{BuiltImage, build, push};
+use quorum_oci::build::{BuiltImage, build, build_with, push};
+use quorum_oci::unpack::Compression;
 use quorum_oci::{Fetcher, ImageCache, ImageRef, OciError};
 use quorum_proto::nostr::Keys;
 use tokio::sync::oneshot;
@@ -149,6 +150,83 @@ async fn two_jobs_on_one_image_fetch_it_once() {
     let c = cache.get(&reference).await.unwrap();
     assert!(!c.fetched());
     assert_eq!(cache.list().len(), 1);
+}
+
+/// `quorum image push --compression`: each kind of layer is deterministic (the same tree
+/// twice, the same digest), says what it is in the manifest, carries the same diff id, and
+/// unpacks to the same tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_layer_compression_is_deterministic_and_unpacks_to_the_same_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = blossom(dir.path()).await;
+    let root = rootfs(dir.path(), "kinds", 3 << 20);
+    std::fs::write(root.join("etc/motd"), "compressible ".repeat(10_000)).unwrap();
+    let mut diff_ids = Vec::new();
+    let mut manifests = Vec::new();
+    for (compression, media) in [
+        (
+            Compression::Zstd,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
+        (
+            Compression::Gzip,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
+        (Compression::None, "application/vnd.oci.image.layer.v1.tar"),
+    ] {
+        let made = |n: &str| {
+            let (root, out) = (
+                root.clone(),
+                dir.path().join(format!("{compression:?}-{n}")),
+            );
+            tokio::task::spawn_blocking(move || build_with(&root, &out, compression))
+        };
+        let image = made("a").await.unwrap().unwrap();
+        let again = made("b").await.unwrap().unwrap();
+        assert_eq!(
+            image.manifest, again.manifest,
+            "{compression:?} is deterministic"
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&image.blobs.last().unwrap().path).unwrap())
+                .unwrap();
+        assert_eq!(manifest["layers"][0]["mediaType"], media);
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&image.blobs[0].path).unwrap()).unwrap();
+        diff_ids.push(config["rootfs"]["diff_ids"][0].clone());
+        manifests.push(image.manifest.clone());
+        push(
+            &image,
+            &BlossomClient::new(Keys::generate()),
+            std::slice::from_ref(&server.url),
+        )
+        .await
+        .unwrap();
+        let reference = image.reference("127.0.0.1:9/test/kinds").unwrap();
+        let cache = cache(
+            &dir.path().join(format!("cache-{compression:?}")),
+            &server.url,
+            1 << 30,
+        );
+        let lease = cache.get(&reference).await.unwrap();
+        assert!(lease.fetched());
+        for file in [
+            "etc/os-release",
+            "etc/motd",
+            "usr/bin/tool",
+            "data/0000",
+            "data/0002",
+        ] {
+            assert!(
+                std::fs::read(lease.root().join(file)).unwrap()
+                    == std::fs::read(root.join(file)).unwrap(),
+                "{compression:?}: {file} differs"
+            );
+        }
+    }
+    assert!(diff_ids.iter().all(|d| *d == diff_ids[0]), "{diff_ids:?}");
+    manifests.dedup();
+    assert_eq!(manifests.len(), 3, "three kinds of layer, three images");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,12 +466,15 @@ async fn a_bad_later_layer_rebuilds_the_root_from_every_layer_fetched_again() {
             blob.digest, blob.size
         )
     };
-    let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
+    // The layers' media type as `build` wrote it.
+    let built: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&lower.blobs[2].path).unwrap()).unwrap();
+    let media = built["layers"][0]["mediaType"].as_str().unwrap();
     let manifest = format!(
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[{},{}]}}"#,
         descriptor("application/vnd.oci.image.config.v1+json", config),
-        descriptor(gzip, lower_layer),
-        descriptor(gzip, upper_layer),
+        descriptor(media, lower_layer),
+        descriptor(media, upper_layer),
     );
     let manifest_hex = hex::encode(sha2::Sha256::digest(manifest.as_bytes()));
     let manifest_path = dir.path().join(&manifest_hex);

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{ImageCommand, ImagePushArgs};
+use quorum_oci::unpack::Compression;
+
+use crate::cli::{ImageCommand, ImagePushArgs, LayerCompression};
 
 pub async fn run(command: ImageCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -20,10 +22,17 @@ async fn push(args: ImagePushArgs) -> anyhow::Result<ExitCode> {
     let work = tempfile::tempdir().context("cannot create a temp dir")?;
     let input = args.input.clone();
     let out = work.path().to_path_buf();
-    let image = tokio::task::spawn_blocking(move || quorum_oci::build::build(&input, &out))
-        .await
-        .context("building the image crashed")?
-        .with_context(|| format!("cannot make an image of {}", args.input.display()))?;
+    let compression = match args.compression {
+        LayerCompression::Zstd => Compression::Zstd,
+        LayerCompression::Gzip => Compression::Gzip,
+        LayerCompression::None => Compression::None,
+    };
+    let image = tokio::task::spawn_blocking(move || {
+        quorum_oci::build::build_with(&input, &out, compression)
+    })
+    .await
+    .context("building the image crashed")?
+    .with_context(|| format!("cannot make an image of {}", args.input.display()))?;
     let reference = image.reference(&args.name)?;
     let client = quorum_blossom::client::BlossomClient::new(keys);
     quorum_oci::build::push(&image, &client, &args.blossom).await?;
