@@ -1,9 +1,14 @@
 //! Build image costs, each as a ratio to a baseline measured in the same run:
 //!
 //! - the first fetch of a ~100 MB image from a Blossom server on loopback (download, re-hash,
-//!   gunzip, unpack, rename into the cache) against sha256 of the same bytes read from disk
+//!   decompress, unpack, rename into the cache) against sha256 of the same bytes read from disk
 //!   (goal: `hash_to_fetch_ratio` ≥ 0.5, a fetch costing at most twice a hash), with the CPU
 //!   time the whole process (client and server) spent on it (`first_fetch_cpu_ms_median`);
+//!   the headline is the layer `quorum image push` makes (zstd), `by_layer` has gzip too.
+//!   The bench image is incompressible, so its layers cost about the same to decompress;
+//! - the same for the cached mmdebstrap Debian root of the runner tests when present
+//!   (`~/.cache/quorum-ci-test`, `debian_image_by_layer`): a real toolchain, about 3:1
+//!   compressible, as mmdebstrap made it (gzip) and as zstd;
 //! - a step started in a cached image (`StepSpec::rootfs`) against the same step on the host's
 //!   toolchain, both through `Sandbox::run` of bubblewrap, interleaved (goal: under 20 ms
 //!   extra). The image is the cached mmdebstrap Debian root of the runner tests when present
@@ -18,14 +23,17 @@ use std::time::{Duration, Instant};
 
 use quorum_blossom::client::BlossomClient;
 use quorum_blossom::{BlossomConfig, BlossomServer};
-use quorum_oci::build::{build, push};
-use quorum_oci::{Fetcher, ImageCache};
+use quorum_oci::build::{BuiltImage, ZSTD_LEVEL, build, build_with, push};
+use quorum_oci::unpack::Compression;
+use quorum_oci::{Fetcher, ImageCache, ImageRef};
 use quorum_proto::nostr::Keys;
 use quorum_sandbox::{Bubblewrap, LogLine, Sandbox, StepSpec};
 use sha2::{Digest, Sha256};
 
 const IMAGE_MB: usize = 100;
 const FETCHES: usize = 3;
+/// Rounds of the Debian image's fetches (it unpacks to about four times the bench image).
+const DEBIAN_FETCHES: usize = 3;
 const STARTS: usize = 30;
 
 fn median(mut v: Vec<Duration>) -> f64 {
@@ -119,48 +127,19 @@ fn main() {
         (url, stop)
     });
     let root = rootfs(dir.path());
-    let image = build(&root, &dir.path().join("blobs")).unwrap();
-    rt.block_on(push(
-        &image,
-        &BlossomClient::new(Keys::generate()),
-        std::slice::from_ref(&url),
-    ))
-    .unwrap();
-    let reference = image.reference("127.0.0.1:9/bench/image").unwrap();
-    let blob_paths: Vec<PathBuf> = image.blobs.iter().map(|b| b.path.clone()).collect();
-    let bytes = image.size();
+    // The same tree as each kind of layer; the headline figure is the default's.
+    let images: Vec<(String, BuiltImage)> = [Compression::Zstd, Compression::Gzip]
+        .into_iter()
+        .map(|compression| {
+            let out = dir.path().join(format!("blobs-{compression:?}"));
+            let image = build_with(&root, &out, compression).unwrap();
+            (format!("{compression:?}").to_lowercase(), image)
+        })
+        .collect();
+    let figures = first_fetches(&rt, dir.path(), &url, &images, FETCHES);
+    let headline = &figures[0];
+    let reference = images[0].1.reference("127.0.0.1:9/bench/image").unwrap();
 
-    // Interleaved: a hash, then a first fetch into a fresh cache, FETCHES times.
-    let (mut hashes, mut fetches, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
-    let mut last_cache = None;
-    for i in 0..FETCHES {
-        hashes.push(sha256_files(&blob_paths));
-        let cache = ImageCache::open(
-            dir.path().join(format!("cache{i}")),
-            1 << 34,
-            Fetcher::new(vec![url.clone()], Vec::new()),
-        )
-        .unwrap();
-        let (t, cpu) = (Instant::now(), process_cpu());
-        let lease = rt.block_on(cache.get(&reference)).unwrap();
-        fetches.push(t.elapsed());
-        cpus.push(process_cpu() - cpu);
-        assert!(lease.fetched());
-        drop(lease);
-        if let Some(old) = last_cache.replace(cache) {
-            let _ = std::fs::remove_dir_all(old.dir());
-        }
-    }
-    let (hash_ms, fetch_ms, cpu_ms) = (median(hashes), median(fetches), median(cpus));
-    // Now, not with the rest: the start-up figure below needs bubblewrap and a build user.
-    eprintln!(
-        "sha256 {hash_ms:.1} ms, first fetch {fetch_ms:.1} ms ({cpu_ms:.1} ms CPU), \
-         hash_to_fetch_ratio {:.3}",
-        hash_ms / fetch_ms
-    );
-
-    // Start-up: `true` in the cached image against `true` on the host toolchain.
-    let bwrap = Bubblewrap::detect().expect("bubblewrap is required (apt-get install bubblewrap)");
     let debian = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/quorum-ci-test"));
     let debian_tar = debian.and_then(|d| {
         std::fs::read_dir(d)
@@ -172,27 +151,38 @@ fn main() {
                     .is_some_and(|n| n.to_string_lossy().starts_with("debian-bookworm-gcc-"))
             })
     });
-    let cache = last_cache.expect("a cache");
-    let (start_image, start_lease) = match &debian_tar {
-        Some(tar) => {
-            let debian_image = build(tar, &dir.path().join("debian-blobs")).unwrap();
-            rt.block_on(push(
-                &debian_image,
-                &BlossomClient::new(Keys::generate()),
-                std::slice::from_ref(&url),
-            ))
-            .unwrap();
-            let r = debian_image.reference("127.0.0.1:9/bench/debian").unwrap();
-            (
-                "mmdebstrap debian bookworm + gcc",
-                rt.block_on(cache.get(&r)).unwrap(),
-            )
-        }
-        None => (
-            "the fetched bench image",
-            rt.block_on(cache.get(&reference)).unwrap(),
+    // A real toolchain image compresses (about 3:1), so its layer's format decides what a
+    // first fetch costs: the Debian image as mmdebstrap made it (gzip) and recompressed with
+    // zstd as `quorum image push` would.
+    let debian_figures = debian_tar.as_ref().map(|tar| {
+        let zst = dir.path().join("debian.tar.zst");
+        recompress_zstd(tar, &zst);
+        let images: Vec<(String, BuiltImage)> = [("zstd", &zst), ("gzip", tar)]
+            .into_iter()
+            .map(|(name, input)| {
+                let out = dir.path().join(format!("debian-blobs-{name}"));
+                (name.to_owned(), build(input, &out).unwrap())
+            })
+            .collect();
+        first_fetches(&rt, dir.path(), &url, &images, DEBIAN_FETCHES)
+    });
+
+    // Start-up: `true` in the cached image against `true` on the host toolchain.
+    let bwrap = Bubblewrap::detect().expect("bubblewrap is required (apt-get install bubblewrap)");
+    let cache = ImageCache::open(
+        dir.path().join("start-cache"),
+        1 << 34,
+        Fetcher::new(vec![url.clone()], Vec::new()),
+    )
+    .unwrap();
+    let (start_image, start_reference) = match &debian_figures {
+        Some(debian) => (
+            "mmdebstrap debian bookworm + gcc",
+            debian[0].reference.clone(),
         ),
+        None => ("the fetched bench image", reference),
     };
+    let start_lease = rt.block_on(cache.get(&start_reference)).unwrap();
     let work = tempfile::tempdir().unwrap();
     let (mut host, mut in_image) = (Vec::new(), Vec::new());
     for _ in 0..STARTS {
@@ -211,23 +201,29 @@ fn main() {
     let (host_ms, image_ms) = (median(host), median(in_image));
     let _ = stop.send(());
 
-    let mb = bytes as f64 / 1e6;
-    let json = format!(
-        "{{\n  \"image_bytes\": {bytes},\n  \"fetches\": {FETCHES},\n  \
-         \"sha256_ms_median\": {hash_ms:.1},\n  \"first_fetch_ms_median\": {fetch_ms:.1},\n  \
-         \"first_fetch_cpu_ms_median\": {cpu_ms:.1},\n  \
-         \"sha256_mb_per_s\": {:.1},\n  \"fetch_mb_per_s\": {:.1},\n  \
-         \"hash_to_fetch_ratio\": {:.3},\n  \
-         \"start_image\": \"{start_image}\",\n  \"starts\": {STARTS},\n  \
-         \"host_toolchain_start_ms_median\": {host_ms:.2},\n  \
-         \"cached_image_start_ms_median\": {image_ms:.2},\n  \
-         \"image_start_extra_ms\": {:.2},\n  \"ratio_image_to_host_start\": {:.3}\n}}\n",
-        mb / (hash_ms / 1000.0),
-        mb / (fetch_ms / 1000.0),
-        hash_ms / fetch_ms,
-        image_ms - host_ms,
-        image_ms / host_ms,
-    );
+    let mb = headline.bytes as f64 / 1e6;
+    let json = serde_json::json!({
+        "layer": headline.layer,
+        "image_bytes": headline.bytes,
+        "fetches": FETCHES,
+        "sha256_ms_median": round(headline.hash_ms, 1),
+        "first_fetch_ms_median": round(headline.fetch_ms, 1),
+        "first_fetch_cpu_ms_median": round(headline.cpu_ms, 1),
+        "sha256_mb_per_s": round(mb / (headline.hash_ms / 1000.0), 1),
+        "fetch_mb_per_s": round(mb / (headline.fetch_ms / 1000.0), 1),
+        "hash_to_fetch_ratio": round(headline.ratio(), 3),
+        "by_layer": figures.iter().map(Figures::json).collect::<Vec<_>>(),
+        "debian_image_by_layer": debian_figures
+            .as_ref()
+            .map(|d| d.iter().map(Figures::json).collect::<Vec<_>>()),
+        "start_image": start_image,
+        "starts": STARTS,
+        "host_toolchain_start_ms_median": round(host_ms, 2),
+        "cached_image_start_ms_median": round(image_ms, 2),
+        "image_start_extra_ms": round(image_ms - host_ms, 2),
+        "ratio_image_to_host_start": round(image_ms / host_ms, 3),
+    });
+    let json = serde_json::to_string_pretty(&json).unwrap() + "\n";
     print!("{json}");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -236,4 +232,118 @@ fn main() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("image.json"), json).unwrap();
     eprintln!("wrote {}", out.join("image.json").display());
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+/// First-fetch figures of one image (medians).
+struct Figures {
+    /// What its layer is: `zstd` or `gzip`.
+    layer: String,
+    bytes: u64,
+    reference: ImageRef,
+    hash_ms: f64,
+    fetch_ms: f64,
+    cpu_ms: f64,
+}
+
+impl Figures {
+    fn ratio(&self) -> f64 {
+        self.hash_ms / self.fetch_ms
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "layer": self.layer,
+            "image_bytes": self.bytes,
+            "sha256_ms_median": round(self.hash_ms, 1),
+            "first_fetch_ms_median": round(self.fetch_ms, 1),
+            "first_fetch_cpu_ms_median": round(self.cpu_ms, 1),
+            "hash_to_fetch_ratio": round(self.ratio(), 3),
+        })
+    }
+}
+
+/// Pushes `images` to the Blossom server at `url`, then measures, interleaved, `rounds`
+/// times each: sha256 of an image's blobs from disk, and a first fetch of it into a fresh
+/// cache (wall and whole-process CPU time).
+fn first_fetches(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    url: &url::Url,
+    images: &[(String, BuiltImage)],
+    rounds: usize,
+) -> Vec<Figures> {
+    for (_, image) in images {
+        rt.block_on(push(
+            image,
+            &BlossomClient::new(Keys::generate()),
+            std::slice::from_ref(url),
+        ))
+        .unwrap();
+    }
+    let mut samples: Vec<[Vec<Duration>; 3]> = vec![Default::default(); images.len()];
+    for round in 0..rounds {
+        for (n, (name, image)) in images.iter().enumerate() {
+            let [hashes, fetches, cpus] = &mut samples[n];
+            let blob_paths: Vec<PathBuf> = image.blobs.iter().map(|b| b.path.clone()).collect();
+            hashes.push(sha256_files(&blob_paths));
+            let cache_dir = dir.join(format!("cache-{name}-{round}"));
+            let cache = ImageCache::open(
+                &cache_dir,
+                1 << 34,
+                Fetcher::new(vec![url.clone()], Vec::new()),
+            )
+            .unwrap();
+            let reference = image.reference("127.0.0.1:9/bench/image").unwrap();
+            let (t, cpu) = (Instant::now(), process_cpu());
+            let lease = rt.block_on(cache.get(&reference)).unwrap();
+            fetches.push(t.elapsed());
+            cpus.push(process_cpu() - cpu);
+            assert!(lease.fetched());
+            drop(lease);
+            std::fs::remove_dir_all(&cache_dir).unwrap();
+        }
+    }
+    images
+        .iter()
+        .zip(samples)
+        .map(|((name, image), [hashes, fetches, cpus])| {
+            let figures = Figures {
+                layer: name.clone(),
+                bytes: image.size(),
+                reference: image.reference("127.0.0.1:9/bench/image").unwrap(),
+                hash_ms: median(hashes),
+                fetch_ms: median(fetches),
+                cpu_ms: median(cpus),
+            };
+            eprintln!(
+                "{} bytes, {} layer: sha256 {:.1} ms, first fetch {:.1} ms ({:.1} ms CPU), \
+                 hash_to_fetch_ratio {:.3}",
+                figures.bytes,
+                figures.layer,
+                figures.hash_ms,
+                figures.fetch_ms,
+                figures.cpu_ms,
+                figures.ratio()
+            );
+            figures
+        })
+        .collect()
+}
+
+/// The gzip root filesystem tarball `gz` recompressed as `zst` (zstd at the level of
+/// `quorum image push`).
+fn recompress_zstd(gz: &Path, zst: &Path) {
+    let mut input = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+        std::fs::File::open(gz).unwrap(),
+    ));
+    let mut output =
+        zstd::stream::write::Encoder::new(std::fs::File::create(zst).unwrap(), ZSTD_LEVEL)
+            .unwrap()
+            .auto_finish();
+    std::io::copy(&mut input, &mut output).unwrap();
 }
