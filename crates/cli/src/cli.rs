@@ -1042,7 +1042,9 @@ pub struct DemoArgs {
 /// Options of `quorum verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The file to check.
+    /// The file to check, or an OCI image layout directory (as `quorum run --out` saves an
+    /// `oci:` artifact, or `skopeo copy … oci:DIR` writes): every blob re-hashed, its one image
+    /// manifest's digest checked as a file's sha256 is.
     #[arg(required_unless_present = "image", conflicts_with = "image")]
     pub file: Option<PathBuf>,
 

@@ -13,7 +13,8 @@
 //!   with LRU eviction, never half-visible;
 //! - [`build`]: making an image from a root filesystem tarball or an OCI layout and uploading
 //!   it to Blossom (`quorum image push`), and reading the layout a job wrote as an `oci:`
-//!   artifact ([`build::read_layout`]: one image manifest, no symlinks, every blob re-hashed).
+//!   artifact ([`build::read_layout`]: one image manifest, no symlinks, every blob re-hashed);
+//! - [`layout`]: an image fetched by digest saved as an OCI image layout (`quorum run --out`).
 //!
 //! References themselves ([`ImageRef`], [`Digest`]) are protocol types and live in
 //! `quorum_proto::image`, so that the pipeline crate can lint and hash them without I/O.
@@ -22,6 +23,7 @@ pub mod build;
 pub mod cache;
 mod error;
 pub mod fetch;
+pub mod layout;
 pub mod unpack;
 
 pub use cache::{ImageCache, ImageLease, ImageMeta};

@@ -513,3 +513,75 @@ async fn a_bad_later_layer_rebuilds_the_root_from_every_layer_fetched_again() {
     );
     assert_eq!(lease.meta().layers.len(), 2);
 }
+
+/// `quorum run --out` for an `oci:` artifact: the image whose manifest is a Blossom blob is
+/// saved as an OCI image layout that skopeo reads; a server serving a corrupted layer leaves
+/// no directory behind, and the error names the blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_image_is_saved_as_a_layout_that_skopeo_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = blossom(dir.path()).await;
+    let (image, _) = pushed(dir.path(), &server.url, "saved", 1 << 20).await;
+    let manifest_url = server.url.join(image.manifest.hex()).unwrap();
+    let out = dir.path().join("out/image");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let saved = quorum_oci::layout::save_blossom_layout(
+        std::slice::from_ref(&manifest_url),
+        &image.manifest,
+        &out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(saved.manifest, image.manifest);
+    assert_eq!(saved.blobs.len(), image.blobs.len());
+    let inspect = std::process::Command::new("timeout")
+        .args(["60", "skopeo", "inspect", "--raw"])
+        .arg(format!("oci:{}", out.display()))
+        .output()
+        .expect("these tests need skopeo: apt-get install skopeo");
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    assert_eq!(
+        inspect.stdout,
+        std::fs::read(&image.blobs.last().unwrap().path).unwrap()
+    );
+    // Saving over an existing directory is refused.
+    assert!(
+        quorum_oci::layout::save_blossom_layout(
+            std::slice::from_ref(&manifest_url),
+            &image.manifest,
+            &out,
+        )
+        .await
+        .is_err()
+    );
+
+    let layer = &image.blobs[1];
+    let blobs: Vec<(String, PathBuf)> = image
+        .blobs
+        .iter()
+        .map(|b| (b.digest.hex().to_owned(), b.path.clone()))
+        .collect();
+    let hostile = hostile_server(blobs, layer.digest.hex().to_owned()).await;
+    let bad = dir.path().join("out/bad");
+    let err = quorum_oci::layout::save_blossom_layout(
+        &[hostile.join(image.manifest.hex()).unwrap()],
+        &image.manifest,
+        &bad,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains(layer.digest.hex()), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("image")],
+        "nothing half-written"
+    );
+}

@@ -259,14 +259,27 @@ impl Verification {
 
 /// Hashes `path` and verifies it against the events on `client`'s relays (when given) and in
 /// the verification `bundle` file (when given; bundles the release events name are fetched
-/// from Blossom too).
+/// from Blossom too). A directory is taken as an OCI image layout (as `quorum run --out`
+/// saves an `oci:` artifact): every blob in it is re-hashed and its one image manifest's
+/// digest is judged, as [`verify_image`] judges one fetched from a registry.
 pub async fn verify_file(
     client: Option<&JobClient>,
     path: &Path,
     bundle: Option<&Path>,
     expect: &Expectation,
 ) -> Result<Verification, VerifyError> {
-    let digest = sha256_of(path)?;
+    let digest = if path.is_dir() {
+        let dir = path.to_path_buf();
+        let layout = tokio::task::spawn_blocking(move || quorum_oci::build::read_layout(&dir))
+            .await
+            .map_err(|e| VerifyError::Image(format!("reading {}: {e}", path.display())))?
+            .map_err(|e| {
+                VerifyError::Image(format!("{} is not an image layout: {e}", path.display()))
+            })?;
+        Sha256Hex::parse(layout.manifest.hex()).map_err(|e| VerifyError::Image(e.to_string()))?
+    } else {
+        sha256_of(path)?
+    };
     verify_digest(client, digest, bundle, expect).await
 }
 

@@ -587,13 +587,14 @@ printf '{"imageLayoutVersion":"1.0.0"}' > img/oci-layout
 /// A 2-of-3 quorum builds an OCI image layout (`artifacts: [{ oci: img }]`) in the busybox
 /// image; the members agree on the manifest digest, the quorum's binding and the 1063 list it
 /// with the OCI media type, skopeo pulls it from Blossom's `/v2/` by that digest, and
-/// `verify_image` passes; an image no release lists and a manifest whose bytes were changed
-/// on the server both fail, each naming why.
+/// `verify_image` passes, as `verify_file` does for the image saved as a layout (`quorum run
+/// --out`) and for skopeo's copy; a changed layer in a layout, an image no release lists and
+/// a manifest whose bytes were changed on the server all fail, each naming why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_releases_an_oci_image_that_skopeo_pulls_and_verify_checks() {
     use quorum_proto::release::{FILE_METADATA, FileMetadata, ReleaseBinding};
     use quorum_proto::step::OCI_MANIFEST_MEDIA_TYPE;
-    use quorum_router::verify::{Expectation, verify_image};
+    use quorum_router::verify::{Expectation, verify_file, verify_image};
 
     let dir = tempfile::tempdir().unwrap();
     let network = Network::start(dir.path()).await;
@@ -731,6 +732,41 @@ async fn a_quorum_releases_an_oci_image_that_skopeo_pulls_and_verify_checks() {
         verdict.quorum.as_deref(),
         Some(dealt.quorum.to_hex().as_str())
     );
+
+    // `quorum run --out` saves it as a layout from the URLs the report lists; that layout,
+    // and the one skopeo pulled, verify as the image; a layout with a changed layer does not
+    // pass for it.
+    let saved = dir.path().join("saved");
+    let urls: Vec<url::Url> = artifact
+        .blob
+        .urls
+        .iter()
+        .map(|u| u.parse().unwrap())
+        .collect();
+    let manifest_digest = quorum_oci::Digest::from_hex(&digest).unwrap();
+    quorum_oci::layout::save_blossom_layout(&urls, &manifest_digest, &saved)
+        .await
+        .unwrap();
+    for layout in [&saved, &pulled] {
+        let verdict = verify_file(Some(&client), layout, None, &expect)
+            .await
+            .unwrap();
+        assert!(verdict.ok, "{}: {:?}", layout.display(), verdict.problems);
+        assert_eq!(verdict.sha256, digest);
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let layer_path = saved
+        .join("blobs/sha256")
+        .join(layer.strip_prefix("sha256:").unwrap());
+    let mut bytes = std::fs::read(&layer_path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&layer_path, bytes).unwrap();
+    let err = verify_file(Some(&client), &saved, None, &expect)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not an image layout"), "{err}");
 
     // An image no release lists (the build image itself) does not verify.
     let verdict = verify_image(Some(&client), &busybox, Vec::new(), None, &expect)

@@ -487,7 +487,8 @@ fn xdg_dir(var: &str, fallback: &str, flag: &str) -> anyhow::Result<std::path::P
 /// One file `--out` saved, or why it could not.
 #[derive(Debug, serde::Serialize)]
 struct SavedFile {
-    /// `artifact` or `bundle`.
+    /// `artifact`, `image` (an `oci:` artifact, saved as an OCI image layout directory) or
+    /// `bundle`.
     what: &'static str,
     job: Option<String>,
     name: String,
@@ -499,7 +500,8 @@ struct SavedFile {
 
 /// Downloads every artifact of the succeeded jobs into `out` (by file name; `JOB/PATH` when
 /// two jobs' artifacts share a name), each checked against its sha256, and the release's
-/// verification bundle as `verification-bundle.json`.
+/// verification bundle as `verification-bundle.json`. An `oci:DIR` artifact becomes the OCI
+/// image layout `DIR` (its manifest, config and layers, each re-hashed).
 async fn save_outputs(
     out: &Path,
     jobs: &[JobRecord],
@@ -516,7 +518,10 @@ async fn save_outputs(
                 .map(move |a| (job, a))
         })
         .collect();
-    let base_name = |name: &str| name.rsplit('/').next().unwrap_or(name).to_string();
+    let base_name = |name: &str| {
+        let path = name.strip_prefix(OCI_PREFIX).unwrap_or(name);
+        path.rsplit('/').next().unwrap_or(path).to_string()
+    };
     let mut count = std::collections::HashMap::new();
     for (_, artifact) in &artifacts {
         *count.entry(base_name(&artifact.name)).or_insert(0) += 1;
@@ -534,13 +539,14 @@ async fn save_outputs(
         .iter()
         .map(|(job, artifact)| {
             let base = base_name(&artifact.name);
+            let image = artifact.name.strip_prefix(OCI_PREFIX);
             let path = if count[&base] > 1 {
-                out.join(&job.id).join(&artifact.name)
+                out.join(&job.id).join(image.unwrap_or(&artifact.name))
             } else {
                 out.join(base)
             };
             Wanted {
-                what: "artifact",
+                what: if image.is_some() { "image" } else { "artifact" },
                 job: Some(job.id.clone()),
                 name: artifact.name.clone(),
                 sha256: artifact.blob.sha256.clone(),
@@ -568,7 +574,17 @@ async fn save_outputs(
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("cannot create {}", parent.display()))?;
             }
-            super::download::fetch_verified(sha, &file.urls, &file.path, &file.name, progress).await
+            if file.what == "image" {
+                let digest = quorum_proto::image::Digest::from_hex(&sha.to_hex())
+                    .context("the run reported a bad sha256")?;
+                let urls: Vec<reqwest::Url> =
+                    file.urls.iter().filter_map(|u| u.parse().ok()).collect();
+                quorum_oci::layout::save_blossom_layout(&urls, &digest, &file.path).await?;
+                return Ok(());
+            }
+            super::download::fetch_verified(sha, &file.urls, &file.path, &file.name, progress)
+                .await
+                .map(|_| ())
         }
         .await;
         saved.push(SavedFile {
@@ -583,6 +599,9 @@ async fn save_outputs(
     saved
 }
 
+/// How a step report names an artifact that is an OCI image layout (`oci:PATH`).
+const OCI_PREFIX: &str = "oci:";
+
 /// What `--out` saved, and how to verify it.
 fn print_saved(saved: &[SavedFile], repo: Option<&quorum_proto::nip34::RepoCoordinate>) {
     let bundle = saved
@@ -591,8 +610,17 @@ fn print_saved(saved: &[SavedFile], repo: Option<&quorum_proto::nip34::RepoCoord
     for file in saved {
         match &file.error {
             Some(error) => eprintln!("✘ not saved: {} ({})", file.name, super::sanitize(error)),
-            None if file.what == "artifact" => {
-                eprintln!("saved {} ({})", file.path.display(), &file.sha256[..16]);
+            None if file.what != "bundle" => {
+                if file.what == "image" {
+                    eprintln!(
+                        "saved {} (OCI image layout of sha256:{}; skopeo copy oci:{} …)",
+                        file.path.display(),
+                        &file.sha256[..16],
+                        file.path.display()
+                    );
+                } else {
+                    eprintln!("saved {} ({})", file.path.display(), &file.sha256[..16]);
+                }
                 if let (Some(repo), Some(bundle)) = (repo, bundle) {
                     eprintln!(
                         "  verify: quorum verify {} --repo {repo} --bundle {}",
