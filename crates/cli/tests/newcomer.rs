@@ -1,6 +1,7 @@
 //! A newcomer's first hour, as processes: `quorum init` on projects of every kind it knows,
 //! `quorum lint` (saying exactly what `quorum run` says), `quorum run --out` leaving verified
-//! files and a bundle that verifies offline, the reference and shell completions.
+//! files (an image as an OCI layout) and a bundle that verifies offline, the reference and
+//! shell completions.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -287,6 +288,101 @@ fn an_initialised_make_project_runs_and_out_leaves_files_that_verify_offline() {
         1,
         "another repository's release does not verify"
     );
+}
+
+/// Writes an OCI image layout in `img/` with the host's shell tools, the same bytes on every
+/// builder: one uncompressed layer (fixed order, mtime 0, numeric owner), a config and a
+/// manifest, each blob named by its sha256.
+const MAKE_IMAGE: &str = r#"set -eu
+mkdir -p l/etc img/blobs/sha256
+printf 'built by a quorum\n' > l/etc/hello
+chmod 755 l/etc
+chmod 644 l/etc/hello
+touch -d @0 l/etc l/etc/hello
+tar -c --numeric-owner --owner=0 --group=0 --no-recursion --format=gnu -f layer.tar -C l etc etc/hello
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+size() { echo $(($(wc -c < "$1"))); }
+blob() { mv "$1" "img/blobs/sha256/$2"; }
+L=$(sha layer.tar); LS=$(size layer.tar); blob layer.tar "$L"
+printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$L" > config.json
+C=$(sha config.json); CS=$(size config.json); blob config.json "$C"
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' "$C" "$CS" "$L" "$LS" > manifest.json
+M=$(sha manifest.json); MS=$(size manifest.json); blob manifest.json "$M"
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s}]}' "$M" "$MS" > img/index.json
+printf '{"imageLayoutVersion":"1.0.0"}' > img/oci-layout
+"#;
+
+/// A quorum releases an image (`artifacts: [{ oci: img }]`); `quorum run --out` saves it as
+/// the OCI image layout `img`, which skopeo reads and which verifies offline from the bundle
+/// as the released image.
+#[test]
+fn an_image_artifact_is_saved_as_a_layout_that_verifies_offline() {
+    let root = tempfile::tempdir().unwrap();
+    let pipeline = "on: push\njobs:\n  image:\n    run: sh mkimage.sh\n    artifacts:\n      \
+                    - { oci: img }\n    network: false\n    mode: quorum\n    replicas: 3\n    \
+                    threshold: 2\n    release: true\n";
+    let dir = project(
+        root.path(),
+        "imaged",
+        &[
+            ("mkimage.sh", MAKE_IMAGE),
+            (".quorum/pipeline.yml", pipeline),
+        ],
+    );
+    let out = root.path().join("dist");
+    let output = run_with_env(
+        QUORUM,
+        &[
+            "run",
+            dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+        &[
+            ("XDG_DATA_HOME", &root.path().join("xdg")),
+            ("XDG_CONFIG_HOME", &root.path().join("config")),
+        ],
+        RUN_TIMEOUT,
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let artifact = &report["artifacts"][0];
+    assert_eq!(artifact["name"], "oci:img", "{report}");
+    let digest = artifact["sha256"].as_str().unwrap();
+    let layout = out.join("img");
+    assert!(layout.join("oci-layout").is_file(), "{stderr}");
+    let saved = &report["out"][0];
+    assert_eq!(saved["what"], "image", "{report}");
+    assert!(saved["error"].is_null(), "{report}");
+    let manifest = std::fs::read(layout.join("blobs/sha256").join(digest)).unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&manifest)), digest);
+    let inspect = std::process::Command::new("timeout")
+        .args(["60", "skopeo", "inspect", "--raw"])
+        .arg(format!("oci:{}", layout.display()))
+        .output()
+        .expect("these tests need skopeo: apt-get install skopeo");
+    assert_eq!(
+        inspect.stdout,
+        manifest,
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+
+    let repository = report["repository"].as_str().unwrap();
+    let bundle = out.join("verification-bundle.json");
+    let (code, stdout, stderr) = quorum(&[
+        "verify",
+        layout.to_str().unwrap(),
+        "--repo",
+        repository,
+        "--bundle",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains(digest), "{stdout}");
 }
 
 #[test]

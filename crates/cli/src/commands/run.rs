@@ -519,7 +519,9 @@ async fn save_outputs(
         })
         .collect();
     let base_name = |name: &str| {
-        let path = name.strip_prefix(OCI_PREFIX).unwrap_or(name);
+        let path = name
+            .strip_prefix(quorum_proto::step::OCI_ARTIFACT_PREFIX)
+            .unwrap_or(name);
         path.rsplit('/').next().unwrap_or(path).to_string()
     };
     let mut count = std::collections::HashMap::new();
@@ -539,7 +541,9 @@ async fn save_outputs(
         .iter()
         .map(|(job, artifact)| {
             let base = base_name(&artifact.name);
-            let image = artifact.name.strip_prefix(OCI_PREFIX);
+            let image = artifact
+                .name
+                .strip_prefix(quorum_proto::step::OCI_ARTIFACT_PREFIX);
             let path = if count[&base] > 1 {
                 out.join(&job.id).join(image.unwrap_or(&artifact.name))
             } else {
@@ -598,9 +602,6 @@ async fn save_outputs(
     }
     saved
 }
-
-/// How a step report names an artifact that is an OCI image layout (`oci:PATH`).
-const OCI_PREFIX: &str = "oci:";
 
 /// What `--out` saved, and how to verify it.
 fn print_saved(saved: &[SavedFile], repo: Option<&quorum_proto::nip34::RepoCoordinate>) {
