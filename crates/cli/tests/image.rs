@@ -34,43 +34,32 @@ fn image_push_prints_a_reference_that_skopeo_pulls_from_blossom() {
     std::fs::write(root.join("etc/os-release"), "ID=cli\n").unwrap();
 
     let name = format!("{host}/toolchains/cli:v1");
-    let out = run(
-        QUORUM,
-        &[
+    // `quorum image push ROOT NAME --blossom BASE EXTRA…`: the reference it prints.
+    let push = |extra: &[&str]| {
+        let mut args = vec![
             "image",
             "push",
             root.to_str().unwrap(),
             &name,
             "--blossom",
             &base,
-        ],
-        Duration::from_secs(60),
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reference = stdout.trim();
+        ];
+        args.extend_from_slice(extra);
+        let out = run(QUORUM, &args, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let reference = push(&[]);
     let digest = reference
         .strip_prefix(&format!("{name}@sha256:"))
         .unwrap_or_else(|| panic!("{reference}"));
     assert_eq!(digest.len(), 64);
     // The same input gives the same image (deterministic packing).
-    let again = run(
-        QUORUM,
-        &[
-            "image",
-            "push",
-            root.to_str().unwrap(),
-            &name,
-            "--blossom",
-            &base,
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(String::from_utf8(again.stdout).unwrap().trim(), reference);
+    assert_eq!(push(&[]), reference);
 
     // skopeo pulls that manifest by digest over /v2/, anonymously.
     let raw_manifest = |digest: &str| {
@@ -109,27 +98,8 @@ fn image_push_prints_a_reference_that_skopeo_pulls_from_blossom() {
     );
 
     // --compression gzip: another image of the same tree, for older clients.
-    let gzip = run(
-        QUORUM,
-        &[
-            "image",
-            "push",
-            root.to_str().unwrap(),
-            &name,
-            "--blossom",
-            &base,
-            "--compression",
-            "gzip",
-        ],
-        Duration::from_secs(60),
-    );
-    assert!(
-        gzip.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gzip.stderr)
-    );
-    let gzip = String::from_utf8(gzip.stdout).unwrap();
-    let gzip_digest = gzip.trim().rsplit_once("@sha256:").unwrap().1.to_owned();
+    let gzip = push(&["--compression", "gzip"]);
+    let gzip_digest = gzip.rsplit_once("@sha256:").unwrap().1.to_owned();
     assert_ne!(gzip_digest, digest);
     assert_eq!(
         layer_media(&raw_manifest(&gzip_digest)),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use quorum_testkit::daemon::{run, run_with_env};
 use quorum_testkit::git::git;
+use quorum_testkit::oci::MAKE_OCI_LAYOUT;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -290,28 +291,6 @@ fn an_initialised_make_project_runs_and_out_leaves_files_that_verify_offline() {
     );
 }
 
-/// Writes an OCI image layout in `img/` with the host's shell tools, the same bytes on every
-/// builder: one uncompressed layer (fixed order, mtime 0, numeric owner), a config and a
-/// manifest, each blob named by its sha256.
-const MAKE_IMAGE: &str = r#"set -eu
-mkdir -p l/etc img/blobs/sha256
-printf 'built by a quorum\n' > l/etc/hello
-chmod 755 l/etc
-chmod 644 l/etc/hello
-touch -d @0 l/etc l/etc/hello
-tar -c --numeric-owner --owner=0 --group=0 --no-recursion --format=gnu -f layer.tar -C l etc etc/hello
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-size() { echo $(($(wc -c < "$1"))); }
-blob() { mv "$1" "img/blobs/sha256/$2"; }
-L=$(sha layer.tar); LS=$(size layer.tar); blob layer.tar "$L"
-printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$L" > config.json
-C=$(sha config.json); CS=$(size config.json); blob config.json "$C"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' "$C" "$CS" "$L" "$LS" > manifest.json
-M=$(sha manifest.json); MS=$(size manifest.json); blob manifest.json "$M"
-printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s}]}' "$M" "$MS" > img/index.json
-printf '{"imageLayoutVersion":"1.0.0"}' > img/oci-layout
-"#;
-
 /// A quorum releases an image (`artifacts: [{ oci: img }]`); `quorum run --out` saves it as
 /// the OCI image layout `img`, which skopeo reads and which verifies offline from the bundle
 /// as the released image.
@@ -325,7 +304,7 @@ fn an_image_artifact_is_saved_as_a_layout_that_verifies_offline() {
         root.path(),
         "imaged",
         &[
-            ("mkimage.sh", MAKE_IMAGE),
+            ("mkimage.sh", MAKE_OCI_LAYOUT),
             (".quorum/pipeline.yml", pipeline),
         ],
     );

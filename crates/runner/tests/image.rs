@@ -23,6 +23,7 @@ use quorum_proto::step::{StepJob, StepReport};
 use quorum_router::quorum::QuorumContext;
 use quorum_router::{EngineConfig, JobState, QuietRun, RunContext, execute};
 use quorum_testkit::git::{commit_file, git, sample_repo};
+use quorum_testkit::oci::MAKE_OCI_LAYOUT;
 use quorum_testnet::Network;
 use quorum_testnet::quorum::{DealtQuorum, QuorumSpec};
 use sha2::{Digest, Sha256};
@@ -562,28 +563,6 @@ async fn hosts_that_differ_agree_only_through_the_image() {
 
 // ---- images as artifacts ------------------------------------------------------------------
 
-/// Builds an OCI image layout in `img/` with busybox's shell tools only, byte for byte the
-/// same on every builder: one uncompressed layer (entries named in order, mtime 0, numeric
-/// owner), a config and a manifest written with printf, each blob named by its sha256.
-const MAKE_IMAGE: &str = r#"set -eu
-mkdir -p l/etc img/blobs/sha256
-printf 'built by a quorum\n' > l/etc/hello
-chmod 755 l/etc
-chmod 644 l/etc/hello
-touch -d @0 l/etc l/etc/hello
-tar -c --numeric-owner --no-recursion -f layer.tar -C l etc etc/hello
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-size() { echo $(($(wc -c < "$1"))); }
-blob() { mv "$1" "img/blobs/sha256/$2"; }
-L=$(sha layer.tar); LS=$(size layer.tar); blob layer.tar "$L"
-printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$L" > config.json
-C=$(sha config.json); CS=$(size config.json); blob config.json "$C"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' "$C" "$CS" "$L" "$LS" > manifest.json
-M=$(sha manifest.json); MS=$(size manifest.json); blob manifest.json "$M"
-printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s}]}' "$M" "$MS" > img/index.json
-printf '{"imageLayoutVersion":"1.0.0"}' > img/oci-layout
-"#;
-
 /// A 2-of-3 quorum builds an OCI image layout (`artifacts: [{ oci: img }]`) in the busybox
 /// image; the members agree on the manifest digest, the quorum's binding and the 1063 list it
 /// with the OCI media type, skopeo pulls it from Blossom's `/v2/` by that digest, and
@@ -601,7 +580,7 @@ async fn a_quorum_releases_an_oci_image_that_skopeo_pulls_and_verify_checks() {
     let root = busybox_rootfs(dir.path());
     let busybox = push_image(&network, &root, &dir.path().join("blobs"), "test/busybox").await;
     let (repo, _) = sample_repo(dir.path());
-    commit_file(&repo, "mkimage.sh", MAKE_IMAGE, "image recipe");
+    commit_file(&repo, "mkimage.sh", MAKE_OCI_LAYOUT, "image recipe");
 
     let share_dir = |n: usize| share_dir(dir.path(), n);
     let dealt = deal_two_of_three(&network, dir.path(), "image", "image").await;

@@ -9,4 +9,5 @@ pub mod bunker;
 pub mod daemon;
 pub mod git;
 pub mod node;
+pub mod oci;
 pub mod third_party;
