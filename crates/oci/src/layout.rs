@@ -40,17 +40,28 @@ pub async fn save_layout(
     }
     let tmp = temporary_beside(dir);
     let written = write_layout(fetcher, image, &digest, &tmp).await;
-    let result = written.and_then(|()| {
-        let read = read_layout(&tmp)?;
-        if read.manifest != digest {
-            return Err(OciError::BadManifest {
-                digest: digest.to_string(),
-                reason: format!("the saved layout names {}", read.manifest),
-            });
-        }
-        fs::rename(&tmp, dir).map_err(|e| OciError::io("renaming", &tmp, e))?;
-        read_layout(dir)
-    });
+    // Reading back re-hashes every blob (an image may be gigabytes): off the async threads.
+    let (tmp_dir, dest) = (tmp.clone(), dir.to_path_buf());
+    let result = match written {
+        Ok(()) => tokio::task::spawn_blocking(move || {
+            let read = read_layout(&tmp_dir)?;
+            if read.manifest != digest {
+                return Err(OciError::BadManifest {
+                    digest: digest.to_string(),
+                    reason: format!("the saved layout names {}", read.manifest),
+                });
+            }
+            fs::rename(&tmp_dir, &dest).map_err(|e| OciError::io("renaming", &tmp_dir, e))?;
+            let mut saved = read;
+            for blob in &mut saved.blobs {
+                blob.path = dest.join("blobs/sha256").join(blob.digest.hex());
+            }
+            Ok(saved)
+        })
+        .await
+        .unwrap_or_else(|e| Err(OciError::io("checking", &tmp, std::io::Error::other(e)))),
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
     }

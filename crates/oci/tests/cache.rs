@@ -534,6 +534,14 @@ async fn a_released_image_is_saved_as_a_layout_that_skopeo_reads() {
     .unwrap();
     assert_eq!(saved.manifest, image.manifest);
     assert_eq!(saved.blobs.len(), image.blobs.len());
+    assert!(
+        saved
+            .blobs
+            .iter()
+            .all(|b| b.path.starts_with(&out) && b.path.is_file()),
+        "{:?}",
+        saved.blobs
+    );
     let inspect = std::process::Command::new("timeout")
         .args(["60", "skopeo", "inspect", "--raw"])
         .arg(format!("oci:{}", out.display()))
