@@ -655,8 +655,8 @@ pub struct ImagePushArgs {
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
 
-    /// How a directory's layer is compressed (a tarball or layout keeps its own): zstd
-    /// decompresses fastest on the runners; gzip for clients older than OCI image-spec 1.1.
+    /// How a directory's layer is compressed (a tarball or layout keeps its own): zstd costs
+    /// runners the least to unpack; gzip for clients older than OCI image-spec 1.1.
     #[arg(long, value_enum, default_value_t = LayerCompression::Zstd)]
     pub compression: LayerCompression,
 }
