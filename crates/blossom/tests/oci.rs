@@ -7,10 +7,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{TestServer, config};
 use quorum_blossom::oci::OciCredentials;
+use quorum_testkit::third_party::skopeo;
 use serde_json::Value;
 use sha2::Digest;
 
@@ -65,16 +65,6 @@ fn layout(dir: &Path) -> (PathBuf, String) {
     )
     .unwrap();
     (layout, image.manifest.to_string())
-}
-
-fn skopeo(args: &[&str]) -> std::process::Output {
-    Command::new("timeout")
-        .arg("120")
-        .arg("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("these tests need skopeo: apt-get install skopeo")
 }
 
 /// Every file under `dir` with its bytes, by relative path.

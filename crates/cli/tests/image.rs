@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use quorum_testkit::daemon::{Daemon, run};
+use quorum_testkit::third_party::skopeo_ok;
 use sha2::{Digest, Sha256};
 
 const QUORUM: &str = env!("CARGO_BIN_EXE_quorum");
@@ -63,25 +64,10 @@ fn image_push_prints_a_reference_that_skopeo_pulls_from_blossom() {
 
     // skopeo pulls that manifest by digest over /v2/, anonymously.
     let raw_manifest = |digest: &str| {
-        let out = std::process::Command::new("timeout")
-            .args([
-                "60",
-                "skopeo",
-                "--insecure-policy",
-                "inspect",
-                "--raw",
-                "--tls-verify=false",
-            ])
-            .arg(format!("docker://{host}/toolchains/cli@sha256:{digest}"))
-            .output()
-            .expect("these tests need skopeo: apt-get install skopeo");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(hex::encode(Sha256::digest(&out.stdout)), digest);
-        out.stdout
+        let image = format!("docker://{host}/toolchains/cli@sha256:{digest}");
+        let manifest = skopeo_ok(&["inspect", "--raw", "--tls-verify=false", &image]);
+        assert_eq!(hex::encode(Sha256::digest(&manifest)), digest);
+        manifest
     };
     let manifest = raw_manifest(digest);
     let layer_media = |manifest: &[u8]| {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use quorum_testkit::daemon::{run, run_with_env};
 use quorum_testkit::git::git;
 use quorum_testkit::oci::MAKE_OCI_LAYOUT;
+use quorum_testkit::third_party::skopeo_ok;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -338,17 +339,8 @@ fn an_image_artifact_is_saved_as_a_layout_that_verifies_offline() {
     assert!(saved["error"].is_null(), "{report}");
     let manifest = std::fs::read(layout.join("blobs/sha256").join(digest)).unwrap();
     assert_eq!(hex::encode(Sha256::digest(&manifest)), digest);
-    let inspect = std::process::Command::new("timeout")
-        .args(["60", "skopeo", "inspect", "--raw"])
-        .arg(format!("oci:{}", layout.display()))
-        .output()
-        .expect("these tests need skopeo: apt-get install skopeo");
-    assert_eq!(
-        inspect.stdout,
-        manifest,
-        "{}",
-        String::from_utf8_lossy(&inspect.stderr)
-    );
+    let layout_ref = format!("oci:{}", layout.display());
+    assert_eq!(skopeo_ok(&["inspect", "--raw", &layout_ref]), manifest);
 
     let repository = report["repository"].as_str().unwrap();
     let bundle = out.join("verification-bundle.json");

@@ -12,6 +12,7 @@ use quorum_oci::build::{BuiltImage, build, build_with, push};
 use quorum_oci::unpack::Compression;
 use quorum_oci::{Fetcher, ImageCache, ImageRef, OciError};
 use quorum_proto::nostr::Keys;
+use quorum_testkit::third_party::skopeo_ok;
 use tokio::sync::oneshot;
 
 struct Blossom {
@@ -542,18 +543,8 @@ async fn a_released_image_is_saved_as_a_layout_that_skopeo_reads() {
         "{:?}",
         saved.blobs
     );
-    let inspect = std::process::Command::new("timeout")
-        .args(["60", "skopeo", "inspect", "--raw"])
-        .arg(format!("oci:{}", out.display()))
-        .output()
-        .expect("these tests need skopeo: apt-get install skopeo");
-    assert!(
-        inspect.status.success(),
-        "{}",
-        String::from_utf8_lossy(&inspect.stderr)
-    );
     assert_eq!(
-        inspect.stdout,
+        skopeo_ok(&["inspect", "--raw", &format!("oci:{}", out.display())]),
         std::fs::read(&image.blobs.last().unwrap().path).unwrap()
     );
     // Saving over an existing directory is refused.

@@ -24,6 +24,7 @@ use quorum_router::quorum::QuorumContext;
 use quorum_router::{EngineConfig, JobState, QuietRun, RunContext, execute};
 use quorum_testkit::git::{commit_file, git, sample_repo};
 use quorum_testkit::oci::MAKE_OCI_LAYOUT;
+use quorum_testkit::third_party::skopeo_ok;
 use quorum_testnet::Network;
 use quorum_testnet::quorum::{DealtQuorum, QuorumSpec};
 use sha2::{Digest, Sha256};
@@ -665,25 +666,14 @@ async fn a_quorum_releases_an_oci_image_that_skopeo_pulls_and_verify_checks() {
     );
     let reference = format!("{host}/released/image@sha256:{digest}");
     let pulled = dir.path().join("pulled");
-    let out = std::process::Command::new("timeout")
-        .args([
-            "60",
-            "skopeo",
-            "--insecure-policy",
-            "copy",
-            // Else skopeo gzips an uncompressed layer on the way, and the copy is another image.
-            "--preserve-digests",
-            "--src-tls-verify=false",
-        ])
-        .arg(format!("docker://{reference}"))
-        .arg(format!("oci:{}", pulled.display()))
-        .output()
-        .expect("these tests need skopeo: apt-get install skopeo");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skopeo_ok(&[
+        "copy",
+        // Else skopeo gzips an uncompressed layer on the way, and the copy is another image.
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        &format!("docker://{reference}"),
+        &format!("oci:{}", pulled.display()),
+    ]);
     let index = std::fs::read_to_string(pulled.join("index.json")).unwrap();
     assert!(index.contains(&digest), "{index}");
     let copied = std::fs::read(pulled.join("blobs/sha256").join(&digest)).unwrap();

@@ -1,8 +1,8 @@
 //! Third-party tools for interop tests: nostr-rs-relay, a relay nobody on this project wrote,
-//! and ngit, the git tool Nostr git users have.
+//! ngit, the git tool Nostr git users have, and skopeo, an OCI registry client.
 //!
-//! `scripts/test` installs both (`cargo install`) when they are missing; a test that needs one
-//! and cannot find it fails with that instruction rather than skipping.
+//! `scripts/test` installs them (`cargo install`, apt) when they are missing; a test that needs
+//! one and cannot find it fails with that instruction rather than skipping.
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -107,4 +107,28 @@ pub fn start_nostr_rs_relay(dir: &Path) -> NostrRsRelay {
         std::thread::sleep(Duration::from_millis(50));
     }
     relay
+}
+
+/// Runs `skopeo --insecure-policy ARGS` (bounded to two minutes) and returns what it did;
+/// panics with the install command when skopeo is missing.
+pub fn skopeo(args: &[&str]) -> std::process::Output {
+    Command::new("timeout")
+        .arg("120")
+        .arg("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .output()
+        .expect("these tests need skopeo: apt-get install skopeo")
+}
+
+/// [`skopeo`] that must succeed: its standard output, or a panic naming what it printed.
+pub fn skopeo_ok(args: &[&str]) -> Vec<u8> {
+    let out = skopeo(args);
+    assert!(
+        out.status.success(),
+        "skopeo {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
